@@ -1,0 +1,43 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Set-up is idempotent: stamps
+# record what is installed, so a second run installs nothing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CB := $(VENV)/bin/circuitbench
+# torch first, in its own step, pinned to the local CPU wheel: an open `torch` requirement
+# would otherwise pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_VERBOSITY := error
+
+.PHONY: setup demo test test-all bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-installed: | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.deps-installed: pyproject.toml $(VENV)/.torch-installed
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.deps-installed
+
+demo: setup
+	$(CB) ls models
+	$(CB) run --task induction --model toy-induction-2l --out results
+	$(CB) run --task fibonacci --model gpt2-small --init random --n 16 --out results
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) results build dist

@@ -1,0 +1,232 @@
+"""The `circuitbench` command: parses options, calls library functions, renders with rich."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from circuitbench.errors import CircuitbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative benchmark harness for circuit tasks.")
+console = Console()
+err_console = Console(stderr=True)
+
+IncludePath = typer.Option([], "--include-path", help="Extra directory of task YAML files (repeatable).")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _options_error(err: ValidationError) -> CircuitbenchError:
+    parts = [f"--{str(e['loc'][0]).replace('_', '-') if e['loc'] else '?'}: {e['msg'].removeprefix('Value error, ')}"
+             for e in err.errors()]
+    return CircuitbenchError("Invalid option. " + "; ".join(parts))
+
+
+@app.command()
+def run(
+    task: str = typer.Option(..., "--task", "-t", help="Task name(s), comma-separated, or a YAML path."),
+    model: str = typer.Option(..., "--model", "-m", help="Model(s): registry name, HF id, local dir, toy checkpoint."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of prompts (overrides the task's n_prompts)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed (and random-init seed)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default: the task's, test)."),
+    batch_size: str = typer.Option("32", "--batch-size", help="Prompts per forward pass, or 'auto'."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the model's)."),
+    init: str = typer.Option("pretrained", "--init", help="pretrained | random (random weights, architecture from models.yaml)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Head-scoring methods, comma-separated (overrides the task's)."),
+    out: str = typer.Option("results", "--out", help="Results directory: OUT/<model>/<task>.json."),
+    resume: bool = typer.Option(False, "--resume", help="Skip units already finished with the same spec."),
+    include_path: list[str] = IncludePath,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run task(s) on model(s) and write one RunResult JSON per (model, task)."""
+    from circuitbench.runner import command_line
+    from circuitbench.runner import run as run_units
+    from circuitbench.spec import RunOptions
+
+    try:
+        options = RunOptions(
+            n=n, seed=seed, split=split, device=device, dtype=dtype, init=init, out=out, resume=resume,
+            batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
+            methods=_split(methods) if methods is not None else None,
+        )
+    except ValidationError as e:
+        raise _options_error(e) from None
+    outcomes = run_units(_split(task), _split(model), options, include_paths=tuple(include_path),
+                         show_progress=not quiet, command=command_line())
+    _render_summary(outcomes)
+
+
+def _int_option(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise CircuitbenchError(f"{flag} {value!r}: expected a positive integer or 'auto'.") from None
+
+
+def _top_heads(scores: list[list[float]], k: int = 3) -> str:
+    flat = [(v, l, h) for l, row in enumerate(scores) for h, v in enumerate(row)]
+    flat.sort(key=lambda t: -abs(t[0]))
+    return "  ".join(f"{l}.{h} ({v:.2f})" for v, l, h in flat[:k])
+
+
+def _render_summary(outcomes: list) -> None:
+    """Metrics table (clean ± stderr vs corrupted), then top heads per method, then files."""
+    metrics = Table(title="metrics (★ main)")
+    for col in ("model", "task", "n", "metric", "clean", "corrupted"):
+        metrics.add_column(col, overflow="fold")
+    heads = Table(title="top heads (layer.head)")
+    for col in ("model", "task", "method", "heads"):
+        heads.add_column(col, overflow="fold")
+    for o in outcomes:
+        r = o.result
+        n = f"{r.task.n_prompts}" + (f" (−{r.task.n_dropped})" if r.task.n_dropped else "")
+        for i, (name, value) in enumerate(r.metrics.items()):
+            err = r.metrics_stderr.get(name)
+            corr = r.metrics_corrupted.get(name)
+            metrics.add_row(
+                o.model if i == 0 else "", o.task if i == 0 else "", n if i == 0 else "",
+                name + (" ★" if name == r.task.main_metric else ""),
+                f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""),
+                "" if corr is None else f"{corr:.3f}",
+            )
+        metrics.add_section()
+        for method, scores in r.head_scores.items():
+            heads.add_row(o.model, o.task, method, _top_heads(scores))
+    console.print(metrics)
+    if heads.row_count:
+        console.print(heads)
+    for o in outcomes:
+        note = " (finished earlier, kept: --resume)" if o.skipped else ""
+        dropped = f"; dropped {o.result.task.n_dropped}: {dict(o.result.task.dropped_reasons)}" if o.result.task.n_dropped else ""
+        console.print(f"wrote {o.path}{note}{dropped}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def ls(what: str = typer.Argument(..., help="tasks | models | methods | metrics | generators"),
+       include_path: list[str] = IncludePath) -> None:
+    """List registered tasks, models, methods, metrics or generators."""
+    from circuitbench.catalog import all_tasks, model_registry
+    from circuitbench.methods import METHODS
+    from circuitbench.metrics import METRICS
+    from circuitbench.prompts import GENERATORS
+
+    table = Table()
+    if what == "tasks":
+        for col in ("task", "generator", "n", "metrics", "methods", "description"):
+            table.add_column(col, overflow="fold")
+        for name, spec in all_tasks(tuple(include_path)).items():
+            table.add_row(name, spec.generator.name, str(spec.n_prompts), ", ".join(spec.metrics),
+                          ", ".join(spec.methods), spec.description.strip())
+    elif what == "models":
+        for col in ("model", "source", "params", "layers×heads", "d_model", "dtype", "notes"):
+            table.add_column(col, overflow="fold")
+        for name, m in model_registry().items():
+            table.add_row(name, m.hf_id or f"toy: {m.path}", f"{m.n_params / 1e6:,.1f}M",
+                          f"{m.n_layers}×{m.n_heads}", str(m.d_model), m.dtype, m.notes)
+    elif what in ("methods", "metrics", "generators"):
+        registry = {"methods": METHODS, "metrics": METRICS, "generators": GENERATORS}[what]
+        table.add_column(what[:-1])
+        table.add_column("description")
+        for name, item in registry.items():
+            table.add_row(name, getattr(item, "description", None) or getattr(item, "display", ""))
+    else:
+        raise CircuitbenchError(f"ls {what!r}: choose one of tasks, models, methods, metrics, generators.")
+    console.print(table)
+
+
+@app.command()
+def validate(
+    task: str = typer.Argument(..., help="Task name or YAML path."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Check against this model's tokenizer."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Check against a tokenizer directory."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of prompts to render."),
+    show: int = typer.Option(5, "--show", help="Prompts to print."),
+    include_path: list[str] = IncludePath,
+) -> None:
+    """Render a task's prompts and report what a tokenizer would drop (no weights loaded)."""
+    from circuitbench.catalog import load_task
+    from circuitbench.models import load_vocabulary, tokenizer_vocabulary
+    from circuitbench.runner import effective_spec, encode_task, generate_prompts
+    from circuitbench.spec import RunOptions
+
+    spec = effective_spec(load_task(task, tuple(include_path)), RunOptions(n=n))
+    prompts = generate_prompts(spec)
+    console.print(f"[bold]{spec.name}[/] v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} "
+                  f"{spec.split} prompts")
+    sample = Table("prompt", "answer", "distractor", "corrupted")  # first --show prompts
+    for p in prompts.prompts[:show]:
+        sample.add_row(repr(p.text), repr(p.answer or ""), repr(p.distractor or ""), repr(p.corrupted_text or ""))
+    if show > 0:
+        console.print(sample)
+    if model is None and tokenizer is None:
+        console.print("Spec is valid. Pass --model or --tokenizer to check tokenization.")
+        return
+    if tokenizer is not None:
+        vocab, unk, source = tokenizer_vocabulary(tokenizer)
+        n_ctx = 10**9
+    else:
+        assert model is not None
+        vocab, unk, n_ctx, source = load_vocabulary(model)
+    data = encode_task(spec, vocab, unk, n_ctx)
+    rep = data.report
+    console.print(f"tokenizer: {source}: kept {len(data)} of {rep.n_total}, dropped {rep.n_dropped}", soft_wrap=True)
+    for reason, count in rep.reasons.most_common():
+        console.print(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}", soft_wrap=True)
+
+
+@app.command("train-zoo")
+def train_zoo(
+    name: str = typer.Argument(..., help="Zoo model to (re)train, e.g. toy-induction-2l."),
+    out: Optional[str] = typer.Option(None, "--out", help="Checkpoint directory (default: the shipped one)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Retrain a shipped toy model from scratch with its recorded recipe."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from circuitbench.models.zoo import RECIPES, train_zoo_model
+
+    total = steps or (RECIPES[name].default_steps if name in RECIPES else 1)
+    with Progress(console=err_console, transient=True) as progress:
+        bar = progress.add_task(f"training {name}", total=total)
+
+        def report(step: int, loss: float) -> None:
+            progress.update(bar, completed=step, description=f"training {name} loss {loss:.3f}")
+
+        path, summary = train_zoo_model(name, Path(out) if out else None, steps, seed, report)
+    console.print(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+def main() -> None:
+    """Entry point: user mistakes print one message and exit 2, without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except CircuitbenchError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors land here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

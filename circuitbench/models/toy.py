@@ -1,0 +1,96 @@
+"""Toy checkpoints: a TransformerLens-native model saved by the project's own training code.
+
+A checkpoint is a directory holding `circuitbench_toy.json` (bridge config + training record),
+`model.safetensors` (the native model's state dict) and the tokenizer files. It loads through
+`TransformerBridge.boot_native`, like every other model through the bridge.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources.native.model import NativeModel
+from transformers import PreTrainedTokenizerBase
+
+from circuitbench.models.tokenizers import load_saved_tokenizer
+
+MARKER = "circuitbench_toy.json"
+
+
+def is_toy_checkpoint(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def native_config(**arch: Any) -> dict[str, Any]:
+    """A TransformerBridgeConfig dict for a small native model (pre-LN, learned positions)."""
+    cfg = {
+        "normalization_type": "LN",
+        "positional_embedding_type": "standard",
+        "act_fn": "gelu",
+        "attn_only": False,
+        "d_mlp": None,
+        "seed": 0,
+    }
+    cfg.update(arch)
+    if cfg.get("d_mlp") is None and not cfg["attn_only"]:
+        cfg["d_mlp"] = 4 * cfg["d_model"]
+    return cfg
+
+
+def build_native_model(config: dict[str, Any], seed: int) -> NativeModel:
+    """A freshly initialised native model; the seed is local (global RNG left untouched)."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources.native.init import initialize_native_model
+
+    cfg = TransformerBridgeConfig.from_dict({**config, "seed": seed})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = NativeModel(cfg)
+        initialize_native_model(model, cfg)
+    return model
+
+
+def save_checkpoint(
+    path: Path,
+    model: NativeModel,
+    config: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    record: dict[str, Any],
+) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"))
+    tokenizer.save_pretrained(str(path))
+    (path / MARKER).write_text(json.dumps({"config": config, "record": record}, indent=2) + "\n")
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / MARKER).read_text())
+
+
+def load_toy(
+    path: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[TransformerBridge, PreTrainedTokenizerBase, int]:
+    """(bridge, tokenizer, n_params) for a toy checkpoint directory."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    meta = read_checkpoint_meta(path)
+    tokenizer = load_saved_tokenizer(path)
+    # Weights go into the plain native model before the bridge wraps (and renames) its modules;
+    # this is boot_native's own path with a trained state dict instead of a fresh init.
+    cfg = TransformerBridgeConfig.from_dict(meta["config"])
+    native = NativeModel(cfg)
+    native.load_state_dict(load_file(str(path / "model.safetensors")))
+    n_params = sum(p.numel() for p in native.parameters())
+    native = native.to(device=device, dtype=dtype).eval()
+    bridge = build_bridge_from_module(
+        native, architecture="TransformerLensNative", tl_config=cfg, tokenizer=tokenizer,
+        dtype=dtype, device=device, model_name=path.name,
+    )
+    bridge.eval()
+    return bridge, tokenizer, n_params

@@ -1,0 +1,332 @@
+"""Orchestration of one (model, task) unit and of the task × model grid:
+spec -> prompts -> encode -> metrics (clean, corrupted) -> head scores -> circuit -> RunResult."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from circuitbench.catalog import PACKAGE_DIR, load_task
+from circuitbench.circuits import Circuit
+from circuitbench.encoding import Batch, EncodedPrompts, Vocabulary, encode_prompts
+from circuitbench.errors import CircuitbenchError
+from circuitbench.methods import METHODS, MethodContext
+from circuitbench.metrics import METRICS
+from circuitbench.models import LoadedModel, load_model, resolve_model
+from circuitbench.prompts import GENERATORS, PromptSet
+from circuitbench.results import (
+    CircuitInfo,
+    ModelInfo,
+    RunInfo,
+    RunResult,
+    TaskInfo,
+    is_finished,
+    load_result,
+    result_path,
+    save_result,
+)
+from circuitbench.spec import RunOptions, TaskSpec
+
+STDERR = Console(stderr=True)
+
+
+def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
+    """The task spec with run-time overrides applied (and re-validated); its hash names the unit."""
+    update: dict[str, object] = {}
+    if options.n is not None:
+        update["n_prompts"] = options.n
+    if options.seed is not None:
+        update["seed"] = options.seed
+    if options.split is not None:
+        update["split"] = options.split
+    if options.methods is not None:
+        update["methods"] = options.methods
+        if spec.circuit and spec.circuit.method and spec.circuit.method not in options.methods:
+            update["circuit"] = spec.circuit.model_copy(update={"method": None})
+    return TaskSpec.model_validate({**spec.model_dump(), **update}) if update else spec
+
+
+def generate_prompts(spec: TaskSpec) -> PromptSet:
+    gen = GENERATORS.get(spec.generator.name)
+    prompts = gen.generate(spec.generator, spec.n_prompts, spec.seed, spec.split)
+    return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
+
+
+def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int) -> EncodedPrompts:
+    """Generate the task's prompts and encode them for one tokenizer (drops counted)."""
+    return encode_prompts(
+        generate_prompts(spec),
+        vocab,
+        has_answer=GENERATORS.get(spec.generator.name).has_answer,
+        n_ctx=n_ctx,
+        max_drop_fraction=spec.max_drop_fraction,
+        unk_id=unk_id,
+    )
+
+
+def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
+    """Refuse, before any compute, methods the task cannot feed."""
+    for name in spec.methods:
+        method = METHODS.get(name)
+        if method.needs_corrupted and data.corrupted is None:
+            raise CircuitbenchError(f"Method '{name}' needs corrupted prompts; task '{spec.name}' defines none.")
+        if method.needs_answer and not data.has_answer:
+            raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
+
+
+def _available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def auto_batch_size(model: LoadedModel, data: EncodedPrompts, cap: int = 256) -> int:
+    """Largest batch whose estimated activations (logits, attention patterns of every layer as
+    cached by the detectors, residual streams) fit in a quarter of the free memory."""
+    cfg = model.bridge.cfg
+    pos = int(data.lengths.max())
+    floats = pos * cfg.d_vocab + cfg.n_layers * (cfg.n_heads * pos * pos + 8 * pos * cfg.d_model)
+    per_prompt = 4 * floats * 2  # fp32, with head-room for temporaries
+    budget = _available_memory_bytes(model.device) // 4
+    return int(max(1, min(cap, len(data), budget // max(per_prompt, 1))))
+
+
+def _forward(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.bridge(tokens.to(model.device))
+
+
+def _as_corrupted(batch: Batch) -> Batch:
+    assert batch.corrupted is not None
+    return Batch(batch.corrupted, None, batch.lengths, batch.answer, batch.distractor, batch.positions, batch.score_mask)
+
+
+def evaluate(
+    model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int, progress: Progress | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-prompt metric values [n] on clean and (if defined) corrupted prompts."""
+    clean: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
+    corrupt: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
+    task_id = progress.add_task("metrics", total=len(data)) if progress else None
+    for batch in data.batches(batch_size):
+        logits = _forward(model, batch.tokens)
+        for m in metric_names:
+            clean[m].append(METRICS.get(m).fn(logits, batch).cpu())
+        if batch.corrupted is not None:
+            cb = _as_corrupted(batch)
+            logits_c = _forward(model, cb.tokens)
+            for m in metric_names:
+                corrupt[m].append(METRICS.get(m).fn(logits_c, cb).cpu())
+        if progress and task_id is not None:
+            progress.advance(task_id, len(batch))
+    return (
+        {m: torch.cat(v) for m, v in clean.items()},
+        {m: torch.cat(v) for m, v in corrupt.items() if v},
+    )
+
+
+def score_heads(
+    model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None
+) -> dict[str, np.ndarray]:
+    scores: dict[str, np.ndarray] = {}
+    for name in methods:
+        method = METHODS.get(name)
+        task_id = progress.add_task(name, total=len(data) * method.passes) if progress else None
+
+        def advance(n: int, _task=task_id) -> None:
+            if progress and _task is not None:
+                progress.advance(_task, n)
+
+        array = np.asarray(method.fn(model, data, MethodContext(batch_size=batch_size, advance=advance)), dtype=float)
+        expected = (model.n_layers, model.n_heads)
+        if array.shape != expected:
+            raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
+        if not np.isfinite(array).all():
+            raise CircuitbenchError(
+                f"Method '{name}' produced NaN/inf head scores on model '{model.name}' (dtype "
+                f"{model.dtype}). Try --dtype float32, or check the task's corrupted prompts."
+            )
+        scores[name] = array
+    return scores
+
+
+def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    v = values.double()
+    mean = float(v.mean())
+    stderr = float(v.std(unbiased=True) / len(v) ** 0.5) if len(v) > 1 else 0.0
+    return mean, stderr
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("circuitbench", "torch", "transformer-lens", "transformers", "accelerate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _git_commit() -> str | None:
+    root = PACKAGE_DIR.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = rss_kb / 1024
+    if device.type == "cuda":
+        peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
+    return round(peak, 1)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=STDERR, transient=True,
+    ) as progress:
+        yield progress
+
+
+def run_unit(
+    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: Progress | None = None, command: str | None = None
+) -> RunResult:
+    """Run one (model, task) unit and return its RunResult (not written)."""
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
+    check_methods(spec, data)
+    batch_size = auto_batch_size(model, data) if options.batch_size == "auto" else int(options.batch_size)
+
+    clean, corrupted = evaluate(model, data, spec.metrics, batch_size, progress)
+    metrics, stderr = {}, {}
+    for name, values in clean.items():
+        metrics[name], stderr[name] = _mean_stderr(values)
+    metrics_corrupted = {name: _mean_stderr(v)[0] for name, v in corrupted.items()}
+    head_scores = score_heads(model, data, spec.methods, batch_size, progress)
+
+    circuit = None
+    if spec.circuit and head_scores:
+        method = spec.circuit.method or spec.methods[0]
+        chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
+        circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads)
+
+    report = data.report
+    return RunResult(
+        status="complete",
+        task=TaskInfo(
+            name=spec.name, version=spec.version, spec_hash=spec.spec_hash(), split=spec.split,
+            n_prompts=len(data), n_dropped=report.n_dropped, dropped_reasons=dict(report.reasons),
+            dropped_examples=report.examples, main_metric=spec.main_metric or spec.metrics[0],
+        ),
+        model=ModelInfo(
+            name=model.name, source=model.source, revision=model.revision, n_layers=model.n_layers,
+            n_heads=model.n_heads, n_params=model.n_params, init=model.init, dtype=model.dtype,
+            tokenizer=model.tokenizer_source,
+        ),
+        run=RunInfo(
+            seed=spec.seed, batch_size=batch_size, device=str(model.device), started_at=started.isoformat(),
+            duration_s=round(time.perf_counter() - t0, 3), peak_memory_mb=peak_memory_mb(model.device),
+            versions=_versions(), git=_git_commit(), command=command,
+        ),
+        metrics=metrics,
+        metrics_stderr=stderr,
+        metrics_corrupted=metrics_corrupted,
+        head_scores={k: v.tolist() for k, v in head_scores.items()},
+        circuit=circuit,
+    )
+
+
+@dataclass
+class UnitOutcome:
+    model: str
+    task: str
+    path: Path
+    result: RunResult
+    skipped: bool  # finished earlier, kept as it was (--resume)
+
+
+def run(
+    tasks: str | list[str],
+    models: str | list[str],
+    options: RunOptions | None = None,
+    *,
+    include_paths: tuple[str, ...] = (),
+    show_progress: bool = True,
+    command: str | None = None,
+) -> list[UnitOutcome]:
+    """Run every (model, task) unit, writing `out/<model>/<task>.json` for each.
+
+    Task specs are all validated before any model is loaded; with `resume`, units whose result
+    file is complete with the same spec hash, init and dtype are kept untouched.
+    """
+    options = options or RunOptions()
+    task_names = [tasks] if isinstance(tasks, str) else list(tasks)
+    model_names = [models] if isinstance(models, str) else list(models)
+    specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
+    out = Path(options.out)
+    outcomes: list[UnitOutcome] = []
+    with progress_bars(show_progress) as progress:
+        for model_arg in model_names:
+            model_name = resolve_model(model_arg).name  # a local dir's results go under its folder name
+            pending = []
+            for spec in specs:
+                path = result_path(out, model_name, spec.name)
+                if options.resume and is_finished(path, spec.spec_hash(), options.init, options.dtype):
+                    existing = load_result(path)
+                    assert existing is not None
+                    outcomes.append(UnitOutcome(model_name, spec.name, path, existing, True))
+                else:
+                    pending.append((spec, path))
+            if not pending:
+                continue
+            if progress:
+                progress.console.log(f"loading model [bold]{model_name}[/] ({options.init})")
+            model = load_model(model_arg, init=options.init, dtype=options.dtype, device=options.device,
+                               seed=options.seed or 0)
+            for spec, path in pending:
+                if progress:
+                    progress.console.log(f"running [bold]{spec.name}[/] on [bold]{model_name}[/]")
+                result = run_unit(spec, model, options, progress=progress, command=command)
+                save_result(result, path)
+                outcomes.append(UnitOutcome(model_name, spec.name, path, result, False))
+            del model
+    return outcomes
+
+
+def command_line() -> str:
+    return " ".join(["circuitbench", *sys.argv[1:]])

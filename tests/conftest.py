@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests never reach a model hub: local models are built here."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ["COLUMNS"] = "200"  # rich tables wide enough that names are not folded
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_CONFIGS = {
+    "gpt2": dict(model_type="gpt2", n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257),
+    "gpt_neo": dict(model_type="gpt_neo", num_layers=2, num_heads=4, hidden_size=64, max_position_embeddings=128,
+                    vocab_size=50257, attention_types=[[["global", "local"], 1]], window_size=16),
+    "gpt_neox": dict(model_type="gpt_neox", num_hidden_layers=2, num_attention_heads=4, hidden_size=64,
+                     intermediate_size=128, max_position_embeddings=128, vocab_size=50304, rotary_pct=0.25),
+    "llama": dict(model_type="llama", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  hidden_size=64, intermediate_size=128, max_position_embeddings=128, vocab_size=50257),
+}
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from circuitbench.models.tokenizers import gpt2_bpe_tokenizer
+
+    return gpt2_bpe_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, gpt2_tokenizer) -> dict[str, Path]:
+    """Random-init tiny HF models of four architectures, saved with save_pretrained (weights and
+    GPT-2 BPE tokenizer), as a user would save a model for offline use."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    out = {}
+    for name, cfg in TINY_CONFIGS.items():
+        cfg = dict(cfg)
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config)
+        path = root / name
+        model.save_pretrained(path)
+        gpt2_tokenizer.save_pretrained(path)
+        out[name] = path
+    return out

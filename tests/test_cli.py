@@ -1,0 +1,128 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from circuitbench.cli import main
+from circuitbench.results import RunResult, save_result, load_result
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    sys_argv = sys.argv
+    sys.argv = ["circuitbench", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = sys_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_toy_end_to_end_and_resume(capsys, tmp_path):
+    out = tmp_path / "res"
+    code, stdout, _ = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l",
+                          "--n", "12", "--out", str(out), "-q")
+    assert code == 0, stdout
+    path = out / "toy-induction-2l" / "induction.json"
+    result = RunResult.model_validate(json.loads(path.read_text()))
+    assert result.status == "complete" and result.task.n_prompts == 12 and result.task.n_dropped == 0
+    assert result.model.n_layers == 2 and result.model.init == "pretrained"
+    assert result.run.peak_memory_mb > 0 and result.run.versions["torch"]
+    assert result.metrics["induction_loss"] < result.metrics_corrupted["induction_loss"]
+    assert len(result.head_scores["induction"]) == 2 and len(result.head_scores["induction"][0]) == 4
+    assert result.circuit is not None and all(layer == 1 for layer, _ in result.circuit.heads)
+    assert "induction_loss" in stdout
+
+
+def test_fibonacci_on_toy_vocab_is_refused_with_counts(capsys, tmp_path):
+    code, _, err = cli(capsys, "run", "--task", "fibonacci", "--model", "toy-induction-2l", "--out", str(tmp_path), "-q")
+    assert code == 2 and "Traceback" not in err
+    assert "would be dropped" in err and "outside the model's vocabulary" in err
+    assert not (tmp_path / "toy-induction-2l" / "fibonacci.json").exists()
+
+
+def test_resume_skips_finished_units_byte_identical(capsys, tmp_path):
+    args = ["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "8", "--out", str(tmp_path), "-q"]
+    assert cli(capsys, *args)[0] == 0
+    path = tmp_path / "toy-induction-2l" / "induction.json"
+    before = path.read_bytes()
+    code, stdout, _ = cli(capsys, *args, "--resume")
+    assert code == 0 and "--resume" in stdout
+    assert path.read_bytes() == before
+    # a different spec (n) is not "finished": it reruns
+    assert cli(capsys, *args[:-3], "--n", "9", "--out", str(tmp_path), "-q", "--resume")[0] == 0
+    assert load_result(path).task.n_prompts == 9
+
+
+def test_random_init_hf_model_run(capsys, tmp_path, tiny_models):
+    code, stdout, _ = cli(capsys, "run", "--task", "fibonacci", "--model", str(tiny_models["gpt_neo"]),
+                          "--n", "8", "--out", str(tmp_path), "-q", "--methods", "previous_token")
+    assert code == 0, stdout
+    result = load_result(tmp_path / "gpt_neo" / "fibonacci.json")
+    assert result.task.n_dropped == 0 and 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert "previous_token" in result.head_scores and result.run.batch_size == 32
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["run", "--task", "fibonaci", "--model", "toy-induction-2l"], "Did you mean 'fibonacci'"),
+        (["run", "--task", "induction", "--model", "toy-induction-2"], "Did you mean 'toy-induction-2l'"),
+        (["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "0"], "--n"),
+        (["run", "--task", "induction", "--model", "toy-induction-2l", "--batch-size", "lots"], "--batch-size"),
+        (["run", "--task", "induction", "--model", "toy-induction-2l", "--init", "sideways"], "--init"),
+        (["run", "--task", "induction", "--model", "toy-induction-2l", "--methods", "inductoin"], "Did you mean 'induction'"),
+        (["ls", "widgets"], "choose one of"),
+    ],
+)
+def test_bad_input_exit_2_one_message(capsys, tmp_path, args, expected):
+    code, _, err = cli(capsys, *args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err
+
+
+def test_bad_yaml_field_via_cli(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ngenerator: {name: fibonacci}\nmetrics: [accuracy]\nmetric: [x]\n")
+    code, _, err = cli(capsys, "validate", str(bad))
+    assert code == 2 and "bad.yaml" in err and "metric: unknown field" in err
+
+
+def test_validate_reports_tokenizer_drops(capsys, tiny_models):
+    code, out, _ = cli(capsys, "validate", "fibonacci", "--tokenizer", str(tiny_models["gpt2"]))
+    assert code == 0 and "kept 64 of 64, dropped 0" in out
+    code, out, _ = cli(capsys, "validate", "induction", "--model", "toy-induction-2l")
+    assert code == 0 and "dropped 0" in out
+
+
+def test_ls_lists_registry(capsys):
+    code, out, _ = cli(capsys, "ls", "models")
+    assert code == 0 and "gpt-neo-2.7B" in out and "pythia-2.8b" in out
+    code, out, _ = cli(capsys, "ls", "methods")
+    assert code == 0 and "previous_token" in out
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "circuitbench.cli", "run", "--task", "nope", "--model", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Unknown task 'nope'" in proc.stderr
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    from circuitbench import results
+
+    path = tmp_path / "r.json"
+    path.write_text("old")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_atomic(path, "new")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
