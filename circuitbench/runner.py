@@ -61,7 +61,10 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
 
 def generate_prompts(spec: TaskSpec) -> PromptSet:
     gen = GENERATORS.get(spec.generator.name)
-    prompts = gen.generate(spec.generator, spec.n_prompts, spec.seed, spec.split)
+    try:
+        prompts = gen.generate(spec.generator, spec.n_prompts, spec.seed, spec.split)
+    except CircuitbenchError as e:
+        raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
     return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
 
 

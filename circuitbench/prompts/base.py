@@ -106,8 +106,9 @@ def sample_split(
         tries += 1
         if tries > max_tries_per_prompt * n + 1000:
             raise CircuitbenchError(
-                f"Task '{task}': could only draw {len(out)} distinct {split} prompts of the {n} "
-                f"asked. Lower n, or widen the generator's ranges in the task YAML."
+                f"generator '{task}' could only draw {len(out)} distinct {split} prompts of the {n} "
+                f"asked (a split holds about {SPLIT_FRACTIONS[split]:.0%} of all distinct prompts). "
+                "Lower n_prompts, or widen the generator's ranges in the task YAML."
             )
         prompt = draw(rng)
         if prompt.split_key in seen or split_of(prompt.split_key) != split:
