@@ -26,7 +26,6 @@ $(VENV)/.deps-installed: pyproject.toml $(VENV)/.torch-installed
 setup: $(VENV)/.deps-installed
 
 demo: setup
-	$(CB) ls models
 	$(CB) run --task induction --model toy-induction-2l --out results
 	$(CB) run --task fibonacci --model gpt2-small --init random --n 16 --out results
 

@@ -45,8 +45,9 @@ class RunInfo(_Strict):
     batch_size: int
     device: str
     started_at: str
-    duration_s: float
-    peak_memory_mb: float
+    duration_s: float  # this unit's prompts, metrics and methods
+    model_load_s: float  # loading the model (shared by the units that ran on it)
+    peak_memory_mb: float  # process peak RSS (and CUDA peak) at the end of the unit
     versions: dict[str, str]
     git: str | None
     command: str | None = None

@@ -263,7 +263,7 @@ def run_unit(
         ),
         run=RunInfo(
             seed=spec.seed, batch_size=batch_size, device=str(model.device), started_at=started.isoformat(),
-            duration_s=round(time.perf_counter() - t0, 3), peak_memory_mb=peak_memory_mb(model.device),
+            duration_s=round(time.perf_counter() - t0, 3), model_load_s=model.load_seconds, peak_memory_mb=peak_memory_mb(model.device),
             versions=_versions(), git=_git_commit(), command=command,
         ),
         metrics=metrics,
@@ -318,12 +318,12 @@ def run(
             if not pending:
                 continue
             if progress:
-                progress.console.log(f"loading model [bold]{model_name}[/] ({options.init})")
+                progress.console.print(f"[dim]loading model[/] [bold]{model_name}[/] ({options.init})")
             model = load_model(model_arg, init=options.init, dtype=options.dtype, device=options.device,
                                seed=options.seed or 0)
             for spec, path in pending:
                 if progress:
-                    progress.console.log(f"running [bold]{spec.name}[/] on [bold]{model_name}[/]")
+                    progress.console.print(f"[dim]running[/] [bold]{spec.name}[/] on [bold]{model_name}[/]")
                 result = run_unit(spec, model, options, progress=progress, command=command)
                 save_result(result, path)
                 outcomes.append(UnitOutcome(model_name, spec.name, path, result, False))

@@ -126,3 +126,26 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         results.write_atomic(path, "new")
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_results_do_not_depend_on_batch_size():
+    from circuitbench.catalog import load_task
+    from circuitbench.models import load_model
+    from circuitbench.runner import run_unit
+    from circuitbench.spec import RunOptions
+
+    model = load_model("toy-induction-2l", device="cpu")
+    spec = load_task("induction").model_copy(update={"n_prompts": 20})
+    results = [run_unit(spec, model, RunOptions(batch_size=bs)) for bs in (1, 7, "auto")]
+    assert results[2].run.batch_size >= 1
+    for other in results[1:]:
+        for name, value in results[0].metrics.items():
+            assert abs(other.metrics[name] - value) < 1e-4
+        for method, scores in results[0].head_scores.items():
+            diff = max(abs(a - b) for ra, rb in zip(scores, other.head_scores[method]) for a, b in zip(ra, rb))
+            assert diff < 1e-4
+
+
+def test_mistyped_model_name_suggests_registry_name(capsys, tmp_path):
+    code, _, err = cli(capsys, "run", "--task", "fibonacci", "--model", "gpt2-smal", "--out", str(tmp_path))
+    assert code == 2 and "Did you mean 'gpt2-small'" in err and "Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,7 @@ class LoadedModel:
     n_params: int
     tokenizer_source: str
     device: torch.device
+    load_seconds: float = 0.0
 
     @property
     def n_layers(self) -> int:
@@ -108,12 +110,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _unreachable(ref: ModelRef, what: str) -> CircuitbenchError:
     hint = did_you_mean(ref.name, model_registry()) if ref.kind == "hub" else ""
+    lead = f"'{ref.name}' is not a registry model.{hint} As a HuggingFace id, " if hint else f"Model '{ref.name}' ({ref.location}): "
     return CircuitbenchError(
-        f"Model '{ref.name}' ({ref.location}): {what} is not in the local HuggingFace cache and "
-        f"the hub ({HUB_HOST}) cannot be reached from here. On a connected machine run "
-        f"`huggingface-cli download {ref.location}` and copy ~/.cache/huggingface over, or save the "
-        "model with save_pretrained and pass that directory as --model DIR; for a random-weight "
-        "baseline of a registry model use --init random." + (f" Not a registry name:{hint}" if hint else "")
+        f"{lead}{what} is not in the local HuggingFace cache and the hub ({HUB_HOST}) cannot be reached "
+        f"from here. On a connected machine run `huggingface-cli download {ref.location}` and copy "
+        "~/.cache/huggingface over, or save the model with save_pretrained and pass that directory as "
+        "--model DIR; for a random-weight baseline of a registry model use --init random."
     )
 
 
@@ -199,6 +201,7 @@ def load_model(
     seed: int = 0,
 ) -> LoadedModel:
     """Load `name` behind a TransformerBridge; see resolve_model for what `name` may be."""
+    t0 = time.perf_counter()
     ref = resolve_model(name)
     dev = resolve_device(device)
     dtype_name = dtype or (ref.spec.dtype if ref.spec else "float32")
@@ -217,7 +220,8 @@ def load_model(
         bridge, tok, n_params = load_toy(path, dev, torch_dtype)
         vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
         return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name,
-                           n_params, "toy word-level (shipped with the checkpoint)", dev)
+                           n_params, "toy word-level (shipped with the checkpoint)", dev,
+                           load_seconds=round(time.perf_counter() - t0, 3))
 
     if init == "random" and ref.kind == "hub":
         raise CircuitbenchError(
@@ -232,8 +236,10 @@ def load_model(
     )
     bridge.eval()
     vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
-    return LoadedModel(bridge, vocab, unk, ref.name, ref.location, revision if ref.kind != "local_hf" else None,
-                       init, dtype_name, n_params, tok_source, dev)
+    # A revision names trained weights: none for random init or a local directory.
+    kept_revision = revision if init == "pretrained" and ref.kind != "local_hf" else None
+    return LoadedModel(bridge, vocab, unk, ref.name, ref.location, kept_revision, init, dtype_name, n_params,
+                       tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3))
 
 
 def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:
