@@ -123,7 +123,7 @@ def ls(what: str = typer.Argument(..., help="tasks | models | methods | metrics 
             table.add_column(col, overflow="fold")
         for name, spec in all_tasks(tuple(include_path)).items():
             table.add_row(name, spec.generator.name, str(spec.n_prompts), ", ".join(spec.metrics),
-                          ", ".join(spec.methods), spec.description.strip())
+                          ", ".join(spec.methods), spec.description.strip().split(". ")[0].rstrip(".") + ".")
     elif what == "models":
         for col in ("model", "source", "params", "layers×heads", "d_model", "dtype", "notes"):
             table.add_column(col, overflow="fold")

@@ -8,6 +8,7 @@ mask is needed and absolute positions stay exact.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -88,6 +89,7 @@ class EncodedPrompts:
     score_mask: torch.Tensor  # [n, pos]
     has_answer: bool
     report: DropReport
+    prompt_hash: str  # sha256 of the generated PromptSet: same spec + seed -> same hash anywhere
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -232,4 +234,5 @@ def encode_prompts(
         score_mask=score_mask,
         has_answer=has_answer,
         report=report,
+        prompt_hash=hashlib.sha256(prompt_set.model_dump_json().encode()).hexdigest()[:16],
     )

@@ -19,7 +19,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from circuitbench.catalog import PACKAGE_DIR, load_task
+from pydantic import ValidationError
+
+from circuitbench.catalog import PACKAGE_DIR, format_validation_error, load_task
 from circuitbench.circuits import Circuit
 from circuitbench.encoding import Batch, EncodedPrompts, Vocabulary, encode_prompts
 from circuitbench.errors import CircuitbenchError
@@ -56,13 +58,19 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
         update["methods"] = options.methods
         if spec.circuit and spec.circuit.method and spec.circuit.method not in options.methods:
             update["circuit"] = spec.circuit.model_copy(update={"method": None})
-    return TaskSpec.model_validate({**spec.model_dump(), **update}) if update else spec
+    if not update:
+        return spec
+    try:
+        return TaskSpec.model_validate({**spec.model_dump(), **update})
+    except ValidationError as e:
+        raise CircuitbenchError(format_validation_error(e, f"task '{spec.name}' with run options")) from None
 
 
 def generate_prompts(spec: TaskSpec) -> PromptSet:
     gen = GENERATORS.get(spec.generator.name)
     try:
-        prompts = gen.generate(spec.generator, spec.n_prompts, spec.seed, spec.split)
+        n = None if spec.n_prompts == "all" else spec.n_prompts
+        prompts = gen.generate(spec.generator, n, spec.seed, spec.split)
     except CircuitbenchError as e:
         raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
     return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
@@ -252,7 +260,7 @@ def run_unit(
     return RunResult(
         status="complete",
         task=TaskInfo(
-            name=spec.name, version=spec.version, spec_hash=spec.spec_hash(), split=spec.split,
+            name=spec.name, version=spec.version, spec_hash=spec.spec_hash(), prompt_hash=data.prompt_hash, split=spec.split,
             n_prompts=len(data), n_dropped=report.n_dropped, dropped_reasons=dict(report.reasons),
             dropped_examples=report.examples, main_metric=spec.main_metric or spec.metrics[0],
         ),

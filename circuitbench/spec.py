@@ -63,7 +63,7 @@ class TaskSpec(BaseModel):
     version: int = Field(1, ge=1)
     description: str = ""
     generator: GeneratorParams
-    n_prompts: int = Field(64, ge=1, le=100_000)
+    n_prompts: int | Literal["all"] = Field(64, description="prompts to draw, or 'all' of the split")
     seed: int = 0
     split: Split = "test"
     metrics: list[MetricName] = Field(min_length=1)
@@ -72,6 +72,13 @@ class TaskSpec(BaseModel):
     circuit: CircuitRule | None = None
     max_drop_fraction: float = Field(0.1, ge=0, le=1)
     reference_circuits: dict[str, list[tuple[int, int]]] = Field(default_factory=dict)
+
+    @field_validator("n_prompts")
+    @classmethod
+    def _n_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 100_000:
+            raise ValueError("n_prompts must be between 1 and 100000, or 'all'")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":

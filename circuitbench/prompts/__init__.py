@@ -19,7 +19,7 @@ class Generator:
     """
 
     params: type[BaseModel]
-    generate: Callable[[BaseModel, int, int, Split], list[Prompt]]
+    generate: Callable[[BaseModel, int | None, int, Split], list[Prompt]]  # (params, n or all, seed, split)
     positions: frozenset[str]
     has_answer: bool
     description: str
@@ -28,6 +28,6 @@ class Generator:
 GENERATORS: Registry[Generator] = Registry("generator")
 
 # Importing the families registers them.
-from circuitbench.prompts import fibonacci, induction  # noqa: E402,F401
+from circuitbench.prompts import fibonacci, induction, ioi, progression, sequence, sorting  # noqa: E402,F401
 
 __all__ = ["GENERATORS", "Generator", "Prompt", "PromptSet", "Segment", "Split", "split_of"]

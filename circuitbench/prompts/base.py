@@ -87,32 +87,70 @@ def split_of(key: str) -> Split:
 def sample_split(
     draw: Callable[[random.Random], Prompt],
     *,
-    n: int,
+    n: int | None,
     seed: int,
     split: Split,
     task: str,
+    group: Callable[[str], str] = lambda key: key,
     max_tries_per_prompt: int = 200,
+    exhaust_after: int = 5000,
 ) -> list[Prompt]:
-    """Draw distinct prompts whose split key falls in `split`, with a local RNG.
+    """Draw distinct prompts whose split falls in `split`, with a local RNG.
 
-    Splits are disjoint by construction: a prompt's split is a function of its key, and keys are
-    deduplicated. Fails with a clear message when the universe is too small for `n`.
+    Splits are disjoint by construction: a prompt's split is a function of its key's `group`
+    (the key itself by default; e.g. the start of a progression, so that whole progressions are
+    held out), and keys are deduplicated. Fails with a clear message when the universe is too
+    small for `n`. With n=None ("all"), draws until `exhaust_after` draws in a row bring nothing
+    new: every prompt of a small universe's split (deterministic for a seed).
     """
     rng = random.Random(f"{task}:{seed}:{split}")
     seen: set[str] = set()
     out: list[Prompt] = []
-    tries = 0
-    while len(out) < n:
+    tries = stale = 0
+    while n is None or len(out) < n:
         tries += 1
-        if tries > max_tries_per_prompt * n + 1000:
+        stale += 1
+        if n is None and stale > exhaust_after:
+            break
+        if n is not None and tries > max_tries_per_prompt * n + 1000:
             raise CircuitbenchError(
                 f"generator '{task}' could only draw {len(out)} distinct {split} prompts of the {n} "
                 f"asked (a split holds about {SPLIT_FRACTIONS[split]:.0%} of all distinct prompts). "
                 "Lower n_prompts, or widen the generator's ranges in the task YAML."
             )
         prompt = draw(rng)
-        if prompt.split_key in seen or split_of(prompt.split_key) != split:
+        if prompt.split_key in seen or split_of(group(prompt.split_key)) != split:
             continue
         seen.add(prompt.split_key)
         out.append(prompt)
+        stale = 0
+    if not out:
+        raise CircuitbenchError(f"generator '{task}' has no {split} prompts with these params; widen its ranges.")
     return out
+
+
+def number_list_segments(terms: list[int], sep: str, last_label: str | None = "LAST") -> list[Segment]:
+    """'1, 1, 2,' as segments: each number (leading space after the first) then the separator;
+    the last number's token is labelled `last_label`."""
+    segs: list[Segment] = []
+    for i, t in enumerate(terms):
+        label = last_label if i == len(terms) - 1 else None
+        segs.append(Segment(text=f"{'' if i == 0 else ' '}{t}", label=label))
+        segs.append(Segment(text=sep))
+    return segs
+
+
+def shuffled_unlike(items: list, rng: random.Random) -> list:
+    """The items with all but the first in another order (when one exists).
+
+    The first item stays: at the start of a prompt it has no leading space, and many words
+    that are one token after a space are several without one; keeping it keeps the clean and
+    corrupted prompts the same token length."""
+    head, tail = items[:1], items[1:]
+    if len(set(tail)) < 2:
+        return list(items)
+    while True:
+        out = list(tail)
+        rng.shuffle(out)
+        if out != tail:
+            return head + out

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Segment, Split, sample_split
+from circuitbench.prompts.base import Prompt, Split, number_list_segments, sample_split
 
 
 class FibonacciParams(BaseModel):
@@ -35,16 +35,6 @@ def _terms(a: int, b: int, n: int) -> list[int]:
     return out[:n]
 
 
-def _segments(terms: list[int], sep: str, label_last: bool) -> list[Segment]:
-    """'1, 1, 2,' as segments: numbers (leading space after the first) and separators."""
-    segs: list[Segment] = []
-    for i, t in enumerate(terms):
-        is_last = i == len(terms) - 1
-        segs.append(Segment(text=f"{'' if i == 0 else ' '}{t}", label="LAST" if is_last and label_last else None))
-        segs.append(Segment(text=sep))
-    return segs
-
-
 def generate(params: FibonacciParams, n: int, seed: int, split: Split) -> list[Prompt]:
     def draw(rng: random.Random) -> Prompt:
         while True:
@@ -58,8 +48,8 @@ def generate(params: FibonacciParams, n: int, seed: int, split: Split) -> list[P
         step = rng.randint(1, max(1, params.max_start // 2))
         corrupted = [a + i * step for i in range(params.length)]
         return Prompt(
-            segments=_segments(shown, params.separator, True),
-            corrupted_segments=_segments(corrupted, params.separator, True),
+            segments=number_list_segments(shown, params.separator),
+            corrupted_segments=number_list_segments(corrupted, params.separator),
             answer=f" {answer}",
             distractor=f" {shown[-1]}",
             split_key=f"{a},{b}",

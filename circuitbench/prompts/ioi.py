@@ -1,0 +1,108 @@
+"""Indirect object identification (Wang et al. 2022): "When Mary and John went to the store,
+John gave a drink to" -> " Mary" (distractor " John"), in ABBA and BABA orders. Named positions
+IO, S1, S2 (the subject's two mentions) and END. Counterfactual: the same sentence with three
+unrelated names (the "ABC" distribution), so name-moving heads have nothing to move."""
+from __future__ import annotations
+
+import random
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from circuitbench.prompts import GENERATORS, Generator
+from circuitbench.prompts.base import Prompt, Segment, Split, sample_split
+
+DEFAULT_TEMPLATES = [
+    "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "After {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
+    "Friends {A} and {B} found a {OBJECT} at the {PLACE}. {S} gave it to",
+    "The {PLACE} was quiet when {A} and {B} arrived. {S} handed the {OBJECT} to",
+    "Yesterday {A} and {B} argued about a {OBJECT} at the {PLACE}. Afterwards {S} said to",
+]
+DEFAULT_NAMES = [
+    "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Alice", "Paul", "Kate", "Anne",
+    "Mark", "Chris", "Lisa", "Mike", "Sarah", "Jack", "Ben", "Rose", "Max", "Sam", "Adam", "Ryan",
+    "Emma", "Eric", "Tim", "Steve", "Joe", "David", "Jane", "Laura",
+]
+DEFAULT_PLACES = ["store", "garden", "restaurant", "school", "hospital", "office", "station", "park", "market", "beach"]
+DEFAULT_OBJECTS = ["drink", "ring", "book", "bone", "basketball", "computer", "necklace", "snack", "kiss", "bottle"]
+_SLOT = re.compile(r"\{(A|B|S|PLACE|OBJECT)\}")
+
+
+class IOIParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    name: Literal["ioi"]
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    names: list[str] = Field(default_factory=lambda: list(DEFAULT_NAMES), min_length=5)
+    places: list[str] = Field(default_factory=lambda: list(DEFAULT_PLACES), min_length=1)
+    objects: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTS), min_length=1)
+    orders: list[Literal["ABBA", "BABA"]] = Field(default_factory=lambda: ["ABBA", "BABA"], min_length=1)
+    counterfactual: Literal["abc"] = "abc"
+
+    @field_validator("templates")
+    @classmethod
+    def _slots(cls, templates: list[str]) -> list[str]:
+        for t in templates:
+            slots = _SLOT.findall(t)
+            if sorted(slots) != sorted(["A", "B", "S", "PLACE", "OBJECT"]):
+                raise ValueError(f"template {t!r} must use each of {{A}}, {{B}}, {{S}}, {{PLACE}}, {{OBJECT}} once")
+            if t.index("{S}") < max(t.index("{A}"), t.index("{B}")):
+                raise ValueError(f"template {t!r}: {{S}} must come after {{A}} and {{B}}")
+            if t.startswith(("{A}", "{B}", "{S}")):
+                raise ValueError(f"template {t!r}: start with a word, not a name (names are single tokens only after a space)")
+        return templates
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "IOIParams":
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names must be distinct")
+        return self
+
+
+def _segments(template: str, fill: dict[str, str], labels: dict[str, str]) -> list[Segment]:
+    """Split the template at its slots; a name slot keeps its leading space inside the segment so
+    BPE sees ' Mary' (or 'Mary' at the very start)."""
+    segs: list[Segment] = []
+    pos = 0
+    for m in _SLOT.finditer(template):
+        before = template[pos : m.start()]
+        space = before.endswith(" ")
+        if before.rstrip(" ") or (before and not space):
+            segs.append(Segment(text=before[:-1] if space else before))
+        slot = m.group(1)
+        segs.append(Segment(text=(" " if space else "") + fill[slot], label=labels.get(slot)))
+        pos = m.end()
+    if template[pos:]:
+        segs.append(Segment(text=template[pos:]))
+    return segs
+
+
+def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]:
+    def draw(rng: random.Random) -> Prompt:
+        t_index = rng.randrange(len(params.templates))
+        template = params.templates[t_index]
+        order = rng.choice(params.orders)
+        io, s, c1, c2, c3 = rng.sample(params.names, 5)
+        place, obj = rng.choice(params.places), rng.choice(params.objects)
+        a, b = (io, s) if order == "ABBA" else (s, io)
+        labels = {"A": "IO" if order == "ABBA" else "S1", "B": "S1" if order == "ABBA" else "IO", "S": "S2"}
+        clean = _segments(template, {"A": a, "B": b, "S": s, "PLACE": place, "OBJECT": obj}, labels)
+        corrupted = _segments(template, {"A": c1, "B": c2, "S": c3, "PLACE": place, "OBJECT": obj}, labels)
+        return Prompt(
+            segments=clean,
+            corrupted_segments=corrupted,
+            answer=f" {io}",
+            distractor=f" {s}",
+            split_key=f"{t_index}|{order}|{io}|{s}|{place}|{obj}",
+            meta={"template": t_index, "order": order},
+        )
+
+    return sample_split(draw, n=n, seed=seed, split=split, task="ioi")
+
+
+GENERATORS.add("ioi", Generator(IOIParams, generate, frozenset({"END", "IO", "S1", "S2"}), True,  # type: ignore[arg-type]
+                                "indirect object identification, ABBA and BABA, ABC counterfactual"))
