@@ -5,9 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.methods import MethodContext
+from circuitbench.methods.patching import mean_head_outputs, metric_values, z_hook
 from circuitbench.spec import CircuitRule
 
 Head = tuple[int, int]
@@ -68,3 +71,102 @@ class Circuit(BaseModel):
 
     def names(self) -> list[str]:
         return [f"{l}.{h}" for l, h in self.heads]
+
+
+# Faithfulness: the model with every head outside the circuit ablated, as MIB defines it.
+
+
+def ablation_means(model, data, kind: str, batch_size: int) -> list[torch.Tensor] | None:
+    """Per-layer [pos, n_heads, d_head] replacement values for ablated heads (None: zeros)."""
+    if kind == "zero":
+        return None
+    return mean_head_outputs(model, data, batch_size, corrupted=kind == "mean_counterfactual")
+
+
+def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | None, ctx: MethodContext) -> float:
+    """Mean (higher-is-better) main metric with every head not in `keep` replaced by `means`."""
+    n_layers, n_heads = model.n_layers, model.n_heads
+    drop = {l: [h for h in range(n_heads) if (l, h) not in keep] for l in range(n_layers)}
+    total = 0.0
+    for batch in data.batches(ctx.batch_size):
+        hooks = []
+        for layer, heads in drop.items():
+            if not heads:
+                continue
+
+            def ablate(z: torch.Tensor, hook, _l=layer, _heads=heads) -> torch.Tensor:
+                z = z.clone()
+                fill = torch.zeros_like(z[:, :, _heads]) if means is None else means[_l][: z.shape[1], _heads].to(z.dtype)
+                z[:, :, _heads] = fill
+                return z
+
+            hooks.append((z_hook(layer), ablate))
+        with torch.inference_mode():
+            logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks)
+        total += float(metric_values(ctx, logits, batch).double().sum())
+    return total / len(data)
+
+
+CURVE_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def curve_sizes(n_total: int) -> list[int]:
+    """Every circuit size for small models; MIB's fraction grid for large ones."""
+    if n_total <= 64:
+        return list(range(n_total + 1))
+    return sorted({round(f * n_total) for f in CURVE_FRACTIONS})
+
+
+class FaithfulnessReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    faithfulness: float  # f(C) = (m(C) − m(∅)) / (m(M) − m(∅))
+    m_circuit: float
+    m_full: float
+    m_empty: float
+    ablation: str
+    curve: list[tuple[int, float, float]] = Field(default_factory=list)  # (n_heads, fraction, f)
+    cpr: float | None = None  # area under f over the fraction of heads (higher better)
+    cmd: float | None = None  # area under |1 − f| (lower better)
+
+
+def faithfulness(model, data, circuit: Circuit, scores: np.ndarray, rule: CircuitRule, ctx: MethodContext) -> FaithfulnessReport:
+    means = ablation_means(model, data, rule.ablation, ctx.batch_size)
+    n_layers, n_heads = scores.shape
+    all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
+    m_full = metric_with_heads(model, data, all_heads, means, ctx)
+    m_empty = metric_with_heads(model, data, set(), means, ctx)
+    gap = m_full - m_empty
+    if abs(gap) < 1e-9:
+        raise CircuitbenchError(
+            f"Faithfulness is undefined on '{model.name}': ablating every head does not change the metric "
+            f"({m_full:.4g}). Try another circuit.ablation."
+        )
+    f = lambda keep: (metric_with_heads(model, data, keep, means, ctx) - m_empty) / gap
+    m_circuit = metric_with_heads(model, data, set(circuit.heads), means, ctx)
+    report = FaithfulnessReport(faithfulness=(m_circuit - m_empty) / gap, m_circuit=m_circuit, m_full=m_full,
+                                m_empty=m_empty, ablation=rule.ablation)
+    if rule.curve:
+        values = np.abs(scores) if rule.by == "abs" else scores
+        order = sorted(np.ndindex(n_layers, n_heads), key=lambda lh: (-values[lh], lh))
+        total = n_layers * n_heads
+        points = []
+        for k in curve_sizes(total):
+            fk = 0.0 if k == 0 else 1.0 if k == total else f({(int(l), int(h)) for l, h in order[:k]})
+            points.append((k, k / total, fk))
+        xs = np.array([p[1] for p in points])
+        ys = np.array([p[2] for p in points])
+        report.curve = points
+        report.cpr = float(np.trapezoid(ys, xs))
+        report.cmd = float(np.trapezoid(np.abs(1 - ys), xs))
+    return report
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score arrays (average ranks for ties)."""
+    import pandas as pd
+
+    ra = pd.Series(np.ravel(a)).rank().to_numpy()
+    rb = pd.Series(np.ravel(b)).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -58,7 +58,14 @@ class CircuitInfo(_Strict):
     method: str
     rule: dict[str, object]
     heads: list[tuple[int, int]]
-    faithfulness: float | None = None
+    faithfulness: float | None = None  # f(C) = (m(C) − m(∅)) / (m(M) − m(∅))
+    m_circuit: float | None = None
+    m_full: float | None = None
+    m_empty: float | None = None
+    ablation: str | None = None
+    curve: list[tuple[int, float, float]] = Field(default_factory=list)  # (n_heads, fraction, f)
+    cpr: float | None = None  # area under the faithfulness curve (higher better)
+    cmd: float | None = None  # area under |1 − f| (lower better)
 
 
 class RunResult(_Strict):
@@ -71,6 +78,8 @@ class RunResult(_Strict):
     metrics_stderr: dict[str, float] = Field(default_factory=dict)
     metrics_corrupted: dict[str, float] = Field(default_factory=dict)
     head_scores: dict[str, list[list[float]]] = Field(default_factory=dict)
+    method_agreement: dict[str, float] = Field(default_factory=dict)  # e.g. Spearman exact vs attribution
+    traces: dict[str, dict[str, object]] = Field(default_factory=dict)  # causal tracing maps (TraceMap)
     circuit: CircuitInfo | None = None
     error: str | None = None
 

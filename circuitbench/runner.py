@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pydantic import ValidationError
 
 from circuitbench.catalog import PACKAGE_DIR, format_validation_error, load_task
-from circuitbench.circuits import Circuit
+from circuitbench.circuits import Circuit, faithfulness, spearman
 from circuitbench.encoding import Batch, EncodedPrompts, Vocabulary, encode_prompts
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, MethodContext
@@ -157,18 +157,26 @@ def evaluate(
 
 
 def score_heads(
-    model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None
+    model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None,
+    metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
+    traces: dict[str, dict] | None = None,
 ) -> dict[str, np.ndarray]:
+    """Head scores per method; trace-producing methods (causal tracing) fill `traces` instead."""
     scores: dict[str, np.ndarray] = {}
+    traces = {} if traces is None else traces
     for name in methods:
         method = METHODS.get(name)
-        task_id = progress.add_task(name, total=len(data) * method.passes) if progress else None
+        task_id = progress.add_task(name, total=len(data)) if progress else None
 
         def advance(n: int, _task=task_id) -> None:
             if progress and _task is not None:
                 progress.advance(_task, n)
 
-        array = np.asarray(method.fn(model, data, MethodContext(batch_size=batch_size, advance=advance)), dtype=float)
+        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance)
+        if method.produces == "traces":
+            traces.update({f"{name}/{key}": value.model_dump() for key, value in method.fn(model, data, ctx).items()})
+            continue
+        array = np.asarray(method.fn(model, data, ctx), dtype=float)
         expected = (model.n_layers, model.n_heads)
         if array.shape != expected:
             raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
@@ -248,13 +256,21 @@ def run_unit(
     for name, values in clean.items():
         metrics[name], stderr[name] = _mean_stderr(values)
     metrics_corrupted = {name: _mean_stderr(v)[0] for name, v in corrupted.items()}
-    head_scores = score_heads(model, data, spec.methods, batch_size, progress)
+    traces: dict[str, dict] = {}
+    head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.main_metric or spec.metrics[0],
+                              spec.method_options, traces)
 
     circuit = None
     if spec.circuit and head_scores:
-        method = spec.circuit.method or spec.methods[0]
+        method = spec.circuit.method or next(iter(head_scores))
         chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
-        circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads)
+        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0])
+        report = faithfulness(model, data, chosen, head_scores[method], spec.circuit, ctx)
+        circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **report.model_dump())
+    agreement = {}
+    if "activation_patching" in head_scores and "attribution_patching" in head_scores:
+        agreement["spearman(activation_patching, attribution_patching)"] = spearman(
+            head_scores["activation_patching"], head_scores["attribution_patching"])
 
     report = data.report
     return RunResult(
@@ -278,6 +294,8 @@ def run_unit(
         metrics_stderr=stderr,
         metrics_corrupted=metrics_corrupted,
         head_scores={k: v.tolist() for k, v in head_scores.items()},
+        method_agreement=agreement,
+        traces=traces,
         circuit=circuit,
     )
 

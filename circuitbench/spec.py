@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from circuitbench.errors import did_you_mean
 from circuitbench.methods import METHODS
@@ -33,6 +33,9 @@ class CircuitRule(BaseModel):
     threshold: float | None = None
     fraction: float | None = Field(None, gt=0, le=1)
     by: Literal["abs", "signed"] = "abs"
+    ablation: Literal["mean_counterfactual", "mean_clean", "zero"] = Field(
+        "mean_counterfactual", description="how heads outside the circuit are removed for faithfulness")
+    curve: bool = Field(True, description="also compute the faithfulness curve over circuit sizes (CPR, CMD)")
 
     @model_validator(mode="after")
     def _one_rule(self) -> "CircuitRule":
@@ -69,6 +72,7 @@ class TaskSpec(BaseModel):
     metrics: list[MetricName] = Field(min_length=1)
     main_metric: str | None = None
     methods: list[MethodName] = Field(default_factory=list)
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
     circuit: CircuitRule | None = None
     max_drop_fraction: float = Field(0.1, ge=0, le=1)
     reference_circuits: dict[str, list[tuple[int, int]]] = Field(default_factory=dict)
@@ -94,6 +98,18 @@ class TaskSpec(BaseModel):
             self.main_metric = self.metrics[0]
         elif self.main_metric not in self.metrics:
             raise ValueError(f"main_metric '{self.main_metric}' is not in metrics {self.metrics}")
+        for name, opts in self.method_options.items():
+            if name not in METHODS:
+                raise ValueError(f"method_options: unknown method '{name}'.{did_you_mean(name, list(METHODS))}")
+            model = METHODS.get(name).options
+            if model is None:
+                raise ValueError(f"method_options.{name}: method '{name}' takes no options")
+            try:
+                model.model_validate(opts)
+            except ValidationError as e:
+                first = e.errors()[0]
+                path = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"method_options.{name}.{path}: {first['msg']}") from None
         if self.circuit and self.circuit.method and self.circuit.method not in self.methods:
             raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods}")
         return self

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 from circuitbench.registry import Registry
 
@@ -16,9 +17,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class MethodContext:
-    """What a method may use besides model and prompts."""
+    """What a method may use besides model and prompts: the task's main metric (patching
+    methods score changes of it), the method's options from the task YAML, batching, progress."""
 
     batch_size: int
+    metric: str = "logit_diff"
+    options: dict[str, Any] = field(default_factory=dict)
     advance: Callable[[int], None] = field(default=lambda n: None)  # progress: n prompts done
 
 
@@ -28,11 +32,12 @@ class Method:
     description: str
     needs_corrupted: bool = False
     needs_answer: bool = False
-    passes: int = 1  # forward passes over the prompts, for progress bars
+    options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
+    produces: Literal["head_scores", "traces"] = "head_scores"  # traces: per-(layer, position) maps
 
 
 METHODS: Registry[Method] = Registry("method")
 
-from circuitbench.methods import detectors  # noqa: E402,F401  (registers)
+from circuitbench.methods import causal_tracing, detectors, patching  # noqa: E402,F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodContext"]

@@ -1,0 +1,325 @@
+"""Head patching: exact activation patching, ablations and attribution patching.
+
+Exact patching reuses the base run's cached residual stream: for a head in layer l the forward
+re-enters at block l (blocks before it are skipped, see models/forward.py), and several heads of
+one layer are patched at once, one per copy of the batch along the batch dimension. The naive
+loop (one full forward per head) gives the same numbers; the tests check it.
+
+Scores are normalised so that 1 means "this head alone carries the whole clean-vs-corrupted
+difference": noising (corrupted head output into the clean run) scores (m_clean − m_patched) /
+(m_clean − m_corrupted); denoising (clean into the corrupted run) scores (m_patched −
+m_corrupted) / (m_clean − m_corrupted).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from circuitbench.encoding import Batch
+from circuitbench.errors import CircuitbenchError
+from circuitbench.methods import METHODS, Method, MethodContext
+from circuitbench.metrics import METRICS
+
+if TYPE_CHECKING:
+    from circuitbench.encoding import EncodedPrompts
+    from circuitbench.models import LoadedModel
+
+# Rows (prompt copies) per patched forward: bounds the logits tensor [rows, pos, vocab].
+MAX_ROWS = 64
+
+
+class PatchingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    direction: Literal["noising", "denoising"] = "noising"
+    positions: Literal["all"] | list[str] = Field("all", description="'all' or named positions, e.g. [END, S2]")
+
+
+class AblationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["zero", "mean", "resample"] = "mean"
+    positions: Literal["all"] | list[str] = "all"
+
+
+class AttributionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ig_steps: int = Field(0, ge=0, le=256, description="0: plain attribution patching; >0: integrated gradients")
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def metric_values(ctx: MethodContext, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[batch] per-prompt value of the task's main metric, oriented so higher = better."""
+    metric = METRICS.get(ctx.metric)
+    values = metric.fn(logits, batch)
+    return values if metric.higher_is_better else -values
+
+
+def repeat_batch(batch: Batch, copies: int) -> Batch:
+    """The batch stacked `copies` times (copy-major: row c * B + b)."""
+    rep = lambda t: t.repeat(copies, *([1] * (t.dim() - 1)))
+    return Batch(
+        tokens=rep(batch.tokens), corrupted=None if batch.corrupted is None else rep(batch.corrupted),
+        lengths=rep(batch.lengths), answer=rep(batch.answer), distractor=rep(batch.distractor),
+        positions={k: rep(v) for k, v in batch.positions.items()}, score_mask=rep(batch.score_mask),
+    )
+
+
+def as_corrupted(batch: Batch) -> Batch:
+    assert batch.corrupted is not None
+    return replace(batch, tokens=batch.corrupted, corrupted=None)
+
+
+def position_mask(batch: Batch, positions: Literal["all"] | list[str]) -> torch.Tensor:
+    """[batch, pos] bool: where head outputs are patched."""
+    b, p = batch.tokens.shape
+    if positions == "all":
+        return torch.arange(p)[None, :] < batch.lengths[:, None]
+    mask = torch.zeros(b, p, dtype=torch.bool)
+    for name in positions:
+        if name not in batch.positions:
+            raise CircuitbenchError(f"position '{name}' is not defined by this task (it has {sorted(batch.positions)})")
+        mask[torch.arange(b), batch.positions[name]] = True
+    return mask
+
+
+def check_positions(data: "EncodedPrompts", positions: Literal["all"] | list[str], method: str) -> None:
+    if positions != "all":
+        missing = [p for p in positions if p not in data.positions]
+        if missing:
+            raise CircuitbenchError(
+                f"Method '{method}' patches at positions {missing}, which this task does not define "
+                f"(it has {sorted(data.positions)}). Set positions in method_options."
+            )
+
+
+@dataclass
+class RunCache:
+    """What one base run leaves behind: per-layer block inputs and head outputs (hook_z)."""
+
+    resid: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model]
+    z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head]
+    logits: torch.Tensor
+
+
+def run_and_cache(model: "LoadedModel", tokens: torch.Tensor) -> RunCache:
+    names = {f"blocks.{l}.hook_in" for l in range(model.n_layers)} | {z_hook(l) for l in range(model.n_layers)}
+    with torch.inference_mode():
+        logits, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in names)
+    return RunCache(
+        resid=[cache[f"blocks.{l}.hook_in"] for l in range(model.n_layers)],
+        z=[cache[z_hook(l)] for l in range(model.n_layers)],
+        logits=logits,
+    )
+
+
+def patched_head_metrics(
+    model: "LoadedModel",
+    batch: Batch,
+    base: RunCache,
+    source_z: Callable[[int], torch.Tensor],
+    mask: torch.Tensor,
+    ctx: MethodContext,
+    formats: list[tuple[str, int]],
+) -> torch.Tensor:
+    """[n_layers, n_heads] sum over the batch's prompts of the metric when that head's output
+    (at `mask` positions) is replaced by `source_z(layer)` [batch, pos, n_heads, d_head]."""
+    from circuitbench.models.forward import resume_hook, skip_blocks_before
+
+    n_layers, n_heads = model.n_layers, model.n_heads
+    b = len(batch)
+    group = max(1, min(n_heads, MAX_ROWS // max(b, 1)))
+    out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    mask_dev = mask.to(model.device)
+    for layer in range(n_layers):
+        src = source_z(layer)
+        for first in range(0, n_heads, group):
+            heads = list(range(first, min(first + group, n_heads)))
+            g = len(heads)
+            rep = repeat_batch(batch, g)
+
+            def patch(z: torch.Tensor, hook, _heads=heads, _src=src) -> torch.Tensor:
+                z = z.clone().view(len(_heads), b, *z.shape[1:])
+                for c, h in enumerate(_heads):
+                    z[c, :, :, h] = torch.where(mask_dev[:, :, None], _src[:, :, h].to(z.dtype), z[c, :, :, h])
+                return z.view(len(_heads) * b, *z.shape[2:])
+
+            hooks = [resume_hook(layer, base.resid[layer].repeat(g, 1, 1)), (z_hook(layer), patch)]
+            with torch.inference_mode(), skip_blocks_before(model, layer, formats):
+                logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
+            values = metric_values(ctx, logits, rep).double().cpu().view(g, b).sum(1)
+            out[layer, first : first + g] = values
+    return out
+
+
+def naive_head_metrics(
+    model: "LoadedModel", batch: Batch, source_z: Callable[[int], torch.Tensor], mask: torch.Tensor, ctx: MethodContext
+) -> torch.Tensor:
+    """The reference loop: one full forward per head. Same contract as patched_head_metrics."""
+    out = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    for layer in range(model.n_layers):
+        src = source_z(layer)
+        for h in range(model.n_heads):
+            def patch(z: torch.Tensor, hook, _h=h, _src=src) -> torch.Tensor:
+                z = z.clone()
+                z[:, :, _h] = torch.where(mask[:, :, None].to(z.device), _src[:, :, _h].to(z.dtype), z[:, :, _h])
+                return z
+
+            with torch.inference_mode():
+                logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=[(z_hook(layer), patch)])
+            out[layer, h] = metric_values(ctx, logits, batch).double().sum()
+    return out
+
+
+def _normalise(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str, model_name: str) -> np.ndarray:
+    gap = m_clean - m_corr
+    if abs(gap) < 1e-9:
+        raise CircuitbenchError(
+            f"Clean and corrupted prompts give the same metric on '{model_name}' ({m_clean:.4g}): patching "
+            "scores are undefined. The model may not do the task at all; check the metrics first."
+        )
+    if direction == "noising":
+        return ((m_clean - patched) / gap).numpy()
+    return ((patched - m_corr) / gap).numpy()
+
+
+def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -> np.ndarray:
+    from circuitbench.models.forward import block_output_formats
+
+    opts = PatchingOptions.model_validate(ctx.options)
+    check_positions(data, opts.positions, "activation_patching")
+    formats = block_output_formats(model, data.tokens)
+    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    m_clean = m_corr = 0.0
+    for batch in data.batches(ctx.batch_size):
+        clean, corrupt = batch, as_corrupted(batch)
+        clean_run, corrupt_run = run_and_cache(model, clean.tokens), run_and_cache(model, corrupt.tokens)
+        m_clean += float(metric_values(ctx, clean_run.logits, clean).double().sum())
+        m_corr += float(metric_values(ctx, corrupt_run.logits, corrupt).double().sum())
+        base_batch, base, source = (clean, clean_run, corrupt_run) if opts.direction == "noising" else (corrupt, corrupt_run, clean_run)
+        mask = position_mask(batch, opts.positions)
+        total += patched_head_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mask, ctx, formats)
+        ctx.advance(len(batch))
+    n = len(data)
+    return _normalise(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
+
+
+def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None, lengths: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    if kind == "zero":
+        return lambda l: torch.zeros_like(run.z[l])
+    if kind == "mean":
+        assert mean_z is not None
+        return lambda l: mean_z[l][: run.z[l].shape[1]].unsqueeze(0).expand_as(run.z[l])
+    # resample: each prompt takes the head output of the next prompt in the batch
+    return lambda l: run.z[l].roll(1, dims=0)
+
+
+def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", batch_size: int, corrupted: bool = False) -> list[torch.Tensor]:
+    """Per-layer [pos, n_heads, d_head] mean of hook_z over the task's clean (or corrupted)
+    prompts, each position averaged over the prompts long enough to have it."""
+    width = data.tokens.shape[1]
+    sums: list[torch.Tensor] | None = None
+    counts = torch.zeros(width, dtype=torch.float64)
+    for batch in data.batches(batch_size):
+        run = run_and_cache(model, as_corrupted(batch).tokens if corrupted else batch.tokens)
+        p = batch.tokens.shape[1]
+        valid = (torch.arange(p)[None, :] < batch.lengths[:, None]).double()
+        if sums is None:
+            sums = [torch.zeros(width, *z.shape[2:], dtype=torch.float64) for z in run.z]
+        for l, z in enumerate(run.z):
+            sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
+        counts[:p] += valid.sum(0)
+    assert sums is not None
+    return [(s / counts.clamp(min=1)[:, None, None]).float().to(model.device) for s in sums]
+
+
+def ablation(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -> np.ndarray:
+    """Score = drop of the (higher-is-better) main metric when the head is ablated."""
+    from circuitbench.models.forward import block_output_formats
+
+    opts = AblationOptions.model_validate(ctx.options)
+    check_positions(data, opts.positions, "ablation")
+    formats = block_output_formats(model, data.tokens)
+    mean_z = mean_head_outputs(model, data, ctx.batch_size) if opts.kind == "mean" else None
+    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    m_clean = 0.0
+    for batch in data.batches(ctx.batch_size):
+        run = run_and_cache(model, batch.tokens)
+        m_clean += float(metric_values(ctx, run.logits, batch).double().sum())
+        source = _ablation_source(opts.kind, run, mean_z, batch.lengths)
+        total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx, formats)
+        ctx.advance(len(batch))
+    n = len(data)
+    return (m_clean / n - total / n).numpy()
+
+
+def attribution_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -> np.ndarray:
+    """score ≈ −(z_corr − z_clean) · ∂m/∂z summed over positions and d_head, normalised like
+    noising activation patching. With ig_steps > 0 the gradient is averaged along the straight
+    path between the corrupted and clean block-0 inputs (EAP-IG style)."""
+    opts = AttributionOptions.model_validate(ctx.options)
+    n_layers = model.n_layers
+    total = torch.zeros(n_layers, model.n_heads, dtype=torch.float64)
+    m_clean = m_corr = 0.0
+    params = [p for p in model.bridge.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        for batch in data.batches(ctx.batch_size):
+            clean, corrupt = batch, as_corrupted(batch)
+            clean_run, corrupt_run = run_and_cache(model, clean.tokens), run_and_cache(model, corrupt.tokens)
+            m_clean += float(metric_values(ctx, clean_run.logits, clean).double().sum())
+            m_corr += float(metric_values(ctx, corrupt_run.logits, corrupt).double().sum())
+            alphas = [1.0] if opts.ig_steps == 0 else [(k + 0.5) / opts.ig_steps for k in range(opts.ig_steps)]
+            grads = [torch.zeros_like(z, dtype=torch.float64) for z in clean_run.z]
+            for alpha in alphas:
+                for l, g in enumerate(_z_gradients(model, clean, clean_run.resid[0], corrupt_run.resid[0], alpha, ctx)):
+                    grads[l] += g.double() / len(alphas)
+            valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
+            for l in range(n_layers):
+                delta = (corrupt_run.z[l] - clean_run.z[l]).double() * valid[:, :, None, None]
+                total[l] += (delta * grads[l]).sum((0, 1, 3)).cpu()
+            ctx.advance(len(batch))
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    n = len(data)
+    gap = (m_clean - m_corr) / n
+    if abs(gap) < 1e-9:
+        raise CircuitbenchError(f"Clean and corrupted prompts give the same metric on '{model.name}': attribution scores are undefined.")
+    return (-(total / n) / gap).numpy()
+
+
+def _z_gradients(model: "LoadedModel", batch: Batch, resid_clean: torch.Tensor, resid_corr: torch.Tensor,
+                 alpha: float, ctx: MethodContext) -> list[torch.Tensor]:
+    """∂(sum of the metric)/∂z per layer, on the clean prompts with the block-0 input set to
+    corr + alpha·(clean − corr) (alpha = 1: the clean run itself)."""
+    kept: list[torch.Tensor] = []
+
+    def start(x: torch.Tensor, hook) -> torch.Tensor:
+        mixed = resid_corr + alpha * (resid_clean - resid_corr)
+        return mixed.detach().clone().to(x.dtype).requires_grad_(True)
+
+    def keep(z: torch.Tensor, hook) -> torch.Tensor:
+        z.retain_grad()
+        kept.append(z)
+        return z
+
+    hooks = [("blocks.0.hook_in", start)] + [(z_hook(l), keep) for l in range(model.n_layers)]
+    with torch.enable_grad():
+        logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks)
+        metric_values(ctx, logits, batch).sum().backward()
+    return [z.grad.detach() if z.grad is not None else torch.zeros_like(z) for z in kept]
+
+
+METHODS.add("activation_patching", Method(activation_patching, "exact head patching (noising/denoising), normalised",
+                                          needs_corrupted=True, options=PatchingOptions))
+METHODS.add("ablation", Method(ablation, "metric drop when a head is zero/mean/resample ablated", options=AblationOptions))
+METHODS.add("attribution_patching", Method(attribution_patching, "gradient approximation of noising patching (optional IG)",
+                                           needs_corrupted=True, options=AttributionOptions))
