@@ -27,7 +27,8 @@ setup: $(VENV)/.deps-installed
 
 demo: setup
 	$(CB) run --task induction --model toy-induction-2l --out results
-	$(CB) run --task ioi,seq_digits,seq_months,x2,arith_k,fibonacci,sorting --model gpt2-small --init random --n 16 --out results
+	$(CB) run --task ioi,seq_months,x2,fibonacci,sorting --model gpt2-small --init random --n 16 \
+		--methods attribution_patching,previous_token,induction --out results
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

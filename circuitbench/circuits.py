@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import MethodContext
-from circuitbench.methods.patching import mean_head_outputs, metric_values, z_hook
+from circuitbench.methods.patching import end_only_logits, mean_head_outputs, metric_values, z_hook
 from circuitbench.spec import CircuitRule
 
 Head = tuple[int, int]
@@ -101,9 +101,10 @@ def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | 
                 return z
 
             hooks.append((z_hook(layer), ablate))
+        unembed_hooks, scored = end_only_logits(ctx.metric, batch)
         with torch.inference_mode():
-            logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks)
-        total += float(metric_values(ctx, logits, batch).double().sum())
+            logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks + unembed_hooks)
+        total += float(metric_values(ctx, logits, scored).double().sum())
     return total / len(data)
 
 

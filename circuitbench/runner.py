@@ -49,7 +49,8 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
     """The task spec with run-time overrides applied (and re-validated); its hash names the unit."""
     update: dict[str, object] = {}
     if options.n is not None:
-        update["n_prompts"] = options.n
+        # --n is a count for sampled tasks and a limit for tasks that take all of a small split
+        update["limit" if spec.n_prompts == "all" else "n_prompts"] = options.n
     if options.seed is not None:
         update["seed"] = options.seed
     if options.split is not None:
@@ -70,7 +71,7 @@ def generate_prompts(spec: TaskSpec) -> PromptSet:
     gen = GENERATORS.get(spec.generator.name)
     try:
         n = None if spec.n_prompts == "all" else spec.n_prompts
-        prompts = gen.generate(spec.generator, n, spec.seed, spec.split)
+        prompts = gen.generate(spec.generator, n, spec.seed, spec.split)[: spec.limit]
     except CircuitbenchError as e:
         raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
     return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
@@ -327,6 +328,8 @@ def run(
     task_names = [tasks] if isinstance(tasks, str) else list(tasks)
     model_names = [models] if isinstance(models, str) else list(models)
     specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
+    for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads
+        generate_prompts(spec)
     out = Path(options.out)
     outcomes: list[UnitOutcome] = []
     with progress_bars(show_progress) as progress:

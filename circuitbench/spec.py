@@ -67,6 +67,7 @@ class TaskSpec(BaseModel):
     description: str = ""
     generator: GeneratorParams
     n_prompts: int | Literal["all"] = Field(64, description="prompts to draw, or 'all' of the split")
+    limit: int | None = Field(None, ge=1, description="keep at most this many of the drawn prompts (--n on an 'all' task)")
     seed: int = 0
     split: Split = "test"
     metrics: list[MetricName] = Field(min_length=1)

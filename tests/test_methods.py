@@ -146,3 +146,16 @@ def test_method_options_and_positions_are_validated(toy):
     with pytest.raises(CircuitbenchError, match="S2"):
         score_heads(model, data, ["activation_patching"], 8, metric="induction_loss",
                     method_options={"activation_patching": {"positions": ["S2"]}})
+
+
+def test_attention_to_matches_pattern_by_hand(tiny_models):
+    model = load_model(str(tiny_models["gpt2"]), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
+    scores = score_heads(model, data, ["attention_to"], 4, method_options={"attention_to": {"source": "END", "target": "IO"}})["attention_to"]
+    _, cache = model.bridge.run_with_cache(data.tokens, names_filter=lambda n: n == "blocks.1.attn.hook_pattern")
+    pattern = cache["blocks.1.attn.hook_pattern"]
+    rows = torch.arange(4)
+    by_hand = pattern[rows, :, data.positions["END"], data.positions["IO"]].mean(0)
+    assert torch.allclose(torch.tensor(scores[1]).float(), by_hand.float(), atol=1e-5)
+    with pytest.raises(CircuitbenchError, match="REPEAT"):
+        score_heads(model, data, ["attention_to"], 4, method_options={"attention_to": {"source": "REPEAT"}})

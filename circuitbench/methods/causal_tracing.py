@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from circuitbench.encoding import Batch
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, Method, MethodContext
-from circuitbench.methods.patching import MAX_ROWS, repeat_batch
+from circuitbench.methods.patching import end_only_logits, repeat_batch, rows_per_forward
 from circuitbench.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def causal_tracing(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodCont
                 base = corr_cache if direction == "restore" else clean_cache
                 baseline = m_corr if direction == "restore" else m_clean
                 out = torch.zeros(b, n_layers, width)
-                group = max(1, min(width, MAX_ROWS // max(b, 1)))
+                group = max(1, min(width, rows_per_forward(metric) // max(b, 1)))
                 for layer in range(n_layers):
                     name = STATE_HOOKS[kind].format(layer=layer)
                     src = source[name]
@@ -177,10 +177,12 @@ def causal_tracing(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodCont
                             return x.view(len(_cols) * b, *x.shape[2:])
 
                         # blocks before `layer` are the base run's: resume from its cached block input
-                        hooks = [resume_hook(layer, base[f"blocks.{layer}.hook_in"].repeat(g, 1, 1)), (name, patch)]
+                        unembed_hooks, scored = end_only_logits(metric, rep)
+                        hooks = [resume_hook(layer, base[f"blocks.{layer}.hook_in"].repeat(g, 1, 1)), (name, patch),
+                                 *unembed_hooks]
                         with torch.inference_mode(), skip_blocks_before(model, layer, formats):
                             logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
-                        values = _metric(metric, logits, rep).cpu().view(g, b)
+                        values = _metric(metric, logits, scored).cpu().view(g, b)
                         out[:, layer, first : first + g] = (values - baseline[None, :]).T
                 effects[(kind, direction)].append(out)
         ctx.advance(len(batch))

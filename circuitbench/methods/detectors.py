@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, Method, MethodContext
 
 if TYPE_CHECKING:
@@ -81,3 +83,43 @@ def _detector(targets: TargetFn) -> Callable[["LoadedModel", "EncodedPrompts", M
 METHODS.add("previous_token", Method(_detector(previous_token_targets), "attention to the previous token"))
 METHODS.add("duplicate_token", Method(_detector(duplicate_token_targets), "attention to earlier copies of the token"))
 METHODS.add("induction", Method(_detector(induction_targets), "prefix matching: attention to the token after an earlier copy"))
+
+
+class AttentionToOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field("END", description="named position attending (query)")
+    target: str = Field("IO", description="named position attended to (key)")
+
+
+def attention_to(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -> np.ndarray:
+    """Mean attention from one named position to another, e.g. END -> IO (name movers)."""
+    opts = AttentionToOptions.model_validate(ctx.options)
+    missing = [p for p in (opts.source, opts.target) if p not in data.positions]
+    if missing:
+        raise CircuitbenchError(
+            f"Method 'attention_to' needs positions {missing}, which this task does not define "
+            f"(it has {sorted(data.positions)}). Set method_options.attention_to.source/target."
+        )
+
+    def targets(tokens: torch.Tensor, lengths: torch.Tensor, _batch_positions: dict) -> torch.Tensor:
+        b, p = tokens.shape
+        t = torch.zeros(b, p, p, dtype=torch.bool)
+        rows = torch.arange(b)
+        t[rows, _batch_positions[opts.source], _batch_positions[opts.target]] = True
+        return t
+
+    n_layers, n_heads = model.n_layers, model.n_heads
+    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    hook_names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    for batch in data.batches(ctx.batch_size):
+        tgt = targets(batch.tokens, batch.lengths, batch.positions).float()
+        with torch.inference_mode():
+            _, cache = model.bridge.run_with_cache(batch.tokens.to(model.device), names_filter=lambda n: n in hook_names)
+        for layer, name in enumerate(hook_names):
+            total[layer] += (cache[name].float().cpu() * tgt[:, None]).sum((0, 2, 3)).double()
+        ctx.advance(len(batch))
+    return (total / len(data)).numpy()
+
+
+METHODS.add("attention_to", Method(attention_to, "attention from one named position to another (e.g. END -> IO)",
+                                   options=AttentionToOptions))

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from circuitbench.encoding import EncodedPrompts
     from circuitbench.models import LoadedModel
 
-# Rows (prompt copies) per patched forward: bounds the logits tensor [rows, pos, vocab].
+# Rows (prompt copies) per patched forward: bounds the logits tensor [rows, pos, vocab]; when
+# only END logits are unembedded (answer metrics) the tensor is [rows, 1, vocab] and more fit.
 MAX_ROWS = 64
+MAX_ROWS_END_ONLY = 256
 
 
 class PatchingOptions(BaseModel):
@@ -59,6 +61,24 @@ def metric_values(ctx: MethodContext, logits: torch.Tensor, batch: Batch) -> tor
     metric = METRICS.get(ctx.metric)
     values = metric.fn(logits, batch)
     return values if metric.higher_is_better else -values
+
+
+def end_only_logits(metric: str, batch: Batch) -> tuple[list, Batch]:
+    """For answer metrics, which read logits at END only: a hook that unembeds just the END row
+    of each prompt (the vocabulary projection of every position is most of a small model's
+    forward), and the batch re-indexed to match. Other metrics: no hook, the batch as it is."""
+    if not METRICS.get(metric).needs_answer:
+        return [], batch
+
+    def take_end(x: torch.Tensor, hook) -> torch.Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, batch.end.to(x.device)][:, None]
+
+    return [("unembed.hook_in", take_end)], replace(batch, positions={**batch.positions, "END": torch.zeros_like(batch.end)})
+
+
+def rows_per_forward(metric: str) -> int:
+    return MAX_ROWS_END_ONLY if METRICS.get(metric).needs_answer else MAX_ROWS
 
 
 def repeat_batch(batch: Batch, copies: int) -> Batch:
@@ -134,7 +154,7 @@ def patched_head_metrics(
 
     n_layers, n_heads = model.n_layers, model.n_heads
     b = len(batch)
-    group = max(1, min(n_heads, MAX_ROWS // max(b, 1)))
+    group = max(1, min(n_heads, rows_per_forward(ctx.metric) // max(b, 1)))
     out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     mask_dev = mask.to(model.device)
     for layer in range(n_layers):
@@ -150,10 +170,11 @@ def patched_head_metrics(
                     z[c, :, :, h] = torch.where(mask_dev[:, :, None], _src[:, :, h].to(z.dtype), z[c, :, :, h])
                 return z.view(len(_heads) * b, *z.shape[2:])
 
-            hooks = [resume_hook(layer, base.resid[layer].repeat(g, 1, 1)), (z_hook(layer), patch)]
+            unembed_hooks, scored = end_only_logits(ctx.metric, rep)
+            hooks = [resume_hook(layer, base.resid[layer].repeat(g, 1, 1)), (z_hook(layer), patch), *unembed_hooks]
             with torch.inference_mode(), skip_blocks_before(model, layer, formats):
                 logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
-            values = metric_values(ctx, logits, rep).double().cpu().view(g, b).sum(1)
+            values = metric_values(ctx, logits, scored).double().cpu().view(g, b).sum(1)
             out[layer, first : first + g] = values
     return out
 
