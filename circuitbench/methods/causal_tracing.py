@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from circuitbench.encoding import Batch
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, Method, MethodContext
-from circuitbench.methods.patching import end_only_logits, repeat_batch, rows_per_forward
+from circuitbench.methods.patching import metric_per_copy, oriented_metric
 from circuitbench.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -54,12 +54,6 @@ class TraceMap(BaseModel):
     std: list[list[float]]
     baseline_clean: float
     baseline_corrupted: float
-
-
-def _metric(name: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    metric = METRICS.get(name)
-    values = metric.fn(logits, batch)
-    return values if metric.higher_is_better else -values
 
 
 def _corrupt_mask(batch: Batch, corrupt: Literal["all"] | list[str]) -> torch.Tensor:
@@ -109,7 +103,7 @@ def _columns(data: "EncodedPrompts") -> tuple[int, list[str]]:
 
 def causal_tracing(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -> dict[str, TraceMap]:
     # models/ imports the spec, which imports the method registry: import model mechanics lazily
-    from circuitbench.models.forward import block_output_formats, resume_hook, skip_blocks_before
+    from circuitbench.models.forward import block_output_formats
 
     opts = TracingOptions.model_validate(ctx.options)
     metric = opts.metric or ("answer_prob" if data.has_answer else ctx.metric)
@@ -146,44 +140,30 @@ def causal_tracing(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodCont
         with torch.inference_mode():
             clean_logits, clean_cache = _run_cached_with_hook(model, tokens, state_names, None)
             corr_logits, corr_cache = _run_cached_with_hook(model, tokens, state_names, noise_hook)
-        m_clean = _metric(metric, clean_logits, batch).cpu()
-        m_corr = _metric(metric, corr_logits, batch).cpu()
+        m_clean = oriented_metric(metric, clean_logits, batch).cpu()
+        m_corr = oriented_metric(metric, corr_logits, batch).cpu()
         base_clean.append(m_clean)
         base_corr.append(m_corr)
-        b = len(batch)
         ends = batch.end
+        rows = torch.arange(len(batch))
         for kind in kinds:
             for direction in opts.directions:
                 # restore: corrupted run, clean state put back; noise: clean run, corrupted state put in
                 source = clean_cache if direction == "restore" else corr_cache
                 base = corr_cache if direction == "restore" else clean_cache
                 baseline = m_corr if direction == "restore" else m_clean
-                out = torch.zeros(b, n_layers, width)
-                group = max(1, min(width, rows_per_forward(metric) // max(b, 1)))
+                out = torch.zeros(len(batch), n_layers, width)
                 for layer in range(n_layers):
                     name = STATE_HOOKS[kind].format(layer=layer)
                     src = source[name]
-                    for first in range(0, width, group):
-                        cols = list(range(first, min(first + group, width)))
-                        g = len(cols)
-                        rep = repeat_batch(batch, g)
 
-                        def patch(x: torch.Tensor, hook, _cols=cols, _src=src) -> torch.Tensor:
-                            x = x.clone().view(len(_cols), b, *x.shape[1:])
-                            rows = torch.arange(b)
-                            for c, col in enumerate(_cols):
-                                pos = ends - (width - 1 - col)
-                                x[c, rows, pos] = _src[rows, pos].to(x.dtype)
-                            return x.view(len(_cols) * b, *x.shape[2:])
+                    def edit(x: torch.Tensor, col, _src=src) -> None:  # x: [batch, pos, d_model]
+                        pos = ends - (width - 1 - col)
+                        x[rows, pos] = _src[rows, pos].to(x.dtype)
 
-                        # blocks before `layer` are the base run's: resume from its cached block input
-                        unembed_hooks, scored = end_only_logits(metric, rep)
-                        hooks = [resume_hook(layer, base[f"blocks.{layer}.hook_in"].repeat(g, 1, 1)), (name, patch),
-                                 *unembed_hooks]
-                        with torch.inference_mode(), skip_blocks_before(model, layer, formats):
-                            logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
-                        values = _metric(metric, logits, scored).cpu().view(g, b)
-                        out[:, layer, first : first + g] = (values - baseline[None, :]).T
+                    values = metric_per_copy(model, batch, metric, layer, base[f"blocks.{layer}.hook_in"], name,
+                                             list(range(width)), edit, formats)
+                    out[:, layer, :] = (values.float() - baseline[None, :]).T
                 effects[(kind, direction)].append(out)
         ctx.advance(len(batch))
     maps = {}

@@ -56,11 +56,16 @@ def z_hook(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+def oriented_metric(metric: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[batch] per-prompt value of `metric`, oriented so that higher = better."""
+    m = METRICS.get(metric)
+    values = m.fn(logits, batch)
+    return values if m.higher_is_better else -values
+
+
 def metric_values(ctx: MethodContext, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """[batch] per-prompt value of the task's main metric, oriented so higher = better."""
-    metric = METRICS.get(ctx.metric)
-    values = metric.fn(logits, batch)
-    return values if metric.higher_is_better else -values
+    return oriented_metric(ctx.metric, logits, batch)
 
 
 def end_only_logits(metric: str, batch: Batch) -> tuple[list, Batch]:
@@ -139,6 +144,47 @@ def run_and_cache(model: "LoadedModel", tokens: torch.Tensor) -> RunCache:
     )
 
 
+def metric_per_copy(
+    model: "LoadedModel",
+    batch: Batch,
+    metric: str,
+    layer: int,
+    resid: torch.Tensor,
+    hook_name: str,
+    items: list,
+    edit: Callable[[torch.Tensor, object], None],
+    formats: list[tuple[str, int]],
+) -> torch.Tensor:
+    """[len(items), batch] higher-is-better metric of the batch re-run once per item, resuming at
+    block `layer` from `resid` (the base run's block input, [batch, pos, d_model]) with
+    `edit(x, item)` applied in place to that copy's activation `x` at `hook_name`.
+
+    Copies are stacked along the batch axis, as many per forward as `rows_per_forward` allows,
+    and blocks before `layer` are skipped: this is what makes exact patching fast."""
+    from circuitbench.models.forward import resume_hook, skip_blocks_before
+
+    b = len(batch)
+    group = max(1, min(len(items), rows_per_forward(metric) // max(b, 1)))
+    out = torch.zeros(len(items), b, dtype=torch.float64)
+    for first in range(0, len(items), group):
+        chunk = items[first : first + group]
+        g = len(chunk)
+        rep = repeat_batch(batch, g)
+
+        def patch(x: torch.Tensor, hook, _chunk=chunk) -> torch.Tensor:
+            x = x.clone().view(len(_chunk), b, *x.shape[1:])
+            for c, item in enumerate(_chunk):
+                edit(x[c], item)
+            return x.view(len(_chunk) * b, *x.shape[2:])
+
+        unembed_hooks, scored = end_only_logits(metric, rep)
+        hooks = [resume_hook(layer, resid.repeat(g, 1, 1)), (hook_name, patch), *unembed_hooks]
+        with torch.inference_mode(), skip_blocks_before(model, layer, formats):
+            logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
+        out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)
+    return out
+
+
 def patched_head_metrics(
     model: "LoadedModel",
     batch: Batch,
@@ -150,33 +196,18 @@ def patched_head_metrics(
 ) -> torch.Tensor:
     """[n_layers, n_heads] sum over the batch's prompts of the metric when that head's output
     (at `mask` positions) is replaced by `source_z(layer)` [batch, pos, n_heads, d_head]."""
-    from circuitbench.models.forward import resume_hook, skip_blocks_before
-
-    n_layers, n_heads = model.n_layers, model.n_heads
-    b = len(batch)
-    group = max(1, min(n_heads, rows_per_forward(ctx.metric) // max(b, 1)))
-    out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    mask_dev = mask.to(model.device)
-    for layer in range(n_layers):
+    mask_dev = mask.to(model.device)[:, :, None]
+    rows = []
+    for layer in range(model.n_layers):
         src = source_z(layer)
-        for first in range(0, n_heads, group):
-            heads = list(range(first, min(first + group, n_heads)))
-            g = len(heads)
-            rep = repeat_batch(batch, g)
 
-            def patch(z: torch.Tensor, hook, _heads=heads, _src=src) -> torch.Tensor:
-                z = z.clone().view(len(_heads), b, *z.shape[1:])
-                for c, h in enumerate(_heads):
-                    z[c, :, :, h] = torch.where(mask_dev[:, :, None], _src[:, :, h].to(z.dtype), z[c, :, :, h])
-                return z.view(len(_heads) * b, *z.shape[2:])
+        def edit(z: torch.Tensor, head, _src=src) -> None:  # z: [batch, pos, n_heads, d_head]
+            z[:, :, head] = torch.where(mask_dev, _src[:, :, head].to(z.dtype), z[:, :, head])
 
-            unembed_hooks, scored = end_only_logits(ctx.metric, rep)
-            hooks = [resume_hook(layer, base.resid[layer].repeat(g, 1, 1)), (z_hook(layer), patch), *unembed_hooks]
-            with torch.inference_mode(), skip_blocks_before(model, layer, formats):
-                logits = model.bridge.run_with_hooks(rep.tokens.to(model.device), fwd_hooks=hooks)
-            values = metric_values(ctx, logits, scored).double().cpu().view(g, b).sum(1)
-            out[layer, first : first + g] = values
-    return out
+        values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], z_hook(layer),
+                                 list(range(model.n_heads)), edit, formats)
+        rows.append(values.sum(1))
+    return torch.stack(rows)
 
 
 def naive_head_metrics(
