@@ -103,6 +103,17 @@ def _render_summary(outcomes: list) -> None:
     if heads.row_count:
         console.print(heads)
     for o in outcomes:
+        c = o.result.circuit
+        if c is not None:
+            rule = ", ".join(f"{k}={v}" for k, v in c.rule.items() if k in ("top_k", "threshold", "fraction", "by"))
+            figures = "" if c.faithfulness is None else f" · faithfulness {c.faithfulness:.2f}"
+            if c.cpr is not None and c.cmd is not None:
+                figures += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
+            heads = " ".join(f"{l}.{h}" for l, h in c.heads)
+            console.print(f"{o.model} / {o.task}: circuit from {c.method} ({rule}): {heads}{figures}", highlight=False, soft_wrap=True)
+        for pair, rho in o.result.method_agreement.items():
+            console.print(f"{o.model} / {o.task}: {pair} = {rho:.2f}", highlight=False, soft_wrap=True)
+    for o in outcomes:
         note = " (finished earlier, kept: --resume)" if o.skipped else ""
         dropped = f"; dropped {o.result.task.n_dropped}: {dict(o.result.task.dropped_reasons)}" if o.result.task.n_dropped else ""
         console.print(f"wrote {o.path}{note}{dropped}", highlight=False, soft_wrap=True)

@@ -89,6 +89,10 @@ def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: in
     )
 
 
+# Method option fields that name task positions (checked against the task before any compute).
+POSITION_OPTIONS = ("positions", "corrupt", "source", "target")
+
+
 def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
     """Refuse, before any compute, methods the task cannot feed."""
     for name in spec.methods:
@@ -97,6 +101,18 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
             raise CircuitbenchError(f"Method '{name}' needs corrupted prompts; task '{spec.name}' defines none.")
         if method.needs_answer and not data.has_answer:
             raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
+        if method.options is None:
+            continue
+        opts = method.options.model_validate(spec.method_options.get(name, {}))
+        for field in POSITION_OPTIONS:
+            value = getattr(opts, field, None)
+            named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []
+            missing = [p for p in named if p not in data.positions]
+            if missing:
+                raise CircuitbenchError(
+                    f"Method '{name}' option {field}={value!r} names positions {missing} that task '{spec.name}' "
+                    f"does not define (it has {sorted(data.positions)}). Fix method_options.{name}.{field}."
+                )
 
 
 def _available_memory_bytes(device: torch.device) -> int:

@@ -150,3 +150,11 @@ def test_results_do_not_depend_on_batch_size():
 def test_mistyped_model_name_suggests_registry_name(capsys, tmp_path):
     code, _, err = cli(capsys, "run", "--task", "fibonacci", "--model", "gpt2-smal", "--out", str(tmp_path))
     assert code == 2 and "Did you mean 'gpt2-small'" in err and "Traceback" not in err
+
+
+def test_method_needing_undefined_positions_fails_before_compute(capsys, tmp_path):
+    spec = tmp_path / "ind_s2.yaml"
+    spec.write_text("name: ind_s2\ngenerator: {name: induction}\nmetrics: [induction_loss]\n"
+                    "methods: [activation_patching]\nmethod_options:\n  activation_patching: {positions: [S2]}\n")
+    code, _, err = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path), "-q")
+    assert code == 2 and "positions ['S2']" in err and "Traceback" not in err
