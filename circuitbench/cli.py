@@ -192,6 +192,74 @@ def validate(
         console.print(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}", soft_wrap=True)
 
 
+@app.command("train")
+def train_cmd(
+    task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated."),
+    out: str = typer.Option(..., "--out", help="Output directory: the final model, checkpoints/step_N/, training_log.json."),
+    arch: str = typer.Option("attn-only-2l", "--arch", help="attn-only-1l | attn-only-2l | gpt-2l | sort-1l1h"),
+    layers: Optional[int] = typer.Option(None, "--layers"),
+    heads: Optional[int] = typer.Option(None, "--heads"),
+    d_model: Optional[int] = typer.Option(None, "--d-model"),
+    steps: int = typer.Option(1000, "--steps"),
+    checkpoints: int = typer.Option(8, "--checkpoints", help="About this many checkpoints, log-spaced and linear."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from circuitbench.models.training import TrainConfig, arch_from, train
+
+    try:
+        config = TrainConfig(arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model), tasks=_split(task),
+                             steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed)
+    except ValidationError as e:
+        raise _options_error(e) from None
+    with Progress(console=err_console, transient=True) as progress:
+        bar = progress.add_task("training", total=steps)
+
+        def report(step: int, loss: float) -> None:
+            progress.update(bar, completed=step, description=f"training loss {loss:.3f}")
+
+        summary = train(config, Path(out), report)
+    console.print(f"saved {out} (final loss {summary['final_loss']:.3f}, {summary['train_seconds']} s; "
+                  f"checkpoints at steps {summary['checkpoints']})", soft_wrap=True)
+
+
+@app.command()
+def dynamics(
+    model: str = typer.Option(..., "--model", "-m", help="A `circuitbench train` output directory with checkpoints/."),
+    task: str = typer.Option("induction", "--task", "-t"),
+    n: int = typer.Option(32, "--n", help="Evaluation prompts per checkpoint."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="PNG path (default: MODEL/dynamics_<task>.png)."),
+) -> None:
+    """Metrics and head scores across checkpoints, with the phase change located and plotted."""
+    from pathlib import Path
+
+    from circuitbench.dynamics import analyse, plot
+    from circuitbench.results import write_atomic
+
+    run_dir = Path(model)
+    dyn = analyse(run_dir, task, n=n)
+    table = Table("step", dyn.metric, "max prefix-matching", "ICL score", title=f"training dynamics: {task}")
+    for i, step in enumerate(dyn.steps):
+        best = max(max(row) for row in dyn.prefix_matching[i])
+        table.add_row(str(step), f"{dyn.metric_values[i]:.3f}", f"{best:.3f}", f"{dyn.icl_score[i]:.3f}")
+    console.print(table)
+    pc = dyn.phase_change
+    console.print(f"phase change ({pc.series}): steps {pc.start_step}–{pc.end_step}, change {pc.change:+.3f}; "
+                  f"prefix matching: steps {dyn.prefix_phase_change.start_step}–{dyn.prefix_phase_change.end_step}",
+                  soft_wrap=True)
+    stem = f"dynamics_{dyn.task}"
+    write_atomic(run_dir / f"{stem}.json", dyn.model_dump_json(indent=2) + "\n")
+    png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
+    plot(dyn, png)
+    console.print(f"wrote {run_dir / f'{stem}.json'} and {png}", soft_wrap=True)
+
+
 @app.command("train-zoo")
 def train_zoo(
     name: str = typer.Argument(..., help="Zoo model to (re)train, e.g. toy-induction-2l."),

@@ -1,0 +1,81 @@
+"""`circuitbench train` and `circuitbench dynamics`: checkpoints, reproducibility, phase-change
+location and the plot."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuitbench.catalog import load_task
+from circuitbench.dynamics import analyse, fastest_change, plot
+from circuitbench.models import load_model
+from circuitbench.models.training import TrainConfig, arch_from, checkpoint_steps, train
+
+
+def test_checkpoint_steps_log_and_linear():
+    steps = checkpoint_steps(1000, 8)
+    assert steps[-1] == 1000 and steps == sorted(set(steps))
+    assert steps[0] < 50  # log-spaced early checkpoints
+    assert {250, 500, 750, 1000} <= set(steps)  # linear ones
+    assert checkpoint_steps(10, 0) == [10]
+
+
+def test_fastest_change_by_hand():
+    pc = fastest_change([10, 100, 200, 1000], [4.0, 3.9, 1.0, 0.9], "loss")
+    assert (pc.start_step, pc.end_step) == (100, 200) and abs(pc.change + 2.9) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    config = TrainConfig(arch=arch_from("attn-only-2l", d_model=32), tasks=["tasks/examples/induction_small.yaml"],
+                         steps=40, checkpoints=4, batch_size=16, seed=1)
+    summary = train(config, out / "a")
+    train(config, out / "b")
+    train(config.model_copy(update={"seed": 2}), out / "c")
+    return out, summary
+
+
+def test_training_is_reproducible_and_checkpoints_load(trained):
+    out, summary = trained
+    wa, wb, wc = (load_file(str(out / x / "model.safetensors")) for x in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and any(not torch.equal(wa[k], wc[k]) for k in wa)
+    assert summary["checkpoints"] == checkpoint_steps(40, 4)
+    for step in summary["checkpoints"]:
+        model = load_model(str(out / "a" / "checkpoints" / f"step_{step:06d}"), device="cpu")
+        assert model.n_layers == 2
+    log = json.loads((out / "a" / "training_log.json").read_text())
+    assert len(log["loss"]) == 40 and log["config"]["seed"] == 1
+
+
+def test_dynamics_on_checkpoints_and_plot(trained, tmp_path):
+    out, summary = trained
+    dyn = analyse(out / "a", "tasks/examples/induction_small.yaml", n=8)
+    assert dyn.steps == summary["checkpoints"] and len(dyn.metric_values) == len(dyn.steps)
+    assert np.array(dyn.prefix_matching).shape == (len(dyn.steps), 2, 4)
+    assert dyn.phase_change.start_step in dyn.steps and dyn.phase_change.end_step in dyn.steps
+    i = dyn.steps.index(dyn.phase_change.start_step)
+    assert abs(dyn.phase_change.change - (dyn.metric_values[i + 1] - dyn.metric_values[i])) < 1e-9
+    png = tmp_path / "d.png"
+    plot(dyn, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_tasks_train_on_train_split_only(tmp_path):
+    from circuitbench.models.training import _text_examples
+    from circuitbench.runner import effective_spec, generate_prompts
+    from circuitbench.spec import RunOptions
+
+    texts, _ = _text_examples("x2", 1000)
+    test_prompts = {p.text for p in generate_prompts(effective_spec(load_task("x2"), RunOptions(split="test"))).prompts}
+    assert texts and not any(t.startswith(tuple(test_prompts)) and t.split(",")[0] == p.split(",")[0]
+                             for t in texts for p in test_prompts)
+    assert not {t.split(",")[0] for t in texts} & {p.split(",")[0] for p in test_prompts}  # whole starts held out
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=3, checkpoints=0, batch_size=4)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    from circuitbench.runner import encode_task
+
+    data = encode_task(load_task("x2"), model.vocab, model.unk_id, model.n_ctx)
+    assert data.report.n_dropped == 0  # the toy vocabulary covers the test split too
