@@ -66,8 +66,14 @@ class Circuit(BaseModel):
         except (TypeError, ValueError):
             raise CircuitbenchError(f"{path}: \"heads\" must be a list of [layer, head] pairs.") from None
         model = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
-        return cls(heads=heads, n_layers=model.get("n_layers"), n_heads=model.get("n_heads"),
-                   method=source.get("method"), rule=source.get("rule") or {}, label=path.stem)
+        task = raw.get("task", {}) if isinstance(raw.get("task"), dict) else {}
+        method = source.get("method")
+        # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
+        scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
+        label = f"{model['name']}/{task['name']}" if model.get("name") and task.get("name") else path.stem
+        return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
+                   n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
+                   rule=source.get("rule") or {}, label=raw.get("label", label))
 
     def names(self) -> list[str]:
         return [f"{l}.{h}" for l, h in self.heads]

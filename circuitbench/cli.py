@@ -192,6 +192,60 @@ def validate(
         console.print(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}", soft_wrap=True)
 
 
+@app.command()
+def overlap(
+    files: list[str] = typer.Argument(..., help="RunResult JSONs or any JSON with \"heads\": [[layer, head], ...]; globs too."),
+    metric: str = typer.Option("jaccard,overlap_coefficient,hypergeometric_p,spearman", "--metric",
+                               help="Comma-separated: jaccard, overlap_coefficient, directional, hypergeometric_p, "
+                                    "weighted_jaccard, spearman, kendall, top_n_overlap, rbo."),
+    alignment: str = typer.Option("auto", "--alignment", help="auto | head | relative_depth"),
+    bins: int = typer.Option(10, "--bins", help="Relative-depth bins for models of different shape."),
+    top_n: int = typer.Option(10, "--top-n"),
+    rbo_p: float = typer.Option(0.9, "--rbo-p"),
+    as_json: bool = typer.Option(False, "--json", help="Print {labels, <metric>: matrix} as JSON."),
+    plot_path: Optional[str] = typer.Option(None, "--plot", help="Heatmap PNG of the first metric."),
+) -> None:
+    """Overlap matrices between circuits (tasks in one model, or models)."""
+    import glob
+    import json
+    from pathlib import Path
+
+    from circuitbench.circuits import Circuit
+    from circuitbench.overlap import overlap_matrix
+
+    paths: list[str] = []
+    for f in files:
+        matches = sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f]
+        if not matches:
+            raise CircuitbenchError(f"overlap: no file matches {f!r}.")
+        paths.extend(matches)
+    if len(paths) < 2:
+        raise CircuitbenchError("overlap: give at least two circuit files.")
+    if alignment not in ("auto", "head", "relative_depth"):
+        raise CircuitbenchError(f"--alignment {alignment!r}: choose auto, head or relative_depth.")
+    circuits = [Circuit.load(Path(p)) for p in paths]
+    metrics = _split(metric)
+    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        labels = result["labels"]
+        for name in metrics:
+            table = Table(title=name)
+            table.add_column("")
+            for label in labels:
+                table.add_column(label, justify="right", overflow="fold")
+            for label, row in zip(labels, result[name]):
+                table.add_row(label, *(f"{v:.3g}" for v in row))
+            console.print(table)
+        kinds = {a for row in result["alignment"] for a in row}
+        console.print(f"alignment: {', '.join(sorted(kinds))}", soft_wrap=True)
+    if plot_path:
+        from circuitbench.plots import overlap_heatmap
+
+        overlap_heatmap(result["labels"], result[metrics[0]], metrics[0], Path(plot_path))
+
+
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated."),
