@@ -29,6 +29,9 @@ demo: setup
 	$(CB) run --task induction --model toy-induction-2l --out results
 	$(CB) run --task ioi,seq_months,x2,fibonacci,sorting --model gpt2-small --init random --n 16 \
 		--methods attribution_patching,previous_token,induction --out results
+	$(CB) overlap "results/gpt2-small/*.json" --metric jaccard,spearman --plot results/overlap_gpt2-small.png
+	$(CB) leaderboard --results results --out results/leaderboard
+	$(CB) report results/toy-induction-2l/induction.json
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -246,6 +246,88 @@ def overlap(
         overlap_heatmap(result["labels"], result[metrics[0]], metrics[0], Path(plot_path))
 
 
+@app.command()
+def leaderboard(
+    results: str = typer.Option("results", "--results", help="Directory of RunResults (<model>/<task>.json)."),
+    out: str = typer.Option("leaderboards", "--out", help="Where to write <task>.md/.csv, README.md, index.html."),
+    include_path: list[str] = IncludePath,
+) -> None:
+    """Aggregate results into leaderboard tables (Markdown, CSV, sortable HTML)."""
+    from pathlib import Path
+
+    from circuitbench.leaderboard import build
+
+    summary = build(Path(results), Path(out), tuple(include_path))
+    console.print(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
+                  f"({summary['flagged']} results flagged, listed apart)", soft_wrap=True)
+
+
+@app.command()
+def report(
+    result: str = typer.Argument(..., help="A RunResult JSON."),
+    out: Optional[str] = typer.Option(None, "--out", help="Directory (default: next to the result, <task>_report/)."),
+) -> None:
+    """Heatmaps, faithfulness curve, causal-tracing maps and one HTML page for a result."""
+    import json
+    from pathlib import Path
+
+    from circuitbench.report import build_report
+    from circuitbench.results import RunResult
+
+    path = Path(result)
+    try:
+        run_result = RunResult.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
+    target = Path(out) if out else path.parent / f"{path.stem}_report"
+    files = build_report(run_result, target)
+    console.print(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="One model, several --tasks."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Tasks to compare within --model."),
+    models: Optional[str] = typer.Option(None, "--models", help="Models to compare on one --task."),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    metric: str = typer.Option("jaccard,overlap_coefficient,hypergeometric_p,spearman", "--metric"),
+    init: str = typer.Option("pretrained", "--init"),
+    n: Optional[int] = typer.Option(None, "--n"),
+    out: str = typer.Option("results", "--out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    include_path: list[str] = IncludePath,
+) -> None:
+    """Run what is missing (resuming finished units), then print the circuit overlap matrix."""
+    from circuitbench.circuits import Circuit
+    from circuitbench.runner import run as run_units
+    from circuitbench.spec import RunOptions
+
+    if bool(model and tasks) == bool(models and task):
+        raise CircuitbenchError("compare: give either --model M --tasks T1,T2 or --models M1,M2 --task T.")
+    task_list, model_list = (_split(tasks), [model]) if model and tasks else ([task], _split(models))  # type: ignore[list-item]
+    try:
+        options = RunOptions(n=n, init=init, out=out, resume=True)
+    except ValidationError as e:
+        raise _options_error(e) from None
+    outcomes = run_units(task_list, model_list, options, include_paths=tuple(include_path), show_progress=not quiet)
+    missing = [f"{o.model}/{o.task}" for o in outcomes if o.result.circuit is None]
+    if missing:
+        raise CircuitbenchError(f"compare: no circuit in {missing}: give those tasks a circuit rule in their YAML.")
+    from circuitbench.overlap import overlap_matrix
+
+    circuits = [Circuit.load(o.path) for o in outcomes]
+    metrics = _split(metric)
+    result = overlap_matrix(circuits, metrics)
+    for name in metrics:
+        table = Table(title=name)
+        table.add_column("")
+        for label in result["labels"]:
+            table.add_column(label, justify="right", overflow="fold")
+        for label, row in zip(result["labels"], result[name]):
+            table.add_row(label, *(f"{v:.3g}" for v in row))
+        console.print(table)
+
+
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated."),

@@ -40,17 +40,20 @@ def head_heatmap(scores: list[list[float]], title: str, path: Path, circuit: lis
     values = np.asarray(scores, dtype=float)
     n_layers, n_heads = values.shape
     bound = max(float(np.abs(values).max()), 1e-12)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n_heads + 2), max(3, 0.4 * n_layers + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * n_heads + 2), max(3, 0.4 * n_layers + 1.5)))
     im = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
-    ax.set(xlabel="head", ylabel="layer", title=title)
+    ax.set(xlabel="head", ylabel="layer")
+    ax.set_title(title, fontsize=10)
     for layer, head in circuit or []:
         ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", lw=2))
     if n_layers * n_heads <= 64:
         for layer in range(n_layers):
             for head in range(n_heads):
-                ax.text(head, layer, f"{layer}.{head}\n{values[layer, head]:.2f}", ha="center", va="center", fontsize=7)
+                dark = abs(values[layer, head]) > 0.6 * bound
+                ax.text(head, layer, f"{layer}.{head}\n{values[layer, head]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -20,6 +20,7 @@ class TaskInfo(_Strict):
     name: str
     version: int
     spec_hash: str
+    content_hash: str  # same task version, prompt distribution and metrics (see TaskSpec.content_hash)
     prompt_hash: str  # hash of the generated prompts, before tokenization
     split: str
     n_prompts: int  # prompts evaluated (after drops)

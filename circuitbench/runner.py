@@ -293,7 +293,8 @@ def run_unit(
     return RunResult(
         status="complete",
         task=TaskInfo(
-            name=spec.name, version=spec.version, spec_hash=spec.spec_hash(), prompt_hash=data.prompt_hash, split=spec.split,
+            name=spec.name, version=spec.version, spec_hash=spec.spec_hash(), content_hash=spec.content_hash(),
+            prompt_hash=data.prompt_hash, split=spec.split,
             n_prompts=len(data), n_dropped=report.n_dropped, dropped_reasons=dict(report.reasons),
             dropped_examples=report.examples, main_metric=spec.main_metric or spec.metrics[0],
         ),

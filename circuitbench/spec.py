@@ -120,6 +120,12 @@ class TaskSpec(BaseModel):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def content_hash(self) -> str:
+        """Hash of what makes two results comparable: the task's version, prompt distribution and
+        metrics, not how many prompts or which methods a run used."""
+        keep = self.model_dump(mode="json", include={"name", "version", "generator", "split", "metrics", "main_metric"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
 
 class ModelSpec(BaseModel):
     """One entry of models.yaml: where the weights come from and the architecture's numbers."""
