@@ -1,13 +1,13 @@
 """Overlap metrics against hand computation, edge cases, and the `overlap` CLI."""
 import json
-import math
-import sys
 
 import numpy as np
 import pytest
 
 from circuitbench.circuits import Circuit
 from circuitbench.errors import CircuitbenchError
+from test_cli import cli  # the in-process CLI runner
+
 from circuitbench.overlap import (compare, directional, hypergeometric_p, jaccard, kendall, overlap_coefficient,
                                   overlap_matrix, rank_biased_overlap, spearman, to_relative_depth, top_n_overlap,
                                   weighted_jaccard)
@@ -85,16 +85,28 @@ def test_matrix_and_cli(tmp_path, capsys):
     m = overlap_matrix([A, B, EMPTY], ["jaccard"])
     assert m["jaccard"][0][1] == m["jaccard"][1][0] == 0.4 and m["jaccard"][2][2] == 1.0
 
-    from circuitbench.cli import main
-
-    argv = sys.argv
-    sys.argv = ["circuitbench", "overlap", *paths, "--metric", "jaccard", "--json", "--plot", str(tmp_path / "o.png")]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code
-    finally:
-        sys.argv = argv
-    out = json.loads(capsys.readouterr().out)
+    code, stdout, _ = cli(capsys, "overlap", *paths, "--metric", "jaccard", "--json", "--plot", str(tmp_path / "o.png"))
+    assert code == 0
+    out = json.loads(stdout)
     assert out["labels"] == ["A", "B", "E"] and out["jaccard"][0][1] == 0.4
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_runs_missing_units_then_prints_matrix(tmp_path, capsys):
+    import yaml
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, symbols in (("ind_a", 30), ("ind_b", 40)):
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "generator": {"name": "induction", "n_symbols": symbols}, "n_prompts": 8,
+            "metrics": ["induction_loss"], "methods": ["induction"], "circuit": {"top_k": 4}}))
+    code, out, _ = cli(capsys, "compare", "--model", "toy-induction-2l", "--tasks", "ind_a,ind_b", "--metric", "jaccard",
+                       "--out", str(tmp_path / "res"), "--include-path", str(tasks), "-q")
+    assert code == 0
+    assert "toy-induction-2l/ind_a" in out and "toy-induction-2l/ind_b" in out
+    assert (tmp_path / "res" / "toy-induction-2l" / "ind_b.json").exists()
+    # both circuits are the four layer-1 induction heads: Jaccard 1 off the diagonal
+    a = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")
+    b = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_b.json")
+    assert a.heads == b.heads == [(1, 0), (1, 1), (1, 2), (1, 3)] and jaccard(a, b) == 1.0

@@ -69,8 +69,7 @@ def test_text_tasks_train_on_train_split_only(tmp_path):
 
     texts, _ = _text_examples("x2", 1000)
     test_prompts = {p.text for p in generate_prompts(effective_spec(load_task("x2"), RunOptions(split="test"))).prompts}
-    assert texts and not any(t.startswith(tuple(test_prompts)) and t.split(",")[0] == p.split(",")[0]
-                             for t in texts for p in test_prompts)
+    assert texts and not any(t.startswith(p) for t in texts for p in test_prompts)
     assert not {t.split(",")[0] for t in texts} & {p.split(",")[0] for p in test_prompts}  # whole starts held out
     config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=3, checkpoints=0, batch_size=4)
     train(config, tmp_path)
