@@ -40,7 +40,7 @@ test-all: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --with-neo
 
 clean:
 	rm -rf $(VENV) results build dist
