@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from circuitbench.circuits import Circuit
+from circuitbench.circuits import spearman as score_spearman
 from circuitbench.errors import CircuitbenchError, did_you_mean
 
 Alignment = Literal["auto", "head", "relative_depth"]
@@ -99,8 +99,9 @@ def _flat_scores(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spearman(a: Circuit, b: Circuit) -> float:
+    """Spearman rank correlation of the two circuits' head scores."""
     x, y = _flat_scores(a, b)
-    return float(pd.Series(x).corr(pd.Series(y), method="spearman"))
+    return score_spearman(x, y)
 
 
 def kendall(a: Circuit, b: Circuit) -> float:
