@@ -232,7 +232,7 @@ def overlap(
         labels = result["labels"]
         for name in metrics:
             table = Table(title=name)
-            table.add_column("")
+            table.add_column("", overflow="fold")
             for label in labels:
                 table.add_column(label, justify="right", overflow="fold")
             for label, row in zip(labels, result[name]):
@@ -320,7 +320,7 @@ def compare(
     result = overlap_matrix(circuits, metrics)
     for name in metrics:
         table = Table(title=name)
-        table.add_column("")
+        table.add_column("", overflow="fold")
         for label in result["labels"]:
             table.add_column(label, justify="right", overflow="fold")
         for label, row in zip(result["labels"], result[name]):
