@@ -282,8 +282,8 @@ def run_unit(
         method = spec.circuit.method or next(iter(head_scores))
         chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
         ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0])
-        report = faithfulness(model, data, chosen, head_scores[method], spec.circuit, ctx)
-        circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **report.model_dump())
+        faith = faithfulness(model, data, chosen, head_scores[method], spec.circuit, ctx)
+        circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **faith.model_dump())
     agreement = {}
     if "activation_patching" in head_scores and "attribution_patching" in head_scores:
         agreement["spearman(activation_patching, attribution_patching)"] = spearman(
