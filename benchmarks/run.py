@@ -51,9 +51,12 @@ def main() -> None:
 
     cfg = dict(model_registry()["gpt2-small"].hf_config)
     hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg), attn_implementation="eager").eval()
-    with torch.inference_mode():
-        hf(batch.tokens)  # warm-up
-    _, t_hf = timed(lambda: [hf(batch.tokens) for _ in range(3)])
+    def bare_hf() -> None:
+        with torch.inference_mode():
+            hf(batch.tokens)
+
+    bare_hf()  # warm-up
+    _, t_hf = timed(lambda: [bare_hf() for _ in range(3)])
     evaluate(model, data, ["logit_diff"], n)
     _, t_eval = timed(lambda: [evaluate(model, data, ["logit_diff"], n) for _ in range(3)])
     # evaluate runs clean and corrupted prompts: two forwards per prompt
