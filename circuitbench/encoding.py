@@ -66,6 +66,19 @@ class Batch:
     distractor: torch.Tensor
     positions: dict[str, torch.Tensor]
     score_mask: torch.Tensor
+    # What sequence losses predict: the clean tokens, also when `tokens` holds the corrupted
+    # prompt (a corrupted run is scored on the clean task, as answer metrics are).
+    targets: torch.Tensor | None = None
+
+    @property
+    def target_tokens(self) -> torch.Tensor:
+        return self.tokens if self.targets is None else self.targets
+
+    def as_corrupted(self) -> "Batch":
+        """The corrupted prompts as input, still scored against the clean answers and tokens."""
+        assert self.corrupted is not None
+        return Batch(self.corrupted, None, self.lengths, self.answer, self.distractor, self.positions, self.score_mask,
+                     targets=self.target_tokens)
 
     @property
     def end(self) -> torch.Tensor:

@@ -82,13 +82,13 @@ def sequence_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token loss over every real token after BOS."""
     positions = torch.arange(batch.tokens.shape[1])[None, :]
     valid = (positions >= 1) & (positions < batch.lengths[:, None])
-    return _masked_mean(token_losses(logits, batch.tokens), valid)
+    return _masked_mean(token_losses(logits, batch.target_tokens), valid)
 
 
 def scored_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token loss over the task's scored tokens (for induction: the repeat, after
     its first token, which nothing in context predicts)."""
-    return _masked_mean(token_losses(logits, batch.tokens), batch.score_mask)
+    return _masked_mean(token_losses(logits, batch.target_tokens), batch.score_mask)
 
 
 METRICS.add("logit_diff", Metric(logit_diff, "logit diff (answer − distractor)", True, True))

@@ -144,11 +144,6 @@ def _forward(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
         return model.bridge(tokens.to(model.device))
 
 
-def _as_corrupted(batch: Batch) -> Batch:
-    assert batch.corrupted is not None
-    return Batch(batch.corrupted, None, batch.lengths, batch.answer, batch.distractor, batch.positions, batch.score_mask)
-
-
 def evaluate(
     model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int, progress: Progress | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -161,7 +156,7 @@ def evaluate(
         for m in metric_names:
             clean[m].append(METRICS.get(m).fn(logits, batch).cpu())
         if batch.corrupted is not None:
-            cb = _as_corrupted(batch)
+            cb = batch.as_corrupted()
             logits_c = _forward(model, cb.tokens)
             for m in metric_names:
                 corrupt[m].append(METRICS.get(m).fn(logits_c, cb).cpu())

@@ -82,6 +82,12 @@ def test_toy_methods_find_the_induction_circuit(toy):
     other_layer0 = [exact[0, h] for h in range(4) if h != prev_head[1]]
     assert exact[1].min() > 3 * max(abs(v) for v in other_layer0)
     assert spearman(exact, approx) > 0.5  # attribution agrees with exact patching
+    # denoising (clean head output into the corrupted run): the layer-1 induction heads come out on top,
+    # every one above every layer-0 head, the previous-token head included
+    restore = score_heads(model, data, ["activation_patching"], 12, metric="induction_loss",
+                          method_options={"activation_patching": {"direction": "denoising"}})["activation_patching"]
+    assert np.unravel_index(restore.argmax(), restore.shape)[0] == 1
+    assert restore[1].min() > restore[0].max() and restore[1].min() > 0.03
 
 
 def test_ablation_kinds(toy):

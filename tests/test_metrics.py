@@ -42,3 +42,14 @@ def test_sequence_losses_use_masks():
     seq = METRICS.get("sequence_loss").fn(logits, batch).tolist()
     # prompt 1: targets at positions 1 (uniform: log 4) and 2 (from logits[1,1] uniform: log 4)
     assert abs(seq[1] - math.log(4)) < 1e-6
+
+
+def test_corrupted_runs_are_scored_against_clean_targets():
+    logits, batch = make_batch()
+    batch.corrupted = torch.tensor([[0, 3, 0], [0, 3, 3]])
+    corrupted = batch.as_corrupted()
+    assert torch.equal(corrupted.tokens, batch.corrupted) and torch.equal(corrupted.target_tokens, batch.tokens)
+    # logits put all mass on token 2 at every position: the clean targets (2) are cheap, the corrupted (3) dear
+    peaked = torch.full((2, 3, 4), -20.0)
+    peaked[..., 2] = 20.0
+    assert METRICS.get("induction_loss").fn(peaked, corrupted).max() < 1e-6

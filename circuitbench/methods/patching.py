@@ -93,12 +93,12 @@ def repeat_batch(batch: Batch, copies: int) -> Batch:
         tokens=rep(batch.tokens), corrupted=None if batch.corrupted is None else rep(batch.corrupted),
         lengths=rep(batch.lengths), answer=rep(batch.answer), distractor=rep(batch.distractor),
         positions={k: rep(v) for k, v in batch.positions.items()}, score_mask=rep(batch.score_mask),
+        targets=None if batch.targets is None else rep(batch.targets),
     )
 
 
 def as_corrupted(batch: Batch) -> Batch:
-    assert batch.corrupted is not None
-    return replace(batch, tokens=batch.corrupted, corrupted=None)
+    return batch.as_corrupted()
 
 
 def position_mask(batch: Batch, positions: Literal["all"] | list[str]) -> torch.Tensor:
