@@ -136,11 +136,14 @@ def ls(what: str = typer.Argument(..., help="tasks | models | methods | metrics 
             table.add_row(name, spec.generator.name, str(spec.n_prompts), ", ".join(spec.metrics),
                           ", ".join(spec.methods), spec.description.strip().split(". ")[0].rstrip(".") + ".")
     elif what == "models":
-        for col in ("model", "source", "params", "layers×heads", "d_model", "dtype", "notes"):
+        from circuitbench.models.loading import memory_needed_bytes
+
+        for col in ("model", "source", "params", "layers×heads", "d_model", "dtype", "memory fp32 / bf16", "notes"):
             table.add_column(col, overflow="fold")
         for name, m in model_registry().items():
+            memory = " / ".join(f"{memory_needed_bytes(m.n_params, d) / 2**30:.1f} GB" for d in ("float32", "bfloat16"))
             table.add_row(name, m.hf_id or f"toy: {m.path}", f"{m.n_params / 1e6:,.1f}M",
-                          f"{m.n_layers}×{m.n_heads}", str(m.d_model), m.dtype, m.notes)
+                          f"{m.n_layers}×{m.n_heads}", str(m.d_model), m.dtype, memory, m.notes)
     elif what in ("methods", "metrics", "generators"):
         registry = {"methods": METHODS, "metrics": METRICS, "generators": GENERATORS}[what]
         table.add_column(what[:-1])

@@ -28,6 +28,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, MethodContext
 from circuitbench.metrics import METRICS
 from circuitbench.models import LoadedModel, load_model, resolve_model
+from circuitbench.models.loading import available_memory_bytes
 from circuitbench.prompts import GENERATORS, PromptSet
 from circuitbench.results import (
     CircuitInfo,
@@ -115,19 +116,6 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
                 )
 
 
-def _available_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30
-
-
 def auto_batch_size(model: LoadedModel, data: EncodedPrompts, cap: int = 256) -> int:
     """Largest batch whose estimated activations (logits, attention patterns of every layer as
     cached by the detectors, residual streams) fit in a quarter of the free memory."""
@@ -135,7 +123,7 @@ def auto_batch_size(model: LoadedModel, data: EncodedPrompts, cap: int = 256) ->
     pos = int(data.lengths.max())
     floats = pos * cfg.d_vocab + cfg.n_layers * (cfg.n_heads * pos * pos + 8 * pos * cfg.d_model)
     per_prompt = 4 * floats * 2  # fp32, with head-room for temporaries
-    budget = _available_memory_bytes(model.device) // 4
+    budget = available_memory_bytes(model.device) // 4
     return int(max(1, min(cap, len(data), budget // max(per_prompt, 1))))
 
 

@@ -96,3 +96,15 @@ def test_shipped_toy_matches_its_registry_entry():
     model = load_model("toy-induction-2l", device="cpu")
     assert (model.n_params, model.n_layers, model.n_heads, model.n_ctx) == (spec.n_params, spec.n_layers, spec.n_heads, spec.n_ctx)
     assert int(model.bridge.cfg.d_vocab) == spec.d_vocab
+
+
+def test_model_that_cannot_fit_is_refused_before_loading(monkeypatch):
+    from circuitbench.models import loading
+
+    monkeypatch.setattr(loading, "available_memory_bytes", lambda device: 2 * 2**30)
+    monkeypatch.setattr(loading, "_hf_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(CircuitbenchError) as e:
+        load_model("gpt-neo-2.7B", init="random", dtype="float32", device="cpu")
+    msg = str(e.value)
+    # 2,651,307,520 parameters × 4 bytes × 1.2 = 11.85 GiB; bf16 halves it
+    assert "11.9 GB in float32" in msg and "--dtype bfloat16 (about 5.9 GB)" in msg and "2.0 GB is free" in msg

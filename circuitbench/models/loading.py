@@ -98,6 +98,51 @@ def resolve_model(name: str) -> ModelRef:
     return ModelRef("hub", name, name, None)
 
 
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+MEMORY_HEADROOM = 1.2  # weights plus ~20 % for activations and the bridge (measured 1.17-1.21× on gpt-neo-2.7B)
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory on the device (MemAvailable on CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def memory_needed_bytes(n_params: int, dtype: str) -> int:
+    return int(n_params * BYTES_PER_PARAM[dtype] * MEMORY_HEADROOM)
+
+
+def check_fits(name: str, n_params: int, dtype: str, device: torch.device) -> None:
+    """Refuse, before loading, a model whose weights cannot fit, with the estimate and the options."""
+    need, free = memory_needed_bytes(n_params, dtype), available_memory_bytes(device)
+    if need > free:
+        options = []
+        if dtype == "float32":
+            options.append(f"--dtype bfloat16 (about {memory_needed_bytes(n_params, 'bfloat16') / 2**30:.1f} GB)")
+        if device.type == "cuda":
+            options.append("--device cpu")
+        options.append("a smaller model, or a machine with more memory")
+        raise CircuitbenchError(
+            f"Model '{name}' needs about {need / 2**30:.1f} GB in {dtype} ({n_params / 1e9:.2f}B parameters × "
+            f"{BYTES_PER_PARAM[dtype]} bytes + {MEMORY_HEADROOM - 1:.0%}), but only {free / 2**30:.1f} GB is free on "
+            f"{device}. Options: {'; '.join(options)}."
+        )
+
+
+def _n_params_from_config(config) -> int:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
@@ -228,6 +273,8 @@ def load_model(
             f"--init random needs the architecture: '{name}' is neither in models.yaml nor a local "
             "directory with config.json."
         )
+    expected_params = ref.spec.n_params if ref.spec else _n_params_from_config(_hf_config(ref, revision))
+    check_fits(ref.name, expected_params, dtype_name, dev)
     tok, tok_source = _load_tokenizer(ref, revision, init)
     hf = _hf_model(ref, revision, init, torch_dtype, seed)
     n_params = sum(p.numel() for p in hf.parameters())
