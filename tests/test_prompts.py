@@ -51,3 +51,12 @@ def test_shipped_spec_generates_requested_count():
     spec = load_task("induction")
     gen = GENERATORS.get(spec.generator.name)
     assert len(gen.generate(spec.generator, spec.n_prompts, spec.seed, spec.split)) == spec.n_prompts
+
+
+def test_all_prompts_of_a_huge_universe_stop_at_the_cap(monkeypatch):
+    from circuitbench.prompts import base
+    from circuitbench.prompts.sorting import SortingParams
+
+    monkeypatch.setattr(base, "ALL_CAP", 300)
+    prompts = GENERATORS.get("sorting").generate(SortingParams(name="sorting"), None, 0, "test")
+    assert len(prompts) == 300 and len({p.split_key for p in prompts}) == 300

@@ -19,6 +19,8 @@ Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 # Fractions of the prompt universe assigned to each split (by hash of the prompt's split key).
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
+# "all" prompts of a split stops here: for large universes "all" means "this many".
+ALL_CAP = 20_000
 
 
 class Segment(BaseModel):
@@ -101,7 +103,8 @@ def sample_split(
     (the key itself by default; e.g. the start of a progression, so that whole progressions are
     held out), and keys are deduplicated. Fails with a clear message when the universe is too
     small for `n`. With n=None ("all"), draws until `exhaust_after` draws in a row bring nothing
-    new: every prompt of a small universe's split (deterministic for a seed).
+    new: every prompt of a small universe's split (deterministic for a seed); a large universe
+    stops at ALL_CAP prompts.
     """
     rng = random.Random(f"{task}:{seed}:{split}")
     seen: set[str] = set()
@@ -110,7 +113,7 @@ def sample_split(
     while n is None or len(out) < n:
         tries += 1
         stale += 1
-        if n is None and stale > exhaust_after:
+        if n is None and (stale > exhaust_after or len(out) >= ALL_CAP):
             break
         if n is not None and tries > max_tries_per_prompt * n + 1000:
             raise CircuitbenchError(
