@@ -344,6 +344,7 @@ def train_cmd(
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
+    n_train: int = typer.Option(4000, "--n-train", help="Train-split prompts per text task (at most)."),
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
     from pathlib import Path
@@ -354,7 +355,8 @@ def train_cmd(
 
     try:
         config = TrainConfig(arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model), tasks=_split(task),
-                             steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed)
+                             steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed,
+                             n_train=n_train)
     except ValidationError as e:
         raise _options_error(e) from None
     with Progress(console=err_console, transient=True) as progress:
