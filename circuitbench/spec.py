@@ -148,6 +148,8 @@ class ModelSpec(BaseModel):
     dtype: DType = "float32"
     hf_config: dict[str, object] | None = Field(None, description="HF config for --init random")
     train_command: str | None = None
+    test_metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="measured on each task's default test split: task -> metric -> value")
     notes: str = ""
 
     @model_validator(mode="after")

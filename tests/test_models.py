@@ -108,3 +108,25 @@ def test_model_that_cannot_fit_is_refused_before_loading(monkeypatch):
     msg = str(e.value)
     # 2,651,307,520 parameters × 4 bytes × 1.2 = 11.85 GiB; bf16 halves it
     assert "11.9 GB in float32" in msg and "--dtype bfloat16 (about 5.9 GB)" in msg and "2.0 GB is free" in msg
+
+
+def test_zoo_models_reproduce_their_recorded_test_metrics():
+    """models.yaml reports each toy's test-split figures; they must be what the model does."""
+    from circuitbench.catalog import load_task
+    from circuitbench.runner import encode_task, evaluate
+
+    checked = 0
+    for name, spec in model_registry().items():
+        if spec.source != "toy":
+            continue
+        assert spec.test_metrics, f"{name}: no test_metrics in models.yaml"
+        model = load_model(name, device="cpu")
+        for task, recorded in spec.test_metrics.items():
+            task_spec = load_task(task)
+            data = encode_task(task_spec, model.vocab, model.unk_id, model.n_ctx)
+            assert data.report.n_dropped == 0 and task_spec.split == "test"
+            clean, _ = evaluate(model, data, list(recorded), 32)
+            for metric, value in recorded.items():
+                assert abs(float(clean[metric].mean()) - value) < 1e-3, (name, task, metric)
+                checked += 1
+    assert checked >= 2
