@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from circuitbench.catalog import load_task
 from circuitbench.errors import CircuitbenchError
-from circuitbench.metrics import METRICS, token_losses
+from circuitbench.metrics import token_losses
 from circuitbench.spec import RunOptions
 
 STEP_DIR = re.compile(r"step_(\d+)$")
@@ -63,7 +63,6 @@ def fastest_change(steps: list[int], values: list[float], series: str) -> PhaseC
 
 
 def analyse(run_dir: Path, task: str, n: int = 32, batch_size: int = 32) -> Dynamics:
-    from circuitbench.methods.detectors import induction_targets
     from circuitbench.models import load_model
     from circuitbench.runner import effective_spec, encode_task, evaluate, score_heads
 

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from circuitbench.catalog import PACKAGE_DIR, format_validation_error, load_task
 from circuitbench.circuits import Circuit, faithfulness, spearman
-from circuitbench.encoding import Batch, EncodedPrompts, Vocabulary, encode_prompts
+from circuitbench.encoding import EncodedPrompts, Vocabulary, encode_prompts
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, MethodContext
 from circuitbench.metrics import METRICS

@@ -1,12 +1,11 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from circuitbench.cli import main
-from circuitbench.results import RunResult, save_result, load_result
+from circuitbench.results import RunResult, load_result
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

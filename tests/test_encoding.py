@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from circuitbench.catalog import load_task
 from circuitbench.encoding import Vocabulary, encode_prompts

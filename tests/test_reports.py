@@ -1,12 +1,11 @@
 """Leaderboards and reports from real (small) runs: tables hold the runs' numbers, every plot
 type renders a valid PNG, stale results are flagged apart."""
-import json
 
 import pytest
 
 from circuitbench.leaderboard import build
 from circuitbench.report import build_report
-from circuitbench.results import RunResult, load_result, save_result
+from circuitbench.results import load_result, save_result
 from circuitbench.runner import run
 from circuitbench.spec import RunOptions
 
