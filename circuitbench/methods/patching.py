@@ -262,7 +262,7 @@ def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Metho
     return _normalise(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
 
 
-def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None, lengths: torch.Tensor) -> Callable[[int], torch.Tensor]:
+def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None) -> Callable[[int], torch.Tensor]:
     if kind == "zero":
         return lambda l: torch.zeros_like(run.z[l])
     if kind == "mean":
@@ -304,7 +304,7 @@ def ablation(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -
     for batch in data.batches(ctx.batch_size):
         run = run_and_cache(model, batch.tokens)
         m_clean += float(metric_values(ctx, run.logits, batch).double().sum())
-        source = _ablation_source(opts.kind, run, mean_z, batch.lengths)
+        source = _ablation_source(opts.kind, run, mean_z)
         total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx, formats)
         ctx.advance(len(batch))
     n = len(data)

@@ -13,16 +13,15 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from circuitbench.catalog import PACKAGE_DIR, model_registry
+from circuitbench.catalog import model_registry
 from circuitbench.encoding import Vocabulary
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer
-from circuitbench.models.toy import is_toy_checkpoint, load_toy
+from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy
 from circuitbench.spec import ModelSpec
 
 Init = Literal["pretrained", "random"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ZOO_DIR = PACKAGE_DIR / "zoo"
 HUB_HOST = "huggingface.co"
 
 

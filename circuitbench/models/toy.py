@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from circuitbench.models.tokenizers import load_saved_tokenizer
 
 MARKER = "circuitbench_toy.json"
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"  # the shipped toy checkpoints
 
 
 def is_toy_checkpoint(path: Path) -> bool:

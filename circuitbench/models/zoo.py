@@ -16,9 +16,7 @@ import torch.nn.functional as F
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import word_level_tokenizer
-from circuitbench.models.toy import build_native_model, native_config, save_checkpoint
-
-ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+from circuitbench.models.toy import ZOO_DIR, build_native_model, native_config, save_checkpoint
 
 
 @dataclass(frozen=True)
