@@ -195,6 +195,21 @@ def validate(
         console.print(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}", soft_wrap=True)
 
 
+def _render_matrices(result: dict, metrics: list[str]) -> None:
+    """One rich table per overlap metric, then the alignment(s) used."""
+    labels = result["labels"]
+    for name in metrics:
+        table = Table(title=name)
+        table.add_column("", overflow="fold")
+        for label in labels:
+            table.add_column(label, justify="right", overflow="fold")
+        for label, row in zip(labels, result[name]):
+            table.add_row(label, *(f"{v:.3g}" for v in row))
+        console.print(table)
+    kinds = {a for row in result["alignment"] for a in row}
+    console.print(f"alignment: {', '.join(sorted(kinds))}", soft_wrap=True)
+
+
 @app.command()
 def overlap(
     files: list[str] = typer.Argument(..., help="RunResult JSONs or any JSON with \"heads\": [[layer, head], ...]; globs too."),
@@ -232,17 +247,7 @@ def overlap(
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        labels = result["labels"]
-        for name in metrics:
-            table = Table(title=name)
-            table.add_column("", overflow="fold")
-            for label in labels:
-                table.add_column(label, justify="right", overflow="fold")
-            for label, row in zip(labels, result[name]):
-                table.add_row(label, *(f"{v:.3g}" for v in row))
-            console.print(table)
-        kinds = {a for row in result["alignment"] for a in row}
-        console.print(f"alignment: {', '.join(sorted(kinds))}", soft_wrap=True)
+        _render_matrices(result, metrics)
     if plot_path:
         from circuitbench.plots import overlap_heatmap
 
@@ -321,14 +326,7 @@ def compare(
     circuits = [Circuit.load(o.path) for o in outcomes]
     metrics = _split(metric)
     result = overlap_matrix(circuits, metrics)
-    for name in metrics:
-        table = Table(title=name)
-        table.add_column("", overflow="fold")
-        for label in result["labels"]:
-            table.add_column(label, justify="right", overflow="fold")
-        for label, row in zip(result["labels"], result[name]):
-            table.add_row(label, *(f"{v:.3g}" for v in row))
-        console.print(table)
+    _render_matrices(result, metrics)
 
 
 @app.command("train")
