@@ -113,6 +113,12 @@ def _render_summary(outcomes: list) -> None:
             console.print(f"{o.model} / {o.task}: circuit from {c.method} ({rule}): {heads}{figures}", highlight=False, soft_wrap=True)
         for pair, rho in o.result.method_agreement.items():
             console.print(f"{o.model} / {o.task}: {pair} = {rho:.2f}", highlight=False, soft_wrap=True)
+        by_split = o.result.metrics_by_split
+        if by_split:
+            main = o.result.task.main_metric
+            side = " · ".join(f"{split} {m.metrics[main]:.3f} ± {m.metrics_stderr[main]:.3f} (n={m.n_prompts})"
+                              for split, m in sorted(by_split.items()))
+            console.print(f"{o.model} / {o.task}: {main} by split: {side}", highlight=False, soft_wrap=True)
     for o in outcomes:
         note = " (finished earlier, kept: --resume)" if o.skipped else ""
         dropped = f"; dropped {o.result.task.n_dropped}: {dict(o.result.task.dropped_reasons)}" if o.result.task.n_dropped else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -121,6 +121,10 @@ class EncodedPrompts:
 
     def batches(self, batch_size: int) -> list[Batch]:
         return [self.batch(i, min(i + batch_size, len(self))) for i in range(0, len(self), batch_size)]
+
+    def without_corrupted(self) -> "EncodedPrompts":
+        """The same prompts with no counterfactuals (metrics on clean prompts only)."""
+        return replace(self, corrupted=None)
 
 
 class _Drop(Exception):

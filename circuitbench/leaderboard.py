@@ -46,6 +46,9 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
                         "cpr": r.circuit.cpr, "cmd": r.circuit.cmd, "circuit_method": r.circuit.method})
         for pair, rho in r.method_agreement.items():
             row["agreement_spearman"] = rho
+        for split, sm in r.metrics_by_split.items():
+            if split != r.task.split and r.task.main_metric in sm.metrics:
+                row[f"main_on_{split}"] = sm.metrics[r.task.main_metric]  # memorisation vs generalisation
         if current is not None and current != r.task.content_hash:
             # made with another version of the task (prompts or metrics changed): not comparable
             flagged.append({**base, "flag": f"stale: task spec changed since this run ({r.task.content_hash} ≠ {current})"})
@@ -71,7 +74,8 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     for m in metric_names:
         se = sub[f"{m}_se"].to_list()
         out[f"{m} {_arrow(m)}"] = [f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}" for v, s in zip(sub[m], se)]
-    extra = {"circuit_size": "circuit size", "faithfulness": "faithfulness ↑", "cpr": "CPR ↑", "cmd": "CMD ↓",
+    extra = {**{f"main_on_{s}": f"{main} ({s} split)" for s in ("train", "val", "test")},
+             "circuit_size": "circuit size", "faithfulness": "faithfulness ↑", "cpr": "CPR ↑", "cmd": "CMD ↓",
              "agreement_spearman": "exact vs attribution ρ ↑"}
     for col, label in extra.items():
         if col in sub and sub[col].notna().any():

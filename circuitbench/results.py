@@ -69,6 +69,12 @@ class CircuitInfo(_Strict):
     cmd: float | None = None  # area under |1 − f| (lower better)
 
 
+class SplitMetrics(_Strict):
+    n_prompts: int
+    metrics: dict[str, float]
+    metrics_stderr: dict[str, float]
+
+
 class RunResult(_Strict):
     schema_version: int = SCHEMA_VERSION
     status: Literal["complete", "failed"]
@@ -78,6 +84,8 @@ class RunResult(_Strict):
     metrics: dict[str, float]
     metrics_stderr: dict[str, float] = Field(default_factory=dict)
     metrics_corrupted: dict[str, float] = Field(default_factory=dict)
+    # split -> SplitMetrics for the task's report_splits, and its own split, side by side
+    metrics_by_split: dict[str, SplitMetrics] = Field(default_factory=dict)
     head_scores: dict[str, list[list[float]]] = Field(default_factory=dict)
     method_agreement: dict[str, float] = Field(default_factory=dict)  # e.g. Spearman exact vs attribution
     traces: dict[str, dict[str, object]] = Field(default_factory=dict)  # causal tracing maps (TraceMap)

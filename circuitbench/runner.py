@@ -35,6 +35,7 @@ from circuitbench.results import (
     ModelInfo,
     RunInfo,
     RunResult,
+    SplitMetrics,
     TaskInfo,
     is_finished,
     load_result,
@@ -56,6 +57,9 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
         update["seed"] = options.seed
     if options.split is not None:
         update["split"] = options.split
+        if spec.report_splits:  # still side by side: the task's own split joins the reported ones
+            update["report_splits"] = [s for s in ("train", "val", "test")
+                                       if s != options.split and (s in spec.report_splits or s == spec.split)]
     if options.methods is not None:
         update["methods"] = options.methods
         if spec.circuit and spec.circuit.method and spec.circuit.method not in options.methods:
@@ -154,6 +158,21 @@ def evaluate(
         {m: torch.cat(v) for m, v in clean.items()},
         {m: torch.cat(v) for m, v in corrupt.items() if v},
     )
+
+
+def evaluate_report_splits(
+    spec: TaskSpec, model: LoadedModel, batch_size: int, progress: Progress | None = None
+) -> dict[str, SplitMetrics]:
+    """The task's metrics on each of its `report_splits` (same prompt count and seed): a model
+    that memorised its training progressions scores high on train and low on test."""
+    out: dict[str, SplitMetrics] = {}
+    for split in spec.report_splits:
+        data = encode_task(spec.model_copy(update={"split": split}), model.vocab, model.unk_id, model.n_ctx)
+        clean, _ = evaluate(model, data.without_corrupted(), spec.metrics, batch_size, progress)
+        stats = {name: _mean_stderr(values) for name, values in clean.items()}
+        out[split] = SplitMetrics(n_prompts=len(data), metrics={k: v[0] for k, v in stats.items()},
+                                  metrics_stderr={k: v[1] for k, v in stats.items()})
+    return out
 
 
 def score_heads(
@@ -256,6 +275,9 @@ def run_unit(
     for name, values in clean.items():
         metrics[name], stderr[name] = _mean_stderr(values)
     metrics_corrupted = {name: _mean_stderr(v)[0] for name, v in corrupted.items()}
+    by_split = evaluate_report_splits(spec, model, batch_size, progress)
+    if by_split:
+        by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     traces: dict[str, dict] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.main_metric or spec.metrics[0],
                               spec.method_options, traces)
@@ -294,6 +316,7 @@ def run_unit(
         metrics=metrics,
         metrics_stderr=stderr,
         metrics_corrupted=metrics_corrupted,
+        metrics_by_split=by_split,
         head_scores={k: v.tolist() for k, v in head_scores.items()},
         method_agreement=agreement,
         traces=traces,

@@ -70,6 +70,11 @@ class TaskSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="keep at most this many of the drawn prompts (--n on an 'all' task)")
     seed: int = 0
     split: Split = "test"
+    report_splits: list[Split] = Field(
+        default_factory=list,
+        description="also evaluate the metrics on these splits, side by side with `split` "
+        "(memorisation vs generalisation for tasks that hold out whole progressions)",
+    )
     metrics: list[MetricName] = Field(min_length=1)
     main_metric: str | None = None
     methods: list[MethodName] = Field(default_factory=list)
@@ -113,6 +118,8 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"method_options.{name}.{path}: {first['msg']}") from None
         if self.circuit and self.circuit.method and self.circuit.method not in self.methods:
             raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods}")
+        if self.split in self.report_splits:
+            raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
         return self
 
     def spec_hash(self) -> str:

@@ -78,3 +78,26 @@ def test_text_tasks_train_on_train_split_only(tmp_path):
 
     data = encode_task(load_task("x2"), model.vocab, model.unk_id, model.n_ctx)
     assert data.report.n_dropped == 0  # the toy vocabulary covers the test split too
+
+
+def test_report_splits_put_train_and_test_side_by_side(tmp_path):
+    """x2 reports train-split metrics beside test: each equals a separate run on that split."""
+    from circuitbench.runner import effective_spec, run_unit
+    from circuitbench.spec import RunOptions
+
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=30, checkpoints=0, batch_size=16)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    spec = effective_spec(load_task("x2"), RunOptions(methods=[], n=12))
+    assert spec.report_splits == ["train"]
+    result = run_unit(spec, model, RunOptions())
+    train_spec = effective_spec(load_task("x2"), RunOptions(methods=[], n=12, split="train"))
+    assert train_spec.report_splits == ["test"]
+    train_only = run_unit(train_spec, model, RunOptions())
+    by_split = result.metrics_by_split
+    assert set(by_split) == {"train", "test"}
+    for name in ("logit_diff", "loss", "accuracy"):
+        assert abs(by_split["test"].metrics[name] - result.metrics[name]) < 1e-9
+        assert abs(by_split["train"].metrics[name] - train_only.metrics[name]) < 1e-6
+    assert by_split["train"].n_prompts == train_only.task.n_prompts == 12
+    assert by_split["train"].metrics["loss"] != by_split["test"].metrics["loss"]  # different prompts
