@@ -89,6 +89,14 @@ def load_task(name_or_path: str, include_paths: tuple[str, ...] = ()) -> TaskSpe
     return spec
 
 
+SUITE = "suite"  # stands for every catalog task in --task lists
+
+
+def expand_task_names(names: list[str], include_paths: tuple[str, ...] = ()) -> list[str]:
+    """Task names with 'suite' replaced by every catalog task (tasks/*.yaml), in name order."""
+    return [t for name in names for t in (sorted(task_files(include_paths)) if name == SUITE else [name])]
+
+
 def all_tasks(include_paths: tuple[str, ...] = ()) -> dict[str, TaskSpec]:
     return {name: load_task(name, include_paths) for name in task_files(include_paths)}
 

@@ -30,7 +30,7 @@ def _options_error(err: ValidationError) -> CircuitbenchError:
 
 @app.command()
 def run(
-    task: str = typer.Option(..., "--task", "-t", help="Task name(s), comma-separated, or a YAML path."),
+    task: str = typer.Option(..., "--task", "-t", help="Task name(s), comma-separated, a YAML path, or 'suite' (every catalog task)."),
     model: str = typer.Option(..., "--model", "-m", help="Model(s): registry name, HF id, local dir, toy checkpoint."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of prompts (overrides the task's n_prompts)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed (and random-init seed)."),

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pydantic import ValidationError
 
-from circuitbench.catalog import PACKAGE_DIR, format_validation_error, load_task
+from circuitbench.catalog import PACKAGE_DIR, expand_task_names, format_validation_error, load_task
 from circuitbench.circuits import Circuit, faithfulness, spearman
 from circuitbench.encoding import EncodedPrompts, Vocabulary, encode_prompts
 from circuitbench.errors import CircuitbenchError
@@ -348,7 +348,7 @@ def run(
     file is complete with the same spec hash, init and dtype are kept untouched.
     """
     options = options or RunOptions()
-    task_names = [tasks] if isinstance(tasks, str) else list(tasks)
+    task_names = expand_task_names([tasks] if isinstance(tasks, str) else list(tasks), include_paths)
     model_names = [models] if isinstance(models, str) else list(models)
     specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
     for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads

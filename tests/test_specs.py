@@ -106,3 +106,11 @@ def test_model_registry_has_required_models():
                 "gpt-neo-2.7B", "pythia-70m", "pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b",
                 "pythia-2.8b", "toy-induction-2l"}
     assert required <= names
+
+
+def test_suite_expands_to_every_catalog_task_in_name_order():
+    from circuitbench.catalog import expand_task_names, task_files
+
+    names = sorted(p.stem for p in (Path(__file__).parent.parent / "tasks").glob("*.yaml"))
+    assert expand_task_names(["suite"]) == names == sorted(task_files())
+    assert expand_task_names(["x2", "suite"])[:2] == ["x2", names[0]] and len(expand_task_names(["x2", "suite"])) == len(names) + 1

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from circuitbench.catalog import load_task
+from circuitbench.catalog import expand_task_names, load_task
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import build_native_model, native_config, save_checkpoint
@@ -56,6 +56,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(2e-3, gt=0)
     seed: int = 0
     n_train: int = Field(4000, ge=1, description="train-split prompts drawn per text task (at most)")
+    induction_share: float = Field(0.5, gt=0, le=1, description="fraction of steps on the induction stream when text tasks are mixed in")
 
 
 def checkpoint_steps(steps: int, k: int) -> list[int]:
@@ -96,7 +97,7 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
     from circuitbench.prompts import GENERATORS
 
     text_tasks, induction = [], None
-    for task in config.tasks:
+    for task in expand_task_names(config.tasks):
         spec = load_task(task)
         if GENERATORS.get(spec.generator.name).has_answer:
             text_tasks.append(task)
@@ -106,10 +107,15 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
             raise CircuitbenchError(f"train: task '{task}' has no training data recipe.")
     texts: list[str] = []
     words: set[str] = set()
-    for task in text_tasks:
+    row_task: list[int] = []
+    for i, task in enumerate(text_tasks):
         t, w = _text_examples(task, config.n_train)
         texts += t
         words |= w
+        row_task += [i] * len(t)
+    # every task equally often, however many distinct prompts its train split holds
+    task_sizes = torch.bincount(torch.tensor(row_task, dtype=torch.long), minlength=len(text_tasks)) if row_task else None
+    row_weights = (1.0 / task_sizes[torch.tensor(row_task)]).double() if row_task else None
     symbols = [f"t{i}" for i in range(induction.n_symbols)] if induction else []
     # the stream: one copied segment per row, room for a gap, within the context
     stream_len = min(config.arch.n_ctx, 2 * induction.max_len + 12) if induction else 0
@@ -123,6 +129,7 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
     data = torch.full((len(rows), max(width, 1)), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         data[i, : len(r)] = torch.tensor(r)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     symbol_ids = sorted(vocab[s] for s in symbols)
 
     arch = config.arch
@@ -137,15 +144,20 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
     t0 = time.perf_counter()
     model.train()
     for step in range(1, config.steps + 1):
-        use_induction = induction is not None and (not rows or step % 2 == 0)
+        # deterministic interleaving: induction on `induction_share` of the steps (0.5: every even step)
+        share = config.induction_share
+        use_induction = induction is not None and (not rows or math.floor(step * share) != math.floor((step - 1) * share))
         if use_induction:
             max_len = min(induction.max_len, (stream_len - 1) // 2)
             batch = induction_batch(gen, config.batch_size, len(symbol_ids), min(4, max_len), max_len,
                                     stream_len, bos, symbol_ids[0])
             targets_mask = torch.ones_like(batch[:, 1:], dtype=torch.bool)
         else:
-            idx = torch.randint(0, len(rows), (config.batch_size,), generator=gen)
-            batch = data[idx]
+            if len(text_tasks) == 1:  # (the draw the shipped single-task toys were trained with)
+                idx = torch.randint(0, len(rows), (config.batch_size,), generator=gen)
+            else:
+                idx = torch.multinomial(row_weights, config.batch_size, replacement=True, generator=gen)
+            batch = data[idx][:, : int(lengths[idx].max())]  # no all-padding columns
             targets_mask = batch[:, 1:] != pad
         logits = model(batch)
         nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
