@@ -26,12 +26,14 @@ $(VENV)/.deps-installed: pyproject.toml $(VENV)/.torch-installed
 setup: $(VENV)/.deps-installed
 
 demo: setup
+	$(CB) run --task suite --model toy-tasks --out results
 	$(CB) run --task induction --model toy-induction-2l --out results
-	$(CB) run --task ioi,seq_months,x2,fibonacci,sorting --model gpt2-small --init random --n 16 \
+	$(CB) overlap "results/toy-tasks/*.json" --metric jaccard,spearman --plot results/overlap_toy-tasks.png
+	$(CB) run --task ioi,seq_months,x2 --model gpt2-small --init random --n 16 \
 		--methods attribution_patching,previous_token,induction --out results
-	$(CB) overlap "results/gpt2-small/*.json" --metric jaccard,spearman --plot results/overlap_gpt2-small.png
 	$(CB) leaderboard --results results --out results/leaderboard
 	$(CB) report results/toy-induction-2l/induction.json
+	$(CB) report results/toy-tasks/ioi.json
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
