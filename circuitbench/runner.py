@@ -368,6 +368,10 @@ def run(
             "to run one copy of the model per process."
         )
     processes = current_processes(options.device)
+    if not processes.is_main:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # e.g. "Loading weights": the main process's bar speaks for all
     # Each process takes the launcher's accelerator (cuda:LOCAL_RANK); on CPU they share it.
     device = options.device
     if processes.device is not None and processes.device.type != "cpu" and options.device in ("auto", "cuda"):
