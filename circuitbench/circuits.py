@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,16 @@ class Circuit(BaseModel):
 
 
 # Faithfulness: the model with every head outside the circuit ablated, as MIB defines it.
+# `data` may be one data-parallel process's shard: every mean over prompts goes through
+# ctx.sum_shards, so each process computes the one-process numbers.
 
 
-def ablation_means(model, data, kind: str, batch_size: int) -> list[torch.Tensor] | None:
+def ablation_means(model, data, kind: str, batch_size: int,
+                   sum_shards: Callable = lambda value: value) -> list[torch.Tensor] | None:
     """Per-layer [pos, n_heads, d_head] replacement values for ablated heads (None: zeros)."""
     if kind == "zero":
         return None
-    return mean_head_outputs(model, data, batch_size, corrupted=kind == "mean_counterfactual")
+    return mean_head_outputs(model, data, batch_size, corrupted=kind == "mean_counterfactual", sum_shards=sum_shards)
 
 
 def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | None, ctx: MethodContext) -> float:
@@ -111,7 +115,8 @@ def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | 
         with torch.inference_mode():
             logits = model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks + unembed_hooks)
         total += float(metric_values(ctx, logits, scored).double().sum())
-    return total / len(data)
+    total, n = ctx.sum_shards((total, len(data)))
+    return total / n
 
 
 CURVE_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -137,7 +142,7 @@ class FaithfulnessReport(BaseModel):
 
 
 def faithfulness(model, data, circuit: Circuit, scores: np.ndarray, rule: CircuitRule, ctx: MethodContext) -> FaithfulnessReport:
-    means = ablation_means(model, data, rule.ablation, ctx.batch_size)
+    means = ablation_means(model, data, rule.ablation, ctx.batch_size, ctx.sum_shards)
     n_layers, n_heads = scores.shape
     all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
     m_full = metric_with_heads(model, data, all_heads, means, ctx)

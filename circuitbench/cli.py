@@ -32,11 +32,14 @@ def _options_error(err: ValidationError) -> CircuitbenchError:
 def run(
     task: str = typer.Option(..., "--task", "-t", help="Task name(s), comma-separated, a YAML path, or 'suite' (every catalog task)."),
     model: str = typer.Option(..., "--model", "-m", help="Model(s): registry name, HF id, local dir, toy checkpoint."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of prompts (overrides the task's n_prompts)."),
+    # --n-prompts: torchrun's own parser rejects --n (a prefix of its --nnodes / --nproc-per-node)
+    n: Optional[int] = typer.Option(None, "--n", "--n-prompts", help="Number of prompts (overrides the task's n_prompts)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed (and random-init seed)."),
     split: Optional[str] = typer.Option(None, "--split", help="train | val | test (default: the task's, test)."),
     batch_size: str = typer.Option("32", "--batch-size", help="Prompts per forward pass, or 'auto'."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps."),
+    device_map: Optional[str] = typer.Option(None, "--device-map",
+                                             help="auto: accelerate spreads a HuggingFace model over the devices."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the model's)."),
     init: str = typer.Option("pretrained", "--init", help="pretrained | random (random weights, architecture from models.yaml)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Head-scoring methods, comma-separated (overrides the task's)."),
@@ -45,14 +48,18 @@ def run(
     include_path: list[str] = IncludePath,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run task(s) on model(s) and write one RunResult JSON per (model, task)."""
+    """Run task(s) on model(s) and write one RunResult JSON per (model, task).
+
+    Data parallel: `torchrun --nproc_per_node N -m circuitbench run ...` (or `accelerate launch`)
+    splits the prompts over N processes; the main one writes the results."""
+    from circuitbench.data_parallel import is_main_process
     from circuitbench.runner import command_line
     from circuitbench.runner import run as run_units
     from circuitbench.spec import RunOptions
 
     try:
         options = RunOptions(
-            n=n, seed=seed, split=split, device=device, dtype=dtype, init=init, out=out, resume=resume,
+            n=n, seed=seed, split=split, device=device, device_map=device_map, dtype=dtype, init=init, out=out, resume=resume,
             batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
             methods=_split(methods) if methods is not None else None,
         )
@@ -60,7 +67,8 @@ def run(
         raise _options_error(e) from None
     outcomes = run_units(_split(task), _split(model), options, include_paths=tuple(include_path),
                          show_progress=not quiet, command=command_line())
-    _render_summary(outcomes)
+    if is_main_process():  # other data-parallel processes hold the same results and stay quiet
+        _render_summary(outcomes)
 
 
 def _int_option(value: str, flag: str) -> int:
@@ -324,6 +332,10 @@ def compare(
     except ValidationError as e:
         raise _options_error(e) from None
     outcomes = run_units(task_list, model_list, options, include_paths=tuple(include_path), show_progress=not quiet)
+    from circuitbench.data_parallel import is_main_process
+
+    if not is_main_process():  # under a launcher: the main process writes the files and reports
+        return
     missing = [f"{o.model}/{o.task}" for o in outcomes if o.result.circuit is None]
     if missing:
         raise CircuitbenchError(f"compare: no circuit in {missing}: give those tasks a circuit rule in their YAML.")
@@ -435,7 +447,11 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CircuitbenchError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # Data-parallel processes meet the same mistakes together (see data_parallel.py): one says it.
+        from circuitbench.data_parallel import is_main_process
+
+        if is_main_process():
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))

@@ -126,6 +126,23 @@ class EncodedPrompts:
         """The same prompts with no counterfactuals (metrics on clean prompts only)."""
         return replace(self, corrupted=None)
 
+    def subset(self, start: int, stop: int) -> "EncodedPrompts":
+        """Prompts start..stop-1 as a shard of this set: the padded width, drop report and prompt
+        hash stay those of the whole set (batches trim to their own longest prompt anyway)."""
+        return EncodedPrompts(
+            texts=self.texts[start:stop],
+            tokens=self.tokens[start:stop],
+            corrupted=None if self.corrupted is None else self.corrupted[start:stop],
+            lengths=self.lengths[start:stop],
+            answer=self.answer[start:stop],
+            distractor=self.distractor[start:stop],
+            positions={k: v[start:stop] for k, v in self.positions.items()},
+            score_mask=self.score_mask[start:stop],
+            has_answer=self.has_answer,
+            report=self.report,
+            prompt_hash=self.prompt_hash,
+        )
+
 
 class _Drop(Exception):
     def __init__(self, reason: str) -> None:

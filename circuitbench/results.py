@@ -53,6 +53,8 @@ class RunInfo(_Strict):
     versions: dict[str, str]
     git: str | None
     command: str | None = None
+    world_size: int = 1  # data-parallel processes that shared the prompts (torchrun / accelerate launch)
+    device_map: str | None = None  # "auto": the HF model was spread over devices by accelerate
 
 
 class CircuitInfo(_Strict):

@@ -1,5 +1,9 @@
 """Orchestration of one (model, task) unit and of the task × model grid:
-spec -> prompts -> encode -> metrics (clean, corrupted) -> head scores -> circuit -> RunResult."""
+spec -> prompts -> encode -> metrics (clean, corrupted) -> head scores -> circuit -> RunResult.
+
+Under a launcher (`torchrun`, `accelerate launch`) every process runs this same code on its shard
+of each unit's prompts (see data_parallel.py); `evaluate` and `score_heads` return the full-set
+numbers on every process, and only the main process prints and writes files."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 
 from circuitbench.catalog import PACKAGE_DIR, expand_task_names, format_validation_error, load_task
 from circuitbench.circuits import Circuit, faithfulness, spearman
+from circuitbench.data_parallel import ONE_PROCESS, Processes, current_processes, launched_world_size
 from circuitbench.encoding import EncodedPrompts, Vocabulary, encode_prompts
 from circuitbench.errors import CircuitbenchError
 from circuitbench.methods import METHODS, MethodContext
@@ -137,13 +142,16 @@ def _forward(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(
-    model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int, progress: Progress | None = None
+    model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int, progress: Progress | None = None,
+    processes: Processes = ONE_PROCESS,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per-prompt metric values [n] on clean and (if defined) corrupted prompts."""
+    """Per-prompt metric values [n] on clean and (if defined) corrupted prompts. With several
+    processes each evaluates its shard and every process gets all n values, in prompt order."""
+    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     clean: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
     corrupt: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
-    task_id = progress.add_task("metrics", total=len(data)) if progress else None
-    for batch in data.batches(batch_size):
+    task_id = progress.add_task("metrics", total=len(shard)) if progress else None
+    for batch in shard.batches(batch_size):
         logits = _forward(model, batch.tokens)
         for m in metric_names:
             clean[m].append(METRICS.get(m).fn(logits, batch).cpu())
@@ -154,21 +162,23 @@ def evaluate(
                 corrupt[m].append(METRICS.get(m).fn(logits_c, cb).cpu())
         if progress and task_id is not None:
             progress.advance(task_id, len(batch))
-    return (
-        {m: torch.cat(v) for m, v in clean.items()},
-        {m: torch.cat(v) for m, v in corrupt.items() if v},
-    )
+    joined = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a shard may be empty)
+    clean_values = processes.concat({m: joined(v) for m, v in clean.items()})
+    if data.corrupted is None:
+        return clean_values, {}
+    return clean_values, processes.concat({m: joined(v) for m, v in corrupt.items()})
 
 
 def evaluate_report_splits(
-    spec: TaskSpec, model: LoadedModel, batch_size: int, progress: Progress | None = None
+    spec: TaskSpec, model: LoadedModel, batch_size: int, progress: Progress | None = None,
+    processes: Processes = ONE_PROCESS,
 ) -> dict[str, SplitMetrics]:
     """The task's metrics on each of its `report_splits` (same prompt count and seed): a model
     that memorised its training progressions scores high on train and low on test."""
     out: dict[str, SplitMetrics] = {}
     for split in spec.report_splits:
         data = encode_task(spec.model_copy(update={"split": split}), model.vocab, model.unk_id, model.n_ctx)
-        clean, _ = evaluate(model, data.without_corrupted(), spec.metrics, batch_size, progress)
+        clean, _ = evaluate(model, data.without_corrupted(), spec.metrics, batch_size, progress, processes)
         stats = {name: _mean_stderr(values) for name, values in clean.items()}
         out[split] = SplitMetrics(n_prompts=len(data), metrics={k: v[0] for k, v in stats.items()},
                                   metrics_stderr={k: v[1] for k, v in stats.items()})
@@ -178,24 +188,35 @@ def evaluate_report_splits(
 def score_heads(
     model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None,
     metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
-    traces: dict[str, dict] | None = None,
+    traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS,
 ) -> dict[str, np.ndarray]:
-    """Head scores per method; trace-producing methods (causal tracing) fill `traces` instead."""
+    """Head scores per method; trace-producing methods (causal tracing) fill `traces` instead.
+
+    With several processes, shardable methods run on this process's shard and add their sums
+    across processes; the others run on all prompts on the main process, which hands the result
+    to the rest. Either way every process returns the one-process numbers."""
     scores: dict[str, np.ndarray] = {}
     traces = {} if traces is None else traces
+    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     for name in methods:
         method = METHODS.get(name)
-        task_id = progress.add_task(name, total=len(data)) if progress else None
+        own = shard if method.shardable else data
+        task_id = progress.add_task(name, total=len(own)) if progress else None
 
         def advance(n: int, _task=task_id) -> None:
             if progress and _task is not None:
                 progress.advance(_task, n)
 
         ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance)
+        if method.shardable:
+            ctx.sum_shards = processes.sum
+            output = method.fn(model, shard, ctx)
+        else:
+            output = processes.from_main(lambda: method.fn(model, data, ctx))  # noqa: B023  (called at once)
         if method.produces == "traces":
-            traces.update({f"{name}/{key}": value.model_dump() for key, value in method.fn(model, data, ctx).items()})
+            traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
             continue
-        array = np.asarray(method.fn(model, data, ctx), dtype=float)
+        array = np.asarray(output, dtype=float)
         expected = (model.n_layers, model.n_heads)
         if array.shape != expected:
             raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
@@ -261,33 +282,40 @@ def progress_bars(enabled: bool = True) -> Iterator[Progress | None]:
 
 
 def run_unit(
-    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: Progress | None = None, command: str | None = None
+    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: Progress | None = None, command: str | None = None,
+    processes: Processes = ONE_PROCESS,
 ) -> RunResult:
-    """Run one (model, task) unit and return its RunResult (not written)."""
+    """Run one (model, task) unit and return its RunResult (not written). Under a launcher every
+    process calls this and gets the same RunResult (timings and memory are its own)."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
+    data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)  # every process: cheap, and the drops are global
     check_methods(spec, data)
-    batch_size = auto_batch_size(model, data) if options.batch_size == "auto" else int(options.batch_size)
+    if options.batch_size == "auto":
+        # shards are cut in whole batches: all processes must agree on the size (free memory differs)
+        batch_size = min(processes.gather(auto_batch_size(model, data)))
+    else:
+        batch_size = int(options.batch_size)
 
-    clean, corrupted = evaluate(model, data, spec.metrics, batch_size, progress)
+    clean, corrupted = evaluate(model, data, spec.metrics, batch_size, progress, processes)
     metrics, stderr = {}, {}
     for name, values in clean.items():
         metrics[name], stderr[name] = _mean_stderr(values)
     metrics_corrupted = {name: _mean_stderr(v)[0] for name, v in corrupted.items()}
-    by_split = evaluate_report_splits(spec, model, batch_size, progress)
+    by_split = evaluate_report_splits(spec, model, batch_size, progress, processes)
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     traces: dict[str, dict] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.main_metric or spec.metrics[0],
-                              spec.method_options, traces)
+                              spec.method_options, traces, processes)
 
     circuit = None
     if spec.circuit and head_scores:
         method = spec.circuit.method or next(iter(head_scores))
         chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
-        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0])
-        faith = faithfulness(model, data, chosen, head_scores[method], spec.circuit, ctx)
+        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0], sum_shards=processes.sum)
+        shard = data.subset(*processes.shard_bounds(len(data), batch_size))
+        faith = faithfulness(model, shard, chosen, head_scores[method], spec.circuit, ctx)
         circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **faith.model_dump())
     agreement = {}
     if "activation_patching" in head_scores and "attribution_patching" in head_scores:
@@ -311,7 +339,8 @@ def run_unit(
         run=RunInfo(
             seed=spec.seed, batch_size=batch_size, device=str(model.device), started_at=started.isoformat(),
             duration_s=round(time.perf_counter() - t0, 3), model_load_s=model.load_seconds, peak_memory_mb=peak_memory_mb(model.device),
-            versions=_versions(), git=_git_commit(), command=command,
+            versions=_versions(), git=_git_commit(), command=command, world_size=processes.world_size,
+            device_map=model.device_map,
         ),
         metrics=metrics,
         metrics_stderr=stderr,
@@ -342,10 +371,13 @@ def run(
     show_progress: bool = True,
     command: str | None = None,
 ) -> list[UnitOutcome]:
-    """Run every (model, task) unit, writing `out/<model>/<task>.json` for each.
+    """Run every (model, task) unit, writing `out/<model>/<task>.json` for each, in order: models
+    as given, then tasks as given.
 
     Task specs are all validated before any model is loaded; with `resume`, units whose result
-    file is complete with the same spec hash, init and dtype are kept untouched.
+    file is complete with the same spec hash, init and dtype are kept untouched. Under a launcher
+    (`torchrun`, `accelerate launch`) every process calls this; the prompts are split between
+    them, and only the main process shows progress and writes the files.
     """
     options = options or RunOptions()
     task_names = expand_task_names([tasks] if isinstance(tasks, str) else list(tasks), include_paths)
@@ -353,17 +385,37 @@ def run(
     specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
     for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads
         generate_prompts(spec)
+    if options.device_map is not None and launched_world_size() > 1:
+        raise CircuitbenchError(
+            f"--device-map {options.device_map} spreads one model over all devices and cannot be combined with "
+            f"{launched_world_size()} data-parallel processes. Launch a single process for --device-map, or drop it "
+            "to run one copy of the model per process."
+        )
+    processes = current_processes(options.device)
+    if not processes.is_main:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # e.g. "Loading weights": the main process's bar speaks for all
+    # Each process takes the launcher's accelerator (cuda:LOCAL_RANK); on CPU they share it.
+    device = options.device
+    if processes.device is not None and processes.device.type != "cpu" and options.device in ("auto", "cuda"):
+        device = str(processes.device)
     out = Path(options.out)
     outcomes: list[UnitOutcome] = []
-    with progress_bars(show_progress) as progress:
+    with progress_bars(show_progress and processes.is_main) as progress:
         for model_arg in model_names:
             model_name = resolve_model(model_arg).name  # a local dir's results go under its folder name
+            units = [(spec, result_path(out, model_name, spec.name)) for spec in specs]
+
+            def finished_results(_units=units) -> list[RunResult | None]:
+                return [load_result(path) if options.resume and is_finished(path, spec.spec_hash(), options.init, options.dtype)
+                        else None for spec, path in _units]
+
+            # The main process decides what is finished (its view of the files rules) and tells the others.
+            kept = processes.from_main(finished_results)
             pending = []
-            for spec in specs:
-                path = result_path(out, model_name, spec.name)
-                if options.resume and is_finished(path, spec.spec_hash(), options.init, options.dtype):
-                    existing = load_result(path)
-                    assert existing is not None
+            for (spec, path), existing in zip(units, kept):
+                if existing is not None:
                     outcomes.append(UnitOutcome(model_name, spec.name, path, existing, True))
                 else:
                     pending.append((spec, path))
@@ -371,13 +423,14 @@ def run(
                 continue
             if progress:
                 progress.console.print(f"[dim]loading model[/] [bold]{model_name}[/] ({options.init})")
-            model = load_model(model_arg, init=options.init, dtype=options.dtype, device=options.device,
-                               seed=options.seed or 0)
+            model = load_model(model_arg, init=options.init, dtype=options.dtype, device=device,
+                               seed=options.seed or 0, device_map=options.device_map)
             for spec, path in pending:
                 if progress:
                     progress.console.print(f"[dim]running[/] [bold]{spec.name}[/] on [bold]{model_name}[/]")
-                result = run_unit(spec, model, options, progress=progress, command=command)
-                save_result(result, path)
+                result = run_unit(spec, model, options, progress=progress, command=command, processes=processes)
+                if processes.is_main:
+                    save_result(result, path)
                 outcomes.append(UnitOutcome(model_name, spec.name, path, result, False))
             del model
     return outcomes

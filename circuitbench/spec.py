@@ -177,6 +177,8 @@ class RunOptions(BaseModel):
     split: Split | None = None
     batch_size: int | Literal["auto"] = 32
     device: str = "auto"
+    device_map: Literal["auto"] | None = Field(
+        None, description="'auto': accelerate spreads a HuggingFace model over the devices (model parallel)")
     dtype: DType | None = None
     init: Literal["pretrained", "random"] = "pretrained"
     methods: list[MethodName] | None = None

@@ -1,4 +1,10 @@
-"""Head-scoring methods: each returns a [n_layers, n_heads] score array, registered by id."""
+"""Head-scoring methods: each returns a [n_layers, n_heads] score array, registered by id.
+
+Data parallel contract: a method gets this process's shard of the prompts and must pass every
+quantity summed over prompts (metric totals, counts, per-head totals) through `ctx.sum_shards`
+before it normalises, so that each process ends with the numbers of a one-process run. A method
+that cannot be split that way registers with `shardable=False` and runs on the main process only.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,6 +30,9 @@ class MethodContext:
     metric: str = "logit_diff"
     options: dict[str, Any] = field(default_factory=dict)
     advance: Callable[[int], None] = field(default=lambda n: None)  # progress: n prompts done
+    # Adds this process's partial sums to every other process's (data_parallel.Processes.sum);
+    # the identity in a one-process run.
+    sum_shards: Callable[[Any], Any] = field(default=lambda value: value)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Method:
     needs_answer: bool = False
     options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
     produces: Literal["head_scores", "traces"] = "head_scores"  # traces: per-(layer, position) maps
+    shardable: bool = True  # False: needs all prompts at once; runs on the main process only
 
 
 METHODS: Registry[Method] = Registry("method")

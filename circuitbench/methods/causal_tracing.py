@@ -195,5 +195,8 @@ def _run_cached_with_hook(model: "LoadedModel", tokens: torch.Tensor, names: set
     return logits, cache
 
 
+# Not split across data-parallel processes: the noise comes from one generator drawn batch after
+# batch, the position columns follow the shortest prompt of the whole set, and the maps carry a
+# std over prompts; the main process runs it on all prompts (see runner.score_heads).
 METHODS.add("causal_tracing", Method(causal_tracing, "ROME-style noise + restore map per (layer, position)",
-                                     options=TracingOptions, produces="traces"))
+                                     options=TracingOptions, produces="traces", shardable=False))

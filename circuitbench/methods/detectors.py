@@ -71,6 +71,7 @@ def attention_score(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodCon
             mass = (pattern * tgt[:, None].float()).sum(-1)  # [b, head, q]
             total[layer] += (mass * has[:, None].float()).sum((0, 2)).double()
         ctx.advance(len(batch))
+    total, count = ctx.sum_shards((total, count))
     if count == 0:
         return np.zeros((n_layers, n_heads))
     return (total / count).numpy()
@@ -118,7 +119,8 @@ def attention_to(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContex
         for layer, name in enumerate(hook_names):
             total[layer] += (cache[name].float().cpu() * tgt[:, None]).sum((0, 2, 3)).double()
         ctx.advance(len(batch))
-    return (total / len(data)).numpy()
+    total, n = ctx.sum_shards((total, len(data)))
+    return (total / n).numpy()
 
 
 METHODS.add("attention_to", Method(attention_to, "attention from one named position to another (e.g. END -> IO)",

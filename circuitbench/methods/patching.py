@@ -246,7 +246,7 @@ def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Metho
 
     opts = PatchingOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "activation_patching")
-    formats = block_output_formats(model, data.tokens)
+    formats = block_output_formats(model, data.tokens) if len(data) else []  # a shard may be empty
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     m_clean = m_corr = 0.0
     for batch in data.batches(ctx.batch_size):
@@ -258,7 +258,7 @@ def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Metho
         mask = position_mask(batch, opts.positions)
         total += patched_head_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mask, ctx, formats)
         ctx.advance(len(batch))
-    n = len(data)
+    total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return _normalise(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
 
 
@@ -272,22 +272,23 @@ def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None
     return lambda l: run.z[l].roll(1, dims=0)
 
 
-def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", batch_size: int, corrupted: bool = False) -> list[torch.Tensor]:
+def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", batch_size: int, corrupted: bool = False,
+                      sum_shards: Callable = lambda value: value) -> list[torch.Tensor]:
     """Per-layer [pos, n_heads, d_head] mean of hook_z over the task's clean (or corrupted)
-    prompts, each position averaged over the prompts long enough to have it."""
+    prompts, each position averaged over the prompts long enough to have it. `data` may be one
+    process's shard: `sum_shards` adds the sums of all shards before dividing."""
     width = data.tokens.shape[1]
-    sums: list[torch.Tensor] | None = None
+    d_head = int(model.bridge.cfg.d_head)
+    sums = [torch.zeros(width, model.n_heads, d_head, dtype=torch.float64) for _ in range(model.n_layers)]
     counts = torch.zeros(width, dtype=torch.float64)
     for batch in data.batches(batch_size):
         run = run_and_cache(model, as_corrupted(batch).tokens if corrupted else batch.tokens)
         p = batch.tokens.shape[1]
         valid = (torch.arange(p)[None, :] < batch.lengths[:, None]).double()
-        if sums is None:
-            sums = [torch.zeros(width, *z.shape[2:], dtype=torch.float64) for z in run.z]
         for l, z in enumerate(run.z):
             sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
         counts[:p] += valid.sum(0)
-    assert sums is not None
+    sums, counts = sum_shards((sums, counts))
     return [(s / counts.clamp(min=1)[:, None, None]).float().to(model.device) for s in sums]
 
 
@@ -297,8 +298,8 @@ def ablation(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -
 
     opts = AblationOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "ablation")
-    formats = block_output_formats(model, data.tokens)
-    mean_z = mean_head_outputs(model, data, ctx.batch_size) if opts.kind == "mean" else None
+    formats = block_output_formats(model, data.tokens) if len(data) else []  # a shard may be empty
+    mean_z = mean_head_outputs(model, data, ctx.batch_size, sum_shards=ctx.sum_shards) if opts.kind == "mean" else None
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     m_clean = 0.0
     for batch in data.batches(ctx.batch_size):
@@ -307,7 +308,7 @@ def ablation(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -
         source = _ablation_source(opts.kind, run, mean_z)
         total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx, formats)
         ctx.advance(len(batch))
-    n = len(data)
+    total, m_clean, n = ctx.sum_shards((total, m_clean, len(data)))
     return (m_clean / n - total / n).numpy()
 
 
@@ -341,7 +342,7 @@ def attribution_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Meth
     finally:
         for p in params:
             p.requires_grad_(True)
-    n = len(data)
+    total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     gap = (m_clean - m_corr) / n
     if abs(gap) < 1e-9:
         raise CircuitbenchError(f"Clean and corrupted prompts give the same metric on '{model.name}': attribution scores are undefined.")

@@ -51,13 +51,17 @@ def skip_blocks_before(model: "LoadedModel", layer: int, formats: list[tuple[str
         def identity(hidden_states: torch.Tensor, *args: Any, _kind: str = kind, _size: int = size, **kwargs: Any) -> Any:
             return hidden_states if _kind == "tensor" else (hidden_states,) + (None,) * (_size - 1)
 
+        # accelerate's device-map hooks live in an instance `forward` too: keep it to put it back
+        patched.append((module, module.__dict__.get("forward")))
         module.forward = identity  # instance attribute shadows the class method
-        patched.append(module)
     try:
         yield
     finally:
-        for module in patched:
-            del module.forward
+        for module, own_forward in patched:
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward
 
 
 def resume_hook(layer: int, resid: torch.Tensor):

@@ -21,6 +21,7 @@ from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy
 from circuitbench.spec import ModelSpec
 
 Init = Literal["pretrained", "random"]
+DeviceMap = Literal["auto"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_HOST = "huggingface.co"
 
@@ -39,8 +40,9 @@ class LoadedModel:
     dtype: str
     n_params: int
     tokenizer_source: str
-    device: torch.device
+    device: torch.device  # where inputs go (under a device map: the token embedding's device)
     load_seconds: float = 0.0
+    device_map: DeviceMap | None = None  # "auto": accelerate spread the HF model over the devices
 
     @property
     def n_layers(self) -> int:
@@ -119,20 +121,33 @@ def memory_needed_bytes(n_params: int, dtype: str) -> int:
     return int(n_params * BYTES_PER_PARAM[dtype] * MEMORY_HEADROOM)
 
 
-def check_fits(name: str, n_params: int, dtype: str, device: torch.device) -> None:
+def device_map_memory_bytes() -> int:
+    """Free memory a device map can use: all GPUs together, or the CPU on a machine without CUDA.
+    (CPU RAM is not counted next to GPUs: the bridge refuses maps that mix GPUs with CPU/disk.)"""
+    if torch.cuda.is_available():
+        return sum(available_memory_bytes(torch.device("cuda", i)) for i in range(torch.cuda.device_count()))
+    return available_memory_bytes(torch.device("cpu"))
+
+
+def check_fits(name: str, n_params: int, dtype: str, device: torch.device, device_map: DeviceMap | None = None) -> None:
     """Refuse, before loading, a model whose weights cannot fit, with the estimate and the options."""
-    need, free = memory_needed_bytes(n_params, dtype), available_memory_bytes(device)
+    need = memory_needed_bytes(n_params, dtype)
+    free = device_map_memory_bytes() if device_map else available_memory_bytes(device)
     if need > free:
         options = []
         if dtype == "float32":
             options.append(f"--dtype bfloat16 (about {memory_needed_bytes(n_params, 'bfloat16') / 2**30:.1f} GB)")
+        if device_map is None and device.type == "cuda" and torch.cuda.device_count() > 1:
+            options.append(f"--device-map auto (spreads the model over the {torch.cuda.device_count()} GPUs: "
+                           f"{device_map_memory_bytes() / 2**30:.1f} GB free together)")
         if device.type == "cuda":
             options.append("--device cpu")
         options.append("a smaller model, or a machine with more memory")
+        where = "on all devices together (--device-map auto)" if device_map else f"on {device}"
         raise CircuitbenchError(
             f"Model '{name}' needs about {need / 2**30:.1f} GB in {dtype} ({n_params / 1e9:.2f}B parameters × "
-            f"{BYTES_PER_PARAM[dtype]} bytes + {MEMORY_HEADROOM - 1:.0%}), but only {free / 2**30:.1f} GB is free on "
-            f"{device}. Options: {'; '.join(options)}."
+            f"{BYTES_PER_PARAM[dtype]} bytes + {MEMORY_HEADROOM - 1:.0%}), but only {free / 2**30:.1f} GB is free "
+            f"{where}. Options: {'; '.join(options)}."
         )
 
 
@@ -189,8 +204,20 @@ def _load_tokenizer(ref: ModelRef, revision: str | None, init: Init) -> tuple[Pr
     raise _unreachable(ref, "its tokenizer")
 
 
-def _hf_model(ref: ModelRef, revision: str | None, init: Init, dtype: torch.dtype, seed: int):
-    """A fresh HF model (the bridge mutates the one it wraps)."""
+def _dispatched(model, device_map: DeviceMap):
+    """A model built in memory (random init) spread over the devices by accelerate, as
+    from_pretrained(device_map=...) does for stored weights."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    plan = infer_auto_device_map(model, no_split_module_classes=getattr(model, "_no_split_modules", None) or [])
+    return dispatch_model(model, plan)
+
+
+def _hf_model(ref: ModelRef, revision: str | None, init: Init, dtype: torch.dtype, seed: int,
+              device_map: DeviceMap | None = None):
+    """A fresh HF model (the bridge mutates the one it wraps), placed by `device_map` if given:
+    the bridge wraps an accelerate-dispatched model as it is (it refuses to dispatch a model it
+    is handed, so placement happens here)."""
     common = {"dtype": dtype, "attn_implementation": "eager"}
     if init == "random":
         if ref.spec is not None and ref.spec.hf_config is not None:
@@ -200,7 +227,10 @@ def _hf_model(ref: ModelRef, revision: str | None, init: Init, dtype: torch.dtyp
             config = _hf_config(ref, revision)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG
             torch.manual_seed(seed)
-            return AutoModelForCausalLM.from_config(config, **common)
+            model = AutoModelForCausalLM.from_config(config, **common)
+        return _dispatched(model, device_map) if device_map else model
+    if device_map:
+        common["device_map"] = device_map
     try:
         return AutoModelForCausalLM.from_pretrained(
             ref.location, revision=revision, local_files_only=True, **common
@@ -243,8 +273,12 @@ def load_model(
     dtype: str | None = None,
     device: str = "auto",
     seed: int = 0,
+    device_map: DeviceMap | None = None,
 ) -> LoadedModel:
-    """Load `name` behind a TransformerBridge; see resolve_model for what `name` may be."""
+    """Load `name` behind a TransformerBridge; see resolve_model for what `name` may be.
+
+    `device_map="auto"` lets accelerate spread a HuggingFace model over the available devices
+    (model parallel) before the bridge wraps it; toy models are small and ignore it."""
     t0 = time.perf_counter()
     ref = resolve_model(name)
     dev = resolve_device(device)
@@ -273,19 +307,28 @@ def load_model(
             "directory with config.json."
         )
     expected_params = ref.spec.n_params if ref.spec else _n_params_from_config(_hf_config(ref, revision))
-    check_fits(ref.name, expected_params, dtype_name, dev)
+    check_fits(ref.name, expected_params, dtype_name, dev, device_map)
     tok, tok_source = _load_tokenizer(ref, revision, init)
-    hf = _hf_model(ref, revision, init, torch_dtype, seed)
+    hf = _hf_model(ref, revision, init, torch_dtype, seed, device_map)
     n_params = sum(p.numel() for p in hf.parameters())
-    bridge = TransformerBridge.boot_transformers(
-        ref.location, hf_model=hf, tokenizer=tok, device=str(dev), dtype=torch_dtype
-    )
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            ref.location, hf_model=hf, tokenizer=tok, device=str(dev), dtype=torch_dtype
+        )
+    except ValueError as e:
+        if device_map is None:
+            raise
+        # e.g. accelerate put part of the model on CPU/disk next to GPUs, which the bridge refuses
+        raise CircuitbenchError(f"Model '{ref.name}' with --device-map {device_map}: the bridge cannot wrap the "
+                                f"placement accelerate chose ({e}). Try --dtype bfloat16, or more GPUs.") from None
     bridge.eval()
+    if device_map:
+        dev = torch.device(bridge.cfg.device)  # inputs go where the token embedding is
     vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
     # A revision names trained weights: none for random init or a local directory.
     kept_revision = revision if init == "pretrained" and ref.kind != "local_hf" else None
     return LoadedModel(bridge, vocab, unk, ref.name, ref.location, kept_revision, init, dtype_name, n_params,
-                       tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3))
+                       tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3), device_map=device_map)
 
 
 def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:
