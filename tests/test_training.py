@@ -101,3 +101,23 @@ def test_report_splits_put_train_and_test_side_by_side(tmp_path):
         assert abs(by_split["train"].metrics[name] - train_only.metrics[name]) < 1e-6
     assert by_split["train"].n_prompts == train_only.task.n_prompts == 12
     assert by_split["train"].metrics["loss"] != by_split["test"].metrics["loss"]  # different prompts
+
+
+def test_mixed_model_draws_induction_symbols_from_its_stream(tmp_path):
+    """A model trained on text + the induction stream gets induction prompts in the stream's
+    symbols (t0, t1, ...), not in arbitrary text words of its vocabulary."""
+    from circuitbench.models.loading import load_vocabulary
+    from circuitbench.runner import encode_task
+
+    config = TrainConfig(arch=arch_from("attn-only-1l", d_model=16), tasks=["seq_days", "tasks/examples/induction_small.yaml"],
+                         steps=2, checkpoints=0, batch_size=4)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    vocab = model.vocab.tokenizer.get_vocab()
+    symbols = [w for w in vocab if w[0] == "t" and w[1:].isdigit()]
+    assert symbols and any(w in vocab for w in ("Monday", "Friday"))
+    assert sorted(model.vocab.token_pool) == sorted(vocab[w] for w in symbols)
+    assert load_vocabulary(str(tmp_path))[0].token_pool == model.vocab.token_pool
+    data = encode_task(load_task("tasks/examples/induction_small.yaml"), model.vocab, model.unk_id, model.n_ctx)
+    used = set(data.tokens[:, 1:][data.tokens[:, 1:] != model.vocab.pad_id].tolist())
+    assert used <= {vocab[w] for w in symbols}

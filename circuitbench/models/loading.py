@@ -17,7 +17,7 @@ from circuitbench.catalog import model_registry
 from circuitbench.encoding import Vocabulary
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer
-from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy
+from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy, read_checkpoint_meta
 from circuitbench.spec import ModelSpec
 
 Init = Literal["pretrained", "random"]
@@ -255,9 +255,10 @@ def _hf_config(ref: ModelRef, revision: str | None):
         raise _unreachable(ref, "its config") from None
 
 
-def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int) -> tuple[Vocabulary, int | None]:
+def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int, pool: list[int] | None = None) -> tuple[Vocabulary, int | None]:
     special = set(tok.all_special_ids)
-    pool = [i for i in range(min(len(tok), d_vocab)) if i not in special]
+    if pool is None:
+        pool = [i for i in range(min(len(tok), d_vocab)) if i not in special]
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (bos if bos is not None else 0)
     # Byte-level BPEs (GPT-2) name <|endoftext|> as unk too but never emit it for text: only a
@@ -296,7 +297,7 @@ def load_model(
         if not is_toy_checkpoint(path):
             raise CircuitbenchError(f"Toy model '{name}': checkpoint missing at {path}. Reinstall circuitbench.")
         bridge, tok, n_params = load_toy(path, dev, torch_dtype)
-        vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
+        vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab), read_checkpoint_meta(path).get("symbol_pool"))
         return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name,
                            n_params, "toy word-level (shipped with the checkpoint)", dev,
                            load_seconds=round(time.perf_counter() - t0, 3))
@@ -336,11 +337,11 @@ def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, i
     ref = resolve_model(name)
     if ref.kind == "toy":
         from circuitbench.models.tokenizers import load_saved_tokenizer
-        from circuitbench.models.toy import read_checkpoint_meta
 
         path = Path(ref.location)
-        config = read_checkpoint_meta(path)["config"]
-        vocab, unk = _vocabulary(load_saved_tokenizer(path), int(config["d_vocab"]))
+        meta = read_checkpoint_meta(path)
+        config = meta["config"]
+        vocab, unk = _vocabulary(load_saved_tokenizer(path), int(config["d_vocab"]), meta.get("symbol_pool"))
         return vocab, unk, int(config["n_ctx"]), "toy word-level"
     tok, source = _load_tokenizer(ref, ref.spec.revision if ref.spec else None, init)
     if ref.spec is not None:

@@ -61,12 +61,18 @@ def save_checkpoint(
     config: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     record: dict[str, Any],
+    symbol_pool: list[int] | None = None,
 ) -> None:
+    """`symbol_pool`: the token ids random-symbol prompts (induction) should draw from — the
+    symbols the model was trained on, where a word vocabulary also holds text words."""
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path / "model.safetensors"))
     tokenizer.save_pretrained(str(path))
-    (path / MARKER).write_text(json.dumps({"config": config, "record": record}, indent=2) + "\n")
+    meta: dict[str, Any] = {"config": config, "record": record}
+    if symbol_pool is not None:
+        meta["symbol_pool"] = symbol_pool
+    (path / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:

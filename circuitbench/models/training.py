@@ -131,6 +131,8 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
         data[i, : len(r)] = torch.tensor(r)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     symbol_ids = sorted(vocab[s] for s in symbols)
+    # induction prompts on this model draw from the stream's symbols, not from its text words
+    pool = [vocab[s] for s in symbols] if symbols and rows else None
 
     arch = config.arch
     cfg = native_config(n_layers=arch.n_layers, d_model=arch.d_model, n_heads=arch.n_heads,
@@ -170,12 +172,12 @@ def train(config: TrainConfig, out: Path, report: Callable[[int, float], None] =
         if step in saves:
             model.eval()
             record = {"trainer": "circuitbench train", "step": step, **config.model_dump(mode="json")}
-            save_checkpoint(out / "checkpoints" / f"step_{step:06d}", model, cfg, tokenizer, record)
+            save_checkpoint(out / "checkpoints" / f"step_{step:06d}", model, cfg, tokenizer, record, pool)
             model.train()
     model.eval()
     # the final model also sits at OUT itself, so `--model OUT` is the trained model
     save_checkpoint(out, model, cfg, tokenizer, {"trainer": "circuitbench train", "step": config.steps,
-                                                 **config.model_dump(mode="json")})
+                                                 **config.model_dump(mode="json")}, pool)
     summary = {"final_loss": losses[-1], "train_seconds": round(time.perf_counter() - t0, 1), "steps": config.steps,
                "checkpoints": sorted(saves)}
     (out / "training_log.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "loss": losses, **summary}) + "\n")
