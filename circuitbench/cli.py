@@ -349,7 +349,7 @@ def compare(
 
 @app.command("train")
 def train_cmd(
-    task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated."),
+    task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated, or 'suite'."),
     out: str = typer.Option(..., "--out", help="Output directory: the final model, checkpoints/step_N/, training_log.json."),
     arch: str = typer.Option("attn-only-2l", "--arch", help="attn-only-1l | attn-only-2l | gpt-2l | sort-1l1h"),
     layers: Optional[int] = typer.Option(None, "--layers"),
@@ -361,6 +361,7 @@ def train_cmd(
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     n_train: int = typer.Option(4000, "--n-train", help="Train-split prompts per text task (at most)."),
+    induction_share: float = typer.Option(0.5, "--induction-share", help="Fraction of steps on the induction stream when mixed with text tasks."),
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
     from pathlib import Path
@@ -372,7 +373,7 @@ def train_cmd(
     try:
         config = TrainConfig(arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model), tasks=_split(task),
                              steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed,
-                             n_train=n_train)
+                             n_train=n_train, induction_share=induction_share)
     except ValidationError as e:
         raise _options_error(e) from None
     with Progress(console=err_console, transient=True) as progress:
