@@ -402,15 +402,18 @@ def dynamics(
     task: str = typer.Option("induction", "--task", "-t"),
     n: int = typer.Option(32, "--n", help="Evaluation prompts per checkpoint."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="PNG path (default: MODEL/dynamics_<task>.png)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (toy checkpoints: 1 is fastest on a shared CPU)."),
 ) -> None:
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     from pathlib import Path
 
     from circuitbench.dynamics import analyse, plot
+    from circuitbench.models.training import torch_threads
     from circuitbench.results import write_atomic
 
     run_dir = Path(model)
-    dyn = analyse(run_dir, task, n=n)
+    with torch_threads(threads):
+        dyn = analyse(run_dir, task, n=n)
     table = Table("step", dyn.metric, "max prefix-matching", "ICL score", title=f"training dynamics: {task}")
     for i, step in enumerate(dyn.steps):
         best = max(max(row) for row in dyn.prefix_matching[i])
@@ -465,13 +468,26 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors land here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors (bad option value, unknown option) land here in standalone_mode=False
+        if isinstance(e, _usage_error_types()):
             e.show()
             sys.exit(2)
         raise
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's ClickException and, for typer versions that vendor click (0.2x), typer's copy of it:
+    `--steps abc` raises the latter, which is no click.ClickException."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        kinds.append(VendoredClickException)
+    except ImportError:
+        pass
+    return tuple(kinds)
 
 
 if __name__ == "__main__":

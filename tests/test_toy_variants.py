@@ -162,3 +162,53 @@ def test_arch_overrides_are_validated():
     with pytest.raises(ValidationError, match="even head size"):
         arch_from("attn-only-2l", d_model=36, n_heads=4, positional="rotary")
     assert NativeVariant.model_validate({}).smear_keys is False  # checkpoints without a variant load plain
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    from circuitbench.cli import main
+
+    argv, sys.argv = sys.argv, ["circuitbench", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_cli_options_reach_the_checkpoint(capsys, tmp_path):
+    code, out, err = cli(capsys, "train", "--task", SMALL, "--arch", "attn-only-1l", "--d-model", "32", "--heads", "2",
+                         "--positional", "rotary", "--smear-keys", "--noise-site", "attn_out", "--noise-scale", "0.2",
+                         "--loss-positions", "answer", "--steps", "3", "--checkpoints", "2", "--out", str(tmp_path))
+    assert code == 0, err
+    meta = read_checkpoint_meta(tmp_path)
+    assert meta["variant"] == {"smear_keys": True} and meta["config"]["positional_embedding_type"] == "rotary"
+    assert meta["record"]["noise"] == {"site": "attn_out", "scale": 0.2} and meta["record"]["loss_positions"] == "answer"
+    assert read_checkpoint_meta(tmp_path / "checkpoints" / "step_000003")["variant"] == {"smear_keys": True}
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--noise-site", "mlp", "--noise-scale", "0.1"], "--noise-site"),
+        (["--noise-site", "embed"], "--noise-site and --noise-scale go together"),
+        (["--noise-scale", "0.1"], "--noise-site and --noise-scale go together"),
+        (["--noise-site", "resid", "--noise-scale", "-1"], "--noise-scale"),
+        (["--loss-positions", "last"], "--loss-positions"),
+        (["--positional", "alibi"], "--positional"),
+        (["--layers", "0"], "--layers"),
+        (["--d-model", "30", "--heads", "4"], "not a multiple of n_heads"),
+        (["--steps", "many"], "--steps"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_train_options_exit_2_one_message(capsys, tmp_path, args, expected):
+    code, _, err = cli(capsys, "train", "--task", SMALL, "--out", str(tmp_path / "run"), *args)
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
