@@ -22,9 +22,19 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _options_error(err: ValidationError) -> CircuitbenchError:
-    parts = [f"--{str(e['loc'][0]).replace('_', '-') if e['loc'] else '?'}: {e['msg'].removeprefix('Value error, ')}"
-             for e in err.errors()]
+def _options_error(err: ValidationError, flags: dict[str, str] | None = None) -> CircuitbenchError:
+    """One message naming each bad option; `flags` maps a field path ("noise.site") or name to
+    its flag where they differ ("--noise-site"); a model-level check names no field."""
+    parts = []
+    for e in err.errors():
+        names = [str(x) for x in e["loc"] if isinstance(x, str)]
+        path = ".".join(names)
+        msg = e["msg"].removeprefix("Value error, ")
+        if not names:  # a check across fields: its message names them
+            parts.append(msg)
+            continue
+        flag = (flags or {}).get(path) or (flags or {}).get(names[-1]) or f"--{names[-1].replace('_', '-')}"
+        parts.append(f"{flag}: {msg}")
     return CircuitbenchError("Invalid option. " + "; ".join(parts))
 
 
@@ -347,6 +357,11 @@ def compare(
     _render_matrices(result, metrics)
 
 
+# TrainConfig / ToyArch field paths whose flag is not simply --field-name
+TRAIN_FLAGS = {"n_layers": "--layers", "n_heads": "--heads", "noise.site": "--noise-site", "noise.scale": "--noise-scale",
+               "tasks": "--task"}
+
+
 @app.command("train")
 def train_cmd(
     task: str = typer.Option(..., "--task", "-t", help="Task(s) whose train split to train on, comma-separated, or 'suite'."),
@@ -355,12 +370,20 @@ def train_cmd(
     layers: Optional[int] = typer.Option(None, "--layers"),
     heads: Optional[int] = typer.Option(None, "--heads"),
     d_model: Optional[int] = typer.Option(None, "--d-model"),
+    positional: Optional[str] = typer.Option(None, "--positional", help="standard (learned absolute) | rotary."),
+    smear_keys: bool = typer.Option(False, "--smear-keys", help="Each key a learned per-head mix of its own and the previous key."),
     steps: int = typer.Option(1000, "--steps"),
     checkpoints: int = typer.Option(8, "--checkpoints", help="About this many checkpoints, log-spaced and linear."),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     n_train: int = typer.Option(4000, "--n-train", help="Train-split prompts per text task (at most)."),
+    loss_positions: str = typer.Option("all", "--loss-positions",
+                                       help="all: loss at every position (the seeds' GPT-2-like model) | answer: "
+                                            "only answer tokens (text) and copied tokens (induction)."),
+    noise_site: Optional[str] = typer.Option(None, "--noise-site", help="Gaussian noise while training at: embed | attn_out | resid."),
+    noise_scale: Optional[float] = typer.Option(None, "--noise-scale", help="Standard deviation of that noise."),
+    threads: int = typer.Option(1, "--threads", help="torch threads while training (toy models: 1 is fastest on a shared CPU)."),
     induction_share: float = typer.Option(0.5, "--induction-share", help="Fraction of steps on the induction stream when mixed with text tasks."),
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
@@ -370,12 +393,17 @@ def train_cmd(
 
     from circuitbench.models.training import TrainConfig, arch_from, train
 
+    if (noise_site is None) != (noise_scale is None):
+        raise CircuitbenchError("--noise-site and --noise-scale go together, e.g. --noise-site resid --noise-scale 0.1.")
     try:
-        config = TrainConfig(arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model), tasks=_split(task),
-                             steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed,
-                             n_train=n_train, induction_share=induction_share)
+        config = TrainConfig(
+            arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model, positional=positional,
+                           smear_keys=smear_keys or None),
+            tasks=_split(task), steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed,
+            n_train=n_train, loss_positions=loss_positions, threads=threads, induction_share=induction_share,
+            noise={"site": noise_site, "scale": noise_scale} if noise_site is not None else None)
     except ValidationError as e:
-        raise _options_error(e) from None
+        raise _options_error(e, TRAIN_FLAGS) from None
     with Progress(console=err_console, transient=True) as progress:
         bar = progress.add_task("training", total=steps)
 
@@ -393,15 +421,18 @@ def dynamics(
     task: str = typer.Option("induction", "--task", "-t"),
     n: int = typer.Option(32, "--n", help="Evaluation prompts per checkpoint."),
     plot_path: Optional[str] = typer.Option(None, "--plot", help="PNG path (default: MODEL/dynamics_<task>.png)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (toy checkpoints: 1 is fastest on a shared CPU)."),
 ) -> None:
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     from pathlib import Path
 
     from circuitbench.dynamics import analyse, plot
+    from circuitbench.models.training import torch_threads
     from circuitbench.results import write_atomic
 
     run_dir = Path(model)
-    dyn = analyse(run_dir, task, n=n)
+    with torch_threads(threads):
+        dyn = analyse(run_dir, task, n=n)
     table = Table("step", dyn.metric, "max prefix-matching", "ICL score", title=f"training dynamics: {task}")
     for i, step in enumerate(dyn.steps):
         best = max(max(row) for row in dyn.prefix_matching[i])
@@ -460,13 +491,26 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors land here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors (bad option value, unknown option) land here in standalone_mode=False
+        if isinstance(e, _usage_error_types()):
             e.show()
             sys.exit(2)
         raise
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's ClickException and, for typer versions that vendor click (0.2x), typer's copy of it:
+    `--steps abc` raises the latter, which is no click.ClickException."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        kinds.append(VendoredClickException)
+    except ImportError:
+        pass
+    return tuple(kinds)
 
 
 if __name__ == "__main__":

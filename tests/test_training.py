@@ -67,7 +67,8 @@ def test_text_tasks_train_on_train_split_only(tmp_path):
     from circuitbench.runner import effective_spec, generate_prompts
     from circuitbench.spec import RunOptions
 
-    texts, _ = _text_examples("x2", 1000)
+    examples, _ = _text_examples("x2", 1000)
+    texts = [prompt + answer for prompt, answer in examples]
     test_prompts = {p.text for p in generate_prompts(effective_spec(load_task("x2"), RunOptions(split="test"))).prompts}
     assert texts and not any(t.startswith(p) for t in texts for p in test_prompts)
     assert not {t.split(",")[0] for t in texts} & {p.split(",")[0] for p in test_prompts}  # whole starts held out

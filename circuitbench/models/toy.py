@@ -1,8 +1,8 @@
 """Toy checkpoints: a TransformerLens-native model saved by the project's own training code.
 
-A checkpoint is a directory holding `circuitbench_toy.json` (bridge config + training record),
-`model.safetensors` (the native model's state dict) and the tokenizer files. It loads through
-`TransformerBridge.boot_native`, like every other model through the bridge.
+A checkpoint is a directory holding `circuitbench_toy.json` (bridge config, the variant's
+changes to the native model, training record), `model.safetensors` (the native model's state
+dict) and the tokenizer files. It loads through the bridge like every other model.
 """
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 from transformers import PreTrainedTokenizerBase
 
+from circuitbench.models.smeared_keys import smear_keys
 from circuitbench.models.tokenizers import load_saved_tokenizer
 
 MARKER = "circuitbench_toy.json"
@@ -42,8 +44,23 @@ def native_config(**arch: Any) -> dict[str, Any]:
     return cfg
 
 
-def build_native_model(config: dict[str, Any], seed: int) -> NativeModel:
-    """A freshly initialised native model; the seed is local (global RNG left untouched)."""
+class NativeVariant(BaseModel):
+    """What the project changes in TransformerLens's NativeModel; the bridge config cannot say it,
+    so the checkpoint records it next to that config and loading rebuilds the same modules."""
+
+    model_config = ConfigDict(extra="forbid")
+    smear_keys: bool = False
+
+    def apply(self, model: NativeModel) -> NativeModel:
+        if self.smear_keys:
+            smear_keys(model)
+        return model
+
+
+def build_native_model(config: dict[str, Any], seed: int, variant: NativeVariant | None = None) -> NativeModel:
+    """A freshly initialised native model; the seed is local (global RNG left untouched). A
+    variant's modules take over the initialised weights, so the plain and the varied model of
+    one seed start from the same weights."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources.native.init import initialize_native_model
 
@@ -52,7 +69,7 @@ def build_native_model(config: dict[str, Any], seed: int) -> NativeModel:
         torch.manual_seed(seed)
         model = NativeModel(cfg)
         initialize_native_model(model, cfg)
-    return model
+    return (variant or NativeVariant()).apply(model)
 
 
 def save_checkpoint(
@@ -61,6 +78,7 @@ def save_checkpoint(
     config: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     record: dict[str, Any],
+    variant: NativeVariant | None = None,
     symbol_pool: list[int] | None = None,
 ) -> None:
     """`symbol_pool`: the token ids random-symbol prompts (induction) should draw from — the
@@ -69,7 +87,7 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path / "model.safetensors"))
     tokenizer.save_pretrained(str(path))
-    meta: dict[str, Any] = {"config": config, "record": record}
+    meta: dict[str, Any] = {"config": config, "variant": (variant or NativeVariant()).model_dump(), "record": record}
     if symbol_pool is not None:
         meta["symbol_pool"] = symbol_pool
     (path / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
@@ -91,7 +109,8 @@ def load_toy(
     # Weights go into the plain native model before the bridge wraps (and renames) its modules;
     # this is boot_native's own path with a trained state dict instead of a fresh init.
     cfg = TransformerBridgeConfig.from_dict(meta["config"])
-    native = NativeModel(cfg)
+    # checkpoints from before variants existed have none: the plain native model
+    native = NativeVariant.model_validate(meta.get("variant", {})).apply(NativeModel(cfg))
     native.load_state_dict(load_file(str(path / "model.safetensors")))
     n_params = sum(p.numel() for p in native.parameters())
     native = native.to(device=device, dtype=dtype).eval()

@@ -35,20 +35,24 @@ class Recipe:
 
 
 def induction_batch(gen: torch.Generator, batch: int, n_symbols: int, min_len: int, max_len: int,
-                    seq_len: int, bos: int, first_id: int) -> torch.Tensor:
-    """[batch, seq_len]: BOS + random symbols in which each row copies a segment A of its own
-    length L (min_len..max_len) from a random offset to a random later one. Lengths, offsets
-    and gaps differ row by row, so neither position nor distance tells where a copy goes on:
-    only content (prefix matching) does, which is what induction heads do."""
+                    seq_len: int, bos: int, first_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [batch, seq_len], answer mask [batch, seq_len - 1]). Tokens: BOS + random symbols
+    in which each row copies a segment A of its own length L (min_len..max_len) from a random
+    offset to a random later one. Lengths, offsets and gaps differ row by row, so neither
+    position nor distance tells where a copy goes on: only content (prefix matching) does, which
+    is what induction heads do. The mask marks the next-token targets that context predicts: the
+    copy after its first token (target i is token i + 1)."""
     tokens = torch.randint(0, n_symbols, (batch, seq_len), generator=gen) + first_id
     tokens[:, 0] = bos
+    answers = torch.zeros(batch, seq_len - 1, dtype=torch.bool)
     lengths = torch.randint(min_len, max_len + 1, (batch,), generator=gen)
     for row in range(batch):
         length = int(lengths[row])
         src = 1 + int(torch.randint(0, seq_len - 2 * length, (1,), generator=gen))
         dst = src + length + int(torch.randint(0, seq_len - src - 2 * length + 1, (1,), generator=gen))
         tokens[row, dst : dst + length] = tokens[row, src : src + length]
-    return tokens
+        answers[row, dst : dst + length - 1] = True  # predicting tokens dst+1 .. dst+length-1
+    return tokens, answers
 
 
 def train_induction_2l(out: Path, settings: TrainSettings, report: Callable[[int, float], None]) -> dict[str, float]:
@@ -63,7 +67,7 @@ def train_induction_2l(out: Path, settings: TrainSettings, report: Callable[[int
     t0 = time.perf_counter()
     model.train()
     for step in range(1, settings.steps + 1):
-        tokens = induction_batch(gen, settings.batch_size, n_symbols, min_len, max_len, seq_len,
+        tokens, _ = induction_batch(gen, settings.batch_size, n_symbols, min_len, max_len, seq_len,
                                  tokenizer.bos_token_id, first_id)
         logits = model(tokens)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
