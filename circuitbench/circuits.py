@@ -82,11 +82,11 @@ class Circuit(BaseModel):
 # Faithfulness: the model with every head outside the circuit ablated, as MIB defines it.
 
 
-def ablation_means(model, data, kind: str, batch_size: int) -> list[torch.Tensor] | None:
+def ablation_means(model, data, kind: str, ctx: MethodContext) -> list[torch.Tensor] | None:
     """Per-layer [pos, n_heads, d_head] replacement values for ablated heads (None: zeros)."""
     if kind == "zero":
         return None
-    return mean_head_outputs(model, data, batch_size, corrupted=kind == "mean_counterfactual")
+    return mean_head_outputs(model, data, ctx, corrupted=kind == "mean_counterfactual")
 
 
 def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | None, ctx: MethodContext) -> float:
@@ -137,7 +137,7 @@ class FaithfulnessReport(BaseModel):
 
 
 def faithfulness(model, data, circuit: Circuit, scores: np.ndarray, rule: CircuitRule, ctx: MethodContext) -> FaithfulnessReport:
-    means = ablation_means(model, data, rule.ablation, ctx.batch_size)
+    means = ablation_means(model, data, rule.ablation, ctx)
     n_layers, n_heads = scores.shape
     all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
     m_full = metric_with_heads(model, data, all_heads, means, ctx)

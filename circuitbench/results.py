@@ -53,6 +53,7 @@ class RunInfo(_Strict):
     versions: dict[str, str]
     git: str | None
     command: str | None = None
+    cache: dict[str, int] = Field(default_factory=dict)  # activation cache {"hits", "misses"}; empty: off
 
 
 class CircuitInfo(_Strict):

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pydantic import ValidationError
 
+from circuitbench.activation_cache import CacheEntry, check_cache_dir, metrics_through_cache, open_run_cache
 from circuitbench.catalog import PACKAGE_DIR, format_validation_error, load_task
 from circuitbench.circuits import Circuit, faithfulness, spearman
 from circuitbench.encoding import EncodedPrompts, Vocabulary, encode_prompts
@@ -159,7 +160,7 @@ def evaluate(
 def score_heads(
     model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None,
     metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
-    traces: dict[str, dict] | None = None,
+    traces: dict[str, dict] | None = None, activations: CacheEntry | None = None,
 ) -> dict[str, np.ndarray]:
     """Head scores per method; trace-producing methods (causal tracing) fill `traces` instead."""
     scores: dict[str, np.ndarray] = {}
@@ -172,7 +173,8 @@ def score_heads(
             if progress and _task is not None:
                 progress.advance(_task, n)
 
-        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance)
+        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance,
+                            activations=activations)
         if method.produces == "traces":
             traces.update({f"{name}/{key}": value.model_dump() for key, value in method.fn(model, data, ctx).items()})
             continue
@@ -251,20 +253,22 @@ def run_unit(
     check_methods(spec, data)
     batch_size = auto_batch_size(model, data) if options.batch_size == "auto" else int(options.batch_size)
 
-    clean, corrupted = evaluate(model, data, spec.metrics, batch_size, progress)
+    cache = open_run_cache(options, model, data, spec.name)  # None with --no-cache
+    clean, corrupted = metrics_through_cache(cache, spec.metrics, data.corrupted is not None,
+                                             lambda: evaluate(model, data, spec.metrics, batch_size, progress))
     metrics, stderr = {}, {}
     for name, values in clean.items():
         metrics[name], stderr[name] = _mean_stderr(values)
     metrics_corrupted = {name: _mean_stderr(v)[0] for name, v in corrupted.items()}
     traces: dict[str, dict] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.main_metric or spec.metrics[0],
-                              spec.method_options, traces)
+                              spec.method_options, traces, cache)
 
     circuit = None
     if spec.circuit and head_scores:
         method = spec.circuit.method or next(iter(head_scores))
         chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
-        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0])
+        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0], activations=cache)
         faith = faithfulness(model, data, chosen, head_scores[method], spec.circuit, ctx)
         circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **faith.model_dump())
     agreement = {}
@@ -289,7 +293,7 @@ def run_unit(
         run=RunInfo(
             seed=spec.seed, batch_size=batch_size, device=str(model.device), started_at=started.isoformat(),
             duration_s=round(time.perf_counter() - t0, 3), model_load_s=model.load_seconds, peak_memory_mb=peak_memory_mb(model.device),
-            versions=_versions(), git=_git_commit(), command=command,
+            versions=_versions(), git=_git_commit(), command=command, cache=cache.stats if cache else {},
         ),
         metrics=metrics,
         metrics_stderr=stderr,
@@ -330,6 +334,7 @@ def run(
     specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
     for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads
         generate_prompts(spec)
+    check_cache_dir(options)
     out = Path(options.out)
     outcomes: list[UnitOutcome] = []
     with progress_bars(show_progress) as progress:

@@ -49,3 +49,12 @@ def tiny_models(tmp_path_factory, gpt2_tokenizer) -> dict[str, Path]:
         gpt2_tokenizer.save_pretrained(path)
         out[name] = path
     return out
+
+
+@pytest.fixture(autouse=True)
+def isolated_activation_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets an empty activation cache of its own, never ~/.cache/circuitbench (runs
+    cache by default; a shared one would let one test's forwards stand in for another's)."""
+    root = tmp_path_factory.mktemp("activation_cache")
+    monkeypatch.setenv("CIRCUITBENCH_CACHE", str(root))
+    return root

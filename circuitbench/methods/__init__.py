@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from circuitbench.registry import Registry
 
 if TYPE_CHECKING:
+    from circuitbench.activation_cache import CacheEntry
     from circuitbench.encoding import EncodedPrompts
     from circuitbench.models import LoadedModel
 
@@ -24,6 +25,8 @@ class MethodContext:
     metric: str = "logit_diff"
     options: dict[str, Any] = field(default_factory=dict)
     advance: Callable[[int], None] = field(default=lambda n: None)  # progress: n prompts done
+    # Where unpatched clean/corrupted runs are read from or stored (None: computed per batch).
+    activations: "CacheEntry | None" = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,4 @@
+"""`python -m circuitbench` = the `circuitbench` command."""
+from circuitbench.cli import main
+
+main()
