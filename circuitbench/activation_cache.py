@@ -53,6 +53,9 @@ MANIFEST = "manifest.json"
 Input = Literal["clean", "corrupted"]
 # Libraries whose versions can change the numbers (a bridge fix, a new kernel).
 SOFTWARE = ("circuitbench", "torch", "transformers", "transformer-lens")
+# Our modules that compute what is cached (metrics, model loading, the base forward): an edit to
+# one of them changes the key, so a development checkout never reads numbers its code would not give.
+CODE_MODULES = ("metrics.py", "models/loading.py", "models/toy.py", "methods/patching.py")
 
 STDERR = Console(stderr=True)
 
@@ -83,6 +86,7 @@ class CacheKey(BaseModel):
     prompt_hash: str  # the generated prompts
     tokens_hash: str  # and how this model's tokenizer encoded them
     software: dict[str, str]
+    code: str  # sha256 of CODE_MODULES
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:24]
@@ -128,13 +132,21 @@ def _software() -> dict[str, str]:
     return out
 
 
+def _code_hash() -> str:
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in CODE_MODULES:
+        h.update((package / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(model: "LoadedModel", data: "EncodedPrompts") -> CacheKey:
     from circuitbench.models.fingerprint import weights_fingerprint
 
     return CacheKey(
         model=model.name, source=model.source, revision=model.revision, weights=weights_fingerprint(model),
         init=model.init, init_seed=model.init_seed, dtype=model.dtype, device=model.device.type,
-        prompt_hash=data.prompt_hash, tokens_hash=tokens_hash(data), software=_software(),
+        prompt_hash=data.prompt_hash, tokens_hash=tokens_hash(data), software=_software(), code=_code_hash(),
     )
 
 
@@ -166,14 +178,15 @@ class CacheEntry:
         return {"hits": self.hits, "misses": self.misses}
 
     def _open_manifest(self, task: str, n_prompts: int) -> CacheManifest:
+        path = self.path / MANIFEST
         try:
-            manifest = CacheManifest.model_validate_json((self.path / MANIFEST).read_text())
+            manifest = CacheManifest.model_validate_json(path.read_text())
             if manifest.key == self.key:
                 return manifest
+        except FileNotFoundError:
+            pass  # a new entry (files without a record are never read, only overwritten)
         except (OSError, ValueError, ValidationError):
-            pass
-        # Missing, unreadable or someone else's: its files cannot be trusted.
-        if self.path.is_dir():
+            # Unreadable or someone else's: its files cannot be trusted.
             for stale in self.path.iterdir():
                 stale.unlink(missing_ok=True)
         now = _now()
@@ -313,7 +326,7 @@ class ActivationCache:
     """A cache directory: `<root>/v1/<key digest>/` per entry."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.root = Path(root).expanduser() if root else default_cache_dir()
         self.entries_dir = self.root / f"v{FORMAT_VERSION}"
 
     def check_writable(self) -> None:

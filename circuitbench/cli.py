@@ -509,7 +509,8 @@ def main() -> None:
     except Exception as e:  # click usage errors land here in standalone_mode=False
         import click
 
-        if isinstance(e, click.ClickException):
+        # typer >= 0.29 raises its vendored click's exceptions (typer.TyperException), not click's
+        if isinstance(e, (click.ClickException, typer.TyperException)) and hasattr(e, "show"):
             e.show()
             sys.exit(2)
         raise

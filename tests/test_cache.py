@@ -62,19 +62,19 @@ def assert_same_numbers(a, b, tol: float = 1e-6) -> None:
 
 
 def test_added_method_reuses_forwards_and_matches_uncached_run(tmp_path, base_forwards):
-    first = run_toy(tmp_path, "first", methods=["activation_patching"])
-    # evaluation and base runs computed once: 3 batches × (clean, corrupted) each
-    assert base_forwards == {"evaluate": 6, "base_runs": 6}
+    first = run_toy(tmp_path, "first", methods=["activation_patching"], n=8)
+    # evaluation and base runs computed once: 2 batches × (clean, corrupted) each
+    assert base_forwards == {"evaluate": 4, "base_runs": 4}
     assert first.run.cache["misses"] == 4  # metrics and base runs, clean and corrupted
 
     base_forwards.update(evaluate=0, base_runs=0)
     # adding a method, at another batch size: not one unpatched forward is recomputed
-    second = run_toy(tmp_path, "second", methods=["activation_patching", "attribution_patching"], batch_size=5)
+    second = run_toy(tmp_path, "second", methods=["activation_patching", "attribution_patching"], n=8, batch_size=5)
     assert base_forwards == {"evaluate": 0, "base_runs": 0}
     assert second.run.cache["misses"] == 0 and second.run.cache["hits"] >= 6
 
-    uncached = run_toy(tmp_path, "uncached", methods=["activation_patching", "attribution_patching"], cache=False)
-    assert base_forwards["evaluate"] == 6 and base_forwards["base_runs"] > 0
+    uncached = run_toy(tmp_path, "uncached", methods=["activation_patching", "attribution_patching"], n=8, cache=False)
+    assert base_forwards["evaluate"] == 4 and base_forwards["base_runs"] > 0
     assert uncached.run.cache == {}
     assert_same_numbers(second, uncached)
     kept = np.array(first.head_scores["activation_patching"]) - np.array(second.head_scores["activation_patching"])
@@ -199,3 +199,8 @@ def test_unwritable_cache_dir_is_one_clear_error(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert str(blocker / "cache") in err and "--no-cache" in err
     assert not (tmp_path / "res").exists()
+
+
+def test_bad_cache_clear_option_is_a_usage_error(tmp_path, capsys):
+    code, out, err = cli(capsys, "cache", "clear", "--older-than", "-1", "--cache-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in out + err and "--older-than" in out + err
