@@ -12,9 +12,9 @@ for the clean and the corrupted prompts separately:
   (`resid.L`, `blocks.L.hook_in`) and head outputs (`z.L`, `hook_z`) of every layer, plus the
   per-prompt values of the metric they were scored with (`metric.<id>`), in the model's dtype.
 
-Tensors are stored per prompt, right-padded to the longest prompt ([n, width, ...]), so any
-batch size reads them back: a batch is rows [start:stop] trimmed to its own width. Padded
-positions never influence real ones (causal attention), so their contents do not matter.
+Tensors are stored per prompt at the width of the longest prompt ([n, width, ...], pad
+positions included), so any batch size reads them back: a batch is rows [start:stop] trimmed to
+its own width, and with causal attention those are exactly the values it would compute.
 
 Each entry is a directory `<root>/v1/<key digest>/` with a JSON manifest (key, task, sizes,
 sha256 of every file, created/last used, hits). Files are written to a temp name and renamed; a

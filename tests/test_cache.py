@@ -204,3 +204,25 @@ def test_unwritable_cache_dir_is_one_clear_error(tmp_path, capsys):
 def test_bad_cache_clear_option_is_a_usage_error(tmp_path, capsys):
     code, out, err = cli(capsys, "cache", "clear", "--older-than", "-1", "--cache-dir", str(tmp_path))
     assert code == 2 and "Traceback" not in out + err and "--older-than" in out + err
+
+
+def test_cached_base_runs_equal_computed_ones_for_resample_ablation(tmp_path):
+    """Resample ablation reads another prompt's head outputs, pad positions included: cached
+    base runs must hold exactly what a batch computes, at every position."""
+    from circuitbench.catalog import load_task
+    from circuitbench.models import load_model
+    from circuitbench.runner import effective_spec, encode_task, run_unit
+
+    model = load_model(TOY, device="cpu")
+    options = RunOptions(n=8, batch_size=4, methods=["ablation"], cache_dir=str(tmp_path / "cache"))
+    spec = effective_spec(load_task("induction"), options).model_copy(
+        update={"method_options": {"ablation": {"kind": "resample"}}, "circuit": None})
+    lengths = encode_task(spec, model.vocab, model.unk_id, model.n_ctx).lengths
+    assert len(set(lengths[:4].tolist())) > 1  # prompts of one batch differ in length: pads are read
+    # filled in batches of 2, read in batches of 4: positions past a pair's own width are read too
+    assert run_unit(spec, model, options.model_copy(update={"batch_size": 2})).run.cache["misses"] > 0
+    cached = run_unit(spec, model, options)
+    uncached = run_unit(spec, model, options.model_copy(update={"cache": False}))
+    assert cached.run.cache["misses"] == 0
+    diff = np.abs(np.array(cached.head_scores["ablation"]) - np.array(uncached.head_scores["ablation"])).max()
+    assert diff < 1e-6

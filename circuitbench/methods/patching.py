@@ -170,21 +170,27 @@ def base_run_bytes(model: "LoadedModel", data: "EncodedPrompts") -> int:
 
 def _collect_base_runs(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext, which: Input) -> dict[str, torch.Tensor]:
     """The base runs of every prompt, as the activation cache stores them: resid.L and z.L
-    [n, width, ...] (right-padded with zeros) and metric.<id> [n] (raw, as the metric returns it)."""
+    [n, width, ...] and metric.<id> [n] (raw, as the metric returns it).
+
+    Batches run at the full width, so the pad positions hold the pad tokens' real activations
+    too: a batch of any size then reads exactly what it would compute itself (resample ablation
+    does read another prompt's positions, pads included)."""
     n, width = data.tokens.shape
+    inputs = data.tokens if which == "clean" else data.corrupted
+    assert inputs is not None
     out: dict[str, torch.Tensor] = {}
     values = []
     start = 0
     for batch in data.batches(ctx.batch_size):
         scored = _input_batch(batch, which)
-        run = run_and_cache(model, scored.tokens)
-        values.append(METRICS.get(ctx.metric).fn(run.logits, scored).cpu())
+        run = run_and_cache(model, inputs[start : start + len(batch)])
+        values.append(METRICS.get(ctx.metric).fn(run.logits[:, : scored.tokens.shape[1]], scored).cpu())
         for name, layers in (("resid", run.resid), ("z", run.z)):
             for layer, t in enumerate(layers):
                 key = f"{name}.{layer}"
                 if key not in out:
-                    out[key] = torch.zeros(n, width, *t.shape[2:], dtype=t.dtype)
-                out[key][start : start + len(batch), : t.shape[1]] = t.cpu()
+                    out[key] = torch.empty(n, width, *t.shape[2:], dtype=t.dtype)
+                out[key][start : start + len(batch)] = t.cpu()
         start += len(batch)
     out[f"metric.{ctx.metric}"] = torch.cat(values)
     return out

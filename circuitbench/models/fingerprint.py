@@ -27,7 +27,7 @@ def weights_fingerprint(model: "LoadedModel") -> str:
     their full config (architecture of a random init); random init its seed."""
     h = hashlib.sha256()
     path = Path(model.source)
-    if path.is_dir():
+    if path.is_absolute() and path.is_dir():  # local sources are resolved paths; hub ids are relative
         if is_toy_checkpoint(path):
             for name in ("model.safetensors", MARKER):
                 if (path / name).is_file():
