@@ -85,12 +85,11 @@ class Circuit(BaseModel):
 # ctx.sum_shards, so each process computes the one-process numbers.
 
 
-def ablation_means(model, data, kind: str, batch_size: int,
-                   sum_shards: Callable = lambda value: value) -> list[torch.Tensor] | None:
+def ablation_means(model, data, kind: str, ctx: MethodContext) -> list[torch.Tensor] | None:
     """Per-layer [pos, n_heads, d_head] replacement values for ablated heads (None: zeros)."""
     if kind == "zero":
         return None
-    return mean_head_outputs(model, data, batch_size, corrupted=kind == "mean_counterfactual", sum_shards=sum_shards)
+    return mean_head_outputs(model, data, ctx, corrupted=kind == "mean_counterfactual")
 
 
 def metric_with_heads(model, data, keep: set[Head], means: list[torch.Tensor] | None, ctx: MethodContext) -> float:
@@ -142,7 +141,7 @@ class FaithfulnessReport(BaseModel):
 
 
 def faithfulness(model, data, circuit: Circuit, scores: np.ndarray, rule: CircuitRule, ctx: MethodContext) -> FaithfulnessReport:
-    means = ablation_means(model, data, rule.ablation, ctx.batch_size, ctx.sum_shards)
+    means = ablation_means(model, data, rule.ablation, ctx)
     n_layers, n_heads = scores.shape
     all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
     m_full = metric_with_heads(model, data, all_heads, means, ctx)

@@ -16,6 +16,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 IncludePath = typer.Option([], "--include-path", help="Extra directory of task YAML files (repeatable).")
+CacheDir = typer.Option(None, "--cache-dir", help="Activation cache directory (default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench).")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect or clear the activation cache (reused clean/corrupted forwards).")
+app.add_typer(cache_app, name="cache")
 
 
 def _split(value: str) -> list[str]:
@@ -55,6 +58,8 @@ def run(
     methods: Optional[str] = typer.Option(None, "--methods", help="Head-scoring methods, comma-separated (overrides the task's)."),
     out: str = typer.Option("results", "--out", help="Results directory: OUT/<model>/<task>.json."),
     resume: bool = typer.Option(False, "--resume", help="Skip units already finished with the same spec."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse clean/corrupted forwards from the activation cache."),
+    cache_dir: Optional[str] = CacheDir,
     include_path: list[str] = IncludePath,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -70,6 +75,7 @@ def run(
     try:
         options = RunOptions(
             n=n, seed=seed, split=split, device=device, device_map=device_map, dtype=dtype, init=init, out=out, resume=resume,
+            cache=cache, cache_dir=cache_dir,
             batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
             methods=_split(methods) if methods is not None else None,
         )
@@ -472,6 +478,69 @@ def train_zoo(
 
         path, summary = train_zoo_model(name, Path(out) if out else None, steps, seed, report)
     console.print(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+CACHE_GROUP_NAMES = {"metrics": "metrics", "base_runs": "activations"}
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[str] = CacheDir) -> None:
+    """List cache entries: key, model, task and prompt hash, size, created, last used, hits."""
+    from circuitbench.activation_cache import ActivationCache
+
+    store = ActivationCache(cache_dir)
+    entries = store.entries()
+    if not entries:
+        console.print(f"activation cache {store.root}: empty", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"activation cache {store.root}")
+    for col in ("key", "model", "init", "dtype·device", "task", "n", "prompt hash", "holds", "size", "created",
+                "last used", "hits"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("n", "size", "hits") else "left")
+    stamp = lambda iso: iso[:16].replace("T", " ")
+    for e in entries:
+        m = e.manifest
+        if m is None:
+            table.add_row(e.path.name[:12], "(unreadable: `cache clear` removes it)", *[""] * 6, _size(e.size_bytes), "", "", "")
+            continue
+        k = m.key
+        init = k.init + (f" (seed {k.init_seed})" if k.init_seed is not None else "")
+        # file names are <input>.<group>.safetensors; show what kinds of data the entry holds
+        holds = sorted({CACHE_GROUP_NAMES.get(name.split(".")[1], name) for name in m.files})
+        table.add_row(e.path.name[:12], k.model, init, f"{k.dtype}·{k.device}", m.task, str(m.n_prompts), k.prompt_hash,
+                      ", ".join(holds), _size(e.size_bytes), stamp(m.created_at), stamp(m.last_used_at), str(m.hits))
+    console.print(table)
+    console.print(f"{_entries(len(entries))}, {_size(sum(e.size_bytes for e in entries))} total", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only entries of this model (name as `cache ls` shows it)."),
+    older_than: Optional[float] = typer.Option(None, "--older-than", min=0, help="Only entries not used for more than DAYS days."),
+    cache_dir: Optional[str] = CacheDir,
+) -> None:
+    """Delete cache entries (all of them unless --model / --older-than narrow it)."""
+    from circuitbench.activation_cache import ActivationCache
+
+    store = ActivationCache(cache_dir)
+    removed = store.clear(model=model, older_than_days=older_than)
+    freed = _size(sum(e.size_bytes for e in removed))
+    console.print(f"removed {_entries(len(removed))} ({freed}) from {store.root}", highlight=False, soft_wrap=True)
+    if model is not None and not removed:
+        models = sorted({e.manifest.key.model for e in store.entries() if e.manifest is not None})
+        console.print(f"no entries of model {model!r}; cached models: {', '.join(models) or 'none'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ class RunInfo(_Strict):
     command: str | None = None
     world_size: int = 1  # data-parallel processes that shared the prompts (torchrun / accelerate launch)
     device_map: str | None = None  # "auto": the HF model was spread over devices by accelerate
+    cache: dict[str, int] = Field(default_factory=dict)  # activation cache {"hits", "misses"}; empty: off
 
 
 class CircuitInfo(_Strict):

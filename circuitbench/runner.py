@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pydantic import ValidationError
 
+from circuitbench.activation_cache import CacheEntry, check_cache_dir, metrics_through_cache, open_run_cache
 from circuitbench.catalog import PACKAGE_DIR, expand_task_names, format_validation_error, load_task
 from circuitbench.circuits import Circuit, faithfulness, spearman
 from circuitbench.data_parallel import ONE_PROCESS, Processes, current_processes, launched_world_size
@@ -188,7 +189,7 @@ def evaluate_report_splits(
 def score_heads(
     model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: Progress | None = None,
     metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
-    traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS,
+    traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS, activations: CacheEntry | None = None,
 ) -> dict[str, np.ndarray]:
     """Head scores per method; trace-producing methods (causal tracing) fill `traces` instead.
 
@@ -207,7 +208,8 @@ def score_heads(
             if progress and _task is not None:
                 progress.advance(_task, n)
 
-        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance)
+        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}), advance=advance,
+                            activations=activations)
         if method.shardable:
             ctx.sum_shards = processes.sum
             output = method.fn(model, shard, ctx)
@@ -297,7 +299,10 @@ def run_unit(
     else:
         batch_size = int(options.batch_size)
 
-    clean, corrupted = evaluate(model, data, spec.metrics, batch_size, progress, processes)
+    # The cache holds whole prompt sets; data-parallel processes see shards, so they bypass it.
+    cache = open_run_cache(options, model, data, spec.name) if processes.world_size == 1 else None  # None with --no-cache
+    clean, corrupted = metrics_through_cache(cache, spec.metrics, data.corrupted is not None,
+                                             lambda: evaluate(model, data, spec.metrics, batch_size, progress, processes))
     metrics, stderr = {}, {}
     for name, values in clean.items():
         metrics[name], stderr[name] = _mean_stderr(values)
@@ -307,13 +312,14 @@ def run_unit(
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     traces: dict[str, dict] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.main_metric or spec.metrics[0],
-                              spec.method_options, traces, processes)
+                              spec.method_options, traces, processes, cache)
 
     circuit = None
     if spec.circuit and head_scores:
         method = spec.circuit.method or next(iter(head_scores))
         chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
-        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0], sum_shards=processes.sum)
+        ctx = MethodContext(batch_size=batch_size, metric=spec.main_metric or spec.metrics[0], sum_shards=processes.sum,
+                            activations=cache)
         shard = data.subset(*processes.shard_bounds(len(data), batch_size))
         faith = faithfulness(model, shard, chosen, head_scores[method], spec.circuit, ctx)
         circuit = CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **faith.model_dump())
@@ -340,7 +346,7 @@ def run_unit(
             seed=spec.seed, batch_size=batch_size, device=str(model.device), started_at=started.isoformat(),
             duration_s=round(time.perf_counter() - t0, 3), model_load_s=model.load_seconds, peak_memory_mb=peak_memory_mb(model.device),
             versions=_versions(), git=_git_commit(), command=command, world_size=processes.world_size,
-            device_map=model.device_map,
+            device_map=model.device_map, cache=cache.stats if cache else {},
         ),
         metrics=metrics,
         metrics_stderr=stderr,
@@ -400,6 +406,7 @@ def run(
     device = options.device
     if processes.device is not None and processes.device.type != "cpu" and options.device in ("auto", "cuda"):
         device = str(processes.device)
+    check_cache_dir(options)
     out = Path(options.out)
     outcomes: list[UnitOutcome] = []
     with progress_bars(show_progress and processes.is_main) as progress:

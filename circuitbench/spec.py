@@ -184,6 +184,8 @@ class RunOptions(BaseModel):
     methods: list[MethodName] | None = None
     out: str = "results"
     resume: bool = False
+    cache: bool = True  # reuse unpatched forwards from the activation cache (activation_cache.py)
+    cache_dir: str | None = None  # default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench
 
     @field_validator("batch_size")
     @classmethod

@@ -7,6 +7,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ["COLUMNS"] = "200"  # rich tables wide enough that names are not folded
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Runs cache by default: never in ~/.cache/circuitbench, also not from module- or session-scoped
+# fixtures, which run before the per-test cache below.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="circuitbench-test-cache-")
+os.environ["CIRCUITBENCH_CACHE"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -49,3 +59,12 @@ def tiny_models(tmp_path_factory, gpt2_tokenizer) -> dict[str, Path]:
         gpt2_tokenizer.save_pretrained(path)
         out[name] = path
     return out
+
+
+@pytest.fixture(autouse=True)
+def isolated_activation_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets an empty activation cache of its own, never ~/.cache/circuitbench (runs
+    cache by default; a shared one would let one test's forwards stand in for another's)."""
+    root = tmp_path_factory.mktemp("activation_cache")
+    monkeypatch.setenv("CIRCUITBENCH_CACHE", str(root))
+    return root

@@ -136,7 +136,8 @@ def test_results_do_not_depend_on_batch_size():
 
     model = load_model("toy-induction-2l", device="cpu")
     spec = load_task("induction").model_copy(update={"n_prompts": 20})
-    results = [run_unit(spec, model, RunOptions(batch_size=bs)) for bs in (1, 7, "auto")]
+    # cache off: a cached second run would reuse the first one's forwards instead of testing batching
+    results = [run_unit(spec, model, RunOptions(batch_size=bs, cache=False)) for bs in (1, 7, "auto")]
     assert results[2].run.batch_size >= 1
     for other in results[1:]:
         for name, value in results[0].metrics.items():

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from circuitbench.registry import Registry
 
 if TYPE_CHECKING:
+    from circuitbench.activation_cache import CacheEntry
     from circuitbench.encoding import EncodedPrompts
     from circuitbench.models import LoadedModel
 
@@ -33,6 +34,8 @@ class MethodContext:
     # Adds this process's partial sums to every other process's (data_parallel.Processes.sum);
     # the identity in a one-process run.
     sum_shards: Callable[[Any], Any] = field(default=lambda value: value)
+    # Where unpatched clean/corrupted runs are read from or stored (None: computed per batch).
+    activations: "CacheEntry | None" = None
 
 
 @dataclass(frozen=True)

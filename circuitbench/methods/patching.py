@@ -12,7 +12,7 @@ m_corrupted) / (m_clean − m_corrupted).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -144,6 +144,103 @@ def run_and_cache(model: "LoadedModel", tokens: torch.Tensor) -> RunCache:
     )
 
 
+@dataclass
+class BaseRun:
+    """An unpatched run of one batch, as the patching methods use it."""
+
+    resid: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] block inputs
+    z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head]
+    metric: torch.Tensor  # [batch] the main metric, oriented so higher = better
+
+
+Input = Literal["clean", "corrupted"]
+BASE_RUNS = "base_runs"  # activation-cache group: resid.L, z.L and metric.<id> of every prompt
+
+
+def _input_batch(batch: Batch, which: Input) -> Batch:
+    return batch if which == "clean" else batch.as_corrupted()
+
+
+def base_run_bytes(model: "LoadedModel", data: "EncodedPrompts") -> int:
+    cfg = model.bridge.cfg
+    per_position = model.n_layers * (cfg.d_model + model.n_heads * cfg.d_head)
+    element = torch.empty((), dtype=getattr(torch, model.dtype)).element_size()
+    return int(data.tokens.numel() * per_position * element)
+
+
+def _collect_base_runs(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext, which: Input) -> dict[str, torch.Tensor]:
+    """The base runs of every prompt, as the activation cache stores them: resid.L and z.L
+    [n, width, ...] and metric.<id> [n] (raw, as the metric returns it).
+
+    Batches run at the full width, so the pad positions hold the pad tokens' real activations
+    too: a batch of any size then reads exactly what it would compute itself (resample ablation
+    does read another prompt's positions, pads included)."""
+    n, width = data.tokens.shape
+    inputs = data.tokens if which == "clean" else data.corrupted
+    assert inputs is not None
+    out: dict[str, torch.Tensor] = {}
+    values = []
+    start = 0
+    for batch in data.batches(ctx.batch_size):
+        scored = _input_batch(batch, which)
+        run = run_and_cache(model, inputs[start : start + len(batch)])
+        values.append(METRICS.get(ctx.metric).fn(run.logits[:, : scored.tokens.shape[1]], scored).cpu())
+        for name, layers in (("resid", run.resid), ("z", run.z)):
+            for layer, t in enumerate(layers):
+                key = f"{name}.{layer}"
+                if key not in out:
+                    out[key] = torch.empty(n, width, *t.shape[2:], dtype=t.dtype)
+                out[key][start : start + len(batch)] = t.cpu()
+        start += len(batch)
+    out[f"metric.{ctx.metric}"] = torch.cat(values)
+    return out
+
+
+def _stored_base_runs(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext, which: Input) -> dict[str, torch.Tensor] | None:
+    """All prompts' base runs from the activation cache, computed and stored on a miss; None
+    when there is no cache or the entry would not fit (then runs are computed per batch)."""
+    entry = ctx.activations
+    if entry is None:
+        return None
+    stored = entry.read(which, BASE_RUNS, [f"metric.{ctx.metric}"])
+    if stored is None:
+        if not entry.room_for(base_run_bytes(model, data)):
+            return None
+        stored = _collect_base_runs(model, data, ctx, which)
+        entry.save(which, BASE_RUNS, stored)
+    return stored
+
+
+def base_runs(
+    model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext, inputs: tuple[Input, ...]
+) -> Iterator[tuple[Batch, dict[Input, BaseRun]]]:
+    """Per batch of `ctx.batch_size`: the batch and its unpatched runs on each of `inputs`.
+
+    With an activation cache (ctx.activations) every prompt's runs are read from it, or
+    computed once and stored, so a second method (or run) does no base forwards; without one
+    they are computed batch by batch."""
+    stored = {which: _stored_base_runs(model, data, ctx, which) for which in inputs}
+    higher = METRICS.get(ctx.metric).higher_is_better
+    start = 0
+    for batch in data.batches(ctx.batch_size):
+        stop, width = start + len(batch), batch.tokens.shape[1]
+        runs: dict[Input, BaseRun] = {}
+        for which in inputs:
+            kept = stored[which]
+            if kept is None:
+                scored = _input_batch(batch, which)
+                run = run_and_cache(model, scored.tokens)
+                runs[which] = BaseRun(run.resid, run.z, metric_values(ctx, run.logits, scored))
+                continue
+            rows = lambda name, _kept=kept: _kept[name][start:stop, :width].to(model.device)
+            metric = kept[f"metric.{ctx.metric}"][start:stop]
+            runs[which] = BaseRun(resid=[rows(f"resid.{l}") for l in range(model.n_layers)],
+                                  z=[rows(f"z.{l}") for l in range(model.n_layers)],
+                                  metric=metric if higher else -metric)
+        yield batch, runs
+        start = stop
+
+
 def metric_per_copy(
     model: "LoadedModel",
     batch: Batch,
@@ -188,7 +285,7 @@ def metric_per_copy(
 def patched_head_metrics(
     model: "LoadedModel",
     batch: Batch,
-    base: RunCache,
+    base: RunCache | BaseRun,
     source_z: Callable[[int], torch.Tensor],
     mask: torch.Tensor,
     ctx: MethodContext,
@@ -249,11 +346,11 @@ def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Metho
     formats = block_output_formats(model, data.tokens) if len(data) else []  # a shard may be empty
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     m_clean = m_corr = 0.0
-    for batch in data.batches(ctx.batch_size):
+    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
         clean, corrupt = batch, as_corrupted(batch)
-        clean_run, corrupt_run = run_and_cache(model, clean.tokens), run_and_cache(model, corrupt.tokens)
-        m_clean += float(metric_values(ctx, clean_run.logits, clean).double().sum())
-        m_corr += float(metric_values(ctx, corrupt_run.logits, corrupt).double().sum())
+        clean_run, corrupt_run = runs["clean"], runs["corrupted"]
+        m_clean += float(clean_run.metric.double().sum())
+        m_corr += float(corrupt_run.metric.double().sum())
         base_batch, base, source = (clean, clean_run, corrupt_run) if opts.direction == "noising" else (corrupt, corrupt_run, clean_run)
         mask = position_mask(batch, opts.positions)
         total += patched_head_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mask, ctx, formats)
@@ -262,7 +359,7 @@ def activation_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Metho
     return _normalise(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
 
 
-def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None) -> Callable[[int], torch.Tensor]:
+def _ablation_source(kind: str, run: BaseRun, mean_z: list[torch.Tensor] | None) -> Callable[[int], torch.Tensor]:
     if kind == "zero":
         return lambda l: torch.zeros_like(run.z[l])
     if kind == "mean":
@@ -272,8 +369,7 @@ def _ablation_source(kind: str, run: RunCache, mean_z: list[torch.Tensor] | None
     return lambda l: run.z[l].roll(1, dims=0)
 
 
-def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", batch_size: int, corrupted: bool = False,
-                      sum_shards: Callable = lambda value: value) -> list[torch.Tensor]:
+def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext, corrupted: bool = False) -> list[torch.Tensor]:
     """Per-layer [pos, n_heads, d_head] mean of hook_z over the task's clean (or corrupted)
     prompts, each position averaged over the prompts long enough to have it. `data` may be one
     process's shard: `sum_shards` adds the sums of all shards before dividing."""
@@ -281,14 +377,15 @@ def mean_head_outputs(model: "LoadedModel", data: "EncodedPrompts", batch_size: 
     d_head = int(model.bridge.cfg.d_head)
     sums = [torch.zeros(width, model.n_heads, d_head, dtype=torch.float64) for _ in range(model.n_layers)]
     counts = torch.zeros(width, dtype=torch.float64)
-    for batch in data.batches(batch_size):
-        run = run_and_cache(model, as_corrupted(batch).tokens if corrupted else batch.tokens)
+    which: Input = "corrupted" if corrupted else "clean"
+    for batch, runs in base_runs(model, data, ctx, (which,)):
+        run = runs[which]
         p = batch.tokens.shape[1]
         valid = (torch.arange(p)[None, :] < batch.lengths[:, None]).double()
         for l, z in enumerate(run.z):
             sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
         counts[:p] += valid.sum(0)
-    sums, counts = sum_shards((sums, counts))
+    sums, counts = ctx.sum_shards((sums, counts))
     return [(s / counts.clamp(min=1)[:, None, None]).float().to(model.device) for s in sums]
 
 
@@ -299,12 +396,12 @@ def ablation(model: "LoadedModel", data: "EncodedPrompts", ctx: MethodContext) -
     opts = AblationOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "ablation")
     formats = block_output_formats(model, data.tokens) if len(data) else []  # a shard may be empty
-    mean_z = mean_head_outputs(model, data, ctx.batch_size, sum_shards=ctx.sum_shards) if opts.kind == "mean" else None
+    mean_z = mean_head_outputs(model, data, ctx) if opts.kind == "mean" else None
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     m_clean = 0.0
-    for batch in data.batches(ctx.batch_size):
-        run = run_and_cache(model, batch.tokens)
-        m_clean += float(metric_values(ctx, run.logits, batch).double().sum())
+    for batch, runs in base_runs(model, data, ctx, ("clean",)):
+        run = runs["clean"]
+        m_clean += float(run.metric.double().sum())
         source = _ablation_source(opts.kind, run, mean_z)
         total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx, formats)
         ctx.advance(len(batch))
@@ -324,11 +421,10 @@ def attribution_patching(model: "LoadedModel", data: "EncodedPrompts", ctx: Meth
     for p in params:
         p.requires_grad_(False)
     try:
-        for batch in data.batches(ctx.batch_size):
-            clean, corrupt = batch, as_corrupted(batch)
-            clean_run, corrupt_run = run_and_cache(model, clean.tokens), run_and_cache(model, corrupt.tokens)
-            m_clean += float(metric_values(ctx, clean_run.logits, clean).double().sum())
-            m_corr += float(metric_values(ctx, corrupt_run.logits, corrupt).double().sum())
+        for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+            clean, clean_run, corrupt_run = batch, runs["clean"], runs["corrupted"]
+            m_clean += float(clean_run.metric.double().sum())
+            m_corr += float(corrupt_run.metric.double().sum())
             alphas = [1.0] if opts.ig_steps == 0 else [(k + 0.5) / opts.ig_steps for k in range(opts.ig_steps)]
             grads = [torch.zeros_like(z, dtype=torch.float64) for z in clean_run.z]
             for alpha in alphas:

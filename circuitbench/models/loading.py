@@ -43,6 +43,7 @@ class LoadedModel:
     device: torch.device  # where inputs go (under a device map: the token embedding's device)
     load_seconds: float = 0.0
     device_map: DeviceMap | None = None  # "auto": accelerate spread the HF model over the devices
+    init_seed: int | None = None  # the weights' seed under --init random (part of their identity)
 
     @property
     def n_layers(self) -> int:
@@ -329,7 +330,8 @@ def load_model(
     # A revision names trained weights: none for random init or a local directory.
     kept_revision = revision if init == "pretrained" and ref.kind != "local_hf" else None
     return LoadedModel(bridge, vocab, unk, ref.name, ref.location, kept_revision, init, dtype_name, n_params,
-                       tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3), device_map=device_map)
+                       tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3), device_map=device_map,
+                       init_seed=seed if init == "random" else None)
 
 
 def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:
