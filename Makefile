@@ -28,7 +28,7 @@ setup: $(VENV)/.deps-installed
 demo: setup
 	$(CB) run --task suite --model toy-tasks --out results
 	$(CB) run --task induction --model toy-induction-2l --out results
-	$(CB) overlap "results/toy-tasks/*.json" --metric jaccard,spearman --plot results/overlap_toy-tasks.png
+	$(CB) overlap "results/toy-tasks/*.json" --metric spearman,rbo --plot results/overlap_toy-tasks.png
 	$(CB) run --task ioi,seq_months,x2 --model gpt2-small --init random --n 16 \
 		--methods attribution_patching,previous_token,induction --out results
 	$(CB) leaderboard --results results --out results/leaderboard

@@ -228,8 +228,12 @@ def validate(
 def _render_matrices(result: dict, metrics: list[str]) -> None:
     """One rich table per overlap metric, then the alignment(s) used."""
     labels = result["labels"]
+    models = {label.split("/", 1)[0] for label in labels}
+    shared = f" ({models.pop()})" if len(models) == 1 and all("/" in label for label in labels) else ""
+    if shared:  # one model's tasks: the columns need only the task names
+        labels = [label.split("/", 1)[1] for label in labels]
     for name in metrics:
-        table = Table(title=name)
+        table = Table(title=name + shared)
         table.add_column("", overflow="fold")
         for label in labels:
             table.add_column(label, justify="right", overflow="fold")
