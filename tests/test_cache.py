@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from circuitbench.activation_cache import ActivationCache, cache_key, tokens_hash
-from circuitbench.cli import _size, main
+from circuitbench.cli import _size
+from test_cli import cli  # the in-process CLI runner
 from circuitbench.results import RunInfo
 from circuitbench.runner import run
 from circuitbench.spec import RunOptions
@@ -163,19 +163,6 @@ def test_damaged_entry_is_recomputed_without_error(tmp_path, base_forwards):
     assert third.run.cache["misses"] == 4
     assert_same_numbers(reference, third)
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["circuitbench", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cache_ls_and_clear(tmp_path, capsys):

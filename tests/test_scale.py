@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import circuitbench
-from circuitbench.cli import main
 from circuitbench.data_parallel import Processes
 from circuitbench.errors import CircuitbenchError
 from circuitbench.results import RunResult, load_result
 from circuitbench.runner import run
 from circuitbench.spec import RunOptions
+from test_cli import cli  # the in-process CLI runner
 
 REPO = Path(circuitbench.__file__).resolve().parents[1]
 TOL = 1e-5
@@ -223,7 +223,7 @@ def test_killed_run_resumes_only_unfinished_units(tmp_path, capsys, one_thread):
     before, mtime = first.read_bytes(), first.stat().st_mtime_ns
     assert RunResult.model_validate_json(before).status == "complete"
 
-    code, stdout = cli(capsys, *args, "--resume")
+    code, stdout, _ = cli(capsys, *args, "--resume")
     assert code == 0, stdout
     assert first.read_bytes() == before and first.stat().st_mtime_ns == mtime  # not rerun, not rewritten
     assert f"wrote {first} (finished earlier, kept: --resume)" in stdout
@@ -233,18 +233,6 @@ def test_killed_run_resumes_only_unfinished_units(tmp_path, capsys, one_thread):
         assert load_result(path).status == "complete"
     assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"]  # no temp files left
 
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["circuitbench", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().out
 
 
 # --- --device-map auto ------------------------------------------------------------------------
@@ -261,7 +249,7 @@ def test_device_map_auto_loads_same_model_and_is_recorded(tmp_path, tiny_models,
     with torch.inference_mode():
         assert (plain.bridge(tokens) - mapped.bridge(tokens)).abs().max() < 1e-4
 
-    code, stdout = cli(capsys, "run", "--task", "sorting", "--model", path, "--n", "8", "--methods", "previous_token",
+    code, stdout, _ = cli(capsys, "run", "--task", "sorting", "--model", path, "--n", "8", "--methods", "previous_token",
                        "--device-map", "auto", "--out", str(tmp_path), "-q")
     assert code == 0, stdout
     result = load_result(tmp_path / "gpt2" / "sorting.json")
@@ -320,13 +308,6 @@ def test_memory_check_suggests_device_map_with_several_gpus(monkeypatch):
 
 
 def test_bad_device_map_is_one_message(capsys, tmp_path):
-    sys_argv = sys.argv
-    sys.argv = ["circuitbench", "run", "--task", "induction", "--model", "toy-induction-2l", "--device-map", "everywhere",
-                "--out", str(tmp_path)]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = sys_argv
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "--device-map" in err and "'auto'" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--device-map", "everywhere",
+                       "--out", str(tmp_path))
+    assert code == 2 and "--device-map" in err and "'auto'" in err and "Traceback" not in err

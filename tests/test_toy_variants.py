@@ -11,6 +11,7 @@ from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import NativeVariant, build_native_model, load_toy, read_checkpoint_meta, save_checkpoint
 from circuitbench.models.training import TrainConfig, arch_from, text_rows, torch_threads, train
 from circuitbench.models.zoo import induction_batch
+from test_cli import cli  # the in-process CLI runner
 
 SMALL = "tasks/examples/induction_small.yaml"
 
@@ -163,22 +164,6 @@ def test_arch_overrides_are_validated():
         arch_from("attn-only-2l", d_model=36, n_heads=4, positional="rotary")
     assert NativeVariant.model_validate({}).smear_keys is False  # checkpoints without a variant load plain
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    import sys
-
-    from circuitbench.cli import main
-
-    argv, sys.argv = sys.argv, ["circuitbench", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_train_cli_options_reach_the_checkpoint(capsys, tmp_path):
