@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all lint schema bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,18 @@ demo: setup
 	$(CB) report results/toy-induction-2l/induction.json
 	$(CB) report results/toy-tasks/ioi.json
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: setup
+test-all: lint
 	$(PY) -m pytest -q
+
+# docs/result.schema.json from the RunResult models (a test checks it is current)
+schema: setup
+	$(CB) schema --out docs/result.schema.json
 
 bench: setup
 	$(PY) benchmarks/run.py --with-neo

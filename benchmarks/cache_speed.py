@@ -20,14 +20,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from circuitbench.catalog import load_task  # noqa: E402
-from circuitbench.models import load_model  # noqa: E402
-from circuitbench.runner import effective_spec, run_unit  # noqa: E402
-from circuitbench.spec import RunOptions  # noqa: E402
+from circuitbench.models.loading import load_model  # noqa: E402
+from circuitbench.pipeline.unit import run_unit  # noqa: E402
+from circuitbench.specs.catalog import load_task  # noqa: E402
+from circuitbench.specs.options import RunOptions, effective_spec  # noqa: E402
 
 SCENARIOS = {
     # name: (model, init, task, n, methods of run 1, method added in run 2)
-    "toy_induction": ("toy-induction-2l", "pretrained", "induction", 64, ["activation_patching"], "attribution_patching"),
+    "toy_induction": ("toy-induction-2l", "pretrained", "induction", 64, ["activation_patching"],
+                      "attribution_patching"),
     "gpt2_small_ioi": ("gpt2-small", "random", "ioi", 32, ["attribution_patching"], "previous_token"),
 }
 
@@ -37,7 +38,7 @@ def scenario(name: str, repeats: int) -> None:
     model = load_model(model_name, init=init, device="cpu")
     with tempfile.TemporaryDirectory() as cache_dir:
         def unit(methods: list[str], cache: bool):
-            options = RunOptions(n=n, batch_size=32, methods=methods, cache=cache, cache_dir=cache_dir)
+            options = RunOptions(n_prompts=n, batch_size=32, methods=methods, cache=cache, cache_dir=cache_dir)
             t0 = time.perf_counter()
             result = run_unit(effective_spec(load_task(task), options), model, options)
             return result, time.perf_counter() - t0

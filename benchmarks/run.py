@@ -20,13 +20,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from circuitbench.catalog import load_task  # noqa: E402
-from circuitbench.methods import MethodContext  # noqa: E402
-from circuitbench.methods.patching import (  # noqa: E402
-    as_corrupted, attribution_patching, naive_head_metrics, patched_head_metrics, position_mask, run_and_cache)
-from circuitbench.models import load_model  # noqa: E402
-from circuitbench.models.forward import block_output_formats  # noqa: E402
-from circuitbench.runner import encode_task, evaluate  # noqa: E402
+from circuitbench.models.loading import load_model  # noqa: E402
+from circuitbench.prompts.encoding import encode_task  # noqa: E402
+from circuitbench.scores.evaluation import evaluate  # noqa: E402
+from circuitbench.scores.interventions import (  # noqa: E402
+    naive_head_metrics,
+    patched_head_metrics,
+    position_mask,
+    record_base_run,
+)
+from circuitbench.scores.methods.attribution import attribution_patching  # noqa: E402
+from circuitbench.scores.methods.context import MethodContext  # noqa: E402
+from circuitbench.specs.catalog import load_task  # noqa: E402
 
 
 def timed(fn):
@@ -47,10 +52,11 @@ def main() -> None:
     # 3. evaluation overhead vs bare HF forward (same tokens, same batch)
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from circuitbench.catalog import model_registry
+    from circuitbench.specs.catalog import model_registry
 
     cfg = dict(model_registry()["gpt2-small"].hf_config)
-    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg), attn_implementation="eager").eval()
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg),
+                                          attn_implementation="eager").eval()
     def bare_hf() -> None:
         with torch.inference_mode():
             hf(batch.tokens)
@@ -63,18 +69,17 @@ def main() -> None:
     print(f"eval_overhead_vs_hf_forward: {t_eval / (2 * t_hf) - 1:+.1%}")
 
     # 1. exact patching vs naive loop
-    clean, corrupt = run_and_cache(model, batch.tokens), run_and_cache(model, as_corrupted(batch).tokens)
+    (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
     mask = position_mask(batch, "all")
-    formats = block_output_formats(model, batch.tokens)
-    fast, t_fast = timed(lambda: patched_head_metrics(model, batch, clean, lambda l: corrupt.z[l], mask, ctx, formats))
+    model.block_formats()  # recorded once per model; not part of the timing
+    fast, t_fast = timed(lambda: patched_head_metrics(model, batch, clean, lambda l: corrupt.z[l], mask, ctx))
     slow, t_slow = timed(lambda: naive_head_metrics(model, batch, lambda l: corrupt.z[l], mask, ctx))
     print(f"patching_naive_seconds: {t_slow:.1f}")
     print(f"patching_circuitbench_seconds: {t_fast:.1f}")
     print(f"patching_speedup: {t_slow / t_fast:.2f}x (max abs diff {float((fast - slow).abs().max()):.2e})")
 
     # 2. attribution patching in forward-pass equivalents
-    with torch.inference_mode():
-        _, t_fwd = timed(lambda: model.bridge(batch.tokens))
+    _, t_fwd = timed(lambda: model.run(batch.tokens))
     _, t_attr = timed(lambda: attribution_patching(model, data, ctx))
     print(f"attribution_patching_forward_equivalents: {t_attr / t_fwd:.1f}")
 
@@ -82,7 +87,8 @@ def main() -> None:
     if "--with-neo" in sys.argv:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", "circuitbench.cli", "run", "--task", "fibonacci", "--model", "gpt-neo-2.7B",
-                   "--init", "random", "--dtype", "bfloat16", "--n", "8", "--out", tmp, "-q", "--methods", "previous_token"]
+                   "--init", "random", "--dtype", "bfloat16", "--n", "8", "--out", tmp, "-q", "--methods",
+                   "previous_token"]
             subprocess.run(cmd, check=True, capture_output=True)
             result = json.loads(next(Path(tmp).glob("*/fibonacci.json")).read_text())
             weights_mb = result["model"]["n_params"] * 2 / 2**20

@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from pydantic import ValidationError
+
 
 class CircuitbenchError(Exception):
     """A mistake the user can fix: the message names the file/field/value and what to do."""
@@ -15,3 +17,15 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One paragraph: where, then each failing field path with pydantic's message."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here; check the spelling)"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: invalid spec. " + "; ".join(parts)

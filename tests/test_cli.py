@@ -4,22 +4,10 @@ import sys
 
 import pytest
 
-from circuitbench.cli import main
-from circuitbench.results import RunResult, load_result
+from circuitbench.results.schema import RunResult
+from circuitbench.results.store import load_result
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    sys_argv = sys.argv
-    sys.argv = ["circuitbench", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = sys_argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from helpers import cli
 
 
 def test_run_toy_end_to_end_and_resume(capsys, tmp_path):
@@ -40,10 +28,15 @@ def test_run_toy_end_to_end_and_resume(capsys, tmp_path):
 
 
 def test_fibonacci_on_toy_vocab_is_refused_with_counts(capsys, tmp_path):
-    code, _, err = cli(capsys, "run", "--task", "fibonacci", "--model", "toy-induction-2l", "--out", str(tmp_path), "-q")
+    code, _, err = cli(capsys, "run", "--task", "fibonacci", "--model", "toy-induction-2l", "--out", str(tmp_path),
+                       "-q")
     assert code == 2 and "Traceback" not in err
     assert "would be dropped" in err and "outside the model's vocabulary" in err
-    assert not (tmp_path / "toy-induction-2l" / "fibonacci.json").exists()
+    # the unit is recorded as failed (a user mistake), so --resume retries it and leaderboards list it apart
+    failed = load_result(tmp_path / "toy-induction-2l" / "fibonacci.json")
+    assert failed.status == "failed" and failed.error.user_error and "would be dropped" in failed.error.message
+    assert failed.metrics == {} and failed.task.spec["name"] == "fibonacci"
+    assert failed.run.options["out"] == str(tmp_path)
 
 
 def test_resume_skips_finished_units_byte_identical(capsys, tmp_path):
@@ -76,7 +69,8 @@ def test_random_init_hf_model_run(capsys, tmp_path, tiny_models):
         (["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "0"], "--n"),
         (["run", "--task", "induction", "--model", "toy-induction-2l", "--batch-size", "lots"], "--batch-size"),
         (["run", "--task", "induction", "--model", "toy-induction-2l", "--init", "sideways"], "--init"),
-        (["run", "--task", "induction", "--model", "toy-induction-2l", "--methods", "inductoin"], "Did you mean 'induction'"),
+        (["run", "--task", "induction", "--model", "toy-induction-2l", "--methods", "inductoin"],
+         "Did you mean 'induction'"),
         (["ls", "widgets"], "choose one of"),
     ],
 )
@@ -114,7 +108,7 @@ def test_console_script_exit_code_without_traceback(tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    from circuitbench import results
+    from circuitbench import files
 
     path = tmp_path / "r.json"
     path.write_text("old")
@@ -122,17 +116,17 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        results.write_atomic(path, "new")
+        files.write_atomic(path, "new")
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
 
 
 def test_results_do_not_depend_on_batch_size():
-    from circuitbench.catalog import load_task
-    from circuitbench.models import load_model
-    from circuitbench.runner import run_unit
-    from circuitbench.spec import RunOptions
+    from circuitbench.models.loading import load_model
+    from circuitbench.pipeline.unit import run_unit
+    from circuitbench.specs.catalog import load_task
+    from circuitbench.specs.options import RunOptions
 
     model = load_model("toy-induction-2l", device="cpu")
     spec = load_task("induction").model_copy(update={"n_prompts": 20})

@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_wheel_contains_data_and_installed_package_finds_it(tmp_path):
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stderr
@@ -23,7 +24,7 @@ def test_wheel_contains_data_and_installed_package_finds_it(tmp_path):
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     probe = (
-        "import circuitbench.catalog as c; d = c.data_dir(); "
+        "import circuitbench.specs.catalog as c; d = c.data_dir(); "
         "print(d); print(sorted(c.all_tasks())); print(len(c.model_registry()))"
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,

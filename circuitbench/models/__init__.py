@@ -1,14 +1,3 @@
-"""Model loading (registry names, HF ids, local dirs, toy checkpoints) behind TransformerBridge."""
-from circuitbench.models.loading import (
-    LoadedModel,
-    ModelRef,
-    load_model,
-    load_vocabulary,
-    resolve_device,
-    resolve_model,
-    tokenizer_vocabulary,
-)
-
-__all__ = [
-    "LoadedModel", "ModelRef", "load_model", "load_vocabulary", "resolve_device", "resolve_model", "tokenizer_vocabulary",
-]
+"""Stage 3, models: the only package that knows TransformerLens. Loading (registry names, hub
+ids, local directories, toy checkpoints), the hook-site grammar (hooks.py), the LoadedModel
+facade every later stage runs models through (loaded.py), memory estimates, weight fingerprints."""

@@ -13,49 +13,17 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from circuitbench.catalog import model_registry
-from circuitbench.encoding import Vocabulary
 from circuitbench.errors import CircuitbenchError, did_you_mean
-from circuitbench.models.tokenizers import gpt2_bpe_tokenizer
+from circuitbench.models.loaded import DeviceMap, Init, LoadedModel
+from circuitbench.models.memory import check_fits
+from circuitbench.models.tokenizers import gpt2_bpe_tokenizer, load_saved_tokenizer
 from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy, read_checkpoint_meta
-from circuitbench.spec import ModelSpec
+from circuitbench.prompts.encoding import Vocabulary
+from circuitbench.specs.catalog import model_registry
+from circuitbench.specs.model import ModelSpec
 
-Init = Literal["pretrained", "random"]
-DeviceMap = Literal["auto"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_HOST = "huggingface.co"
-
-
-@dataclass
-class LoadedModel:
-    """A bridged model with what the rest of the harness needs to know about it."""
-
-    bridge: TransformerBridge
-    vocab: Vocabulary
-    unk_id: int | None
-    name: str
-    source: str
-    revision: str | None
-    init: Init
-    dtype: str
-    n_params: int
-    tokenizer_source: str
-    device: torch.device  # where inputs go (under a device map: the token embedding's device)
-    load_seconds: float = 0.0
-    device_map: DeviceMap | None = None  # "auto": accelerate spread the HF model over the devices
-    init_seed: int | None = None  # the weights' seed under --init random (part of their identity)
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.bridge.cfg.n_layers)
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.bridge.cfg.n_heads)
-
-    @property
-    def n_ctx(self) -> int:
-        return int(self.bridge.cfg.n_ctx)
 
 
 @dataclass(frozen=True)
@@ -100,58 +68,6 @@ def resolve_model(name: str) -> ModelRef:
     return ModelRef("hub", name, name, None)
 
 
-BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
-MEMORY_HEADROOM = 1.2  # weights plus ~20 % for activations and the bridge (measured 1.17-1.21× on gpt-neo-2.7B)
-
-
-def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on the device (MemAvailable on CPU)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30
-
-
-def memory_needed_bytes(n_params: int, dtype: str) -> int:
-    return int(n_params * BYTES_PER_PARAM[dtype] * MEMORY_HEADROOM)
-
-
-def device_map_memory_bytes() -> int:
-    """Free memory a device map can use: all GPUs together, or the CPU on a machine without CUDA.
-    (CPU RAM is not counted next to GPUs: the bridge refuses maps that mix GPUs with CPU/disk.)"""
-    if torch.cuda.is_available():
-        return sum(available_memory_bytes(torch.device("cuda", i)) for i in range(torch.cuda.device_count()))
-    return available_memory_bytes(torch.device("cpu"))
-
-
-def check_fits(name: str, n_params: int, dtype: str, device: torch.device, device_map: DeviceMap | None = None) -> None:
-    """Refuse, before loading, a model whose weights cannot fit, with the estimate and the options."""
-    need = memory_needed_bytes(n_params, dtype)
-    free = device_map_memory_bytes() if device_map else available_memory_bytes(device)
-    if need > free:
-        options = []
-        if dtype == "float32":
-            options.append(f"--dtype bfloat16 (about {memory_needed_bytes(n_params, 'bfloat16') / 2**30:.1f} GB)")
-        if device_map is None and device.type == "cuda" and torch.cuda.device_count() > 1:
-            options.append(f"--device-map auto (spreads the model over the {torch.cuda.device_count()} GPUs: "
-                           f"{device_map_memory_bytes() / 2**30:.1f} GB free together)")
-        if device.type == "cuda":
-            options.append("--device cpu")
-        options.append("a smaller model, or a machine with more memory")
-        where = "on all devices together (--device-map auto)" if device_map else f"on {device}"
-        raise CircuitbenchError(
-            f"Model '{name}' needs about {need / 2**30:.1f} GB in {dtype} ({n_params / 1e9:.2f}B parameters × "
-            f"{BYTES_PER_PARAM[dtype]} bytes + {MEMORY_HEADROOM - 1:.0%}), but only {free / 2**30:.1f} GB is free "
-            f"{where}. Options: {'; '.join(options)}."
-        )
-
-
 def _n_params_from_config(config) -> int:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -170,7 +86,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _unreachable(ref: ModelRef, what: str) -> CircuitbenchError:
     hint = did_you_mean(ref.name, model_registry()) if ref.kind == "hub" else ""
-    lead = f"'{ref.name}' is not a registry model.{hint} As a HuggingFace id, " if hint else f"Model '{ref.name}' ({ref.location}): "
+    lead = (f"'{ref.name}' is not a registry model.{hint} As a HuggingFace id, " if hint
+            else f"Model '{ref.name}' ({ref.location}): ")
     return CircuitbenchError(
         f"{lead}{what} is not in the local HuggingFace cache and the hub ({HUB_HOST}) cannot be reached "
         f"from here. On a connected machine run `huggingface-cli download {ref.location}` and copy "
@@ -256,7 +173,8 @@ def _hf_config(ref: ModelRef, revision: str | None):
         raise _unreachable(ref, "its config") from None
 
 
-def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int, pool: list[int] | None = None) -> tuple[Vocabulary, int | None]:
+def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int,
+                pool: list[int] | None = None) -> tuple[Vocabulary, int | None]:
     special = set(tok.all_special_ids)
     if pool is None:
         pool = [i for i in range(min(len(tok), d_vocab)) if i not in special]
@@ -338,8 +256,6 @@ def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, i
     """(vocabulary, unk id, n_ctx, tokenizer source) without loading any weights."""
     ref = resolve_model(name)
     if ref.kind == "toy":
-        from circuitbench.models.tokenizers import load_saved_tokenizer
-
         path = Path(ref.location)
         meta = read_checkpoint_meta(path)
         config = meta["config"]

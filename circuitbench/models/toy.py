@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 from transformers import PreTrainedTokenizerBase
@@ -20,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from circuitbench.models.smeared_keys import smear_keys
 from circuitbench.models.tokenizers import load_saved_tokenizer
 
+NativeSite = Literal["embed", "attn_out", "resid"]
 MARKER = "circuitbench_toy.json"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"  # the shipped toy checkpoints
 
@@ -120,3 +122,14 @@ def load_toy(
     )
     bridge.eval()
     return bridge, tokenizer, n_params
+
+
+def output_modules(native: NativeModel, site: NativeSite) -> list[tuple[nn.Module, bool]]:
+    """The native model's modules whose output is `site` (token embeddings, each attention
+    layer's output, the residual stream after each block), each with whether that output is a
+    tuple led by the activation (attention returns (output, pattern), blocks (hidden_states,))."""
+    if site == "embed":
+        return [(native.tok_embed, False)]
+    if site == "attn_out":
+        return [(block.attn, True) for block in native.layers]
+    return [(block, True) for block in native.layers]

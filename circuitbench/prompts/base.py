@@ -7,16 +7,16 @@ random tokens, a list of symbols that each model maps onto tokens of its own voc
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections.abc import Callable
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.specs.task import SPLITS, Split
 
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+log = logging.getLogger(__name__)
 # Fractions of the prompt universe assigned to each split (by hash of the prompt's split key).
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 # "all" prompts of a split stops here: for large universes "all" means "this many".
@@ -94,33 +94,25 @@ def sample_split(
     split: Split,
     task: str,
     group: Callable[[str], str] = lambda key: key,
-    max_tries_per_prompt: int = 200,
     exhaust_after: int = 5000,
 ) -> list[Prompt]:
-    """Draw distinct prompts whose split falls in `split`, with a local RNG.
+    """Up to `n` distinct prompts whose split falls in `split`, drawn with a local RNG (n None:
+    every prompt of the split).
 
     Splits are disjoint by construction: a prompt's split is a function of its key's `group`
     (the key itself by default; e.g. the start of a progression, so that whole progressions are
-    held out), and keys are deduplicated. Fails with a clear message when the universe is too
-    small for `n`. With n=None ("all"), draws until `exhaust_after` draws in a row bring nothing
-    new: every prompt of a small universe's split (deterministic for a seed); a large universe
-    stops at ALL_CAP prompts.
+    held out), and keys are deduplicated. The split counts as exhausted when `exhaust_after`
+    draws in a row bring nothing new; a large universe stops at ALL_CAP prompts. The first k
+    prompts of any draw are the same for every n >= k (one RNG sequence), so `n` prompts of a
+    small split are the first n of all of them. Fewer than `n` is logged, none is an error.
     """
     rng = random.Random(f"{task}:{seed}:{split}")
     seen: set[str] = set()
     out: list[Prompt] = []
-    tries = stale = 0
-    while n is None or len(out) < n:
-        tries += 1
+    stale = 0
+    cap = ALL_CAP if n is None else n
+    while len(out) < cap and stale < exhaust_after:
         stale += 1
-        if n is None and (stale > exhaust_after or len(out) >= ALL_CAP):
-            break
-        if n is not None and tries > max_tries_per_prompt * n + 1000:
-            raise CircuitbenchError(
-                f"generator '{task}' could only draw {len(out)} distinct {split} prompts of the {n} "
-                f"asked (a split holds about {SPLIT_FRACTIONS[split]:.0%} of all distinct prompts). "
-                "Lower n_prompts, or widen the generator's ranges in the task YAML."
-            )
         prompt = draw(rng)
         if prompt.split_key in seen or split_of(group(prompt.split_key)) != split:
             continue
@@ -129,6 +121,9 @@ def sample_split(
         stale = 0
     if not out:
         raise CircuitbenchError(f"generator '{task}' has no {split} prompts with these params; widen its ranges.")
+    if n is not None and len(out) < n:
+        log.info("%s: the %s split holds only %d distinct prompts (about %.0f%% of all); using %d of the %d asked.",
+                    task, split, len(out), 100 * SPLIT_FRACTIONS[split], len(out), n)
     return out
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Split, number_list_segments, sample_split
+from circuitbench.prompts.base import Prompt, number_list_segments, sample_split
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 
-class FibonacciParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FibonacciParams(GeneratorParams):
     name: Literal["fibonacci"]
     length: int = Field(6, ge=3, le=20, description="terms shown in the prompt")
     max_start: int = Field(25, ge=1, description="first two terms drawn from 1..max_start")

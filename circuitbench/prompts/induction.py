@@ -8,14 +8,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Split, sample_split
+from circuitbench.prompts.base import Prompt, sample_split
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 
-class InductionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class InductionParams(GeneratorParams):
     name: Literal["induction"]
     min_len: int = Field(8, ge=2, description="shortest random half")
     max_len: int = Field(24, ge=2, description="longest random half")

@@ -8,10 +8,11 @@ import random
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Segment, Split, sample_split
+from circuitbench.prompts.base import Prompt, Segment, sample_split
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 DEFAULT_TEMPLATES = [
     "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
@@ -33,8 +34,8 @@ DEFAULT_OBJECTS = ["drink", "ring", "book", "bone", "basketball", "computer", "n
 _SLOT = re.compile(r"\{(A|B|S|PLACE|OBJECT)\}")
 
 
-class IOIParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+class IOIParams(GeneratorParams):
+    model_config = ConfigDict(validate_default=True)
     name: Literal["ioi"]
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     names: list[str] = Field(default_factory=lambda: list(DEFAULT_NAMES), min_length=5)
@@ -53,7 +54,8 @@ class IOIParams(BaseModel):
             if t.index("{S}") < max(t.index("{A}"), t.index("{B}")):
                 raise ValueError(f"template {t!r}: {{S}} must come after {{A}} and {{B}}")
             if t.startswith(("{A}", "{B}", "{S}")):
-                raise ValueError(f"template {t!r}: start with a word, not a name (names are single tokens only after a space)")
+                raise ValueError(
+                    f"template {t!r}: start with a word, not a name (names are single tokens only after a space)")
         return templates
 
     @model_validator(mode="after")

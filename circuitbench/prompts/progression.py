@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Split, number_list_segments, sample_split, shuffled_unlike
+from circuitbench.prompts.base import Prompt, number_list_segments, sample_split, shuffled_unlike
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 
-class _ProgressionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _ProgressionParams(GeneratorParams):
     min_length: int = Field(4, ge=3, le=20, description="fewest terms shown")
     max_length: int = Field(5, ge=3, le=20, description="most terms shown")
     max_start: int = Field(30, ge=1, description="first term drawn from 1..max_start")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Segment, Split, sample_split, shuffled_unlike
+from circuitbench.prompts.base import Prompt, Segment, sample_split, shuffled_unlike
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 FAMILIES: dict[str, list[str]] = {
     "numbers": [str(i) for i in range(1, 100)],
@@ -27,12 +28,12 @@ FAMILIES: dict[str, list[str]] = {
 CYCLIC = {"months", "days"}
 
 
-class SequenceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SequenceParams(GeneratorParams):
     name: Literal["sequence"]
     family: Literal["numbers", "numwords", "months", "days", "letters", "custom"]
     items: list[str] | None = Field(None, description="the ordered items, for family: custom")
-    min_length: int = Field(3, ge=3, description="fewest items shown (3+: the counterfactual reorders all but the first)")
+    min_length: int = Field(3, ge=3,
+                            description="fewest items shown (3+: the counterfactual reorders all but the first)")
     max_length: int = Field(6, ge=2, description="most items shown")
     wrap: bool | None = Field(None, description="allow crossing the end (default: months, days)")
     form: Literal["list", "sentence"] = "list"

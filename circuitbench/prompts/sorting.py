@@ -7,14 +7,14 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from circuitbench.prompts import GENERATORS, Generator
-from circuitbench.prompts.base import Prompt, Segment, Split, sample_split
+from circuitbench.prompts.base import Prompt, Segment, sample_split
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import Split
 
 
-class SortingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SortingParams(GeneratorParams):
     name: Literal["sorting"]
     list_length: int = Field(5, ge=2, le=30)
     max_value: int = Field(50, ge=3, description="values drawn from 0..max_value-1")

@@ -1,0 +1,80 @@
+"""Circuit: a set of heads chosen from head scores by a recorded rule, with JSON in/out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.specs.task import CircuitRule
+
+Head = tuple[int, int]
+
+
+def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:
+    """Every (layer, head), largest score first (|score| or signed); ties: lower layer, then lower
+    head first, for determinism."""
+    values = np.abs(scores) if by == "abs" else scores
+    return [(int(l), int(h)) for l, h in sorted(np.ndindex(*scores.shape), key=lambda lh: (-values[lh], lh))]
+
+
+class Circuit(BaseModel):
+    """Heads as [layer, head]; `scores` is the [n_layers, n_heads] array they were chosen from."""
+
+    model_config = ConfigDict(extra="forbid")
+    heads: list[Head]
+    n_layers: int | None = None
+    n_heads: int | None = None
+    scores: list[list[float]] | None = None
+    method: str | None = None
+    rule: dict[str, object] = Field(default_factory=dict)
+    label: str | None = None
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, rule: CircuitRule, method: str) -> "Circuit":
+        """Pick heads by top_k / threshold / fraction on |score| or signed score (ties: lower
+        layer, then lower head first, for determinism)."""
+        values = np.abs(scores) if rule.by == "abs" else scores
+        n_layers, n_heads = scores.shape
+        order = ranked_heads(scores, rule.by)
+        if rule.top_k is not None:
+            chosen = order[: rule.top_k]
+        elif rule.fraction is not None:
+            chosen = order[: max(1, round(rule.fraction * scores.size))]
+        else:
+            assert rule.threshold is not None
+            chosen = [lh for lh in order if values[lh] >= rule.threshold]
+        return cls(
+            heads=sorted((int(l), int(h)) for l, h in chosen),
+            n_layers=n_layers,
+            n_heads=n_heads,
+            scores=scores.tolist(),
+            method=method,
+            rule=rule.model_dump(exclude_none=True),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "Circuit":
+        """Any JSON with "heads": [[layer, head], ...] (a RunResult qualifies)."""
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CircuitbenchError(f"{path}: cannot read circuit JSON ({e}).") from None
+        source = raw.get("circuit") if isinstance(raw.get("circuit"), dict) else raw
+        if not isinstance(source, dict) or "heads" not in source:
+            raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor circuit.heads).")
+        try:
+            heads = [(int(l), int(h)) for l, h in source["heads"]]
+        except (TypeError, ValueError):
+            raise CircuitbenchError(f"{path}: \"heads\" must be a list of [layer, head] pairs.") from None
+        model = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
+        task = raw.get("task", {}) if isinstance(raw.get("task"), dict) else {}
+        method = source.get("method")
+        # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
+        scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
+        label = f"{model['name']}/{task['name']}" if model.get("name") and task.get("name") else path.stem
+        return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
+                   n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
+                   rule=source.get("rule") or {}, label=raw.get("label", label))

@@ -1,0 +1,90 @@
+"""The one hook-name grammar: sites in the forward pass, named by what they hold.
+
+A `Site` is what a method asks for ("head outputs at layer 3"); only this package turns it into
+a TransformerLens hook name. Its text form (`z.3`, `resid_pre.0`, `embed`) also keys cached
+activations.
+
+    embed          token embeddings               [batch, pos, d_model]
+    resid_pre.L    residual stream into block L   [batch, pos, d_model]
+    z.L            attention head outputs          [batch, pos, n_heads, d_head] (before W_O)
+    pattern.L      attention patterns              [batch, n_heads, query, key]
+    attn_out.L     attention output of block L     [batch, pos, d_model]
+    mlp_out.L      MLP output of block L           [batch, pos, d_model]
+    resid_post.L   residual stream out of block L  [batch, pos, d_model]
+    unembed_in     input of the unembedding        [batch, pos, d_model]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SiteKind = Literal["embed", "resid_pre", "z", "pattern", "attn_out", "mlp_out", "resid_post", "unembed_in"]
+PER_LAYER: frozenset[str] = frozenset({"resid_pre", "z", "pattern", "attn_out", "mlp_out", "resid_post"})
+
+# TransformerLens 4 bridge compatibility names; the bridge may rename its own hook points, so
+# nothing is ever keyed on hook.name.
+_TL_NAMES: dict[str, str] = {
+    "embed": "hook_embed",
+    "resid_pre": "blocks.{layer}.hook_in",
+    "z": "blocks.{layer}.attn.hook_z",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "attn_out": "blocks.{layer}.attn.hook_out",
+    "mlp_out": "blocks.{layer}.mlp.hook_out",
+    "resid_post": "blocks.{layer}.hook_out",
+    "unembed_in": "unembed.hook_in",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    kind: SiteKind
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind in PER_LAYER) != (self.layer is not None):
+            raise ValueError(f"site '{self.kind}' {'needs' if self.kind in PER_LAYER else 'takes no'} layer")
+
+    def __str__(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Site":
+        kind, _, layer = text.partition(".")
+        return cls(kind, int(layer) if layer else None)  # type: ignore[arg-type]
+
+
+def embed() -> Site:
+    return Site("embed")
+
+
+def resid_pre(layer: int) -> Site:
+    return Site("resid_pre", layer)
+
+
+def head_outputs(layer: int) -> Site:
+    return Site("z", layer)
+
+
+def attention_pattern(layer: int) -> Site:
+    return Site("pattern", layer)
+
+
+def attn_out(layer: int) -> Site:
+    return Site("attn_out", layer)
+
+
+def mlp_out(layer: int) -> Site:
+    return Site("mlp_out", layer)
+
+
+def resid_post(layer: int) -> Site:
+    return Site("resid_post", layer)
+
+
+def unembed_in() -> Site:
+    return Site("unembed_in")
+
+
+def tl_hook_name(site: Site) -> str:
+    """The TransformerLens bridge hook point of a site (models/ only)."""
+    return _TL_NAMES[site.kind].format(layer=site.layer)

@@ -1,0 +1,297 @@
+"""Tokenize and validate a PromptSet for one model's tokenizer.
+
+Prompts that cannot be used (multi-token answer, clean and corrupted of different token length,
+segments that tokenize differently on their own) are dropped and counted with reasons and
+examples; if more than `max_drop_fraction` would go, the run stops with a message instead.
+Padding is on the right: with causal attention no real token ever sees a pad, so no attention
+mask is needed and absolute positions stay exact.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import torch
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.prompts.base import Prompt, PromptSet
+from circuitbench.prompts.generate import generate_prompts
+from circuitbench.specs.registries import GENERATORS
+from circuitbench.specs.task import TaskSpec
+
+
+class TextTokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What encoding needs from a model: its tokenizer, BOS handling and random-token pool."""
+
+    tokenizer: TextTokenizer
+    bos_id: int | None
+    pad_id: int
+    token_pool: list[int]  # ids symbol prompts draw from (no special tokens)
+
+
+@dataclass
+class DropReport:
+    n_total: int
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.reasons.values())
+
+    def drop(self, reason: str, example: str) -> None:
+        self.reasons[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(example)
+
+
+@dataclass
+class Batch:
+    """A slice of encoded prompts, trimmed to its own longest prompt.
+
+    tokens, corrupted: [batch, pos] (corrupted may be None); lengths, answer, distractor: [batch];
+    positions: name -> [batch] token index; score_mask: [batch, pos] bool over *target* positions
+    (True where the token at that position is a scored target of sequence losses).
+    """
+
+    tokens: torch.Tensor
+    corrupted: torch.Tensor | None
+    lengths: torch.Tensor
+    answer: torch.Tensor
+    distractor: torch.Tensor
+    positions: dict[str, torch.Tensor]
+    score_mask: torch.Tensor
+    # What sequence losses predict: the clean tokens, also when `tokens` holds the corrupted
+    # prompt (a corrupted run is scored on the clean task, as answer metrics are).
+    targets: torch.Tensor | None = None
+
+    @property
+    def target_tokens(self) -> torch.Tensor:
+        return self.tokens if self.targets is None else self.targets
+
+    def as_corrupted(self) -> "Batch":
+        """The corrupted prompts as input, still scored against the clean answers and tokens."""
+        assert self.corrupted is not None
+        return Batch(self.corrupted, None, self.lengths, self.answer, self.distractor, self.positions, self.score_mask,
+                     targets=self.target_tokens)
+
+    @property
+    def end(self) -> torch.Tensor:
+        return self.positions["END"]
+
+    def repeated(self, copies: int) -> "Batch":
+        """The batch stacked `copies` times (copy-major: row c * B + b)."""
+        rep = lambda t: t.repeat(copies, *([1] * (t.dim() - 1)))  # noqa: E731
+        return Batch(
+            tokens=rep(self.tokens), corrupted=None if self.corrupted is None else rep(self.corrupted),
+            lengths=rep(self.lengths), answer=rep(self.answer), distractor=rep(self.distractor),
+            positions={k: rep(v) for k, v in self.positions.items()}, score_mask=rep(self.score_mask),
+            targets=None if self.targets is None else rep(self.targets),
+        )
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class EncodedPrompts:
+    """All kept prompts of a task for one model, right-padded; index i is kept prompt i."""
+
+    texts: list[str]
+    tokens: torch.Tensor  # [n, pos]
+    corrupted: torch.Tensor | None  # [n, pos]
+    lengths: torch.Tensor  # [n]
+    answer: torch.Tensor  # [n], -1 when the task has none
+    distractor: torch.Tensor  # [n]
+    positions: dict[str, torch.Tensor]  # name -> [n]
+    score_mask: torch.Tensor  # [n, pos]
+    has_answer: bool
+    report: DropReport
+    prompt_hash: str  # sha256 of the generated PromptSet: same spec + seed -> same hash anywhere
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def batch(self, start: int, stop: int) -> Batch:
+        width = int(self.lengths[start:stop].max())
+        return Batch(
+            tokens=self.tokens[start:stop, :width],
+            corrupted=None if self.corrupted is None else self.corrupted[start:stop, :width],
+            lengths=self.lengths[start:stop],
+            answer=self.answer[start:stop],
+            distractor=self.distractor[start:stop],
+            positions={k: v[start:stop] for k, v in self.positions.items()},
+            score_mask=self.score_mask[start:stop, :width],
+        )
+
+    def batches(self, batch_size: int) -> list[Batch]:
+        return [self.batch(i, min(i + batch_size, len(self))) for i in range(0, len(self), batch_size)]
+
+    def without_corrupted(self) -> "EncodedPrompts":
+        """The same prompts with no counterfactuals (metrics on clean prompts only)."""
+        return replace(self, corrupted=None)
+
+    def subset(self, start: int, stop: int) -> "EncodedPrompts":
+        """Prompts start..stop-1 as a shard of this set: the padded width, drop report and prompt
+        hash stay those of the whole set (batches trim to their own longest prompt anyway)."""
+        return EncodedPrompts(
+            texts=self.texts[start:stop],
+            tokens=self.tokens[start:stop],
+            corrupted=None if self.corrupted is None else self.corrupted[start:stop],
+            lengths=self.lengths[start:stop],
+            answer=self.answer[start:stop],
+            distractor=self.distractor[start:stop],
+            positions={k: v[start:stop] for k, v in self.positions.items()},
+            score_mask=self.score_mask[start:stop],
+            has_answer=self.has_answer,
+            report=self.report,
+            prompt_hash=self.prompt_hash,
+        )
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _single_token(vocab: Vocabulary, text: str, what: str) -> int:
+    ids = vocab.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise _Drop(f"{what} is not a single token")
+    return ids[0]
+
+
+def _encode_segments(vocab: Vocabulary, prompt: Prompt, corrupted: bool) -> tuple[list[int], dict[str, int]]:
+    segments = prompt.corrupted_segments if corrupted else prompt.segments
+    assert segments is not None
+    ids: list[int] = [] if vocab.bos_id is None else [vocab.bos_id]
+    positions: dict[str, int] = {}
+    for seg in segments:
+        ids.extend(vocab.tokenizer.encode(seg.text, add_special_tokens=False))
+        if seg.label is not None:
+            positions[seg.label] = len(ids) - 1
+    whole = vocab.tokenizer.encode("".join(s.text for s in segments), add_special_tokens=False)
+    offset = 0 if vocab.bos_id is None else 1
+    if ids[offset:] != whole:
+        # Segment-wise tokenization must equal the real one, or named positions would lie.
+        raise _Drop("segments tokenize differently from the whole prompt")
+    return ids, positions
+
+
+def _encode_symbols(vocab: Vocabulary, symbols: list[int], named: dict[str, int]) -> tuple[list[int], dict[str, int]]:
+    if max(symbols) >= len(vocab.token_pool):
+        raise _Drop("symbol outside the model's token pool (n_symbols too large)")
+    ids = [vocab.token_pool[s] for s in symbols]
+    offset = 0
+    if vocab.bos_id is not None:
+        ids = [vocab.bos_id] + ids
+        offset = 1
+    return ids, {k: v + offset for k, v in named.items()}
+
+
+def encode_prompts(
+    prompt_set: PromptSet,
+    vocab: Vocabulary,
+    *,
+    has_answer: bool,
+    n_ctx: int,
+    max_drop_fraction: float,
+    unk_id: int | None = None,
+) -> EncodedPrompts:
+    report = DropReport(n_total=len(prompt_set.prompts))
+    rows: list[tuple[str, list[int], list[int] | None, int, int, dict[str, int], int]] = []
+    for prompt in prompt_set.prompts:
+        try:
+            if prompt.symbols is not None:
+                ids, pos = _encode_symbols(vocab, prompt.symbols, prompt.symbol_positions)
+                cids = (
+                    None
+                    if prompt.corrupted_symbols is None
+                    else _encode_symbols(vocab, prompt.corrupted_symbols, prompt.symbol_positions)[0]
+                )
+            else:
+                ids, pos = _encode_segments(vocab, prompt, corrupted=False)
+                cids = None
+                if prompt.corrupted_segments is not None:
+                    cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
+                    if len(cids) != len(ids) or cpos != pos:
+                        raise _Drop("clean and corrupted prompts differ in token length")
+            if unk_id is not None and (unk_id in ids or (cids is not None and unk_id in cids)):
+                raise _Drop("prompt has tokens outside the model's vocabulary")
+            if len(ids) > n_ctx:
+                raise _Drop(f"prompt longer than the model's context ({n_ctx} tokens)")
+            answer = distractor = -1
+            if has_answer:
+                assert prompt.answer is not None and prompt.distractor is not None
+                answer = _single_token(vocab, prompt.answer, "answer")
+                distractor = _single_token(vocab, prompt.distractor, "distractor")
+                if unk_id is not None and unk_id in (answer, distractor):
+                    raise _Drop("answer or distractor outside the model's vocabulary")
+            pos["END"] = len(ids) - 1
+            # Sequence losses score the tokens strictly after `score_from` (default: after BOS).
+            score_from = pos[prompt.score_from] + 1 if prompt.score_from else 1
+            rows.append((prompt.text, ids, cids, answer, distractor, pos, score_from))
+        except _Drop as drop:
+            example = prompt.text if not has_answer else f"{prompt.text!r} -> {prompt.answer!r}"
+            report.drop(drop.reason, example)
+
+    if report.n_total and report.n_dropped / report.n_total > max_drop_fraction:
+        lines = "; ".join(
+            f"{reason}: {count} (e.g. {', '.join(report.examples[reason])})"
+            for reason, count in report.reasons.most_common()
+        )
+        raise CircuitbenchError(
+            f"Task '{prompt_set.task}': {report.n_dropped} of {report.n_total} prompts would be "
+            f"dropped for this tokenizer (limit {max_drop_fraction:.0%}). {lines}. Choose a model "
+            "whose tokenizer has these answers as single tokens, change the task's pools, or "
+            "raise max_drop_fraction in the task YAML."
+        )
+    if not rows:
+        raise CircuitbenchError(f"Task '{prompt_set.task}': no prompts to run.")
+
+    n, width = len(rows), max(len(r[1]) for r in rows)
+    tokens = torch.full((n, width), vocab.pad_id, dtype=torch.long)
+    corrupted = torch.full((n, width), vocab.pad_id, dtype=torch.long) if rows[0][2] is not None else None
+    score_mask = torch.zeros((n, width), dtype=torch.bool)
+    names = set.intersection(*(set(r[5]) for r in rows))
+    positions = {name: torch.empty(n, dtype=torch.long) for name in sorted(names)}
+    for i, (_, ids, cids, _, _, pos, score_from) in enumerate(rows):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        if corrupted is not None and cids is not None:
+            corrupted[i, : len(cids)] = torch.tensor(cids)
+        score_mask[i, score_from : len(ids)] = True
+        for name in names:
+            positions[name][i] = pos[name]
+    return EncodedPrompts(
+        texts=[r[0] for r in rows],
+        tokens=tokens,
+        corrupted=corrupted,
+        lengths=torch.tensor([len(r[1]) for r in rows]),
+        answer=torch.tensor([r[3] for r in rows]),
+        distractor=torch.tensor([r[4] for r in rows]),
+        positions=positions,
+        score_mask=score_mask,
+        has_answer=has_answer,
+        report=report,
+        prompt_hash=hashlib.sha256(prompt_set.model_dump_json().encode()).hexdigest()[:16],
+    )
+
+
+def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int) -> EncodedPrompts:
+    """Generate the task's prompts and encode them for one tokenizer (drops counted)."""
+    return encode_prompts(
+        generate_prompts(spec),
+        vocab,
+        has_answer=GENERATORS.get(spec.generator.name).has_answer,
+        n_ctx=n_ctx,
+        max_drop_fraction=spec.max_drop_fraction,
+        unk_id=unk_id,
+    )

@@ -1,0 +1,18 @@
+"""A task's prompts from its spec: the registered generator, the spec's count, seed and split."""
+from __future__ import annotations
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.prompts.base import PromptSet
+from circuitbench.specs.registries import GENERATORS
+from circuitbench.specs.task import TaskSpec
+
+
+def generate_prompts(spec: TaskSpec) -> PromptSet:
+    """Deterministic for a spec: the same prompts on any machine (a local RNG seeded from it)."""
+    generator = GENERATORS.get(spec.generator.name)
+    n = None if spec.n_prompts == "all" else spec.n_prompts
+    try:
+        prompts = generator.generate(spec.generator, n, spec.seed, spec.split)
+    except CircuitbenchError as e:
+        raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
+    return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)

@@ -1,0 +1,123 @@
+"""RunResult: one JSON per (model, task) unit, with the effective spec, the run options and
+provenance. `RunResult.model_json_schema()` is the documented schema (docs/result.schema.json)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from circuitbench.scores.evaluation import SplitMetrics
+
+SCHEMA_VERSION = 2
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorInfo(_Strict):
+    """Why a unit failed."""
+
+    type: str = Field(description="exception type, e.g. CircuitbenchError (a user mistake) or RuntimeError")
+    message: str = Field(description="the error message")
+    user_error: bool = Field(description="a mistake the user can fix (exit code 2), not a bug or a crash")
+    traceback: str | None = Field(None, description="where a bug or crash happened (None for user mistakes)")
+
+
+class TaskInfo(_Strict):
+    """The task as it ran (prompt counts are None when a unit failed before its prompts were encoded)."""
+
+    name: str = Field(description="task id")
+    version: int = Field(description="task version (bumped when its prompts or metrics change meaning)")
+    spec_hash: str = Field(description="hash of the effective spec: same hash, same prompts and computation")
+    content_hash: str = Field(description="hash of version, prompt distribution and metrics: same hash, comparable")
+    spec: dict[str, Any] = Field(description="the effective TaskSpec as run (run options applied)")
+    split: str = Field(description="the split the task ran on")
+    main_metric: str = Field(description="the metric methods score and circuits keep")
+    prompt_hash: str | None = Field(None, description="hash of the generated prompts, before tokenization")
+    n_prompts: int | None = Field(None, description="prompts evaluated (after drops)")
+    n_dropped: int = Field(0, description="prompts dropped for this tokenizer")
+    dropped_reasons: dict[str, int] = Field(default_factory=dict, description="reason -> count")
+    dropped_examples: dict[str, list[str]] = Field(default_factory=dict, description="reason -> up to 3 examples")
+
+
+class ModelInfo(_Strict):
+    """The model as loaded (shape fields are None when loading failed)."""
+
+    name: str = Field(description="registry name, or a local directory's folder name, or the hub id")
+    source: str = Field(description="hub id or resolved directory")
+    revision: str | None = Field(None, description="hub revision of pretrained weights")
+    init: Literal["pretrained", "random"] = Field(description="random: seeded random weights (a baseline)")
+    dtype: str = Field(description="weights dtype")
+    n_layers: int | None = Field(None, description="transformer blocks")
+    n_heads: int | None = Field(None, description="attention heads per block")
+    n_params: int | None = Field(None, description="parameters of the loaded model")
+    tokenizer: str | None = Field(None, description="where the tokenizer came from")
+
+
+class RunInfo(_Strict):
+    """How the unit ran."""
+
+    seed: int = Field(description="prompt seed (and random-init seed)")
+    batch_size: int | None = Field(None, description="prompts per forward pass (None: failed before it was chosen)")
+    device: str = Field(description="where the model ran (cpu, cuda:0, ...)")
+    started_at: str = Field(description="ISO time (UTC)")
+    duration_s: float = Field(description="this unit's prompts, metrics and methods, in seconds")
+    model_load_s: float = Field(0.0, description="loading the model (shared by the units that ran on it)")
+    peak_memory_mb: float = Field(description="process peak RSS (and CUDA peak) at the end of the unit")
+    versions: dict[str, str] = Field(description="python and package versions")
+    git: str | None = Field(description="commit of a source checkout ('-dirty': uncommitted changes)")
+    command: str | None = Field(None, description="the command line, when run from the CLI")
+    options: dict[str, Any] = Field(default_factory=dict, description="the RunOptions of the run")
+    plugins: list[str] = Field(default_factory=list, description="plugins loaded (entry points, --plugin)")
+    world_size: int = Field(1, description="data-parallel processes that shared the prompts")
+    device_map: str | None = Field(None, description="'auto': the HF model was spread over devices by accelerate")
+    cache: dict[str, int] = Field(default_factory=dict, description="activation cache {hits, misses}; empty: off")
+
+
+class CircuitInfo(_Strict):
+    """The circuit chosen by the task's rule, with its faithfulness."""
+
+    method: str = Field(description="the head scores it was chosen from")
+    rule: dict[str, object] = Field(description="the circuit rule (top_k | threshold | fraction, by, ablation)")
+    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅))")
+    m_circuit: float | None = Field(None, description="main metric (higher = better) with only the circuit kept")
+    m_full: float | None = Field(None, description="main metric of the full model, m(M)")
+    m_empty: float | None = Field(None, description="main metric with every head ablated, m(∅)")
+    ablation: str | None = Field(None, description="how heads outside the circuit were removed")
+    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f)")
+    cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
+    cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+
+
+class RunResult(_Strict):
+    """One (model, task) unit: complete with its numbers, or failed with the error."""
+
+    schema_version: int = Field(SCHEMA_VERSION, description="bumped when the layout changes")
+    status: Literal["complete", "failed"] = Field(description="complete: every number below; failed: see error")
+    error: ErrorInfo | None = Field(None, description="why the unit failed (status failed only)")
+    task: TaskInfo = Field(description="the task as it ran")
+    model: ModelInfo = Field(description="the model as loaded")
+    run: RunInfo = Field(description="how the unit ran: options, software, timings, memory")
+    metrics: dict[str, float] = Field(default_factory=dict, description="metric id -> mean on clean prompts")
+    metrics_stderr: dict[str, float] = Field(default_factory=dict, description="metric id -> standard error")
+    metrics_corrupted: dict[str, float] = Field(
+        default_factory=dict, description="metric id -> mean on corrupted prompts")
+    metrics_by_split: dict[str, SplitMetrics] = Field(
+        default_factory=dict, description="split -> metrics, for the task's report_splits and its own split")
+    head_scores: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="method -> [n_layers][n_heads] scores")
+    method_agreement: dict[str, float] = Field(
+        default_factory=dict, description="e.g. Spearman correlation of exact vs attribution patching")
+    traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
+    circuit: CircuitInfo | None = Field(None, description="the circuit the task's rule chose, with its faithfulness")
+
+    @model_validator(mode="after")
+    def _status_fields(self) -> "RunResult":
+        if self.status == "failed" and self.error is None:
+            raise ValueError("a failed result needs its error")
+        if self.status == "complete" and (self.error is not None or self.task.n_prompts is None
+                                          or self.model.n_layers is None or self.run.batch_size is None):
+            raise ValueError("a complete result has prompts, a loaded model and a batch size, and no error")
+        return self

@@ -1,0 +1,374 @@
+"""On-disk cache of a run unit's unpatched forwards, so that adding a method (or rerunning a
+unit) does not recompute them.
+
+What is stored, per key (model identity, init, dtype, device type, prompts and their tokens),
+for the clean and the corrupted prompts separately:
+
+- `<input>.metrics.safetensors`: per-prompt metric values [n], one tensor per metric id. These
+  are what `evaluation.evaluate` produces; a few bytes per prompt, where END logits would be
+  n × vocab (13 MB for 64 GPT-2 prompts) and full logits n × pos × vocab, and would still not
+  serve the sequence metrics. A metric not yet cached recomputes the evaluation forwards.
+- `<input>.base_runs.safetensors`: what the patching methods start from, the block inputs
+  (`resid_pre.L`) and head outputs (`z.L`) of every layer, named as models/hooks.py names sites, plus the
+  per-prompt values of the metric they were scored with (`metric.<id>`), in the model's dtype.
+
+Tensors are stored per prompt at the width of the longest prompt ([n, width, ...], pad
+positions included), so any batch size reads them back: a batch is rows [start:stop] trimmed to
+its own width, and with causal attention those are exactly the values it would compute.
+
+Each entry is a directory `<root>/v1/<key digest>/` with a JSON manifest (key, task, sizes,
+sha256 of every file, created/last used, hits). Files are written to a temp name and renamed; a
+file whose size or sha256 does not match its manifest record (truncated, half-written, edited)
+is deleted and recomputed, never trusted and never a crash. A failed write only warns.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from circuitbench.environment import package_versions
+from circuitbench.errors import CircuitbenchError
+from circuitbench.files import write_atomic
+from circuitbench.models import hooks, loaded, loading, resume, toy
+from circuitbench.models.fingerprint import weights_fingerprint
+from circuitbench.models.loaded import LoadedModel
+from circuitbench.models.memory import available_memory_bytes
+from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores import interventions, metrics
+from circuitbench.scores.interventions import Input
+from circuitbench.specs.options import RunOptions
+
+CACHE_ENV = "CIRCUITBENCH_CACHE"
+FORMAT_VERSION = 1  # bump when what a file holds changes: old entries then simply miss
+MANIFEST = "manifest.json"
+# Libraries whose versions can change the numbers (a bridge fix, a new kernel).
+SOFTWARE = ("circuitbench", "torch", "transformers", "transformer-lens")
+# Our modules that compute what is cached (metrics, model loading, the forward and its hooks, the
+# base runs): an edit to one of them changes the key, so a development checkout never reads
+# numbers its code would not give.
+CODE_MODULES: tuple[ModuleType, ...] = (metrics, interventions, hooks, loaded, loading, resume, toy)
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """$CIRCUITBENCH_CACHE, else ~/.cache/circuitbench."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "circuitbench"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CacheKey(BaseModel):
+    """Everything that changes the cached numbers, and nothing else (batch size does not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: int = FORMAT_VERSION
+    model: str
+    source: str
+    revision: str | None
+    weights: str  # models/fingerprint.py: weight bytes, file stats, commit, config, init seed
+    init: Literal["pretrained", "random"]
+    init_seed: int | None
+    dtype: str
+    device: str  # device type: cpu and cuda kernels differ in the last bits
+    prompt_hash: str  # the generated prompts
+    tokens_hash: str  # and how this model's tokenizer encoded them
+    software: dict[str, str]
+    code: str  # sha256 of CODE_MODULES
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:24]
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bytes: int
+    sha256: str
+
+
+class CacheManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: CacheKey
+    task: str  # for display: the key already pins the prompts
+    n_prompts: int
+    created_at: str
+    last_used_at: str
+    hits: int = 0
+    files: dict[str, FileRecord] = Field(default_factory=dict)
+
+
+def tokens_hash(data: EncodedPrompts) -> str:
+    """sha256 of every tensor a metric or method reads (tokens, answers, positions, masks)."""
+    h = hashlib.sha256()
+    named = {"tokens": data.tokens, "corrupted": data.corrupted, "lengths": data.lengths, "answer": data.answer,
+             "distractor": data.distractor, "score_mask": data.score_mask,
+             **{f"position.{k}": v for k, v in sorted(data.positions.items())}}
+    for name, tensor in named.items():
+        h.update(f"{name}:{None if tensor is None else (tuple(tensor.shape), str(tensor.dtype))};".encode())
+        if tensor is not None:
+            h.update(tensor.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _code_hash() -> str:
+    h = hashlib.sha256()
+    for module in CODE_MODULES:
+        assert module.__file__ is not None
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model: LoadedModel, data: EncodedPrompts) -> CacheKey:
+    return CacheKey(
+        model=model.name, source=model.source, revision=model.revision, weights=weights_fingerprint(model),
+        init=model.init, init_seed=model.init_seed, dtype=model.dtype, device=model.device.type,
+        prompt_hash=data.prompt_hash, tokens_hash=tokens_hash(data), software=package_versions(SOFTWARE),
+        code=_code_hash(),
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CacheEntry:
+    """One key's directory, used by one run unit; counts its hits and misses.
+
+    A hit is a lookup served from disk (the metric values of one input, or its base runs); a
+    miss is one that had to be computed."""
+
+    def __init__(self, path: Path, key: CacheKey, task: str, n_prompts: int) -> None:
+        self.path = path
+        self.key = key
+        self.hits = 0
+        self.misses = 0
+        self._writable = True
+        self._verified: dict[str, FileRecord] = {}  # files checked against the manifest this run
+        self.manifest = self._open_manifest(task, n_prompts)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+    def _open_manifest(self, task: str, n_prompts: int) -> CacheManifest:
+        path = self.path / MANIFEST
+        try:
+            manifest = CacheManifest.model_validate_json(path.read_text())
+            if manifest.key == self.key:
+                return manifest
+        except FileNotFoundError:
+            pass  # a new entry (files without a record are never read, only overwritten)
+        except (OSError, ValueError, ValidationError):
+            # Unreadable or someone else's: its files cannot be trusted.
+            for stale in self.path.iterdir():
+                stale.unlink(missing_ok=True)
+        now = _now()
+        return CacheManifest(key=self.key, task=task, n_prompts=n_prompts, created_at=now, last_used_at=now)
+
+    def _warn_unwritable(self, err: Exception) -> None:
+        if self._writable:
+            log.warning("activation cache %s not written (%s); continuing without it.", self.path, err)
+        self._writable = False
+
+    def _write_manifest(self) -> None:
+        if not self._writable:
+            return
+        try:
+            write_atomic(self.path / MANIFEST, self.manifest.model_dump_json(indent=2) + "\n")
+        except OSError as e:
+            self._warn_unwritable(e)
+
+    def _file(self, which: Input, group: str) -> Path:
+        return self.path / f"{which}.{group}.safetensors"
+
+    def _load(self, which: Input, group: str) -> dict[str, torch.Tensor] | None:
+        """The file's tensors if it matches its manifest record (size, sha256), else None (and
+        a bad file is deleted so it is recomputed)."""
+        path = self._file(which, group)
+        record = self.manifest.files.get(path.name)
+        if record is None:
+            return None
+        try:
+            if self._verified.get(path.name) != record:
+                if path.stat().st_size != record.bytes or _sha256(path) != record.sha256:
+                    raise ValueError("size or checksum differs from the manifest")
+                self._verified[path.name] = record
+            return load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as e:
+            log.warning("cache file %s is damaged (%s); recomputing it.", path, e)
+            path.unlink(missing_ok=True)
+            self.manifest.files.pop(path.name, None)
+            self._verified.pop(path.name, None)
+            self._write_manifest()
+            return None
+
+    def _save(self, which: Input, group: str, tensors: dict[str, torch.Tensor]) -> None:
+        if not self._writable:
+            return
+        path = self._file(which, group)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
+            record = FileRecord(bytes=tmp.stat().st_size, sha256=_sha256(tmp))
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as e:
+            tmp.unlink(missing_ok=True)
+            self._warn_unwritable(e)
+            return
+        self.manifest.files[path.name] = record
+        self._verified[path.name] = record
+        self._write_manifest()
+
+    def _record(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+            self.manifest.hits += 1
+            self.manifest.last_used_at = _now()
+            self._write_manifest()
+        else:
+            self.misses += 1
+
+    def read(self, which: Input, group: str, required: list[str]) -> dict[str, torch.Tensor] | None:
+        """The stored tensors of `which`/`group` if all `required` names are there (a hit)."""
+        tensors = self._load(which, group)
+        hit = tensors is not None and all(name in tensors for name in required)
+        self._record(hit)
+        return tensors if hit else None
+
+    def save(self, which: Input, group: str, tensors: dict[str, torch.Tensor], merge: bool = False) -> None:
+        """Store tensors [n, ...] (all prompts); `merge` keeps names already stored."""
+        if merge:
+            tensors = {**(self._load(which, group) or {}), **tensors}
+        self._save(which, group, tensors)
+
+    def room_for(self, nbytes: int) -> bool:
+        """Whether an entry of `nbytes` may be built: it is held in memory while it is filled."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            disk = shutil.disk_usage(self.path).free
+        except OSError:
+            return False
+        return nbytes < disk // 2 and nbytes < available_memory_bytes(torch.device("cpu")) // 4
+
+
+def metrics_through_cache(
+    entry: CacheEntry | None,
+    names: list[str],
+    has_corrupted: bool,
+    compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-prompt metric values (clean, corrupted) as `compute` (evaluation.evaluate) returns them:
+    read from the entry when every metric is stored for both inputs, else computed and stored."""
+    if entry is None:
+        return compute()
+    clean = entry.read("clean", "metrics", names)
+    corrupted = entry.read("corrupted", "metrics", names) if has_corrupted else {}
+    if clean is not None and corrupted is not None:
+        return {n: clean[n] for n in names}, {n: corrupted[n] for n in names if n in corrupted}
+    clean, corrupted = compute()
+    entry.save("clean", "metrics", clean, merge=True)
+    if corrupted:
+        entry.save("corrupted", "metrics", corrupted, merge=True)
+    return clean, corrupted
+
+
+@dataclass
+class EntryInfo:
+    """One entry as `cache ls` shows it; manifest None when it is unreadable (then only `clear`
+    applies to it)."""
+
+    path: Path
+    manifest: CacheManifest | None
+    size_bytes: int
+
+    @property
+    def last_used(self) -> datetime:
+        if self.manifest is not None:
+            return datetime.fromisoformat(self.manifest.last_used_at)
+        return datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
+
+
+class ActivationCache:
+    """A cache directory: `<root>/v1/<key digest>/` per entry."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.entries_dir = self.root / f"v{FORMAT_VERSION}"
+
+    def check_writable(self) -> None:
+        """Fail early, with what to do, when entries cannot be written here."""
+        probe = self.entries_dir / f".probe-{os.getpid()}"
+        try:
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CircuitbenchError(
+                f"Cache directory {self.root}: cannot write there ({e.strerror or e}). Pass a writable "
+                f"--cache-dir, set ${CACHE_ENV}, or run with --no-cache."
+            ) from None
+
+    def entry(self, key: CacheKey, task: str, n_prompts: int) -> CacheEntry:
+        return CacheEntry(self.entries_dir / key.digest(), key, task, n_prompts)
+
+    def entries(self) -> list[EntryInfo]:
+        if not self.entries_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(p for p in self.entries_dir.iterdir() if p.is_dir()):
+            try:
+                manifest: CacheManifest | None = CacheManifest.model_validate_json((path / MANIFEST).read_text())
+            except (OSError, ValueError, ValidationError):
+                manifest = None
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            out.append(EntryInfo(path, manifest, size))
+        return out
+
+    def clear(self, model: str | None = None, older_than_days: float | None = None) -> list[EntryInfo]:
+        """Delete entries (of `model`; not used for more than `older_than_days`); unreadable
+        entries go whenever no model is named. Returns what was deleted."""
+        cutoff = None if older_than_days is None else datetime.now(timezone.utc) - timedelta(days=older_than_days)
+        removed = []
+        for info in self.entries():
+            if model is not None and (info.manifest is None or info.manifest.key.model != model):
+                continue
+            if cutoff is not None and info.last_used > cutoff:
+                continue
+            shutil.rmtree(info.path, ignore_errors=True)
+            removed.append(info)
+        return removed
+
+
+def check_cache_dir(options: RunOptions) -> None:
+    """Before any model loads: a run with the cache on needs a writable cache directory."""
+    if options.cache:
+        ActivationCache(options.cache_dir).check_writable()
+
+
+def open_run_cache(options: RunOptions, model: LoadedModel, data: EncodedPrompts, task: str) -> CacheEntry | None:
+    """The cache entry of one run unit, or None with --no-cache."""
+    if not options.cache:
+        return None
+    return ActivationCache(options.cache_dir).entry(cache_key(model, data), task, len(data))

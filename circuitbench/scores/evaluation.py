@@ -1,0 +1,89 @@
+"""Evaluating a task's metrics: per-prompt values on clean and corrupted prompts, mean ± stderr,
+and the same metrics on other splits side by side.
+
+Under a launcher every process evaluates its shard of the prompts and every process gets all
+values, in prompt order (see parallel.py)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models.loaded import LoadedModel
+from circuitbench.parallel import ONE_PROCESS, Processes
+from circuitbench.progress import ProgressFn, Steps, no_progress
+from circuitbench.prompts.encoding import EncodedPrompts, encode_task
+from circuitbench.specs.registries import METRICS
+from circuitbench.specs.task import TaskSpec
+
+
+class SplitMetrics(BaseModel):
+    """A task's metrics on one split."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_prompts: int = Field(description="prompts evaluated on this split (after drops)")
+    metrics: dict[str, float] = Field(description="metric id -> mean over prompts")
+    metrics_stderr: dict[str, float] = Field(description="metric id -> standard error of the mean")
+
+
+def evaluate(
+    model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int,
+    progress: ProgressFn = no_progress, processes: Processes = ONE_PROCESS,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-prompt metric values [n] on clean and (if defined) corrupted prompts."""
+    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
+    clean: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
+    corrupt: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
+    steps = Steps(progress, "metrics", len(shard))
+    for batch in shard.batches(batch_size):
+        logits = model.run(batch.tokens)
+        for m in metric_names:
+            clean[m].append(METRICS.get(m).compute(logits, batch).cpu())
+        if batch.corrupted is not None:
+            cb = batch.as_corrupted()
+            logits_c = model.run(cb.tokens)
+            for m in metric_names:
+                corrupt[m].append(METRICS.get(m).compute(logits_c, cb).cpu())
+        steps.advance(len(batch))
+    joined = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a shard may be empty)
+    clean_values = processes.concat({m: joined(v) for m, v in clean.items()})
+    if data.corrupted is None:
+        return clean_values, {}
+    return clean_values, processes.concat({m: joined(v) for m, v in corrupt.items()})
+
+
+def mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """(mean, standard error of the mean) of per-prompt values."""
+    v = values.double()
+    mean = float(v.mean())
+    stderr = float(v.std(unbiased=True) / len(v) ** 0.5) if len(v) > 1 else 0.0
+    return mean, stderr
+
+
+def summarise(values: dict[str, torch.Tensor], model: str, what: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(means, standard errors) per metric; a non-finite mean is an error naming the metric."""
+    means, stderrs = {}, {}
+    for name, v in values.items():
+        means[name], stderrs[name] = mean_stderr(v)
+        if not math.isfinite(means[name]):
+            raise CircuitbenchError(
+                f"Metric '{name}' is not finite ({means[name]}) on the {what} prompts of model '{model}': the model's "
+                "outputs contain NaN or inf.")
+    return means, stderrs
+
+
+def evaluate_report_splits(
+    spec: TaskSpec, model: LoadedModel, batch_size: int, progress: ProgressFn = no_progress,
+    processes: Processes = ONE_PROCESS,
+) -> dict[str, SplitMetrics]:
+    """The task's metrics on each of its `report_splits` (same prompt count and seed): a model
+    that memorised its training progressions scores high on train and low on test."""
+    out: dict[str, SplitMetrics] = {}
+    for split in spec.report_splits:
+        data = encode_task(spec.model_copy(update={"split": split}), model.vocab, model.unk_id, model.n_ctx)
+        clean, _ = evaluate(model, data.without_corrupted(), spec.metrics, batch_size, progress, processes)
+        means, stderrs = summarise(clean, model.name, f"{split}-split")
+        out[split] = SplitMetrics(n_prompts=len(data), metrics=means, metrics_stderr=stderrs)
+    return out

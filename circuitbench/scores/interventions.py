@@ -1,0 +1,319 @@
+"""The shared intervention engine every node method and faithfulness run on.
+
+- `base_runs`: each batch's unpatched clean / corrupted runs (block inputs, head outputs, the
+  main metric), read from the activation cache when there is one.
+- `metric_per_copy`: the batch re-run once per edit, re-entering at the edited layer from the
+  cached residual stream (blocks before it are skipped) with several edits stacked along the
+  batch axis, and only END unembedded for answer metrics. This is what makes exact patching fast;
+  the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and the
+  tests check it.
+- `mean_head_outputs`, `ablated_heads_metric`: mean-ablation values and the metric with a set of
+  heads ablated (faithfulness).
+
+Every metric here is oriented so that higher is better.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models import hooks
+from circuitbench.models.hooks import Site
+from circuitbench.models.loaded import Hook, LoadedModel
+from circuitbench.prompts.encoding import Batch, EncodedPrompts
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.methods.options import Positions
+from circuitbench.specs.registries import METRICS
+
+# Rows (prompt copies) per patched forward: bounds the logits tensor [rows, pos, vocab]; when
+# only END logits are unembedded (answer metrics) the tensor is [rows, 1, vocab] and more fit.
+MAX_ROWS = 64
+MAX_ROWS_END_ONLY = 256
+Input = Literal["clean", "corrupted"]
+BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L and metric.<id> of every prompt
+
+
+def oriented_metric(metric: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[batch] per-prompt value of `metric`, oriented so that higher = better."""
+    m = METRICS.get(metric)
+    values = m.compute(logits, batch)
+    return values if m.higher_is_better else -values
+
+
+def end_only_logits(metric: str, batch: Batch) -> tuple[list[Hook], Batch]:
+    """For answer metrics, which read logits at END only: a hook that unembeds just the END row
+    of each prompt (the vocabulary projection of every position is most of a small model's
+    forward), and the batch re-indexed to match. Other metrics: no hook, the batch as it is."""
+    if not METRICS.get(metric).needs_answer:
+        return [], batch
+
+    def take_end(x: torch.Tensor) -> torch.Tensor:  # [batch, pos, d_model] -> [batch, 1, d_model]
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, batch.end.to(x.device)][:, None]
+
+    end_first = replace(batch, positions={**batch.positions, "END": torch.zeros_like(batch.end)})
+    return [(hooks.unembed_in(), take_end)], end_first
+
+
+def rows_per_forward(metric: str) -> int:
+    return MAX_ROWS_END_ONLY if METRICS.get(metric).needs_answer else MAX_ROWS
+
+
+def position_mask(batch: Batch, positions: Positions) -> torch.Tensor:
+    """[batch, pos] bool: where activations are patched ('all': every real token)."""
+    b, p = batch.tokens.shape
+    if positions == "all":
+        return torch.arange(p)[None, :] < batch.lengths[:, None]
+    mask = torch.zeros(b, p, dtype=torch.bool)
+    for name in positions:
+        if name not in batch.positions:
+            raise CircuitbenchError(f"position '{name}' is not defined by this task (it has {sorted(batch.positions)})")
+        mask[torch.arange(b), batch.positions[name]] = True
+    return mask
+
+
+def check_positions(data: EncodedPrompts, positions: Positions, method: str) -> None:
+    if positions != "all":
+        missing = [p for p in positions if p not in data.positions]
+        if missing:
+            raise CircuitbenchError(
+                f"Method '{method}' patches at positions {missing}, which this task does not define "
+                f"(it has {sorted(data.positions)}). Set positions in method_options."
+            )
+
+
+@dataclass
+class BaseRun:
+    """An unpatched run of one batch, as the methods use it."""
+
+    resid: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] block inputs
+    z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head] head outputs
+    metric: torch.Tensor | None = None  # [batch] the main metric, oriented so higher = better
+
+
+def base_run_sites(model: LoadedModel) -> list[Site]:
+    return [hooks.resid_pre(l) for l in range(model.n_layers)] + [hooks.head_outputs(l) for l in range(model.n_layers)]
+
+
+def record_base_run(model: LoadedModel, tokens: torch.Tensor) -> tuple[torch.Tensor, BaseRun]:
+    """(logits, the run's block inputs and head outputs) of one unpatched forward."""
+    logits, cache = model.run_with_cache(tokens, base_run_sites(model))
+    n = model.n_layers
+    return logits, BaseRun(resid=[cache[hooks.resid_pre(l)] for l in range(n)],
+                           z=[cache[hooks.head_outputs(l)] for l in range(n)])
+
+
+def _input_batch(batch: Batch, which: Input) -> Batch:
+    return batch if which == "clean" else batch.as_corrupted()
+
+
+def base_run_bytes(model: LoadedModel, data: EncodedPrompts) -> int:
+    per_position = model.n_layers * (model.d_model + model.n_heads * model.d_head)
+    element = torch.empty((), dtype=getattr(torch, model.dtype)).element_size()
+    return int(data.tokens.numel() * per_position * element)
+
+
+def _collect_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                       which: Input) -> dict[str, torch.Tensor]:
+    """The base runs of every prompt, as the activation cache stores them: resid_pre.L and z.L
+    [n, width, ...] and metric.<id> [n] (raw, as the metric returns it).
+
+    Batches run at the full width, so the pad positions hold the pad tokens' real activations
+    too: a batch of any size then reads exactly what it would compute itself (resample ablation
+    does read another prompt's positions, pads included)."""
+    n, width = data.tokens.shape
+    inputs = data.tokens if which == "clean" else data.corrupted
+    assert inputs is not None
+    out: dict[str, torch.Tensor] = {}
+    values = []
+    start = 0
+    for batch in data.batches(ctx.batch_size):
+        scored = _input_batch(batch, which)
+        logits, run = record_base_run(model, inputs[start : start + len(batch)])
+        values.append(METRICS.get(ctx.metric).compute(logits[:, : scored.tokens.shape[1]], scored).cpu())
+        named = {hooks.resid_pre(l): t for l, t in enumerate(run.resid)}
+        named.update({hooks.head_outputs(l): t for l, t in enumerate(run.z)})
+        for site, t in named.items():
+            key = str(site)
+            if key not in out:
+                out[key] = torch.empty(n, width, *t.shape[2:], dtype=t.dtype)
+            out[key][start : start + len(batch)] = t.cpu()
+        start += len(batch)
+    out[f"metric.{ctx.metric}"] = torch.cat(values)
+    return out
+
+
+def _stored_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                      which: Input) -> dict[str, torch.Tensor] | None:
+    """All prompts' base runs from the activation cache, computed and stored on a miss; None
+    when there is no cache or the entry would not fit (then runs are computed per batch)."""
+    entry = ctx.cache_entry
+    if entry is None:
+        return None
+    stored = entry.read(which, BASE_RUNS, [f"metric.{ctx.metric}"])
+    if stored is None:
+        if not entry.room_for(base_run_bytes(model, data)):
+            return None
+        stored = _collect_base_runs(model, data, ctx, which)
+        entry.save(which, BASE_RUNS, stored)
+    return stored
+
+
+def base_runs(
+    model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, inputs: tuple[Input, ...]
+) -> Iterator[tuple[Batch, dict[Input, BaseRun]]]:
+    """Per batch of `ctx.batch_size`: the batch and its unpatched runs on each of `inputs`.
+
+    With an activation cache entry (ctx.cache_entry) every prompt's runs are read from it, or
+    computed once and stored, so a second method (or run) does no base forwards; without one
+    they are computed batch by batch."""
+    stored = {which: _stored_base_runs(model, data, ctx, which) for which in inputs}
+    higher = METRICS.get(ctx.metric).higher_is_better
+    start = 0
+    for batch in data.batches(ctx.batch_size):
+        stop, width = start + len(batch), batch.tokens.shape[1]
+        runs: dict[Input, BaseRun] = {}
+        for which in inputs:
+            kept = stored[which]
+            if kept is None:
+                scored = _input_batch(batch, which)
+                logits, run = record_base_run(model, scored.tokens)
+                run.metric = oriented_metric(ctx.metric, logits, scored)
+                runs[which] = run
+                continue
+            rows = lambda site, _kept=kept: _kept[str(site)][start:stop, :width].to(model.device)  # noqa: E731
+            metric = kept[f"metric.{ctx.metric}"][start:stop]
+            runs[which] = BaseRun(resid=[rows(hooks.resid_pre(l)) for l in range(model.n_layers)],
+                                  z=[rows(hooks.head_outputs(l)) for l in range(model.n_layers)],
+                                  metric=metric if higher else -metric)
+        yield batch, runs
+        start = stop
+
+
+def metric_per_copy(
+    model: LoadedModel,
+    batch: Batch,
+    metric: str,
+    layer: int,
+    resid: torch.Tensor,
+    site: Site,
+    items: list,
+    edit: Callable[[torch.Tensor, object], None],
+) -> torch.Tensor:
+    """[len(items), batch] higher-is-better metric of the batch re-run once per item, resuming at
+    block `layer` from `resid` (the base run's block input, [batch, pos, d_model]) with
+    `edit(x, item)` applied in place to that copy's activation `x` at `site`.
+
+    Copies are stacked along the batch axis, as many per forward as `rows_per_forward` allows,
+    and blocks before `layer` are skipped: this is what makes exact patching fast."""
+    b = len(batch)
+    group = max(1, min(len(items), rows_per_forward(metric) // max(b, 1)))
+    out = torch.zeros(len(items), b, dtype=torch.float64)
+    for first in range(0, len(items), group):
+        chunk = items[first : first + group]
+        g = len(chunk)
+        rep = batch.repeated(g)
+
+        def patch(x: torch.Tensor, _chunk=chunk) -> torch.Tensor:
+            x = x.clone().view(len(_chunk), b, *x.shape[1:])
+            for c, item in enumerate(_chunk):
+                edit(x[c], item)
+            return x.view(len(_chunk) * b, *x.shape[2:])
+
+        unembed_hooks, scored = end_only_logits(metric, rep)
+        logits = model.run_with_hooks(rep.tokens, [(site, patch), *unembed_hooks], resume=(layer, resid.repeat(g, 1,
+                                                                                                               1)))
+        out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)
+    return out
+
+
+ZSource = Callable[[int], torch.Tensor]  # layer -> [batch, pos, n_heads, d_head] replacement head outputs
+
+
+def patched_head_metrics(
+    model: LoadedModel, batch: Batch, base: BaseRun, source_z: ZSource, mask: torch.Tensor, ctx: MethodContext
+) -> torch.Tensor:
+    """[n_layers, n_heads] sum over the batch's prompts of the metric when that head's output
+    (at `mask` positions) is replaced by `source_z(layer)` [batch, pos, n_heads, d_head]."""
+    mask_dev = mask.to(model.device)[:, :, None]
+    rows = []
+    for layer in range(model.n_layers):
+        src = source_z(layer)
+
+        def edit(z: torch.Tensor, head, _src=src) -> None:  # z: [batch, pos, n_heads, d_head]
+            z[:, :, head] = torch.where(mask_dev, _src[:, :, head].to(z.dtype), z[:, :, head])
+
+        values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], hooks.head_outputs(layer),
+                                 list(range(model.n_heads)), edit)
+        rows.append(values.sum(1))
+    return torch.stack(rows)
+
+
+def naive_head_metrics(model: LoadedModel, batch: Batch, source_z: ZSource, mask: torch.Tensor,
+                       ctx: MethodContext) -> torch.Tensor:
+    """The reference loop: one full forward per head. Same contract as patched_head_metrics."""
+    out = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    for layer in range(model.n_layers):
+        src = source_z(layer)
+        for h in range(model.n_heads):
+            def patch(z: torch.Tensor, _h=h, _src=src) -> torch.Tensor:
+                z = z.clone()
+                z[:, :, _h] = torch.where(mask[:, :, None].to(z.device), _src[:, :, _h].to(z.dtype), z[:, :, _h])
+                return z
+
+            logits = model.run_with_hooks(batch.tokens, [(hooks.head_outputs(layer), patch)])
+            out[layer, h] = oriented_metric(ctx.metric, logits, batch).double().sum()
+    return out
+
+
+def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                      corrupted: bool = False) -> list[torch.Tensor]:
+    """Per-layer [pos, n_heads, d_head] mean of the head outputs over the task's clean (or
+    corrupted) prompts, each position averaged over the prompts long enough to have it. `data`
+    may be one process's shard: `sum_shards` adds the sums of all shards before dividing."""
+    width = data.tokens.shape[1]
+    sums = [torch.zeros(width, model.n_heads, model.d_head, dtype=torch.float64) for _ in range(model.n_layers)]
+    counts = torch.zeros(width, dtype=torch.float64)
+    which: Input = "corrupted" if corrupted else "clean"
+    for batch, runs in base_runs(model, data, ctx, (which,)):
+        run = runs[which]
+        p = batch.tokens.shape[1]
+        valid = (torch.arange(p)[None, :] < batch.lengths[:, None]).double()
+        for l, z in enumerate(run.z):
+            sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
+        counts[:p] += valid.sum(0)
+    sums, counts = ctx.sum_shards((sums, counts))
+    return [(s / counts.clamp(min=1)[:, None, None]).float().to(model.device) for s in sums]
+
+
+def ablated_heads_metric(
+    model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], means: list[torch.Tensor] | None,
+    ctx: MethodContext,
+) -> float:
+    """Mean (higher-is-better) main metric with every head not in `keep` replaced by `means`
+    (per-layer [pos, n_heads, d_head]; None: zeros). `data` may be one process's shard."""
+    drop = {l: [h for h in range(model.n_heads) if (l, h) not in keep] for l in range(model.n_layers)}
+    total = 0.0
+    for batch in data.batches(ctx.batch_size):
+        edits: list[Hook] = []
+        for layer, heads in drop.items():
+            if not heads:
+                continue
+
+            def ablate(z: torch.Tensor, _l=layer, _heads=heads) -> torch.Tensor:
+                z = z.clone()
+                fill = torch.zeros_like(z[:, :, _heads]) if means is None else means[_l][: z.shape[1],
+                                                                                         _heads].to(z.dtype)
+                z[:, :, _heads] = fill
+                return z
+
+            edits.append((hooks.head_outputs(layer), ablate))
+        unembed_hooks, scored = end_only_logits(ctx.metric, batch)
+        logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks)
+        total += float(oriented_metric(ctx.metric, logits, scored).double().sum())
+    total, n = ctx.sum_shards((total, len(data)))
+    return total / n

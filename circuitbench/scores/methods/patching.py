@@ -1,0 +1,53 @@
+"""Exact activation patching of attention heads.
+
+Scores are normalised so that 1 means "this head alone carries the whole clean-vs-corrupted
+difference": noising (corrupted head output into the clean run) scores (m_clean − m_patched) /
+(m_clean − m_corrupted); denoising (clean into the corrupted run) scores (m_patched −
+m_corrupted) / (m_clean − m_corrupted).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models.loaded import LoadedModel
+from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.interventions import base_runs, check_positions, patched_head_metrics, position_mask
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.methods.options import PatchingOptions
+
+
+def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str,
+                      model_name: str) -> np.ndarray:
+    """Patched metric means as a fraction of the clean-vs-corrupted gap (see the module docstring)."""
+    gap = m_clean - m_corr
+    if abs(gap) < 1e-9:
+        raise CircuitbenchError(
+            f"Clean and corrupted prompts give the same metric on '{model_name}' ({m_clean:.4g}): patching "
+            "scores are undefined. The model may not do the task at all; check the metrics first."
+        )
+    if direction == "noising":
+        return ((m_clean - patched) / gap).numpy()
+    return ((patched - m_corr) / gap).numpy()
+
+
+def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
+    """[n_layers, n_heads] exact patching scores of every head."""
+    opts = PatchingOptions.model_validate(ctx.options)
+    check_positions(data, opts.positions, "activation_patching")
+    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    m_clean = m_corr = 0.0
+    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+        clean_run, corrupt_run = runs["clean"], runs["corrupted"]
+        m_clean += float(clean_run.metric.double().sum())
+        m_corr += float(corrupt_run.metric.double().sum())
+        if opts.direction == "noising":
+            base_batch, base, source = batch, clean_run, corrupt_run
+        else:
+            base_batch, base, source = batch.as_corrupted(), corrupt_run, clean_run
+        mask = position_mask(batch, opts.positions)
+        total += patched_head_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mask, ctx)
+        ctx.advance(len(batch))
+    total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
+    return normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)

@@ -1,0 +1,88 @@
+"""Running a task's scoring methods: checking before any compute that the task can feed them,
+then each method on this process's shard (or on the main process), with finite scores."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models.loaded import LoadedModel
+from circuitbench.parallel import ONE_PROCESS, Processes
+from circuitbench.progress import ProgressFn, Steps, no_progress
+from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.activation_cache import CacheEntry
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.specs.registries import METHODS
+from circuitbench.specs.task import TaskSpec
+
+# Method option fields that name task positions (checked against the task before any compute).
+POSITION_OPTIONS = ("positions", "corrupt", "source", "target")
+
+
+def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
+    """Refuse, before any compute, methods the task cannot feed."""
+    for name in spec.methods:
+        method = METHODS.get(name)
+        if method.needs_corrupted and data.corrupted is None:
+            raise CircuitbenchError(f"Method '{name}' needs corrupted prompts; task '{spec.name}' defines none.")
+        if method.needs_answer and not data.has_answer:
+            raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
+        if method.options is None:
+            continue
+        opts = method.options.model_validate(spec.options_of(name))
+        for field in POSITION_OPTIONS:
+            value = getattr(opts, field, None)
+            named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []
+            missing = [p for p in named if p not in data.positions]
+            if missing:
+                raise CircuitbenchError(
+                    f"Method '{name}' option {field}={value!r} names positions {missing} that task '{spec.name}' "
+                    f"does not define (it has {sorted(data.positions)}). Fix method_options.{name}.{field}."
+                )
+
+
+def score_heads(
+    model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: ProgressFn = no_progress,
+    metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
+    traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS, cache_entry: CacheEntry | None = None,
+) -> dict[str, np.ndarray]:
+    """[n_layers, n_heads] head scores per method; trace-producing methods (causal tracing) fill
+    `traces` instead.
+
+    With several processes, shardable methods run on this process's shard and add their sums
+    across processes; the others run on all prompts on the main process, which hands the result
+    to the rest. Either way every process returns the one-process numbers."""
+    scores: dict[str, np.ndarray] = {}
+    traces = {} if traces is None else traces
+    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
+    for name in methods:
+        method = METHODS.get(name)
+        own = shard if method.shardable else data
+        steps = Steps(progress, name, len(own))
+        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}),
+                            advance=steps.advance, cache_entry=cache_entry)
+        if method.shardable:
+            ctx.sum_shards = processes.sum
+            output = method.run(model, shard, ctx)
+        else:
+            output = processes.from_main(_runner(method.run, model, data, ctx))
+        if method.produces == "traces":
+            traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
+            continue
+        array = np.asarray(output, dtype=float)
+        expected = (model.n_layers, model.n_heads)
+        if array.shape != expected:
+            raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
+        if not np.isfinite(array).all():
+            bad = [f"{l}.{h}" for l, h in zip(*np.nonzero(~np.isfinite(array)))][:5]
+            raise CircuitbenchError(
+                f"Method '{name}' produced NaN/inf head scores on model '{model.name}' (dtype {model.dtype}; heads "
+                f"{', '.join(bad)}). Check the model's outputs and the task's corrupted prompts."
+            )
+        scores[name] = array
+    return scores
+
+
+def _runner(fn: Callable, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Callable[[], object]:
+    return lambda: fn(model, data, ctx)

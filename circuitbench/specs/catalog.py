@@ -1,0 +1,105 @@
+"""Where task specs and the model registry live, and loading them with clear errors.
+
+Tasks come from the shipped `tasks/*.yaml` (repo root in a checkout, `circuitbench/_data/` in a
+wheel) plus any `--include-path DIR`; later directories override earlier ones by task name.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from circuitbench.errors import CircuitbenchError, did_you_mean, format_validation_error
+from circuitbench.specs.model import ModelSpec
+from circuitbench.specs.task import TaskSpec
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # circuitbench/
+
+
+def data_dir() -> Path:
+    """The folder holding `tasks/` and `models.yaml` (wheel first, then the source checkout)."""
+    for candidate in (PACKAGE_DIR / "_data", PACKAGE_DIR.parent):
+        if (candidate / "models.yaml").is_file() and (candidate / "tasks").is_dir():
+            return candidate
+    raise CircuitbenchError(
+        f"Cannot find tasks/ and models.yaml next to {PACKAGE_DIR}: the installation is incomplete. "
+        "Reinstall circuitbench."
+    )
+
+
+def read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CircuitbenchError(f"{path}: not valid YAML ({e}).") from None
+    except OSError as e:
+        raise CircuitbenchError(f"{path}: cannot read ({e.strerror}).") from None
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise CircuitbenchError(f"{path}: a task spec must be a YAML mapping, got {type(raw).__name__}.")
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as e:
+        raise CircuitbenchError(format_validation_error(e, str(path))) from None
+
+
+def task_files(include_paths: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Task name (file stem) -> YAML path; every YAML is validated when loaded, none skipped."""
+    dirs = [data_dir() / "tasks", *(Path(p) for p in include_paths)]
+    found: dict[str, Path] = {}
+    for d in dirs:
+        if not d.is_dir():
+            raise CircuitbenchError(f"--include-path {d}: not a directory.")
+        for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+            found[path.stem] = path
+    return found
+
+
+def load_task(name_or_path: str, include_paths: tuple[str, ...] = ()) -> TaskSpec:
+    """A task by name (from the catalog) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return load_task_file(path)
+    files = task_files(include_paths)
+    if name_or_path not in files:
+        raise CircuitbenchError(
+            f"Unknown task '{name_or_path}'.{did_you_mean(name_or_path, files)} "
+            f"Known tasks: {', '.join(sorted(files))}. Run `circuitbench ls tasks`, or pass a YAML "
+            "file or --include-path DIR."
+        )
+    spec = load_task_file(files[name_or_path])
+    if spec.name != name_or_path:
+        raise CircuitbenchError(f"{files[name_or_path]}: name '{spec.name}' must match the file name.")
+    return spec
+
+
+SUITE = "suite"  # stands for every catalog task in --task lists
+
+
+def expand_task_names(names: list[str], include_paths: tuple[str, ...] = ()) -> list[str]:
+    """Task names with 'suite' replaced by every catalog task (tasks/*.yaml), in name order."""
+    return [t for name in names for t in (sorted(task_files(include_paths)) if name == SUITE else [name])]
+
+
+def all_tasks(include_paths: tuple[str, ...] = ()) -> dict[str, TaskSpec]:
+    return {name: load_task(name, include_paths) for name in task_files(include_paths)}
+
+
+@lru_cache(maxsize=1)
+def model_registry() -> dict[str, ModelSpec]:
+    path = data_dir() / "models.yaml"
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
+        raise CircuitbenchError(f"{path}: expected a top-level 'models:' mapping.")
+    out: dict[str, ModelSpec] = {}
+    for name, entry in raw["models"].items():
+        try:
+            out[name] = ModelSpec.model_validate({"name": name, **entry})
+        except ValidationError as e:
+            raise CircuitbenchError(format_validation_error(e, f"{path} (model '{name}')")) from None
+    return out

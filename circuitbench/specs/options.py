@@ -1,0 +1,68 @@
+"""RunOptions (shared by the CLI and the library) and applying them to a task spec."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from circuitbench.errors import CircuitbenchError, format_validation_error
+from circuitbench.specs.model import DType
+from circuitbench.specs.task import SPLITS, MethodName, Split, TaskSpec
+
+
+class RunOptions(BaseModel):
+    """Options of one `run`. Stored in every result (`run.options`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_prompts: int | None = Field(None, ge=1, description="override the task's n_prompts (--n-prompts, --n)")
+    seed: int | None = Field(None, description="override the task's prompt seed (also the random-init seed)")
+    split: Split | None = Field(None, description="override the task's split")
+    batch_size: int | Literal["auto"] = Field(32, description="prompts per forward pass, or 'auto' (fits free memory)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    device_map: Literal["auto"] | None = Field(
+        None, description="'auto': accelerate spreads a HuggingFace model over the devices (model parallel)")
+    dtype: DType | None = Field(None, description="weights dtype (default: the model's)")
+    init: Literal["pretrained", "random"] = Field("pretrained", description="random: seeded random weights (baselines)")
+    methods: list[MethodName] | None = Field(None, description="override the task's methods")
+    out: str = Field("results", description="results directory: OUT/<model>/<task>.json")
+    resume: bool = Field(False, description="keep finished units whose result matches; rerun the rest")
+    cache: bool = Field(True, description="reuse unpatched forwards from the activation cache")
+    cache_dir: str | None = Field(None, description="default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("batch_size must be a positive integer or 'auto'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError(f"device '{v}' is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
+    """The task spec with run-time overrides applied (and re-validated); its hash names the unit."""
+    update: dict[str, object] = {}
+    if options.n_prompts is not None:
+        update["n_prompts"] = options.n_prompts
+    if options.seed is not None:
+        update["seed"] = options.seed
+    if options.split is not None:
+        update["split"] = options.split
+        if spec.report_splits:  # still side by side: the task's own split joins the reported ones
+            update["report_splits"] = [s for s in SPLITS
+                                       if s != options.split and (s in spec.report_splits or s == spec.split)]
+    if options.methods is not None:
+        update["methods"] = options.methods
+        if spec.circuit and spec.circuit.method and spec.circuit.method not in options.methods:
+            update["circuit"] = spec.circuit.model_copy(update={"method": None})
+    if not update:
+        return spec
+    try:
+        return TaskSpec.model_validate({**spec.model_dump(), **update})
+    except ValidationError as e:
+        raise CircuitbenchError(format_validation_error(e, f"task '{spec.name}' with run options")) from None

@@ -1,0 +1,179 @@
+"""TaskSpec: one task as declared in YAML, validated against the open registries at load time.
+
+Every model forbids unknown keys, so a typo in YAML is an error naming the field, never ignored.
+The generator's params are validated by the generator's own model, looked up by `name`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from circuitbench.errors import did_you_mean
+from circuitbench.registry import Registry
+from circuitbench.specs.registries import GENERATORS, METHODS, METRICS, GeneratorParams
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+SNAKE = r"^[a-z][a-z0-9_]*$"
+
+
+def registered(registry: Registry) -> AfterValidator:
+    """A per-item check against the registry as it is when the spec is validated, so plugins
+    count and errors carry the item's path (e.g. metrics.1)."""
+
+    def check(name: str) -> str:
+        known = registry.names()
+        if name not in known:
+            raise ValueError(f"unknown {registry.kind} '{name}'.{did_you_mean(name, known)} Known: {', '.join(known)}")
+        return name
+
+    return AfterValidator(check)
+
+
+MetricName = Annotated[str, registered(METRICS)]
+MethodName = Annotated[str, registered(METHODS)]
+
+
+def nested_errors(err: ValidationError, prefix: tuple[str | int, ...]) -> ValidationError:
+    """`err` with every location under `prefix` (so the message names the full field path)."""
+    return ValidationError.from_exception_data(err.title, [
+        InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in err.errors()
+    ])
+
+
+class CircuitRule(BaseModel):
+    """How head scores become a circuit: exactly one of top_k, threshold, fraction."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str | None = Field(None, description="which head_scores to use (default: the first method)")
+    top_k: int | None = Field(None, ge=1, description="the k heads with the largest scores")
+    threshold: float | None = Field(None, description="every head whose score is at least this")
+    fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all heads, largest scores first")
+    by: Literal["abs", "signed"] = Field("abs", description="rank by |score| or by the signed score")
+    ablation: Literal["mean_counterfactual", "mean_clean", "zero"] = Field(
+        "mean_counterfactual", description="how heads outside the circuit are removed for faithfulness")
+    curve: bool = Field(True, description="also compute the faithfulness curve over circuit sizes (CPR, CMD)")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "CircuitRule":
+        given = [k for k in ("top_k", "threshold", "fraction") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of top_k, threshold, fraction (got {given or 'none'})")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """A task: prompts (generator + count + seed + split), metrics, scoring methods, circuit rule."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=SNAKE, description="task id; a catalog task's file is <name>.yaml")
+    version: int = Field(1, ge=1, description="bump when prompts or metrics change meaning")
+    description: str = ""
+    generator: SerializeAsAny[GeneratorParams] = Field(
+        description="the prompt generator: `name` plus that generator's own params")
+    n_prompts: int | Literal["all"] = Field(
+        64, description="prompts to draw from the split (fewer if the split holds fewer), or 'all' of it")
+    seed: int = Field(0, description="prompt seed (a local RNG; never global seeding)")
+    split: Split = Field("test", description="which disjoint split of the prompt universe to run on")
+    report_splits: list[Split] = Field(
+        default_factory=list,
+        description="also evaluate the metrics on these splits, side by side with `split` "
+        "(memorisation vs generalisation for tasks that hold out whole progressions)",
+    )
+    metrics: list[MetricName] = Field(min_length=1, description="registered task metrics, e.g. logit_diff")
+    main_metric: str | None = Field(None, description="the metric methods score and circuits keep (default: the first)")
+    methods: list[MethodName] = Field(default_factory=list, description="registered scoring methods")
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
+    circuit: CircuitRule | None = Field(None, description="how a circuit is chosen from head scores")
+    max_drop_fraction: float = Field(0.1, ge=0, le=1, description="stop if more prompts than this fail tokenization")
+
+    @field_validator("generator", mode="before")
+    @classmethod
+    def _generator_params(cls, value: Any) -> GeneratorParams:
+        if isinstance(value, GeneratorParams):
+            value = value.model_dump()
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            raise ValueError("give a mapping with the generator's name, e.g. {name: fibonacci, length: 6}")
+        name = value["name"]
+        known = GENERATORS.names()
+        if name not in known:
+            raise ValueError(f"unknown generator '{name}'.{did_you_mean(name, known)} Known: {', '.join(known)}")
+        try:
+            return GENERATORS.get(name).params.model_validate(value)
+        except ValidationError as e:
+            raise nested_errors(e, (name,)) from None
+
+    @field_validator("n_prompts")
+    @classmethod
+    def _n_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 100_000:
+            raise ValueError("n_prompts must be between 1 and 100000, or 'all'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TaskSpec":
+        if not GENERATORS.get(self.generator.name).has_answer:
+            needing = [m for m in self.metrics if METRICS.get(m).needs_answer]
+            if needing:
+                raise ValueError(
+                    f"metrics {needing} need an answer token, which generator '{self.generator.name}' does not provide"
+                )
+        if self.main_metric is None:
+            self.main_metric = self.metrics[0]
+        elif self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric '{self.main_metric}' is not in metrics {self.metrics}")
+        for name, opts in self.method_options.items():
+            self._check_method_options(name, opts)
+        if self.circuit and self.circuit.method and self.circuit.method not in self.methods:
+            raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods}")
+        if self.split in self.report_splits:
+            raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
+        return self
+
+    @staticmethod
+    def _check_method_options(name: str, opts: dict[str, Any]) -> None:
+        known = METHODS.names()
+        if name not in known:
+            raise ValueError(f"method_options: unknown method '{name}'.{did_you_mean(name, known)}")
+        model = METHODS.get(name).options
+        if model is None:
+            raise ValueError(f"method_options.{name}: method '{name}' takes no options")
+        try:
+            model.model_validate(opts)
+        except ValidationError as e:
+            first = e.errors()[0]
+            path = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"method_options.{name}.{path}: {first['msg']}") from None
+
+    @property
+    def metric(self) -> str:
+        """The main metric (defaulted to the first metric at validation)."""
+        return self.main_metric or self.metrics[0]
+
+    def options_of(self, method: str) -> dict[str, Any]:
+        return self.method_options.get(method, {})
+
+    def spec_hash(self) -> str:
+        """Hash of everything that determines the prompts and what is computed on them."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def content_hash(self) -> str:
+        """Hash of what makes two results comparable: the task's version, prompt distribution and
+        metrics, not how many prompts or which methods a run used."""
+        keep = self.model_dump(mode="json", include={"name", "version", "generator", "split", "metrics", "main_metric"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

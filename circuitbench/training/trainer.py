@@ -1,0 +1,256 @@
+"""Train toy models on the suite's tasks: `circuitbench train`.
+
+Text tasks train on their *train* split (the test split is never seen); the vocabulary is a
+word-level one built by the project from every split's prompts, so test prompts tokenize too.
+`induction` trains on a synthetic stream of random tokens with a copied segment at random
+offsets (see training/zoo.py, induction_batch): repeated prompts of one fixed layout teach a positional
+shortcut instead. Checkpoints (log-spaced and linear in steps) are toy checkpoint directories
+that `--model` accepts; training is seeded with local generators and reproducible.
+
+Options from the seeds: smeared keys (ToyArch.smear_keys, see smeared_keys.py), Gaussian noise
+injection while training (TrainConfig.noise, see noise.py) and the loss positions: `all` is the
+seeds' GPT-2-like model's multi-position loss ((y0, y1, y2) -> (y1, y2, y3), a loss term at
+every position, the default); `answer` scores only what context determines (a text task's
+answer tokens, the induction stream's copied tokens).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from circuitbench.environment import torch_threads
+from circuitbench.errors import CircuitbenchError, did_you_mean
+from circuitbench.models.tokenizers import word_level_tokenizer
+from circuitbench.models.toy import NativeVariant, build_native_model, native_config, save_checkpoint
+from circuitbench.prompts.generate import generate_prompts
+from circuitbench.specs.catalog import expand_task_names, load_task
+from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.specs.registries import GENERATORS
+from circuitbench.training.noise import NoiseConfig, injected_noise
+from circuitbench.training.zoo import induction_batch
+
+
+class ToyArch(BaseModel):
+    """A small native transformer."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_layers: int = Field(2, ge=1, le=12)
+    n_heads: int = Field(4, ge=1, le=16)
+    d_model: int = Field(64, ge=8, le=1024)
+    n_ctx: int = Field(64, ge=8, le=2048)
+    attn_only: bool = True
+    d_mlp: int | None = None
+    positional: Literal["standard", "rotary"] = Field(
+        "standard", description="learned absolute position embeddings, or rotary (relative) positions")
+    smear_keys: bool = Field(False, description="each key a learned per-head mix of its own and the previous key")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ToyArch":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+        if self.positional == "rotary" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"rotary positions need an even head size; d_model/n_heads = {self.d_model // self.n_heads}")
+        return self
+
+    def bridge_config(self, d_vocab: int) -> dict[str, object]:
+        """The TransformerBridge config dict of this architecture."""
+        return native_config(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+                             d_head=self.d_model // self.n_heads, n_ctx=self.n_ctx, d_vocab=d_vocab,
+                             attn_only=self.attn_only, d_mlp=self.d_mlp, positional_embedding_type=self.positional)
+
+    def variant(self) -> NativeVariant:
+        return NativeVariant(smear_keys=self.smear_keys)
+
+
+ARCH_PRESETS: dict[str, ToyArch] = {
+    "attn-only-1l": ToyArch(n_layers=1),
+    "attn-only-2l": ToyArch(n_layers=2),
+    "gpt-2l": ToyArch(n_layers=2, attn_only=False, d_model=128),
+    "sort-1l1h": ToyArch(n_layers=1, n_heads=1, d_model=128, attn_only=False),
+}
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: ToyArch
+    tasks: list[str] = Field(min_length=1)
+    steps: int = Field(1000, ge=1)
+    checkpoints: int = Field(8, ge=0, le=200)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    n_train: int = Field(4000, ge=1, description="train-split prompts drawn per text task (at most)")
+    loss_positions: Literal["all", "answer"] = Field(
+        "all", description="all: next-token loss at every position (the seeds' GPT-2-like model); "
+                           "answer: only at answer tokens (text) / copied tokens (induction stream)")
+    noise: NoiseConfig | None = Field(None, description="Gaussian noise injected while training only")
+    threads: int = Field(1, ge=1, le=256, description=(
+        "torch threads while training: toy models gain nothing from more, and on a shared CPU extra "
+        "threads stall (measured 30x slower with 2 threads on 2 busy cores)"))
+    induction_share: float = Field(0.5, gt=0, le=1,
+                                   description="fraction of steps on the induction stream when text tasks are mixed in")
+
+
+def checkpoint_steps(steps: int, k: int) -> list[int]:
+    """About k steps, half log-spaced (early dynamics) and half linear, always ending at `steps`."""
+    if k <= 0:
+        return [steps]
+    logs = {max(1, round(math.exp(math.log(steps) * (i + 1) / (k // 2 + 1)))) for i in range(k // 2)}
+    lins = {round(steps * (i + 1) / (k - k // 2)) for i in range(k - k // 2)}
+    # a log-spaced step within 10% of a linear one adds nothing but a spurious steep interval
+    logs = {s for s in logs if all(abs(s - l) > 0.1 * l for l in lins)}
+    return sorted((logs | lins | {steps}) - {0})
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in text.replace(",", " , ").replace(".", " . ").replace(";", " ; ").replace("|", " | ").split()]
+
+
+def _text_examples(task: str, n_train: int) -> tuple[list[tuple[str, str]], set[str]]:
+    """(train-split (prompt, answer) pairs, every word of every split) for one text task."""
+    spec = load_task(task)
+    words: set[str] = set()
+    examples: list[tuple[str, str]] = []
+    for split in ("train", "val", "test"):
+        n = n_train if split == "train" else None
+        spec_split = effective_spec(spec.model_copy(update={"n_prompts": "all"}), RunOptions(split=split, n_prompts=n))
+        for p in generate_prompts(spec_split).prompts:
+            for t in (p.text, p.answer or "", p.distractor or "", p.corrupted_text or ""):
+                words.update(_words(t))
+            if split == "train":
+                examples.append((p.text, p.answer or ""))
+    return examples, words
+
+
+def text_rows(examples: list[tuple[str, str]], vocab: dict[str, int], bos: int, pad: int,
+              n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [n, width]: BOS + prompt + answer, right-padded; answer targets [n, width - 1]:
+    True where the next-token target (target i = token i + 1) is an answer token)."""
+    rows = [[bos] + [vocab[w] for w in _words(prompt + answer)] for prompt, answer in examples]
+    if rows and max(map(len, rows)) > n_ctx:
+        raise CircuitbenchError(f"train: prompts of {max(map(len, rows))} tokens exceed n_ctx={n_ctx}.")
+    width = max(map(len, rows), default=1)
+    data = torch.full((len(rows), width), pad, dtype=torch.long)
+    answers = torch.zeros(len(rows), max(width - 1, 1), dtype=torch.bool)
+    for i, ((prompt, _answer), row) in enumerate(zip(examples, rows)):
+        # the answer is the row's last n tokens (counted on the joined text: it may glue onto the prompt)
+        n_answer = len(row) - 1 - len(_words(prompt))
+        data[i, : len(row)] = torch.tensor(row)
+        answers[i, len(row) - 1 - n_answer : len(row) - 1] = True
+    return data, answers
+
+
+def train(config: TrainConfig, out: Path,
+          report: Callable[[int, float], None] = lambda step, loss: None) -> dict[str, object]:
+    with torch_threads(config.threads):
+        return _train(config, out, report)
+
+
+def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None]) -> dict[str, object]:
+    text_tasks, induction = [], None
+    for task in expand_task_names(config.tasks):
+        spec = load_task(task)
+        if GENERATORS.get(spec.generator.name).has_answer:
+            text_tasks.append(task)
+        elif spec.generator.name == "induction":
+            induction = spec.generator  # its symbol count and repeat lengths shape the stream
+        else:
+            raise CircuitbenchError(f"train: task '{task}' has no training data recipe.")
+    examples: list[tuple[str, str]] = []
+    words: set[str] = set()
+    row_task: list[int] = []
+    for i, task in enumerate(text_tasks):
+        e, w = _text_examples(task, config.n_train)
+        examples += e
+        words |= w
+        row_task += [i] * len(e)
+    # every task equally often, however many distinct prompts its train split holds
+    task_sizes = torch.bincount(torch.tensor(row_task, dtype=torch.long),
+                                minlength=len(text_tasks)) if row_task else None
+    row_weights = (1.0 / task_sizes[torch.tensor(row_task)]).double() if row_task else None
+    symbols = [f"t{i}" for i in range(induction.n_symbols)] if induction else []
+    # the stream: one copied segment per row, room for a gap, within the context
+    stream_len = min(config.arch.n_ctx, 2 * induction.max_len + 12) if induction else 0
+    tokenizer = word_level_tokenizer(sorted(words | set(symbols)))
+    vocab = tokenizer.get_vocab()
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    data, answer_targets = text_rows(examples, vocab, bos, pad, config.arch.n_ctx)
+    lengths = (data != pad).sum(dim=1)  # BOS + prompt + answer: pad only ever trails
+    has_text = len(data) > 0
+    symbol_ids = sorted(vocab[s] for s in symbols)
+    # induction prompts on this model draw from the stream's symbols, not from its text words
+    pool = [vocab[s] for s in symbols] if symbols and has_text else None
+
+    cfg = config.arch.bridge_config(len(tokenizer))
+    variant = config.arch.variant()
+    model = build_native_model(cfg, config.seed, variant)
+    gen = torch.Generator().manual_seed(config.seed)
+    # noise draws from its own generator: switching noise on leaves the data batches as they were
+    noise_gen = torch.Generator().manual_seed(config.seed + 10_000)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    saves = set(checkpoint_steps(config.steps, config.checkpoints))
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    answer_only = config.loss_positions == "answer"
+    with injected_noise(model, config.noise, noise_gen):
+        model.train()
+        for step in range(1, config.steps + 1):
+            # deterministic interleaving: induction on `induction_share` of the steps (0.5: every even step)
+            share = config.induction_share
+            use_induction = induction is not None and (
+                not has_text or math.floor(step * share) != math.floor((step - 1) * share))
+            if use_induction:
+                max_len = min(induction.max_len, (stream_len - 1) // 2)
+                batch, copied = induction_batch(gen, config.batch_size, len(symbol_ids), min(4, max_len), max_len,
+                                                stream_len, bos, symbol_ids[0])
+                targets_mask = copied if answer_only else torch.ones_like(copied)
+            else:
+                if len(text_tasks) == 1:  # (the draw the shipped single-task toys were trained with)
+                    idx = torch.randint(0, len(data), (config.batch_size,), generator=gen)
+                else:  # every task equally often
+                    idx = torch.multinomial(row_weights, config.batch_size, replacement=True, generator=gen)
+                width = int(lengths[idx].max())  # no all-padding columns
+                batch = data[idx][:, :width]
+                targets_mask = answer_targets[idx][:, : width - 1] if answer_only else batch[:, 1:] != pad
+            logits = model(batch)
+            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                                  reduction="none")
+            loss = (nll * targets_mask.reshape(-1)).sum() / targets_mask.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            report(step, losses[-1])
+            if step in saves:
+                model.eval()
+                record = {"trainer": "circuitbench train", "step": step, **config.model_dump(mode="json")}
+                save_checkpoint(out / "checkpoints" / f"step_{step:06d}", model, cfg, tokenizer, record, variant, pool)
+                model.train()
+    model.eval()
+    # the final model also sits at OUT itself, so `--model OUT` is the trained model
+    save_checkpoint(out, model, cfg, tokenizer, {"trainer": "circuitbench train", "step": config.steps,
+                                                 **config.model_dump(mode="json")}, variant, pool)
+    summary = {"final_loss": losses[-1], "train_seconds": round(time.perf_counter() - t0, 1), "steps": config.steps,
+               "checkpoints": sorted(saves)}
+    (out / "training_log.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "loss": losses,
+                                                       **summary}) + "\n")
+    return summary
+
+
+def arch_from(name: str, **overrides: object) -> ToyArch:
+    """A preset with some fields overridden (None: keep the preset's), validated as a whole."""
+    if name not in ARCH_PRESETS:
+        raise CircuitbenchError(
+            f"Unknown --arch '{name}'.{did_you_mean(name, ARCH_PRESETS)} Known: {', '.join(ARCH_PRESETS)}.")
+    values = {k: v for k, v in overrides.items() if v is not None}
+    # model_copy(update=...) would skip validation: a bad override must fail here, not mid-training
+    return ToyArch.model_validate({**ARCH_PRESETS[name].model_dump(), **values})

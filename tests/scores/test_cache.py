@@ -1,0 +1,237 @@
+"""Activation cache: a second run reuses the first one's unpatched forwards (none recomputed) and
+gives the same numbers as an uncached run; anything that changes the numbers changes the key;
+damaged entries are recomputed; `cache ls` / `cache clear`."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from circuitbench.pipeline.grid import run
+from circuitbench.results.schema import RunInfo
+from circuitbench.scores.activation_cache import ActivationCache, cache_key, tokens_hash
+from circuitbench.specs.options import RunOptions
+from circuitbench.tables.console import size_text as _size
+
+from helpers import cli  # the in-process CLI runner
+
+TOY = "toy-induction-2l"
+SORT = "toy-sort-1l"  # 1 layer, 1 head: the cheapest full run, where the model does not matter
+
+
+@pytest.fixture
+def base_forwards(monkeypatch) -> dict[str, int]:
+    """Counts the unpatched forwards: evaluation (LoadedModel.run) and the patching methods'
+    base runs (interventions.record_base_run), each call one batch."""
+    import circuitbench.scores.interventions as interventions
+    from circuitbench.models.loaded import LoadedModel
+
+    counts = {"evaluate": 0, "base_runs": 0}
+    forward, run_and_cache = LoadedModel.run, interventions.record_base_run
+
+    def counted_forward(*args, **kwargs):
+        counts["evaluate"] += 1
+        return forward(*args, **kwargs)
+
+    def counted_run_and_cache(*args, **kwargs):
+        counts["base_runs"] += 1
+        return run_and_cache(*args, **kwargs)
+
+    monkeypatch.setattr(LoadedModel, "run", counted_forward)
+    monkeypatch.setattr(interventions, "record_base_run", counted_run_and_cache)
+    return counts
+
+
+def run_toy(tmp_path: Path, name: str, model: str = TOY, **options):
+    task = {TOY: "induction", SORT: "sorting"}[model]
+    opts = RunOptions(**{"n_prompts": 12, "batch_size": 4, "out": str(tmp_path / name),
+                         "cache_dir": str(tmp_path / "cache"), **options})
+    return run(task, model, opts)[0].result
+
+
+def assert_same_numbers(a, b, tol: float = 1e-6) -> None:
+    assert a.metrics.keys() == b.metrics.keys() and a.head_scores.keys() == b.head_scores.keys()
+    for name in a.metrics:
+        assert abs(a.metrics[name] - b.metrics[name]) < tol
+        assert abs(a.metrics_corrupted[name] - b.metrics_corrupted[name]) < tol
+    for method in a.head_scores:
+        assert np.abs(np.array(a.head_scores[method]) - np.array(b.head_scores[method])).max() < tol
+    assert (a.circuit is None) == (b.circuit is None)
+    if a.circuit is not None:
+        assert a.circuit.heads == b.circuit.heads and abs(a.circuit.faithfulness - b.circuit.faithfulness) < tol
+
+
+def test_added_method_reuses_forwards_and_matches_uncached_run(tmp_path, base_forwards):
+    from circuitbench.models.loading import load_model
+    from circuitbench.pipeline.unit import run_unit
+    from circuitbench.specs.catalog import load_task
+    from circuitbench.specs.options import effective_spec
+
+    model = load_model(TOY, device="cpu")
+
+    def unit(methods: list[str], **options):
+        opts = RunOptions(**{"n_prompts": 8, "batch_size": 4, "methods": methods, "cache_dir": str(tmp_path / "cache"),
+                             **options})
+        # no circuit here: its ablation sweep is not cached work (the sorting runs below check faithfulness)
+        return run_unit(effective_spec(load_task("induction"), opts).model_copy(update={"circuit": None}), model, opts)
+
+    first = unit(["activation_patching"])
+    # evaluation and base runs computed once: 2 batches × (clean, corrupted) each
+    assert base_forwards == {"evaluate": 4, "base_runs": 4}
+    assert first.run.cache["misses"] == 4  # metrics and base runs, clean and corrupted
+
+    base_forwards.update(evaluate=0, base_runs=0)
+    # adding a method, at another batch size: not one unpatched forward is recomputed
+    second = unit(["activation_patching", "attribution_patching"], batch_size=5)
+    assert base_forwards == {"evaluate": 0, "base_runs": 0}
+    assert second.run.cache == {"hits": 6, "misses": 0}  # metrics + 2 methods' base runs, clean and corrupted
+
+    uncached = unit(["activation_patching", "attribution_patching"], cache=False)
+    assert base_forwards["evaluate"] == 4 and base_forwards["base_runs"] > 0
+    assert uncached.run.cache == {}
+    assert_same_numbers(second, uncached)
+    kept = np.array(first.head_scores["activation_patching"]) - np.array(second.head_scores["activation_patching"])
+    assert np.abs(kept).max() < 1e-6
+    # results written before the cache existed still load (run.cache defaults to {})
+    old = json.loads(uncached.run.model_dump_json())
+    del old["cache"]
+    assert RunInfo.model_validate(old).cache == {}
+
+
+def test_key_changes_miss_and_batch_size_does_not(tmp_path):
+    methods = ["activation_patching"]
+    run_toy(tmp_path, "a", SORT, methods=methods, n_prompts=8)
+    assert run_toy(tmp_path, "b", SORT, methods=methods, n_prompts=8,
+                   batch_size=8).run.cache["misses"] == 0  # batch size is not in the key
+    store = ActivationCache(tmp_path / "cache")
+    assert len(store.entries()) == 1
+    for change in ({"seed": 1, "n_prompts": 8}, {"n_prompts": 6}, {"dtype": "bfloat16", "n_prompts": 8}):
+        stats = run_toy(tmp_path, "c", SORT, methods=methods, **change).run.cache
+        assert stats["misses"] == 4, change  # nothing of another key is reused
+    keys = [e.manifest.key for e in store.entries()]
+    assert len(keys) == 4 and {k.dtype for k in keys} == {"float32", "bfloat16"}
+    assert len({k.prompt_hash for k in keys}) == 3  # seed and n change the prompts, dtype does not
+
+
+def test_key_pins_weights_init_seed_and_tokens(tmp_path, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    from circuitbench.models.loading import load_model
+    from circuitbench.models.toy import ZOO_DIR
+    from circuitbench.prompts.encoding import encode_task
+    from circuitbench.specs.catalog import load_task
+
+    # a toy checkpoint is identified by its weight bytes, not its name or path alone
+    toy_dir = tmp_path / "toy"
+    shutil.copytree(ZOO_DIR / TOY, toy_dir)
+    model = load_model(str(toy_dir), device="cpu")
+    data = encode_task(load_task("induction").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id,
+                       model.n_ctx)
+    before = cache_key(model, data)
+    assert cache_key(model, data) == before  # deterministic
+    weights = load_file(str(toy_dir / "model.safetensors"))
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1e-3
+    save_file(weights, str(toy_dir / "model.safetensors"))
+    after = cache_key(load_model(str(toy_dir), device="cpu"), data)
+    assert after.weights != before.weights and after.digest() != before.digest()
+
+    # random init: the seed is part of the weights' identity
+    keys = [cache_key(load_model(str(tiny_models["gpt2"]), init="random", seed=s, device="cpu"), data) for s in (0, 0,
+                                                                                                                 1)]
+    assert keys[0] == keys[1] and keys[0].weights != keys[2].weights and keys[2].init_seed == 1
+
+    # same prompts, different token ids (another tokenizer): a different key
+    data.tokens = data.tokens.clone()
+    data.tokens[0, 1] += 1
+    assert tokens_hash(data) != before.tokens_hash
+
+
+def test_damaged_entry_is_recomputed_without_error(tmp_path, base_forwards):
+    reference = run_toy(tmp_path, "ref", SORT, methods=["activation_patching"], n_prompts=8)
+    entry_dir = ActivationCache(tmp_path / "cache").entries()[0].path
+    target = entry_dir / "clean.base_runs.safetensors"
+    good_size = target.stat().st_size
+    with target.open("r+b") as f:  # a half-written file, as a killed process might leave
+        f.truncate(good_size // 2)
+    base_forwards.update(evaluate=0, base_runs=0)
+    again = run_toy(tmp_path, "again", SORT, methods=["activation_patching"], n_prompts=8)
+    assert again.run.cache["misses"] == 1  # only the damaged file was recomputed...
+    assert base_forwards == {"evaluate": 0, "base_runs": 2}  # ...2 clean batches, no corrupted ones
+    assert target.stat().st_size == good_size
+    assert_same_numbers(reference, again)
+
+    # an unreadable manifest: the whole entry is recomputed
+    (entry_dir / "manifest.json").write_text("{not json")
+    third = run_toy(tmp_path, "third", SORT, methods=["activation_patching"], n_prompts=8)
+    assert third.run.cache["misses"] == 4
+    assert_same_numbers(reference, third)
+
+
+
+def test_cache_ls_and_clear(tmp_path, capsys):
+    cache_dir = str(tmp_path / "cache")
+    args = ["run", "--task", "sorting", "--model", SORT, "--n", "8", "--methods", "activation_patching",
+            "--out", str(tmp_path / "res"), "--cache-dir", cache_dir, "-q"]
+    assert cli(capsys, *args)[0] == 0
+    assert cli(capsys, *args[:-3], "--no-cache", "-q")[0] == 0
+    (entry,) = ActivationCache(cache_dir).entries()  # --no-cache added nothing
+    manifest = entry.manifest
+    assert manifest is not None and manifest.hits >= 1
+    manifest_bytes = len((entry.path / "manifest.json").read_bytes())
+    assert entry.size_bytes == sum(r.bytes for r in manifest.files.values()) + manifest_bytes
+
+    code, out, _ = cli(capsys, "cache", "ls", "--cache-dir", cache_dir)
+    assert code == 0
+    row = next(line for line in out.splitlines() if SORT in line)
+    assert "sorting" in row and manifest.key.prompt_hash in row and "float32" in row and "activations, metrics" in row
+    assert entry.size_bytes > 10_000 and f" {_size(entry.size_bytes)} " in row and "1 entry" in out
+
+    assert "removed 0 entries" in cli(capsys, "cache", "clear", "--model", "gpt2-small", "--cache-dir", cache_dir)[1]
+    assert "removed 0 entries" in cli(capsys, "cache", "clear", "--older-than", "1", "--cache-dir", cache_dir)[1]
+    assert entry.path.exists()
+    code, out, _ = cli(capsys, "cache", "clear", "--model", SORT, "--cache-dir", cache_dir)
+    assert code == 0 and "removed 1 entry" in out and not entry.path.exists()
+    assert "empty" in cli(capsys, "cache", "ls", "--cache-dir", cache_dir)[1]
+
+
+def test_unwritable_cache_dir_is_one_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = cli(capsys, "run", "--task", "sorting", "--model", SORT, "--n", "4", "--out", str(tmp_path / "res"),
+                       "--cache-dir", str(blocker / "cache"), "-q")
+    assert code == 2 and "Traceback" not in err
+    assert str(blocker / "cache") in err and "--no-cache" in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_bad_cache_clear_option_is_a_usage_error(tmp_path, capsys):
+    code, out, err = cli(capsys, "cache", "clear", "--older-than", "-1", "--cache-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in out + err and "--older-than" in out + err
+
+
+def test_cached_base_runs_equal_computed_ones_for_resample_ablation(tmp_path):
+    """Resample ablation reads another prompt's head outputs, pad positions included: cached
+    base runs must hold exactly what a batch computes, at every position."""
+    from circuitbench.models.loading import load_model
+    from circuitbench.pipeline.unit import run_unit
+    from circuitbench.prompts.encoding import encode_task
+    from circuitbench.specs.catalog import load_task
+    from circuitbench.specs.options import effective_spec
+
+    model = load_model(TOY, device="cpu")
+    options = RunOptions(n_prompts=8, batch_size=4, methods=["ablation"], cache_dir=str(tmp_path / "cache"))
+    spec = effective_spec(load_task("induction"), options).model_copy(
+        update={"method_options": {"ablation": {"kind": "resample"}}, "circuit": None})
+    lengths = encode_task(spec, model.vocab, model.unk_id, model.n_ctx).lengths
+    assert len(set(lengths[:4].tolist())) > 1  # prompts of one batch differ in length: pads are read
+    # filled in batches of 2, read in batches of 4: positions past a pair's own width are read too
+    assert run_unit(spec, model, options.model_copy(update={"batch_size": 2})).run.cache["misses"] > 0
+    cached = run_unit(spec, model, options)
+    uncached = run_unit(spec, model, options.model_copy(update={"cache": False}))
+    assert cached.run.cache["misses"] == 0
+    diff = np.abs(np.array(cached.head_scores["ablation"]) - np.array(uncached.head_scores["ablation"])).max()
+    assert diff < 1e-6

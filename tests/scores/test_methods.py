@@ -1,0 +1,176 @@
+"""Head-scoring methods, circuits and faithfulness on the embedded toy and tiny HF models."""
+import numpy as np
+import pytest
+import torch
+
+from circuitbench.circuits.circuit import Circuit
+from circuitbench.circuits.overlap import rank_correlation as spearman
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models.loading import load_model
+from circuitbench.pipeline.unit import run_unit
+from circuitbench.prompts.encoding import encode_task
+from circuitbench.scores.interventions import naive_head_metrics, patched_head_metrics, position_mask, record_base_run
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.scoring import score_heads
+from circuitbench.specs.catalog import load_task
+from circuitbench.specs.options import RunOptions
+from circuitbench.specs.task import CircuitRule, TaskSpec
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = load_model("toy-induction-2l", device="cpu")
+    spec = load_task("induction").model_copy(update={"n_prompts": 24})
+    return model, encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
+
+
+def _fast_vs_naive(model, data, metric, positions="all"):
+    ctx = MethodContext(batch_size=8, metric=metric)
+    batch = data.batch(0, 6)
+    (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
+    mask = position_mask(batch, positions)
+    fast = patched_head_metrics(model, batch, clean, lambda l: corrupt.z[l], mask, ctx)
+    slow = naive_head_metrics(model, batch, lambda l: corrupt.z[l], mask, ctx)
+    return float((fast - slow).abs().max()), float(slow.abs().max())
+
+
+def test_fast_patching_equals_naive_loop_on_toy(toy):
+    model, data = toy
+    diff, scale = _fast_vs_naive(model, data, "induction_loss")
+    assert diff < 1e-4 and scale > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox", "llama"])
+def test_fast_patching_equals_naive_loop_on_hf(tiny_models, arch):
+    model = load_model(str(tiny_models[arch]), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 6}), model.vocab, model.unk_id, model.n_ctx)
+    diff, scale = _fast_vs_naive(model, data, "logit_diff")
+    assert diff < 1e-4 and scale > 0
+    diff, _ = _fast_vs_naive(model, data, "logit_diff", positions=["S2", "END"])
+    assert diff < 1e-4
+
+
+def test_skipped_blocks_do_no_work(toy):
+    """Resuming at layer 1 must not run block 0's insides (else nothing is saved)."""
+    model, data = toy
+    tokens = data.tokens[:2]
+    block = model.bridge.blocks[0].original_component
+    inner = [m for m in block.modules() if m is not block]
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in inner]
+    model.block_formats()  # recorded once per model, from a real forward
+    calls.clear()
+    logits, run = record_base_run(model, tokens)
+    assert calls  # a plain run goes through block 0's submodules
+    calls.clear()
+    out = model.run_with_hooks(tokens, resume=(1, run.resid[1]))
+    for h in handles:
+        h.remove()
+    assert not calls
+    assert (out - logits).abs().max() < 1e-5
+    assert "forward" not in vars(model.bridge.blocks[0].original_component)  # restored after the context
+
+
+def test_toy_methods_find_the_induction_circuit(toy):
+    model, data = toy
+    scores = score_heads(model, data, ["induction", "previous_token", "activation_patching", "attribution_patching"],
+                         batch_size=12, metric="induction_loss")
+    ind, prev, exact, approx = (scores[k] for k in ("induction", "previous_token", "activation_patching",
+                                                    "attribution_patching"))
+    assert np.unravel_index(ind.argmax(), ind.shape)[0] == 1  # layer-1 induction head on top
+    prev_head = np.unravel_index(prev.argmax(), prev.shape)
+    assert prev_head[0] == 0 and prev.max() > 0.5  # layer-0 previous-token head
+    # exact patching: the circuit is the previous-token head plus the layer-1 heads
+    top5 = {tuple(map(int, np.unravel_index(i, exact.shape))) for i in np.argsort(-exact, axis=None)[:5]}
+    assert top5 == {tuple(map(int, prev_head))} | {(1, h) for h in range(4)}
+    other_layer0 = [exact[0, h] for h in range(4) if h != prev_head[1]]
+    assert exact[1].min() > 3 * max(abs(v) for v in other_layer0)
+    assert spearman(exact, approx) > 0.5  # attribution agrees with exact patching
+    # denoising (clean head output into the corrupted run): the layer-1 induction heads come out on top,
+    # every one above every layer-0 head, the previous-token head included
+    restore = score_heads(model, data, ["activation_patching"], 12, metric="induction_loss",
+                          method_options={"activation_patching": {"direction": "denoising"}})["activation_patching"]
+    assert np.unravel_index(restore.argmax(), restore.shape)[0] == 1
+    assert restore[1].min() > restore[0].max() and restore[1].min() > 0.03
+
+
+def test_ablation_kinds(toy):
+    model, data = toy
+    zero = score_heads(model, data, ["ablation"], 12, metric="induction_loss",
+                       method_options={"ablation": {"kind": "zero"}})["ablation"]
+    resample = score_heads(model, data, ["ablation"], 12, metric="induction_loss",
+                           method_options={"ablation": {"kind": "resample"}})["ablation"]
+    assert zero[1].mean() > 0 and resample[1].mean() > 0  # removing induction heads hurts
+    assert not np.allclose(zero, resample)
+
+
+def test_circuit_rules():
+    scores = np.array([[0.1, -0.9, 0.0], [0.5, 0.2, -0.3]])
+    assert Circuit.from_scores(scores, CircuitRule(top_k=2), "m").heads == [(0, 1), (1, 0)]
+    assert Circuit.from_scores(scores, CircuitRule(top_k=2, by="signed"), "m").heads == [(1, 0), (1, 1)]
+    assert Circuit.from_scores(scores, CircuitRule(threshold=0.25), "m").heads == [(0, 1), (1, 0), (1, 2)]
+    assert Circuit.from_scores(scores, CircuitRule(fraction=0.5), "m").heads == [(0, 1), (1, 0), (1, 2)]
+    with pytest.raises(ValueError):
+        CircuitRule(top_k=2, threshold=0.1)
+
+
+def test_faithfulness_and_curve_on_toy(toy, tmp_path):
+    model, _ = toy
+    spec = load_task("induction").model_copy(update={"n_prompts": 16})
+    result = run_unit(spec, model, RunOptions(batch_size=8))
+    c = result.circuit
+    assert c is not None and len(c.heads) == 5
+    # f(C) recomputed from the stored metric values, and the curve's end points
+    assert abs(c.faithfulness - (c.m_circuit - c.m_empty) / (c.m_full - c.m_empty)) < 1e-9
+    assert c.curve[0][2] == 0.0 and c.curve[-1][2] == 1.0 and len(c.curve) == 9
+    xs, ys = np.array([p[1] for p in c.curve]), np.array([p[2] for p in c.curve])
+    assert abs(c.cpr - np.trapezoid(ys, xs)) < 1e-9 and abs(c.cmd - np.trapezoid(np.abs(1 - ys), xs)) < 1e-9
+    assert c.m_full > c.m_empty  # the full model beats the all-ablated one (higher = better)
+    assert "spearman(activation_patching, attribution_patching)" in result.method_agreement
+    # the 5-head circuit keeps more than the 5 worst heads would
+    assert c.faithfulness > c.curve[3][2]
+
+
+def test_causal_tracing_maps(toy):
+    model, data = toy
+    traces = {}
+    score_heads(model, data, ["causal_tracing"], 12, metric="induction_loss",
+                method_options={"causal_tracing": {"directions": ["restore", "noise"], "noise": "gaussian"}},
+                traces=traces)
+    resid = traces["causal_tracing/resid/restore"]
+    mean = np.array(resid["mean"])
+    assert mean.shape == (2, int(data.lengths.min()) - 1) and resid["positions"][-1] == "END"
+    # restoring the whole last-layer residual at END restores that position's prediction only,
+    # restoring it at layer 0 everywhere is what the noise broke: effects are finite, some positive
+    assert np.isfinite(mean).all() and mean.max() > 0.05
+    assert "causal_tracing/attn/noise" in traces and "causal_tracing/mlp/restore" not in traces  # attention-only model
+    for noise in ("random_embeddings", "shuffled"):
+        t = {}
+        score_heads(model, data, ["causal_tracing"], 12, metric="induction_loss",
+                    method_options={"causal_tracing": {"noise": noise, "kinds": ["resid"]}}, traces=t)
+        assert np.isfinite(np.array(t["causal_tracing/resid/restore"]["mean"])).all()
+
+
+def test_method_options_and_positions_are_validated(toy):
+    base = load_task("ioi").model_dump()
+    with pytest.raises(ValueError, match="method_options.activation_patching.direction"):
+        TaskSpec.model_validate({**base, "methods": ["activation_patching"],
+                                 "method_options": {"activation_patching": {"direction": "sideways"}}})
+    model, data = toy
+    with pytest.raises(CircuitbenchError, match="S2"):
+        score_heads(model, data, ["activation_patching"], 8, metric="induction_loss",
+                    method_options={"activation_patching": {"positions": ["S2"]}})
+
+
+def test_attention_to_matches_pattern_by_hand(tiny_models):
+    model = load_model(str(tiny_models["gpt2"]), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
+    options = {"attention_to": {"source": "END", "target": "IO"}}
+    scores = score_heads(model, data, ["attention_to"], 4, method_options=options)["attention_to"]
+    _, cache = model.bridge.run_with_cache(data.tokens, names_filter=lambda n: n == "blocks.1.attn.hook_pattern")
+    pattern = cache["blocks.1.attn.hook_pattern"]  # read through TransformerLens itself, not our facade
+    rows = torch.arange(4)
+    by_hand = pattern[rows, :, data.positions["END"], data.positions["IO"]].mean(0)
+    assert torch.allclose(torch.tensor(scores[1]).float(), by_hand.float(), atol=1e-5)
+    with pytest.raises(CircuitbenchError, match="REPEAT"):
+        score_heads(model, data, ["attention_to"], 4, method_options={"attention_to": {"source": "REPEAT"}})

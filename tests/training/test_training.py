@@ -1,0 +1,125 @@
+"""`circuitbench train` and `circuitbench dynamics`: checkpoints, reproducibility, phase-change
+location and the plot."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuitbench.models.loading import load_model
+from circuitbench.specs.catalog import load_task
+from circuitbench.training.dynamics import analyse, fastest_change, plot
+from circuitbench.training.trainer import TrainConfig, arch_from, checkpoint_steps, train
+
+
+def test_checkpoint_steps_log_and_linear():
+    steps = checkpoint_steps(1000, 8)
+    assert steps[-1] == 1000 and steps == sorted(set(steps))
+    assert steps[0] < 50  # log-spaced early checkpoints
+    assert {250, 500, 750, 1000} <= set(steps)  # linear ones
+    assert checkpoint_steps(10, 0) == [10]
+
+
+def test_fastest_change_by_hand():
+    pc = fastest_change([10, 100, 200, 1000], [4.0, 3.9, 1.0, 0.9], "loss")
+    assert (pc.start_step, pc.end_step) == (100, 200) and abs(pc.change + 2.9) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    config = TrainConfig(arch=arch_from("attn-only-2l", d_model=32), tasks=["tasks/examples/induction_small.yaml"],
+                         steps=40, checkpoints=4, batch_size=16, seed=1)
+    summary = train(config, out / "a")
+    train(config, out / "b")
+    train(config.model_copy(update={"seed": 2}), out / "c")
+    return out, summary
+
+
+def test_training_is_reproducible_and_checkpoints_load(trained):
+    out, summary = trained
+    wa, wb, wc = (load_file(str(out / x / "model.safetensors")) for x in "abc")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and any(not torch.equal(wa[k], wc[k]) for k in wa)
+    assert summary["checkpoints"] == checkpoint_steps(40, 4)
+    for step in summary["checkpoints"]:
+        model = load_model(str(out / "a" / "checkpoints" / f"step_{step:06d}"), device="cpu")
+        assert model.n_layers == 2
+    log = json.loads((out / "a" / "training_log.json").read_text())
+    assert len(log["loss"]) == 40 and log["config"]["seed"] == 1
+
+
+def test_dynamics_on_checkpoints_and_plot(trained, tmp_path):
+    out, summary = trained
+    dyn = analyse(out / "a", "tasks/examples/induction_small.yaml", n=8)
+    assert dyn.steps == summary["checkpoints"] and len(dyn.metric_values) == len(dyn.steps)
+    assert np.array(dyn.prefix_matching).shape == (len(dyn.steps), 2, 4)
+    assert dyn.phase_change.start_step in dyn.steps and dyn.phase_change.end_step in dyn.steps
+    i = dyn.steps.index(dyn.phase_change.start_step)
+    assert abs(dyn.phase_change.change - (dyn.metric_values[i + 1] - dyn.metric_values[i])) < 1e-9
+    png = tmp_path / "d.png"
+    plot(dyn, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_tasks_train_on_train_split_only(tmp_path):
+    from circuitbench.prompts.generate import generate_prompts
+    from circuitbench.specs.options import RunOptions, effective_spec
+    from circuitbench.training.trainer import _text_examples
+
+    examples, _ = _text_examples("x2", 1000)
+    texts = [prompt + answer for prompt, answer in examples]
+    test_prompts = {p.text for p in generate_prompts(effective_spec(load_task("x2"), RunOptions(split="test"))).prompts}
+    assert texts and not any(t.startswith(p) for t in texts for p in test_prompts)
+    assert not {t.split(",")[0] for t in texts} & {p.split(",")[0] for p in test_prompts}  # whole starts held out
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=3, checkpoints=0, batch_size=4)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    from circuitbench.prompts.encoding import encode_task
+
+    data = encode_task(load_task("x2"), model.vocab, model.unk_id, model.n_ctx)
+    assert data.report.n_dropped == 0  # the toy vocabulary covers the test split too
+
+
+def test_report_splits_put_train_and_test_side_by_side(tmp_path):
+    """x2 reports train-split metrics beside test: each equals a separate run on that split."""
+    from circuitbench.pipeline.unit import run_unit
+    from circuitbench.specs.options import RunOptions, effective_spec
+
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=30, checkpoints=0, batch_size=16)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    spec = effective_spec(load_task("x2"), RunOptions(methods=[], n_prompts=12))
+    assert spec.report_splits == ["train"]
+    result = run_unit(spec, model, RunOptions())
+    train_spec = effective_spec(load_task("x2"), RunOptions(methods=[], n_prompts=12, split="train"))
+    assert train_spec.report_splits == ["test"]
+    train_only = run_unit(train_spec, model, RunOptions())
+    by_split = result.metrics_by_split
+    assert set(by_split) == {"train", "test"}
+    for name in ("logit_diff", "loss", "accuracy"):
+        assert abs(by_split["test"].metrics[name] - result.metrics[name]) < 1e-9
+        assert abs(by_split["train"].metrics[name] - train_only.metrics[name]) < 1e-6
+    assert by_split["train"].n_prompts == train_only.task.n_prompts == 12
+    assert by_split["train"].metrics["loss"] != by_split["test"].metrics["loss"]  # different prompts
+
+
+def test_mixed_model_draws_induction_symbols_from_its_stream(tmp_path):
+    """A model trained on text + the induction stream gets induction prompts in the stream's
+    symbols (t0, t1, ...), not in arbitrary text words of its vocabulary."""
+    from circuitbench.models.loading import load_vocabulary
+    from circuitbench.prompts.encoding import encode_task
+
+    config = TrainConfig(arch=arch_from("attn-only-1l", d_model=16), tasks=["seq_days",
+                                                                            "tasks/examples/induction_small.yaml"],
+                         steps=2, checkpoints=0, batch_size=4)
+    train(config, tmp_path)
+    model = load_model(str(tmp_path), device="cpu")
+    vocab = model.vocab.tokenizer.get_vocab()
+    symbols = [w for w in vocab if w[0] == "t" and w[1:].isdigit()]
+    assert symbols and any(w in vocab for w in ("Monday", "Friday"))
+    assert sorted(model.vocab.token_pool) == sorted(vocab[w] for w in symbols)
+    assert load_vocabulary(str(tmp_path))[0].token_pool == model.vocab.token_pool
+    data = encode_task(load_task("tasks/examples/induction_small.yaml"), model.vocab, model.unk_id, model.n_ctx)
+    used = set(data.tokens[:, 1:][data.tokens[:, 1:] != model.vocab.pad_id].tolist())
+    assert used <= {vocab[w] for w in symbols}
