@@ -197,6 +197,68 @@ def _encode_symbols(vocab: Vocabulary, symbols: list[int], named: dict[str, int]
     return ids, {k: v + offset for k, v in named.items()}
 
 
+@dataclass
+class _Row:
+    """One prompt that survived encoding."""
+
+    text: str
+    ids: list[int]
+    corrupted_ids: list[int] | None
+    answer: int
+    distractor: int
+    positions: dict[str, int]
+    score_from: int  # sequence losses score the tokens from here on
+
+
+def _prompt_ids(vocab: Vocabulary, prompt: Prompt) -> tuple[list[int], list[int] | None, dict[str, int]]:
+    """(clean ids, corrupted ids, named positions); raises _Drop when they do not line up."""
+    if prompt.symbols is not None:
+        ids, pos = _encode_symbols(vocab, prompt.symbols, prompt.symbol_positions)
+        if prompt.corrupted_symbols is None:
+            return ids, None, pos
+        return ids, _encode_symbols(vocab, prompt.corrupted_symbols, prompt.symbol_positions)[0], pos
+    ids, pos = _encode_segments(vocab, prompt, corrupted=False)
+    if prompt.corrupted_segments is None:
+        return ids, None, pos
+    cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
+    if len(cids) != len(ids) or cpos != pos:
+        raise _Drop("clean and corrupted prompts differ in token length")
+    return ids, cids, pos
+
+
+def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int, unk_id: int | None) -> _Row:
+    ids, cids, pos = _prompt_ids(vocab, prompt)
+    if unk_id is not None and (unk_id in ids or (cids is not None and unk_id in cids)):
+        raise _Drop("prompt has tokens outside the model's vocabulary")
+    if len(ids) > n_ctx:
+        raise _Drop(f"prompt longer than the model's context ({n_ctx} tokens)")
+    answer = distractor = -1
+    if has_answer:
+        assert prompt.answer is not None and prompt.distractor is not None
+        answer = _single_token(vocab, prompt.answer, "answer")
+        distractor = _single_token(vocab, prompt.distractor, "distractor")
+        if unk_id is not None and unk_id in (answer, distractor):
+            raise _Drop("answer or distractor outside the model's vocabulary")
+    pos["END"] = len(ids) - 1
+    # Sequence losses score the tokens strictly after `score_from` (default: after BOS).
+    score_from = pos[prompt.score_from] + 1 if prompt.score_from else 1
+    return _Row(prompt.text, ids, cids, answer, distractor, pos, score_from)
+
+
+def _check_drops(report: DropReport, task: str, max_drop_fraction: float) -> None:
+    if report.n_total and report.n_dropped / report.n_total > max_drop_fraction:
+        lines = "; ".join(
+            f"{reason}: {count} (e.g. {', '.join(report.examples[reason])})"
+            for reason, count in report.reasons.most_common()
+        )
+        raise CircuitbenchError(
+            f"Task '{task}': {report.n_dropped} of {report.n_total} prompts would be "
+            f"dropped for this tokenizer (limit {max_drop_fraction:.0%}). {lines}. Choose a model "
+            "whose tokenizer has these answers as single tokens, change the task's pools, or "
+            "raise max_drop_fraction in the task YAML."
+        )
+
+
 def encode_prompts(
     prompt_set: PromptSet,
     vocab: Vocabulary,
@@ -206,77 +268,39 @@ def encode_prompts(
     max_drop_fraction: float,
     unk_id: int | None = None,
 ) -> EncodedPrompts:
+    """Every usable prompt of the set as right-padded token tensors; the others dropped and counted."""
     report = DropReport(n_total=len(prompt_set.prompts))
-    rows: list[tuple[str, list[int], list[int] | None, int, int, dict[str, int], int]] = []
+    rows: list[_Row] = []
     for prompt in prompt_set.prompts:
         try:
-            if prompt.symbols is not None:
-                ids, pos = _encode_symbols(vocab, prompt.symbols, prompt.symbol_positions)
-                cids = (
-                    None
-                    if prompt.corrupted_symbols is None
-                    else _encode_symbols(vocab, prompt.corrupted_symbols, prompt.symbol_positions)[0]
-                )
-            else:
-                ids, pos = _encode_segments(vocab, prompt, corrupted=False)
-                cids = None
-                if prompt.corrupted_segments is not None:
-                    cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
-                    if len(cids) != len(ids) or cpos != pos:
-                        raise _Drop("clean and corrupted prompts differ in token length")
-            if unk_id is not None and (unk_id in ids or (cids is not None and unk_id in cids)):
-                raise _Drop("prompt has tokens outside the model's vocabulary")
-            if len(ids) > n_ctx:
-                raise _Drop(f"prompt longer than the model's context ({n_ctx} tokens)")
-            answer = distractor = -1
-            if has_answer:
-                assert prompt.answer is not None and prompt.distractor is not None
-                answer = _single_token(vocab, prompt.answer, "answer")
-                distractor = _single_token(vocab, prompt.distractor, "distractor")
-                if unk_id is not None and unk_id in (answer, distractor):
-                    raise _Drop("answer or distractor outside the model's vocabulary")
-            pos["END"] = len(ids) - 1
-            # Sequence losses score the tokens strictly after `score_from` (default: after BOS).
-            score_from = pos[prompt.score_from] + 1 if prompt.score_from else 1
-            rows.append((prompt.text, ids, cids, answer, distractor, pos, score_from))
+            rows.append(_encode_row(vocab, prompt, has_answer, n_ctx, unk_id))
         except _Drop as drop:
             example = prompt.text if not has_answer else f"{prompt.text!r} -> {prompt.answer!r}"
             report.drop(drop.reason, example)
-
-    if report.n_total and report.n_dropped / report.n_total > max_drop_fraction:
-        lines = "; ".join(
-            f"{reason}: {count} (e.g. {', '.join(report.examples[reason])})"
-            for reason, count in report.reasons.most_common()
-        )
-        raise CircuitbenchError(
-            f"Task '{prompt_set.task}': {report.n_dropped} of {report.n_total} prompts would be "
-            f"dropped for this tokenizer (limit {max_drop_fraction:.0%}). {lines}. Choose a model "
-            "whose tokenizer has these answers as single tokens, change the task's pools, or "
-            "raise max_drop_fraction in the task YAML."
-        )
+    _check_drops(report, prompt_set.task, max_drop_fraction)
     if not rows:
         raise CircuitbenchError(f"Task '{prompt_set.task}': no prompts to run.")
 
-    n, width = len(rows), max(len(r[1]) for r in rows)
+    n, width = len(rows), max(len(r.ids) for r in rows)
     tokens = torch.full((n, width), vocab.pad_id, dtype=torch.long)
-    corrupted = torch.full((n, width), vocab.pad_id, dtype=torch.long) if rows[0][2] is not None else None
+    corrupted = torch.full((n, width), vocab.pad_id, dtype=torch.long) if rows[0].corrupted_ids is not None else None
     score_mask = torch.zeros((n, width), dtype=torch.bool)
-    names = set.intersection(*(set(r[5]) for r in rows))
+    names = set.intersection(*(set(r.positions) for r in rows))
     positions = {name: torch.empty(n, dtype=torch.long) for name in sorted(names)}
-    for i, (_, ids, cids, _, _, pos, score_from) in enumerate(rows):
-        tokens[i, : len(ids)] = torch.tensor(ids)
-        if corrupted is not None and cids is not None:
-            corrupted[i, : len(cids)] = torch.tensor(cids)
-        score_mask[i, score_from : len(ids)] = True
+    for i, row in enumerate(rows):
+        tokens[i, : len(row.ids)] = torch.tensor(row.ids)
+        if corrupted is not None and row.corrupted_ids is not None:
+            corrupted[i, : len(row.corrupted_ids)] = torch.tensor(row.corrupted_ids)
+        score_mask[i, row.score_from : len(row.ids)] = True
         for name in names:
-            positions[name][i] = pos[name]
+            positions[name][i] = row.positions[name]
     return EncodedPrompts(
-        texts=[r[0] for r in rows],
+        texts=[r.text for r in rows],
         tokens=tokens,
         corrupted=corrupted,
-        lengths=torch.tensor([len(r[1]) for r in rows]),
-        answer=torch.tensor([r[3] for r in rows]),
-        distractor=torch.tensor([r[4] for r in rows]),
+        lengths=torch.tensor([len(r.ids) for r in rows]),
+        answer=torch.tensor([r.answer for r in rows]),
+        distractor=torch.tensor([r.distractor for r in rows]),
         positions=positions,
         score_mask=score_mask,
         has_answer=has_answer,

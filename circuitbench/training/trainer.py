@@ -19,18 +19,21 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import PreTrainedTokenizerFast
 
 from circuitbench.environment import torch_threads
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import NativeVariant, build_native_model, native_config, save_checkpoint
 from circuitbench.prompts.generate import generate_prompts
+from circuitbench.prompts.induction import InductionParams
 from circuitbench.specs.catalog import expand_task_names, load_task
 from circuitbench.specs.options import RunOptions, effective_spec
 from circuitbench.specs.registries import GENERATORS
@@ -155,7 +158,47 @@ def train(config: TrainConfig, out: Path,
         return _train(config, out, report)
 
 
-def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None]) -> dict[str, object]:
+@dataclass
+class TrainingData:
+    """What the training loop draws from: the text tasks' train rows and/or the induction stream."""
+
+    tokenizer: PreTrainedTokenizerFast
+    rows: torch.Tensor  # [n, width] BOS + prompt + answer, right-padded
+    answer_targets: torch.Tensor  # [n, width - 1] True where the next-token target is an answer token
+    row_weights: torch.Tensor | None  # [n] draw weights that make every task equally likely
+    n_text_tasks: int
+    induction: InductionParams | None  # the induction task's params (symbols, repeat lengths), if any
+    stream_len: int
+    symbol_ids: list[int]
+    pool: list[int] | None  # the induction symbols, recorded so induction prompts on the model use them
+
+    @property
+    def has_text(self) -> bool:
+        return len(self.rows) > 0
+
+    def batch(self, step: int, gen: torch.Generator, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [batch, width], loss mask [batch, width - 1]) for one step."""
+        answer_only = config.loss_positions == "answer"
+        # deterministic interleaving: induction on `induction_share` of the steps (0.5: every even step)
+        share = config.induction_share
+        if self.induction is not None and (
+                not self.has_text or math.floor(step * share) != math.floor((step - 1) * share)):
+            max_len = min(self.induction.max_len, (self.stream_len - 1) // 2)
+            batch, copied = induction_batch(gen, config.batch_size, len(self.symbol_ids), min(4, max_len), max_len,
+                                            self.stream_len, self.tokenizer.bos_token_id, self.symbol_ids[0])
+            return batch, copied if answer_only else torch.ones_like(copied)
+        if self.n_text_tasks == 1:  # (the draw the shipped single-task toys were trained with)
+            idx = torch.randint(0, len(self.rows), (config.batch_size,), generator=gen)
+        else:  # every task equally often
+            idx = torch.multinomial(self.row_weights, config.batch_size, replacement=True, generator=gen)
+        pad = self.tokenizer.pad_token_id
+        width = int((self.rows[idx] != pad).sum(dim=1).max())  # no all-padding columns (pad only ever trails)
+        batch = self.rows[idx][:, :width]
+        return batch, self.answer_targets[idx][:, : width - 1] if answer_only else batch[:, 1:] != pad
+
+
+def training_data(config: TrainConfig) -> TrainingData:
+    """The word vocabulary (every split's words, so test prompts tokenize too) and the train rows."""
     text_tasks, induction = [], None
     for task in expand_task_names(config.tasks):
         spec = load_task(task)
@@ -174,23 +217,29 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
         words |= w
         row_task += [i] * len(e)
     # every task equally often, however many distinct prompts its train split holds
-    task_sizes = torch.bincount(torch.tensor(row_task, dtype=torch.long),
-                                minlength=len(text_tasks)) if row_task else None
-    row_weights = (1.0 / task_sizes[torch.tensor(row_task)]).double() if row_task else None
+    row_weights = None
+    if row_task:
+        task_sizes = torch.bincount(torch.tensor(row_task, dtype=torch.long), minlength=len(text_tasks))
+        row_weights = (1.0 / task_sizes[torch.tensor(row_task)]).double()
     symbols = [f"t{i}" for i in range(induction.n_symbols)] if induction else []
-    # the stream: one copied segment per row, room for a gap, within the context
-    stream_len = min(config.arch.n_ctx, 2 * induction.max_len + 12) if induction else 0
     tokenizer = word_level_tokenizer(sorted(words | set(symbols)))
     vocab = tokenizer.get_vocab()
-    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    data, answer_targets = text_rows(examples, vocab, bos, pad, config.arch.n_ctx)
-    lengths = (data != pad).sum(dim=1)  # BOS + prompt + answer: pad only ever trails
-    has_text = len(data) > 0
-    symbol_ids = sorted(vocab[s] for s in symbols)
-    # induction prompts on this model draw from the stream's symbols, not from its text words
-    pool = [vocab[s] for s in symbols] if symbols and has_text else None
+    rows, answer_targets = text_rows(examples, vocab, tokenizer.bos_token_id, tokenizer.pad_token_id,
+                                     config.arch.n_ctx)
+    return TrainingData(
+        tokenizer=tokenizer, rows=rows, answer_targets=answer_targets, row_weights=row_weights,
+        n_text_tasks=len(text_tasks), induction=induction,
+        # the stream: one copied segment per row, room for a gap, within the context
+        stream_len=min(config.arch.n_ctx, 2 * induction.max_len + 12) if induction else 0,
+        symbol_ids=sorted(vocab[s] for s in symbols),
+        # induction prompts on this model draw from the stream's symbols, not from its text words
+        pool=[vocab[s] for s in symbols] if symbols and len(rows) > 0 else None,
+    )
 
-    cfg = config.arch.bridge_config(len(tokenizer))
+
+def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None]) -> dict[str, object]:
+    data = training_data(config)
+    cfg = config.arch.bridge_config(len(data.tokenizer))
     variant = config.arch.variant()
     model = build_native_model(cfg, config.seed, variant)
     gen = torch.Generator().manual_seed(config.seed)
@@ -200,27 +249,15 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
     saves = set(checkpoint_steps(config.steps, config.checkpoints))
     losses: list[float] = []
     t0 = time.perf_counter()
-    answer_only = config.loss_positions == "answer"
+
+    def save(path: Path, step: int) -> None:
+        record = {"trainer": "circuitbench train", "step": step, **config.model_dump(mode="json")}
+        save_checkpoint(path, model, cfg, data.tokenizer, record, variant, data.pool)
+
     with injected_noise(model, config.noise, noise_gen):
         model.train()
         for step in range(1, config.steps + 1):
-            # deterministic interleaving: induction on `induction_share` of the steps (0.5: every even step)
-            share = config.induction_share
-            use_induction = induction is not None and (
-                not has_text or math.floor(step * share) != math.floor((step - 1) * share))
-            if use_induction:
-                max_len = min(induction.max_len, (stream_len - 1) // 2)
-                batch, copied = induction_batch(gen, config.batch_size, len(symbol_ids), min(4, max_len), max_len,
-                                                stream_len, bos, symbol_ids[0])
-                targets_mask = copied if answer_only else torch.ones_like(copied)
-            else:
-                if len(text_tasks) == 1:  # (the draw the shipped single-task toys were trained with)
-                    idx = torch.randint(0, len(data), (config.batch_size,), generator=gen)
-                else:  # every task equally often
-                    idx = torch.multinomial(row_weights, config.batch_size, replacement=True, generator=gen)
-                width = int(lengths[idx].max())  # no all-padding columns
-                batch = data[idx][:, :width]
-                targets_mask = answer_targets[idx][:, : width - 1] if answer_only else batch[:, 1:] != pad
+            batch, targets_mask = data.batch(step, gen, config)
             logits = model(batch)
             nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                                   reduction="none")
@@ -232,13 +269,10 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
             report(step, losses[-1])
             if step in saves:
                 model.eval()
-                record = {"trainer": "circuitbench train", "step": step, **config.model_dump(mode="json")}
-                save_checkpoint(out / "checkpoints" / f"step_{step:06d}", model, cfg, tokenizer, record, variant, pool)
+                save(out / "checkpoints" / f"step_{step:06d}", step)
                 model.train()
     model.eval()
-    # the final model also sits at OUT itself, so `--model OUT` is the trained model
-    save_checkpoint(out, model, cfg, tokenizer, {"trainer": "circuitbench train", "step": config.steps,
-                                                 **config.model_dump(mode="json")}, variant, pool)
+    save(out, config.steps)  # the final model also sits at OUT itself, so `--model OUT` is the trained model
     summary = {"final_loss": losses[-1], "train_seconds": round(time.perf_counter() - t0, 1), "steps": config.steps,
                "checkpoints": sorted(saves)}
     (out / "training_log.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "loss": losses,
