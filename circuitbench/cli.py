@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
-from circuitbench.errors import CircuitbenchError
+from circuitbench.errors import CircuitbenchError, Interrupted
 from circuitbench.registry import load_plugins
-from circuitbench.tables.console import console, err_console, print_table, show_logs
+from circuitbench.tables.console import err_console, plain, print_table, show_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative benchmark harness for circuit tasks.")
 cache_app = typer.Typer(no_args_is_help=True,
@@ -172,20 +174,25 @@ def validate(
 ) -> None:
     """Render a task's prompts and report what a tokenizer would drop (no weights loaded)."""
     load_plugins(plugin)
-    from circuitbench.prompts.generate import generate_prompts
+    from circuitbench.prompts.generate import generate_prompts, shortfall
     from circuitbench.specs.catalog import load_task
     from circuitbench.specs.options import RunOptions, effective_spec
 
-    spec = effective_spec(load_task(task, tuple(include_path)), RunOptions(n_prompts=n_prompts))
+    try:
+        options = RunOptions(n_prompts=n_prompts)
+    except ValidationError as e:
+        raise _options_error(e) from None
+    spec = effective_spec(load_task(task, tuple(include_path)), options)
     prompts = generate_prompts(spec)
-    console.print(f"[bold]{spec.name}[/] v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} "
-                  f"{spec.split} prompts")
+    if note := shortfall(spec, prompts):
+        plain(f"note: {note}")
+    plain(f"{spec.name} v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} {spec.split} prompts")
     if show > 0:
         print_table(("prompt", "answer", "distractor", "corrupted"),
                     [(repr(p.text), repr(p.answer or ""), repr(p.distractor or ""), repr(p.corrupted_text or ""))
                      for p in prompts.prompts[:show]])
     if model is None and tokenizer is None:
-        console.print("Spec is valid. Pass --model or --tokenizer to check tokenization.")
+        plain("Spec is valid. Pass --model or --tokenizer to check tokenization.")
         return
     from circuitbench.models.loading import load_vocabulary, tokenizer_vocabulary
     from circuitbench.prompts.encoding import encode_prompts
@@ -200,21 +207,49 @@ def validate(
     data = encode_prompts(prompts, vocab, has_answer=GENERATORS.get(spec.generator.name).has_answer, n_ctx=n_ctx,
                           max_drop_fraction=spec.max_drop_fraction, unk_id=unk)
     rep = data.report
-    console.print(f"tokenizer: {source}: kept {len(data)} of {rep.n_total}, dropped {rep.n_dropped}", soft_wrap=True)
+    plain(f"tokenizer: {source}: kept {len(data)} of {rep.n_total}, dropped {rep.n_dropped}")
     for reason, count in rep.reasons.most_common():
-        console.print(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}", soft_wrap=True)
+        plain(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}")
+
+
+DEFAULT_OVERLAP_METRICS = "jaccard,overlap_coefficient,hypergeometric_p,spearman"
+
+
+def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | None:
+    """(n_layers, n_heads) from --shape L,H or a registry --model, for circuits that carry none."""
+    if shape is not None and model is not None:
+        raise CircuitbenchError("--shape and --model both give the shape: pass one.")
+    if model is not None:
+        from circuitbench.specs.catalog import model_registry
+
+        registry = model_registry()
+        if model not in registry:
+            from circuitbench.errors import did_you_mean
+
+            raise CircuitbenchError(f"--model {model}: not a registry model.{did_you_mean(model, registry)} Use "
+                                    "--shape LAYERS,HEADS for another model.")
+        return registry[model].n_layers, registry[model].n_heads
+    if shape is None:
+        return None
+    parts = shape.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise CircuitbenchError(f"--shape {shape!r}: give LAYERS,HEADS as two positive integers, e.g. 12,12.")
+    return int(parts[0]), int(parts[1])
 
 
 @app.command()
 def overlap(
     files: list[str] = typer.Argument(
         ..., help="RunResult JSONs or any JSON with \"heads\": [[layer, head], ...]; globs too."),
-    metric: str = typer.Option("jaccard,overlap_coefficient,hypergeometric_p,spearman", "--metric",
-                               help="Comma-separated overlap metrics (`circuitbench ls overlap-metrics`)."),
+    metric: str | None = typer.Option(None, "--metric", help="Comma-separated overlap metrics (`circuitbench ls "
+                                      f"overlap-metrics`; default {DEFAULT_OVERLAP_METRICS}, each skipped with a "
+                                      "note where the circuits lack what it needs)."),
     alignment: str = typer.Option("auto", "--alignment", help="auto | head | relative_depth"),
     bins: int = typer.Option(10, "--bins", help="Relative-depth bins for models of different shape."),
     top_n: int = typer.Option(10, "--top-n"),
-    rbo_p: float = typer.Option(0.9, "--rbo-p"),
+    rbo_p: float = typer.Option(0.9, "--rbo-p", help="Rank-biased overlap persistence, 0 < p < 1."),
+    shape: str | None = typer.Option(None, "--shape", help="LAYERS,HEADS of circuits that carry no model shape."),
+    model: str | None = typer.Option(None, "--model", "-m", help="A registry model giving that shape."),
     as_json: bool = typer.Option(False, "--json", help="Print {labels, <metric>: matrix} as JSON."),
     plot_path: str | None = typer.Option(None, "--plot", help="Heatmap PNG of the first metric."),
     plugin: list[str] = Plugin,
@@ -225,9 +260,13 @@ def overlap(
 
     load_plugins(plugin)
     from circuitbench.circuits.circuit import Circuit
-    from circuitbench.circuits.overlap import overlap_matrix
+    from circuitbench.circuits.overlap import check_settings, overlap_matrix
+    from circuitbench.files import check_writable_file
     from circuitbench.tables.console import print_overlap
 
+    check_settings(bins, top_n, rbo_p)
+    if alignment not in ("auto", "head", "relative_depth"):
+        raise CircuitbenchError(f"--alignment {alignment!r}: choose auto, head or relative_depth.")
     paths: list[str] = []
     for f in files:
         matches = sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f]
@@ -236,19 +275,26 @@ def overlap(
         paths.extend(matches)
     if len(paths) < 2:
         raise CircuitbenchError("overlap: give at least two circuit files.")
-    if alignment not in ("auto", "head", "relative_depth"):
-        raise CircuitbenchError(f"--alignment {alignment!r}: choose auto, head or relative_depth.")
+    if plot_path:
+        check_writable_file(Path(plot_path), "--plot")
     circuits = [Circuit.load(Path(p)) for p in paths]
-    metrics = _split(metric)
-    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p)  # type: ignore[arg-type]
+    given_shape = _shape_option(shape, model)
+    if given_shape is not None:
+        circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
+    metrics = _split(metric or DEFAULT_OVERLAP_METRICS)
+    optional = frozenset(metrics) if metric is None else frozenset()
+    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p, optional)  # type: ignore[arg-type]
+    shown = [m for m in metrics if m in result]
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        print_overlap(result, metrics)
-    if plot_path:
+        print_overlap(result, shown)
+    for name, reason in result["skipped"].items():
+        plain(f"note: {name} skipped: {reason} (--shape L,H or --model NAME gives circuits a shape)", stderr=True)
+    if plot_path and shown:
         from circuitbench.tables.plots import overlap_heatmap
 
-        overlap_heatmap(result["labels"], result[metrics[0]], metrics[0], Path(plot_path))
+        overlap_heatmap(result["labels"], result[shown[0]], shown[0], Path(plot_path))
 
 
 @app.command()
@@ -260,11 +306,13 @@ def leaderboard(
 ) -> None:
     """Aggregate results into leaderboard tables (Markdown, CSV, sortable HTML); failed units apart."""
     load_plugins(plugin)
+    from circuitbench.files import check_writable_dir
     from circuitbench.tables.leaderboard import build
 
+    check_writable_dir(Path(out), "--out")
     summary = build(Path(results), Path(out), tuple(include_path))
-    console.print(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
-                  f"({summary['flagged']} results flagged, listed apart)", soft_wrap=True)
+    plain(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
+                  f"({summary['flagged']} results flagged, listed apart)")
 
 
 @app.command()
@@ -275,6 +323,7 @@ def report(
     """Heatmaps, faithfulness curve, causal-tracing maps and one HTML page for a result."""
     import json
 
+    from circuitbench.files import check_writable_dir
     from circuitbench.results.schema import RunResult
     from circuitbench.tables.report import build_report
 
@@ -284,8 +333,13 @@ def report(
     except (OSError, ValueError) as e:
         raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
     target = Path(out) if out else path.parent / f"{path.stem}_report"
+    if run_result.status != "complete":
+        assert run_result.error is not None
+        raise CircuitbenchError(f"{path}: the unit failed ({run_result.error.type}: {run_result.error.message}); "
+                                "there is nothing to report. Rerun it with --resume.")
+    check_writable_dir(target, "--out" if out else "report folder")
     files = build_report(run_result, target)
-    console.print(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})", soft_wrap=True)
+    plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
 
 
 @app.command()
@@ -372,6 +426,7 @@ def train_cmd(
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
     load_plugins(plugin)
+    from circuitbench.files import check_writable_dir
     from circuitbench.tables.console import progress_bars
     from circuitbench.training.trainer import TrainConfig, arch_from, train
 
@@ -387,10 +442,11 @@ def train_cmd(
             noise={"site": noise_site, "scale": noise_scale} if noise_site is not None else None)
     except ValidationError as e:
         raise _options_error(e, TRAIN_FLAGS) from None
+    check_writable_dir(Path(out), "--out")
     with progress_bars() as progress:
         summary = train(config, Path(out), lambda step, loss: progress(f"training · loss {loss:.3f}", step, steps))
-    console.print(f"saved {out} (final loss {summary['final_loss']:.3f}, {summary['train_seconds']} s; "
-                  f"checkpoints at steps {summary['checkpoints']})", soft_wrap=True)
+    plain(f"saved {out} (final loss {summary['final_loss']:.3f}, {summary['train_seconds']} s; "
+                  f"checkpoints at steps {summary['checkpoints']})")
 
 
 @app.command()
@@ -406,24 +462,27 @@ def dynamics(
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     load_plugins(plugin)
     from circuitbench.environment import torch_threads
-    from circuitbench.files import write_atomic
+    from circuitbench.files import check_writable_dir, check_writable_file, write_atomic
     from circuitbench.training.dynamics import analyse, plot
 
     run_dir = Path(model)
+    if run_dir.is_dir():  # (a missing one is reported by analyse, which needs its checkpoints)
+        check_writable_dir(run_dir, "--model (dynamics are written next to the checkpoints)")
+    if plot_path:
+        check_writable_file(Path(plot_path), "--plot")
     with torch_threads(threads):
         dyn = analyse(run_dir, task, n=n_prompts)
     rows = [(str(step), f"{dyn.metric_values[i]:.3f}", f"{max(max(row) for row in dyn.prefix_matching[i]):.3f}",
              f"{dyn.icl_score[i]:.3f}") for i, step in enumerate(dyn.steps)]
     print_table(("step", dyn.metric, "max prefix-matching", "ICL score"), rows, title=f"training dynamics: {task}")
     pc = dyn.phase_change
-    console.print(f"phase change ({pc.series}): steps {pc.start_step}–{pc.end_step}, change {pc.change:+.3f}; "
-                  f"prefix matching: steps {dyn.prefix_phase_change.start_step}–{dyn.prefix_phase_change.end_step}",
-                  soft_wrap=True)
+    plain(f"phase change ({pc.series}): steps {pc.start_step}–{pc.end_step}, change {pc.change:+.3f}; "
+          f"prefix matching: steps {dyn.prefix_phase_change.start_step}–{dyn.prefix_phase_change.end_step}")
     stem = f"dynamics_{dyn.task}"
     write_atomic(run_dir / f"{stem}.json", dyn.model_dump_json(indent=2) + "\n")
     png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
     plot(dyn, png)
-    console.print(f"wrote {run_dir / f'{stem}.json'} and {png}", soft_wrap=True)
+    plain(f"wrote {run_dir / f'{stem}.json'} and {png}")
 
 
 @app.command("train-zoo")
@@ -437,11 +496,15 @@ def train_zoo(
     from circuitbench.tables.console import progress_bars
     from circuitbench.training.zoo import RECIPES, train_zoo_model
 
+    if out is not None:
+        from circuitbench.files import check_writable_dir
+
+        check_writable_dir(Path(out), "--out")
     total = steps or (RECIPES[name].default_steps if name in RECIPES else 1)
     with progress_bars() as progress:
         path, summary = train_zoo_model(name, Path(out) if out else None, steps, seed,
                                         lambda step, loss: progress(f"training {name} · loss {loss:.3f}", step, total))
-    console.print(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+    plain(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
 
 
 @app.command()
@@ -457,7 +520,7 @@ def schema(out: str | None = typer.Option(None, "--out", help="Write to this fil
         print(text, end="")
     else:
         write_atomic(Path(out), text)
-        console.print(f"wrote {out}")
+        plain(f"wrote {out}")
 
 
 @cache_app.command("ls")
@@ -485,33 +548,44 @@ def cache_clear(
     store = ActivationCache(cache_dir)
     removed = store.clear(model=model, older_than_days=older_than)
     freed = size_text(sum(e.size_bytes for e in removed))
-    console.print(f"removed {entries_text(len(removed))} ({freed}) from {store.root}", highlight=False, soft_wrap=True)
+    plain(f"removed {entries_text(len(removed))} ({freed}) from {store.root}")
     if model is not None and not removed:
         models = sorted({e.manifest.key.model for e in store.entries() if e.manifest is not None})
-        console.print(f"no entries of model {model!r}; cached models: {', '.join(models) or 'none'}", highlight=False,
-                      soft_wrap=True)
+        plain(f"no entries of model {model!r}; cached models: {', '.join(models) or 'none'}")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends the work like Ctrl-C does (finished units kept), with exit code 143."""
+    raise Interrupted("SIGTERM", 128 + signal.SIGTERM)
 
 
 def main() -> None:
-    """Entry point: user mistakes print one message and exit 2, without a traceback; Ctrl-C exits 130."""
+    """Entry point: user mistakes print one message and exit 2, without a traceback; Ctrl-C exits
+    130 and SIGTERM 143, each saying what finished."""
     show_logs()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
     except CircuitbenchError as e:
         # Data-parallel processes meet the same mistakes together (see parallel.py): one says it.
         if int(os.environ.get("RANK", "0")) == 0:  # the launcher's main process
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except Interrupted as stop:
+        plain(f"interrupted ({stop.signal_name})" + (f": {stop.detail}" if stop.detail else "."), stderr=True)
+        sys.exit(stop.exit_code)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
     except (KeyboardInterrupt, typer.Abort, *_abort_types()):
-        err_console.print("interrupted: finished units are written; rerun with --resume to continue.")
+        plain("interrupted (SIGINT).", stderr=True)
         sys.exit(130)
     except Exception as e:  # usage errors (bad option value, unknown option) land here in standalone_mode=False
         if isinstance(e, _usage_error_types()):
             e.show()  # type: ignore[attr-defined]
             sys.exit(2)
         raise
+    if code == 130:  # typer turns Ctrl-C outside the grid into a returned 130
+        plain("interrupted (SIGINT).", stderr=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

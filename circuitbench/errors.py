@@ -29,3 +29,12 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown field (not allowed here; check the spelling)"
         parts.append(f"{loc}: {msg}")
     return f"{source}: invalid spec. " + "; ".join(parts)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the work. A BaseException, like KeyboardInterrupt, so no
+    `except Exception` records it as a failed unit; `detail` says what had finished."""
+
+    def __init__(self, signal_name: str, exit_code: int, detail: str = "") -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.exit_code, self.detail = signal_name, exit_code, detail

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from circuitbench.errors import CircuitbenchError
+
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write `text` to `path` atomically (readers see the old file or the new one, never a part)."""
@@ -20,3 +22,32 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """Before any compute: `path` is a directory files can be written in, or one that can be
+    made. Probed by really writing (permissions, read-only file systems, /proc alike); folders
+    made for the probe are removed again, so a refused run leaves nothing behind."""
+    if path.exists() and not path.is_dir():
+        raise CircuitbenchError(f"{flag} {path}: is a file, not a directory. Give a directory.")
+    made = [p for p in [path, *path.parents] if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".circuitbench-probe-"):
+            pass
+    except OSError as e:
+        raise CircuitbenchError(
+            f"{flag} {path}: cannot write there ({e.strerror or e}). Give a writable directory.") from None
+    finally:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Before any compute: a file can be written at `path` (its folder exists or can be made)."""
+    if path.is_dir():
+        raise CircuitbenchError(f"{flag} {path}: is a directory; give a file path.")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), flag)

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.specs.task import CircuitRule
@@ -31,6 +31,33 @@ class Circuit(BaseModel):
     method: str | None = None
     rule: dict[str, object] = Field(default_factory=dict)
     label: str | None = None
+
+    @model_validator(mode="after")
+    def _inside_the_model(self) -> "Circuit":
+        if self.n_layers is not None and self.n_heads is not None:
+            outside = [f"{l}.{h}" for l, h in self.heads if not (0 <= l < self.n_layers and 0 <= h < self.n_heads)]
+            if outside:
+                raise ValueError(f"heads {', '.join(outside[:5])} lie outside a model of {self.n_layers} layers × "
+                                 f"{self.n_heads} heads")
+            if self.scores is not None and (len(self.scores) != self.n_layers
+                                            or any(len(row) != self.n_heads for row in self.scores)):
+                raise ValueError(f"scores are not a [{self.n_layers}][{self.n_heads}] array")
+        elif any(l < 0 or h < 0 for l, h in self.heads):
+            raise ValueError("heads hold a negative layer or head index")
+        return self
+
+    def with_shape(self, n_layers: int, n_heads: int) -> "Circuit":
+        """This circuit as one of a model with that shape (for circuits that carry none)."""
+        try:
+            return Circuit.model_validate({**self.model_dump(), "n_layers": n_layers, "n_heads": n_heads})
+        except ValidationError as e:
+            reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            raise CircuitbenchError(f"Circuit '{self.label}': {reasons}.") from None
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """(n_layers, n_heads) when known (a RunResult carries it; a bare list of heads does not)."""
+        return None if self.n_layers is None or self.n_heads is None else (self.n_layers, self.n_heads)
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, rule: CircuitRule, method: str) -> "Circuit":
@@ -62,6 +89,9 @@ class Circuit(BaseModel):
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise CircuitbenchError(f"{path}: cannot read circuit JSON ({e}).") from None
+        if not isinstance(raw, dict):
+            raise CircuitbenchError(f"{path}: a circuit file is a JSON object with \"heads\": [[layer, head], ...], "
+                                    f"not a {type(raw).__name__}.")
         source = raw.get("circuit") if isinstance(raw.get("circuit"), dict) else raw
         if not isinstance(source, dict) or "heads" not in source:
             raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor circuit.heads).")
@@ -75,6 +105,10 @@ class Circuit(BaseModel):
         # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
         scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
         label = f"{model['name']}/{task['name']}" if model.get("name") and task.get("name") else path.stem
-        return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
-                   n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
-                   rule=source.get("rule") or {}, label=raw.get("label", label))
+        try:
+            return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
+                       n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
+                       rule=source.get("rule") or {}, label=raw.get("label", label))
+        except ValidationError as e:
+            reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            raise CircuitbenchError(f"{path}: not a usable circuit: {reasons}") from None

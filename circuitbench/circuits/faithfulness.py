@@ -13,6 +13,7 @@ from circuitbench.circuits.circuit import Circuit, Head, ranked_heads
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.interventions import ablated_heads_metric, mean_head_outputs
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.specs.task import CircuitRule
@@ -54,6 +55,10 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
     all_heads = {(l, h) for l in range(n_layers) for h in range(n_heads)}
     m_full = ablated_heads_metric(model, data, all_heads, means, ctx)
     m_empty = ablated_heads_metric(model, data, set(), means, ctx)
+    for quantity, value in (("m(M), the full model's metric", m_full), ("m(∅), the metric with every head ablated",
+                                                                        m_empty)):
+        if not np.isfinite(value):
+            raise nonfinite_error(f"Faithfulness: {quantity}", model, data.tokens[:4])
     gap = m_full - m_empty
     if abs(gap) < 1e-9:
         raise CircuitbenchError(
@@ -65,6 +70,8 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
         return (ablated_heads_metric(model, data, keep, means, ctx) - m_empty) / gap
 
     m_circuit = ablated_heads_metric(model, data, set(circuit.heads), means, ctx)
+    if not np.isfinite(m_circuit):
+        raise nonfinite_error("Faithfulness: m(C), the circuit's metric", model, data.tokens[:4])
     report = FaithfulnessReport(faithfulness=(m_circuit - m_empty) / gap, m_circuit=m_circuit, m_full=m_full,
                                 m_empty=m_empty, ablation=rule.ablation)
     if rule.curve:
@@ -74,6 +81,8 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
         for k in curve_sizes(total):
             fk = 0.0 if k == 0 else 1.0 if k == total else f(set(order[:k]))
             points.append((k, k / total, fk))
+        if not all(np.isfinite(p[2]) for p in points):
+            raise nonfinite_error("Faithfulness curve", model, data.tokens[:4])
         xs = np.array([p[1] for p in points])
         ys = np.array([p[2] for p in points])
         report.curve = points

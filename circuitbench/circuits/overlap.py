@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.circuits.circuit import Circuit, ranked_heads
 from circuitbench.errors import CircuitbenchError
@@ -45,9 +45,13 @@ def directional(a: Circuit, b: Circuit) -> float:
     return 1.0 if not sa else len(sa & sb) / len(sa)
 
 
+class MissingInput(CircuitbenchError):
+    """A metric needs what a circuit does not carry (its model's shape, or head scores)."""
+
+
 def _shape(c: Circuit) -> tuple[int, int]:
     if c.n_layers is None or c.n_heads is None:
-        raise CircuitbenchError(
+        raise MissingInput(
             f"Circuit '{c.label or '?'}' has no model shape (n_layers, n_heads): this metric needs it. Use a "
             "RunResult, or add \"n_layers\" and \"n_heads\" to the circuit JSON."
         )
@@ -68,7 +72,7 @@ def hypergeometric_p(a: Circuit, b: Circuit) -> float:
 
 def _scores(c: Circuit) -> np.ndarray:
     if c.scores is None:
-        raise CircuitbenchError(f"Circuit '{c.label or '?'}' carries no head scores: this metric compares scores.")
+        raise MissingInput(f"Circuit '{c.label or '?'}' carries no head scores: this metric compares scores.")
     return np.asarray(c.scores, dtype=float)
 
 
@@ -196,11 +200,25 @@ class Comparison(BaseModel):
     b: str
     alignment: str  # "head" or "relative_depth(bins=N)"
     values: dict[str, float]
+    skipped: dict[str, str] = Field(default_factory=dict)  # metric -> why it could not be computed
+
+
+def check_settings(bins: int, top_n: int, rbo_p: float) -> None:
+    """Refuse settings under which the metrics mean nothing."""
+    if bins < 1:
+        raise CircuitbenchError(f"--bins {bins}: relative depth needs at least 1 bin.")
+    if top_n < 1:
+        raise CircuitbenchError(f"--top-n {top_n}: compare at least the top 1 head.")
+    if not 0 < rbo_p < 1:
+        raise CircuitbenchError(f"--rbo-p {rbo_p}: rank-biased overlap's persistence p lies strictly between 0 and 1.")
 
 
 def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment: Alignment = "auto",
-            bins: int = 10, top_n: int = 10, rbo_p: float = 0.9) -> Comparison:
-    """Every requested overlap metric between two circuits, with the alignment used."""
+            bins: int = 10, top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset()) -> Comparison:
+    """Every requested overlap metric between two circuits, with the alignment used. A metric in
+    `optional` that needs what the circuits do not carry (a shape, scores) is left out, with the
+    reason in `skipped`; any other such metric is an error."""
+    check_settings(bins, top_n, rbo_p)
     names = metrics or OVERLAP_METRICS.names()
     fns = {name: OVERLAP_METRICS.get(name) for name in names}  # unknown names: one clear error
     same = (a.n_layers, a.n_heads) == (b.n_layers, b.n_heads)
@@ -210,25 +228,34 @@ def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment:
         used, x, y = "head", a, b
     else:
         used, x, y = f"relative_depth(bins={bins})", to_relative_depth(a, bins), to_relative_depth(b, bins)
-    values = {}
+    values, skipped = {}, {}
     for name in names:
         fn = fns[name]
-        if name == "top_n_overlap":
-            values[name] = top_n_overlap(x, y, top_n)
-        elif name == "rbo":
-            values[name] = rank_biased_overlap(x, y, rbo_p)
-        else:
-            values[name] = fn(x, y)
-    return Comparison(a=a.label or "A", b=b.label or "B", alignment=used, values=values)
+        try:
+            if name == "top_n_overlap":
+                values[name] = top_n_overlap(x, y, top_n)
+            elif name == "rbo":
+                values[name] = rank_biased_overlap(x, y, rbo_p)
+            else:
+                values[name] = fn(x, y)
+        except MissingInput as e:
+            if name not in optional:
+                raise
+            skipped[name] = str(e)
+    return Comparison(a=a.label or "A", b=b.label or "B", alignment=used, values=values, skipped=skipped)
 
 
 def overlap_matrix(circuits: list[Circuit], metrics: list[str], alignment: Alignment = "auto", bins: int = 10,
-                   top_n: int = 10, rbo_p: float = 0.9) -> dict[str, object]:
-    """{"labels": [...], "alignment": [[...]], "<metric>": [[...]]} over every ordered pair."""
+                   top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset()) -> dict[str, object]:
+    """{"labels": [...], "alignment": [[...]], "<metric>": [[...]], "skipped": {metric: reason}} over
+    every ordered pair; a metric skipped for any pair (see `compare`) is left out of the matrix."""
     labels = [c.label or f"circuit{i}" for i, c in enumerate(circuits)]
     out: dict[str, object] = {"labels": labels}
-    grid = [[compare(a, b, metrics, alignment, bins, top_n, rbo_p) for b in circuits] for a in circuits]
+    grid = [[compare(a, b, metrics, alignment, bins, top_n, rbo_p, optional) for b in circuits] for a in circuits]
     out["alignment"] = [[g.alignment for g in row] for row in grid]
+    skipped = {name: reason for row in grid for g in row for name, reason in g.skipped.items()}
     for name in metrics:
-        out[name] = [[g.values[name] for g in row] for row in grid]
+        if name not in skipped:
+            out[name] = [[g.values[name] for g in row] for row in grid]
+    out["skipped"] = skipped
     return out

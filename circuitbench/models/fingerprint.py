@@ -1,15 +1,16 @@
-"""What identifies a loaded model's weights beyond its name: the part of a cache key that must
-change whenever the numbers could (see activation_cache.py)."""
+"""What identifies a model's weights beyond its name, computed from its files and config without
+loading it: the part of a result's identity (resume) and a cache key (activation cache) that must
+change whenever the numbers could."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from circuitbench.models.toy import MARKER, is_toy_checkpoint
+from transformers import AutoConfig
 
-if TYPE_CHECKING:
-    from circuitbench.models.loading import LoadedModel
+from circuitbench.models.resolve import Init, ModelRef
+from circuitbench.models.toy import MARKER
 
 # Files of a local HF directory that hold or shape the weights; stat'ed, not read (they can be GBs).
 LOCAL_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "config.json", "generation_config.json")
@@ -21,25 +22,34 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
             h.update(chunk)
 
 
-def weights_fingerprint(model: "LoadedModel") -> str:
-    """16 hex digits: toy checkpoints hash their weight bytes (small); local HF directories
-    their weight files' names, sizes and mtimes; hub models the resolved commit; HF models also
-    their full config (architecture of a random init); random init its seed."""
+def _hub_config(ref: ModelRef, revision: str | None) -> str:
+    """The cached hub config and the commit it resolved to (without network: what was cached)."""
+    try:
+        config = AutoConfig.from_pretrained(ref.location, revision=revision, local_files_only=True)
+    except (OSError, ValueError):
+        return f"uncached:{ref.location}@{revision}"
+    return config.to_json_string(use_diff=False) + f"commit={getattr(config, '_commit_hash', None)}"
+
+
+def weights_fingerprint(ref: ModelRef, init: Init, seed: int | None) -> str:
+    """16 hex digits: toy checkpoints hash their weight bytes (small); local HF directories their
+    weight files' names, sizes and mtimes and their config; hub models their cached config and
+    commit; a random init the architecture it builds and its seed."""
     h = hashlib.sha256()
-    path = Path(model.source)
-    if path.is_absolute() and path.is_dir():  # local sources are resolved paths; hub ids are relative
-        if is_toy_checkpoint(path):
-            for name in ("model.safetensors", MARKER):
-                if (path / name).is_file():
-                    _hash_file(h, path / name)
-        else:
-            for pattern in LOCAL_WEIGHT_PATTERNS:
-                for file in sorted(path.glob(pattern)):
-                    stat = file.stat()
-                    h.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    config = getattr(getattr(model.bridge, "original_model", None), "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
-        h.update(f"commit={getattr(config, '_commit_hash', None)}".encode())
-    h.update(f"init={model.init};seed={model.init_seed}".encode())
+    path = Path(ref.location)
+    if ref.kind == "toy":
+        for name in ("model.safetensors", MARKER):
+            if (path / name).is_file():
+                _hash_file(h, path / name)
+    elif ref.kind == "local_hf":
+        for pattern in LOCAL_WEIGHT_PATTERNS:
+            for file in sorted(path.glob(pattern)):
+                stat = file.stat()
+                h.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        h.update((path / "config.json").read_bytes())
+    elif init == "random" and ref.spec is not None and ref.spec.hf_config is not None:
+        h.update(json.dumps(ref.spec.hf_config, sort_keys=True).encode())  # the architecture --init random builds
+    else:
+        h.update(_hub_config(ref, ref.spec.revision if ref.spec else None).encode())
+    h.update(f"init={init};seed={seed if init == 'random' else None}".encode())
     return h.hexdigest()[:16]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from circuitbench.models.hooks import Site, resid_pre, tl_hook_name
+from circuitbench.models.hooks import Site, attn_out, embed, mlp_out, resid_post, resid_pre, tl_hook_name
 from circuitbench.models.resume import BlockFormat, block_output_formats, skip_blocks_before
 from circuitbench.prompts.encoding import Vocabulary
 
@@ -43,6 +43,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     device_map: DeviceMap | None = None  # "auto": accelerate spread the HF model over the devices
     init_seed: int | None = None  # the weights' seed under --init random (part of their identity)
+    fingerprint: str = ""  # models/fingerprint.py: what identifies the weights beyond the name
     _formats: list[BlockFormat] | None = field(default=None, repr=False)
 
     # --- shape -----------------------------------------------------------------------------
@@ -119,6 +120,15 @@ class LoadedModel:
 
         logits = self.run_with_hooks(tokens, [*hooks, *((s, saver(s)) for s in sorted(set(sites)))])
         return logits, cache
+
+    def first_nonfinite_site(self, tokens: torch.Tensor) -> Site | None:
+        """The first site, in forward order, whose activation holds NaN or inf on `tokens` (None:
+        all finite): where a broken weight or an overflowing dtype first shows."""
+        order = [embed()]
+        for layer in range(self.n_layers):
+            order += [s for s in (attn_out(layer), mlp_out(layer)) if self.has_site(s)] + [resid_post(layer)]
+        _, cache = self.run_with_cache(tokens, order)
+        return next((site for site in order if not torch.isfinite(cache[site].float()).all()), None)
 
     def block_formats(self) -> list[BlockFormat]:
         if self._formats is None:

@@ -5,67 +5,24 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
-from circuitbench.models.loaded import DeviceMap, Init, LoadedModel
+from circuitbench.models.fingerprint import weights_fingerprint
+from circuitbench.models.loaded import DeviceMap, LoadedModel
 from circuitbench.models.memory import check_fits
+from circuitbench.models.resolve import Init, ModelRef, resolve_device, resolve_model
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer, load_saved_tokenizer
-from circuitbench.models.toy import ZOO_DIR, is_toy_checkpoint, load_toy, read_checkpoint_meta
+from circuitbench.models.toy import load_toy, read_checkpoint_meta
 from circuitbench.prompts.encoding import Vocabulary
 from circuitbench.specs.catalog import model_registry
-from circuitbench.specs.model import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_HOST = "huggingface.co"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What `--model` resolved to."""
-
-    kind: Literal["registry", "toy", "local_hf", "hub"]
-    name: str
-    location: str  # HF id, directory
-    spec: ModelSpec | None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CircuitbenchError(f"--device {device}: CUDA is not available on this machine. Use --device cpu.")
-    return torch.device(device)
-
-
-def resolve_model(name: str) -> ModelRef:
-    registry = model_registry()
-    if name in registry:
-        spec = registry[name]
-        if spec.source == "toy":
-            assert spec.path is not None
-            return ModelRef("toy", name, str(ZOO_DIR / spec.path), spec)
-        assert spec.hf_id is not None
-        return ModelRef("registry", name, spec.hf_id, spec)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if is_toy_checkpoint(path):
-            return ModelRef("toy", path.name, str(path.resolve()), None)
-        if (path / "config.json").is_file():
-            return ModelRef("local_hf", path.name, str(path.resolve()), None)
-        raise CircuitbenchError(
-            f"--model {name}: the directory has neither config.json (a HuggingFace model saved "
-            "with save_pretrained) nor circuitbench_toy.json (a toy checkpoint)."
-        )
-    if name.startswith((".", "/", "~")):
-        raise CircuitbenchError(f"--model {name}: no such directory.")
-    return ModelRef("hub", name, name, None)
 
 
 def _n_params_from_config(config) -> int:
@@ -202,7 +159,7 @@ def load_model(
     t0 = time.perf_counter()
     ref = resolve_model(name)
     dev = resolve_device(device)
-    dtype_name = dtype or (ref.spec.dtype if ref.spec else "float32")
+    dtype_name = ref.dtype(dtype)
     torch_dtype = DTYPES[dtype_name]
     revision = ref.spec.revision if ref.spec else None
 
@@ -213,13 +170,12 @@ def load_model(
                 "Train a fresh one with `circuitbench train` instead."
             )
         path = Path(ref.location)
-        if not is_toy_checkpoint(path):
-            raise CircuitbenchError(f"Toy model '{name}': checkpoint missing at {path}. Reinstall circuitbench.")
         bridge, tok, n_params = load_toy(path, dev, torch_dtype)
         vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab), read_checkpoint_meta(path).get("symbol_pool"))
         return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name,
                            n_params, "toy word-level (shipped with the checkpoint)", dev,
-                           load_seconds=round(time.perf_counter() - t0, 3))
+                           load_seconds=round(time.perf_counter() - t0, 3),
+                           fingerprint=weights_fingerprint(ref, "pretrained", None))
 
     if init == "random" and ref.kind == "hub":
         raise CircuitbenchError(
@@ -249,7 +205,7 @@ def load_model(
     kept_revision = revision if init == "pretrained" and ref.kind != "local_hf" else None
     return LoadedModel(bridge, vocab, unk, ref.name, ref.location, kept_revision, init, dtype_name, n_params,
                        tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3), device_map=device_map,
-                       init_seed=seed if init == "random" else None)
+                       init_seed=seed if init == "random" else None, fingerprint=weights_fingerprint(ref, init, seed))
 
 
 def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:

@@ -1,9 +1,14 @@
 """The task × model grid: every unit in order (models as given, then tasks as given), each result
-written atomically, finished units kept under --resume, and a unit that raises recorded as
-failed while the grid goes on."""
+written atomically, finished units of the same model identity kept under --resume, and a unit
+that raises recorded as failed while the grid goes on.
+
+Everything that can be checked is checked before any model loads: task specs and their prompts,
+model names and files, the output and cache directories, and that no two different models would
+share result files."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -11,16 +16,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions
-from circuitbench.errors import CircuitbenchError
+from circuitbench.errors import CircuitbenchError, Interrupted
+from circuitbench.files import check_writable_dir
+from circuitbench.models.fingerprint import weights_fingerprint
 from circuitbench.models.loaded import LoadedModel
-from circuitbench.models.loading import ModelRef, load_model, resolve_device, resolve_model
+from circuitbench.models.loading import load_model
+from circuitbench.models.resolve import ModelRef, resolve_device, resolve_model
 from circuitbench.parallel import Processes, current_processes, launched_world_size
 from circuitbench.pipeline.unit import model_info, run_unit, task_info
 from circuitbench.progress import ProgressFn, no_progress
-from circuitbench.prompts.generate import generate_prompts
+from circuitbench.prompts.generate import generate_prompts, shortfall
 from circuitbench.registry import loaded_plugins
 from circuitbench.results.schema import ErrorInfo, ModelInfo, RunInfo, RunResult
-from circuitbench.results.store import is_finished, load_result, result_path, save_result
+from circuitbench.results.store import load_result, save_result
 from circuitbench.scores.activation_cache import check_cache_dir
 from circuitbench.specs.catalog import expand_task_names, load_task
 from circuitbench.specs.options import RunOptions, effective_spec
@@ -42,6 +50,12 @@ class UnitOutcome:
         return self.result.status == "failed"
 
 
+@dataclass(frozen=True)
+class Unit:
+    spec: TaskSpec
+    path: Path
+
+
 def error_info(err: Exception) -> ErrorInfo:
     """A user mistake keeps its message; anything else (a bug, a crash) also its traceback."""
     user_error = isinstance(err, CircuitbenchError)
@@ -49,22 +63,75 @@ def error_info(err: Exception) -> ErrorInfo:
     return ErrorInfo(type=type(err).__name__, message=str(err), user_error=user_error, traceback=trace)
 
 
-def failed_result(spec: TaskSpec, model: LoadedModel | ModelRef, options: RunOptions, err: Exception,
+def expected_model(ref: ModelRef, options: RunOptions) -> ModelInfo:
+    """The identity a result of this run will carry, known before the model loads."""
+    seed = options.seed or 0
+    hub_revision = ref.spec.revision if ref.spec and options.init == "pretrained" and ref.kind != "toy" else None
+    return ModelInfo(name=ref.name, source=ref.location, revision=hub_revision,
+                     fingerprint=weights_fingerprint(ref, options.init, seed), init=options.init,
+                     init_seed=seed if options.init == "random" else None, dtype=ref.dtype(options.dtype))
+
+
+def failed_result(unit: Unit, model: LoadedModel | ModelRef, options: RunOptions, err: Exception,
                   started: datetime, seconds: float, command: str | None, processes: Processes) -> RunResult:
     """The record of a unit that raised: what was asked, what went wrong, no numbers."""
     if isinstance(model, LoadedModel):
         info, device = model_info(model), str(model.device)
     else:
-        dtype = options.dtype or (model.spec.dtype if model.spec else "float32")
-        info = ModelInfo(name=model.name, source=model.location, init=options.init, dtype=dtype)
-        device = options.device
+        info, device = expected_model(model, options), options.device
     return RunResult(
-        status="failed", error=error_info(err), task=task_info(spec), model=info,
-        run=RunInfo(seed=spec.seed, device=device, started_at=started.isoformat(), duration_s=round(seconds, 3),
+        status="failed", error=error_info(err), task=task_info(unit.spec), model=info,
+        run=RunInfo(seed=unit.spec.seed, device=device, started_at=started.isoformat(), duration_s=round(seconds, 3),
                     peak_memory_mb=peak_memory_mb(resolve_device("cpu")), versions=run_versions(), git=git_commit(),
                     command=command, options=options.model_dump(mode="json"), plugins=loaded_plugins(),
                     world_size=processes.world_size),
     )
+
+
+def why_not_reusable(existing: RunResult | None, unit: Unit, expected: ModelInfo, device_type: str) -> str | None:
+    """None when `existing` is a complete result of this very unit (same spec, same model
+    identity, same dtype and device type); else why it must be computed again."""
+    if existing is None:
+        return "no readable result"
+    if existing.status != "complete":
+        return "the stored result failed"
+    if existing.task.spec_hash != unit.spec.spec_hash():
+        return f"the task spec changed (spec hash {existing.task.spec_hash} ≠ {unit.spec.spec_hash()})"
+    stored = existing.model
+    for field in ("source", "fingerprint", "revision", "init", "init_seed", "dtype"):
+        if getattr(stored, field) != getattr(expected, field):
+            was, now = getattr(stored, field), getattr(expected, field)
+            return f"the stored result is of another model ({field} {was} ≠ {now})"
+    if existing.run.device.split(":")[0] != device_type:  # cpu and cuda kernels differ in the last bits
+        return f"the stored result ran on {existing.run.device}, this run on {device_type}"
+    return None
+
+
+def _same_slot(existing: RunResult, ref: ModelRef) -> bool:
+    """Whether a stored result belongs to the model `ref` names (a registry name is one model
+    wherever it is installed; a directory is its own path)."""
+    return existing.model.name == ref.name if ref.spec is not None else existing.model.source == ref.location
+
+
+def _refuse_shared_folders(refs: list[ModelRef], units_of: dict[int, list[Unit]]) -> None:
+    """Two models must never share result files: refuse, before any compute, a model whose folder
+    holds results of another model (e.g. two directories both named toyX)."""
+    seen: dict[Path, ModelRef] = {}
+    for i, ref in enumerate(refs):
+        folder = units_of[i][0].path.parent if units_of[i] else None
+        if folder is None:
+            continue
+        other = seen.setdefault(folder, ref)
+        if other.location != ref.location:
+            raise CircuitbenchError(
+                f"--model {other.location} and {ref.location} would both write to {folder}/ (same folder name). "
+                "Run them with different --out directories, or rename one directory.")
+        for unit in units_of[i]:
+            existing = load_result(unit.path)
+            if existing is not None and not _same_slot(existing, ref):
+                raise CircuitbenchError(
+                    f"{unit.path} holds a result of model {existing.model.source}, not of {ref.location} (their folder "
+                    f"names agree). Use another --out, or move {folder}/ away.")
 
 
 def _launch_device(options: RunOptions, processes: Processes) -> str:
@@ -83,55 +150,81 @@ def run(
     progress: ProgressFn = no_progress,
     command: str | None = None,
 ) -> list[UnitOutcome]:
-    """Run every (model, task) unit, writing `out/<model>/<task>.json` for each.
+    """Run every (model, task) unit, writing `out/<model folder>/<task>.json` for each.
 
-    Everything that can be checked is checked before any model loads (task specs and their
-    prompts, model names, the cache directory). With `resume`, units whose result file is
-    complete with the same spec hash, init and dtype are kept untouched. A unit that raises is
-    written with status "failed" and the grid goes on; the outcomes say which failed. Under a
-    launcher every process calls this; the prompts are split between them, and only the main
-    process writes the files.
+    With `resume`, a unit whose stored result is complete, of the same spec hash and the same
+    model identity (source, weights fingerprint, revision, init and seed, dtype, device type) is
+    kept untouched; anything else is computed again, with a log line saying why. A unit that
+    raises is written with status "failed" and the grid goes on; the outcomes say which failed.
+    Ctrl-C or SIGTERM raise `Interrupted`, saying what finished. Under a launcher every process
+    calls this; the prompts are split between them, and only the main process writes the files.
     """
     options = options or RunOptions()
     task_names = expand_task_names([tasks] if isinstance(tasks, str) else list(tasks), include_paths)
     model_names = [models] if isinstance(models, str) else list(models)
+    if not task_names or not model_names:
+        raise CircuitbenchError(f"--{'task' if not task_names else 'model'}: nothing to run (an empty list).")
     specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
     for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads
-        generate_prompts(spec)
+        if note := shortfall(spec, generate_prompts(spec)):
+            log.warning(note)
     if options.device_map is not None and launched_world_size() > 1:
         raise CircuitbenchError(
             f"--device-map {options.device_map} spreads one model over all devices and cannot be combined with "
             f"{launched_world_size()} data-parallel processes. Launch a single process for --device-map, or drop it "
             "to run one copy of the model per process."
         )
-    refs = [resolve_model(name) for name in model_names]  # unknown names fail here, before any compute
+    refs = [resolve_model(name) for name in model_names]  # unknown names and broken files fail here
+    out = Path(options.out)
+    units_of = {i: [Unit(spec, out / ref.folder(options.init) / f"{spec.name}.json") for spec in specs]
+                for i, ref in enumerate(refs)}
     processes = current_processes(options.device)
+    if processes.is_main:
+        check_writable_dir(out, "--out")
+        _refuse_shared_folders(refs, units_of)
     if not processes.is_main:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # e.g. "Loading weights": the main process's bar speaks for all
     check_cache_dir(options)
-    out = Path(options.out)
     outcomes: list[UnitOutcome] = []
-    for model_arg, ref in zip(model_names, refs):
-        units = [(spec, result_path(out, ref.name, spec.name)) for spec in specs]
-        # The main process decides what is finished (its view of the files rules) and tells the others.
-        kept = processes.from_main(lambda units=units: [
-            load_result(path) if options.resume and is_finished(path, spec.spec_hash(), options.init, options.dtype)
-            else None for spec, path in units])
-        pending = []
-        for (spec, path), existing in zip(units, kept):
-            if existing is not None:
-                outcomes.append(UnitOutcome(ref.name, spec.name, path, existing, True))
-            else:
-                pending.append((spec, path))
-        if pending:
-            outcomes += _run_model(model_arg, ref, pending, options, processes, progress, command)
+    try:
+        for i, (model_arg, ref) in enumerate(zip(model_names, refs)):
+            _run_model_units(model_arg, ref, units_of[i], options, processes, progress, command, outcomes)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        name, code = ("SIGINT", 130) if isinstance(stop, KeyboardInterrupt) else (stop.signal_name, stop.exit_code)
+        done = [o for o in outcomes if not o.skipped]
+        total = len(refs) * len(specs)
+        finished = (f"{len(done)} of {total} units written under {out}/" if done
+                    else f"no unit finished (none written under {out}/)")
+        raise Interrupted(name, code, f"{finished}; rerun the same command with --resume to continue") from None
     return outcomes
 
 
-def _run_model(model_arg: str, ref: ModelRef, pending: list[tuple[TaskSpec, Path]], options: RunOptions,
-               processes: Processes, progress: ProgressFn, command: str | None) -> list[UnitOutcome]:
+def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], options: RunOptions, processes: Processes,
+                     progress: ProgressFn, command: str | None, outcomes: list[UnitOutcome]) -> None:
+    """Keep what --resume may keep, then load the model and run its pending units."""
+    device_type = resolve_device(_launch_device(options, processes)).type
+    expected = expected_model(ref, options)
+
+    def reasons() -> list[str | None]:  # the main process's view of the files rules, shared with the others
+        return [why_not_reusable(load_result(u.path), u, expected, device_type) if options.resume else "no --resume"
+                for u in units]
+
+    pending = []
+    for unit, why in zip(units, processes.from_main(reasons)):
+        if why is None:
+            outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, load_result(unit.path), True))
+            continue
+        if options.resume and unit.path.exists() and why != "no readable result":
+            log.warning("recomputing %s on %s: %s", unit.spec.name, ref.name, why)
+        pending.append(unit)
+    if pending:
+        _run_pending(model_arg, ref, pending, options, processes, progress, command, outcomes)
+
+
+def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: RunOptions, processes: Processes,
+                 progress: ProgressFn, command: str | None, outcomes: list[UnitOutcome]) -> None:
     """Load one model and run its pending units; a failed load fails each of them."""
     log.info("loading model %s (%s)", ref.name, options.init)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
@@ -142,22 +235,32 @@ def _run_model(model_arg: str, ref: ModelRef, pending: list[tuple[TaskSpec, Path
                            seed=options.seed or 0, device_map=options.device_map)
     except Exception as e:  # noqa: BLE001  (recorded per unit; Ctrl-C is no Exception and stops the grid)
         load_error = e
-    outcomes = []
-    for spec, path in pending:
+    for unit in pending:
         if load_error is None:
             assert isinstance(model, LoadedModel)
-            log.info("running %s on %s", spec.name, ref.name)
+            log.info("running %s on %s", unit.spec.name, ref.name)
             started, t0 = datetime.now(timezone.utc), time.perf_counter()
             try:
-                result = run_unit(spec, model, options, progress=progress, command=command, processes=processes)
+                result = run_unit(unit.spec, model, options, progress=progress, command=command, processes=processes)
             except Exception as e:  # noqa: BLE001
-                result = failed_result(spec, model, options, e, started, time.perf_counter() - t0, command, processes)
+                result = failed_result(unit, model, options, e, started, time.perf_counter() - t0, command, processes)
         else:
-            result = failed_result(spec, model, options, load_error, started, time.perf_counter() - t0, command,
+            result = failed_result(unit, model, options, load_error, started, time.perf_counter() - t0, command,
                                    processes)
         if result.error is not None:
-            log.error("%s on %s failed: %s: %s", spec.name, ref.name, result.error.type, result.error.message)
+            log.error("%s on %s failed: %s: %s", unit.spec.name, ref.name, result.error.type, result.error.message)
         if processes.is_main:
-            save_result(result, path)
-        outcomes.append(UnitOutcome(ref.name, spec.name, path, result, False))
-    return outcomes
+            _save_or_keep(result, unit.path)
+        outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))
+
+
+def _save_or_keep(result: RunResult, path: Path) -> None:
+    """Write the result; if that fails after all the compute (disk full, permissions changed),
+    keep it in a temporary file and stop with both paths and the reason."""
+    try:
+        save_result(result, path)
+    except OSError as e:
+        kept = Path(tempfile.mkdtemp(prefix="circuitbench-unsaved-")) / path.name
+        save_result(result, kept)
+        raise CircuitbenchError(f"Cannot write {path} ({e.strerror or e}); the computed result is kept at {kept}. "
+                                f"Free space or fix the permissions, then copy it there.") from None

@@ -6,6 +6,7 @@ of the unit's prompts (see parallel.py); evaluation and scoring return the full-
 every process, and only the main process writes files."""
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 
@@ -25,7 +26,9 @@ from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_repo
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import check_methods, score_heads
 from circuitbench.specs.options import RunOptions
-from circuitbench.specs.task import TaskSpec
+from circuitbench.specs.task import CircuitRule, TaskSpec
+
+log = logging.getLogger(__name__)
 
 AGREEMENT_PAIR = ("activation_patching", "attribution_patching")
 
@@ -43,8 +46,9 @@ def task_info(spec: TaskSpec, data: EncodedPrompts | None = None) -> TaskInfo:
 
 
 def model_info(model: LoadedModel) -> ModelInfo:
-    return ModelInfo(name=model.name, source=model.source, revision=model.revision, init=model.init, dtype=model.dtype,
-                     n_layers=model.n_layers, n_heads=model.n_heads, n_params=model.n_params,
+    return ModelInfo(name=model.name, source=model.source, revision=model.revision, fingerprint=model.fingerprint,
+                     init=model.init, init_seed=model.init_seed, dtype=model.dtype, n_layers=model.n_layers,
+                     n_heads=model.n_heads, n_params=model.n_params,
                      tokenizer=model.tokenizer_source)
 
 
@@ -72,8 +76,8 @@ def run_unit(
     clean, corrupted = metrics_through_cache(cache_entry, spec.metrics, data.corrupted is not None,
                                              lambda: evaluate(model, data, spec.metrics, batch_size, progress,
                                                               processes))
-    metrics, stderr = summarise(clean, model.name, "clean")
-    metrics_corrupted = summarise(corrupted, model.name, "corrupted")[0] if corrupted else {}
+    metrics, stderr = summarise(clean, model, data.tokens[:4], "clean")
+    metrics_corrupted = summarise(corrupted, model, data.corrupted[:4], "corrupted")[0] if corrupted else {}
     by_split = evaluate_report_splits(spec, model, batch_size, progress, processes)
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
@@ -115,7 +119,24 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
         return None
     method = spec.circuit.method or next(iter(head_scores))
     chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
+    warnings = rule_warnings(spec.circuit, len(chosen.heads), head_scores[method].size)
+    for warning in warnings:
+        log.warning("%s on %s: %s", spec.name, model.name, warning)
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     faith = faithfulness(model, shard, chosen, head_scores[method], spec.circuit, ctx)
-    return CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, **faith.model_dump())
+    return CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, warnings=warnings, **faith.model_dump())
+
+
+def rule_warnings(rule: CircuitRule, chosen: int, total: int) -> list[str]:
+    """What a circuit rule became when it is not what it says: more heads asked than the model
+    has, every head, or none."""
+    out = []
+    if rule.top_k is not None and rule.top_k > total:
+        out.append(f"top_k {rule.top_k} exceeds the model's {total} heads: the circuit is all {total} heads")
+    elif chosen == total:
+        out.append(f"the circuit rule selects every one of the {total} heads: faithfulness is 1 by construction")
+    if chosen == 0:
+        out.append(f"the circuit rule selects no head (threshold {rule.threshold} is above every score): "
+                   "faithfulness is 0 by construction")
+    return out

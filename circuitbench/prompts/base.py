@@ -7,7 +7,6 @@ random tokens, a list of symbols that each model maps onto tokens of its own voc
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 from collections.abc import Callable
 
@@ -16,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from circuitbench.errors import CircuitbenchError
 from circuitbench.specs.task import SPLITS, Split
 
-log = logging.getLogger(__name__)
 # Fractions of the prompt universe assigned to each split (by hash of the prompt's split key).
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 # "all" prompts of a split stops here: for large universes "all" means "this many".
@@ -104,7 +102,8 @@ def sample_split(
     held out), and keys are deduplicated. The split counts as exhausted when `exhaust_after`
     draws in a row bring nothing new; a large universe stops at ALL_CAP prompts. The first k
     prompts of any draw are the same for every n >= k (one RNG sequence), so `n` prompts of a
-    small split are the first n of all of them. Fewer than `n` is logged, none is an error.
+    small split are the first n of all of them. None is an error; fewer than `n` is the caller's to
+    report (see prompts/generate.py).
     """
     rng = random.Random(f"{task}:{seed}:{split}")
     seen: set[str] = set()
@@ -121,9 +120,6 @@ def sample_split(
         stale = 0
     if not out:
         raise CircuitbenchError(f"generator '{task}' has no {split} prompts with these params; widen its ranges.")
-    if n is not None and len(out) < n:
-        log.info("%s: the %s split holds only %d distinct prompts (about %.0f%% of all); using %d of the %d asked.",
-                    task, split, len(out), 100 * SPLIT_FRACTIONS[split], len(out), n)
     return out
 
 

@@ -16,3 +16,11 @@ def generate_prompts(spec: TaskSpec) -> PromptSet:
     except CircuitbenchError as e:
         raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
     return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
+
+
+def shortfall(spec: TaskSpec, prompts: PromptSet) -> str | None:
+    """A sentence when the split holds fewer distinct prompts than the spec asks for, else None."""
+    if spec.n_prompts == "all" or len(prompts.prompts) >= spec.n_prompts:
+        return None
+    return (f"task '{spec.name}': the {spec.split} split holds {len(prompts.prompts)} distinct prompts with these "
+            f"params; running all {len(prompts.prompts)} of the {spec.n_prompts} asked")

@@ -47,7 +47,9 @@ class ModelInfo(_Strict):
     name: str = Field(description="registry name, or a local directory's folder name, or the hub id")
     source: str = Field(description="hub id or resolved directory")
     revision: str | None = Field(None, description="hub revision of pretrained weights")
+    fingerprint: str | None = Field(None, description="the weights' identity beyond the name (models/fingerprint.py)")
     init: Literal["pretrained", "random"] = Field(description="random: seeded random weights (a baseline)")
+    init_seed: int | None = Field(None, description="the seed of random-init weights")
     dtype: str = Field(description="weights dtype")
     n_layers: int | None = Field(None, description="transformer blocks")
     n_heads: int | None = Field(None, description="attention heads per block")
@@ -89,6 +91,7 @@ class CircuitInfo(_Strict):
     curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f)")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
 
 
 class RunResult(_Strict):

@@ -43,7 +43,6 @@ from circuitbench.environment import package_versions
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.models import hooks, loaded, loading, resume, toy
-from circuitbench.models.fingerprint import weights_fingerprint
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import available_memory_bytes
 from circuitbench.prompts.encoding import EncodedPrompts
@@ -135,7 +134,7 @@ def _code_hash() -> str:
 
 def cache_key(model: LoadedModel, data: EncodedPrompts) -> CacheKey:
     return CacheKey(
-        model=model.name, source=model.source, revision=model.revision, weights=weights_fingerprint(model),
+        model=model.name, source=model.source, revision=model.revision, weights=model.fingerprint,
         init=model.init, init_seed=model.init_seed, dtype=model.dtype, device=model.device.type,
         prompt_hash=data.prompt_hash, tokens_hash=tokens_hash(data), software=package_versions(SOFTWARE),
         code=_code_hash(),

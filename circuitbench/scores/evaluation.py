@@ -62,15 +62,30 @@ def mean_stderr(values: torch.Tensor) -> tuple[float, float]:
     return mean, stderr
 
 
-def summarise(values: dict[str, torch.Tensor], model: str, what: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(means, standard errors) per metric; a non-finite mean is an error naming the metric."""
+SITE_WORDS = {"embed": "the token embeddings", "attn_out": "the attention output of block {layer}",
+              "mlp_out": "the MLP output of block {layer}", "resid_post": "the residual stream after block {layer}"}
+
+
+def nonfinite_error(quantity: str, model: LoadedModel, tokens: torch.Tensor) -> CircuitbenchError:
+    """An error naming the quantity that is NaN/inf, where the model's activations first go
+    non-finite on `tokens` (one forward), and what to do about it."""
+    site = model.first_nonfinite_site(tokens)
+    where = ("its activations are finite (the NaN/inf arises in the scoring itself)" if site is None else
+             f"activations first go non-finite at {SITE_WORDS[site.kind].format(layer=site.layer)} ({site})")
+    advice = ("the weights hold NaN/inf or overflow even in float32: check the checkpoint" if model.dtype == "float32"
+              else f"it runs in {model.dtype}: try --dtype float32, or check the checkpoint")
+    return CircuitbenchError(f"{quantity} is not finite on model '{model.name}': {where}; {advice}.")
+
+
+def summarise(values: dict[str, torch.Tensor], model: LoadedModel, tokens: torch.Tensor,
+              what: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(means, standard errors) per metric; a non-finite value is an error naming the metric and
+    where the model first goes non-finite on `tokens` (a few of the prompts it was computed on)."""
     means, stderrs = {}, {}
     for name, v in values.items():
         means[name], stderrs[name] = mean_stderr(v)
-        if not math.isfinite(means[name]):
-            raise CircuitbenchError(
-                f"Metric '{name}' is not finite ({means[name]}) on the {what} prompts of model '{model}': the model's "
-                "outputs contain NaN or inf.")
+        if not (math.isfinite(means[name]) and math.isfinite(stderrs[name])):
+            raise nonfinite_error(f"Metric '{name}' on the {what} prompts", model, tokens)
     return means, stderrs
 
 
@@ -84,6 +99,6 @@ def evaluate_report_splits(
     for split in spec.report_splits:
         data = encode_task(spec.model_copy(update={"split": split}), model.vocab, model.unk_id, model.n_ctx)
         clean, _ = evaluate(model, data.without_corrupted(), spec.metrics, batch_size, progress, processes)
-        means, stderrs = summarise(clean, model.name, f"{split}-split")
+        means, stderrs = summarise(clean, model, data.tokens[:4], f"{split}-split")
         out[split] = SplitMetrics(n_prompts=len(data), metrics=means, metrics_stderr=stderrs)
     return out

@@ -6,14 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from circuitbench.errors import CircuitbenchError
+from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.parallel import ONE_PROCESS, Processes
 from circuitbench.progress import ProgressFn, Steps, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.activation_cache import CacheEntry
+from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.specs.registries import METHODS
+from circuitbench.specs.registries import METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
 # Method option fields that name task positions (checked against the task before any compute).
@@ -31,6 +32,15 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
         if method.options is None:
             continue
         opts = method.options.model_validate(spec.options_of(name))
+        metric = getattr(opts, "metric", None)  # a method scoring its own metric (causal_tracing)
+        if isinstance(metric, str):
+            known = METRICS.names()
+            if metric not in known:
+                raise CircuitbenchError(f"Method '{name}' option metric={metric!r}: unknown metric."
+                                        f"{did_you_mean(metric, known)} Known: {', '.join(known)}.")
+            if METRICS.get(metric).needs_answer and not data.has_answer:
+                raise CircuitbenchError(f"Method '{name}' option metric={metric!r} needs an answer token; task "
+                                        f"'{spec.name}' has none. Use a sequence metric such as {spec.metric}.")
         for field in POSITION_OPTIONS:
             value = getattr(opts, field, None)
             named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []
@@ -76,10 +86,7 @@ def score_heads(
             raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
         if not np.isfinite(array).all():
             bad = [f"{l}.{h}" for l, h in zip(*np.nonzero(~np.isfinite(array)))][:5]
-            raise CircuitbenchError(
-                f"Method '{name}' produced NaN/inf head scores on model '{model.name}' (dtype {model.dtype}; heads "
-                f"{', '.join(bad)}). Check the model's outputs and the task's corrupted prompts."
-            )
+            raise nonfinite_error(f"Method '{name}' head scores (heads {', '.join(bad)})", model, data.tokens[:4])
         scores[name] = array
     return scores
 

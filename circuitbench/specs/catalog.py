@@ -5,6 +5,7 @@ wheel) plus any `--include-path DIR`; later directories override earlier ones by
 """
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from circuitbench.specs.model import ModelSpec
 from circuitbench.specs.task import TaskSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # circuitbench/
+log = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
@@ -39,23 +41,36 @@ def read_yaml(path: Path) -> object:
 
 
 def load_task_file(path: Path) -> TaskSpec:
+    """A task spec from its YAML file; its `name` must be the file's name (results are filed by it)."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise CircuitbenchError(f"{path}: a task spec must be a YAML mapping, got {type(raw).__name__}.")
     try:
-        return TaskSpec.model_validate(raw)
+        spec = TaskSpec.model_validate(raw)
     except ValidationError as e:
         raise CircuitbenchError(format_validation_error(e, str(path))) from None
+    if spec.name != path.stem:
+        raise CircuitbenchError(f"{path}: name '{spec.name}' must match the file name ('{path.stem}'): rename one "
+                                "of them (results are filed under the name).")
+    return spec
 
 
 def task_files(include_paths: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Task name (file stem) -> YAML path; every YAML is validated when loaded, none skipped."""
-    dirs = [data_dir() / "tasks", *(Path(p) for p in include_paths)]
+    """Task name (file stem) -> YAML path; every YAML is validated when loaded, none skipped.
+
+    A task of an --include-path directory replaces a shipped task of the same name (said in the
+    log); one name twice among the --include-path directories, or as .yaml beside .yml, is refused."""
+    shipped = data_dir() / "tasks"
     found: dict[str, Path] = {}
-    for d in dirs:
+    for d in [shipped, *(Path(p) for p in include_paths)]:
         if not d.is_dir():
             raise CircuitbenchError(f"--include-path {d}: not a directory.")
         for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+            earlier = found.get(path.stem)
+            if earlier is not None and earlier.parent != shipped:
+                raise CircuitbenchError(f"Task '{path.stem}' is defined twice: {earlier} and {path}. Keep one.")
+            if earlier is not None:
+                log.info("task '%s' from %s replaces the shipped one", path.stem, path)
             found[path.stem] = path
     return found
 
@@ -72,10 +87,7 @@ def load_task(name_or_path: str, include_paths: tuple[str, ...] = ()) -> TaskSpe
             f"Known tasks: {', '.join(sorted(files))}. Run `circuitbench ls tasks`, or pass a YAML "
             "file or --include-path DIR."
         )
-    spec = load_task_file(files[name_or_path])
-    if spec.name != name_or_path:
-        raise CircuitbenchError(f"{files[name_or_path]}: name '{spec.name}' must match the file name.")
-    return spec
+    return load_task_file(files[name_or_path])
 
 
 SUITE = "suite"  # stands for every catalog task in --task lists

@@ -15,7 +15,8 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     n_prompts: int | None = Field(None, ge=1, description="override the task's n_prompts (--n-prompts, --n)")
-    seed: int | None = Field(None, description="override the task's prompt seed (also the random-init seed)")
+    seed: int | None = Field(None, ge=0, lt=2**63,
+                             description="override the task's prompt seed (also the random-init seed)")
     split: Split | None = Field(None, description="override the task's split")
     batch_size: int | Literal["auto"] = Field(32, description="prompts per forward pass, or 'auto' (fits free memory)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")

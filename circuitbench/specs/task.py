@@ -61,7 +61,7 @@ class CircuitRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str | None = Field(None, description="which head_scores to use (default: the first method)")
     top_k: int | None = Field(None, ge=1, description="the k heads with the largest scores")
-    threshold: float | None = Field(None, description="every head whose score is at least this")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="every head whose score is at least this")
     fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all heads, largest scores first")
     by: Literal["abs", "signed"] = Field("abs", description="rank by |score| or by the signed score")
     ablation: Literal["mean_counterfactual", "mean_clean", "zero"] = Field(
@@ -87,7 +87,7 @@ class TaskSpec(BaseModel):
         description="the prompt generator: `name` plus that generator's own params")
     n_prompts: int | Literal["all"] = Field(
         64, description="prompts to draw from the split (fewer if the split holds fewer), or 'all' of it")
-    seed: int = Field(0, description="prompt seed (a local RNG; never global seeding)")
+    seed: int = Field(0, ge=0, lt=2**63, description="prompt seed (a local RNG; never global seeding)")
     split: Split = Field("test", description="which disjoint split of the prompt universe to run on")
     report_splits: list[Split] = Field(
         default_factory=list,

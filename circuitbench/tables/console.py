@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from circuitbench.progress import ProgressFn
 
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def plain(text: str, stderr: bool = False) -> None:
+    """A line whose text is printed as it is: names, paths and messages may hold [brackets]."""
+    (err_console if stderr else console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _row(*cells: object) -> list[Text]:
+    """Table cells as literal text (never read as rich markup)."""
+    return [Text(str(c)) for c in cells]
 
 
 def show_logs(level: int = logging.INFO) -> None:
@@ -86,15 +97,15 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
         for i, (name, value) in enumerate(r.metrics.items()):
             err = r.metrics_stderr.get(name)
             corr = r.metrics_corrupted.get(name)
-            metrics.add_row(
+            metrics.add_row(*_row(
                 o.model if i == 0 else "", o.task if i == 0 else "", n if i == 0 else "",
                 name + (" ★" if name == r.task.main_metric else ""),
                 f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""),
                 "" if corr is None else f"{corr:.3f}",
-            )
+            ))
         metrics.add_section()
         for method, scores in r.head_scores.items():
-            heads.add_row(o.model, o.task, method, _top_heads(scores))
+            heads.add_row(*_row(o.model, o.task, method, _top_heads(scores)))
     if done:
         console.print(metrics)
     if heads.row_count:
@@ -105,7 +116,7 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
         note = " (finished earlier, kept: --resume)" if o.skipped else " (failed)" if o.failed else ""
         task = o.result.task
         dropped = f"; dropped {task.n_dropped}: {dict(task.dropped_reasons)}" if task.n_dropped else ""
-        console.print(f"wrote {o.path}{note}{dropped}", highlight=False, soft_wrap=True)
+        plain(f"wrote {o.path}{note}{dropped}")
     failed = [o for o in outcomes if o.failed]
     if failed:
         table = Table(title=f"{len(failed)} of {len(outcomes)} units failed (rerun with --resume to retry them)")
@@ -113,19 +124,21 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
             table.add_column(col, overflow="fold")
         for o in failed:
             assert o.result.error is not None
-            table.add_row(o.model, o.task, f"{o.result.error.type}: {o.result.error.message}")
+            table.add_row(*_row(o.model, o.task, f"{o.result.error.type}: {o.result.error.message}"))
         err_console.print(table)
 
 
 def _print_unit_figures(o: "UnitOutcome") -> None:
     c = o.result.circuit
-    say = lambda text: console.print(f"{o.model} / {o.task}: {text}", highlight=False, soft_wrap=True)  # noqa: E731
+    say = lambda text: plain(f"{o.model} / {o.task}: {text}")  # noqa: E731
     if c is not None:
         rule = ", ".join(f"{k}={v}" for k, v in c.rule.items() if k in ("top_k", "threshold", "fraction", "by"))
         figures = "" if c.faithfulness is None else f" · faithfulness {c.faithfulness:.2f}"
         if c.cpr is not None and c.cmd is not None:
             figures += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
         say(f"circuit from {c.method} ({rule}): {' '.join(f'{l}.{h}' for l, h in c.heads)}{figures}")
+        for warning in c.warnings:
+            say(f"warning: {warning}")
     for pair, rho in o.result.method_agreement.items():
         say(f"{pair} = {rho:.2f}")
     by_split = o.result.metrics_by_split
@@ -146,18 +159,18 @@ def print_overlap(result: dict[str, Any], metrics: list[str]) -> None:
         table = Table(title=name + shared)
         table.add_column("", overflow="fold")
         for label in labels:
-            table.add_column(label, justify="right", overflow="fold")
+            table.add_column(Text(label), justify="right", overflow="fold")
         for label, row in zip(labels, result[name]):
-            table.add_row(label, *(f"{v:.3g}" for v in row))
+            table.add_row(*_row(label, *(f"{v:.3g}" for v in row)))
         console.print(table)
     kinds = {a for row in result["alignment"] for a in row}
-    console.print(f"alignment: {', '.join(sorted(kinds))}", soft_wrap=True)
+    plain(f"alignment: {', '.join(sorted(kinds))}")
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     table = Table(*columns, title=title)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*_row(*row))
     console.print(table)
 
 
@@ -180,7 +193,7 @@ CACHE_GROUP_NAMES = {"metrics": "metrics", "base_runs": "activations"}
 def print_cache(root: Any, entries: Sequence[Any]) -> None:
     """The activation cache's entries (scores.activation_cache.EntryInfo)."""
     if not entries:
-        console.print(f"activation cache {root}: empty", highlight=False, soft_wrap=True)
+        plain(f"activation cache {root}: empty")
         return
     table = Table(title=f"activation cache {root}")
     for col in ("key", "model", "init", "dtype·device", "task", "n", "prompt hash", "holds", "size", "created",
@@ -190,16 +203,15 @@ def print_cache(root: Any, entries: Sequence[Any]) -> None:
     for e in entries:
         m = e.manifest
         if m is None:
-            table.add_row(e.path.name[:12], "(unreadable: `cache clear` removes it)", *[""] * 6,
-                          size_text(e.size_bytes),
-                          "", "", "")
+            table.add_row(*_row(e.path.name[:12], "(unreadable: `cache clear` removes it)", *[""] * 6,
+                                size_text(e.size_bytes), "", "", ""))
             continue
         k = m.key
         init = k.init + (f" (seed {k.init_seed})" if k.init_seed is not None else "")
         holds = sorted({CACHE_GROUP_NAMES.get(name.split(".")[1], name) for name in m.files})
-        table.add_row(e.path.name[:12], k.model, init, f"{k.dtype}·{k.device}", m.task, str(m.n_prompts), k.prompt_hash,
-                      ", ".join(holds), size_text(e.size_bytes), stamp(m.created_at), stamp(m.last_used_at),
-                      str(m.hits))
+        table.add_row(*_row(e.path.name[:12], k.model, init, f"{k.dtype}·{k.device}", m.task, m.n_prompts,
+                            k.prompt_hash,
+                            ", ".join(holds), size_text(e.size_bytes), stamp(m.created_at), stamp(m.last_used_at),
+                            m.hits))
     console.print(table)
-    console.print(f"{entries_text(len(entries))}, {size_text(sum(e.size_bytes for e in entries))} total",
-                  highlight=False)
+    plain(f"{entries_text(len(entries))}, {size_text(sum(e.size_bytes for e in entries))} total")

@@ -38,6 +38,7 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
         row = {
             **base,
             "model_label": r.model.name + (" (random init)" if r.model.init == "random" else ""),
+            "identity": f"{r.model.source}|{r.model.fingerprint}|{r.model.init}|{r.model.dtype}",
             "params": r.model.n_params, "dtype": r.model.dtype, "n": r.task.n_prompts, "dropped": r.task.n_dropped,
             "main_metric": r.task.main_metric, "date": r.run.started_at[:10], "spec_hash": r.task.spec_hash,
         }
@@ -58,7 +59,14 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
                             "flag": f"stale: task spec changed since this run ({r.task.content_hash} ≠ {current})"})
             continue
         rows.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(flagged)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        # one label, several models (e.g. two directories named toyX): tell them apart by where they came from
+        shared = df.groupby("model_label")["identity"].transform("nunique") > 1
+        df.loc[shared, "model_label"] = [f"{label} ({source})" for label, source in
+                                         zip(df.loc[shared, "model_label"], df.loc[shared,
+                                                                                   "identity"].str.split("|").str[0])]
+    return df, pd.DataFrame(flagged)
 
 
 def _arrow(metric: str) -> str:

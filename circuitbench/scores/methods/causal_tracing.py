@@ -20,6 +20,7 @@ from circuitbench.models import hooks
 from circuitbench.models.hooks import Site
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
+from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.interventions import metric_per_copy, oriented_metric
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import TraceKind, TracingOptions
@@ -153,7 +154,7 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
     for (kind, direction), parts in effects.items():
         stacked = torch.cat(parts).double()
         if not torch.isfinite(stacked).all():
-            raise CircuitbenchError(f"causal_tracing produced NaN/inf effects on '{model.name}'; try --dtype float32.")
+            raise nonfinite_error(f"causal_tracing's {kind}/{direction} map", model, data.tokens[:4])
         maps[f"{kind}/{direction}"] = TraceMap(
             kind=kind, direction=direction, noise=opts.noise, metric=metric, layers=list(range(n_layers)),
             positions=labels, mean=stacked.mean(0).tolist(),
