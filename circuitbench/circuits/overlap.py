@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from circuitbench.circuits.circuit import Circuit, ranked_heads
+from circuitbench.circuits.circuit import Circuit
 from circuitbench.errors import CircuitbenchError
 from circuitbench.registry import Registry
 
@@ -134,37 +134,84 @@ def kendall(a: Circuit, b: Circuit) -> float:
     return float("nan") if denom == 0 else (concordant - discordant) / denom
 
 
-def _ranking(c: Circuit) -> list[tuple[int, int]]:
-    return ranked_heads(_scores(c), "abs")
+def _tie_spans(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last rank (from 1, largest value first) of each item's tie group: an item tied
+    with t − 1 others shares a span of t ranks with them."""
+    order = np.argsort(-values, kind="stable")
+    ordered = values[order]
+    new_group = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(new_group)
+    ends = np.r_[starts[1:], len(values)]
+    group = np.cumsum(new_group) - 1
+    first, last = np.empty(len(values)), np.empty(len(values))
+    first[order], last[order] = starts[group] + 1, ends[group]
+    return first, last
+
+
+def _ramp(span: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) with P(item among the top d) = a + b·d = (d − first + 1) / size while d lies in its tie
+    span before the last rank, ties ordered at random (from the last rank on it is 1, before it 0)."""
+    first, last = span
+    size = last - first + 1
+    return (1 - first) / size, 1 / size
+
+
+def _add_piece(coef: np.ndarray, start: np.ndarray, stop: np.ndarray, *poly: np.ndarray | float) -> None:
+    """Add each item's polynomial poly[0] + poly[1]·d + poly[2]·d² on depths start..stop (none when
+    start > stop) to the difference arrays `coef` [3, k + 2]."""
+    keep = start <= stop
+    for row, c in enumerate(poly):
+        c = np.broadcast_to(c, start.shape)[keep]
+        np.add.at(coef[row], start[keep].astype(int), c)
+        np.add.at(coef[row], stop[keep].astype(int) + 1, -c)
+
+
+def _expected_overlaps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """X_d for d = 1..len(x): the expected number of items in both top-d sets of the |x| and |y|
+    rankings, ties in each ordered uniformly at random (independently): Σ_i P_x(i, d) · P_y(i, d).
+    Each product is a piecewise polynomial in d (1 from the later of the two last ranks on, linear
+    or quadratic while the item is inside a tie span), summed over items with difference arrays."""
+    (fx, lx), (fy, ly) = _tie_spans(np.abs(x)), _tie_spans(np.abs(y))
+    k = len(x)
+    in_both = np.cumsum(np.bincount(np.maximum(lx, ly).astype(int), minlength=k + 1))[1:]
+    coef = np.zeros((3, k + 2))
+    (ax, bx), (ay, by) = _ramp((fx, lx)), _ramp((fy, ly))
+    _add_piece(coef, np.maximum(fx, fy), np.minimum(lx, ly) - 1, ax * ay, ax * by + ay * bx, bx * by)
+    _add_piece(coef, np.maximum(fx, ly), lx - 1, ax, bx, 0.0)  # tied in x, already in y's top d
+    _add_piece(coef, np.maximum(fy, lx), ly - 1, ay, by, 0.0)  # tied in y, already in x's top d
+    c0, c1, c2 = np.cumsum(coef, axis=1)[:, 1 : k + 1]
+    d = np.arange(1, k + 1)
+    return in_both + c0 + c1 * d + c2 * d**2
 
 
 def top_n_overlap(a: Circuit, b: Circuit, n: int = 10) -> float:
-    """Share of the top-n heads by |score| that both rankings hold."""
-    _flat_scores(a, b)
-    ra, rb = _ranking(a)[:n], _ranking(b)[:n]
-    return len(set(ra) & set(rb)) / max(1, min(n, len(ra)))
+    """Share of the top-n heads by |score| that both rankings hold, ties counted fractionally.
+
+    X_n / n, X_n as in `rank_biased_overlap`: a tie group across the n-th place counts each of its
+    heads with the share of its span inside the top n (the expected overlap when ties are ordered
+    uniformly at random, not by head index)."""
+    x, y = _flat_scores(a, b)
+    depth = min(n, len(x))
+    return float(_expected_overlaps(x, y)[depth - 1]) / max(1, depth)
 
 
 def rank_biased_overlap(a: Circuit, b: Circuit, p: float = 0.9) -> float:
-    """Extrapolated rank-biased overlap (Webber et al. 2010) of the |score| rankings: top-weighted,
-    p the persistence (the weight of depth d falls as p^(d-1))."""
-    _flat_scores(a, b)
-    ra, rb = _ranking(a), _ranking(b)
-    k = len(ra)
-    seen_a: set = set()
-    seen_b: set = set()
-    overlap = 0
-    total = 0.0
-    for d in range(1, k + 1):
-        x, y = ra[d - 1], rb[d - 1]
-        if x == y:
-            overlap += 1
-        else:
-            overlap += (x in seen_b) + (y in seen_a)
-        seen_a.add(x)
-        seen_b.add(y)
-        total += (overlap / d) * p**d
-    return float((1 - p) / p * total + (overlap / k) * p**k)
+    """Extrapolated rank-biased overlap (Webber et al. 2010) of the |score| rankings, ties at random.
+
+    Top-weighted, p the persistence (the weight of depth d falls as p^(d-1)): RBO_ext = (1 − p)/p ·
+    Σ_{d=1..k} A_d p^d + A_k p^k with A_d = X_d / d, X_d the overlap of the two top-d sets. Tied heads
+    (equal |score|, e.g. zeros) share a span of ranks; X_d is the expected overlap when each ranking's
+    ties are ordered uniformly at random, so a head tied across depth d counts with the share of its
+    span above d: RBO^a of Corsi & Urbano 2024 ("The treatment of ties in rank-biased overlap", SIGIR),
+    the mean RBO over every way of breaking the ties. Without ties nothing changes. Webber et al.'s own
+    treatment (section 4.3: a tie group sits at its first rank, A_d = 2X_d / (|S_:d| + |T_:d|)) counts a
+    run of tied zeros as full agreement from its first rank on, so it is not used. A map with ties
+    scores below 1 against itself: tied heads agree only as two random orders of them do."""
+    x, y = _flat_scores(a, b)
+    k = len(x)
+    depths = np.arange(1, k + 1)
+    agreement = _expected_overlaps(x, y) / depths
+    return float((1 - p) / p * np.sum(agreement * p**depths) + agreement[-1] * p**k)
 
 
 # Overlap metrics by id; plugins add their own (circuitbench.register_overlap_metric).

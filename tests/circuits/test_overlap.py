@@ -1,4 +1,5 @@
 """Overlap metrics against hand computation, edge cases, and the `overlap` CLI."""
+import itertools
 import json
 
 import numpy as np
@@ -123,3 +124,86 @@ def test_compare_runs_missing_units_then_prints_matrix(tmp_path, capsys):
     a = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")
     b = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_b.json")
     assert a.heads == b.heads == [(1, 0), (1, 1), (1, 2), (1, 3)] and jaccard(a, b) == 1.0
+
+
+# Tie-aware rankings ------------------------------------------------------------------------------
+
+
+def _circuit(scores) -> Circuit:
+    scores = np.asarray(scores, dtype=float)
+    return Circuit(heads=[], n_layers=scores.shape[0], n_heads=scores.shape[1], scores=scores.tolist())
+
+
+def _rbo_of_lists(ra: list, rb: list, p: float) -> float:
+    """Extrapolated RBO of two complete rankings without ties (Webber et al. 2010, eq. 32 for lists of
+    one length): (1 − p)/p · Σ_d A_d p^d + A_k p^k, A_d = |S_:d ∩ T_:d| / d."""
+    k = len(ra)
+    agreements = [len(set(ra[:d]) & set(rb[:d])) / d for d in range(1, k + 1)]
+    return (1 - p) / p * sum(a * p**d for d, a in enumerate(agreements, 1)) + agreements[-1] * p**k
+
+
+def _tie_breaks(scores) -> list[list[int]]:
+    """Every ranking of the flat |scores| (largest first) that breaks ties some way."""
+    flat = np.abs(np.ravel(scores))
+    groups = [[i for i in range(flat.size) if flat[i] == v] for v in sorted(set(flat.tolist()), reverse=True)]
+    return [sum(map(list, parts), []) for parts in itertools.product(*map(itertools.permutations, groups))]
+
+
+def test_rbo_and_top_n_do_not_break_ties_by_head_index():
+    # two unrelated maps of a 12×12 model, one non-zero head each: the 143 zeros of each map carry no
+    # order, so nothing but chance links the rankings (breaking ties by head index gave RBO 0.74, top-10 0.9)
+    a, b = np.zeros((12, 12)), np.zeros((12, 12))
+    a[0, 1], b[11, 11] = 1.0, 1.0
+    assert rank_biased_overlap(_circuit(a), _circuit(b), 0.9) < 0.1
+    assert top_n_overlap(_circuit(a), _circuit(b), 10) < 0.1
+    # the same leading head in both (at another magnitude): clearly more agreement than chance
+    assert rank_biased_overlap(_circuit(a), _circuit(a / 2), 0.9) > 3 * rank_biased_overlap(_circuit(a), _circuit(b))
+
+
+def test_identical_maps_without_ties_agree_fully():
+    rng = np.random.default_rng(0)
+    for shape in ((2, 3), (4, 4), (12, 12)):
+        x = _circuit(rng.normal(size=shape))
+        assert abs(rank_biased_overlap(x, x, 0.9) - 1.0) < 1e-12 and top_n_overlap(x, x, 10) == 1.0
+
+
+def test_tie_aware_rbo_and_top_n_by_hand():
+    # |S| = 0.9, 0.5, 0.5, 0.1: head 0 at rank 1, heads 1 and 2 share ranks 2–3, head 3 at rank 4
+    # |T| = 0.5, 0.9, 0.1, 0.1: head 1 at rank 1, head 0 at rank 2, heads 2 and 3 share ranks 3–4
+    s, t = [[0.9, 0.5, -0.5, 0.1]], [[0.5, 0.9, 0.1, -0.1]]
+    # a head whose tie group spans ranks i..j lies in the depth-d prefix with probability (d − i + 1)/(j − i + 1)
+    # (random order within the tie); X_d = Σ_h P_S(h, d) · P_T(h, d), A_d = X_d / d
+    #   d=1: S {0}, T {1}                     X = 0
+    #   d=2: S {0, ½·1, ½·2}, T {1, 0}        X = 1 + ½ = 1.5
+    #   d=3: S {0, 1, 2}, T {1, 0, ½·2, ½·3}  X = 1 + 1 + ½ = 2.5
+    #   d=4: everything                       X = 4
+    p, agreement = 0.9, [0, 1.5 / 2, 2.5 / 3, 1.0]
+    expected = (1 - p) / p * sum(a * p**d for d, a in enumerate(agreement, 1)) + 1.0 * p**4
+    assert abs(rank_biased_overlap(_circuit(s), _circuit(t), p) - expected) < 1e-12
+    assert top_n_overlap(_circuit(s), _circuit(t), 1) == 0.0
+    assert abs(top_n_overlap(_circuit(s), _circuit(t), 2) - 0.75) < 1e-12
+    assert abs(top_n_overlap(_circuit(s), _circuit(t), 3) - 2.5 / 3) < 1e-12
+    # ... which is the mean over every way of breaking the ties (2 × 2 pairs of rankings)
+    pairs = list(itertools.product(_tie_breaks(s), _tie_breaks(t)))
+    assert abs(expected - np.mean([_rbo_of_lists(ra, rb, p) for ra, rb in pairs])) < 1e-12
+    # a map with ties against itself: the tied heads agree only as two random orders do (A_2 = 0.75)
+    self_pairs = list(itertools.product(_tie_breaks(s), repeat=2))
+    self_rbo = np.mean([_rbo_of_lists(ra, rb, p) for ra, rb in self_pairs])
+    assert abs(rank_biased_overlap(_circuit(s), _circuit(s), p) - self_rbo) < 1e-12 and self_rbo < 1
+    assert abs(top_n_overlap(_circuit(s), _circuit(s), 2) - 0.75) < 1e-12
+
+
+def test_rbo_and_top_n_without_ties_are_unchanged():
+    # maps without ties: the values of the former implementation (rankings broken by head index, which
+    # is no choice at all when no two heads tie)
+    rng = np.random.default_rng(1)
+    for seed in range(20):
+        shape = ((2, 3), (3, 4), (6, 8))[seed % 3]
+        x, y = rng.normal(size=shape), rng.normal(size=shape)
+        ra = [int(i) for i in np.argsort(-np.abs(x).ravel(), kind="stable")]
+        rb = [int(i) for i in np.argsort(-np.abs(y).ravel(), kind="stable")]
+        for p in (0.5, 0.9, 0.98):
+            assert abs(rank_biased_overlap(_circuit(x), _circuit(y), p) - _rbo_of_lists(ra, rb, p)) < 1e-12
+        for n in (1, 3, 10, 100):
+            old = len(set(ra[:n]) & set(rb[:n])) / min(n, len(ra))
+            assert abs(top_n_overlap(_circuit(x), _circuit(y), n) - old) < 1e-12
