@@ -2,12 +2,14 @@
 
 Every function takes `Circuit`s (from runs, papers or other tools). Circuits of the same shape are
 compared head by head; circuits of models with a different depth or width are compared on
-relative depth (layer / n_layers in `bins` bins), and every result says which alignment it used.
+relative depth (layer / n_layers in `bins` bins; scores only on the bins that hold a layer of both
+models), and every result says which alignment it used.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -58,16 +60,58 @@ def _shape(c: Circuit) -> tuple[int, int]:
     return c.n_layers, c.n_heads
 
 
+class RelativeDepthCircuit(Circuit):
+    """A circuit on relative depth (a [bins, 1] grid, see `to_relative_depth`). `occupied` lists the
+    bins that hold at least one layer of its model; the others are empty (their score 0 is no
+    measurement): score metrics compare only bins both models occupy, and `hypergeometric_p` draws
+    each circuit's bins from its own model's. (Set metrics need nothing: no head lies in an empty bin.)"""
+
+    occupied: list[int]
+
+
+def _cells(c: Circuit, size: int) -> np.ndarray:
+    """Which of the circuit's `size` cells (flattened) hold heads of its model: on relative depth the
+    occupied bins, otherwise every (layer, head)."""
+    if not isinstance(c, RelativeDepthCircuit):
+        return np.ones(size, dtype=bool)
+    mask = np.zeros(size, dtype=bool)
+    mask[c.occupied] = True
+    return mask
+
+
+def _tail(population: int, big_k: int, n: int, k: int) -> Fraction:
+    """P(X ≥ k) for X ~ Hypergeometric(population, big_k marked, n drawn)."""
+    hits = range(k, min(big_k, n) + 1)
+    return Fraction(sum(math.comb(big_k, i) * math.comb(population - big_k, n - i) for i in hits),
+                    math.comb(population, n))
+
+
+def _landing(population: int, marked: int, drawn: int) -> dict[int, Fraction]:
+    """{i: P(exactly i of `drawn` cells picked at random from `population` are among `marked`)}."""
+    if marked == population:
+        return {drawn: Fraction(1)}
+    total = math.comb(population, drawn)
+    return {i: Fraction(math.comb(marked, i) * math.comb(population - marked, drawn - i), total)
+            for i in range(max(0, drawn - population + marked), min(marked, drawn) + 1)}
+
+
 def hypergeometric_p(a: Circuit, b: Circuit) -> float:
-    """P(X ≥ |A∩B|) for X the intersection of |A| and |B| heads drawn at random from the model's
-    n_layers · n_heads: small means more overlap than chance."""
+    """P(X ≥ |A∩B|) for X the overlap of |A| and |B| heads drawn at random from the heads each model
+    has: small means more overlap than chance.
+
+    Same shape: both draw from the model's n_layers · n_heads heads, X hypergeometric. On relative
+    depth A draws its bins from the N_A bins its model has a layer in, B from its N_B, and only the C
+    bins both have can be shared: P = Σ_{i,j} P(i of A's bins in C) · P(j of B's in C) · P(X ≥ |A∩B|)
+    for X ~ Hypergeometric(C, i, j). (Counting all `bins` as the population made a chance overlap of
+    shallow models look rare: a 2-layer model can put heads in 2 of 10 bins, not 10.)"""
     n_layers, n_heads = _same_shape(a, b)
-    population = n_layers * n_heads
+    cells_a, cells_b = _cells(a, n_layers * n_heads), _cells(b, n_layers * n_heads)
+    shared = int((cells_a & cells_b).sum())
     sa, sb = _sets(a, b)
-    k, big_k, n = len(sa & sb), len(sa), len(sb)
-    total = math.comb(population, n)
-    tail = sum(math.comb(big_k, i) * math.comb(population - big_k, n - i) for i in range(k, min(big_k, n) + 1))
-    return tail / total
+    in_a = _landing(int(cells_a.sum()), shared, len(sa))
+    in_b = _landing(int(cells_b.sum()), shared, len(sb))
+    k = len(sa & sb)
+    return float(sum(pa * pb * _tail(shared, i, j, k) for i, pa in in_a.items() for j, pb in in_b.items()))
 
 
 def _scores(c: Circuit) -> np.ndarray:
@@ -88,19 +132,20 @@ def _same_shape(a: Circuit, b: Circuit) -> tuple[int, int]:
 
 def weighted_jaccard(a: Circuit, b: Circuit) -> float:
     """Σ min(|a|, |b|) / Σ max(|a|, |b|) over heads, each score array scaled to max |score| = 1."""
-    x, y = np.abs(_scores(a)), np.abs(_scores(b))
-    if x.shape != y.shape:
-        _same_shape(a, b)
+    x, y = map(np.abs, _flat_scores(a, b))
     x, y = x / max(x.max(), 1e-12), y / max(y.max(), 1e-12)
     denom = np.maximum(x, y).sum()
     return 1.0 if denom == 0 else float(np.minimum(x, y).sum() / denom)
 
 
 def _flat_scores(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
+    """Both circuits' scores, flattened, on the cells both models have (on relative depth: the bins
+    both occupy; an empty bin's 0 would count as agreement)."""
     x, y = _scores(a), _scores(b)
     if x.shape != y.shape:
         _same_shape(a, b)
-    return x.ravel(), y.ravel()
+    keep = _cells(a, x.size) & _cells(b, y.size)
+    return x.ravel()[keep], y.ravel()[keep]
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -224,9 +269,9 @@ for _name, _fn in (("jaccard", jaccard), ("overlap_coefficient", overlap_coeffic
     OVERLAP_METRICS.add(_name, _fn)
 
 
-def to_relative_depth(c: Circuit, bins: int) -> Circuit:
+def to_relative_depth(c: Circuit, bins: int) -> RelativeDepthCircuit:
     """The circuit on a [bins, 1] grid: a head goes to bin floor(layer / n_layers · bins); a bin's
-    score is the mean |score| of its heads."""
+    score is the mean |score| of its heads (0 for a bin without a layer: not in `occupied`)."""
     n_layers, n_heads = _shape(c)
     def bin_of(layer):
         return min(bins - 1, int(layer * bins / n_layers))
@@ -238,7 +283,8 @@ def to_relative_depth(c: Circuit, bins: int) -> Circuit:
         for layer in range(n_layers):
             per_bin[bin_of(layer)].extend(s[layer].tolist())
         scores = [[float(np.mean(v)) if v else 0.0] for v in per_bin]
-    return Circuit(heads=heads, n_layers=bins, n_heads=1, scores=scores, method=c.method, rule=c.rule, label=c.label)
+    return RelativeDepthCircuit(heads=heads, n_layers=bins, n_heads=1, scores=scores, method=c.method, rule=c.rule,
+                                label=c.label, occupied=sorted({bin_of(layer) for layer in range(n_layers)}))
 
 
 class Comparison(BaseModel):
@@ -264,7 +310,8 @@ def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment:
             bins: int = 10, top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset()) -> Comparison:
     """Every requested overlap metric between two circuits, with the alignment used. A metric in
     `optional` that needs what the circuits do not carry (a shape, scores) is left out, with the
-    reason in `skipped`; any other such metric is an error."""
+    reason in `skipped`; any other such metric is an error. On relative depth every metric gets the
+    two `RelativeDepthCircuit`s, whose `occupied` says which bins hold a layer."""
     check_settings(bins, top_n, rbo_p)
     names = metrics or OVERLAP_METRICS.names()
     fns = {name: OVERLAP_METRICS.get(name) for name in names}  # unknown names: one clear error

@@ -207,3 +207,69 @@ def test_rbo_and_top_n_without_ties_are_unchanged():
         for n in (1, 3, 10, 100):
             old = len(set(ra[:n]) & set(rb[:n])) / min(n, len(ra))
             assert abs(top_n_overlap(_circuit(x), _circuit(y), n) - old) < 1e-12
+
+
+# Relative depth: only bins that hold a layer of both models --------------------------------------
+
+
+def _model(scores, heads=()) -> Circuit:
+    scores = np.asarray(scores, dtype=float)
+    return Circuit(heads=list(heads), n_layers=scores.shape[0], n_heads=scores.shape[1], scores=scores.tolist())
+
+
+def test_relative_depth_leaves_out_bins_a_model_has_no_layer_in():
+    # independent random scores: the 8 bins empty in both used to agree (0 = 0), giving Spearman ≈ 0.58,
+    # Kendall ≈ 0.53; on the 2 bins both models occupy they agree only by chance
+    values = {"spearman": [], "kendall": [], "rbo": []}
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        result = compare(_model(rng.normal(size=(2, 4))), _model(rng.normal(size=(4, 4))), list(values), bins=10)
+        for name in values:
+            values[name].append(result.values[name])
+    assert abs(np.mean(values["spearman"])) < 0.15 and abs(np.mean(values["kendall"])) < 0.15
+    # RBO is a similarity, not a correlation: two random orders of 2 bins score 1 (same) or p = 0.9
+    # (swapped), so chance is 0.95, whatever the 8 empty bins
+    assert set(np.round(values["rbo"], 12)) == {0.9, 1.0} and abs(np.mean(values["rbo"]) - 0.95) < 0.03
+    # 10 bins: a 2-layer model has layers in bins 0 and 5, a 4-layer model in bins 0, 2, 5 and 7
+    assert to_relative_depth(_model(np.ones((2, 4))), 10).occupied == [0, 5]
+    assert to_relative_depth(_model(np.ones((4, 4))), 10).occupied == [0, 2, 5, 7]
+
+
+def test_relative_depth_keeps_structure_both_models_share():
+    # a planted shared structure: the layer starting at half depth (bin 5) stands out in both models
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        a, b = rng.normal(size=(2, 4)), rng.normal(size=(4, 4))
+        a[1] += 10
+        b[2] += 10
+        result = compare(_model(a), _model(b), ["spearman", "kendall", "rbo", "top_n_overlap"], bins=10, top_n=1)
+        assert all(abs(v - 1.0) < 1e-12 for v in result.values.values()), result.values
+
+
+def test_relative_depth_score_metrics_by_hand():
+    # bins (of 10) with a layer: shallow 0, 5; deep 0, 2, 5, 7. Mean |score| per bin:
+    # shallow 0 → 1, 5 → 3; deep 0 → 2, 2 → 9, 5 → 1, 7 → 5. Compared: bins 0 and 5 only.
+    shallow = _model([[1, -1], [3, 3]])
+    deep = _model([[2, 2], [9, -9], [1, 1], [5, 5]])
+    result = compare(shallow, deep, ["spearman", "kendall", "weighted_jaccard", "rbo"], bins=10)
+    # shallow (1, 3) / 3 = (1/3, 1), deep (2, 1) / 2 = (1, 1/2): Σ min / Σ max = (1/3 + 1/2) / (1 + 1)
+    assert abs(result.values["weighted_jaccard"] - (1 / 3 + 1 / 2) / 2) < 1e-12
+    assert abs(result.values["spearman"] + 1.0) < 1e-12 and result.values["kendall"] == -1.0
+    assert abs(result.values["rbo"] - 0.9) < 1e-12  # two items swapped: (1 − p)/p · p² + p²
+
+
+def test_relative_depth_hypergeometric_draws_from_the_bins_each_model_has():
+    # a 2-layer circuit on both its layers (bins 0, 5) and a 4-layer one on layers 0 and 2 (bins 0, 5 of
+    # 0, 2, 5, 7): the shallow circuit holds every bin it can; the deep one picks 2 of its 4 bins, both
+    # shared with probability 1 / C(4, 2) (with 10 bins as the population it was 1 / C(10, 2))
+    shallow = _model(np.ones((2, 4)), [(0, 0), (1, 0)])
+    deep = _model(np.ones((4, 4)), [(0, 1), (2, 3)])
+    assert abs(compare(shallow, deep, ["hypergeometric_p"], bins=10).values["hypergeometric_p"] - 1 / 6) < 1e-12
+    # one head in layer 1 (bin 5) against layers 2 and 3 (bins 5, 7): the shallow bin is 0 or 5, and
+    # the deep circuit holds a given bin with probability C(3, 1) / C(4, 2) = 1/2
+    shallow = _model(np.ones((2, 4)), [(1, 2)])
+    deep = _model(np.ones((4, 4)), [(2, 0), (3, 0)])
+    result = compare(shallow, deep, ["hypergeometric_p", "jaccard"], bins=10)
+    assert abs(result.values["hypergeometric_p"] - 1 / 2) < 1e-12
+    # set metrics count only bins a circuit holds: the deep head at 3/4 depth is an unshared head
+    assert result.values["jaccard"] == 0.5
