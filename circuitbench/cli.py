@@ -89,6 +89,8 @@ def run(
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="Reuse clean/corrupted forwards from the activation cache."),
     cache_dir: str | None = CacheDir,
+    reference: str | None = typer.Option(None, "--reference", help="A known circuit (JSON with heads / nodes) to "
+                                         "score recovery against (default: the task's, then the model dir's)."),
     include_path: list[str] = IncludePath,
     plugin: list[str] = Plugin,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress messages."),
@@ -107,7 +109,7 @@ def run(
     try:
         options = RunOptions(
             n_prompts=n_prompts, seed=seed, split=split, device=device, device_map=device_map, dtype=dtype, init=init,
-            out=out, resume=resume, cache=cache, cache_dir=cache_dir,
+            out=out, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference,
             batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
             methods=_split(methods) if methods is not None else None,
         )

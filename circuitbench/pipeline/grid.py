@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from circuitbench.circuits.recovery import load_reference
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions
 from circuitbench.errors import CircuitbenchError, Interrupted
 from circuitbench.files import check_writable_dir
@@ -28,7 +29,7 @@ from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.generate import generate_prompts, shortfall
 from circuitbench.registry import loaded_plugins
 from circuitbench.results.schema import ErrorInfo, ModelInfo, RunInfo, RunResult
-from circuitbench.results.store import load_result, save_result
+from circuitbench.results.store import load_result, nonfinite_fields, save_result
 from circuitbench.scores.activation_cache import check_cache_dir
 from circuitbench.specs.catalog import expand_task_names, load_task
 from circuitbench.specs.options import RunOptions, effective_spec
@@ -175,6 +176,8 @@ def run(
             "to run one copy of the model per process."
         )
     refs = [resolve_model(name) for name in model_names]  # unknown names and broken files fail here
+    if options.reference is not None:
+        load_reference(Path(options.reference))  # a broken reference file fails here, not after the compute
     out = Path(options.out)
     units_of = {i: [Unit(spec, out / ref.folder(options.init) / f"{spec.name}.json") for spec in specs]
                 for i, ref in enumerate(refs)}
@@ -242,6 +245,8 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: Ru
             started, t0 = datetime.now(timezone.utc), time.perf_counter()
             try:
                 result = run_unit(unit.spec, model, options, progress=progress, command=command, processes=processes)
+                if bad := nonfinite_fields(result.model_dump()):  # never a null in place of a number
+                    raise RuntimeError(f"the result holds non-finite numbers at {', '.join(bad[:5])}")
             except Exception as e:  # noqa: BLE001
                 result = failed_result(unit, model, options, e, started, time.perf_counter() - t0, command, processes)
         else:

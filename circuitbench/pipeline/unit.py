@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.faithfulness import faithfulness
+from circuitbench.circuits.faithfulness import faithfulness, missing_from_ablations, most_faithful
 from circuitbench.circuits.overlap import rank_correlation
+from circuitbench.circuits.recovery import Reference, load_reference, parse_components, recovery
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
@@ -20,9 +24,18 @@ from circuitbench.parallel import ONE_PROCESS, Processes
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts, encode_task
 from circuitbench.registry import loaded_plugins
-from circuitbench.results.schema import CircuitInfo, ModelInfo, RunInfo, RunResult, TaskInfo
-from circuitbench.scores.activation_cache import CacheEntry, metrics_through_cache, open_run_cache
+from circuitbench.results.schema import (
+    CircuitCandidate,
+    CircuitInfo,
+    ModelInfo,
+    ReferenceInfo,
+    RunInfo,
+    RunResult,
+    TaskInfo,
+)
+from circuitbench.scores.activation_cache import metrics_through_cache, open_run_cache
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
+from circuitbench.scores.interventions import identical_head_outputs
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import check_methods, score_heads
 from circuitbench.specs.options import RunOptions
@@ -30,7 +43,7 @@ from circuitbench.specs.task import CircuitRule, TaskSpec
 
 log = logging.getLogger(__name__)
 
-AGREEMENT_PAIR = ("activation_patching", "attribution_patching")
+DEFAULT_RULE = CircuitRule(top_k=10)  # recovery's circuits when the task has no rule
 
 
 def task_info(spec: TaskSpec, data: EncodedPrompts | None = None) -> TaskInfo:
@@ -84,11 +97,24 @@ def run_unit(
     traces: dict[str, dict] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.metric, spec.method_options,
                               traces, processes, cache_entry)
-    circuit = _circuit(spec, model, data, head_scores, batch_size, processes, cache_entry)
-    agreement = {}
-    if all(m in head_scores for m in AGREEMENT_PAIR):
-        exact, attribution = (head_scores[m] for m in AGREEMENT_PAIR)
-        agreement[f"spearman({', '.join(AGREEMENT_PAIR)})"] = rank_correlation(exact, attribution)
+    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
+    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
+    reference = find_reference(spec, model, options)
+    circuit = _circuit(spec, model, shard, head_scores, ctx, reference)
+    agreement, warnings = method_agreement(spec, head_scores)
+    reference_info, recovered = None, {}
+    if reference is not None:
+        invisible = identical_head_outputs(model, shard, ctx, reference.heads)
+        reference_info = ReferenceInfo(source=reference.source, heads=reference.heads, mlps=reference.mlps,
+                                       invisible=invisible)
+        if invisible:
+            warnings.append(f"reference heads {', '.join(f'{l}.{h}' for l, h in invisible)} have identical clean and "
+                            "counterfactual outputs on every prompt: invisible to patching with this counterfactual "
+                            "(use ablation, or a counterfactual that changes what they read)")
+        recovered = {m: recovery(scores, Circuit.from_scores(scores, spec.circuit or DEFAULT_RULE, m).heads, reference)
+                      for m, scores in head_scores.items()}
+    for warning in warnings:
+        log.warning("%s on %s: %s", spec.name, model.name, warning)
 
     return RunResult(
         status="complete",
@@ -109,23 +135,76 @@ def run_unit(
         method_agreement=agreement,
         traces=traces,
         circuit=circuit,
+        reference=reference_info,
+        recovery=recovered,
+        warnings=warnings,
     )
 
 
-def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict, batch_size: int,
-             processes: Processes, cache_entry: CacheEntry | None) -> CircuitInfo | None:
-    """The circuit the task's rule picks from its method's head scores, with its faithfulness."""
+def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
+             ctx: MethodContext, reference: Reference | None) -> CircuitInfo | None:
+    """The circuit the task's rule picks (method auto: every method's, the most faithful kept), with
+    its faithfulness under the rule's ablation and zero ablation, and what is surprising about it."""
     if not (spec.circuit and head_scores):
         return None
-    method = spec.circuit.method or next(iter(head_scores))
-    chosen = Circuit.from_scores(head_scores[method], spec.circuit, method)
-    warnings = rule_warnings(spec.circuit, len(chosen.heads), head_scores[method].size)
+    chosen, candidates, baseline = most_faithful(model, data, head_scores, spec.circuit, ctx)
+    assert chosen.method is not None
+    scores = head_scores[chosen.method]
+    faith = faithfulness(model, data, chosen, scores, spec.circuit, ctx, baseline)
+    warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size)
+    if reference is not None:
+        missing = sorted(set(reference.heads) - set(map(tuple, chosen.heads)))
+        warnings += missing_from_ablations(faith, missing)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
-    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
-    faith = faithfulness(model, shard, chosen, head_scores[method], spec.circuit, ctx)
-    return CircuitInfo(method=method, rule=chosen.rule, heads=chosen.heads, warnings=warnings, **faith.model_dump())
+    return CircuitInfo(method=chosen.method, rule=chosen.rule, heads=chosen.heads, warnings=warnings,
+                       candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
+
+
+# Methods that measure a head's effect on the metric (detectors measure attention, not effect).
+EFFECT_METHODS = ("activation_patching", "attribution_patching", "ablation")
+DISAGREEMENT = 0.5  # Spearman below this between two effect methods is flagged
+
+
+def _effect_label(spec: TaskSpec, method: str) -> str:
+    """The method with what it measured: patching direction, ablation kind."""
+    options = spec.options_of(method)
+    if method == "activation_patching":
+        return f"activation_patching[{options.get('direction', 'noising')}]"
+    if method == "attribution_patching":
+        return "attribution_patching[noising]"  # a gradient approximation of noising patching
+    return f"ablation[{options.get('kind', 'mean')}]"
+
+
+def method_agreement(spec: TaskSpec, head_scores: dict[str, np.ndarray]) -> tuple[dict[str, float], list[str]]:
+    """Spearman correlation of every pair of effect methods that ran, labelled with what each
+    measured, and a warning for each pair that disagrees strongly."""
+    ran = [m for m in EFFECT_METHODS if m in head_scores]
+    agreement, warnings = {}, []
+    for i, a in enumerate(ran):
+        for b in ran[i + 1:]:
+            pair = f"spearman({_effect_label(spec, a)}, {_effect_label(spec, b)})"
+            rho = rank_correlation(head_scores[a], head_scores[b])
+            if not np.isfinite(rho):  # a constant score map (e.g. one head) has no ranking to compare
+                continue
+            agreement[pair] = rho
+            if rho < DISAGREEMENT:
+                warnings.append(f"methods disagree: {pair} = {rho:.2f} < {DISAGREEMENT}; their circuits may differ "
+                                "(see circuit.candidates)")
+    return agreement, warnings
+
+
+def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> Reference | None:
+    """The known circuit of this model, if any: --reference FILE, else the task's
+    reference_circuits for the model's name or path, else circuit.json in the model directory."""
+    if options.reference is not None:
+        return load_reference(Path(options.reference))
+    for key in (model.name, model.source):
+        if key in spec.reference_circuits:
+            heads, mlps = parse_components(list(spec.reference_circuits[key]), f"task '{spec.name}' reference_circuits")
+            return Reference(heads=heads, mlps=mlps, source=f"task '{spec.name}' reference_circuits[{key}]")
+    path = Path(model.source) / "circuit.json"
+    return load_reference(path) if path.is_file() else None
 
 
 def rule_warnings(rule: CircuitRule, chosen: int, total: int) -> list[str]:

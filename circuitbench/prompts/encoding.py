@@ -87,6 +87,18 @@ class Batch:
     def end(self) -> torch.Tensor:
         return self.positions["END"]
 
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The prompts at `rows` (indices or a bool mask), trimmed to their own longest prompt."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max()) if len(lengths) else 0
+        cut = lambda t: t[rows][:, :width]  # noqa: E731
+        return Batch(
+            tokens=cut(self.tokens), corrupted=None if self.corrupted is None else cut(self.corrupted),
+            lengths=lengths, answer=self.answer[rows], distractor=self.distractor[rows],
+            positions={k: v[rows] for k, v in self.positions.items()}, score_mask=cut(self.score_mask),
+            targets=None if self.targets is None else cut(self.targets),
+        )
+
     def repeated(self, copies: int) -> "Batch":
         """The batch stacked `copies` times (copy-major: row c * B + b)."""
         rep = lambda t: t.repeat(copies, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -116,6 +128,14 @@ class EncodedPrompts:
     has_answer: bool
     report: DropReport
     prompt_hash: str  # sha256 of the generated PromptSet: same spec + seed -> same hash anywhere
+    # A data-parallel shard knows the whole set and where it starts in it (methods that pair
+    # prompts across the set, e.g. resample ablation, need both); the whole set is its own.
+    whole: "EncodedPrompts | None" = field(default=None, repr=False)
+    offset: int = 0
+
+    @property
+    def full_set(self) -> "EncodedPrompts":
+        return self if self.whole is None else self.whole
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -154,6 +174,8 @@ class EncodedPrompts:
             has_answer=self.has_answer,
             report=self.report,
             prompt_hash=self.prompt_hash,
+            whole=self.full_set,
+            offset=self.offset + start,
         )
 
 

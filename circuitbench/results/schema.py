@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
 
 SCHEMA_VERSION = 2
@@ -77,21 +78,46 @@ class RunInfo(_Strict):
     cache: dict[str, int] = Field(default_factory=dict, description="activation cache {hits, misses}; empty: off")
 
 
+class CircuitCandidate(_Strict):
+    """One method's circuit under the task's rule, as `circuit: {method: auto}` weighed it."""
+
+    method: str = Field(description="the method whose scores the rule picked from")
+    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    faithfulness: float = Field(description="f(C) under the rule's ablation")
+
+
 class CircuitInfo(_Strict):
     """The circuit chosen by the task's rule, with its faithfulness."""
 
     method: str = Field(description="the head scores it was chosen from")
-    rule: dict[str, object] = Field(description="the circuit rule (top_k | threshold | fraction, by, ablation)")
+    rule: dict[str, object] = Field(description="the circuit rule (method, top_k | threshold | fraction, by, ablation)")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
-    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅))")
-    m_circuit: float | None = Field(None, description="main metric (higher = better) with only the circuit kept")
-    m_full: float | None = Field(None, description="main metric of the full model, m(M)")
-    m_empty: float | None = Field(None, description="main metric with every head ablated, m(∅)")
+    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`")
+    metric: str | None = Field(None, description="the metric m; m_circuit, m_full and m_empty are its own values")
+    m_circuit: float | None = Field(None, description="the metric with only the circuit's heads kept")
+    m_full: float | None = Field(None, description="the metric of the full model, m(M)")
+    m_empty: float | None = Field(None, description="the metric with every head ablated, m(∅)")
     ablation: str | None = Field(None, description="how heads outside the circuit were removed")
+    by_ablation: dict[str, float | None] = Field(
+        default_factory=dict, description="f(C) under each ablation computed: the rule's and zero ablation")
     curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f)")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    candidates: list[CircuitCandidate] = Field(
+        default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
+        "faithful: f closest to 1, then the smaller circuit)")
     warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
+
+
+class ReferenceInfo(_Strict):
+    """The known circuit recovery was scored against."""
+
+    source: str = Field(description="--reference FILE, the task's reference_circuits, or the model's circuit.json")
+    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs of the known circuit")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the known circuit")
+    invisible: list[tuple[int, int]] = Field(
+        default_factory=list, description="reference heads whose clean and counterfactual outputs are identical: "
+        "patching with this counterfactual cannot see them")
 
 
 class RunResult(_Strict):
@@ -115,6 +141,12 @@ class RunResult(_Strict):
         default_factory=dict, description="e.g. Spearman correlation of exact vs attribution patching")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
     circuit: CircuitInfo | None = Field(None, description="the circuit the task's rule chose, with its faithfulness")
+    reference: ReferenceInfo | None = Field(None, description="the known circuit, when there is one")
+    recovery: dict[str, RecoveryScores] = Field(
+        default_factory=dict, description="method -> precision, recall, F1 of its circuit and AUROC, average "
+        "precision of its |scores| against the reference")
+    warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
+                                "disagree, reference heads invisible to the counterfactual")
 
     @model_validator(mode="after")
     def _status_fields(self) -> "RunResult":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -10,7 +11,22 @@ from circuitbench.files import write_atomic
 from circuitbench.results.schema import RunResult
 
 
+def nonfinite_fields(value: object, path: str = "") -> list[str]:
+    """Where a result holds NaN or inf (JSON would turn them into nulls that no longer load)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path or "(top level)"]
+    if isinstance(value, dict):
+        return [f for k, v in value.items() for f in nonfinite_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [f for i, v in enumerate(value) for f in nonfinite_fields(v, f"{path}[{i}]")]
+    return []
+
+
 def save_result(result: RunResult, path: Path) -> None:
+    """Write the result atomically; a non-finite number anywhere in it is a bug, refused."""
+    bad = nonfinite_fields(result.model_dump())
+    if bad:
+        raise ValueError(f"result for {path} holds non-finite numbers at {', '.join(bad[:5])}")
     write_atomic(path, result.model_dump_json(indent=2) + "\n")
 
 

@@ -200,16 +200,18 @@ def metric_per_copy(
     metric: str,
     layer: int,
     resid: torch.Tensor,
-    site: Site,
+    site: Site | list[Site],
     items: list,
-    edit: Callable[[torch.Tensor, object], None],
+    edit: Callable[[torch.Tensor, object, Site], None],
 ) -> torch.Tensor:
     """[len(items), batch] higher-is-better metric of the batch re-run once per item, resuming at
     block `layer` from `resid` (the base run's block input, [batch, pos, d_model]) with
-    `edit(x, item)` applied in place to that copy's activation `x` at `site`.
+    `edit(x, item, site)` applied in place to that copy's activation `x` at each of `site` (one
+    site, or several at or after `layer`, e.g. a window of layers).
 
     Copies are stacked along the batch axis, as many per forward as `rows_per_forward` allows,
     and blocks before `layer` are skipped: this is what makes exact patching fast."""
+    sites = [site] if isinstance(site, Site) else list(site)
     b = len(batch)
     group = max(1, min(len(items), rows_per_forward(metric) // max(b, 1)))
     out = torch.zeros(len(items), b, dtype=torch.float64)
@@ -218,15 +220,17 @@ def metric_per_copy(
         g = len(chunk)
         rep = batch.repeated(g)
 
-        def patch(x: torch.Tensor, _chunk=chunk) -> torch.Tensor:
-            x = x.clone().view(len(_chunk), b, *x.shape[1:])
-            for c, item in enumerate(_chunk):
-                edit(x[c], item)
-            return x.view(len(_chunk) * b, *x.shape[2:])
+        def patch_at(at: Site, _chunk=chunk) -> Callable[[torch.Tensor], torch.Tensor]:
+            def patch(x: torch.Tensor) -> torch.Tensor:
+                x = x.clone().view(len(_chunk), b, *x.shape[1:])
+                for c, item in enumerate(_chunk):
+                    edit(x[c], item, at)
+                return x.view(len(_chunk) * b, *x.shape[2:])
+            return patch
 
         unembed_hooks, scored = end_only_logits(metric, rep)
-        logits = model.run_with_hooks(rep.tokens, [(site, patch), *unembed_hooks], resume=(layer, resid.repeat(g, 1,
-                                                                                                               1)))
+        edits: list[Hook] = [(at, patch_at(at)) for at in sites]
+        logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks], resume=(layer, resid.repeat(g, 1, 1)))
         out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)
     return out
 
@@ -244,7 +248,7 @@ def patched_head_metrics(
     for layer in range(model.n_layers):
         src = source_z(layer)
 
-        def edit(z: torch.Tensor, head, _src=src) -> None:  # z: [batch, pos, n_heads, d_head]
+        def edit(z: torch.Tensor, head, _site: Site, _src=src) -> None:  # z: [batch, pos, n_heads, d_head]
             z[:, :, head] = torch.where(mask_dev, _src[:, :, head].to(z.dtype), z[:, :, head])
 
         values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], hooks.head_outputs(layer),
@@ -317,3 +321,23 @@ def ablated_heads_metric(
         total += float(oriented_metric(ctx.metric, logits, scored).double().sum())
     total, n = ctx.sum_shards((total, len(data)))
     return total / n
+
+
+def identical_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                           heads: list[tuple[int, int]], tol: float = 1e-6) -> list[tuple[int, int]]:
+    """The `heads` whose outputs are the same on every clean prompt and its counterfactual (up to
+    `tol` relative): invisible to patching, attribution and mean-counterfactual ablation with this
+    counterfactual, whatever their role (e.g. a head that reads only the sequence length)."""
+    if data.corrupted is None or not heads:
+        return []
+    diff = torch.zeros(len(heads), dtype=torch.float64)
+    scale = torch.zeros(len(heads), dtype=torch.float64)
+    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+        valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
+        for i, (l, h) in enumerate(heads):
+            clean, corrupt = runs["clean"].z[l][:, :, h].double(), runs["corrupted"].z[l][:, :, h].double()
+            gap = ((clean - corrupt).abs() * valid[..., None]).max()
+            diff[i] = max(diff[i], float(gap))
+            scale[i] = max(scale[i], float((clean.abs() * valid[..., None]).max()))
+    diff, scale = ctx.sum_shards((diff, scale))  # (a max would be exact; a sum only ever flags fewer heads)
+    return [head for i, head in enumerate(heads) if diff[i] <= tol * (1 + scale[i])]

@@ -29,6 +29,8 @@ class RunOptions(BaseModel):
     resume: bool = Field(False, description="keep finished units whose result matches; rerun the rest")
     cache: bool = Field(True, description="reuse unpatched forwards from the activation cache")
     cache_dir: str | None = Field(None, description="default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench")
+    reference: str | None = Field(None, description="a known circuit (JSON file) to score recovery against; "
+                                  "default: the task's reference_circuits, then the model directory's circuit.json")
 
     @field_validator("batch_size")
     @classmethod
@@ -59,8 +61,8 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
                                        if s != options.split and (s in spec.report_splits or s == spec.split)]
     if options.methods is not None:
         update["methods"] = options.methods
-        if spec.circuit and spec.circuit.method and spec.circuit.method not in options.methods:
-            update["circuit"] = spec.circuit.model_copy(update={"method": None})
+        if spec.circuit and spec.circuit.method != "auto" and spec.circuit.method not in options.methods:
+            update["circuit"] = spec.circuit.model_copy(update={"method": "auto"})
     if not update:
         return spec
     try:

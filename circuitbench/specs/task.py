@@ -59,7 +59,8 @@ class CircuitRule(BaseModel):
     """How head scores become a circuit: exactly one of top_k, threshold, fraction."""
 
     model_config = ConfigDict(extra="forbid")
-    method: str | None = Field(None, description="which head_scores to use (default: the first method)")
+    method: str = Field("auto", description="which method's head scores make the circuit; auto: every method's "
+                        "circuit by this rule, the most faithful kept (all recorded as candidates)")
     top_k: int | None = Field(None, ge=1, description="the k heads with the largest scores")
     threshold: float | None = Field(None, allow_inf_nan=False, description="every head whose score is at least this")
     fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all heads, largest scores first")
@@ -100,6 +101,9 @@ class TaskSpec(BaseModel):
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
     circuit: CircuitRule | None = Field(None, description="how a circuit is chosen from head scores")
     max_drop_fraction: float = Field(0.1, ge=0, le=1, description="stop if more prompts than this fail tokenization")
+    reference_circuits: dict[str, list[tuple[int, int] | str]] = Field(
+        default_factory=dict, description="known circuits by model name or path: [layer, head] pairs or node names "
+        "('a0.h1', 'm2'); results then carry recovery scores")
 
     @field_validator("generator", mode="before")
     @classmethod
@@ -138,8 +142,8 @@ class TaskSpec(BaseModel):
             raise ValueError(f"main_metric '{self.main_metric}' is not in metrics {self.metrics}")
         for name, opts in self.method_options.items():
             self._check_method_options(name, opts)
-        if self.circuit and self.circuit.method and self.circuit.method not in self.methods:
-            raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods}")
+        if self.circuit and self.circuit.method != "auto" and self.circuit.method not in self.methods:
+            raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods} (or use auto)")
         if self.split in self.report_splits:
             raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
         return self

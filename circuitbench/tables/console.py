@@ -136,9 +136,20 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         figures = "" if c.faithfulness is None else f" · faithfulness {c.faithfulness:.2f}"
         if c.cpr is not None and c.cmd is not None:
             figures += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
+        figures += "".join(f" · {k}-ablation faithfulness {v:.2f}" for k, v in c.by_ablation.items()
+                           if v is not None and k != c.ablation)
         say(f"circuit from {c.method} ({rule}): {' '.join(f'{l}.{h}' for l, h in c.heads)}{figures}")
+        if len(c.candidates) > 1:
+            say("candidates: " + " · ".join(f"{k.method} {k.faithfulness:.2f}" for k in c.candidates))
         for warning in c.warnings:
             say(f"warning: {warning}")
+    for method, r in o.result.recovery.items():
+        auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
+        precision = "n/a" if r.precision is None else f"{r.precision:.2f}"
+        say(f"recovery of the reference ({r.n_reference} heads) by {method}: precision {precision} · recall "
+            f"{r.recall:.2f} · AUROC {auroc}")
+    for warning in o.result.warnings:
+        say(f"warning: {warning}")
     for pair, rho in o.result.method_agreement.items():
         say(f"{pair} = {rho:.2f}")
     by_split = o.result.metrics_by_split

@@ -48,8 +48,13 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
         if r.circuit is not None:
             row.update({"circuit_size": len(r.circuit.heads), "faithfulness": r.circuit.faithfulness,
                         "cpr": r.circuit.cpr, "cmd": r.circuit.cmd, "circuit_method": r.circuit.method})
-        for _pair, rho in r.method_agreement.items():
-            row["agreement_spearman"] = rho
+        for pair, rho in r.method_agreement.items():
+            if "activation_patching" in pair and "attribution_patching" in pair:
+                row["agreement_spearman"] = rho
+        if r.recovery and r.circuit is not None and r.circuit.method in r.recovery:
+            found = r.recovery[r.circuit.method]
+            row["recovery_recall"] = found.recall
+            row["recovery_auroc"] = found.auroc
         for split, sm in r.metrics_by_split.items():
             if split != r.task.split and r.task.main_metric in sm.metrics:
                 row[f"main_on_{split}"] = sm.metrics[r.task.main_metric]  # memorisation vs generalisation
@@ -88,7 +93,8 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
         out[f"{m} {_arrow(m)}"] = [f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}" for v, s in zip(sub[m], se)]
     extra = {**{f"main_on_{s}": f"{main} ({s} split)" for s in ("train", "val", "test")},
              "circuit_size": "circuit size", "faithfulness": "faithfulness ↑", "cpr": "CPR ↑", "cmd": "CMD ↓",
-             "agreement_spearman": "exact vs attribution ρ ↑"}
+             "agreement_spearman": "exact vs attribution ρ ↑", "recovery_recall": "reference recall ↑",
+             "recovery_auroc": "reference AUROC ↑"}
     for col, label in extra.items():
         if col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731

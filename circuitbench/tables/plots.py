@@ -36,8 +36,9 @@ def overlap_heatmap(labels: list[str], matrix: list[list[float]], metric: str, p
 
 
 def head_heatmap(scores: list[list[float]], title: str, path: Path,
-                 circuit: list[tuple[int, int]] | None = None) -> None:
-    """Layer × head scores on a diverging colormap centred at 0, circuit heads outlined."""
+                 circuit: list[tuple[int, int]] | None = None, reference: list[tuple[int, int]] | None = None) -> None:
+    """Layer × head scores on a diverging colormap centred at 0, circuit heads outlined in black,
+    heads of a known (reference) circuit marked with a gold dashed ring."""
     plt = pyplot()
     values = np.asarray(scores, dtype=float)
     n_layers, n_heads = values.shape
@@ -50,6 +51,12 @@ def head_heatmap(scores: list[list[float]], title: str, path: Path,
     ax.set_title(title, fontsize=10)
     for layer, head in circuit or []:
         ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", lw=2))
+    for layer, head in reference or []:
+        ax.add_patch(plt.Circle((head, layer), 0.42, fill=False, edgecolor="goldenrod", lw=2, ls="--"))
+    if reference:
+        ax.plot([], [], ls="--", color="goldenrod", lw=2, label="reference circuit")
+        ax.plot([], [], color="black", lw=2, label="chosen circuit")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=7)
     if n_layers * n_heads <= 64:
         for layer in range(n_layers):
             for head in range(n_heads):

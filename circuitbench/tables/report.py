@@ -53,7 +53,8 @@ def build_report(result: RunResult, out_dir: Path) -> list[Path]:
     for method, scores in result.head_scores.items():
         path = out_dir / f"heads_{method}.png"
         outlined = circuit if result.circuit and result.circuit.method == method else None
-        head_heatmap(scores, f"{result.model.name} · {result.task.name} · {method}", path, outlined)
+        reference = [tuple(h) for h in result.reference.heads] if result.reference else None
+        head_heatmap(scores, f"{result.model.name} · {result.task.name} · {method}", path, outlined, reference)
         pngs.append((f"head scores: {method}", path))
     if result.circuit and result.circuit.curve:
         path = out_dir / "faithfulness.png"

@@ -125,8 +125,14 @@ def test_faithfulness_and_curve_on_toy(toy, tmp_path):
     assert c.curve[0][2] == 0.0 and c.curve[-1][2] == 1.0 and len(c.curve) == 9
     xs, ys = np.array([p[1] for p in c.curve]), np.array([p[2] for p in c.curve])
     assert abs(c.cpr - np.trapezoid(ys, xs)) < 1e-9 and abs(c.cmd - np.trapezoid(np.abs(1 - ys), xs)) < 1e-9
-    assert c.m_full > c.m_empty  # the full model beats the all-ablated one (higher = better)
-    assert "spearman(activation_patching, attribution_patching)" in result.method_agreement
+    # stored in the metric's own sign, labelled: a loss is lower for the full model than for the all-ablated one
+    assert c.metric == "induction_loss" and c.m_full < c.m_empty
+    # like with like, and said: attribution patching approximates noising patching
+    assert "spearman(activation_patching[noising], attribution_patching[noising])" in result.method_agreement
+    assert {k.method for k in c.candidates} == set(result.head_scores) and c.by_ablation.keys() == {
+        "mean_counterfactual", "zero"}
+    best = min(c.candidates, key=lambda k: abs(1 - k.faithfulness))
+    assert c.method == best.method and abs(c.faithfulness - best.faithfulness) < 1e-9  # auto keeps the most faithful
     # the 5-head circuit keeps more than the 5 worst heads would
     assert c.faithfulness > c.curve[3][2]
 
@@ -174,3 +180,52 @@ def test_attention_to_matches_pattern_by_hand(tiny_models):
     assert torch.allclose(torch.tensor(scores[1]).float(), by_hand.float(), atol=1e-5)
     with pytest.raises(CircuitbenchError, match="REPEAT"):
         score_heads(model, data, ["attention_to"], 4, method_options={"attention_to": {"source": "REPEAT"}})
+
+
+def test_resample_ablation_pairs_prompts_across_batches_and_ignores_batch_size(toy):
+    """Resample partners come from a seeded derangement over the whole set within one length and
+    template: the scores are the same at every batch size, and not zero at batch size 1 (where a
+    partner from the prompt's own batch would be the prompt itself)."""
+    from circuitbench.scores.methods.ablation import resample_partners
+
+    model, data = toy
+    partners = resample_partners(data, seed=0)
+    has = partners >= 0
+    assert has.sum() >= len(data) // 2 and not (partners[has] == torch.arange(len(data))[has]).any()
+    assert torch.equal(data.lengths[partners[has]], data.lengths[has])
+    for name, pos in data.positions.items():
+        assert torch.equal(pos[partners[has]], pos[has]), name
+    assert torch.equal(partners, resample_partners(data, seed=0)) and not torch.equal(partners, resample_partners(data,
+                                                                                                                  1))
+    options = {"ablation": {"kind": "resample"}}
+    by_batch = [score_heads(model, data, ["ablation"], bs, metric="induction_loss", method_options=options)["ablation"]
+                for bs in (1, 5, 24)]
+    assert np.abs(by_batch[0]).max() > 0.01
+    for other in by_batch[1:]:
+        assert np.abs(other - by_batch[0]).max() < 1e-5
+
+
+def test_causal_tracing_rome_preset_records_its_settings(toy):
+    """preset rome: noise std from the corrupted (subject) tokens' embeddings × 3, 10 samples, a
+    window of layers for attention (here the whole 2-layer model: every layer's row is the same
+    restoration, so the rows agree); it needs the subject's positions."""
+    model, data = toy
+    small = data.subset(0, 6)
+    with pytest.raises(CircuitbenchError, match="corrupts the subject"):
+        score_heads(model, small, ["causal_tracing"], 6, metric="induction_loss",
+                    method_options={"causal_tracing": {"preset": "rome"}})
+    from circuitbench.scores.methods.options import TracingOptions
+
+    rome = TracingOptions(preset="rome", corrupt=["S1"]).resolved()
+    assert (rome.samples, rome.window, rome.noise_scale, rome.noise_std_from) == (10, 10, 3.0, "corrupted_tokens")
+    traces = {}  # 2 samples here (explicit options win over the preset) to keep the test quick
+    options = {"causal_tracing": {"preset": "rome", "samples": 2, "corrupt": ["REPEAT"], "kinds": ["attn", "resid"]}}
+    score_heads(model, small, ["causal_tracing"], 6, metric="induction_loss", method_options=options, traces=traces)
+    attn, resid = traces["causal_tracing/attn/restore"], traces["causal_tracing/resid/restore"]
+    table = model.token_embeddings()
+    subject = small.tokens[torch.arange(len(small)), small.positions["REPEAT"]]
+    assert abs(attn["noise_std"] - 3 * float(table[subject].float().std())) < 1e-5
+    assert attn["samples"] == 2 and attn["window"] == 2 and resid["window"] == 1 and attn["corrupt"] == ["REPEAT"]
+    mean = np.array(attn["mean"])
+    assert np.allclose(mean[0], mean[1]) and np.abs(mean).max() > 0  # one window for both layers
+    assert not np.allclose(np.array(resid["mean"])[0], np.array(resid["mean"])[1])

@@ -1,10 +1,18 @@
 """Head ablation: the drop of the (higher-is-better) main metric when one head's output is
-replaced by zeros, its mean over the task's prompts, or another prompt's output (resample)."""
+replaced by zeros, its mean over the task's prompts, or another prompt's output (resample).
+
+Resample ablation pairs every prompt with a partner drawn by a seeded derangement over the whole
+prompt set, within prompts of the same token length and named positions (the same template), so
+positions align, no pad activation leaks in, and the scores do not depend on the batch size or on
+how a data-parallel launch shards the prompts. A prompt with no such partner is left out (logged)."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.interventions import (
@@ -15,19 +23,44 @@ from circuitbench.scores.interventions import (
     mean_head_outputs,
     patched_head_metrics,
     position_mask,
+    record_base_run,
 )
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AblationOptions
 
+log = logging.getLogger(__name__)
 
-def _ablation_source(kind: str, run: BaseRun, mean_z: list[torch.Tensor] | None) -> ZSource:
+
+def resample_partners(data: EncodedPrompts, seed: int) -> torch.Tensor:
+    """[n] for each prompt of the whole set, the prompt whose head outputs replace its own (-1: none):
+    a seeded derangement within each group of prompts with the same length and named positions."""
+    whole = data.full_set
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(whole)):
+        key = (int(whole.lengths[i]), *(int(v[i]) for _, v in sorted(whole.positions.items())))
+        groups.setdefault(key, []).append(i)
+    gen = torch.Generator().manual_seed(seed)
+    partners = torch.full((len(whole),), -1, dtype=torch.long)
+    for members in groups.values():  # in order of first appearance: deterministic
+        if len(members) > 1:
+            cycle = torch.tensor(members)[torch.randperm(len(members), generator=gen)]
+            partners[cycle] = cycle.roll(-1)  # one cycle through the group: nobody is their own partner
+    return partners
+
+
+def _fixed_source(kind: str, run: BaseRun, mean_z: list[torch.Tensor] | None) -> ZSource:
     if kind == "zero":
         return lambda l: torch.zeros_like(run.z[l])
-    if kind == "mean":
-        assert mean_z is not None
-        return lambda l: mean_z[l][: run.z[l].shape[1]].unsqueeze(0).expand_as(run.z[l])
-    # resample: each prompt takes the head output of the next prompt in the batch
-    return lambda l: run.z[l].roll(1, dims=0)
+    assert mean_z is not None
+    return lambda l: mean_z[l][: run.z[l].shape[1]].unsqueeze(0).expand_as(run.z[l])
+
+
+def _rows(run: BaseRun, keep: torch.Tensor, width: int) -> BaseRun:
+    """The base run of the kept prompts, trimmed to their width."""
+    assert run.metric is not None
+    keep_dev = keep.to(run.z[0].device)
+    return BaseRun(resid=[r[keep_dev][:, :width] for r in run.resid], z=[z[keep_dev][:, :width] for z in run.z],
+                   metric=run.metric[keep.to(run.metric.device)])
 
 
 def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
@@ -35,13 +68,36 @@ def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np
     opts = AblationOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "ablation")
     mean_z = mean_head_outputs(model, data, ctx) if opts.kind == "mean" else None
+    partners = resample_partners(data, opts.seed)[data.offset: data.offset + len(data)] if opts.kind == "resample" \
+        else None
     total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
-    m_clean = 0.0
+    m_clean, used, start = 0.0, 0, 0
     for batch, runs in base_runs(model, data, ctx, ("clean",)):
-        run = runs["clean"]
+        run, stop = runs["clean"], start + len(batch)
+        if partners is None:
+            source = _fixed_source(opts.kind, run, mean_z)
+        else:
+            own = partners[start:stop]
+            keep = own >= 0
+            start = stop
+            if not keep.any():
+                ctx.advance(len(batch))
+                continue
+            batch = batch.select(keep)
+            run = _rows(run, keep, batch.tokens.shape[1])
+            _, partner = record_base_run(model, data.full_set.tokens[own[keep]][:, : batch.tokens.shape[1]])
+            source = lambda l, _p=partner: _p.z[l]  # noqa: E731
+        start = stop
+        assert run.metric is not None
         m_clean += float(run.metric.double().sum())
-        source = _ablation_source(opts.kind, run, mean_z)
+        used += len(batch)
         total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx)
         ctx.advance(len(batch))
-    total, m_clean, n = ctx.sum_shards((total, m_clean, len(data)))
+    total, m_clean, n = ctx.sum_shards((total, m_clean, used))
+    if n == 0:
+        raise CircuitbenchError("Resample ablation needs prompts that share a token length and named positions "
+                                "with another prompt; this task has none. Use ablation kind: mean or zero.")
+    if partners is not None and n < len(data.full_set):
+        log.info("resample ablation: %d of %d prompts have a partner of the same length and positions; the others "
+                 "are left out", n, len(data.full_set))
     return (m_clean / n - total / n).numpy()

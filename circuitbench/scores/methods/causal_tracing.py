@@ -3,9 +3,12 @@ restore one (layer, position) state at a time from the clean run (or, the other 
 one corrupted state into the clean run) and record the effect on the answer.
 
 The map is [n_layers, n_positions] per state kind (residual stream = block output, attention
-output, MLP output), averaged over prompts with its standard deviation. Positions are aligned
-on the right: column j is END − (P−1−j), P the shortest prompt without BOS; a column that is the
-same named position (IO, S2, …) in every prompt carries that name.
+output, MLP output), averaged over prompts (and noise samples) with its standard deviation over
+prompts. Positions are aligned on the right: column j is END − (P−1−j), P the shortest prompt
+without BOS; a column that is the same named position (IO, S2, …) in every prompt carries that
+name. Effects are changes of the metric oriented so that higher is better (a loss is negated);
+the baselines are in the metric's own sign. `preset: rome` applies ROME's settings (see
+TracingOptions); the map records the settings that ran.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class TraceMap(BaseModel):
     direction: str
     noise: str
     metric: str
+    noise_std: float | None = None  # the absolute std of the Gaussian noise
+    samples: int = 1
+    window: int = 1
+    corrupt: str | list[str] = "all"
     layers: list[int]
     positions: list[str]
     mean: list[list[float]]
@@ -64,6 +71,7 @@ def _noised_embeddings(embed: torch.Tensor, mask: torch.Tensor, opts: TracingOpt
     out = embed.clone()
     m = mask.to(embed.device)
     if opts.noise == "gaussian":
+        assert opts.noise_scale is not None
         noise = torch.randn(embed.shape, generator=gen).to(embed.device, embed.dtype) * scale * opts.noise_scale
         out = torch.where(m[..., None], embed + noise, embed)
     elif opts.noise == "random_embeddings":
@@ -92,10 +100,28 @@ def _columns(data: EncodedPrompts) -> tuple[int, list[str]]:
     return width, labels
 
 
+def _window(layer: int, n_layers: int, size: int) -> list[int]:
+    """`size` layers around `layer` (ROME: [layer − size/2, layer + size/2)), clipped to the model."""
+    lo = max(0, min(layer - size // 2, n_layers - size))
+    return list(range(lo, min(n_layers, lo + size)))
+
+
+def _noise_std(model: LoadedModel, data: EncodedPrompts, opts: TracingOptions, table: torch.Tensor) -> float:
+    """The reference std of the noise: of every token embedding, or of the corrupted tokens' ones."""
+    if opts.noise_std_from == "vocabulary":
+        return float(table.float().std())
+    ids = torch.cat([batch.tokens[_corrupt_mask(batch, opts.corrupt)] for batch in data.batches(len(data) or 1)])
+    return float(table[ids.to(table.device)].float().std()) if len(ids) > 1 else float(table.float().std())
+
+
 def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> dict[str, TraceMap]:
-    opts = TracingOptions.model_validate(ctx.options)
+    opts = TracingOptions.model_validate(ctx.options).resolved()
+    assert opts.samples is not None and opts.window is not None and opts.noise_scale is not None
     metric = opts.metric or ("answer_prob" if data.has_answer else ctx.metric)
     METRICS.get(metric)
+    if opts.preset == "rome" and opts.corrupt == "all":
+        raise CircuitbenchError("causal_tracing preset rome corrupts the subject: set method_options.causal_tracing."
+                                "corrupt to the subject's named positions (e.g. [S1]).")
     if opts.corrupt != "all":
         missing = [p for p in opts.corrupt if p not in data.positions]
         if missing:
@@ -107,7 +133,7 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
     width, labels = _columns(data)
     n_layers = model.n_layers
     table = model.token_embeddings()
-    scale = float(table.float().std())
+    std = _noise_std(model, data, opts, table)
     gen = torch.Generator().manual_seed(opts.seed)
     # effects[(kind, direction)] -> list of [batch, n_layers, width] arrays
     effects: dict[tuple[str, str], list[torch.Tensor]] = {(k, d): [] for k in kinds for d in opts.directions}
@@ -117,46 +143,49 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
     states |= {hooks.resid_pre(l) for l in range(n_layers)}  # block inputs, to resume part-way
     for batch in data.batches(ctx.batch_size):
         mask = _corrupt_mask(batch, opts.corrupt)
-        _, embed_cache = model.run_with_cache(batch.tokens, [hooks.embed()])
-        noised = _noised_embeddings(embed_cache[hooks.embed()], mask, opts, scale, table, gen)
-        noise_hook = (hooks.embed(), lambda x, _n=noised: _n.to(x.dtype))
-        clean_logits, clean_cache = model.run_with_cache(batch.tokens, states)
-        corr_logits, corr_cache = model.run_with_cache(batch.tokens, states, hooks=[noise_hook])
+        clean_logits, clean_cache = model.run_with_cache(batch.tokens, states | {hooks.embed()})
         m_clean = oriented_metric(metric, clean_logits, batch).cpu()
-        m_corr = oriented_metric(metric, corr_logits, batch).cpu()
-        base_clean.append(m_clean)
-        base_corr.append(m_corr)
-        ends = batch.end
-        rows = torch.arange(len(batch))
-        for kind in kinds:
-            for direction in opts.directions:
-                # restore: corrupted run, clean state put back; noise: clean run, corrupted state put in
-                source = clean_cache if direction == "restore" else corr_cache
-                base = corr_cache if direction == "restore" else clean_cache
+        rows, ends = torch.arange(len(batch)), batch.end
+        totals = {key: torch.zeros(len(batch), n_layers, width) for key in effects}
+        m_corr_total = torch.zeros(len(batch))
+        for _ in range(opts.samples):
+            noised = _noised_embeddings(clean_cache[hooks.embed()], mask, opts, std, table, gen)
+            corr_logits, corr_cache = model.run_with_cache(batch.tokens, states,
+                                                           hooks=[(hooks.embed(), lambda x, _n=noised: _n.to(x.dtype))])
+            m_corr = oriented_metric(metric, corr_logits, batch).cpu()
+            m_corr_total += m_corr
+            for kind, direction in effects:
+                # restore: corrupted run, clean states put back; noise: clean run, corrupted states put in
+                source, base = (clean_cache, corr_cache) if direction == "restore" else (corr_cache, clean_cache)
                 baseline = m_corr if direction == "restore" else m_clean
-                out = torch.zeros(len(batch), n_layers, width)
+
+                def edit(x: torch.Tensor, col, at: Site, _src=source) -> None:  # x: [batch, pos, d_model]
+                    pos = ends - (width - 1 - col)
+                    x[rows, pos] = _src[at][rows, pos].to(x.dtype)
+
                 for layer in range(n_layers):
-                    site = STATE_SITES[kind](layer)
-                    src = source[site]
-
-                    def edit(x: torch.Tensor, col, _src=src) -> None:  # x: [batch, pos, d_model]
-                        pos = ends - (width - 1 - col)
-                        x[rows, pos] = _src[rows, pos].to(x.dtype)
-
-                    values = metric_per_copy(model, batch, metric, layer, base[hooks.resid_pre(layer)], site,
-                                             list(range(width)), edit)
-                    out[:, layer, :] = (values.float() - baseline[None, :]).T
-                effects[(kind, direction)].append(out)
+                    window = _window(layer, n_layers, 1 if kind == "resid" else opts.window)
+                    values = metric_per_copy(model, batch, metric, window[0], base[hooks.resid_pre(window[0])],
+                                             [STATE_SITES[kind](l) for l in window], list(range(width)), edit)
+                    totals[(kind, direction)][:, layer, :] += (values.float() - baseline[None, :]).T
+        for key, total in totals.items():
+            effects[key].append(total / opts.samples)
+        base_clean.append(m_clean)
+        base_corr.append(m_corr_total / opts.samples)
         ctx.advance(len(batch))
+    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
+    clean_mean = sign * float(torch.cat(base_clean).mean())
+    corr_mean = sign * float(torch.cat(base_corr).mean())
     maps = {}
-    clean_mean = float(torch.cat(base_clean).mean())
-    corr_mean = float(torch.cat(base_corr).mean())
     for (kind, direction), parts in effects.items():
         stacked = torch.cat(parts).double()
         if not torch.isfinite(stacked).all():
             raise nonfinite_error(f"causal_tracing's {kind}/{direction} map", model, data.tokens[:4])
         maps[f"{kind}/{direction}"] = TraceMap(
-            kind=kind, direction=direction, noise=opts.noise, metric=metric, layers=list(range(n_layers)),
+            kind=kind, direction=direction, noise=opts.noise, metric=metric,
+            noise_std=std * opts.noise_scale if opts.noise == "gaussian" else None, samples=opts.samples,
+            window=1 if kind == "resid" else min(opts.window, n_layers), corrupt=opts.corrupt,
+            layers=list(range(n_layers)),
             positions=labels, mean=stacked.mean(0).tolist(),
             std=(stacked.std(0, unbiased=True) if len(stacked) > 1 else torch.zeros_like(stacked[0])).tolist(),
             baseline_clean=clean_mean, baseline_corrupted=corr_mean,
