@@ -41,12 +41,13 @@ def register_generator(name: str, params: type[GeneratorParams], generate: Calla
 
 
 def register_metric(name: str, fn: Callable[..., Any] | str, *, higher_is_better: bool, needs_answer: bool,
-                    description: str = "") -> Metric:
+                    needs_distractor: bool = False, description: str = "") -> Metric:
     """A task metric usable in `metrics:`: `fn(logits [batch, pos, vocab], batch) -> [batch]` per-prompt
     values (a callable, or "module:function" imported on first use). `batch` is a
-    `circuitbench.prompts.encoding.Batch` (tokens, answer, distractor, positions, score_mask)."""
+    `circuitbench.prompts.encoding.Batch` (tokens, answer, distractor, positions, score_mask).
+    Set needs_distractor if it reads `batch.distractor` (tasks whose prompts have none refuse it)."""
     return METRICS.add(name, Metric(fn=fn, description=description, higher_is_better=higher_is_better,
-                                    needs_answer=needs_answer))
+                                    needs_answer=needs_answer, needs_distractor=needs_distractor))
 
 
 def register_method(name: str, fn: Callable[..., Any] | str, *, description: str = "",

@@ -110,7 +110,7 @@ class EncodedPrompts:
     corrupted: torch.Tensor | None  # [n, pos]
     lengths: torch.Tensor  # [n]
     answer: torch.Tensor  # [n], -1 when the task has none
-    distractor: torch.Tensor  # [n]
+    distractor: torch.Tensor  # [n], -1 when the task has none
     positions: dict[str, torch.Tensor]  # name -> [n]
     score_mask: torch.Tensor  # [n, pos]
     has_answer: bool
@@ -221,8 +221,11 @@ def _prompt_ids(vocab: Vocabulary, prompt: Prompt) -> tuple[list[int], list[int]
     if prompt.corrupted_segments is None:
         return ids, None, pos
     cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
-    if len(cids) != len(ids) or cpos != pos:
+    if len(cids) != len(ids):
         raise _Drop("clean and corrupted prompts differ in token length")
+    # A corrupted prompt without labels (a data file's, by default) shares the clean positions.
+    if cpos and cpos != pos:
+        raise _Drop("named positions of the clean and corrupted prompts differ")
     return ids, cids, pos
 
 
@@ -234,9 +237,10 @@ def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int,
         raise _Drop(f"prompt longer than the model's context ({n_ctx} tokens)")
     answer = distractor = -1
     if has_answer:
-        assert prompt.answer is not None and prompt.distractor is not None
+        assert prompt.answer is not None
         answer = _single_token(vocab, prompt.answer, "answer")
-        distractor = _single_token(vocab, prompt.distractor, "distractor")
+        # no distractor (a data file may give none): -1, and metrics reading it are refused by the spec
+        distractor = -1 if prompt.distractor is None else _single_token(vocab, prompt.distractor, "distractor")
         if unk_id is not None and unk_id in (answer, distractor):
             raise _Drop("answer or distractor outside the model's vocabulary")
     pos["END"] = len(ids) - 1
@@ -309,12 +313,13 @@ def encode_prompts(
     )
 
 
-def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int) -> EncodedPrompts:
-    """Generate the task's prompts and encode them for one tokenizer (drops counted)."""
+def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int,
+                prompts: PromptSet | None = None) -> EncodedPrompts:
+    """The task's prompts (generated unless given) encoded for one tokenizer (drops counted)."""
     return encode_prompts(
-        generate_prompts(spec),
+        generate_prompts(spec) if prompts is None else prompts,
         vocab,
-        has_answer=GENERATORS.get(spec.generator.name).has_answer,
+        has_answer=GENERATORS.get(spec.generator.name).answers(spec.generator),
         n_ctx=n_ctx,
         max_drop_fraction=spec.max_drop_fraction,
         unk_id=unk_id,

@@ -23,7 +23,8 @@ for name, description, higher_is_better, needs_answer in (
     ("induction_loss", "induction loss (nats, repeated half)", False, False),
 ):
     implementation = "scored_loss" if name == "induction_loss" else name
-    METRICS.add(name, Metric(f"{_METRICS}:{implementation}", description, higher_is_better, needs_answer))
+    METRICS.add(name, Metric(f"{_METRICS}:{implementation}", description, higher_is_better, needs_answer,
+                             needs_distractor=name == "logit_diff"))
 
 _METHODS = "circuitbench.scores.methods"
 METHODS.add("activation_patching", Method(

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -103,7 +104,7 @@ class TaskSpec(BaseModel):
 
     @field_validator("generator", mode="before")
     @classmethod
-    def _generator_params(cls, value: Any) -> GeneratorParams:
+    def _generator_params(cls, value: Any, info: ValidationInfo) -> GeneratorParams:
         if isinstance(value, GeneratorParams):
             value = value.model_dump()
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
@@ -113,7 +114,8 @@ class TaskSpec(BaseModel):
         if name not in known:
             raise ValueError(f"unknown generator '{name}'.{did_you_mean(name, known)} Known: {', '.join(known)}")
         try:
-            return GENERATORS.get(name).params.model_validate(value)
+            # the context (e.g. the task file's folder, for paths in the params) passes through
+            return GENERATORS.get(name).params.model_validate(value, context=info.context)
         except ValidationError as e:
             raise nested_errors(e, (name,)) from None
 
@@ -126,12 +128,18 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":
-        if not GENERATORS.get(self.generator.name).has_answer:
+        generator = GENERATORS.get(self.generator.name)
+        if not generator.answers(self.generator):
             needing = [m for m in self.metrics if METRICS.get(m).needs_answer]
             if needing:
                 raise ValueError(
                     f"metrics {needing} need an answer token, which generator '{self.generator.name}' does not provide"
                 )
+        elif not generator.distractors(self.generator):
+            needing = [m for m in self.metrics if METRICS.get(m).needs_distractor]
+            if needing:
+                raise ValueError(f"metrics {needing} compare the answer with a distractor, which these prompts do not "
+                                 "have: give every record a distractor, or use accuracy, answer_prob, loss")
         if self.main_metric is None:
             self.main_metric = self.metrics[0]
         elif self.main_metric not in self.metrics:
@@ -167,13 +175,17 @@ class TaskSpec(BaseModel):
     def options_of(self, method: str) -> dict[str, Any]:
         return self.method_options.get(method, {})
 
+    def _hashed(self, include: set[str] | None = None) -> str:
+        """sha256 (16 hex digits) of the spec's fields, the generator's as its `identity()` says."""
+        blob = self.model_dump(mode="json", include=include)
+        blob["generator"] = self.generator.identity()
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
     def spec_hash(self) -> str:
         """Hash of everything that determines the prompts and what is computed on them."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._hashed()
 
     def content_hash(self) -> str:
         """Hash of what makes two results comparable: the task's version, prompt distribution and
         metrics, not how many prompts or which methods a run used."""
-        keep = self.model_dump(mode="json", include={"name", "version", "generator", "split", "metrics", "main_metric"})
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hashed({"name", "version", "generator", "split", "metrics", "main_metric"})
