@@ -29,6 +29,10 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
             raise CircuitbenchError(f"Method '{name}' needs corrupted prompts; task '{spec.name}' defines none.")
         if method.needs_answer and not data.has_answer:
             raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
+        if method.aligns_positions and not data.aligned:
+            raise CircuitbenchError(f"Method '{name}' patches clean and corrupted activations position by position; "
+                                    f"the counterfactuals of task '{spec.name}' may have another token length "
+                                    "(aligned_counterfactual: false). Use ablation or the attention detectors.")
         if method.options is None:
             continue
         opts = method.options.model_validate(spec.options_of(name))

@@ -90,6 +90,10 @@ class Method:
     """A scoring method: `fn(model, prompts, ctx)` returns [n_layers, n_heads] head scores (or,
     with produces="traces", named per-(layer, position) maps).
 
+    `aligns_positions`: the method puts clean and corrupted activations together position by
+    position (patching), so a task whose counterfactuals may have another token length
+    (`aligned_counterfactual: false`) refuses it before any compute.
+
     Data parallel contract: a shardable method gets one process's shard of the prompts and passes
     every sum over prompts through `ctx.sum_shards` before it normalises; `shardable=False` runs
     on the main process with all prompts."""
@@ -101,6 +105,7 @@ class Method:
     options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
     produces: Literal["head_scores", "traces"] = "head_scores"
     shardable: bool = True
+    aligns_positions: bool = False
 
     def run(self, model: "LoadedModel", data: "EncodedPrompts", ctx: "MethodContext") -> Any:
         return resolve(self.fn)(model, data, ctx)

@@ -101,6 +101,11 @@ class TaskSpec(BaseModel):
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
     circuit: CircuitRule | None = Field(None, description="how a circuit is chosen from head scores")
     max_drop_fraction: float = Field(0.1, ge=0, le=1, description="stop if more prompts than this fail tokenization")
+    # Left out of the dump (and so of every hash) at its default: tasks written before it hash as they did.
+    aligned_counterfactual: bool = Field(
+        True, exclude_if=lambda aligned: aligned,
+        description="false: keep prompts whose counterfactual has another token length or other named positions "
+        "(dropped and counted otherwise); methods that patch position by position are then refused")
 
     @field_validator("generator", mode="before")
     @classmethod
@@ -150,7 +155,23 @@ class TaskSpec(BaseModel):
             raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods}")
         if self.split in self.report_splits:
             raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
+        if not self.aligned_counterfactual:
+            self._check_unaligned()
         return self
+
+    def _check_unaligned(self) -> None:
+        """Counterfactuals of another length: nothing may compare them with the clean prompt position by position."""
+        patching = [m for m in self.methods if METHODS.get(m).aligns_positions]
+        if patching:
+            raise ValueError(
+                f"methods {patching} patch clean and corrupted activations position by position, which needs "
+                "counterfactuals of the clean prompt's token length: remove them, or drop aligned_counterfactual: "
+                "false (prompts whose counterfactual has another length are then dropped and counted)")
+        sequence = [m for m in self.metrics if not METRICS.get(m).needs_answer]
+        if sequence:
+            raise ValueError(
+                f"metrics {sequence} score a corrupted run against the clean tokens position by position; with "
+                "aligned_counterfactual: false use answer metrics (logit_diff, accuracy, ...)")
 
     @staticmethod
     def _check_method_options(name: str, opts: dict[str, Any]) -> None:
@@ -188,4 +209,5 @@ class TaskSpec(BaseModel):
     def content_hash(self) -> str:
         """Hash of what makes two results comparable: the task's version, prompt distribution and
         metrics, not how many prompts or which methods a run used."""
-        return self._hashed({"name", "version", "generator", "split", "metrics", "main_metric"})
+        return self._hashed({"name", "version", "generator", "split", "metrics", "main_metric",
+                             "aligned_counterfactual"})
