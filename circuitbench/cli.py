@@ -197,8 +197,7 @@ def validate(
         plain("Spec is valid. Pass --model or --tokenizer to check tokenization.")
         return
     from circuitbench.models.loading import load_vocabulary, tokenizer_vocabulary
-    from circuitbench.prompts.encoding import encode_prompts
-    from circuitbench.specs.registries import GENERATORS
+    from circuitbench.prompts.encoding import encode_task
 
     if tokenizer is not None:
         vocab, unk, source = tokenizer_vocabulary(tokenizer)
@@ -206,8 +205,7 @@ def validate(
     else:
         assert model is not None
         vocab, unk, n_ctx, source = load_vocabulary(model)
-    data = encode_prompts(prompts, vocab, has_answer=GENERATORS.get(spec.generator.name).has_answer, n_ctx=n_ctx,
-                          max_drop_fraction=spec.max_drop_fraction, unk_id=unk)
+    data = encode_task(spec, vocab, unk, n_ctx, prompts)
     rep = data.report
     plain(f"tokenizer: {source}: kept {len(data)} of {rep.n_total}, dropped {rep.n_dropped}")
     for reason, count in rep.reasons.most_common():

@@ -41,25 +41,30 @@ def register_generator(name: str, params: type[GeneratorParams], generate: Calla
 
 
 def register_metric(name: str, fn: Callable[..., Any] | str, *, higher_is_better: bool, needs_answer: bool,
-                    description: str = "") -> Metric:
+                    needs_distractor: bool = False, description: str = "") -> Metric:
     """A task metric usable in `metrics:`: `fn(logits [batch, pos, vocab], batch) -> [batch]` per-prompt
     values (a callable, or "module:function" imported on first use). `batch` is a
-    `circuitbench.prompts.encoding.Batch` (tokens, answer, distractor, positions, score_mask)."""
+    `circuitbench.prompts.encoding.Batch` (tokens, answer, distractor, positions, score_mask).
+    Set needs_distractor if it reads `batch.distractor` (tasks whose prompts have none refuse it)."""
     return METRICS.add(name, Metric(fn=fn, description=description, higher_is_better=higher_is_better,
-                                    needs_answer=needs_answer))
+                                    needs_answer=needs_answer, needs_distractor=needs_distractor))
 
 
 def register_method(name: str, fn: Callable[..., Any] | str, *, description: str = "",
                     options: type[BaseModel] | None = None, needs_corrupted: bool = False, needs_answer: bool = False,
-                    produces: Literal["head_scores", "traces"] = "head_scores", shardable: bool = False) -> Method:
+                    produces: Literal["head_scores", "traces"] = "head_scores", shardable: bool = False,
+                    aligns_positions: bool = False) -> Method:
     """A scoring method usable in `methods:`: `fn(model, prompts, ctx)` returns [n_layers, n_heads]
     scores. `model` is a `circuitbench.models.loaded.LoadedModel` (run / run_with_hooks /
     run_with_cache over `circuitbench.models.hooks` sites), `prompts` the task's EncodedPrompts,
     `ctx` a MethodContext (metric, options, batch_size, advance). `options` validates
     `method_options.<name>`. Set shardable=True only if the method sums over prompts through
-    ctx.sum_shards (data parallel); otherwise it runs on the main process with every prompt."""
+    ctx.sum_shards (data parallel); otherwise it runs on the main process with every prompt. Set
+    aligns_positions if it combines clean and corrupted activations position by position: tasks
+    whose counterfactuals may differ in length (aligned_counterfactual: false) then refuse it."""
     return METHODS.add(name, Method(fn=fn, description=description, options=options, needs_corrupted=needs_corrupted,
-                                    needs_answer=needs_answer, produces=produces, shardable=shardable))
+                                    needs_answer=needs_answer, produces=produces, shardable=shardable,
+                                    aligns_positions=aligns_positions))
 
 
 def register_overlap_metric(name: str, fn: OverlapFn) -> OverlapFn:

@@ -69,7 +69,7 @@ def choose_batch_size(options: RunOptions, model: LoadedModel, data: EncodedProm
     if options.batch_size != "auto":
         return int(options.batch_size)
     # shards are cut in whole batches: all processes must agree on the size (free memory differs)
-    return min(processes.gather(auto_batch_size(model, int(data.lengths.max()), len(data))))
+    return min(processes.gather(auto_batch_size(model, int(data.tokens.shape[1]), len(data))))
 
 
 def run_unit(

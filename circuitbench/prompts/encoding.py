@@ -5,6 +5,13 @@ segments that tokenize differently on their own) are dropped and counted with re
 examples; if more than `max_drop_fraction` would go, the run stops with a message instead.
 Padding is on the right: with causal attention no real token ever sees a pad, so no attention
 mask is needed and absolute positions stay exact.
+
+A task that declares `aligned_counterfactual: false` keeps prompts whose corrupted version has
+another token length (or other named positions): clean and corrupted tokens still share one
+right-padded [n, pos] layout, `corrupted_lengths` holds the corrupted lengths, and a corrupted
+batch's END is its own last token. Only END is named on a corrupted prompt then; methods that
+patch clean and corrupted activations position by position are refused (see specs/registries.py,
+Method.aligns_positions).
 """
 from __future__ import annotations
 
@@ -72,16 +79,28 @@ class Batch:
     # What sequence losses predict: the clean tokens, also when `tokens` holds the corrupted
     # prompt (a corrupted run is scored on the clean task, as answer metrics are).
     targets: torch.Tensor | None = None
+    # [batch] lengths of the corrupted prompts when they may differ from the clean ones
+    # (aligned_counterfactual: false); None: the clean lengths and positions hold for both.
+    corrupted_lengths: torch.Tensor | None = None
 
     @property
     def target_tokens(self) -> torch.Tensor:
         return self.tokens if self.targets is None else self.targets
 
     def as_corrupted(self) -> "Batch":
-        """The corrupted prompts as input, still scored against the clean answers and tokens."""
+        """The corrupted prompts as input, still scored against the clean answers and tokens.
+
+        Unaligned (corrupted_lengths given): the corrupted prompts' own lengths, END at their last
+        token and no other named position; sequence losses score the corrupted tokens themselves
+        (a task with unaligned counterfactuals refuses sequence metrics)."""
         assert self.corrupted is not None
-        return Batch(self.corrupted, None, self.lengths, self.answer, self.distractor, self.positions, self.score_mask,
-                     targets=self.target_tokens)
+        if self.corrupted_lengths is None:
+            return Batch(self.corrupted, None, self.lengths, self.answer, self.distractor, self.positions,
+                         self.score_mask, targets=self.target_tokens)
+        lengths = self.corrupted_lengths
+        columns = torch.arange(self.corrupted.shape[1])[None, :]
+        return Batch(self.corrupted, None, lengths, self.answer, self.distractor, {"END": lengths - 1},
+                     (columns >= 1) & (columns < lengths[:, None]))
 
     @property
     def end(self) -> torch.Tensor:
@@ -107,6 +126,7 @@ class Batch:
             lengths=rep(self.lengths), answer=rep(self.answer), distractor=rep(self.distractor),
             positions={k: rep(v) for k, v in self.positions.items()}, score_mask=rep(self.score_mask),
             targets=None if self.targets is None else rep(self.targets),
+            corrupted_lengths=None if self.corrupted_lengths is None else rep(self.corrupted_lengths),
         )
 
     def __len__(self) -> int:
@@ -122,7 +142,7 @@ class EncodedPrompts:
     corrupted: torch.Tensor | None  # [n, pos]
     lengths: torch.Tensor  # [n]
     answer: torch.Tensor  # [n], -1 when the task has none
-    distractor: torch.Tensor  # [n]
+    distractor: torch.Tensor  # [n], -1 when the task has none
     positions: dict[str, torch.Tensor]  # name -> [n]
     score_mask: torch.Tensor  # [n, pos]
     has_answer: bool
@@ -136,12 +156,20 @@ class EncodedPrompts:
     @property
     def full_set(self) -> "EncodedPrompts":
         return self if self.whole is None else self.whole
+    corrupted_lengths: torch.Tensor | None = None  # [n] when counterfactuals may have other lengths (unaligned)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def aligned(self) -> bool:
+        """Whether every corrupted prompt shares its clean prompt's length and named positions."""
+        return self.corrupted_lengths is None
+
     def batch(self, start: int, stop: int) -> Batch:
         width = int(self.lengths[start:stop].max())
+        if self.corrupted_lengths is not None:
+            width = max(width, int(self.corrupted_lengths[start:stop].max()))
         return Batch(
             tokens=self.tokens[start:stop, :width],
             corrupted=None if self.corrupted is None else self.corrupted[start:stop, :width],
@@ -150,6 +178,7 @@ class EncodedPrompts:
             distractor=self.distractor[start:stop],
             positions={k: v[start:stop] for k, v in self.positions.items()},
             score_mask=self.score_mask[start:stop, :width],
+            corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[start:stop],
         )
 
     def batches(self, batch_size: int) -> list[Batch]:
@@ -157,7 +186,7 @@ class EncodedPrompts:
 
     def without_corrupted(self) -> "EncodedPrompts":
         """The same prompts with no counterfactuals (metrics on clean prompts only)."""
-        return replace(self, corrupted=None)
+        return replace(self, corrupted=None, corrupted_lengths=None)
 
     def subset(self, start: int, stop: int) -> "EncodedPrompts":
         """Prompts start..stop-1 as a shard of this set: the padded width, drop report and prompt
@@ -176,6 +205,7 @@ class EncodedPrompts:
             prompt_hash=self.prompt_hash,
             whole=self.full_set,
             offset=self.offset + start,
+            corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[start:stop],
         )
 
 
@@ -232,8 +262,10 @@ class _Row:
     score_from: int  # sequence losses score the tokens from here on
 
 
-def _prompt_ids(vocab: Vocabulary, prompt: Prompt) -> tuple[list[int], list[int] | None, dict[str, int]]:
-    """(clean ids, corrupted ids, named positions); raises _Drop when they do not line up."""
+def _prompt_ids(vocab: Vocabulary, prompt: Prompt,
+                aligned: bool = True) -> tuple[list[int], list[int] | None, dict[str, int]]:
+    """(clean ids, corrupted ids, named positions); raises _Drop when they do not line up (and
+    must: `aligned`)."""
     if prompt.symbols is not None:
         ids, pos = _encode_symbols(vocab, prompt.symbols, prompt.symbol_positions)
         if prompt.corrupted_symbols is None:
@@ -243,22 +275,29 @@ def _prompt_ids(vocab: Vocabulary, prompt: Prompt) -> tuple[list[int], list[int]
     if prompt.corrupted_segments is None:
         return ids, None, pos
     cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
-    if len(cids) != len(ids) or cpos != pos:
+    if not aligned:
+        return ids, cids, pos
+    if len(cids) != len(ids):
         raise _Drop("clean and corrupted prompts differ in token length")
+    # A corrupted prompt without labels (a data file's, by default) shares the clean positions.
+    if cpos and cpos != pos:
+        raise _Drop("named positions of the clean and corrupted prompts differ")
     return ids, cids, pos
 
 
-def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int, unk_id: int | None) -> _Row:
-    ids, cids, pos = _prompt_ids(vocab, prompt)
+def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int, unk_id: int | None,
+                aligned: bool = True) -> _Row:
+    ids, cids, pos = _prompt_ids(vocab, prompt, aligned)
     if unk_id is not None and (unk_id in ids or (cids is not None and unk_id in cids)):
         raise _Drop("prompt has tokens outside the model's vocabulary")
-    if len(ids) > n_ctx:
+    if max(len(ids), len(cids or [])) > n_ctx:
         raise _Drop(f"prompt longer than the model's context ({n_ctx} tokens)")
     answer = distractor = -1
     if has_answer:
-        assert prompt.answer is not None and prompt.distractor is not None
+        assert prompt.answer is not None
         answer = _single_token(vocab, prompt.answer, "answer")
-        distractor = _single_token(vocab, prompt.distractor, "distractor")
+        # no distractor (a data file may give none): -1, and metrics reading it are refused by the spec
+        distractor = -1 if prompt.distractor is None else _single_token(vocab, prompt.distractor, "distractor")
         if unk_id is not None and unk_id in (answer, distractor):
             raise _Drop("answer or distractor outside the model's vocabulary")
     pos["END"] = len(ids) - 1
@@ -289,13 +328,15 @@ def encode_prompts(
     n_ctx: int,
     max_drop_fraction: float,
     unk_id: int | None = None,
+    aligned: bool = True,
 ) -> EncodedPrompts:
-    """Every usable prompt of the set as right-padded token tensors; the others dropped and counted."""
+    """Every usable prompt of the set as right-padded token tensors; the others dropped and counted.
+    `aligned=False` keeps counterfactuals of another length (see the module docstring)."""
     report = DropReport(n_total=len(prompt_set.prompts))
     rows: list[_Row] = []
     for prompt in prompt_set.prompts:
         try:
-            rows.append(_encode_row(vocab, prompt, has_answer, n_ctx, unk_id))
+            rows.append(_encode_row(vocab, prompt, has_answer, n_ctx, unk_id, aligned))
         except _Drop as drop:
             example = prompt.text if not has_answer else f"{prompt.text!r} -> {prompt.answer!r}"
             report.drop(drop.reason, example)
@@ -303,7 +344,7 @@ def encode_prompts(
     if not rows:
         raise CircuitbenchError(f"Task '{prompt_set.task}': no prompts to run.")
 
-    n, width = len(rows), max(len(r.ids) for r in rows)
+    n, width = len(rows), max(max(len(r.ids), len(r.corrupted_ids or [])) for r in rows)
     tokens = torch.full((n, width), vocab.pad_id, dtype=torch.long)
     corrupted = torch.full((n, width), vocab.pad_id, dtype=torch.long) if rows[0].corrupted_ids is not None else None
     score_mask = torch.zeros((n, width), dtype=torch.bool)
@@ -328,16 +369,20 @@ def encode_prompts(
         has_answer=has_answer,
         report=report,
         prompt_hash=hashlib.sha256(prompt_set.model_dump_json().encode()).hexdigest()[:16],
+        corrupted_lengths=None if aligned or corrupted is None else torch.tensor([len(r.corrupted_ids or [])
+                                                                                  for r in rows]),
     )
 
 
-def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int) -> EncodedPrompts:
-    """Generate the task's prompts and encode them for one tokenizer (drops counted)."""
+def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int,
+                prompts: PromptSet | None = None) -> EncodedPrompts:
+    """The task's prompts (generated unless given) encoded for one tokenizer (drops counted)."""
     return encode_prompts(
-        generate_prompts(spec),
+        generate_prompts(spec) if prompts is None else prompts,
         vocab,
-        has_answer=GENERATORS.get(spec.generator.name).has_answer,
+        has_answer=GENERATORS.get(spec.generator.name).answers(spec.generator),
         n_ctx=n_ctx,
         max_drop_fraction=spec.max_drop_fraction,
         unk_id=unk_id,
+        aligned=spec.aligned_counterfactual,
     )

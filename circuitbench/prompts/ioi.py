@@ -1,7 +1,16 @@
 """Indirect object identification (Wang et al. 2022): "When Mary and John went to the store,
 John gave a drink to" -> " Mary" (distractor " John"), in ABBA and BABA orders. Named positions
-IO, S1, S2 (the subject's two mentions) and END. Counterfactual: the same sentence with three
-unrelated names (the "ABC" distribution), so name-moving heads have nothing to move."""
+IO, S1, S2 (the subject's two mentions) and END. Counterfactual (`counterfactual:`):
+
+- `abc` (default): the same sentence with three unrelated names (the "ABC" distribution), so
+  name-moving heads have nothing to move.
+- `swapped_names`: the same sentence with IO and S exchanged at every mention ("When John and
+  Mary went to the store, Mary gave a drink to"). A prompt of the clean distribution whose right
+  answer is the clean distractor, so logit_diff flips sign: patching measures which heads carry
+  *which* name is the indirect object, not just that names are there.
+
+Both keep every position in place (IO, S1, S2 name the same slots), and the clean prompts of a
+seed are the same for either."""
 from __future__ import annotations
 
 import random
@@ -42,7 +51,8 @@ class IOIParams(GeneratorParams):
     places: list[str] = Field(default_factory=lambda: list(DEFAULT_PLACES), min_length=1)
     objects: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTS), min_length=1)
     orders: list[Literal["ABBA", "BABA"]] = Field(default_factory=lambda: ["ABBA", "BABA"], min_length=1)
-    counterfactual: Literal["abc"] = "abc"
+    counterfactual: Literal["abc", "swapped_names"] = Field(
+        "abc", description="abc: three unrelated names; swapped_names: IO and S exchanged everywhere")
 
     @field_validator("templates")
     @classmethod
@@ -93,7 +103,8 @@ def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]
         a, b = (io, s) if order == "ABBA" else (s, io)
         labels = {"A": "IO" if order == "ABBA" else "S1", "B": "S1" if order == "ABBA" else "IO", "S": "S2"}
         clean = _segments(template, {"A": a, "B": b, "S": s, "PLACE": place, "OBJECT": obj}, labels)
-        corrupted = _segments(template, {"A": c1, "B": c2, "S": c3, "PLACE": place, "OBJECT": obj}, labels)
+        other = {"A": c1, "B": c2, "S": c3} if params.counterfactual == "abc" else {"A": b, "B": a, "S": io}
+        corrupted = _segments(template, {**other, "PLACE": place, "OBJECT": obj}, labels)
         return Prompt(
             segments=clean,
             corrupted_segments=corrupted,
@@ -107,4 +118,4 @@ def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]
 
 
 GENERATORS.add("ioi", Generator(IOIParams, generate, frozenset({"END", "IO", "S1", "S2"}), True,  # type: ignore[arg-type]
-                                "indirect object identification, ABBA and BABA, ABC counterfactual"))
+                                "indirect object identification, ABBA and BABA; counterfactuals abc | swapped_names"))

@@ -117,6 +117,8 @@ def tokens_hash(data: EncodedPrompts) -> str:
     named = {"tokens": data.tokens, "corrupted": data.corrupted, "lengths": data.lengths, "answer": data.answer,
              "distractor": data.distractor, "score_mask": data.score_mask,
              **{f"position.{k}": v for k, v in sorted(data.positions.items())}}
+    if data.corrupted_lengths is not None:  # only then: the keys of aligned prompt sets stay as they were
+        named["corrupted_lengths"] = data.corrupted_lengths
     for name, tensor in named.items():
         h.update(f"{name}:{None if tensor is None else (tuple(tensor.shape), str(tensor.dtype))};".encode())
         if tensor is not None:

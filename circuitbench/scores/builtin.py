@@ -23,17 +23,18 @@ for name, description, higher_is_better, needs_answer in (
     ("induction_loss", "induction loss (nats, repeated half)", False, False),
 ):
     implementation = "scored_loss" if name == "induction_loss" else name
-    METRICS.add(name, Metric(f"{_METRICS}:{implementation}", description, higher_is_better, needs_answer))
+    METRICS.add(name, Metric(f"{_METRICS}:{implementation}", description, higher_is_better, needs_answer,
+                             needs_distractor=name == "logit_diff"))
 
 _METHODS = "circuitbench.scores.methods"
 METHODS.add("activation_patching", Method(
     f"{_METHODS}.patching:activation_patching", "exact head patching (noising/denoising), normalised",
-    needs_corrupted=True, options=PatchingOptions))
+    needs_corrupted=True, options=PatchingOptions, aligns_positions=True))
 METHODS.add("ablation", Method(
     f"{_METHODS}.ablation:ablation", "metric drop when a head is zero/mean/resample ablated", options=AblationOptions))
 METHODS.add("attribution_patching", Method(
     f"{_METHODS}.attribution:attribution_patching", "gradient approximation of noising patching (optional IG)",
-    needs_corrupted=True, options=AttributionOptions))
+    needs_corrupted=True, options=AttributionOptions, aligns_positions=True))
 METHODS.add("previous_token", Method(f"{_METHODS}.detectors:previous_token", "attention to the previous token"))
 METHODS.add("duplicate_token", Method(
     f"{_METHODS}.detectors:duplicate_token", "attention to earlier copies of the token"))
@@ -42,6 +43,7 @@ METHODS.add("induction", Method(
 METHODS.add("attention_to", Method(
     f"{_METHODS}.detectors:attention_to", "attention from one named position to another (e.g. END -> IO)",
     options=AttentionToOptions))
+# Noise on the clean prompt's own embeddings, no counterfactual prompt: it aligns nothing with one.
 # Not split across data-parallel processes: the noise comes from one generator drawn batch after
 # batch, the position columns follow the shortest prompt of the whole set, and the maps carry a
 # std over prompts; the main process runs it on all prompts.

@@ -286,7 +286,8 @@ def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
     for batch, runs in base_runs(model, data, ctx, (which,)):
         run = runs[which]
         p = batch.tokens.shape[1]
-        valid = (torch.arange(p)[None, :] < batch.lengths[:, None]).double()
+        lengths = _input_batch(batch, which).lengths  # a counterfactual may have another length
+        valid = (torch.arange(p)[None, :] < lengths[:, None]).double()
         for l, z in enumerate(run.z):
             sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
         counts[:p] += valid.sum(0)

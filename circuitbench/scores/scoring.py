@@ -29,6 +29,10 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
             raise CircuitbenchError(f"Method '{name}' needs corrupted prompts; task '{spec.name}' defines none.")
         if method.needs_answer and not data.has_answer:
             raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
+        if method.aligns_positions and not data.aligned:
+            raise CircuitbenchError(f"Method '{name}' patches clean and corrupted activations position by position; "
+                                    f"the counterfactuals of task '{spec.name}' may have another token length "
+                                    "(aligned_counterfactual: false). Use ablation or the attention detectors.")
         if method.options is None:
             continue
         opts = method.options.model_validate(spec.options_of(name))
@@ -41,6 +45,9 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
             if METRICS.get(metric).needs_answer and not data.has_answer:
                 raise CircuitbenchError(f"Method '{name}' option metric={metric!r} needs an answer token; task "
                                         f"'{spec.name}' has none. Use a sequence metric such as {spec.metric}.")
+            if METRICS.get(metric).needs_distractor and bool((data.distractor < 0).any()):
+                raise CircuitbenchError(f"Method '{name}' option metric={metric!r} needs a distractor; the prompts of "
+                                        f"task '{spec.name}' have none. Use answer_prob, accuracy or loss.")
         for field in POSITION_OPTIONS:
             value = getattr(opts, field, None)
             named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []

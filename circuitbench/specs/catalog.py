@@ -46,7 +46,8 @@ def load_task_file(path: Path) -> TaskSpec:
     if not isinstance(raw, dict):
         raise CircuitbenchError(f"{path}: a task spec must be a YAML mapping, got {type(raw).__name__}.")
     try:
-        spec = TaskSpec.model_validate(raw)
+        # Paths in the spec (a `file` generator's data) are relative to the task file's folder.
+        spec = TaskSpec.model_validate(raw, context={"task_dir": path.resolve().parent})
     except ValidationError as e:
         raise CircuitbenchError(format_validation_error(e, str(path))) from None
     if spec.name != path.stem:

@@ -33,6 +33,11 @@ class GeneratorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="the registered generator this mapping configures")
 
+    def identity(self) -> dict[str, Any]:
+        """What of these params the task's spec and content hashes cover: all of them, unless a
+        generator says otherwise (a data file's location does not count, its sha256 does)."""
+        return self.model_dump(mode="json")
+
 
 @dataclass(frozen=True)
 class Generator:
@@ -40,23 +45,37 @@ class Generator:
 
     `generate(params, n, seed, split)` returns up to n distinct prompts of the split (n None:
     every prompt of it). `positions` lists the named positions its prompts define (END is always
-    there); `has_answer` says whether prompts carry a single-token answer and distractor."""
+    there); `has_answer` says whether prompts carry a single-token answer and distractor.
+    `answers_of(params) -> (answer, distractor)`, when given, says it per task instead (a data
+    file's records may carry no answer, or an answer and no distractor)."""
 
     params: type[GeneratorParams]
     generate: "Callable[[Any, int | None, int, Split], list[Prompt]]"
     positions: frozenset[str]
     has_answer: bool
     description: str
+    answers_of: "Callable[[Any], tuple[bool, bool]] | None" = None
+
+    def answers(self, params: GeneratorParams) -> bool:
+        """Whether the prompts of these params carry a single-token answer."""
+        return self.has_answer if self.answers_of is None else self.answers_of(params)[0]
+
+    def distractors(self, params: GeneratorParams) -> bool:
+        """Whether the prompts of these params carry a distractor (the token logit_diff compares against)."""
+        return self.has_answer if self.answers_of is None else self.answers_of(params)[1]
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A task metric: `fn(logits [batch, pos, vocab], batch) -> [batch]`, one float per prompt."""
+    """A task metric: `fn(logits [batch, pos, vocab], batch) -> [batch]`, one float per prompt.
+
+    A metric that needs no answer scores tokens position by position (a sequence loss)."""
 
     fn: "Implementation[Callable[[torch.Tensor, Batch], torch.Tensor]]"
     description: str
     higher_is_better: bool
     needs_answer: bool
+    needs_distractor: bool = False
 
     def compute(self, logits: "torch.Tensor", batch: "Batch") -> "torch.Tensor":
         """[batch] per-prompt values (the implementation imported on first use)."""
@@ -71,6 +90,10 @@ class Method:
     """A scoring method: `fn(model, prompts, ctx)` returns [n_layers, n_heads] head scores (or,
     with produces="traces", named per-(layer, position) maps).
 
+    `aligns_positions`: the method puts clean and corrupted activations together position by
+    position (patching), so a task whose counterfactuals may have another token length
+    (`aligned_counterfactual: false`) refuses it before any compute.
+
     Data parallel contract: a shardable method gets one process's shard of the prompts and passes
     every sum over prompts through `ctx.sum_shards` before it normalises; `shardable=False` runs
     on the main process with all prompts."""
@@ -82,6 +105,7 @@ class Method:
     options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
     produces: Literal["head_scores", "traces"] = "head_scores"
     shardable: bool = True
+    aligns_positions: bool = False
 
     def run(self, model: "LoadedModel", data: "EncodedPrompts", ctx: "MethodContext") -> Any:
         return resolve(self.fn)(model, data, ctx)
@@ -89,8 +113,9 @@ class Method:
 
 # Built-ins register as plugins do: these modules are imported on first lookup.
 GENERATORS: Registry[Generator] = Registry("generator", builtins=(
-    "circuitbench.prompts.fibonacci", "circuitbench.prompts.induction", "circuitbench.prompts.ioi",
-    "circuitbench.prompts.progression", "circuitbench.prompts.sequence", "circuitbench.prompts.sorting",
+    "circuitbench.prompts.fibonacci", "circuitbench.prompts.file", "circuitbench.prompts.induction",
+    "circuitbench.prompts.ioi", "circuitbench.prompts.progression", "circuitbench.prompts.sequence",
+    "circuitbench.prompts.sorting",
 ))
 METRICS: Registry[Metric] = Registry("metric", builtins=("circuitbench.scores.builtin",))
 METHODS: Registry[Method] = Registry("method", builtins=("circuitbench.scores.builtin",))

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -102,12 +103,18 @@ class TaskSpec(BaseModel):
     circuit: CircuitRule | None = Field(None, description="how a circuit is chosen from head scores")
     max_drop_fraction: float = Field(0.1, ge=0, le=1, description="stop if more prompts than this fail tokenization")
     reference_circuits: dict[str, list[tuple[int, int] | str]] = Field(
-        default_factory=dict, description="known circuits by model name or path: [layer, head] pairs or node names "
-        "('a0.h1', 'm2'); results then carry recovery scores")
+        default_factory=dict, exclude_if=lambda refs: not refs,
+        description="known circuits by model name or path: [layer, head] pairs or node names ('a0.h1', 'm2'); "
+        "results then carry recovery scores (left out of hashes when empty)")
+    # Left out of the dump (and so of every hash) at its default: tasks written before it hash as they did.
+    aligned_counterfactual: bool = Field(
+        True, exclude_if=lambda aligned: aligned,
+        description="false: keep prompts whose counterfactual has another token length or other named positions "
+        "(dropped and counted otherwise); methods that patch position by position are then refused")
 
     @field_validator("generator", mode="before")
     @classmethod
-    def _generator_params(cls, value: Any) -> GeneratorParams:
+    def _generator_params(cls, value: Any, info: ValidationInfo) -> GeneratorParams:
         if isinstance(value, GeneratorParams):
             value = value.model_dump()
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
@@ -117,7 +124,8 @@ class TaskSpec(BaseModel):
         if name not in known:
             raise ValueError(f"unknown generator '{name}'.{did_you_mean(name, known)} Known: {', '.join(known)}")
         try:
-            return GENERATORS.get(name).params.model_validate(value)
+            # the context (e.g. the task file's folder, for paths in the params) passes through
+            return GENERATORS.get(name).params.model_validate(value, context=info.context)
         except ValidationError as e:
             raise nested_errors(e, (name,)) from None
 
@@ -130,12 +138,18 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":
-        if not GENERATORS.get(self.generator.name).has_answer:
+        generator = GENERATORS.get(self.generator.name)
+        if not generator.answers(self.generator):
             needing = [m for m in self.metrics if METRICS.get(m).needs_answer]
             if needing:
                 raise ValueError(
                     f"metrics {needing} need an answer token, which generator '{self.generator.name}' does not provide"
                 )
+        elif not generator.distractors(self.generator):
+            needing = [m for m in self.metrics if METRICS.get(m).needs_distractor]
+            if needing:
+                raise ValueError(f"metrics {needing} compare the answer with a distractor, which these prompts do not "
+                                 "have: give every record a distractor, or use accuracy, answer_prob, loss")
         if self.main_metric is None:
             self.main_metric = self.metrics[0]
         elif self.main_metric not in self.metrics:
@@ -146,7 +160,23 @@ class TaskSpec(BaseModel):
             raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods} (or use auto)")
         if self.split in self.report_splits:
             raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
+        if not self.aligned_counterfactual:
+            self._check_unaligned()
         return self
+
+    def _check_unaligned(self) -> None:
+        """Counterfactuals of another length: nothing may compare them with the clean prompt position by position."""
+        patching = [m for m in self.methods if METHODS.get(m).aligns_positions]
+        if patching:
+            raise ValueError(
+                f"methods {patching} patch clean and corrupted activations position by position, which needs "
+                "counterfactuals of the clean prompt's token length: remove them, or drop aligned_counterfactual: "
+                "false (prompts whose counterfactual has another length are then dropped and counted)")
+        sequence = [m for m in self.metrics if not METRICS.get(m).needs_answer]
+        if sequence:
+            raise ValueError(
+                f"metrics {sequence} score a corrupted run against the clean tokens position by position; with "
+                "aligned_counterfactual: false use answer metrics (logit_diff, accuracy, ...)")
 
     @staticmethod
     def _check_method_options(name: str, opts: dict[str, Any]) -> None:
@@ -171,13 +201,18 @@ class TaskSpec(BaseModel):
     def options_of(self, method: str) -> dict[str, Any]:
         return self.method_options.get(method, {})
 
+    def _hashed(self, include: set[str] | None = None) -> str:
+        """sha256 (16 hex digits) of the spec's fields, the generator's as its `identity()` says."""
+        blob = self.model_dump(mode="json", include=include)
+        blob["generator"] = self.generator.identity()
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
     def spec_hash(self) -> str:
         """Hash of everything that determines the prompts and what is computed on them."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._hashed()
 
     def content_hash(self) -> str:
         """Hash of what makes two results comparable: the task's version, prompt distribution and
         metrics, not how many prompts or which methods a run used."""
-        keep = self.model_dump(mode="json", include={"name", "version", "generator", "split", "metrics", "main_metric"})
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hashed({"name", "version", "generator", "split", "metrics", "main_metric",
+                             "aligned_counterfactual"})

@@ -202,7 +202,7 @@ def training_data(config: TrainConfig) -> TrainingData:
     text_tasks, induction = [], None
     for task in expand_task_names(config.tasks):
         spec = load_task(task)
-        if GENERATORS.get(spec.generator.name).has_answer:
+        if GENERATORS.get(spec.generator.name).answers(spec.generator):
             text_tasks.append(task)
         elif spec.generator.name == "induction":
             induction = spec.generator  # its symbol count and repeat lengths shape the stream

@@ -1,0 +1,312 @@
+"""Prompts from a data file: `generator: {name: file, path: prompts.jsonl}`.
+
+`path` is relative to the task YAML's folder (to the working directory for a spec built in
+Python). JSONL (one JSON object per line; blank lines skipped) or CSV (a header row, then one
+record per row; empty cells count as absent), told apart by the extension (.jsonl / .ndjson /
+.csv) or `format:`. A record's fields (anything else is an error naming the line):
+
+    prompt               the clean prompt (required)
+    answer               the single-token answer, leading space included (" Mary"); every record
+                         or none (a task with no answers runs sequence metrics only)
+    distractor           the token logit_diff compares against; every record or none (without
+                         one, metrics that need it, logit_diff, are refused when the task loads)
+    corrupted            the counterfactual prompt; every record or none
+    split                train | val | test; absent: a hash of `key` decides, as for every generator
+    key                  the split key (default: the prompt text); unique over the file
+    positions            named positions: {"IO": " Mary", "S2": {"text": " John", "occurrence": -1}}
+    corrupted_positions  the same names located in `corrupted` (optional): encoding then checks
+                         that they land on the clean prompt's token indices
+
+A position is a substring of the prompt whose *last token* is that position. A plain string must
+occur exactly once in the prompt (an ambiguous one is an error); {"text": ..., "occurrence": k}
+picks the k-th occurrence, 0-based, negative from the end (-1: the last). Every record names the
+same positions; END (always the last token) is not named. In CSV, `positions` and
+`corrupted_positions` cells hold that JSON object. The prompt is cut into segments at the
+positions' ends, so encoding checks them against the whole prompt's tokenization as for every
+generator (a substring ending inside a token drops the prompt, counted).
+
+The task's spec stores the resolved path and the file's sha256 (give `sha256:` to pin the data:
+loading then fails if the file differs); the spec and content hashes cover the sha256 and
+format, not the path. `n_prompts` are drawn from the split's records in a seeded order, so the
+first k prompts are the same for any n >= k; `all` is every record of the split (up to ALL_CAP).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
+
+from circuitbench.errors import CircuitbenchError, did_you_mean
+from circuitbench.prompts.base import ALL_CAP, Prompt, Segment, split_of
+from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.task import SPLITS, Split
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+POSITION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+JSON_CELLS = ("positions", "corrupted_positions")  # CSV cells holding a JSON object
+
+
+class DataFileError(ValueError):
+    """A mistake in the data file: the message names the file and line."""
+
+
+class Position(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="a substring of the prompt; its last token is the position")
+    occurrence: int = Field(description="which occurrence: 0-based, negative from the end (-1: the last)")
+
+
+PositionRef = Annotated[str, Field(min_length=1)] | Position
+
+
+class Record(BaseModel):
+    """One line (JSONL) or row (CSV) of a data file."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    answer: str | None = Field(None, min_length=1)
+    distractor: str | None = Field(None, min_length=1)
+    corrupted: str | None = Field(None, min_length=1)
+    split: Split | None = None
+    key: str | int | None = None
+    positions: dict[str, PositionRef] = Field(default_factory=dict)
+    corrupted_positions: dict[str, PositionRef] = Field(default_factory=dict)
+
+
+FIELDS = tuple(Record.model_fields)
+
+
+def _record_error(err: ValidationError) -> str:
+    """Every mistake of one record (a missing field and its misspelling come together)."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{loc}'.{did_you_mean(loc, FIELDS)} Fields: {', '.join(FIELDS)}")
+        else:
+            parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _jsonl_objects(text: str, where: str) -> list[tuple[int, Any]]:
+    out = []
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            out.append((line, json.loads(raw)))
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{where} line {line}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return out
+
+
+def _csv_objects(text: str, where: str) -> list[tuple[int, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames
+    if not header:
+        raise DataFileError(f"{where}: empty; a CSV data file starts with a header row ({', '.join(FIELDS)})")
+    for column in header:
+        if column not in FIELDS:
+            raise DataFileError(f"{where} line 1: unknown column '{column}'.{did_you_mean(column, FIELDS)} "
+                                f"Columns: {', '.join(FIELDS)}")
+    if len(set(header)) != len(header):
+        raise DataFileError(f"{where} line 1: a column appears twice ({', '.join(header)})")
+    out = []
+    for row in reader:
+        line = reader.line_num  # where the row ends (a quoted cell may span lines)
+        if None in row:
+            raise DataFileError(f"{where} line {line}: more cells than the header's {len(header)} columns")
+        obj: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
+        for cell in JSON_CELLS:
+            if cell in obj:
+                try:
+                    obj[cell] = json.loads(obj[cell])
+                except json.JSONDecodeError as e:
+                    raise DataFileError(f"{where} line {line}: {cell}: not a JSON object ({e.msg})") from None
+        out.append((line, obj))
+    return out
+
+
+def _position_end(text: str, name: str, ref: str | Position, where: str) -> int:
+    """The character offset just after the position's substring in `text`."""
+    sub = ref if isinstance(ref, str) else ref.text
+    starts = [i for i in range(len(text)) if text.startswith(sub, i)]
+    if not starts:
+        raise DataFileError(f"{where}: position {name}: {sub!r} is not in {text!r}")
+    if isinstance(ref, str):
+        if len(starts) > 1:
+            pick = json.dumps({"text": sub, "occurrence": 0})
+            raise DataFileError(f"{where}: position {name}: {sub!r} occurs {len(starts)} times in {text!r}; say which, "
+                                f"e.g. {pick} (0: the first, -1: the last)")
+        return starts[0] + len(sub)
+    if not -len(starts) <= ref.occurrence < len(starts):
+        raise DataFileError(f"{where}: position {name}: occurrence {ref.occurrence} of {sub!r}, which occurs "
+                            f"{len(starts)} times in {text!r}")
+    return starts[ref.occurrence] + len(sub)
+
+
+def segments_of(text: str, positions: dict[str, str | Position], where: str) -> list[Segment]:
+    """`text` cut at the end of each named position, that segment labelled with the name (two
+    positions ending at the same character: an empty segment carries the second name)."""
+    for name in positions:
+        if name == "END" or not POSITION_NAME.match(name):
+            why = "END is always the last token" if name == "END" else "use letters, digits and _"
+            raise DataFileError(f"{where}: position name {name!r}: {why}")
+    ends = sorted(((_position_end(text, name, ref, where), name) for name, ref in positions.items()),
+                  key=lambda e: e[0])
+    segments, start = [], 0
+    for end, name in ends:
+        segments.append(Segment(text=text[start:end], label=name))
+        start = end
+    if start < len(text):
+        segments.append(Segment(text=text[start:]))
+    return segments
+
+
+def _check_together(rows: list[tuple[int, Record]], where: str) -> None:
+    """Every record gives the same optional fields and position names; keys are unique."""
+    first_line, first = rows[0]
+    for line, r in rows:
+        for name in ("answer", "distractor", "corrupted"):
+            if (getattr(r, name) is None) != (getattr(first, name) is None):
+                has, lacks = (line, first_line) if getattr(r, name) is not None else (first_line, line)
+                raise DataFileError(f"{where} line {lacks}: no {name}, but line {has} has one; give every record "
+                                    f"a {name} or none")
+        if r.distractor is not None and r.answer is None:
+            raise DataFileError(f"{where} line {line}: a distractor without an answer")
+        if r.corrupted_positions and r.corrupted is None:
+            raise DataFileError(f"{where} line {line}: corrupted_positions without a corrupted prompt")
+        if set(r.positions) != set(first.positions):
+            raise DataFileError(f"{where} line {line}: positions {sorted(r.positions)} differ from line {first_line}'s "
+                                f"{sorted(first.positions)}; every record names the same positions")
+        if r.corrupted_positions and set(r.corrupted_positions) != set(r.positions):
+            raise DataFileError(f"{where} line {line}: corrupted_positions {sorted(r.corrupted_positions)} must name "
+                                f"the positions {sorted(r.positions)}")
+    seen: dict[str, int] = {}
+    for line, r in rows:
+        key = r.prompt if r.key is None else str(r.key)
+        if key in seen:
+            what = "key" if r.key is not None else "prompt (no key given)"
+            raise DataFileError(f"{where} line {line}: the same {what} as line {seen[key]}; records need distinct "
+                                "keys (a key decides the split)")
+        seen[key] = line
+
+
+def _prompt(line: int, r: Record, where: str) -> tuple[Prompt, Split]:
+    at = f"{where} line {line}"
+    key = r.prompt if r.key is None else str(r.key)
+    corrupted = None
+    if r.corrupted is not None:
+        corrupted = segments_of(r.corrupted, r.corrupted_positions, f"{at}, corrupted") if r.corrupted_positions \
+            else [Segment(text=r.corrupted)]
+    prompt = Prompt(segments=segments_of(r.prompt, r.positions, at), corrupted_segments=corrupted, answer=r.answer,
+                    distractor=r.distractor, split_key=key, meta={"line": line})
+    return prompt, r.split or split_of(key)
+
+
+def parse(data: bytes, fmt: str, where: str) -> list[tuple[Prompt, Split]]:
+    """Every record of a data file as (prompt, split), in file order; DataFileError naming the
+    line at the first mistake."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    objects = _jsonl_objects(text, where) if fmt == "jsonl" else _csv_objects(text, where)
+    if not objects:
+        raise DataFileError(f"{where}: no records")
+    rows: list[tuple[int, Record]] = []
+    for line, obj in objects:
+        if not isinstance(obj, dict):
+            raise DataFileError(f"{where} line {line}: a record is a JSON object, got {type(obj).__name__}")
+        try:
+            rows.append((line, Record.model_validate(obj)))
+        except ValidationError as e:
+            raise DataFileError(f"{where} line {line}: {_record_error(e)}") from None
+    _check_together(rows, where)
+    return [_prompt(line, r, where) for line, r in rows]
+
+
+class FileParams(GeneratorParams):
+    name: Literal["file"]
+    path: str = Field(min_length=1, description="JSONL or CSV data file, relative to the task file's folder "
+                      "(stored resolved)")
+    format: Literal["jsonl", "csv"] | None = Field(
+        None, description="default: from the extension (.jsonl, .ndjson: jsonl; .csv: csv)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="the data's sha256, filled in when the task loads; give it to pin the data "
+                               "(loading fails if the file differs)")
+    _answers: tuple[bool, bool] = PrivateAttr((True, True))
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo) -> "FileParams":
+        task_dir = (info.context or {}).get("task_dir")
+        path = Path(self.path).expanduser()
+        if not path.is_absolute():
+            path = Path(task_dir or Path.cwd()) / path
+        path = path.resolve()
+        fmt = self.format or FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"cannot tell the format of {path} from its extension: name it .jsonl or .csv, or set "
+                             "format: jsonl | csv")
+        data = _read(path, ValueError)
+        digest = hashlib.sha256(data).hexdigest()
+        if self.sha256 is not None and self.sha256 != digest:
+            raise ValueError(f"{path} has sha256 {digest}, but the task pins sha256: {self.sha256} (the data changed: "
+                             "restore it, or update the pin)")
+        prompts = [p for p, _ in parse(data, fmt, str(path))]
+        self.path, self.format, self.sha256 = str(path), fmt, digest
+        self._answers = (prompts[0].answer is not None, prompts[0].distractor is not None)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The data (its sha256) and how it is read, not where the file lies: the same task
+        anywhere has the same hashes."""
+        return self.model_dump(mode="json", exclude={"path"})
+
+
+def _read(path: Path, error: type[Exception]) -> bytes:
+    if not path.is_file():
+        raise error(f"data file {path} not found (a relative path is relative to the task file's folder)")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read data file {path} ({e.strerror})") from None
+
+
+def generate(params: FileParams, n: int | None, seed: int, split: Split) -> list[Prompt]:
+    path = Path(params.path)
+    data = _read(path, CircuitbenchError)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != params.sha256:
+        raise CircuitbenchError(f"{path} changed since the task was loaded (sha256 {params.sha256}, now {digest}); "
+                                "load the task again")
+    assert params.format is not None  # set when the params were validated
+    try:
+        records = parse(data, params.format, str(path))
+    except DataFileError as e:
+        raise CircuitbenchError(str(e)) from None
+    chosen = [p for p, s in records if s == split]
+    if not chosen:
+        counts = Counter(s for _, s in records)
+        raise CircuitbenchError(f"{path} has no {split} records ({', '.join(f'{counts[s]} {s}' for s in SPLITS)}); "
+                                "choose another split, or give records a split")
+    random.Random(f"file:{seed}:{split}").shuffle(chosen)
+    return chosen[: ALL_CAP if n is None else n]
+
+
+GENERATORS.add("file", Generator(
+    params=FileParams,
+    generate=generate,  # type: ignore[arg-type]
+    positions=frozenset({"END"}),
+    has_answer=True,
+    description="prompts from a JSONL or CSV data file (answers, distractors, counterfactuals, named positions)",
+    answers_of=lambda params: params._answers,
+))
