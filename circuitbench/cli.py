@@ -142,7 +142,7 @@ def ls(what: str = typer.Argument(..., help=" | ".join(LS_CHOICES)),
         from circuitbench.specs.catalog import model_registry
         from circuitbench.specs.model import memory_needed_bytes
 
-        rows = [(name, m.hf_id or f"toy: {m.path}", f"{m.n_params / 1e6:,.1f}M", f"{m.n_layers}×{m.n_heads}",
+        rows = [(name, m.hf_id or f"{m.source}: {m.path}", f"{m.n_params / 1e6:,.1f}M", f"{m.n_layers}×{m.n_heads}",
                  str(m.d_model), m.dtype,
                  " / ".join(f"{memory_needed_bytes(m.n_params, d) / 2**30:.1f} GB" for d in ("float32", "bfloat16")),
                  m.notes) for name, m in model_registry().items()]
