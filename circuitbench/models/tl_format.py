@@ -301,12 +301,13 @@ def load_tl(path: Path, device: torch.device,
     cfg = TransformerBridgeConfig.from_dict(config.bridge)
     with torch.random.fork_rng(devices=[]):  # NativeModel draws an init we overwrite: keep global RNG as it was
         native = NativeModel(cfg)
+    native = native.to(device=device, dtype=dtype).eval()
     bridge = build_bridge_from_module(native, architecture="TransformerLensNative", tl_config=cfg,
                                       tokenizer=tokenizer, dtype=dtype, device=device, model_name=path.name)
+    # TransformerLens's own TL-name conversion, loaded strictly (copied into the placed tensors)
     converted = convert_tl_checkpoint(state, cfg)
     converted.setdefault("unembed.bias", torch.zeros(bridge.state_dict()["unembed.bias"].shape))
     bridge.load_state_dict(converted, strict=True)
-    bridge = bridge.to(device=device, dtype=dtype)
     bridge.eval()
     return bridge, tokenizer, n_params
 
