@@ -33,8 +33,10 @@ What the checkpoint is:
 How to benchmark it: a circuitbench task answers at the END position, so the natural task is
 "the program's output at the last element" (prompts.jsonl: {"prompt": "a b c d", "answer":
 " a", "distractor": " d", "corrupted": "d c b a"}; encoding adds BOS itself). Every record's
-answer is both the RASP program's output and the compiled model's argmax; corrupted prompts
-have the same length and another answer, which is the distractor.
+answer is both the RASP program's output and the compiled model's argmax; prompts have random
+lengths (a head that depends only on length, like reverse's, is invisible to prompts of one
+length: it is constant over them, and zero output even decodes as the longest length);
+corrupted prompts have the same length and another answer, which is the distractor.
 
 Ground truth (circuit.json): the heads with non-zero weights ([layer, head], MIB/EAP-IG node
 names `a{L}.h{H}`) and the MLPs with non-zero weights (`m{L}`) — exactly the components tracr
@@ -429,33 +431,33 @@ def verify(assembled: Any, conv: Converted, model: Any, inputs: list[list[Any]],
 
 def task_prompts(sop: Any, model: Any, conv: Converted, vocab: tuple[Any, ...], max_seq_len: int, n: int,
                  seed: int = 0) -> list[dict[str, str]]:
-    """Up to `n` records {prompt, answer, distractor, corrupted} of full-length inputs whose last
-    output (the RASP program's, evaluated in Python) the converted model also predicts, each with
-    a corrupted input of the same length and another answer (the distractor)."""
+    """Up to `n` records {prompt, answer, distractor, corrupted}: inputs of random length (1 ..
+    max_seq_len; a length-dependent head only shows across lengths) whose last output (the RASP
+    program's, evaluated in Python) the converted model also predicts, each with a corrupted
+    input of the same length and another answer (the distractor)."""
     rng = random.Random(seed)
     seen: dict[tuple[Any, ...], str] = {}
     for _ in range(n * 20):
-        seq = tuple(rng.choice(vocab) for _ in range(max_seq_len))
+        seq = tuple(rng.choice(vocab) for _ in range(rng.randint(1, max_seq_len)))
         if seq in seen:
             continue
         try:
             value = sop(list(seq))[-1]
         except Exception:  # noqa: BLE001 - the program is undefined on this input (e.g. sort_unique, repeats)
             continue
-        if value is None:
-            continue
-        seen[seq] = str(value)
-    candidates = list(seen)
-    if not candidates:
-        return []
-    tokens = torch.tensor([[int(conv.tokenizer.bos_token_id)] + [int(conv.tokenizer.convert_tokens_to_ids(str(v)))
-                                                                  for v in seq] for seq in candidates])
-    with torch.inference_mode():
+        if value is not None:
+            seen[seq] = str(value)
+    good: list[tuple[Any, ...]] = []
+    for length in sorted({len(seq) for seq in seen}):
+        group = [seq for seq in seen if len(seq) == length]
+        tokens = torch.tensor([[int(conv.tokenizer.bos_token_id)] + [
+            int(conv.tokenizer.convert_tokens_to_ids(str(v))) for v in seq] for seq in group])
         predicted = model.run(tokens)[:, -1].argmax(-1).tolist()
-    good = [seq for seq, p in zip(candidates, predicted) if conv.tokenizer.convert_ids_to_tokens(p) == seen[seq]]
+        good += [seq for seq, p in zip(group, predicted) if conv.tokenizer.convert_ids_to_tokens(p) == seen[seq]]
+    rng.shuffle(good)
     records = []
     for seq in good:
-        others = [o for o in good if seen[o] != seen[seq]]
+        others = [o for o in good if len(o) == len(seq) and seen[o] != seen[seq]]
         if not others:
             continue
         corrupted = rng.choice(others)
