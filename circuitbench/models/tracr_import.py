@@ -518,7 +518,7 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
                                                    compiler_bos=bos, compiler_pad=COMPILER_PAD)
     except (NotImplementedError, ValueError, KeyError) as e:
         raise CircuitbenchError(f"PROGRAM {program}: tracr cannot compile it ({type(e).__name__}: {e}).") from None
-    conv = convert(assembled, bos, causal, out.name)
+    conv = convert(assembled, bos, causal, f"tracr:{program}")
     circuit = true_circuit(conv.state, conv.residual_labels, conv.config["n_layers"], conv.config["n_heads"],
                            conv.key_size, program)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -306,3 +306,30 @@ def test_import_keeps_an_existing_dir(tmp_path):
     with pytest.raises(CircuitbenchError, match="--force"):
         import_tracr("reverse", ("a", "b"), 3, tmp_path / "m")
     assert (tmp_path / "m" / "mine.txt").read_text() == "keep"
+
+
+def test_registry_entries_match_their_checkpoints():
+    tracr_models = {name: spec for name, spec in model_registry().items() if spec.source == "tl"}
+    assert set(ZOO) <= set(tracr_models)
+    for name, spec in tracr_models.items():
+        model = load_model(name, device="cpu")
+        assert (model.n_params, model.n_layers, model.n_heads, model.d_model, model.d_head, model.n_ctx,
+                model.d_vocab) == (spec.n_params, spec.n_layers, spec.n_heads, spec.d_model, spec.d_head, spec.n_ctx,
+                                   spec.d_vocab), name
+        record = json.loads((ZOO_DIR / spec.path / "tracr.json").read_text())
+        assert spec.train_command == record["command"], name
+        assert record["verification"]["max_abs_diff_output"] < 1e-4 and record["verification"]["n_positions_compared"]
+
+
+def test_recorded_command_rebuilds_the_shipped_checkpoint(capsys, tmp_path):
+    """tracr-hist (the quickest to compile) rebuilt from its registry command: identical weights,
+    circuit and prompts."""
+    pytest.importorskip("tracr")
+    command = model_registry()["tracr-hist"].train_command
+    assert command is not None
+    args = command.split()[1:]
+    args[args.index("DIR")] = str(tmp_path / "hist")
+    code, _, stderr = cli(capsys, *args)
+    assert code == 0, stderr
+    for file in ("model.safetensors", "circuit.json", "prompts.jsonl", "cfg.json", "tokenizer.json"):
+        assert (tmp_path / "hist" / file).read_bytes() == (ZOO_DIR / "tracr-hist" / file).read_bytes(), file
