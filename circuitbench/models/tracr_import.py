@@ -54,6 +54,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import math
 import random
@@ -61,7 +62,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +116,6 @@ def _lib_programs() -> dict[str, Callable[[ProgramArgs], Any]]:
     }
 
 
-def lib_program_names() -> list[str]:
-    return ["length", "reverse", "hist", "sort_unique", "sort", "sort_freq", "shuffle_dyck", "shuffle_dyck2",
-            "count_less_freq", "detect_pattern", "frac_prevs", "pair_balance"]
-
-
 def _factory(spec: str) -> Callable[..., Any]:
     """The function PROGRAM names: `path/to/file.py:function`, `module:function`."""
     where, _, name = spec.rpartition(":")
@@ -165,9 +161,31 @@ def resolve_program(spec: str, args: ProgramArgs) -> Any:
     name = spec.removeprefix("make_")
     programs = _lib_programs()
     if name not in programs:
-        raise CircuitbenchError(f"PROGRAM {spec!r}: not a tracr lib program ({', '.join(lib_program_names())})."
+        raise CircuitbenchError(f"PROGRAM {spec!r}: not a tracr lib program ({', '.join(programs)})."
                                 f"{did_you_mean(name, programs)} Or give module:function / file.py:function.")
     return programs[name](args)
+
+
+def canonical_labels(sop: Any) -> None:
+    """Number the program's expressions 1, 2, ... in depth-first order, children first.
+
+    tracr labels an expression `name_<id>` with ids from a process-wide counter, and orders the
+    residual stream by label: the same program would get other labels, even another order of
+    dimensions, depending on what the process built before. Fixed ids make an import
+    reproducible byte for byte (each id is the expression's cached `unique_id`)."""
+    order: list[Any] = []
+    seen: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(sop, False)]
+    while stack:
+        expr, expanded = stack.pop()
+        if expanded:
+            order.append(expr)
+        elif id(expr) not in seen:
+            seen.add(id(expr))
+            stack.append((expr, True))
+            stack.extend((child, False) for child in reversed(list(expr.children)))
+    for number, expr in enumerate(order, 1):
+        expr.__dict__["unique_id"] = number
 
 
 def parse_vocab(text: str) -> tuple[Any, ...]:
@@ -197,7 +215,6 @@ class Converted:
     read_out: np.ndarray  # [d_model, n_outputs] tracr's projection of the residual onto the output space
     output_ids: list[int]  # token id of each output value, in tracr's output order
     key_size: int  # tracr's head dimensions (d_head has one more in a bidirectional model: the pad mask)
-    tracr_input_ids: dict[int, int] = field(default_factory=dict)  # token id -> tracr input id
 
 
 def _read_out_matrix(assembled: Any, d_model: int) -> np.ndarray:
@@ -290,8 +307,7 @@ def convert(assembled: Any, bos: str, causal: bool, name: str) -> Converted:
               "attn_scale": math.sqrt(key_size), "default_prepend_bos": True}
     return Converted(config=config, state={k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()},
                      tokenizer=tokenizer, input_tokens=input_words, output_tokens=output_words,
-                     residual_labels=labels, read_out=read_out, output_ids=output_ids, key_size=key_size,
-                     tracr_input_ids=tracr_ids)
+                     residual_labels=labels, read_out=read_out, output_ids=output_ids, key_size=key_size)
 
 
 def _head_has_weights(state: dict[str, Any], block: str, h: int) -> bool:
@@ -380,8 +396,6 @@ def sample_inputs(vocab: tuple[Any, ...], max_seq_len: int, n: int, seed: int = 
     for length in range(1, max_seq_len + 1):
         k = max(1, n // max_seq_len)
         if len(vocab) ** length <= k:
-            import itertools
-
             out += [list(t) for t in itertools.product(vocab, repeat=length)]
         else:
             out += [[rng.choice(vocab) for _ in range(length)] for _ in range(k)]
@@ -506,6 +520,8 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
         raise CircuitbenchError(f"--max-seq-len {max_seq_len}: must be at least 1.")
     if bos in {str(v) for v in vocab} or bos in (PAD, UNK, COMPILER_PAD):
         raise CircuitbenchError(f"--bos {bos!r}: collides with a --vocab value or a reserved token; pick another.")
+    if out.exists() and not out.is_dir():
+        raise CircuitbenchError(f"--out {out}: is a file, not a directory.")
     if out.exists() and any(out.iterdir()) and not force:
         raise CircuitbenchError(f"--out {out}: exists and is not empty. Remove it, pick another, or pass --force.")
     sop = resolve_program(program, ProgramArgs(vocab=vocab, max_seq_len=max_seq_len))
@@ -513,6 +529,7 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
         raise CircuitbenchError(f"PROGRAM {program}: its output is numerical (a number in one residual direction), "
                                 "which has no answer token to benchmark. Wrap it in rasp.categorical(rasp.Map(...)) "
                                 "to bucket the value into tokens.")
+    canonical_labels(sop)
     try:
         assembled = compiling.compile_rasp_to_model(sop, vocab=set(vocab), max_seq_len=max_seq_len, causal=causal,
                                                    compiler_bos=bos, compiler_pad=COMPILER_PAD)
