@@ -144,7 +144,7 @@ def ls(what: str = typer.Argument(..., help=" | ".join(LS_CHOICES)),
         from circuitbench.specs.catalog import model_registry
         from circuitbench.specs.model import memory_needed_bytes
 
-        rows = [(name, m.hf_id or f"toy: {m.path}", f"{m.n_params / 1e6:,.1f}M", f"{m.n_layers}×{m.n_heads}",
+        rows = [(name, m.hf_id or f"{m.source}: {m.path}", f"{m.n_params / 1e6:,.1f}M", f"{m.n_layers}×{m.n_heads}",
                  str(m.d_model), m.dtype,
                  " / ".join(f"{memory_needed_bytes(m.n_params, d) / 2**30:.1f} GB" for d in ("float32", "bfloat16")),
                  m.notes) for name, m in model_registry().items()]
@@ -505,6 +505,37 @@ def train_zoo(
         path, summary = train_zoo_model(name, Path(out) if out else None, steps, seed,
                                         lambda step, loss: progress(f"training {name} · loss {loss:.3f}", step, total))
     plain(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+@app.command("import-tracr")
+def import_tracr_cmd(
+    program: str = typer.Argument(..., help="A tracr lib program (reverse, hist, sort_unique, length, detect_pattern, "
+                                            "...; make_ optional), or module:function / file.py:function returning "
+                                            "a RASP SOp (it may take vocab and max_seq_len keyword arguments)."),
+    vocab: str = typer.Option(..., "--vocab", help="Input values, comma-separated (integers become ints): a,b,c."),
+    max_seq_len: int = typer.Option(..., "--max-seq-len", help="Longest input (BOS not counted)."),
+    out: str = typer.Option(..., "--out", help="Checkpoint directory to write (TransformerLens format)."),
+    causal: bool = typer.Option(False, "--causal", help="Causal attention (default: bidirectional, as tracr)."),
+    bos: str = typer.Option("BOS", "--bos", help="The BOS token's text (tracr's compiler BOS)."),
+    n_prompts: int = typer.Option(64, "--n-prompts", min=0,
+                                  help="END-position task prompts to write to prompts.jsonl (0: none)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Compile a RASP program with tracr into a checkpoint with a known circuit (circuit.json)."""
+    from circuitbench.files import check_writable_dir
+    from circuitbench.models.tracr_import import import_tracr, parse_vocab
+
+    values = parse_vocab(vocab)
+    check_writable_dir(Path(out).parent if str(Path(out).parent) else Path("."), "--out")
+    command = (f"circuitbench import-tracr {program} --vocab {vocab} --max-seq-len {max_seq_len}"
+               + (" --causal" if causal else "") + (f" --bos {bos}" if bos != "BOS" else "") + " --out DIR")
+    report = import_tracr(program, values, max_seq_len, Path(out), causal=causal, bos=bos, force=force,
+                          n_prompts=n_prompts, command=command)
+    check = report.verification
+    plain(f"wrote {report.path}: {report.n_layers} layers × {report.n_heads} heads, d_model {report.d_model}; "
+          f"circuit {', '.join(report.circuit['nodes'])}; matches tracr on {check.n_inputs} inputs "
+          f"(max |diff| residual {check.max_abs_diff_residual:.2g}, output {check.max_abs_diff_output:.2g}; "
+          f"{check.n_positions_compared} outputs identical); {report.n_prompts} prompts in prompts.jsonl")
 
 
 @app.command()

@@ -85,6 +85,14 @@ def build_files(root: Path, tiny_gpt2: Path | None = None) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (root / "bad_meta_toy" / "circuitbench_toy.json").write_text("{not json")
     (root / "no_tokenizer_toy" / "tokenizer.json").unlink()
+    tl = ZOO_DIR / "tracr-hist"  # a TransformerLens-format checkpoint
+    for broken in ("bad_cfg_tl", "truncated_tl", "rotary_tl"):
+        shutil.copytree(tl, root / broken)
+    (root / "bad_cfg_tl" / "cfg.json").write_text('{"n_layers": 1, "d_model": ')
+    weights = root / "truncated_tl" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cfg = json.loads((tl / "cfg.json").read_text())
+    (root / "rotary_tl" / "cfg.json").write_text(json.dumps({**cfg, "positional_embedding_type": "rotary"}))
     for name, config in (("bad_json_hf", "{model_type: gpt2"), ("no_type_hf", '{"n_layer": 2}')):
         (root / name).mkdir()
         (root / name / "config.json").write_text(config)
@@ -236,4 +244,21 @@ CASES: list[tuple[str, list[str], str]] = [
     ("dynamics-no-checkpoints", ["dynamics", "--model", "{tmp}/no_config_dir"], "checkpoints"),
     ("train-zoo-unknown", ["train-zoo", "nope"], "Unknown zoo model"),
     ("cache-clear-negative-age", ["cache", "clear", "--older-than", "-1"], "--older-than"),
+    ("import-tracr-unknown-program", ["import-tracr", "revers", "--vocab", "a,b", "--max-seq-len", "3", "--out",
+                                      "{tmp}/t"], "Did you mean 'reverse'"),
+    ("import-tracr-empty-vocab-item", ["import-tracr", "reverse", "--vocab", "a,,b", "--max-seq-len", "3", "--out",
+                                       "{tmp}/t"], "--vocab"),
+    ("import-tracr-max-seq-len-zero", ["import-tracr", "reverse", "--vocab", "a,b", "--max-seq-len", "0", "--out",
+                                       "{tmp}/t"], "--max-seq-len"),
+    ("import-tracr-bos-in-vocab", ["import-tracr", "reverse", "--vocab", "a,BOS", "--max-seq-len", "3", "--out",
+                                   "{tmp}/t"], "--bos"),
+    ("import-tracr-out-not-empty", ["import-tracr", "reverse", "--vocab", "a,b", "--max-seq-len", "3", "--out",
+                                    "{tmp}/inc_a"], "--force"),
+    ("import-tracr-numerical", ["import-tracr", "frac_prevs", "--vocab", "a,b", "--max-seq-len", "3", "--out",
+                                "{tmp}/t"], "numerical"),
+    ("import-tracr-no-function", ["import-tracr", "{tmp}/a_file.py:f", "--vocab", "a,b", "--max-seq-len", "3",
+                                  "--out", "{tmp}/t"], "no such file"),
+    ("run-tl-bad-config", ["run", "--task", "induction", "--model", "{tmp}/bad_cfg_tl"], "cfg.json"),
+    ("run-tl-truncated", ["run", "--task", "induction", "--model", "{tmp}/truncated_tl"], "truncated"),
+    ("run-tl-rotary", ["run", "--task", "induction", "--model", "{tmp}/rotary_tl"], "positional_embedding_type"),
 ]

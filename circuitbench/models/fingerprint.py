@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from circuitbench.models.resolve import Init, ModelRef
+from circuitbench.models.tl_format import config_file, weights_file
 from circuitbench.models.toy import MARKER
 
 # Files of a local HF directory that hold or shape the weights; stat'ed, not read (they can be GBs).
@@ -32,15 +33,19 @@ def _hub_config(ref: ModelRef, revision: str | None) -> str:
 
 
 def weights_fingerprint(ref: ModelRef, init: Init, seed: int | None) -> str:
-    """16 hex digits: toy checkpoints hash their weight bytes (small); local HF directories their
-    weight files' names, sizes and mtimes and their config; hub models their cached config and
-    commit; a random init the architecture it builds and its seed."""
+    """16 hex digits: toy and TL-format checkpoints hash their weight bytes (small) and config;
+    local HF directories their weight files' names, sizes and mtimes and their config; hub models
+    their cached config and commit; a random init the architecture it builds and its seed."""
     h = hashlib.sha256()
     path = Path(ref.location)
     if ref.kind == "toy":
         for name in ("model.safetensors", MARKER):
             if (path / name).is_file():
                 _hash_file(h, path / name)
+    elif ref.kind == "tl":
+        for file in (weights_file(path), config_file(path)):
+            if file is not None:
+                _hash_file(h, file)
     elif ref.kind == "local_hf":
         for pattern in LOCAL_WEIGHT_PATTERNS:
             for file in sorted(path.glob(pattern)):

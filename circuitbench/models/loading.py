@@ -1,4 +1,4 @@
-"""Resolve `--model` (registry short name, HF id, local HF directory, toy checkpoint) and load
+"""Resolve `--model` (registry short name, HF id, local HF directory, toy or TL-format checkpoint) and load
 it behind a TransformerLens bridge. Everything model-specific stays in this package."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from circuitbench.models.fingerprint import weights_fingerprint
 from circuitbench.models.loaded import DeviceMap, LoadedModel
 from circuitbench.models.memory import check_fits
 from circuitbench.models.resolve import Init, ModelRef, resolve_device, resolve_model
+from circuitbench.models.tl_format import load_tl, load_tl_tokenizer, read_tl_config, read_tracr_record
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer, load_saved_tokenizer
 from circuitbench.models.toy import load_toy, read_checkpoint_meta
 from circuitbench.prompts.encoding import Vocabulary
@@ -143,6 +144,13 @@ def _vocabulary(tok: PreTrainedTokenizerBase, d_vocab: int,
     return Vocabulary(tokenizer=tok, bos_id=bos, pad_id=pad, token_pool=pool), unk
 
 
+def _tl_symbol_pool(path: Path, tok: PreTrainedTokenizerBase) -> list[int] | None:
+    """A tracr-compiled checkpoint's program inputs (tracr.json), the tokens random-symbol prompts
+    should draw from; None (every non-special token) for other TL-format checkpoints."""
+    inputs = read_tracr_record(path).get("input_tokens")
+    return None if not inputs else [int(tok.convert_tokens_to_ids(t)) for t in inputs]
+
+
 def load_model(
     name: str,
     *,
@@ -174,6 +182,18 @@ def load_model(
         vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab), read_checkpoint_meta(path).get("symbol_pool"))
         return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name,
                            n_params, "toy word-level (shipped with the checkpoint)", dev,
+                           load_seconds=round(time.perf_counter() - t0, 3),
+                           fingerprint=weights_fingerprint(ref, "pretrained", None))
+
+    if ref.kind == "tl":
+        if init == "random":
+            raise CircuitbenchError(f"--init random is for HuggingFace architectures; '{name}' is a "
+                                    "TransformerLens-format checkpoint.")
+        path = Path(ref.location)
+        bridge, tok, n_params = load_tl(path, dev, torch_dtype)
+        vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab), _tl_symbol_pool(path, tok))
+        return LoadedModel(bridge, vocab, unk, ref.name, str(path), None, "pretrained", dtype_name, n_params,
+                           "word-level (shipped with the checkpoint)", dev,
                            load_seconds=round(time.perf_counter() - t0, 3),
                            fingerprint=weights_fingerprint(ref, "pretrained", None))
 
@@ -217,6 +237,11 @@ def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, i
         config = meta["config"]
         vocab, unk = _vocabulary(load_saved_tokenizer(path), int(config["d_vocab"]), meta.get("symbol_pool"))
         return vocab, unk, int(config["n_ctx"]), "toy word-level"
+    if ref.kind == "tl":
+        path = Path(ref.location)
+        tok, fields = load_tl_tokenizer(path), read_tl_config(path).fields
+        vocab, unk = _vocabulary(tok, int(fields["d_vocab"]), _tl_symbol_pool(path, tok))
+        return vocab, unk, int(fields["n_ctx"]), "word-level (TL-format checkpoint)"
     tok, source = _load_tokenizer(ref, ref.spec.revision if ref.spec else None, init)
     if ref.spec is not None:
         d_vocab, n_ctx = ref.spec.d_vocab, ref.spec.n_ctx

@@ -1,6 +1,6 @@
-"""What `--model` names (a registry short name, a toy checkpoint, a local HuggingFace directory, a
-hub id), checked before anything is loaded: a broken model directory is one clear message naming
-the file, never a traceback from deep inside a loader."""
+"""What `--model` names (a registry short name, a toy checkpoint, a TransformerLens-format
+directory, a local HuggingFace directory, a hub id), checked before anything is loaded: a broken
+model directory is one clear message naming the file, never a traceback from deep inside a loader."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,16 @@ from typing import Literal
 import torch
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.models.tl_format import (
+    CIRCUIT_FILE,
+    CONFIG_FILES,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    is_tl_checkpoint,
+    read_config_dict,
+    tl_config,
+    weights_file,
+)
 from circuitbench.models.toy import MARKER, ZOO_DIR, is_toy_checkpoint
 from circuitbench.specs.catalog import model_registry
 from circuitbench.specs.model import ModelSpec
@@ -23,7 +33,7 @@ Init = Literal["pretrained", "random"]
 class ModelRef:
     """What `--model` resolved to."""
 
-    kind: Literal["registry", "toy", "local_hf", "hub"]
+    kind: Literal["registry", "toy", "tl", "local_hf", "hub"]
     name: str
     location: str  # HF id, directory
     spec: ModelSpec | None
@@ -55,9 +65,9 @@ def resolve_model(name: str) -> ModelRef:
     registry = model_registry()
     if name in registry:
         spec = registry[name]
-        if spec.source == "toy":
+        if spec.source in ("toy", "tl"):
             assert spec.path is not None
-            ref = ModelRef("toy", name, str(ZOO_DIR / spec.path), spec)
+            ref = ModelRef(spec.source, name, str(ZOO_DIR / spec.path), spec)
             check_model_files(ref)
             return ref
         assert spec.hf_id is not None
@@ -66,12 +76,15 @@ def resolve_model(name: str) -> ModelRef:
     if path.is_dir():
         if is_toy_checkpoint(path):
             ref = ModelRef("toy", path.name, str(path.resolve()), None)
+        elif is_tl_checkpoint(path):
+            ref = ModelRef("tl", path.name, str(path.resolve()), None)
         elif (path / "config.json").is_file():
             ref = ModelRef("local_hf", path.name, str(path.resolve()), None)
         else:
             raise CircuitbenchError(
                 f"--model {name}: the directory has neither config.json (a HuggingFace model saved "
-                "with save_pretrained) nor circuitbench_toy.json (a toy checkpoint)."
+                f"with save_pretrained), {' nor '.join(CONFIG_FILES)} (a TransformerLens-format checkpoint) nor "
+                "circuitbench_toy.json (a toy checkpoint)."
             )
         check_model_files(ref)
         return ref
@@ -115,9 +128,11 @@ def check_safetensors(path: Path) -> None:
 
 
 def check_model_files(ref: ModelRef) -> None:
-    """The files a toy checkpoint or a local HuggingFace directory needs, present and readable."""
+    """The files a toy checkpoint, a TL-format or a local HuggingFace directory needs, present and readable."""
     path = Path(ref.location)
-    if ref.kind == "toy":
+    if ref.kind == "tl":
+        _check_tl_files(ref, path)
+    elif ref.kind == "toy":
         if not is_toy_checkpoint(path):
             raise CircuitbenchError(f"Toy model '{ref.name}': checkpoint missing at {path}. Reinstall circuitbench.")
         meta = _read_json(path / MARKER, "toy checkpoint description")
@@ -135,3 +150,23 @@ def check_model_files(ref: ModelRef) -> None:
                                     "model with model.save_pretrained(DIR), which writes it.")
         for weights in sorted(path.glob("*.safetensors")):
             check_safetensors(weights)
+
+
+def _check_tl_files(ref: ModelRef, path: Path) -> None:
+    """A TL-format directory: a config the native bridge can compute, weights, a tokenizer, and a
+    readable circuit.json when there is one (tensor names and shapes are checked on load)."""
+    if not is_tl_checkpoint(path):
+        raise CircuitbenchError(f"Model '{ref.name}': no TransformerLens config ({' or '.join(CONFIG_FILES)}) at "
+                                f"{path}. Reinstall circuitbench, or re-import the model.")
+    source = next(path / n for n in CONFIG_FILES if (path / n).is_file())
+    tl_config(read_config_dict(source), source)
+    weights = weights_file(path)
+    if weights.suffix == ".safetensors":
+        check_safetensors(weights)
+    if not (path / TOKENIZER_FILE).is_file() and not (path / VOCAB_FILE).is_file():
+        raise CircuitbenchError(f"{path}: no tokenizer ({TOKENIZER_FILE}, or {VOCAB_FILE}: a JSON list of tokens "
+                                "in id order).")
+    if (path / CIRCUIT_FILE).is_file():
+        circuit = _read_json(path / CIRCUIT_FILE, "ground-truth circuit")
+        if not isinstance(circuit.get("heads"), list):
+            raise CircuitbenchError(f"{path / CIRCUIT_FILE}: no \"heads\": [[layer, head], ...] list.")

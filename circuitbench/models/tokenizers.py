@@ -29,20 +29,22 @@ def gpt2_bpe_tokenizer() -> PreTrainedTokenizerFast:
     return _prepare_for_bridge(tok, "gpt2-bpe")
 
 
-def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """Word vocabulary (split on whitespace and punctuation): ids 0..2 are <bos>, <pad>, <unk>, then `words`."""
+def word_level_tokenizer(words: list[str], *, bos: str = BOS, pad: str = PAD,
+                         unk: str = UNK) -> PreTrainedTokenizerFast:
+    """Word vocabulary (split on whitespace and punctuation): ids 0..2 are `bos`, `pad`, `unk`
+    (<bos>, <pad>, <unk> unless named otherwise), then `words`."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Punctuation, Sequence, WhitespaceSplit
 
-    vocab = {tok: i for i, tok in enumerate([BOS, PAD, UNK, *words])}
+    vocab = {tok: i for i, tok in enumerate([bos, pad, unk, *words])}
     if len(vocab) != len(words) + 3:
         raise ValueError("duplicate words in toy vocabulary")
-    core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    core = Tokenizer(WordLevel(vocab=vocab, unk_token=unk))
     # Punctuation splits '8,' into '8' ',' as a segment-wise encoding does.
     core.pre_tokenizer = Sequence([WhitespaceSplit(), Punctuation()])
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, pad_token=PAD, unk_token=UNK, eos_token=BOS
+        tokenizer_object=core, bos_token=bos, pad_token=pad, unk_token=unk, eos_token=bos
     )
     return _prepare_for_bridge(tok, "circuitbench-toy")
 
@@ -50,3 +52,23 @@ def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 def load_saved_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     tok = PreTrainedTokenizerFast.from_pretrained(str(path))
     return _prepare_for_bridge(tok, str(path))
+
+
+# Special tokens of a bare vocabulary list, recognised by name (first found wins).
+_SPECIAL_NAMES = {"bos": (BOS, "BOS", "<s>", "<|endoftext|>"), "pad": (PAD, "PAD"), "unk": (UNK, "UNK")}
+
+
+def vocab_list_tokenizer(tokens: list[str], name: str) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over `tokens` (id = list index), split on whitespace only; BOS, pad and
+    unk are the tokens named <bos>/BOS/<s>/<|endoftext|>, <pad>/PAD, <unk>/UNK when present
+    (pad defaults to BOS)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    special = {role: next((t for t in names if t in tokens), None) for role, names in _SPECIAL_NAMES.items()}
+    core = Tokenizer(WordLevel(vocab={t: i for i, t in enumerate(tokens)}, unk_token=special["unk"]))
+    core.pre_tokenizer = WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=special["bos"], eos_token=special["bos"],
+                                  pad_token=special["pad"] or special["bos"], unk_token=special["unk"])
+    return _prepare_for_bridge(tok, name)

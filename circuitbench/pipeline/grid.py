@@ -67,7 +67,8 @@ def error_info(err: Exception) -> ErrorInfo:
 def expected_model(ref: ModelRef, options: RunOptions) -> ModelInfo:
     """The identity a result of this run will carry, known before the model loads."""
     seed = options.seed or 0
-    hub_revision = ref.spec.revision if ref.spec and options.init == "pretrained" and ref.kind != "toy" else None
+    shipped = ref.kind in ("toy", "tl")  # zoo checkpoints: no hub revision
+    hub_revision = ref.spec.revision if ref.spec and options.init == "pretrained" and not shipped else None
     return ModelInfo(name=ref.name, source=ref.location, revision=hub_revision,
                      fingerprint=weights_fingerprint(ref, options.init, seed), init=options.init,
                      init_seed=seed if options.init == "random" else None, dtype=ref.dtype(options.dtype))

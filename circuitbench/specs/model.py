@@ -16,13 +16,14 @@ def memory_needed_bytes(n_params: int, dtype: str) -> int:
 
 
 class ModelSpec(BaseModel):
-    """A registry model: a HuggingFace id or a shipped toy checkpoint, with its size and shape."""
+    """A registry model: a HuggingFace id, a shipped toy checkpoint or a shipped TransformerLens-format
+    checkpoint (tracr-compiled models), with its size and shape."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    source: Literal["hf", "toy"]
+    source: Literal["hf", "toy", "tl"]
     hf_id: str | None = None
-    path: str | None = Field(None, description="toy checkpoint dir, relative to circuitbench/zoo")
+    path: str | None = Field(None, description="toy or TL-format checkpoint dir, relative to circuitbench/zoo")
     revision: str = "main"
     tokenizer: str | None = Field(None, description="'gpt2-bpe': offline GPT-2 BPE fallback")
     n_params: int = Field(ge=1)
@@ -34,7 +35,8 @@ class ModelSpec(BaseModel):
     d_vocab: int = Field(ge=1)
     dtype: DType = "float32"
     hf_config: dict[str, object] | None = Field(None, description="HF config for --init random")
-    train_command: str | None = None
+    train_command: str | None = Field(None, description="the command that rebuilds the checkpoint (training "
+                                      "or `circuitbench import-tracr ...`)")
     test_metrics: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="measured on each task's default test split: task -> metric -> value")
     notes: str = ""
@@ -43,6 +45,6 @@ class ModelSpec(BaseModel):
     def _source_fields(self) -> "ModelSpec":
         if self.source == "hf" and not (self.hf_id and self.hf_config):
             raise ValueError("source 'hf' needs hf_id and hf_config")
-        if self.source == "toy" and not self.path:
-            raise ValueError("source 'toy' needs path")
+        if self.source in ("toy", "tl") and not self.path:
+            raise ValueError(f"source '{self.source}' needs path")
         return self
