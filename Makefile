@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-all lint schema bench clean
+.PHONY: setup demo test test-all lint schema known-answers bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ test-all: lint
 # docs/result.schema.json from the RunResult models (a test checks it is current)
 schema: setup
 	$(CB) schema --out docs/result.schema.json
+
+# Every method on the tracr zoo (models with known circuits) and the recovery table (README, "Known answers")
+KNOWN := reverse:tracr-reverse hist:tracr-hist sort_unique:tracr-sort-unique detect_abc:tracr-detect-abc
+known-answers: setup
+	rm -rf results/known
+	for pair in $(KNOWN); do $(CB) run --task tracr_$${pair%%:*} --model $${pair##*:} --out results/known -q || exit 1; done
+	$(CB) recovery "results/known/*/*.json" --markdown results/known/recovery.md
 
 bench: setup
 	$(PY) benchmarks/run.py --with-neo

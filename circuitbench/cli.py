@@ -316,6 +316,37 @@ def leaderboard(
 
 
 @app.command()
+def recovery(
+    files: list[str] = typer.Argument(..., help="RunResult JSONs (globs too) of runs against known circuits."),
+    markdown: str | None = typer.Option(None, "--markdown", help="Also write the table as Markdown to this file."),
+) -> None:
+    """How each method recovered the known circuits: precision, recall, F1, AUROC, AP per model × method."""
+    import glob
+
+    from circuitbench.files import check_writable_file, write_atomic
+    from circuitbench.results.store import load_result
+    from circuitbench.tables.leaderboard import recovery_table
+
+    paths = [p for f in files for p in (sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f])]
+    if markdown:
+        check_writable_file(Path(markdown), "--markdown")
+    results = []
+    for path in paths:
+        result = load_result(Path(path))
+        if result is None:
+            raise CircuitbenchError(f"{path}: not a readable RunResult.")
+        results.append(result)
+    table = recovery_table(results)
+    if table.empty:
+        raise CircuitbenchError("No recovery scores in these results: run tasks whose models have a known circuit "
+                                "(e.g. `make known-answers`, or --reference FILE).")
+    shown = table.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
+    print_table(list(shown.columns), shown.values.tolist(), title="recovery of known circuits")
+    if markdown:
+        write_atomic(Path(markdown), shown.to_markdown(index=False) + "\n")
+
+
+@app.command()
 def report(
     result: str = typer.Argument(..., help="A RunResult JSON."),
     out: str | None = typer.Option(None, "--out", help="Directory (default: next to the result, <task>_report/)."),

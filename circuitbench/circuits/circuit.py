@@ -62,10 +62,12 @@ class Circuit(BaseModel):
     @classmethod
     def from_scores(cls, scores: np.ndarray, rule: CircuitRule, method: str) -> "Circuit":
         """Pick heads by top_k / threshold / fraction on |score| or signed score (ties: lower
-        layer, then lower head first, for determinism)."""
+        layer, then lower head first, for determinism). A head whose score is exactly 0 shows no
+        measured effect and is never picked by top_k or fraction (filling a circuit with them
+        would make recall depend on head numbering)."""
         values = np.abs(scores) if rule.by == "abs" else scores
         n_layers, n_heads = scores.shape
-        order = ranked_heads(scores, rule.by)
+        order = [lh for lh in ranked_heads(scores, rule.by) if scores[lh] != 0]
         if rule.top_k is not None:
             chosen = order[: rule.top_k]
         elif rule.fraction is not None:

@@ -533,7 +533,7 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
     try:
         assembled = compiling.compile_rasp_to_model(sop, vocab=set(vocab), max_seq_len=max_seq_len, causal=causal,
                                                    compiler_bos=bos, compiler_pad=COMPILER_PAD)
-    except (NotImplementedError, ValueError, KeyError) as e:
+    except (NotImplementedError, ValueError, KeyError, TypeError, ArithmeticError, AssertionError) as e:
         raise CircuitbenchError(f"PROGRAM {program}: tracr cannot compile it ({type(e).__name__}: {e}).") from None
     conv = convert(assembled, bos, causal, f"tracr:{program}")
     circuit = true_circuit(conv.state, conv.residual_labels, conv.config["n_layers"], conv.config["n_heads"],

@@ -151,7 +151,7 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     assert chosen.method is not None
     scores = head_scores[chosen.method]
     faith = faithfulness(model, data, chosen, scores, spec.circuit, ctx, baseline)
-    warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size)
+    warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size, int(np.count_nonzero(scores)))
     if reference is not None:
         missing = sorted(set(reference.heads) - set(map(tuple, chosen.heads)))
         warnings += missing_from_ablations(faith, missing)
@@ -207,12 +207,15 @@ def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> R
     return load_reference(path) if path.is_file() else None
 
 
-def rule_warnings(rule: CircuitRule, chosen: int, total: int) -> list[str]:
+def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int) -> list[str]:
     """What a circuit rule became when it is not what it says: more heads asked than the model
-    has, every head, or none."""
+    has (or than have any measured effect), every head, or none."""
     out = []
     if rule.top_k is not None and rule.top_k > total:
         out.append(f"top_k {rule.top_k} exceeds the model's {total} heads: the circuit is all {total} heads")
+    elif rule.top_k is not None and rule.top_k > nonzero:
+        out.append(f"top_k {rule.top_k}: only {nonzero} heads score other than exactly 0, the circuit is those "
+                   f"{chosen}")
     elif chosen == total:
         out.append(f"the circuit rule selects every one of the {total} heads: faithfulness is 1 by construction")
     if chosen == 0:

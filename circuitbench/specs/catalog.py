@@ -56,19 +56,23 @@ def load_task_file(path: Path) -> TaskSpec:
     return spec
 
 
-def task_files(include_paths: tuple[str, ...] = ()) -> dict[str, Path]:
+KNOWN_ANSWERS = "known_answers"  # tasks of the models with known circuits (the tracr zoo): by name, not in the suite
+
+
+def task_files(include_paths: tuple[str, ...] = (), *, suite: bool = False) -> dict[str, Path]:
     """Task name (file stem) -> YAML path; every YAML is validated when loaded, none skipped.
+    `suite`: only the suite's tasks (tasks/*.yaml and the --include-path directories).
 
     A task of an --include-path directory replaces a shipped task of the same name (said in the
     log); one name twice among the --include-path directories, or as .yaml beside .yml, is refused."""
-    shipped = data_dir() / "tasks"
+    shipped = [data_dir() / "tasks"] + ([] if suite else [data_dir() / "tasks" / KNOWN_ANSWERS])
     found: dict[str, Path] = {}
-    for d in [shipped, *(Path(p) for p in include_paths)]:
+    for d in [*shipped, *(Path(p) for p in include_paths)]:
         if not d.is_dir():
             raise CircuitbenchError(f"--include-path {d}: not a directory.")
         for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
             earlier = found.get(path.stem)
-            if earlier is not None and earlier.parent != shipped:
+            if earlier is not None and earlier.parent not in shipped:
                 raise CircuitbenchError(f"Task '{path.stem}' is defined twice: {earlier} and {path}. Keep one.")
             if earlier is not None:
                 log.info("task '%s' from %s replaces the shipped one", path.stem, path)
@@ -91,12 +95,13 @@ def load_task(name_or_path: str, include_paths: tuple[str, ...] = ()) -> TaskSpe
     return load_task_file(files[name_or_path])
 
 
-SUITE = "suite"  # stands for every catalog task in --task lists
+SUITE = "suite"  # stands for every suite task in --task lists
 
 
 def expand_task_names(names: list[str], include_paths: tuple[str, ...] = ()) -> list[str]:
-    """Task names with 'suite' replaced by every catalog task (tasks/*.yaml), in name order."""
-    return [t for name in names for t in (sorted(task_files(include_paths)) if name == SUITE else [name])]
+    """Task names with 'suite' replaced by every suite task (tasks/*.yaml), in name order."""
+    suite = sorted(task_files(include_paths, suite=True))
+    return [t for name in names for t in (suite if name == SUITE else [name])]
 
 
 def all_tasks(include_paths: tuple[str, ...] = ()) -> dict[str, TaskSpec]:

@@ -157,3 +157,16 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = ())
             + _SORT_JS)
     write_atomic(out_dir / "index.html", page)
     return {"tasks": written, "models": sorted(df["model_label"].unique()), "flagged": len(flagged)}
+
+
+def recovery_table(results: list[RunResult]) -> pd.DataFrame:
+    """One row per (model, method) of every result with a reference: precision, recall and F1 of the
+    method's circuit, AUROC and average precision of its scores, and whether its circuit was kept."""
+    rows = []
+    for r in results:
+        for method, s in r.recovery.items():
+            rows.append({"model": r.model.name, "method": method,
+                         "reference heads": s.n_reference, "precision": s.precision, "recall": s.recall, "F1": s.f1,
+                         "AUROC": s.auroc, "AP": s.average_precision,
+                         "kept": "✓" if r.circuit is not None and r.circuit.method == method else ""})
+    return pd.DataFrame(rows)

@@ -112,6 +112,9 @@ def test_suite_expands_to_every_catalog_task_in_name_order():
     from circuitbench.specs.catalog import expand_task_names, task_files
 
     names = sorted(p.stem for p in (REPO / "tasks").glob("*.yaml"))
-    assert expand_task_names(["suite"]) == names == sorted(task_files())
+    assert expand_task_names(["suite"]) == names == sorted(task_files(suite=True))
+    # the known-answer tasks (tracr zoo) load by name but stay out of the suite
+    known = {p.stem for p in (REPO / "tasks" / "known_answers").glob("*.yaml")}
+    assert len(known) >= 4 and known <= set(task_files()) and not known & set(names)
     both = expand_task_names(["x2", "suite"])
     assert both[:2] == ["x2", names[0]] and len(both) == len(names) + 1
