@@ -57,6 +57,35 @@ def peak_memory_mb(device: torch.device) -> float:
     return round(peak, 1)
 
 
+# Below this many parameters a model is toy-sized: one thread is fastest. Its forwards are too
+# small to split, and on a shared CPU extra threads wait on each other (measured: the suite on
+# toy-tasks 176 s with torch's default threads, 16 s with one, identical numbers).
+TOY_SIZED_PARAMS = 20_000_000
+
+
+def threads_for(n_params: int | None, requested: int | None = None) -> int:
+    """torch threads for a model of `n_params` parameters: `requested` (--threads) when given,
+    1 for toy-sized models, else every core torch would use by default."""
+    if requested is not None:
+        return requested
+    if n_params is not None and n_params < TOY_SIZED_PARAMS:
+        return 1
+    return DEFAULT_THREADS
+
+
+def set_threads(n: int) -> None:
+    """Set torch's intra-op thread count (inside a torch_threads block, which restores it)."""
+    torch.set_num_threads(n)
+
+
+def current_threads() -> int:
+    """torch's intra-op thread count in effect (recorded in every result as run.threads)."""
+    return torch.get_num_threads()
+
+
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before any torch_threads block
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's (process-wide) intra-op thread count set to n within the block, then restored."""

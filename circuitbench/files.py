@@ -1,5 +1,6 @@
 """Writing files so that nothing is ever half-written: a temp file in the same directory,
-fsync, then rename over the target."""
+fsync, then rename over the target. Files get the mode any new file gets (0666 less the
+umask), not the private 0600 of a temp file."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,13 @@ import tempfile
 from pathlib import Path
 
 from circuitbench.errors import CircuitbenchError
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -18,6 +26,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make results private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

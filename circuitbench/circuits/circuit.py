@@ -11,6 +11,35 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.specs.task import CircuitRule
 
 Head = tuple[int, int]
+RANDOM_INIT = "@random-init"  # the mark of a random-init model's name wherever it is shown (and its folder)
+
+
+def head_label(layer: int, head: int) -> str:
+    """A head in text: L1H3 (layer 1, head 3); '1.3' reads like a decimal."""
+    return f"L{layer}H{head}"
+
+
+def heads_text(heads: list[Head] | list[tuple[int, int]]) -> str:
+    return " ".join(head_label(l, h) for l, h in heads) or "(none)"
+
+
+def model_label(name: str, init: str | None) -> str:
+    """A model's name as shown: random-init weights carry the @random-init mark."""
+    return name + RANDOM_INIT if init == "random" and not name.endswith(RANDOM_INIT) else name
+
+
+def describe_rule(rule: dict[str, object], n_total: int | None = None) -> str:
+    """A circuit rule in words: 'the top 10 heads by |score|', 'heads with score ≥ 0.1', ..."""
+    by = "|score|" if rule.get("by", "abs") == "abs" else "signed score"
+    if rule.get("top_k") is not None:
+        text = f"the top {rule['top_k']} heads by {by}"
+    elif rule.get("fraction") is not None:
+        fraction = float(rule["fraction"])  # type: ignore[arg-type]
+        count = f" ({max(1, round(fraction * n_total))} of {n_total})" if n_total else ""
+        text = f"the top {fraction:.0%} of heads by {by}{count}"
+    else:
+        text = f"every head with {by} ≥ {rule.get('threshold')}"
+    return text + " (heads scoring exactly 0 never picked)"
 
 
 def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:
@@ -35,7 +64,8 @@ class Circuit(BaseModel):
     @model_validator(mode="after")
     def _inside_the_model(self) -> "Circuit":
         if self.n_layers is not None and self.n_heads is not None:
-            outside = [f"{l}.{h}" for l, h in self.heads if not (0 <= l < self.n_layers and 0 <= h < self.n_heads)]
+            outside = [head_label(l, h) for l, h in self.heads
+                       if not (0 <= l < self.n_layers and 0 <= h < self.n_heads)]
             if outside:
                 raise ValueError(f"heads {', '.join(outside[:5])} lie outside a model of {self.n_layers} layers × "
                                  f"{self.n_heads} heads")
@@ -106,7 +136,8 @@ class Circuit(BaseModel):
         method = source.get("method")
         # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
         scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
-        label = f"{model['name']}/{task['name']}" if model.get("name") and task.get("name") else path.stem
+        name = model_label(str(model["name"]), model.get("init")) if model.get("name") else None
+        label = f"{name}/{task['name']}" if name and task.get("name") else path.stem
         try:
             return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
                        n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,

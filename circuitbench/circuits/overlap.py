@@ -4,6 +4,13 @@ Every function takes `Circuit`s (from runs, papers or other tools). Circuits of 
 compared head by head; circuits of models with a different depth or width are compared on
 relative depth (layer / n_layers in `bins` bins; scores only on the bins that hold a layer of both
 models), and every result says which alignment it used.
+
+Every figure comes with a permutation null (`permutation_null`): the same metric between the first
+circuit and the second with its head scores (and heads) shuffled, by default within each layer, so
+the null keeps how much of each circuit sits in each layer. Two unrelated circuits that both live in
+layers 0–1 (as random-init models' do) overlap far beyond a uniform draw over all heads
+(hypergeometric p ~ 1e-4) but not beyond this null; the null's mean and a one-sided p-value sit
+beside every raw number.
 """
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.registry import Registry
 
 Alignment = Literal["auto", "head", "relative_depth"]
+NullKind = Literal["within_layer", "all"]
+# Metrics where a smaller value means more overlap (the permutation p-value counts the other tail).
+SMALLER_MEANS_MORE = {"hypergeometric_p"}
+DEFAULT_PERMUTATIONS = 200
 
 
 def _sets(a: Circuit, b: Circuit) -> tuple[set, set]:
@@ -104,13 +115,18 @@ def hypergeometric_p(a: Circuit, b: Circuit) -> float:
     bins both have can be shared: P = Σ_{i,j} P(i of A's bins in C) · P(j of B's in C) · P(X ≥ |A∩B|)
     for X ~ Hypergeometric(C, i, j). (Counting all `bins` as the population made a chance overlap of
     shallow models look rare: a 2-layer model can put heads in 2 of 10 bins, not 10.)"""
+    sa, sb = _sets(a, b)
+    return _hypergeometric_tail(a, b, len(sa & sb))
+
+
+def _hypergeometric_tail(a: Circuit, b: Circuit, k: int) -> float:
+    """hypergeometric_p of a and b had their overlap been k heads (it depends on nothing else)."""
     n_layers, n_heads = _same_shape(a, b)
     cells_a, cells_b = _cells(a, n_layers * n_heads), _cells(b, n_layers * n_heads)
     shared = int((cells_a & cells_b).sum())
     sa, sb = _sets(a, b)
     in_a = _landing(int(cells_a.sum()), shared, len(sa))
     in_b = _landing(int(cells_b.sum()), shared, len(sb))
-    k = len(sa & sb)
     return float(sum(pa * pb * _tail(shared, i, j, k) for i, pa in in_a.items() for j, pb in in_b.items()))
 
 
@@ -203,12 +219,13 @@ def _ramp(span: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _add_piece(coef: np.ndarray, start: np.ndarray, stop: np.ndarray, *poly: np.ndarray | float) -> None:
     """Add each item's polynomial poly[0] + poly[1]·d + poly[2]·d² on depths start..stop (none when
-    start > stop) to the difference arrays `coef` [3, k + 2]."""
+    start > stop) to the difference arrays `coef` [3, rows, k + 2]; start, stop are [rows, k]."""
     keep = start <= stop
+    rows = np.broadcast_to(np.arange(start.shape[0])[:, None], start.shape)[keep]
     for row, c in enumerate(poly):
         c = np.broadcast_to(c, start.shape)[keep]
-        np.add.at(coef[row], start[keep].astype(int), c)
-        np.add.at(coef[row], stop[keep].astype(int) + 1, -c)
+        np.add.at(coef[row], (rows, start[keep].astype(int)), c)
+        np.add.at(coef[row], (rows, stop[keep].astype(int) + 1), -c)
 
 
 def _expected_overlaps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -216,15 +233,25 @@ def _expected_overlaps(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     rankings, ties in each ordered uniformly at random (independently): Σ_i P_x(i, d) · P_y(i, d).
     Each product is a piecewise polynomial in d (1 from the later of the two last ranks on, linear
     or quadratic while the item is inside a tie span), summed over items with difference arrays."""
-    (fx, lx), (fy, ly) = _tie_spans(np.abs(x)), _tie_spans(np.abs(y))
-    k = len(x)
-    in_both = np.cumsum(np.bincount(np.maximum(lx, ly).astype(int), minlength=k + 1))[1:]
-    coef = np.zeros((3, k + 2))
+    fy, ly = _tie_spans(np.abs(y))
+    return _expected_overlaps_spans(_tie_spans(np.abs(x)), fy[None], ly[None])[0]
+
+
+def _expected_overlaps_spans(x_span: tuple[np.ndarray, np.ndarray], fy: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    """`_expected_overlaps` of one ranking (x's tie spans) against several, given by their tie
+    spans fy, ly [rows, k] (a permutation of y's items permutes its spans): [rows, k]."""
+    fx, lx = (np.broadcast_to(v, fy.shape) for v in x_span)
+    rows, k = fy.shape
+    last = np.maximum(lx, ly).astype(int)
+    counts = np.zeros((rows, k + 1))
+    np.add.at(counts, (np.broadcast_to(np.arange(rows)[:, None], last.shape), last), 1)
+    in_both = np.cumsum(counts, axis=1)[:, 1:]
+    coef = np.zeros((3, rows, k + 2))
     (ax, bx), (ay, by) = _ramp((fx, lx)), _ramp((fy, ly))
     _add_piece(coef, np.maximum(fx, fy), np.minimum(lx, ly) - 1, ax * ay, ax * by + ay * bx, bx * by)
     _add_piece(coef, np.maximum(fx, ly), lx - 1, ax, bx, 0.0)  # tied in x, already in y's top d
     _add_piece(coef, np.maximum(fy, lx), ly - 1, ay, by, 0.0)  # tied in y, already in x's top d
-    c0, c1, c2 = np.cumsum(coef, axis=1)[:, 1 : k + 1]
+    c0, c1, c2 = np.cumsum(coef, axis=2)[:, :, 1 : k + 1]
     d = np.arange(1, k + 1)
     return in_both + c0 + c1 * d + c2 * d**2
 
@@ -294,6 +321,9 @@ class Comparison(BaseModel):
     alignment: str  # "head" or "relative_depth(bins=N)"
     values: dict[str, float]
     skipped: dict[str, str] = Field(default_factory=dict)  # metric -> why it could not be computed
+    null: str | None = None  # how the permutation null was drawn, e.g. "200 within-layer shuffles of b"
+    null_mean: dict[str, float | None] = Field(default_factory=dict)  # metric -> mean over the null (None: no null)
+    p_value: dict[str, float | None] = Field(default_factory=dict)  # metric -> one-sided permutation p-value
 
 
 def check_settings(bins: int, top_n: int, rbo_p: float) -> None:
@@ -306,13 +336,164 @@ def check_settings(bins: int, top_n: int, rbo_p: float) -> None:
         raise CircuitbenchError(f"--rbo-p {rbo_p}: rank-biased overlap's persistence p lies strictly between 0 and 1.")
 
 
+def null_orders(c: Circuit, n: int, rng: np.random.Generator, kind: NullKind = "within_layer") -> np.ndarray:
+    """[n, n_layers · n_heads] permutations of the circuit's cells (new position -> old position):
+    within each layer (`within_layer`, the layer profile kept) or across the whole model (`all`);
+    on relative depth (`RelativeDepthCircuit`) over the bins its model occupies."""
+    n_layers, n_heads = _shape(c)
+    size = n_layers * n_heads
+    if isinstance(c, RelativeDepthCircuit):
+        cells = np.array(c.occupied, dtype=int)
+        orders = np.tile(np.arange(size), (n, 1))
+        orders[:, cells] = cells[rng.random((n, len(cells))).argsort(axis=1)]
+        return orders
+    if kind == "all":
+        return rng.random((n, size)).argsort(axis=1)
+    within = rng.random((n, n_layers, n_heads)).argsort(axis=2) + (np.arange(n_layers) * n_heads)[None, :, None]
+    return within.reshape(n, size)
+
+
+def shuffled(c: Circuit, order: np.ndarray) -> Circuit:
+    """The circuit with its cells permuted by `order` (new position -> old position, see
+    `null_orders`): heads and scores move together."""
+    n_layers, n_heads = _shape(c)
+    where = np.empty(len(order), dtype=int)
+    where[order] = np.arange(len(order))  # old position -> new position
+    heads = sorted((int(where[l * n_heads + h]) // n_heads, int(where[l * n_heads + h]) % n_heads) for l, h in c.heads)
+    scores = None if c.scores is None else np.asarray(c.scores, dtype=float).ravel()[order].reshape(
+        n_layers, n_heads).tolist()
+    return c.model_copy(update={"heads": heads, "scores": scores})
+
+
+def _metric_value(name: str, fn: OverlapFn, x: Circuit, y: Circuit, top_n: int, rbo_p: float) -> float:
+    if name == "top_n_overlap":
+        return top_n_overlap(x, y, top_n)
+    if name == "rbo":
+        return rank_biased_overlap(x, y, rbo_p)
+    return fn(x, y)
+
+
+def _mask(c: Circuit, size: int, n_heads: int) -> np.ndarray:
+    m = np.zeros(size, dtype=bool)
+    for l, h in c.heads:
+        m[l * n_heads + h] = True
+    return m
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis (as rank_correlation takes them)."""
+    return pd.DataFrame(np.atleast_2d(values)).rank(axis=1).to_numpy()
+
+
+def _null_draws(name: str, x: Circuit, y: Circuit, orders: np.ndarray, top_n: int, rbo_p: float) -> np.ndarray:
+    """[n] the metric between x and y with y's cells permuted by each row of `orders`; the built-in
+    metrics at once over all rows, any other (a plugin's) one shuffle at a time."""
+    n_layers, n_heads = _shape(y)
+    size = n_layers * n_heads
+    if name in ("jaccard", "overlap_coefficient", "directional", "hypergeometric_p"):
+        a, b = _mask(x, size, n_heads), _mask(y, size, n_heads)
+        k = (a[None] & b[orders]).sum(axis=1)
+        na, nb = int(a.sum()), int(b.sum())
+        if name == "hypergeometric_p":
+            tails = {kk: _hypergeometric_tail(x, y, int(kk)) for kk in np.unique(k)}
+            return np.array([tails[kk] for kk in k])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if name == "jaccard":
+                return np.where(na + nb == 0, 1.0, k / np.maximum(na + nb - k, 1))
+            if name == "directional":
+                return np.full(len(k), 1.0) if na == 0 else k / na
+            if na == 0 and nb == 0:
+                return np.ones(len(k))
+            return np.zeros(len(k)) if min(na, nb) == 0 else k / min(na, nb)
+    if name in ("spearman", "kendall", "weighted_jaccard", "top_n_overlap", "rbo") and x.scores is not None \
+            and y.scores is not None:
+        keep = _cells(x, size) & _cells(y, size)
+        xs = np.asarray(x.scores, dtype=float).ravel()[keep]
+        ys = np.asarray(y.scores, dtype=float).ravel()[orders][:, keep]  # [n, kept]
+        if name == "spearman":
+            rx, ry = _ranks(xs)[0], _ranks(ys)
+            rx, ry = rx - rx.mean(), ry - ry.mean(axis=1, keepdims=True)
+            denom = np.sqrt((rx**2).sum() * (ry**2).sum(axis=1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(denom > 0, (ry @ rx) / np.where(denom > 0, denom, 1), np.nan)
+        if name == "weighted_jaccard":
+            ax_ = np.abs(xs) / max(np.abs(xs).max(initial=0.0), 1e-12)
+            ay_ = np.abs(ys) / np.maximum(np.abs(ys).max(axis=1, keepdims=True, initial=0.0), 1e-12)
+            denom = np.maximum(ax_[None], ay_).sum(axis=1)
+            return np.where(denom == 0, 1.0, np.minimum(ax_[None], ay_).sum(axis=1) / np.where(denom == 0, 1, denom))
+        if name == "kendall":
+            i, j = np.triu_indices(len(xs), 1)
+            dx = np.sign(xs[j] - xs[i])
+            out = np.empty(len(ys))
+            chunk = max(1, 2_000_000 // max(len(i), 1))  # bounds the [rows, pairs] sign arrays
+            for start in range(0, len(ys), chunk):
+                dy = np.sign(ys[start:start + chunk, j] - ys[start:start + chunk, i])
+                prod = dx[None] * dy
+                conc, disc = (prod > 0).sum(1), (prod < 0).sum(1)
+                tx, ty = ((dx[None] == 0) & (dy != 0)).sum(1), ((dy == 0) & (dx[None] != 0)).sum(1)
+                denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    out[start:start + len(dy)] = np.where(denom == 0, np.nan, (conc - disc) / np.where(denom == 0, 1,
+                                                                                                         denom))
+            return out
+        fy, ly = _tie_spans(np.abs(np.asarray(y.scores, dtype=float).ravel()[keep])) if keep.all() else (None, None)
+        if fy is not None:  # every cell kept: permuting y permutes its tie spans
+            fy, ly = fy[orders], ly[orders]
+        else:
+            spans = [_tie_spans(np.abs(row)) for row in ys]
+            fy, ly = np.stack([sp[0] for sp in spans]), np.stack([sp[1] for sp in spans])
+        overlaps = _expected_overlaps_spans(_tie_spans(np.abs(xs)), fy, ly)
+        depths = np.arange(1, len(xs) + 1)
+        if name == "top_n_overlap":
+            depth = min(top_n, len(xs))
+            return overlaps[:, depth - 1] / max(1, depth)
+        agreement = overlaps / depths
+        return (1 - rbo_p) / rbo_p * (agreement * rbo_p**depths).sum(axis=1) + agreement[:, -1] * rbo_p ** len(xs)
+    fn = OVERLAP_METRICS.get(name)
+    return np.array([_metric_value(name, fn, x, shuffled(y, order), top_n, rbo_p) for order in orders])
+
+
+def permutation_null(x: Circuit, y: Circuit, values: dict[str, float], permutations: int, kind: NullKind,
+                     top_n: int = 10, rbo_p: float = 0.9, seed: int = 0) -> tuple[dict[str, float | None],
+                                                                                   dict[str, float | None]]:
+    """({metric: null mean}, {metric: one-sided p-value}) of each metric in `values` between x and
+    `permutations` shuffles of y (see `null_orders`; seeded, so the same pair gives the same null).
+    The p-value is (1 + #null draws at least as extreme) / (1 + permutations): towards more overlap,
+    i.e. larger, except for metrics in SMALLER_MEANS_MORE. A metric that is NaN has no null (None)."""
+    orders = null_orders(y, permutations, np.random.default_rng(seed), kind)
+    means: dict[str, float | None] = {}
+    pvalues: dict[str, float | None] = {}
+    for name, observed in values.items():
+        null = _null_draws(name, x, y, orders, top_n, rbo_p)
+        null = null[np.isfinite(null)]
+        if not np.isfinite(observed) or not len(null):
+            means[name] = pvalues[name] = None
+            continue
+        tol = 1e-9 * max(1.0, abs(observed))
+        extreme = null <= observed + tol if name in SMALLER_MEANS_MORE else null >= observed - tol
+        means[name] = float(null.mean())
+        pvalues[name] = float((1 + extreme.sum()) / (1 + len(null)))
+    return means, pvalues
+
+
+def null_description(permutations: int, kind: NullKind, alignment: str) -> str:
+    if alignment != "head":
+        return f"{permutations} shuffles of the second circuit over the depth bins its model occupies"
+    where = "within each layer" if kind == "within_layer" else "across all heads"
+    return f"{permutations} shuffles of the second circuit's head scores {where}"
+
+
 def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment: Alignment = "auto",
-            bins: int = 10, top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset()) -> Comparison:
-    """Every requested overlap metric between two circuits, with the alignment used. A metric in
+            bins: int = 10, top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset(),
+            permutations: int = DEFAULT_PERMUTATIONS, null: NullKind = "within_layer", seed: int = 0) -> Comparison:
+    """Every requested overlap metric between two circuits, with the alignment used and a
+    permutation null (`permutations` shuffles of b, see `permutation_null`; 0: none). A metric in
     `optional` that needs what the circuits do not carry (a shape, scores) is left out, with the
     reason in `skipped`; any other such metric is an error. On relative depth every metric gets the
     two `RelativeDepthCircuit`s, whose `occupied` says which bins hold a layer."""
     check_settings(bins, top_n, rbo_p)
+    if permutations < 0:
+        raise CircuitbenchError(f"--permutations {permutations}: give 0 (no null) or more.")
     names = metrics or OVERLAP_METRICS.names()
     fns = {name: OVERLAP_METRICS.get(name) for name in names}  # unknown names: one clear error
     same = (a.n_layers, a.n_heads) == (b.n_layers, b.n_heads)
@@ -324,32 +505,38 @@ def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment:
         used, x, y = f"relative_depth(bins={bins})", to_relative_depth(a, bins), to_relative_depth(b, bins)
     values, skipped = {}, {}
     for name in names:
-        fn = fns[name]
         try:
-            if name == "top_n_overlap":
-                values[name] = top_n_overlap(x, y, top_n)
-            elif name == "rbo":
-                values[name] = rank_biased_overlap(x, y, rbo_p)
-            else:
-                values[name] = fn(x, y)
+            values[name] = _metric_value(name, fns[name], x, y, top_n, rbo_p)
         except MissingInput as e:
             if name not in optional:
                 raise
             skipped[name] = str(e)
-    return Comparison(a=a.label or "A", b=b.label or "B", alignment=used, values=values, skipped=skipped)
+    out = Comparison(a=a.label or "A", b=b.label or "B", alignment=used, values=values, skipped=skipped)
+    if permutations and values and y.shape is not None:
+        out.null = null_description(permutations, null, "head" if used == "head" else used)
+        out.null_mean, out.p_value = permutation_null(x, y, values, permutations, null, top_n, rbo_p, seed)
+    return out
 
 
 def overlap_matrix(circuits: list[Circuit], metrics: list[str], alignment: Alignment = "auto", bins: int = 10,
-                   top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset()) -> dict[str, object]:
-    """{"labels": [...], "alignment": [[...]], "<metric>": [[...]], "skipped": {metric: reason}} over
-    every ordered pair; a metric skipped for any pair (see `compare`) is left out of the matrix."""
+                   top_n: int = 10, rbo_p: float = 0.9, optional: frozenset[str] = frozenset(),
+                   permutations: int = DEFAULT_PERMUTATIONS, null: NullKind = "within_layer",
+                   seed: int = 0) -> dict[str, object]:
+    """{"labels": [...], "alignment": [[...]], "<metric>": [[...]], "null_mean": {metric: [[...]]},
+    "p_value": {metric: [[...]]}, "null": how it was drawn, "skipped": {metric: reason}} over every
+    ordered pair (the null is None on the diagonal); a metric skipped for any pair (see `compare`) is
+    left out of the matrix."""
     labels = [c.label or f"circuit{i}" for i, c in enumerate(circuits)]
     out: dict[str, object] = {"labels": labels}
-    grid = [[compare(a, b, metrics, alignment, bins, top_n, rbo_p, optional) for b in circuits] for a in circuits]
+    grid = [[compare(a, b, metrics, alignment, bins, top_n, rbo_p, optional, 0 if i == j else permutations, null,
+                     seed) for j, b in enumerate(circuits)] for i, a in enumerate(circuits)]
     out["alignment"] = [[g.alignment for g in row] for row in grid]
     skipped = {name: reason for row in grid for g in row for name, reason in g.skipped.items()}
-    for name in metrics:
-        if name not in skipped:
-            out[name] = [[g.values[name] for g in row] for row in grid]
+    kept = [name for name in metrics if name not in skipped]
+    for name in kept:
+        out[name] = [[g.values[name] for g in row] for row in grid]
+    out["null"] = next((g.null for row in grid for g in row if g.null), None)
+    out["null_mean"] = {name: [[g.null_mean.get(name) for g in row] for row in grid] for name in kept}
+    out["p_value"] = {name: [[g.p_value.get(name) for g in row] for row in grid] for name in kept}
     out["skipped"] = skipped
     return out

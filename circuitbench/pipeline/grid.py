@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from circuitbench.circuits.recovery import load_reference
-from circuitbench.environment import git_commit, peak_memory_mb, run_versions
+from circuitbench.environment import git_commit, peak_memory_mb, run_versions, set_threads, threads_for, torch_threads
 from circuitbench.errors import CircuitbenchError, Interrupted
 from circuitbench.files import check_writable_dir
 from circuitbench.models.fingerprint import weights_fingerprint
@@ -224,7 +224,9 @@ def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], options: 
             log.warning("recomputing %s on %s: %s", unit.spec.name, ref.name, why)
         pending.append(unit)
     if pending:
-        _run_pending(model_arg, ref, pending, options, processes, progress, command, outcomes)
+        n_params = ref.spec.n_params if ref.spec is not None else None
+        with torch_threads(threads_for(n_params, options.threads)):
+            _run_pending(model_arg, ref, pending, options, processes, progress, command, outcomes)
 
 
 def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: RunOptions, processes: Processes,
@@ -239,6 +241,8 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: Ru
                            seed=options.seed or 0, device_map=options.device_map)
     except Exception as e:  # noqa: BLE001  (recorded per unit; Ctrl-C is no Exception and stops the grid)
         load_error = e
+    if load_error is None and isinstance(model, LoadedModel) and ref.spec is None:  # size known only now
+        set_threads(threads_for(model.n_params, options.threads))  # (the caller's torch_threads block restores it)
     for unit in pending:
         if load_error is None:
             assert isinstance(model, LoadedModel)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from circuitbench.circuits.circuit import Circuit
+from circuitbench.circuits.circuit import Circuit, head_label
 from circuitbench.circuits.faithfulness import faithfulness, missing_from_ablations, most_faithful
 from circuitbench.circuits.overlap import rank_correlation
 from circuitbench.circuits.recovery import Reference, load_reference, parse_components, recovery
-from circuitbench.environment import git_commit, peak_memory_mb, run_versions
+from circuitbench.environment import current_threads, git_commit, peak_memory_mb, run_versions
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
 from circuitbench.parallel import ONE_PROCESS, Processes
@@ -108,9 +108,9 @@ def run_unit(
         reference_info = ReferenceInfo(source=reference.source, heads=reference.heads, mlps=reference.mlps,
                                        invisible=invisible)
         if invisible:
-            warnings.append(f"reference heads {', '.join(f'{l}.{h}' for l, h in invisible)} have identical clean and "
-                            "counterfactual outputs on every prompt: invisible to patching with this counterfactual "
-                            "(use ablation, or a counterfactual that changes what they read)")
+            warnings.append(f"reference heads {', '.join(head_label(l, h) for l, h in invisible)} have identical "
+                            "clean and counterfactual outputs on every prompt: invisible to patching with this "
+                            "counterfactual (use ablation, or a counterfactual that changes what they read)")
         recovered = {m: recovery(scores, Circuit.from_scores(scores, spec.circuit or DEFAULT_RULE, m).heads, reference)
                       for m, scores in head_scores.items()}
     for warning in warnings:
@@ -125,7 +125,7 @@ def run_unit(
             duration_s=round(time.perf_counter() - t0, 3), model_load_s=model.load_seconds,
             peak_memory_mb=peak_memory_mb(model.device), versions=run_versions(), git=git_commit(), command=command,
             options=options.model_dump(mode="json"), plugins=loaded_plugins(), world_size=processes.world_size,
-            device_map=model.device_map, cache=cache_entry.stats if cache_entry else {},
+            device_map=model.device_map, cache=cache_entry.stats if cache_entry else {}, threads=current_threads(),
         ),
         metrics=metrics,
         metrics_stderr=stderr,
@@ -152,12 +152,16 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     scores = head_scores[chosen.method]
     faith = faithfulness(model, data, chosen, scores, spec.circuit, ctx, baseline)
     warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size, int(np.count_nonzero(scores)))
+    notes = []
+    if scores.size == 1:  # not a warning: no rule can do better on a one-head model
+        notes.append("the model has a single attention head: any non-empty circuit is the whole model, so its "
+                     "faithfulness is 1 by construction")
     if reference is not None:
         missing = sorted(set(reference.heads) - set(map(tuple, chosen.heads)))
         warnings += missing_from_ablations(faith, missing)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    return CircuitInfo(method=chosen.method, rule=chosen.rule, heads=chosen.heads, warnings=warnings,
+    return CircuitInfo(method=chosen.method, rule=chosen.rule, heads=chosen.heads, warnings=warnings, notes=notes,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
 
 
@@ -210,7 +214,9 @@ def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> R
 def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int) -> list[str]:
     """What a circuit rule became when it is not what it says: more heads asked than the model
     has (or than have any measured effect), every head, or none."""
-    out = []
+    out: list[str] = []
+    if total == 1:  # a one-head model: said once as a note, see _circuit
+        return out
     if rule.top_k is not None and rule.top_k > total:
         out.append(f"top_k {rule.top_k} exceeds the model's {total} heads: the circuit is all {total} heads")
     elif rule.top_k is not None and rule.top_k > nonzero:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from circuitbench.circuits.circuit import model_label
 from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
 
@@ -57,6 +58,11 @@ class ModelInfo(_Strict):
     n_params: int | None = Field(None, description="parameters of the loaded model")
     tokenizer: str | None = Field(None, description="where the tokenizer came from")
 
+    @property
+    def label(self) -> str:
+        """The name as shown in tables, reports and overlap output (random init: name@random-init)."""
+        return model_label(self.name, self.init)
+
 
 class RunInfo(_Strict):
     """How the unit ran."""
@@ -76,6 +82,8 @@ class RunInfo(_Strict):
     world_size: int = Field(1, description="data-parallel processes that shared the prompts")
     device_map: str | None = Field(None, description="'auto': the HF model was spread over devices by accelerate")
     cache: dict[str, int] = Field(default_factory=dict, description="activation cache {hits, misses}; empty: off")
+    threads: int | None = Field(None, description="torch intra-op threads the unit ran with (--threads; default by "
+                                "model size: 1 for toy-sized models)")
 
 
 class CircuitCandidate(_Strict):
@@ -83,7 +91,8 @@ class CircuitCandidate(_Strict):
 
     method: str = Field(description="the method whose scores the rule picked from")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
-    faithfulness: float = Field(description="f(C) under the rule's ablation")
+    faithfulness: float | None = Field(description="f(C) under the rule's ablation (None: undefined, see the "
+                                       "circuit's faithfulness_undefined)")
 
 
 class CircuitInfo(_Strict):
@@ -92,7 +101,12 @@ class CircuitInfo(_Strict):
     method: str = Field(description="the head scores it was chosen from")
     rule: dict[str, object] = Field(description="the circuit rule (method, top_k | threshold | fraction, by, ablation)")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
-    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`")
+    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`; "
+                                       "None when undefined (see faithfulness_undefined)")
+    faithfulness_undefined: str | None = Field(
+        None, description="why faithfulness is undefined: |m(M) − m(∅)| is 0 or below 2 standard errors of the "
+        "paired per-prompt difference (the heads have no measurable effect); None when it is defined")
+    gap_stderr: float | None = Field(None, description="standard error of m(M) − m(∅) over prompts (paired)")
     metric: str | None = Field(None, description="the metric m; m_circuit, m_full and m_empty are its own values")
     m_circuit: float | None = Field(None, description="the metric with only the circuit's heads kept")
     m_full: float | None = Field(None, description="the metric of the full model, m(M)")
@@ -107,6 +121,8 @@ class CircuitInfo(_Strict):
         default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
         "faithful: f closest to 1, then the smaller circuit)")
     warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
+    notes: list[str] = Field(default_factory=list, description="what holds by construction (e.g. a one-head model: "
+                             "every non-empty circuit is the whole model)")
 
 
 class ReferenceInfo(_Strict):

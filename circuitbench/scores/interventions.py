@@ -301,8 +301,18 @@ def ablated_heads_metric(
 ) -> float:
     """Mean (higher-is-better) main metric with every head not in `keep` replaced by `means`
     (per-layer [pos, n_heads, d_head]; None: zeros). `data` may be one process's shard."""
+    total, n = ctx.sum_shards((float(ablated_heads_values(model, data, keep, means, ctx).sum()), len(data)))
+    return total / n
+
+
+def ablated_heads_values(
+    model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], means: list[torch.Tensor] | None,
+    ctx: MethodContext,
+) -> torch.Tensor:
+    """[len(data)] float64 per-prompt (higher-is-better) main metric with every head not in `keep`
+    replaced by `means` (None: zeros), on this process's prompts."""
     drop = {l: [h for h in range(model.n_heads) if (l, h) not in keep] for l in range(model.n_layers)}
-    total = 0.0
+    values = []
     for batch in data.batches(ctx.batch_size):
         edits: list[Hook] = []
         for layer, heads in drop.items():
@@ -319,9 +329,8 @@ def ablated_heads_metric(
             edits.append((hooks.head_outputs(layer), ablate))
         unembed_hooks, scored = end_only_logits(ctx.metric, batch)
         logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks)
-        total += float(oriented_metric(ctx.metric, logits, scored).double().sum())
-    total, n = ctx.sum_shards((total, len(data)))
-    return total / n
+        values.append(oriented_metric(ctx.metric, logits, scored).double().cpu())
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
 def identical_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -22,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, head_label, heads_text
 from circuitbench.progress import ProgressFn
 
 if TYPE_CHECKING:
@@ -79,7 +81,10 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFn]:
 def _top_heads(scores: list[list[float]], k: int = 3) -> str:
     flat = [(v, l, h) for l, row in enumerate(scores) for h, v in enumerate(row)]
     flat.sort(key=lambda t: -abs(t[0]))
-    return "  ".join(f"{l}.{h} ({v:.2f})" for v, l, h in flat[:k])
+    return "  ".join(f"{head_label(l, h)} {v:+.2f}" for v, l, h in flat[:k])
+
+
+RANDOM_INIT_LEGEND = f"{RANDOM_INIT}: seeded random weights, a baseline (not a trained model)"
 
 
 def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
@@ -87,7 +92,7 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
     metrics = Table(title="metrics (★ main)")
     for col in ("model", "task", "n", "metric", "clean", "corrupted"):
         metrics.add_column(col, overflow="fold")
-    heads = Table(title="top heads (layer.head)")
+    heads = Table(title="top heads by |score| (L1H3 = layer 1, head 3)")
     for col in ("model", "task", "method", "heads"):
         heads.add_column(col, overflow="fold")
     done = [o for o in outcomes if not o.failed]
@@ -98,18 +103,20 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
             err = r.metrics_stderr.get(name)
             corr = r.metrics_corrupted.get(name)
             metrics.add_row(*_row(
-                o.model if i == 0 else "", o.task if i == 0 else "", n if i == 0 else "",
+                r.model.label if i == 0 else "", o.task if i == 0 else "", n if i == 0 else "",
                 name + (" ★" if name == r.task.main_metric else ""),
                 f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""),
                 "" if corr is None else f"{corr:.3f}",
             ))
         metrics.add_section()
         for method, scores in r.head_scores.items():
-            heads.add_row(*_row(o.model, o.task, method, _top_heads(scores)))
+            heads.add_row(*_row(r.model.label, o.task, method, _top_heads(scores)))
     if done:
         console.print(metrics)
     if heads.row_count:
         console.print(heads)
+    if any(o.result.model.init == "random" for o in outcomes):
+        plain(RANDOM_INIT_LEGEND)
     for o in done:
         _print_unit_figures(o)
     for o in outcomes:
@@ -124,23 +131,36 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
             table.add_column(col, overflow="fold")
         for o in failed:
             assert o.result.error is not None
-            table.add_row(*_row(o.model, o.task, f"{o.result.error.type}: {o.result.error.message}"))
+            table.add_row(*_row(o.result.model.label, o.task, f"{o.result.error.type}: {o.result.error.message}"))
         err_console.print(table)
+
+
+def faithfulness_text(c: Any) -> str:
+    """A circuit's faithfulness in words: the figure under its ablation (and the others), or
+    'undefined' with the reason."""
+    if c.faithfulness is None:
+        return f"faithfulness undefined ({c.faithfulness_undefined or 'no measurable effect'})"
+    text = f"faithfulness {c.faithfulness:.2f} ({c.ablation} ablation"
+    text += "".join(f"; {k} ablation {'undefined' if v is None else f'{v:.2f}'}" for k, v in c.by_ablation.items()
+                    if k != c.ablation) + ")"
+    if c.cpr is not None and c.cmd is not None:
+        text += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
+    return text
 
 
 def _print_unit_figures(o: "UnitOutcome") -> None:
     c = o.result.circuit
-    say = lambda text: plain(f"{o.model} / {o.task}: {text}")  # noqa: E731
+    say = lambda text: plain(f"{o.result.model.label} / {o.task}: {text}")  # noqa: E731
     if c is not None:
-        rule = ", ".join(f"{k}={v}" for k, v in c.rule.items() if k in ("top_k", "threshold", "fraction", "by"))
-        figures = "" if c.faithfulness is None else f" · faithfulness {c.faithfulness:.2f}"
-        if c.cpr is not None and c.cmd is not None:
-            figures += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
-        figures += "".join(f" · {k}-ablation faithfulness {v:.2f}" for k, v in c.by_ablation.items()
-                           if v is not None and k != c.ablation)
-        say(f"circuit from {c.method} ({rule}): {' '.join(f'{l}.{h}' for l, h in c.heads)}{figures}")
+        n_total = (o.result.model.n_layers or 0) * (o.result.model.n_heads or 0) or None
+        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {heads_text(c.heads)} · "
+            f"{faithfulness_text(c)}")
         if len(c.candidates) > 1:
-            say("candidates: " + " · ".join(f"{k.method} {k.faithfulness:.2f}" for k in c.candidates))
+            say("candidates (faithfulness): " + " · ".join(
+                f"{k.method} {'undefined' if k.faithfulness is None else f'{k.faithfulness:.2f}'}"
+                for k in c.candidates))
+        for note in c.notes:
+            say(f"note: {note}")
         for warning in c.warnings:
             say(f"warning: {warning}")
     for method, r in o.result.recovery.items():
@@ -159,23 +179,70 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
                                              f"(n={m.n_prompts})" for split, m in sorted(by_split.items())))
 
 
-def print_overlap(result: dict[str, Any], metrics: list[str]) -> None:
-    """One table per overlap metric, then the alignment(s) used."""
-    labels = result["labels"]
+def overlap_value(metric: str, value: float | None) -> str:
+    """One overlap figure at the metric's fixed precision (p-values in scientific notation)."""
+    if value is None or value != value:
+        return "n/a"
+    if metric == "hypergeometric_p" and value < 0.01:  # 3e-5: one significant digit, exponent without padding
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:.2f}"
+
+
+def _marker(p: float | None) -> str:
+    return "" if p is None else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def print_overlap(result: dict[str, Any], metrics: list[str], width: int = 100) -> None:
+    """Overlap figures with their permutation null. Two circuits: one row per metric (value, null
+    mean, p). More: per metric a matrix of values (rows: first circuit; * p < 0.05, ** p < 0.01
+    against the null) and the null's means, numbered columns when the labels would not fit in
+    `width` columns; then the alignment(s) used."""
+    labels = list(result["labels"])
     models = {label.split("/", 1)[0] for label in labels}
     shared = f" ({models.pop()})" if len(models) == 1 and all("/" in label for label in labels) else ""
     if shared:  # one model's tasks: the columns need only the task names
         labels = [label.split("/", 1)[1] for label in labels]
-    for name in metrics:
-        table = Table(title=name + shared)
-        table.add_column("", overflow="fold")
-        for label in labels:
-            table.add_column(Text(label), justify="right", overflow="fold")
-        for label, row in zip(labels, result[name]):
-            table.add_row(*_row(label, *(f"{v:.3g}" for v in row)))
+    null_means, pvalues = result.get("null_mean", {}), result.get("p_value", {})
+    null = result.get("null")
+    if len(labels) == 2:
+        table = Table(title=f"{labels[0]} vs {labels[1]}{shared}")
+        for col in ("metric", "value", "null mean", "p (vs null)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for name in metrics:
+            p = pvalues.get(name, [[None] * 2] * 2)[0][1]
+            table.add_row(*_row(name, overlap_value(name, result[name][0][1]),
+                                overlap_value(name, null_means.get(name, [[None] * 2] * 2)[0][1]),
+                                "n/a" if p is None else f"{p:.3f}"))
         console.print(table)
+    else:
+        numbered = len(labels) * 8 + max(map(len, labels)) + 4 > width
+        no_null = [[None] * len(labels)] * len(labels)
+        for name in metrics:
+            cells = [[overlap_value(name, v) + _marker(p) for v, p in zip(row, prow)]
+                     for row, prow in zip(result[name], pvalues.get(name, no_null))]
+            _print_matrix(f"{name}{shared}", labels, cells, numbered)
+            if name in null_means and null:
+                _print_matrix(f"{name}: null mean", labels, [[overlap_value(name, v) if v is not None else "—"
+                                                              for v in row] for row in null_means[name]], numbered)
+        if null:
+            plain("* p < 0.05, ** p < 0.01: more overlap than the permutation null (one-sided; rows are the first "
+                  "circuit)")
+    if null:
+        plain(f"null: {null}")
     kinds = {a for row in result["alignment"] for a in row}
     plain(f"alignment: {', '.join(sorted(kinds))}")
+
+
+def _print_matrix(title: str, labels: list[str], cells: list[list[str]], numbered: bool) -> None:
+    """A square matrix without borders (one space between columns), so 12 × 12 fits 100 columns."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for i, label in enumerate(labels):
+        table.add_column(Text(str(i + 1) if numbered else label), justify="right", no_wrap=True)
+    for i, (label, row) in enumerate(zip(labels, cells)):
+        table.add_row(*_row(f"{i + 1} {label}" if numbered else label, *row))
+    console.print(table)
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:

@@ -117,8 +117,9 @@ def test_compare_runs_missing_units_then_prints_matrix(tmp_path, capsys):
                        "jaccard",
                        "--out", str(tmp_path / "res"), "--include-path", str(tasks), "-q")
     assert code == 0
-    # one model's tasks: the model is named once, in the title; columns are the tasks
-    assert "(toy-induction-2l)" in out and "toy-induction-2l/" not in out and "│ ind_a │" in out and "│ ind_b │" in out
+    # one model's tasks: the model is named once, in the title; two circuits: a row per metric with its null
+    assert "ind_a vs ind_b (toy-induction-2l)" in out and "toy-induction-2l/" not in out
+    assert "null mean" in out and "p (vs null)" in out and "shuffles of the second circuit" in out
     assert (tmp_path / "res" / "toy-induction-2l" / "ind_b.json").exists()
     # both circuits are the four layer-1 induction heads: Jaccard 1 off the diagonal
     a = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")

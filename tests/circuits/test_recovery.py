@@ -83,7 +83,7 @@ def test_planted_reference_is_recovered_and_missing_heads_are_warned(capsys, tmp
     code, out, _ = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path / "b"),
                        "-q", "--reference", str(bigger))
     warnings = load_result(tmp_path / "b" / "toy-induction-2l" / "ind_ref.json").circuit.warnings
-    assert code == 0 and any("misses reference heads 0.0" in w and "zero" in w for w in warnings)
+    assert code == 0 and any("misses reference heads L0H0" in w and "zero" in w for w in warnings)
 
 
 def test_heads_that_the_counterfactual_cannot_see_are_found():

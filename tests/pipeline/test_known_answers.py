@@ -36,7 +36,7 @@ def test_a_head_that_reads_only_the_length_is_found_and_what_patching_misses_is_
     ablation's circuit, and the result says which reference head patching cannot see."""
     result, out = run_known(capsys, tmp_path, "tracr_reverse", "tracr-reverse")
     assert result.reference.invisible == [(0, 0)]
-    assert any("0.0 have identical clean and counterfactual outputs" in w for w in result.warnings)
+    assert any("L0H0 have identical clean and counterfactual outputs" in w for w in result.warnings)
     assert result.recovery["activation_patching"].recall == 0.5 and result.recovery["ablation"].recall == 1.0
     assert result.circuit.method == "ablation" and (0, 0) in map(tuple, result.circuit.heads)
     patching = next(c for c in result.circuit.candidates if c.method == "activation_patching")
