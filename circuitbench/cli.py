@@ -19,13 +19,60 @@ from circuitbench.registry import load_plugins
 from circuitbench.tables.console import err_console, plain, print_table, show_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative benchmark harness for circuit tasks.")
+
+
+def _flags_without_metavar() -> None:
+    """typer 0.2x shows a type beside every option, <bool> beside flags (--quiet, --help) too,
+    which take no value: show nothing there."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_hidden", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich.flags_hidden = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_metavar()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            plain(f"circuitbench {version('circuitbench')}")
+        except PackageNotFoundError:
+            plain("circuitbench (not installed: a source checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Declarative benchmark harness for circuit tasks: run tasks on models, compare their circuits,
+    build leaderboards and reports. Every verb has --help."""
 cache_app = typer.Typer(no_args_is_help=True,
                         help="Inspect or clear the activation cache (reused clean/corrupted forwards).")
 app.add_typer(cache_app, name="cache")
 
-IncludePath = typer.Option([], "--include-path", help="Extra directory of task YAML files (repeatable).")
-Plugin = typer.Option([], "--plugin",
+IncludePath = typer.Option([], "--include-path", metavar="DIR", help="Extra directory of task YAML files (repeatable).")
+Plugin = typer.Option([], "--plugin", metavar="MODULE|FILE.py",
                       help="Module or .py file registering generators, metrics or methods (repeatable).")
+Threads = typer.Option(None, "--threads", min=1, help="torch threads (default by model size: 1 for toy-sized "
+                       "models, under 20M parameters, else torch's default); recorded as run.threads.")
+Permutations = typer.Option(200, "--permutations", min=0, help="Shuffles in the permutation null beside every "
+                            "overlap figure (0: no null).")
+NullOption = typer.Option("within_layer", "--null", help="within_layer: shuffle the second circuit's head scores "
+                          "within each layer (keeps how much of it sits in each layer) | all: across all heads.")
 CacheDir = typer.Option(None, "--cache-dir",
                         help="Activation cache directory (default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench).")
 
@@ -93,6 +140,7 @@ def run(
                                          "score recovery against (default: the task's, then the model dir's)."),
     include_path: list[str] = IncludePath,
     plugin: list[str] = Plugin,
+    threads: int | None = Threads,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress messages."),
 ) -> None:
     """Run task(s) on model(s) and write one RunResult JSON per (model, task).
@@ -109,7 +157,7 @@ def run(
     try:
         options = RunOptions(
             n_prompts=n_prompts, seed=seed, split=split, device=device, device_map=device_map, dtype=dtype, init=init,
-            out=out, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference,
+            out=out, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference, threads=threads,
             batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
             methods=_split(methods) if methods is not None else None,
         )
@@ -190,9 +238,12 @@ def validate(
         plain(f"note: {note}")
     plain(f"{spec.name} v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} {spec.split} prompts")
     if show > 0:
-        print_table(("prompt", "answer", "distractor", "corrupted"),
-                    [(repr(p.text), repr(p.answer or ""), repr(p.distractor or ""), repr(p.corrupted_text or ""))
-                     for p in prompts.prompts[:show]])
+        from circuitbench.tables.console import prompt_rows
+
+        columns, rows, legend = prompt_rows(prompts.prompts[:show], spec.metrics)
+        print_table(columns, rows)
+        if legend:
+            plain(legend)
     if model is None and tokenizer is None:
         plain("Spec is valid. Pass --model or --tokenizer to check tokenization.")
         return
@@ -213,6 +264,12 @@ def validate(
 
 
 DEFAULT_OVERLAP_METRICS = "jaccard,overlap_coefficient,hypergeometric_p,spearman"
+
+
+def _null_kind(null: str) -> str:
+    if null not in ("within_layer", "all"):
+        raise CircuitbenchError(f"--null {null!r}: choose within_layer or all.")
+    return null
 
 
 def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | None:
@@ -246,15 +303,17 @@ def overlap(
                                       "note where the circuits lack what it needs)."),
     alignment: str = typer.Option("auto", "--alignment", help="auto | head | relative_depth"),
     bins: int = typer.Option(10, "--bins", help="Relative-depth bins for models of different shape."),
-    top_n: int = typer.Option(10, "--top-n"),
+    top_n: int = typer.Option(10, "--top-n", help="Heads compared by top_n_overlap (the top N by |score|)."),
     rbo_p: float = typer.Option(0.9, "--rbo-p", help="Rank-biased overlap persistence, 0 < p < 1."),
     shape: str | None = typer.Option(None, "--shape", help="LAYERS,HEADS of circuits that carry no model shape."),
     model: str | None = typer.Option(None, "--model", "-m", help="A registry model giving that shape."),
-    as_json: bool = typer.Option(False, "--json", help="Print {labels, <metric>: matrix} as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print {labels, <metric>: matrix, null_mean, p_value} as JSON."),
     plot_path: str | None = typer.Option(None, "--plot", help="Heatmap PNG of the first metric."),
+    permutations: int = Permutations,
+    null: str = NullOption,
     plugin: list[str] = Plugin,
 ) -> None:
-    """Overlap matrices between circuits (tasks in one model, or models)."""
+    """Overlap between circuits (tasks in one model, or models), each figure beside its permutation null."""
     import glob
     import json
 
@@ -283,7 +342,8 @@ def overlap(
         circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
     metrics = _split(metric or DEFAULT_OVERLAP_METRICS)
     optional = frozenset(metrics) if metric is None else frozenset()
-    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p, optional)  # type: ignore[arg-type]
+    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p, optional,  # type: ignore[arg-type]
+                            permutations, _null_kind(null))
     shown = [m for m in metrics if m in result]
     if as_json:
         print(json.dumps(result, indent=2))
@@ -294,23 +354,31 @@ def overlap(
     if plot_path and shown:
         from circuitbench.tables.plots import overlap_heatmap
 
-        overlap_heatmap(result["labels"], result[shown[0]], shown[0], Path(plot_path))
+        null = result.get("null")
+        overlap_heatmap(result["labels"], result[shown[0]], shown[0], Path(plot_path),
+                        f"* p < 0.05, ** p < 0.01 against the null ({null})" if null else "",
+                        result["p_value"].get(shown[0]))
 
 
 @app.command()
 def leaderboard(
     results: str = typer.Option("results", "--results", help="Directory of RunResults (<model>/<task>.json)."),
-    out: str = typer.Option("leaderboards", "--out", help="Where to write <task>.md/.csv, README.md, index.html."),
+    out: str = typer.Option("results/leaderboard", "--out",
+                            help="Where to write <task>.md/.csv/.html, README.md, index.html (a folder of committed "
+                                 "files only with --force)."),
+    title: str = typer.Option("circuitbench leaderboard", "--title", help="Heading of README.md and index.html."),
+    force: bool = typer.Option(False, "--force", help="Overwrite committed tables in --out (regenerating them)."),
     include_path: list[str] = IncludePath,
     plugin: list[str] = Plugin,
 ) -> None:
-    """Aggregate results into leaderboard tables (Markdown, CSV, sortable HTML); failed units apart."""
+    """Aggregate results into leaderboard tables (Markdown, CSV, HTML pages); failed units apart."""
     load_plugins(plugin)
-    from circuitbench.files import check_writable_dir
+    from circuitbench.files import check_writable_dir, refuse_overwriting
     from circuitbench.tables.leaderboard import build
 
+    refuse_overwriting(Path(out), "--out", force)
     check_writable_dir(Path(out), "--out")
-    summary = build(Path(results), Path(out), tuple(include_path))
+    summary = build(Path(results), Path(out), tuple(include_path), title=title)
     plain(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
                   f"({summary['flagged']} results flagged, listed apart)")
 
@@ -376,14 +444,19 @@ def report(
 @app.command()
 def compare(
     model: str | None = typer.Option(None, "--model", "-m", help="One model, several --tasks."),
-    tasks: str | None = typer.Option(None, "--tasks", help="Tasks to compare within --model."),
-    models: str | None = typer.Option(None, "--models", help="Models to compare on one --task."),
-    task: str | None = typer.Option(None, "--task", "-t"),
-    metric: str = typer.Option("jaccard,overlap_coefficient,hypergeometric_p,spearman", "--metric"),
-    init: str = typer.Option("pretrained", "--init"),
-    n_prompts: int | None = typer.Option(None, "--n-prompts", "--n"),
-    out: str = typer.Option("results", "--out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    tasks: str | None = typer.Option(None, "--tasks", help="Tasks to compare within --model, comma-separated."),
+    models: str | None = typer.Option(None, "--models", help="Models to compare on one --task, comma-separated."),
+    task: str | None = typer.Option(None, "--task", "-t", help="The one task --models are compared on."),
+    metric: str = typer.Option(DEFAULT_OVERLAP_METRICS, "--metric",
+                               help="Comma-separated overlap metrics (`circuitbench ls overlap-metrics`)."),
+    init: str = typer.Option("pretrained", "--init", help="pretrained | random (random-init baselines)."),
+    n_prompts: int | None = typer.Option(None, "--n-prompts", "--n",
+                                         help="Up to this many prompts per task (overrides the tasks' n_prompts)."),
+    out: str = typer.Option("results", "--out", help="Results directory: units already there are kept (--resume)."),
+    permutations: int = Permutations,
+    null: str = NullOption,
+    threads: int | None = Threads,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress messages."),
     include_path: list[str] = IncludePath,
     plugin: list[str] = Plugin,
 ) -> None:
@@ -400,7 +473,7 @@ def compare(
         raise CircuitbenchError("compare: give either --model M --tasks T1,T2 or --models M1,M2 --task T.")
     task_list, model_list = (_split(tasks), [model]) if model and tasks else ([task], _split(models))  # type: ignore[list-item,arg-type]
     try:
-        options = RunOptions(n_prompts=n_prompts, init=init, out=out, resume=True)
+        options = RunOptions(n_prompts=n_prompts, init=init, out=out, resume=True, threads=threads)
     except ValidationError as e:
         raise _options_error(e) from None
     with progress_bars(not quiet and is_main_process()) as progress:
@@ -415,7 +488,8 @@ def compare(
         raise CircuitbenchError(f"compare: no circuit in {missing}: give those tasks a circuit rule in their YAML.")
     circuits = [Circuit.load(o.path) for o in outcomes]
     metrics = _split(metric)
-    print_overlap(overlap_matrix(circuits, metrics), metrics)
+    print_overlap(overlap_matrix(circuits, metrics, permutations=permutations, null=_null_kind(null)),  # type: ignore[arg-type]
+                  metrics)
 
 
 # TrainConfig / ToyArch field paths whose flag is not simply --field-name
@@ -431,17 +505,17 @@ def train_cmd(
     out: str = typer.Option(..., "--out",
                             help="Output directory: the final model, checkpoints/step_N/, training_log.json."),
     arch: str = typer.Option("attn-only-2l", "--arch", help="attn-only-1l | attn-only-2l | gpt-2l | sort-1l1h"),
-    layers: int | None = typer.Option(None, "--layers"),
-    heads: int | None = typer.Option(None, "--heads"),
-    d_model: int | None = typer.Option(None, "--d-model"),
+    layers: int | None = typer.Option(None, "--layers", help="Transformer blocks (default: the --arch preset's)."),
+    heads: int | None = typer.Option(None, "--heads", help="Attention heads per block (default: the preset's)."),
+    d_model: int | None = typer.Option(None, "--d-model", help="Residual width (default: the preset's)."),
     positional: str | None = typer.Option(None, "--positional", help="standard (learned absolute) | rotary."),
     smear_keys: bool = typer.Option(False, "--smear-keys",
                                     help="Each key a learned per-head mix of its own and the previous key."),
-    steps: int = typer.Option(1000, "--steps"),
+    steps: int = typer.Option(1000, "--steps", help="Optimiser steps."),
     checkpoints: int = typer.Option(8, "--checkpoints", help="About this many checkpoints, log-spaced and linear."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    lr: float = typer.Option(2e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sequences per step."),
+    lr: float = typer.Option(2e-3, "--lr", help="AdamW learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights, the data draws and the noise."),
     n_train: int = typer.Option(4000, "--n-train", help="Train-split prompts per text task (at most)."),
     loss_positions: str = typer.Option("all", "--loss-positions",
                                        help="all: loss at every position (the seeds' GPT-2-like model) | answer: "
@@ -449,8 +523,7 @@ def train_cmd(
     noise_site: str | None = typer.Option(None, "--noise-site",
                                           help="Gaussian noise while training at: embed | attn_out | resid."),
     noise_scale: float | None = typer.Option(None, "--noise-scale", help="Standard deviation of that noise."),
-    threads: int = typer.Option(1, "--threads",
-                                help="torch threads while training (toy models: 1 is fastest on a shared CPU)."),
+    threads: int | None = Threads,
     induction_share: float = typer.Option(0.5, "--induction-share",
                                           help="Fraction of steps on the induction stream when mixed with text tasks."),
     plugin: list[str] = Plugin,
@@ -469,10 +542,14 @@ def train_cmd(
             arch=arch_from(arch, n_layers=layers, n_heads=heads, d_model=d_model, positional=positional,
                            smear_keys=smear_keys or None),
             tasks=_split(task), steps=steps, checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed,
-            n_train=n_train, loss_positions=loss_positions, threads=threads, induction_share=induction_share,
+            n_train=n_train, loss_positions=loss_positions, threads=threads or 1, induction_share=induction_share,
             noise={"site": noise_site, "scale": noise_scale} if noise_site is not None else None)
     except ValidationError as e:
         raise _options_error(e, TRAIN_FLAGS) from None
+    if threads is None:  # by size: 1 for toy-sized models
+        from circuitbench.environment import threads_for
+
+        config = config.model_copy(update={"threads": threads_for(config.arch.approx_params())})
     check_writable_dir(Path(out), "--out")
     with progress_bars() as progress:
         summary = train(config, Path(out), lambda step, loss: progress(f"training · loss {loss:.3f}", step, steps))
@@ -486,13 +563,12 @@ def dynamics(
     task: str = typer.Option("induction", "--task", "-t"),
     n_prompts: int = typer.Option(32, "--n-prompts", "--n", help="Evaluation prompts per checkpoint."),
     plot_path: str | None = typer.Option(None, "--plot", help="PNG path (default: MODEL/dynamics_<task>.png)."),
-    threads: int = typer.Option(1, "--threads", min=1,
-                                help="torch threads (toy checkpoints: 1 is fastest on a shared CPU)."),
+    threads: int | None = Threads,
     plugin: list[str] = Plugin,
 ) -> None:
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     load_plugins(plugin)
-    from circuitbench.environment import torch_threads
+    from circuitbench.environment import threads_for, torch_threads
     from circuitbench.files import check_writable_dir, check_writable_file, write_atomic
     from circuitbench.training.dynamics import analyse, plot
 
@@ -501,14 +577,23 @@ def dynamics(
         check_writable_dir(run_dir, "--model (dynamics are written next to the checkpoints)")
     if plot_path:
         check_writable_file(Path(plot_path), "--plot")
-    with torch_threads(threads):
+    weights = run_dir / "model.safetensors"  # float32 weights: 4 bytes a parameter
+    n_params = weights.stat().st_size // 4 if weights.is_file() else None
+    with torch_threads(threads_for(n_params, threads)):
         dyn = analyse(run_dir, task, n=n_prompts)
     rows = [(str(step), f"{dyn.metric_values[i]:.3f}", f"{max(max(row) for row in dyn.prefix_matching[i]):.3f}",
              f"{dyn.icl_score[i]:.3f}") for i, step in enumerate(dyn.steps)]
-    print_table(("step", dyn.metric, "max prefix-matching", "ICL score"), rows, title=f"training dynamics: {task}")
-    pc = dyn.phase_change
-    plain(f"phase change ({pc.series}): steps {pc.start_step}–{pc.end_step}, change {pc.change:+.3f}; "
-          f"prefix matching: steps {dyn.prefix_phase_change.start_step}–{dyn.prefix_phase_change.end_step}")
+    on = f"on {dyn.detector_prompts} prompts"
+    print_table(("step", f"{dyn.metric} ({dyn.task} prompts)", f"max prefix matching ({on})", f"ICL score ({on})"),
+                rows, title=f"training dynamics: {task}")
+    if dyn.detector_prompts != dyn.task:
+        plain(f"prefix matching and the ICL score are defined on repeated random tokens: computed {on} (its symbols "
+              f"from the model's vocabulary), not on {dyn.task}'s")
+    pc, ppc = dyn.phase_change, dyn.prefix_phase_change
+    plain(f"fastest change of {pc.series} ({dyn.task} prompts): steps {pc.start_step}–{pc.end_step}, "
+          f"change {pc.change:+.3f}")
+    plain(f"fastest change of the max prefix-matching score ({on}): steps {ppc.start_step}–{ppc.end_step}, "
+          f"change {ppc.change:+.3f}")
     stem = f"dynamics_{dyn.task}"
     write_atomic(run_dir / f"{stem}.json", dyn.model_dump_json(indent=2) + "\n")
     png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
@@ -519,21 +604,26 @@ def dynamics(
 @app.command("train-zoo")
 def train_zoo(
     name: str = typer.Argument(..., help="Zoo model to (re)train, e.g. toy-induction-2l."),
-    out: str | None = typer.Option(None, "--out", help="Checkpoint directory (default: the shipped one)."),
-    steps: int | None = typer.Option(None, "--steps", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    out: str | None = typer.Option(None, "--out", help="Checkpoint directory (default: results/zoo/NAME; the "
+                                   "shipped checkpoint only with --force)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: the recipe's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weights and the data."),
+    threads: int | None = Threads,
+    force: bool = typer.Option(False, "--force", help="Allow --out to be the shipped checkpoint (replacing it)."),
 ) -> None:
     """Retrain a shipped toy model from scratch with its recorded recipe."""
+    from circuitbench.environment import threads_for, torch_threads
+    from circuitbench.files import check_writable_dir, refuse_overwriting
     from circuitbench.tables.console import progress_bars
-    from circuitbench.training.zoo import RECIPES, train_zoo_model
+    from circuitbench.training.zoo import recipe_of, train_zoo_model
 
-    if out is not None:
-        from circuitbench.files import check_writable_dir
-
-        check_writable_dir(Path(out), "--out")
-    total = steps or (RECIPES[name].default_steps if name in RECIPES else 1)
-    with progress_bars() as progress:
-        path, summary = train_zoo_model(name, Path(out) if out else None, steps, seed,
+    recipe = recipe_of(name)  # an unknown name fails here
+    target = Path(out) if out else Path("results") / "zoo" / name
+    refuse_overwriting(target, "--out", force)
+    check_writable_dir(target, "--out")
+    total = steps or recipe.default_steps
+    with progress_bars() as progress, torch_threads(threads_for(recipe.n_params, threads)):
+        path, summary = train_zoo_model(name, target, steps, seed,
                                         lambda step, loss: progress(f"training {name} · loss {loss:.3f}", step, total))
     plain(f"saved {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
 

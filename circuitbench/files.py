@@ -4,6 +4,7 @@ umask), not the private 0600 of a temp file."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -60,3 +61,35 @@ def check_writable_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise CircuitbenchError(f"{flag} {path}: is a directory; give a file path.")
     check_writable_dir(path.parent if str(path.parent) else Path("."), flag)
+
+
+SHIPPED_ZOO = Path(__file__).resolve().parent / "zoo"  # checkpoints shipped with the package
+
+
+def tracked_files(folder: Path) -> list[str]:
+    """Files under `folder` that a git checkout tracks (committed files), relative to it; none
+    outside a checkout or without git."""
+    if not folder.is_dir():
+        return []
+    try:
+        listed = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--", "."], capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else []
+
+
+def refuse_overwriting(folder: Path, flag: str, force: bool) -> None:
+    """Before any compute: refuse to write into a folder of shipped checkpoints or one holding
+    committed files, unless --force (regenerating them on purpose)."""
+    if force:
+        return
+    resolved = folder.resolve()
+    if resolved == SHIPPED_ZOO or SHIPPED_ZOO in resolved.parents:
+        raise CircuitbenchError(f"{flag} {folder}: holds the checkpoints shipped with circuitbench; writing there "
+                                "would replace them. Give another directory, or pass --force to replace them.")
+    committed = tracked_files(folder)
+    if committed:
+        shown = ", ".join(sorted(committed)[:4]) + (", …" if len(committed) > 4 else "")
+        raise CircuitbenchError(f"{flag} {folder}: holds {len(committed)} committed files ({shown}); writing there "
+                                "would overwrite them. Give another directory, or pass --force to regenerate them.")

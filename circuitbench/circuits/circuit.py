@@ -39,7 +39,7 @@ def describe_rule(rule: dict[str, object], n_total: int | None = None) -> str:
         text = f"the top {fraction:.0%} of heads by {by}{count}"
     else:
         text = f"every head with {by} ≥ {rule.get('threshold')}"
-    return text + " (heads scoring exactly 0 never picked)"
+    return text
 
 
 def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:

@@ -29,9 +29,10 @@ for name, description, higher_is_better, needs_answer in (
 _METHODS = "circuitbench.scores.methods"
 METHODS.add("activation_patching", Method(
     f"{_METHODS}.patching:activation_patching", "exact head patching (noising/denoising), normalised",
-    needs_corrupted=True, options=PatchingOptions, aligns_positions=True))
+    needs_corrupted=True, options=PatchingOptions, aligns_positions=True, progress="heads"))
 METHODS.add("ablation", Method(
-    f"{_METHODS}.ablation:ablation", "metric drop when a head is zero/mean/resample ablated", options=AblationOptions))
+    f"{_METHODS}.ablation:ablation", "metric drop when a head is zero/mean/resample ablated", options=AblationOptions,
+    progress="heads"))
 METHODS.add("attribution_patching", Method(
     f"{_METHODS}.attribution:attribution_patching", "gradient approximation of noising patching (optional IG)",
     needs_corrupted=True, options=AttributionOptions, aligns_positions=True))

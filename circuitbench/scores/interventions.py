@@ -254,6 +254,7 @@ def patched_head_metrics(
         values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], hooks.head_outputs(layer),
                                  list(range(model.n_heads)), edit)
         rows.append(values.sum(1))
+        ctx.advance_heads(model.n_heads)
     return torch.stack(rows)
 
 

@@ -76,9 +76,16 @@ def score_heads(
     for name in methods:
         method = METHODS.get(name)
         own = shard if method.shardable else data
-        steps = Steps(progress, name, len(own))
+        if method.progress == "heads":  # per-head methods: one step per head patched, batch by batch
+            batches = -(-len(own) // batch_size)
+            steps = Steps(progress, f"{name} · heads × {batches} batch{'es' if batches > 1 else ''}",
+                          batches * model.n_layers * model.n_heads)
+            advance, advance_heads = (lambda n: None), steps.advance
+        else:
+            steps = Steps(progress, name, len(own))
+            advance, advance_heads = steps.advance, (lambda n: None)
         ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}),
-                            advance=steps.advance, cache_entry=cache_entry)
+                            advance=advance, advance_heads=advance_heads, cache_entry=cache_entry)
         if method.shardable:
             ctx.sum_shards = processes.sum
             output = method.run(model, shard, ctx)

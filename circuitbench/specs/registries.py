@@ -106,6 +106,9 @@ class Method:
     produces: Literal["head_scores", "traces"] = "head_scores"
     shardable: bool = True
     aligns_positions: bool = False
+    # What its progress bar counts: prompts, or (per-head methods, whose prompts are few and slow)
+    # head patches, batch by batch, through ctx.advance_heads.
+    progress: Literal["prompts", "heads"] = "prompts"
 
     def run(self, model: "LoadedModel", data: "EncodedPrompts", ctx: "MethodContext") -> Any:
         return resolve(self.fn)(model, data, ctx)

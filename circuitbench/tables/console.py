@@ -245,6 +245,32 @@ def _print_matrix(title: str, labels: list[str], cells: list[list[str]], numbere
     console.print(table)
 
 
+def prompt_rows(prompts: Sequence[Any], metrics: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, ...]], str]:
+    """(columns, rows, legend) showing prompts as the task really has them: text prompts with their
+    answer, distractor and corrupted text; symbol prompts (induction) as symbols, with where the
+    scored part starts and the corrupted symbols, and no empty answer columns."""
+    if all(p.symbols is not None for p in prompts):
+        rows = []
+        for p in prompts:
+            start = p.symbol_positions.get(p.score_from) if p.score_from else None
+            shown = " ".join(("| " if i == start else "") + f"s{v}" for i, v in enumerate(p.symbols))
+            corrupted = " ".join(f"s{v}" for v in p.corrupted_symbols or [])
+            rows.append((shown, str(len(p.symbols) - (start or 0)), corrupted or "(none)"))
+        legend = (f"sN: the N-th token of each model's own symbol pool; no answer or distractor token: "
+                  f"{', '.join(metrics)} score the model's next-token predictions from '|' on")
+        return ("prompt (symbols; | marks the repeat)", "repeat length", "corrupted (symbols)"), rows, legend
+    columns = ["prompt"]
+    has = {field: any(getattr(p, field) for p in prompts) for field in ("answer", "distractor")}
+    columns += [field for field in ("answer", "distractor") if has[field]]
+    has_corrupted = any(p.corrupted_text for p in prompts)
+    columns += ["corrupted"] if has_corrupted else []
+    rows = [tuple([repr(p.text)] + [repr(getattr(p, f) or "") for f in ("answer", "distractor") if has[f]]
+                  + ([repr(p.corrupted_text or "")] if has_corrupted else [])) for p in prompts]
+    missing = [f for f in ("answer", "distractor") if not has[f]] + ([] if has_corrupted else ["corrupted"])
+    legend = f"this task has no {', no '.join(missing)}" if missing else ""
+    return tuple(columns), rows, legend
+
+
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     table = Table(*columns, title=title)
     for row in rows:

@@ -1,5 +1,7 @@
-"""Results → leaderboard tables: one Markdown + CSV per task (rows = models), an overview
-(models × tasks, main metric) and a static, sortable index.html. Stale results (made with another
+"""Results → leaderboard tables: per task a Markdown table, a CSV of numbers (value, stderr and n
+in columns of their own) and an HTML page; an overview (models × tasks, main metric ± stderr, n)
+as README.md and index.html. Random-init models are baselines: they sit in a section of their
+own, labelled as sanity checks, never among the trained models. Stale results (made with another
 version of the task spec) and failed runs are listed apart, never mixed in."""
 from __future__ import annotations
 
@@ -9,11 +11,29 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuitbench.circuits.circuit import RANDOM_INIT
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.results.schema import RunResult
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.registries import METRICS
+
+BASELINES = "Random-init baselines"
+BASELINE_NOTE = (f"Sanity checks, not findings: `{RANDOM_INIT}` models have seeded random weights (architecture from "
+                 "models.yaml) and have learned nothing. Their figures show what chance looks like on each task.")
+# Leaderboard columns beyond the metrics: id -> (label in tables, what it means)
+COLUMNS: dict[str, tuple[str, str]] = {
+    "circuit_size": ("circuit size", "heads in the circuit the task's rule chose"),
+    "faithfulness": ("faithfulness ↑", "f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) of the main metric m with every head "
+                     "outside the circuit ablated (1: the circuit alone does what the model does); 'undefined' when "
+                     "ablating every head changes m by less than 2 standard errors (no measurable effect)"),
+    "cpr": ("CPR ↑", "area under the faithfulness curve over circuit sizes (MIB)"),
+    "cmd": ("CMD ↓", "area under |1 − f| over circuit sizes (MIB)"),
+    "agreement_spearman": ("exact vs attribution ρ ↑", "Spearman correlation of exact and attribution patching "
+                           "head scores"),
+    "recovery_recall": ("reference recall ↑", "share of the known circuit's heads the chosen circuit holds"),
+    "recovery_auroc": ("reference AUROC ↑", "how well |scores| rank the known circuit's heads above the others"),
+}
 
 
 def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -26,7 +46,7 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             flagged.append({"file": str(path), "model": path.parent.name, "task": path.stem,
                             "flag": f"unreadable ({type(e).__name__})"})
             continue
-        base = {"file": str(path), "model": r.model.name, "task": r.task.name, "init": r.model.init}
+        base = {"file": str(path), "model": r.model.label, "task": r.task.name, "init": r.model.init}
         if r.status != "complete":
             detail = f"{r.error.type}: {r.error.message}" if r.error else "no detail"
             flagged.append({**base, "flag": f"failed: {detail}"})
@@ -37,7 +57,7 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             current = None
         row = {
             **base,
-            "model_label": r.model.name + (" (random init)" if r.model.init == "random" else ""),
+            "model_label": r.model.label,
             "identity": f"{r.model.source}|{r.model.fingerprint}|{r.model.init}|{r.model.dtype}",
             "params": r.model.n_params, "dtype": r.model.dtype, "n": r.task.n_prompts, "dropped": r.task.n_dropped,
             "main_metric": r.task.main_metric, "date": r.run.started_at[:10], "spec_hash": r.task.spec_hash,
@@ -47,6 +67,7 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             row[f"{name}_se"] = r.metrics_stderr.get(name)
         if r.circuit is not None:
             row.update({"circuit_size": len(r.circuit.heads), "faithfulness": r.circuit.faithfulness,
+                        "faithfulness_undefined": r.circuit.faithfulness_undefined,
                         "cpr": r.circuit.cpr, "cmd": r.circuit.cmd, "circuit_method": r.circuit.method})
         for pair, rho in r.method_agreement.items():
             if "activation_patching" in pair and "attribution_patching" in pair:
@@ -58,6 +79,8 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
         for split, sm in r.metrics_by_split.items():
             if split != r.task.split and r.task.main_metric in sm.metrics:
                 row[f"main_on_{split}"] = sm.metrics[r.task.main_metric]  # memorisation vs generalisation
+                row[f"main_on_{split}_se"] = sm.metrics_stderr.get(r.task.main_metric)
+                row[f"n_{split}"] = sm.n_prompts
         if current is not None and current != r.task.content_hash:
             # made with another version of the task (prompts or metrics changed): not comparable
             flagged.append({**base,
@@ -81,22 +104,45 @@ def _arrow(metric: str) -> str:
         return ""
 
 
-def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One task's table: a row per model, value ± stderr per metric, circuit columns."""
-    sub = df[df["task"] == task].sort_values("model_label")
-    metric_names = [c for c in sub.columns if c in METRICS and sub[c].notna().any()]
+def _metric_names(sub: pd.DataFrame) -> list[str]:
+    """The task's main metric first, then the other metrics its results hold."""
+    names = [c for c in sub.columns if c in METRICS and sub[c].notna().any()]
     main = sub["main_metric"].iloc[0]
-    metric_names = [main] + [m for m in metric_names if m != main]
+    return [main] + [m for m in names if m != main]
+
+
+def _ordered(sub: pd.DataFrame) -> pd.DataFrame:
+    """Trained models first, then random-init baselines, each by name."""
+    return sub.assign(_baseline=sub["init"] == "random").sort_values(["_baseline", "model_label"])
+
+
+def _faithfulness_text(row: pd.Series) -> str:
+    if pd.notna(row.get("faithfulness")):
+        return f"{row['faithfulness']:.3f}"
+    return "undefined" if isinstance(row.get("faithfulness_undefined"), str) else ""
+
+
+def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One task's table as shown (Markdown, HTML): a row per model, value ± stderr per metric,
+    circuit columns ('undefined' faithfulness where the heads have no measurable effect)."""
+    sub = _ordered(df[df["task"] == task])
+    metric_names = _metric_names(sub)
+    main = metric_names[0]
     out = pd.DataFrame({"model": sub["model_label"].to_list()})
     for m in metric_names:
         se = sub[f"{m}_se"].to_list()
-        out[f"{m} {_arrow(m)}"] = [f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}" for v, s in zip(sub[m], se)]
-    extra = {**{f"main_on_{s}": f"{main} ({s} split)" for s in ("train", "val", "test")},
-             "circuit_size": "circuit size", "faithfulness": "faithfulness ↑", "cpr": "CPR ↑", "cmd": "CMD ↓",
-             "agreement_spearman": "exact vs attribution ρ ↑", "recovery_recall": "reference recall ↑",
-             "recovery_auroc": "reference AUROC ↑"}
-    for col, label in extra.items():
+        out[f"{m} {_arrow(m)}"] = ["" if pd.isna(v) else f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}"
+                                   for v, s in zip(sub[m], se)]
+    for split in ("train", "val", "test"):
+        col = f"main_on_{split}"
         if col in sub and sub[col].notna().any():
+            out[f"{main} ({split} split)"] = ["" if pd.isna(v) else f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}"
+                                              for v, s in zip(sub[col], sub.get(f"{col}_se", sub[col] * float("nan")))]
+    for col, (label, _) in COLUMNS.items():
+        if col == "faithfulness" and col in sub and (sub[col].notna().any()
+                                                     or sub.get("faithfulness_undefined", pd.Series()).notna().any()):
+            out[label] = [_faithfulness_text(row) for _, row in sub.iterrows()]
+        elif col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
             out[label] = ["" if pd.isna(v) else shown(v) for v in sub[col]]
     out["n"] = [f"{n}" + (f" (−{d})" if d else "") for n, d in zip(sub["n"], sub["dropped"])]
@@ -104,26 +150,144 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     return out
 
 
+def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One task's table as numbers (the CSV): value, stderr and n in columns of their own."""
+    sub = _ordered(df[df["task"] == task])
+    metric_names = _metric_names(sub)
+    out = pd.DataFrame({"model": sub["model_label"].to_list(), "init": sub["init"].to_list(),
+                        "baseline": (sub["init"] == "random").to_list()})
+    for m in metric_names:
+        out[m] = sub[m].to_list()
+        out[f"{m}_stderr"] = sub[f"{m}_se"].to_list()
+    out["n"] = sub["n"].astype(int).to_list()
+    out["n_dropped"] = sub["dropped"].astype(int).to_list()
+    for split in ("train", "val", "test"):
+        col = f"main_on_{split}"
+        if col in sub and sub[col].notna().any():
+            out[f"{metric_names[0]}_{split}"] = sub[col].to_list()
+            out[f"{metric_names[0]}_{split}_stderr"] = sub.get(f"{col}_se", sub[col] * float("nan")).to_list()
+            out[f"n_{split}"] = sub.get(f"n_{split}", sub[col] * float("nan")).astype("Int64").to_list()
+    for col in ("circuit_size", "circuit_method", "faithfulness", "faithfulness_undefined", *list(COLUMNS)[2:]):
+        if col in sub and sub[col].notna().any() and col not in out:
+            out[col] = sub[col].astype("Int64").to_list() if col == "circuit_size" else sub[col].to_list()
+    out["date"] = sub["date"].to_list()
+    out["spec_hash"] = sub["spec_hash"].to_list()
+    return out
+
+
 def overview(df: pd.DataFrame) -> pd.DataFrame:
-    """Models × tasks, each cell the task's main metric (with ↑/↓ in the column name)."""
+    """Models × tasks, each cell the task's main metric ± stderr (with ↑/↓ in the column name)."""
     cells = {}
     for task, sub in df.groupby("task"):
         main = sub["main_metric"].iloc[0]
-        cells[f"{task} ({main} {_arrow(main)})"] = dict(zip(sub["model_label"], (f"{v:.3f}" for v in sub[main])))
+        cells[f"{task} ({main} {_arrow(main)})"] = {
+            label: f"{v:.3f} ± {s:.3f}" if pd.notna(s) else f"{v:.3f}"
+            for label, v, s in zip(sub["model_label"], sub[main], sub[f"{main}_se"])}
     return pd.DataFrame(cells).fillna("").sort_index().rename_axis("model").reset_index()
+
+
+def _sections(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, note, rows): trained models, then random-init baselines (when there are any of each)."""
+    trained, baselines = df[df["init"] != "random"], df[df["init"] == "random"]
+    out = []
+    if not trained.empty:
+        out.append(("Trained models", "", trained))
+    if not baselines.empty:
+        out.append((BASELINES, BASELINE_NOTE, baselines))
+    return out
+
+
+def metric_legend(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, what it means) for the metrics and circuit columns the tables show."""
+    out = []
+    for name in sorted({c for c in df.columns if c in METRICS}):
+        out.append((f"{name} {_arrow(name)}", METRICS.get(name).description))
+    for col, (label, meaning) in COLUMNS.items():
+        if col in df and df[col].notna().any():
+            out.append((label, meaning))
+    out.append(("± ", "standard error of the mean over prompts; n: prompts evaluated (−k: dropped for the tokenizer)"))
+    return out
 
 
 _SORT_JS = """
 <script>
-document.querySelectorAll('table').forEach(t => t.querySelectorAll('th').forEach((th, i) => th.onclick = () => {
+// Click a column to sort; empty cells always go last, whatever the direction.
+document.querySelectorAll('table.sortable').forEach(t => t.querySelectorAll('th').forEach((th, i) =>
+ th.onclick = () => {
   const rows = Array.from(t.tBodies[0].rows), asc = th.dataset.asc !== 'true'; th.dataset.asc = asc;
-  const key = r => { const v = r.cells[i].innerText.split(' ')[0]; const n = parseFloat(v); return isNaN(n) ? v : n; };
-  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1));
+  const key = r => { const v = r.cells[i].innerText.trim().split(' ')[0]; const n = parseFloat(v);
+                     return v === '' ? null : isNaN(n) ? v : n; };
+  rows.sort((a, b) => { const x = key(a), y = key(b);
+    if (x === null || y === null) return (x === null) - (y === null);
+    return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); });
   rows.forEach(r => t.tBodies[0].appendChild(r)); }));
 </script>"""
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin-bottom:1.5em}"
+          "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+          "th{cursor:pointer;background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
+          ".se,.n{color:#777;font-size:85%}.badge{background:#b45309;color:#fff;border-radius:3px;padding:1px 5px;"
+          "font-size:75%;margin-left:4px}.baseline{background:#fff7ed;border-left:4px solid #b45309;padding:.5em 1em}"
+          "dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}dd{margin:0}")
 
 
-def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = ()) -> dict[str, object]:
+def _model_cell(label: str) -> str:
+    if label.endswith(RANDOM_INIT):
+        return f"{html.escape(label)}<span class='badge' title='seeded random weights: a baseline'>random init</span>"
+    return html.escape(label)
+
+
+def _value_cell(text: str, n: object = None) -> str:
+    """'1.073 ± 0.108' as value, grey stderr (and grey n)."""
+    if not text:
+        return ""
+    value, _, se = text.partition(" ± ")
+    out = html.escape(value) + (f" <span class='se'>± {html.escape(se)}</span>" if se else "")
+    return out + (f" <span class='n'>n={n}</span>" if n is not None else "")
+
+
+def _html_table(table: pd.DataFrame, link_columns: bool = False, n_of: dict | None = None) -> str:
+    head = "".join(f"<th>{_header(c, link_columns)}</th>" for c in table.columns)
+    body = []
+    for _, row in table.iterrows():
+        cells = [f"<td>{_model_cell(str(row.iloc[0]))}</td>"]
+        for col in table.columns[1:]:
+            n = (n_of or {}).get((str(row.iloc[0]), col))
+            cells.append(f"<td>{_value_cell(str(row[col]), n)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _header(column: str, link: bool) -> str:
+    if not link or " (" not in column:
+        return html.escape(column)
+    task, rest = column.split(" (", 1)
+    return f"<a href='{html.escape(task)}.html'>{html.escape(task)}</a> <span class='se'>({html.escape(rest)}</span>"
+
+
+def _legend_html(legend: list[tuple[str, str]]) -> str:
+    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in legend)
+    return (f"<h2>Legend</h2><dl><dt>name{RANDOM_INIT} <span class='badge'>random init</span></dt>"
+            f"<dd>{html.escape(BASELINE_NOTE)}</dd>{items}<dt>(empty cell)</dt><dd>not run (sorted last)</dd></dl>")
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, disable_numparse=True)  # numbers as formatted, fixed precision
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"
+            f"{body}{_SORT_JS}")
+
+
+def _task_description(task: str, include_paths: tuple[str, ...]) -> str:
+    try:
+        return " ".join(load_task(task, include_paths).description.split())
+    except CircuitbenchError:
+        return ""
+
+
+def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = (),
+          title: str = "circuitbench leaderboard") -> dict[str, object]:
     """Write every table; returns what was written and what was flagged."""
     if not results_dir.is_dir():
         raise CircuitbenchError(f"--results {results_dir}: no such directory. Run `circuitbench run` first.")
@@ -131,31 +295,44 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = ())
     if df.empty:
         raise CircuitbenchError(f"No current results under {results_dir} ({len(flagged)} flagged).")
     out_dir.mkdir(parents=True, exist_ok=True)
+    legend = metric_legend(df)
     written = []
-    sections = []
     for task in sorted(df["task"].unique()):
-        table = task_table(df, task)
-        write_atomic(out_dir / f"{task}.csv", table.to_csv(index=False))
-        write_atomic(out_dir / f"{task}.md", f"# {task}\n\n" + table.to_markdown(index=False) + "\n")
+        write_atomic(out_dir / f"{task}.csv", task_numbers(df, task).to_csv(index=False, float_format="%.6g"))
+        description = _task_description(task, include_paths)
+        md = [f"# {task}", "", description, ""] if description else [f"# {task}", ""]
+        body = [f"<p><a href='index.html'>← overview</a></p><h1>{html.escape(task)}</h1>",
+                f"<p>{html.escape(description)}</p>" if description else ""]
+        for section, note, rows in _sections(df[df["task"] == task]):
+            table = task_table(rows, task)
+            md += [f"## {section}", ""] + ([note, ""] if note else []) + [_markdown(table), ""]
+            body.append(f"<h2>{section}</h2>" + (f"<p class='baseline'>{html.escape(note)}</p>" if note else "")
+                        + _html_table(table))
+        write_atomic(out_dir / f"{task}.md", "\n".join(md))
+        write_atomic(out_dir / f"{task}.html", _page(f"{task} · {title}", "".join(body) + _legend_html(legend)))
         written.append(task)
-        sections.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>" + table.to_html(index=False, border=0))
-    ov = overview(df)
-    lines = ["# circuitbench leaderboard", "",
-             "Main metric per task (↑ higher is better, ↓ lower); per-task tables with standard errors, circuit size, "
-             "faithfulness, CPR/CMD and method agreement are in `<task>.md` / `.csv`. Regenerate with "
-             "`circuitbench leaderboard`.", "", ov.to_markdown(index=False), ""]
+    lines = [f"# {title}", "",
+             "Main metric per task (↑ higher is better, ↓ lower), ± its standard error over prompts. Per task "
+             "(`<task>.md`, `.csv` with value, stderr and n in columns of their own, `.html`): every metric, the "
+             "circuit, its faithfulness, CPR/CMD and method agreement. Regenerate with `circuitbench leaderboard`.", ""]
+    body = [f"<h1>{html.escape(title)}</h1><p>Main metric per task (↑ higher is better, ↓ lower) ± standard error, "
+            "n prompts. Click a task for its page (every metric, the circuit and its faithfulness), a column to "
+            "sort.</p>"]
+    for section, note, rows in _sections(df):
+        ov = overview(rows)
+        n_of = {(label, f"{task} ({main} {_arrow(main)})"): n for label, task, main, n in
+                zip(rows["model_label"], rows["task"], rows["main_metric"], rows["n"])}
+        lines += [f"## {section}", ""] + ([note, ""] if note else []) + [_markdown(ov), ""]
+        body.append(f"<h2>{section}</h2>" + (f"<p class='baseline'>{html.escape(note)}</p>" if note else "")
+                    + _html_table(ov, link_columns=True, n_of=n_of))
+    lines += ["## Legend", ""] + ([f"- `name{RANDOM_INIT}`: {BASELINE_NOTE}"] if (df["init"] == "random").any() else [])
+    lines += [f"- **{k.strip()}**: {v}" for k, v in legend] + [""]
+    body.append(_legend_html(legend))
     if not flagged.empty:
         lines += ["## Not included", "", flagged[["model", "task", "flag"]].to_markdown(index=False), ""]
+        body.append("<h2>Not included</h2>" + flagged[["model", "task", "flag"]].to_html(index=False, border=0))
     write_atomic(out_dir / "README.md", "\n".join(lines))
-    page = ("<!doctype html><meta charset='utf-8'><title>circuitbench leaderboard</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-            "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}th{cursor:pointer;background:#f4f4f4}"
-            "td:first-child,th:first-child{text-align:left}</style><h1>circuitbench leaderboard</h1>"
-            "<p>Click a column to sort.</p><h2>overview</h2>" + ov.to_html(index=False, border=0) + "".join(sections)
-            + ("<h2>not included</h2>" + flagged[["model", "task", "flag"]].to_html(index=False, border=0)
-               if not flagged.empty else "")
-            + _SORT_JS)
-    write_atomic(out_dir / "index.html", page)
+    write_atomic(out_dir / "index.html", _page(title, "".join(body)))
     return {"tasks": written, "models": sorted(df["model_label"].unique()), "flagged": len(flagged)}
 
 
@@ -165,7 +342,7 @@ def recovery_table(results: list[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         for method, s in r.recovery.items():
-            rows.append({"model": r.model.name, "method": method,
+            rows.append({"model": r.model.label, "method": method,
                          "reference heads": s.n_reference, "precision": s.precision, "recall": s.recall, "F1": s.f1,
                          "AUROC": s.auroc, "AP": s.average_precision,
                          "kept": "✓" if r.circuit is not None and r.circuit.method == method else ""})

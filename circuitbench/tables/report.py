@@ -1,5 +1,7 @@
 """One RunResult → pictures and a self-contained HTML page: per-method layer × head heatmaps
-with the circuit outlined, the faithfulness curve, and causal-tracing maps (layer × position)."""
+(colour bars saying what the scores are, in which units, noising or denoising; each scaled
+symmetrically with a floor so a near-zero map stays pale; the circuit outlined and its rule in
+words), the faithfulness curve (or why faithfulness is undefined), and causal-tracing maps."""
 from __future__ import annotations
 
 import base64
@@ -8,9 +10,58 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, heads_text
 from circuitbench.files import write_atomic
 from circuitbench.results.schema import RunResult
+from circuitbench.specs.registries import METRICS
 from circuitbench.tables.plots import head_heatmap, pyplot
+
+# Scores normalised by the clean − corrupted gap: below this a head carries under 10 % of the gap,
+# and a map whose largest score is smaller is drawn pale, not saturated.
+GAP_FLOOR = 0.1
+ATTENTION_FLOOR = 0.25  # attention detectors (a mass between 0 and 1): a map below this is drawn pale
+
+
+def method_meaning(result: RunResult, method: str) -> tuple[str, str, float]:
+    """(colour bar label, caption, colour floor) of one method's head scores: what a value means,
+    in which units, and the smallest ± range its map is drawn with."""
+    spec = result.task.spec
+    options = (spec.get("method_options") or {}).get(method, {})
+    metric = result.task.main_metric
+    if method == "activation_patching":
+        direction = options.get("direction", "noising")
+        how = ("the corrupted output patched into the clean run (noising): (m_clean − m_patched) / "
+               "(m_clean − m_corrupted)" if direction == "noising" else
+               "the clean output patched into the corrupted run (denoising): (m_patched − m_corrupted) / "
+               "(m_clean − m_corrupted)")
+        return (f"share of the clean−corrupted {metric} gap ({direction})",
+                f"Exact activation patching, {direction}: each head's output {how}, at positions "
+                f"{options.get('positions', 'all')}. 1: the head alone carries the whole gap.", GAP_FLOOR)
+    if method == "attribution_patching":
+        steps = options.get("ig_steps", 0)
+        return (f"≈ share of the {metric} gap (noising, gradient)",
+                "Attribution patching: a first-order (gradient) estimate of noising patching, same units"
+                + (f", integrated gradients over {steps} steps." if steps else "."), GAP_FLOOR)
+    if method == "ablation":
+        kind = options.get("kind", "mean")
+        noise = result.metrics_stderr.get(metric, 0.0)
+        worse = "falls" if METRICS.get(metric).higher_is_better else "rises"
+        return (f"{metric} worsening when ablated ({kind}), {metric} units",
+                f"{kind.capitalize()} ablation: how much {metric} {worse} when the head's output is replaced "
+                f"(positive: the head helps the task); the colour range is at least ± the metric's standard error "
+                f"({noise:.3g}).", noise)
+    detectors = {"previous_token": "attention to the previous token",
+                 "duplicate_token": "attention to earlier copies of the query's token",
+                 "induction": "attention to the token after an earlier copy (prefix matching)"}
+    if method in detectors:
+        return (f"mean attention mass (0–1): {detectors[method]}",
+                f"Attention-pattern detector, on this task's own prompts: {detectors[method]}, averaged over "
+                "queries that have such a target.", ATTENTION_FLOOR)
+    if method == "attention_to":
+        return (f"mean attention {options.get('source', 'END')} → {options.get('target', 'IO')} (0–1)",
+                f"Attention from position {options.get('source', 'END')} to {options.get('target', 'IO')}.",
+                ATTENTION_FLOOR)
+    return ("score", f"Scores of the method '{method}'.", 0.0)
 
 
 def faithfulness_curve(result: RunResult, path: Path) -> None:
@@ -20,11 +71,12 @@ def faithfulness_curve(result: RunResult, path: Path) -> None:
     xs = [p[1] for p in c.curve]
     ys = [p[2] for p in c.curve]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, ys, "o-", label=f"top-k by {c.method}")
+    ax.plot(xs, ys, "o-", label=f"top-k heads by {c.method} scores")
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.axvline(len(c.heads) / (result.model.n_layers * result.model.n_heads), color="C3", lw=0.8, label="circuit")
-    ax.set(xlabel="fraction of heads kept", ylabel="faithfulness f", xscale="symlog" if len(xs) > 12 else "linear",
-           title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f})")
+    ax.axvline(len(c.heads) / (result.model.n_layers * result.model.n_heads), color="C3", lw=0.8,
+               label=f"chosen circuit ({len(c.heads)} heads)")
+    ax.set(xlabel="fraction of heads kept", ylabel=f"faithfulness f ({c.ablation} ablation)",
+           xscale="symlog" if len(xs) > 12 else "linear", title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -39,49 +91,93 @@ def trace_map(name: str, trace: dict, path: Path) -> None:
     im = ax.imshow(mean, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     ax.set_xticks(range(len(trace["positions"])), trace["positions"], rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="layer", title=f"{name} ({trace['noise']}, {trace['metric']})")
-    fig.colorbar(im, ax=ax, label="indirect effect")
+    fig.colorbar(im, ax=ax, label=f"indirect effect on {trace['metric']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def circuit_html(result: RunResult) -> str:
+    """The circuit in words: rule, heads, faithfulness (or why it is undefined), candidates, notes."""
+    c = result.circuit
+    if c is None:
+        return "<p>No circuit: the task has no circuit rule.</p>"
+    n_total = (result.model.n_layers or 0) * (result.model.n_heads or 0) or None
+    parts = [f"<p><b>Circuit</b> (outlined in black on the {html.escape(c.method)} map): "
+             f"{html.escape(describe_rule(c.rule, n_total))} of the <i>{html.escape(c.method)}</i> scores → "
+             f"{html.escape(heads_text(c.heads))} ({len(c.heads)} of {n_total} heads).</p>"]
+    if c.faithfulness is None:
+        parts.append("<p class='undefined'><b>Faithfulness undefined</b>: "
+                     f"{html.escape(c.faithfulness_undefined or '')} (m(M) = {c.m_full:.4g}, m(∅) = "
+                     f"{c.m_empty:.4g}, {html.escape(c.metric or '')}).</p>")
+    else:
+        others = "; ".join(f"{html.escape(k)} ablation {'undefined' if v is None else f'{v:.3f}'}"
+                           for k, v in c.by_ablation.items() if k != c.ablation)
+        parts.append("<p><b>Faithfulness</b> f = (m(C) − m(∅)) / (m(M) − m(∅)) = "
+                     f"({c.m_circuit:.4g} − {c.m_empty:.4g}) / ({c.m_full:.4g} − {c.m_empty:.4g}) = "
+                     f"<b>{c.faithfulness:.3f}</b> under "
+                     f"{html.escape(c.ablation or '')} ablation of every head outside the circuit"
+                     + (f" ({others})" if others else "") + ".</p>")
+    if len(c.candidates) > 1:
+        parts.append("<p>Candidates (each method's circuit under the rule; the most faithful kept): " + " · ".join(
+            f"{html.escape(k.method)} {'undefined' if k.faithfulness is None else f'{k.faithfulness:.3f}'}"
+            for k in c.candidates) + "</p>")
+    for note in c.notes:
+        parts.append(f"<p class='note'>note: {html.escape(note)}</p>")
+    for warning in c.warnings:
+        parts.append(f"<p class='warning'>warning: {html.escape(warning)}</p>")
+    return "".join(parts)
+
+
 def build_report(result: RunResult, out_dir: Path) -> list[Path]:
     """Write the PNGs and report.html into out_dir; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs: list[tuple[str, Path]] = []
+    figures: list[tuple[str, str, Path]] = []
     circuit = [tuple(h) for h in result.circuit.heads] if result.circuit else None
+    label = result.model.label
     for method, scores in result.head_scores.items():
         path = out_dir / f"heads_{method}.png"
         outlined = circuit if result.circuit and result.circuit.method == method else None
         reference = [tuple(h) for h in result.reference.heads] if result.reference else None
-        head_heatmap(scores, f"{result.model.name} · {result.task.name} · {method}", path, outlined, reference)
-        pngs.append((f"head scores: {method}", path))
+        colorbar, caption, floor = method_meaning(result, method)
+        rule = describe_rule(result.circuit.rule) if result.circuit else ""
+        head_heatmap(scores, f"{label} · {result.task.name} · {method}", path, outlined, reference,
+                     colorbar=colorbar, floor=floor, circuit_label=f"circuit: {rule}")
+        figures.append((f"head scores: {method}", caption, path))
     if result.circuit and result.circuit.curve:
         path = out_dir / "faithfulness.png"
         faithfulness_curve(result, path)
-        pngs.append(("faithfulness curve", path))
+        figures.append(("faithfulness curve", "f of the top-k heads for every k (CPR: area under it, higher better; "
+                        "CMD: area under |1 − f|, lower better).", path))
     for name, trace in result.traces.items():
         path = out_dir / f"trace_{name.replace('/', '_')}.png"
         trace_map(name, trace, path)
-        pngs.append((f"causal tracing: {name}", path))
+        figures.append((f"causal tracing: {name}", "", path))
     nan = float("nan")
     metrics = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{result.metrics_stderr.get(k, nan):.4f}</td>"
         f"<td>{result.metrics_corrupted.get(k, nan):.4f}</td></tr>" for k, v in result.metrics.items())
-    figures = "".join(
-        f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        for title, p in pngs)
-    c = result.circuit
-    circuit_html = "" if c is None or c.faithfulness is None else (
-        f"<p>circuit ({html.escape(c.method)}, {html.escape(str(c.rule))}): {' '.join(f'{l}.{h}' for l, h in c.heads)}"
-        f" · faithfulness {c.faithfulness:.3f}</p>")
+    images = "".join(
+        f"<h3>{html.escape(title)}</h3><p class='caption'>{html.escape(caption)}</p>"
+        f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        for title, caption, p in figures)
     task, model = result.task, result.model
-    style = "body{font-family:sans-serif;margin:2em;max-width:1100px}td,th{padding:3px 10px}img{max-width:100%}"
+    random_init = model.init == "random"
+    badge = "<span class='badge'>random init</span>" if random_init else ""
+    banner = (f"<p class='baseline'>{html.escape(label)}: <b>random-init weights</b> (seeded, architecture of "
+              f"{html.escape(model.name)}), a baseline that has learned nothing. Its scores show what chance looks "
+              f"like, not a circuit of the model. Names ending in {RANDOM_INIT} mark such models everywhere.</p>"
+              if random_init else "")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}td,th{padding:3px 10px}img{max-width:100%}"
+             ".badge{background:#b45309;color:#fff;border-radius:3px;padding:2px 6px;font-size:60%;"
+             "vertical-align:middle;margin-left:8px}.baseline{background:#fff7ed;border-left:4px solid #b45309;"
+             "padding:.5em 1em}.undefined{background:#f1f5f9;border-left:4px solid #64748b;padding:.5em 1em}"
+             ".warning{color:#b45309}.note,.caption{color:#555}")
     page = ("<!doctype html><meta charset='utf-8'><title>circuitbench report</title>"
-            f"<style>{style}</style><h1>{html.escape(model.name)} · {html.escape(task.name)}</h1>"
-            f"<p>{task.n_prompts} prompts ({task.n_dropped} dropped) · {html.escape(model.init)} · "
+            f"<style>{style}</style><h1>{html.escape(label)} · {html.escape(task.name)}{badge}</h1>{banner}"
+            f"<p>{task.n_prompts} {html.escape(task.split)} prompts ({task.n_dropped} dropped) · "
             f"{html.escape(model.dtype)} · spec {task.spec_hash} · {html.escape(result.run.started_at)}</p>"
             f"<table><tr><th>metric</th><th>clean</th><th>± se</th><th>corrupted</th></tr>{metrics}</table>"
-            f"{circuit_html}{figures}")
+            f"{circuit_html(result)}{images}")
     write_atomic(out_dir / "report.html", page)
-    return [p for _, p in pngs] + [out_dir / "report.html"]
+    return [p for _, _, p in figures] + [out_dir / "report.html"]

@@ -1,6 +1,12 @@
 """Training dynamics across checkpoints: metric, per-head prefix-matching score, in-context
 learning score and per-token-loss PCA, with the phase change located where the metric moves
-fastest (per unit of log step, as phase changes are read on a log-step axis)."""
+fastest (per unit of log step, as phase changes are read on a log-step axis).
+
+Each quantity is computed on the prompts it is defined for: the task's metric and per-token
+losses on the task's prompts; prefix matching (attention to the token after an earlier copy) and
+the in-context-learning score (loss late in context minus early) on `induction` prompts, repeated
+random tokens from the model's own symbol pool, whatever the task (on x2's six numbers neither
+means anything)."""
 from __future__ import annotations
 
 import re
@@ -18,9 +24,11 @@ from circuitbench.scores.metrics import token_losses
 from circuitbench.scores.scoring import score_heads
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.specs.task import TaskSpec
 from circuitbench.tables.plots import pyplot
 
 STEP_DIR = re.compile(r"step_(\d+)$")
+DETECTOR_TASK = "induction"  # prefix matching and the ICL score are defined on repeated random tokens
 
 
 class PhaseChange(BaseModel):
@@ -37,8 +45,9 @@ class Dynamics(BaseModel):
     metric: str
     steps: list[int]
     metric_values: list[float]
-    prefix_matching: list[list[list[float]]]  # [checkpoint][layer][head]
-    icl_score: list[float]  # loss late in context minus loss early (negative: learns in context)
+    prefix_matching: list[list[list[float]]]  # [checkpoint][layer][head], on `detector_prompts`
+    icl_score: list[float]  # loss late in context minus loss early (negative: learns in context), same prompts
+    detector_prompts: str = DETECTOR_TASK  # the task whose prompts prefix matching and the ICL score ran on
     pca: list[list[float]]  # [checkpoint][2] per-token-loss vectors on their first two components
     pca_explained: list[float]
     phase_change: PhaseChange
@@ -67,28 +76,46 @@ def fastest_change(steps: list[int], values: list[float], series: str) -> PhaseC
     return PhaseChange(series=series, start_step=steps[i], end_step=steps[i + 1], change=float(vals[i + 1] - vals[i]))
 
 
+def induction_prompts_for(pool_size: int, n: int) -> TaskSpec:
+    """The `induction` task's prompts (repeated random tokens) within a model's symbol pool: at most
+    `pool_size` symbols, repeats no longer than that."""
+    spec = load_task(DETECTOR_TASK)
+    params = spec.generator.model_dump()
+    symbols = min(int(params["n_symbols"]), pool_size)
+    params.update(n_symbols=symbols, max_len=min(int(params["max_len"]), symbols),
+                  min_len=min(int(params["min_len"]), symbols))
+    return effective_spec(TaskSpec.model_validate({**spec.model_dump(), "generator": params}), RunOptions(n_prompts=n))
+
+
+def _sequence_losses(model, batch) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Each prompt's next-token losses after BOS, unpadded."""
+    nll = token_losses(model.run(batch.tokens), batch.tokens)
+    return [nll[row, 1 : int(batch.lengths[row])] for row in range(len(batch))]
+
+
 def analyse(run_dir: Path, task: str, n: int = 32, batch_size: int = 32) -> Dynamics:
     spec = effective_spec(load_task(task), RunOptions(n_prompts=n))
     metric = spec.metric
     steps, values, prefix, icl, vectors = [], [], [], [], []
+    detector_spec: TaskSpec | None = spec if spec.generator.name == "induction" else None  # its own repeats
     for step, path in checkpoint_dirs(run_dir):
         model = load_model(str(path), device="cpu")
         data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
+        if detector_spec is None:
+            detector_spec = induction_prompts_for(len(model.vocab.token_pool), n)
+        repeats = data if detector_spec is spec else encode_task(detector_spec, model.vocab, model.unk_id, model.n_ctx)
         clean, _ = evaluate(model, data, [metric], batch_size)
         steps.append(step)
         values.append(float(clean[metric].mean()))
-        prefix.append(score_heads(model, data, ["induction"], batch_size)["induction"].tolist())
-        losses, late, early = [], [], []
-        for batch in data.batches(batch_size):
-            nll = token_losses(model.run(batch.tokens), batch.tokens)
-            for row in range(len(batch)):
-                length = int(batch.lengths[row])
-                seq = nll[row, 1:length]
-                losses.append(seq)
+        prefix.append(score_heads(model, repeats, ["induction"], batch_size)["induction"].tolist())
+        losses = [seq for batch in data.batches(batch_size) for seq in _sequence_losses(model, batch)]
+        vectors.append(torch.cat(losses).numpy())
+        late, early = [], []
+        for batch in repeats.batches(batch_size):
+            for seq in _sequence_losses(model, batch):
                 q = max(1, len(seq) // 4)
                 early.append(float(seq[q : 2 * q].mean()))
                 late.append(float(seq[-q:].mean()))
-        vectors.append(torch.cat(losses).numpy())
         icl.append(float(np.mean(late) - np.mean(early)))
     matrix = np.stack(vectors)
     centred = matrix - matrix.mean(0, keepdims=True)
@@ -96,11 +123,14 @@ def analyse(run_dir: Path, task: str, n: int = 32, batch_size: int = 32) -> Dyna
     coords = (u[:, :2] * s[:2]).tolist()
     explained = (s[:2] ** 2 / max(float((s**2).sum()), 1e-12)).tolist()
     best_prefix = [float(np.max(p)) for p in prefix]
+    assert detector_spec is not None
     return Dynamics(
+        detector_prompts=detector_spec.name,
         task=spec.name, metric=metric, steps=steps, metric_values=values, prefix_matching=prefix, icl_score=icl,
         pca=coords, pca_explained=explained,
         phase_change=fastest_change(steps, values, metric),
-        prefix_phase_change=fastest_change(steps, best_prefix, "max prefix-matching score"),
+        prefix_phase_change=fastest_change(steps, best_prefix,
+                                           f"max prefix-matching score ({detector_spec.name} prompts)"),
     )
 
 
@@ -117,19 +147,21 @@ def plot(dyn: Dynamics, path: Path) -> None:
     for layer in range(arr.shape[1]):
         for head in range(arr.shape[2]):
             ax.plot(dyn.steps, arr[:, layer, head], label=f"{layer}.{head}", lw=2 if layer == arr.shape[1] - 1 else 1)
-    ax.set(xscale="log", xlabel="step", ylabel="prefix-matching score", title="per head", ylim=(0, 1))
+    ax.set(xscale="log", xlabel="step", ylabel="prefix-matching score", ylim=(0, 1),
+           title=f"prefix matching per head, on {dyn.detector_prompts} prompts (repeated random tokens)")
     ax.legend(ncol=2, fontsize=7)
     ax = axes[1, 0]
     ax.plot(dyn.steps, dyn.icl_score, "o-", color="C2")
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xscale="log", xlabel="step", ylabel="late − early loss (nats)", title="in-context learning score")
+    ax.set(xscale="log", xlabel="step", ylabel="late − early loss (nats)",
+           title=f"in-context learning score, on {dyn.detector_prompts} prompts")
     ax = axes[1, 1]
     pcs = np.array(dyn.pca)
     ax.plot(pcs[:, 0], pcs[:, 1], "-", color="grey", lw=0.8)
     sc = ax.scatter(pcs[:, 0], pcs[:, 1], c=np.log(dyn.steps), cmap="viridis")
     fig.colorbar(sc, ax=ax, label="log step")
     ax.set(xlabel=f"PC1 ({dyn.pca_explained[0]:.0%})", ylabel=f"PC2 ({dyn.pca_explained[1]:.0%})",
-           title="per-token losses, PCA")
+           title=f"per-token losses on {dyn.task} prompts, PCA")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

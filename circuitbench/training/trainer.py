@@ -70,6 +70,12 @@ class ToyArch(BaseModel):
                              d_head=self.d_model // self.n_heads, n_ctx=self.n_ctx, d_vocab=d_vocab,
                              attn_only=self.attn_only, d_mlp=self.d_mlp, positional_embedding_type=self.positional)
 
+    def approx_params(self, d_vocab: int = 1000) -> int:
+        """About how many parameters the model has (attention 4·d², MLP 2·d·d_mlp per block, embed and
+        unembed): enough to choose torch threads by size."""
+        d_mlp = 0 if self.attn_only else (self.d_mlp or 4 * self.d_model)
+        return self.n_layers * (4 * self.d_model**2 + 2 * self.d_model * d_mlp) + 2 * d_vocab * self.d_model
+
     def variant(self) -> NativeVariant:
         return NativeVariant(smear_keys=self.smear_keys)
 

@@ -32,6 +32,7 @@ class Recipe:
     train: Callable[[Path, TrainSettings, Callable[[int, float], None]], dict[str, float]]
     default_steps: int
     description: str
+    n_params: int  # the model's size (threads are chosen by it)
 
 
 def induction_batch(gen: torch.Generator, batch: int, n_symbols: int, min_len: int, max_len: int,
@@ -85,16 +86,21 @@ def train_induction_2l(out: Path, settings: TrainSettings, report: Callable[[int
 
 
 RECIPES: dict[str, Recipe] = {
-    "toy-induction-2l": Recipe(train_induction_2l, 4000, "2-layer attention-only, repeated random tokens"),
+    "toy-induction-2l": Recipe(train_induction_2l, 4000, "2-layer attention-only, repeated random tokens", 46336),
 }
+
+
+def recipe_of(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise CircuitbenchError(
+            f"Unknown zoo model '{name}'.{did_you_mean(name, RECIPES)} Known: {', '.join(RECIPES)}.")
+    return RECIPES[name]
 
 
 def train_zoo_model(name: str, out: Path | None = None, steps: int | None = None, seed: int = 0,
                     report: Callable[[int, float], None] = lambda step, loss: None) -> tuple[Path, dict[str, float]]:
-    if name not in RECIPES:
-        raise CircuitbenchError(
-            f"Unknown zoo model '{name}'.{did_you_mean(name, RECIPES)} Known: {', '.join(RECIPES)}.")
-    recipe = RECIPES[name]
+    """Train zoo model `name` by its recipe into `out` (default: the shipped checkpoint's folder)."""
+    recipe = recipe_of(name)
     target = out or ZOO_DIR / name
     summary = recipe.train(target, TrainSettings(steps=steps or recipe.default_steps, seed=seed), report)
     return target, summary

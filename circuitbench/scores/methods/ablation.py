@@ -82,6 +82,7 @@ def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np
             start = stop
             if not keep.any():
                 ctx.advance(len(batch))
+                ctx.advance_heads(model.n_layers * model.n_heads)  # (this batch's heads: nothing to patch)
                 continue
             batch = batch.select(keep)
             run = _rows(run, keep, batch.tokens.shape[1])

@@ -22,6 +22,7 @@ class MethodContext:
     metric: str = "logit_diff"
     options: dict[str, Any] = field(default_factory=dict)
     advance: Callable[[int], None] = field(default=lambda n: None)  # progress: n prompts done
+    advance_heads: Callable[[int], None] = field(default=lambda n: None)  # progress: n more heads patched
     # Adds this process's partial sums to every other process's (parallel.Processes.sum); the
     # identity in a one-process run.
     sum_shards: Callable[[Any], Any] = field(default=lambda value: value)
