@@ -67,8 +67,8 @@ app.add_typer(cache_app, name="cache")
 IncludePath = typer.Option([], "--include-path", metavar="DIR", help="Extra directory of task YAML files (repeatable).")
 Plugin = typer.Option([], "--plugin", metavar="MODULE|FILE.py",
                       help="Module or .py file registering generators, metrics or methods (repeatable).")
-Threads = typer.Option(None, "--threads", min=1, help="torch threads (default by model size: 1 for toy-sized "
-                       "models, under 20M parameters, else torch's default); recorded as run.threads.")
+Threads = typer.Option(None, "--threads", min=1, help="torch threads (default by model size: 1 under 20M "
+                       "parameters, then one per 150M, up to every core); recorded as run.threads.")
 Permutations = typer.Option(200, "--permutations", min=0, help="Shuffles in the permutation null beside every "
                             "overlap figure (0: no null).")
 NullOption = typer.Option("within_layer", "--null", help="within_layer: shuffle the second circuit's head scores "

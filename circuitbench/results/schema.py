@@ -83,7 +83,7 @@ class RunInfo(_Strict):
     device_map: str | None = Field(None, description="'auto': the HF model was spread over devices by accelerate")
     cache: dict[str, int] = Field(default_factory=dict, description="activation cache {hits, misses}; empty: off")
     threads: int | None = Field(None, description="torch intra-op threads the unit ran with (--threads; default by "
-                                "model size: 1 for toy-sized models)")
+                                "model size: 1 under 20M parameters, then one per 150M up to every core)")
 
 
 class CircuitCandidate(_Strict):

@@ -14,7 +14,7 @@ Every metric here is oriented so that higher is better.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -99,9 +99,11 @@ def base_run_sites(model: LoadedModel) -> list[Site]:
     return [hooks.resid_pre(l) for l in range(model.n_layers)] + [hooks.head_outputs(l) for l in range(model.n_layers)]
 
 
-def record_base_run(model: LoadedModel, tokens: torch.Tensor) -> tuple[torch.Tensor, BaseRun]:
-    """(logits, the run's block inputs and head outputs) of one unpatched forward."""
-    logits, cache = model.run_with_cache(tokens, base_run_sites(model))
+def record_base_run(model: LoadedModel, tokens: torch.Tensor,
+                    unembed: Sequence[Hook] = ()) -> tuple[torch.Tensor, BaseRun]:
+    """(logits, the run's block inputs and head outputs) of one unpatched forward; `unembed`: the
+    hooks of `end_only_logits`, for answer metrics (then only END is unembedded)."""
+    logits, cache = model.run_with_cache(tokens, base_run_sites(model), unembed)
     n = model.n_layers
     return logits, BaseRun(resid=[cache[hooks.resid_pre(l)] for l in range(n)],
                            z=[cache[hooks.head_outputs(l)] for l in range(n)])
@@ -132,8 +134,8 @@ def _collect_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodCont
     values = []
     start = 0
     for batch in data.batches(ctx.batch_size):
-        scored = _input_batch(batch, which)
-        logits, run = record_base_run(model, inputs[start : start + len(batch)])
+        unembed, scored = end_only_logits(ctx.metric, _input_batch(batch, which))
+        logits, run = record_base_run(model, inputs[start : start + len(batch)], unembed)
         values.append(METRICS.get(ctx.metric).compute(logits[:, : scored.tokens.shape[1]], scored).cpu())
         named = {hooks.resid_pre(l): t for l, t in enumerate(run.resid)}
         named.update({hooks.head_outputs(l): t for l, t in enumerate(run.z)})
@@ -180,8 +182,8 @@ def base_runs(
         for which in inputs:
             kept = stored[which]
             if kept is None:
-                scored = _input_batch(batch, which)
-                logits, run = record_base_run(model, scored.tokens)
+                unembed, scored = end_only_logits(ctx.metric, _input_batch(batch, which))
+                logits, run = record_base_run(model, scored.tokens, unembed)
                 run.metric = oriented_metric(ctx.metric, logits, scored)
                 runs[which] = run
                 continue

@@ -31,8 +31,8 @@ class RunOptions(BaseModel):
     cache_dir: str | None = Field(None, description="default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench")
     reference: str | None = Field(None, description="a known circuit (JSON file) to score recovery against; "
                                   "default: the task's reference_circuits, then the model directory's circuit.json")
-    threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: by model size, 1 for "
-                                "toy-sized models, torch's default for larger ones); recorded as run.threads")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: by model size, 1 under "
+                                "20M parameters, then one per 150M up to every core); recorded as run.threads")
 
     @field_validator("batch_size")
     @classmethod

@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -235,14 +234,23 @@ def print_overlap(result: dict[str, Any], metrics: list[str], width: int = 100) 
 
 
 def _print_matrix(title: str, labels: list[str], cells: list[list[str]], numbered: bool) -> None:
-    """A square matrix without borders (one space between columns), so 12 × 12 fits 100 columns."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), pad_edge=False)
-    table.add_column("", no_wrap=True)
-    for i, label in enumerate(labels):
-        table.add_column(Text(str(i + 1) if numbered else label), justify="right", no_wrap=True)
-    for i, (label, row) in enumerate(zip(labels, cells)):
-        table.add_row(*_row(f"{i + 1} {label}" if numbered else label, *row))
-    console.print(table)
+    """A square matrix without borders (one space between columns), so 12 × 12 fits 100 columns;
+    on a narrower console its columns are printed in blocks that fit."""
+    row_labels = [f"{i + 1} {label}" if numbered else label for i, label in enumerate(labels)]
+    headers = [str(i + 1) if numbered else label for i, label in enumerate(labels)]
+    cell_width = max([len(c) for row in cells for c in row] + [len(h) for h in headers]) + 1
+    per_block = max(1, (console.width - max(map(len, row_labels)) - 2) // cell_width)
+    for first in range(0, len(labels), per_block):
+        block = range(first, min(first + per_block, len(labels)))
+        suffix = f" (columns {first + 1}–{block[-1] + 1})" if per_block < len(labels) else ""
+        console.print(Text(title + suffix, style="italic"))
+        table = Table(box=None, padding=(0, 0, 0, 1), pad_edge=False, header_style="bold")
+        table.add_column("", no_wrap=True)
+        for j in block:
+            table.add_column(Text(headers[j]), justify="right", no_wrap=True)
+        for label, row in zip(row_labels, cells):
+            table.add_row(*_row(label, *(row[j] for j in block)))
+        console.print(table)
 
 
 def prompt_rows(prompts: Sequence[Any], metrics: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, ...]], str]:

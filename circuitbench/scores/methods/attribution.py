@@ -9,7 +9,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
-from circuitbench.scores.interventions import base_runs, oriented_metric
+from circuitbench.scores.interventions import base_runs, end_only_logits, oriented_metric
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttributionOptions
 
@@ -61,7 +61,8 @@ def _z_gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor, re
         return z
 
     edits: list[Hook] = [(hooks.resid_pre(0), start)] + [(hooks.head_outputs(l), keep) for l in range(model.n_layers)]
+    unembed, scored = end_only_logits(ctx.metric, batch)  # answer metrics: only END is unembedded
     with torch.enable_grad():
-        logits = model.run_with_hooks(batch.tokens, edits, grad=True)
-        oriented_metric(ctx.metric, logits, batch).sum().backward()
+        logits = model.run_with_hooks(batch.tokens, edits + unembed, grad=True)
+        oriented_metric(ctx.metric, logits, scored).sum().backward()
     return [z.grad.detach() if z.grad is not None else torch.zeros_like(z) for z in kept]

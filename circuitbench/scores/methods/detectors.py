@@ -10,12 +10,14 @@ import torch
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
-from circuitbench.models.loaded import LoadedModel
+from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttentionToOptions
 
 # target[b, q, k] = True where key k is a position query q "should" attend to.
+# Detectors read attention patterns only: unembed one position, not the whole vocabulary at every one.
+NO_LOGITS: list[Hook] = [(hooks.unembed_in(), lambda x: x[:, :1])]
 TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -60,7 +62,7 @@ def attention_score(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext
         tgt = targets(batch.tokens, batch.lengths)  # [b, q, k]
         has = tgt.any(-1)  # [b, q]
         count += int(has.sum())
-        _, cache = model.run_with_cache(batch.tokens, sites)
+        _, cache = model.run_with_cache(batch.tokens, sites, NO_LOGITS)
         for layer, site in enumerate(sites):
             pattern = cache[site].float().cpu()  # [b, head, q, k]
             mass = (pattern * tgt[:, None].float()).sum(-1)  # [b, head, q]
@@ -106,7 +108,7 @@ def attention_to(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -
     sites = [hooks.attention_pattern(layer) for layer in range(n_layers)]
     for batch in data.batches(ctx.batch_size):
         tgt = targets(batch.tokens, batch.lengths, batch.positions).float()
-        _, cache = model.run_with_cache(batch.tokens, sites)
+        _, cache = model.run_with_cache(batch.tokens, sites, NO_LOGITS)
         for layer, site in enumerate(sites):
             total[layer] += (cache[site].float().cpu() * tgt[:, None]).sum((0, 2, 3)).double()
         ctx.advance(len(batch))
