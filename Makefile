@@ -42,6 +42,20 @@ demo: setup
 readme-check: setup
 	$(PY) -m pytest -q tests/test_readme.py
 
+# The committed tables in leaderboards/: the shipped toys on every task they do, the tracr zoo on
+# its known-answer tasks, and random-init baselines (a section of their own)
+BASELINES := pythia-70m,gpt2-small,gpt-neo-125M
+.PHONY: leaderboards
+leaderboards: setup
+	rm -rf results/committed
+	$(CB) run --task suite --model toy-tasks --out results/committed -q
+	$(CB) run --task induction --model toy-induction-2l --out results/committed -q
+	$(CB) run --task sorting --model toy-sort-1l --out results/committed -q
+	for pair in $(KNOWN); do $(CB) run --task tracr_$${pair%%:*} --model $${pair##*:} --out results/committed -q || exit 1; done
+	$(CB) run --task suite --model $(BASELINES) --init random --n 24 \
+		--methods attribution_patching,previous_token,induction --out results/committed -q
+	$(CB) leaderboard --results results/committed --out leaderboards --force
+
 lint: setup
 	$(VENV)/bin/ruff check .
 

@@ -294,6 +294,13 @@ def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | Non
     return int(parts[0]), int(parts[1])
 
 
+def _distinct_labels(circuits: list, paths: list[str]) -> list:
+    """Circuits whose labels (model/task) coincide, e.g. two seeds' runs, labelled by their paths."""
+    labels = [c.label for c in circuits]
+    return [c.model_copy(update={"label": str(Path(p).with_suffix(""))}) if labels.count(c.label) > 1 else c
+            for c, p in zip(circuits, paths)]
+
+
 @app.command()
 def overlap(
     files: list[str] = typer.Argument(
@@ -336,7 +343,7 @@ def overlap(
         raise CircuitbenchError("overlap: give at least two circuit files.")
     if plot_path:
         check_writable_file(Path(plot_path), "--plot")
-    circuits = [Circuit.load(Path(p)) for p in paths]
+    circuits = _distinct_labels([Circuit.load(Path(p)) for p in paths], paths)
     given_shape = _shape_option(shape, model)
     if given_shape is not None:
         circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
@@ -518,7 +525,7 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, the data draws and the noise."),
     n_train: int = typer.Option(4000, "--n-train", help="Train-split prompts per text task (at most)."),
     loss_positions: str = typer.Option("all", "--loss-positions",
-                                       help="all: loss at every position (the seeds' GPT-2-like model) | answer: "
+                                       help="all: loss at every position (as a GPT-2-like model) | answer: "
                                             "only answer tokens (text) and copied tokens (induction)."),
     noise_site: str | None = typer.Option(None, "--noise-site",
                                           help="Gaussian noise while training at: embed | attn_out | resid."),

@@ -199,7 +199,8 @@ def print_overlap(result: dict[str, Any], metrics: list[str], width: int = 100) 
     `width` columns; then the alignment(s) used."""
     labels = list(result["labels"])
     models = {label.split("/", 1)[0] for label in labels}
-    shared = f" ({models.pop()})" if len(models) == 1 and all("/" in label for label in labels) else ""
+    one_model = len(models) == 1 and "" not in models and all(label.count("/") == 1 for label in labels)
+    shared = f" ({models.pop()})" if one_model else ""
     if shared:  # one model's tasks: the columns need only the task names
         labels = [label.split("/", 1)[1] for label in labels]
     null_means, pvalues = result.get("null_mean", {}), result.get("p_value", {})
