@@ -325,7 +325,7 @@ def recovery(
 
     from circuitbench.files import check_writable_file, write_atomic
     from circuitbench.results.store import load_result
-    from circuitbench.tables.leaderboard import recovery_table
+    from circuitbench.tables.leaderboard import node_recovery_table, recovery_table
 
     paths = [p for f in files for p in (sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f])]
     if markdown:
@@ -340,10 +340,20 @@ def recovery(
     if table.empty:
         raise CircuitbenchError("No recovery scores in these results: run tasks whose models have a known circuit "
                                 "(e.g. `make known-answers`, or --reference FILE).")
-    shown = table.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
+    def cells(t):
+        return t.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    shown = cells(table)
     print_table(list(shown.columns), shown.values.tolist(), title="recovery of known circuits")
+    nodes = node_recovery_table(results)
+    text = shown.to_markdown(index=False) + "\n"
+    if not nodes.empty:
+        shown_nodes = cells(nodes)
+        print_table(list(shown_nodes.columns), shown_nodes.values.tolist(),
+                    title="recovery of known circuits' nodes (heads and MLPs)")
+        text += "\n" + shown_nodes.to_markdown(index=False) + "\n"
     if markdown:
-        write_atomic(Path(markdown), shown.to_markdown(index=False) + "\n")
+        write_atomic(Path(markdown), text)
 
 
 @app.command()

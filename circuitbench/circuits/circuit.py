@@ -1,4 +1,4 @@
-"""Circuit: a set of heads chosen from head scores by a recorded rule, with JSON in/out."""
+"""Circuit: a set of heads (and MLPs, or edges) chosen from scores by a recorded rule, with JSON in/out."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,24 @@ from circuitbench.specs.task import CircuitRule
 Head = tuple[int, int]
 
 
+def ranked_nodes(scores: dict[str, float], by: str = "abs") -> list[str]:
+    """Node names, largest score first (|score| or signed); ties keep the given (forward) order."""
+    order = {name: i for i, name in enumerate(scores)}
+    return sorted(scores, key=lambda n: (-(abs(scores[n]) if by == "abs" else scores[n]), order[n]))
+
+
+def split_nodes(nodes: list[str]) -> tuple[list[Head], list[int]]:
+    """Heads [layer, head] and MLP layers from node names ('a0.h1', 'm2'; 'input'/'logits' ignored)."""
+    heads, mlps = [], []
+    for name in nodes:
+        if name.startswith("a"):
+            layer, head = name[1:].split(".h")
+            heads.append((int(layer), int(head)))
+        elif name.startswith("m"):
+            mlps.append(int(name[1:]))
+    return sorted(heads), sorted(mlps)
+
+
 def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:
     """Every (layer, head), largest score first (|score| or signed); ties: lower layer, then lower
     head first, for determinism."""
@@ -21,10 +39,15 @@ def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:
 
 
 class Circuit(BaseModel):
-    """Heads as [layer, head]; `scores` is the [n_layers, n_heads] array they were chosen from."""
+    """Heads as [layer, head]; `scores` is the [n_layers, n_heads] array they were chosen from. A
+    node-level circuit also holds MLPs (`mlps`: layers), an edge-level one its edges (names as the
+    component graph gives them, models/graph.py; `heads` and `mlps` are then the nodes they touch)."""
 
     model_config = ConfigDict(extra="forbid")
     heads: list[Head]
+    mlps: list[int] = Field(default_factory=list)
+    edges: list[str] = Field(default_factory=list)
+    level: str = "head"
     n_layers: int | None = None
     n_heads: int | None = None
     scores: list[list[float]] | None = None
@@ -83,6 +106,33 @@ class Circuit(BaseModel):
             method=method,
             rule=rule.model_dump(exclude_none=True),
         )
+
+    @property
+    def nodes(self) -> list[str]:
+        """The circuit's heads and MLPs as node names, in forward order."""
+        out = []
+        for layer in sorted({l for l, _ in self.heads} | set(self.mlps)):
+            out += [f"a{layer}.h{h}" for l, h in self.heads if l == layer]
+            out += [f"m{layer}"] if layer in self.mlps else []
+        return out
+
+    @classmethod
+    def from_node_scores(cls, scores: dict[str, float], rule: CircuitRule, method: str,
+                         shape: tuple[int, int]) -> "Circuit":
+        """Pick nodes (heads and MLPs) by the rule, as from_scores picks heads (a node scoring
+        exactly 0 is never picked by top_k or fraction)."""
+        order = [n for n in ranked_nodes(scores, rule.by) if scores[n] != 0]
+        values = {n: abs(v) if rule.by == "abs" else v for n, v in scores.items()}
+        if rule.top_k is not None:
+            chosen = order[: rule.top_k]
+        elif rule.fraction is not None:
+            chosen = order[: max(1, round(rule.fraction * len(scores)))]
+        else:
+            assert rule.threshold is not None
+            chosen = [n for n in order if values[n] >= rule.threshold]
+        heads, mlps = split_nodes(chosen)
+        return cls(heads=heads, mlps=mlps, n_layers=shape[0], n_heads=shape[1], method=method, level="node",
+                   rule=rule.model_dump(exclude_none=True))
 
     @classmethod
     def load(cls, path: Path) -> "Circuit":

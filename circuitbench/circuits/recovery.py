@@ -2,9 +2,10 @@
 toy, a published circuit). Per method: precision, recall and F1 of the circuit its rule picked,
 and AUROC and average precision of its |score| ranking over every component.
 
-Components are named as EAP-IG and MIB name nodes (`a{L}.h{H}` heads, `m{L}` MLPs); today methods
-score heads, so recovery is over heads, and a reference's MLPs are carried along for when MLP
-nodes are scored."""
+Components are named as EAP-IG and MIB name nodes (`a{L}.h{H}` heads, `m{L}` MLPs). `recovery`
+scores a method's heads against the reference's heads; `node_recovery` its node scores (heads and
+MLPs) against the reference's nodes, the circuit being its top |reference| nodes by |score|
+(R-precision: the recall of a circuit of the reference's size)."""
 from __future__ import annotations
 
 import json
@@ -107,6 +108,27 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
         found += found_here
         total += (found_here / n_pos) * (found / seen)
     return float(total)
+
+
+def node_recovery(scores: dict[str, float], reference: Reference) -> RecoveryScores:
+    """A method's {node: score} (heads and MLPs) against the reference's nodes; its circuit is the
+    top |reference| nodes by |score| (a node scoring exactly 0 is never picked)."""
+    names = list(scores)
+    unknown = [n for n in reference.nodes if n not in scores]
+    if unknown:
+        raise CircuitbenchError(f"Reference {reference.source}: nodes {', '.join(unknown)} are not nodes of this model "
+                                f"(it has {names[0]} … {names[-1]}).")
+    ref = set(reference.nodes)
+    ranked = sorted((n for n in names if scores[n] != 0), key=lambda n: (-abs(scores[n]), names.index(n)))
+    chosen = set(ranked[: len(ref)])
+    hit = len(chosen & ref)
+    precision = hit / len(chosen) if chosen else None
+    recall = hit / len(ref) if ref else 1.0
+    f1 = 0.0 if not precision or not recall else 2 * precision * recall / (precision + recall)
+    flat = np.abs(np.array([scores[n] for n in names]))
+    pos = np.array([n in ref for n in names])
+    return RecoveryScores(precision=precision, recall=recall, f1=f1, auroc=auroc(flat, pos),
+                          average_precision=average_precision(flat, pos), n_reference=len(ref), n_circuit=len(chosen))
 
 
 def recovery(scores: np.ndarray, circuit: list[Head], reference: Reference) -> RecoveryScores:

@@ -16,8 +16,9 @@ import numpy as np
 from circuitbench.circuits.circuit import Circuit
 from circuitbench.circuits.faithfulness import faithfulness, missing_from_ablations, most_faithful
 from circuitbench.circuits.overlap import rank_correlation
-from circuitbench.circuits.recovery import Reference, load_reference, parse_components, recovery
+from circuitbench.circuits.recovery import Reference, load_reference, node_recovery, parse_components, recovery
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions
+from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
 from circuitbench.parallel import ONE_PROCESS, Processes
@@ -95,14 +96,15 @@ def run_unit(
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     traces: dict[str, dict] = {}
+    node_scores: dict[str, dict[str, float]] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.metric, spec.method_options,
-                              traces, processes, cache_entry)
+                              traces, processes, cache_entry, node_scores)
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     reference = find_reference(spec, model, options)
-    circuit = _circuit(spec, model, shard, head_scores, ctx, reference)
+    circuit = _circuit(spec, model, shard, head_scores, node_scores, ctx, reference)
     agreement, warnings = method_agreement(spec, head_scores)
-    reference_info, recovered = None, {}
+    reference_info, recovered, recovered_nodes = None, {}, {}
     if reference is not None:
         invisible = identical_head_outputs(model, shard, ctx, reference.heads)
         reference_info = ReferenceInfo(source=reference.source, heads=reference.heads, mlps=reference.mlps,
@@ -111,8 +113,11 @@ def run_unit(
             warnings.append(f"reference heads {', '.join(f'{l}.{h}' for l, h in invisible)} have identical clean and "
                             "counterfactual outputs on every prompt: invisible to patching with this counterfactual "
                             "(use ablation, or a counterfactual that changes what they read)")
-        recovered = {m: recovery(scores, Circuit.from_scores(scores, spec.circuit or DEFAULT_RULE, m).heads, reference)
-                      for m, scores in head_scores.items()}
+        head_rule = (spec.circuit or DEFAULT_RULE).model_copy(update={"level": "head"})
+        recovered = {m: recovery(scores, Circuit.from_scores(scores, head_rule, m).heads, reference)
+                     for m, scores in head_scores.items()}
+        if model.has_mlp or reference.mlps:
+            recovered_nodes = {m: node_recovery(scores, reference) for m, scores in node_scores.items()}
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
 
@@ -132,32 +137,49 @@ def run_unit(
         metrics_corrupted=metrics_corrupted,
         metrics_by_split=by_split,
         head_scores={k: v.tolist() for k, v in head_scores.items()},
+        node_scores=node_scores,
         method_agreement=agreement,
         traces=traces,
         circuit=circuit,
         reference=reference_info,
         recovery=recovered,
+        node_recovery=recovered_nodes,
         warnings=warnings,
     )
 
 
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
-             ctx: MethodContext, reference: Reference | None) -> CircuitInfo | None:
+             node_scores: dict[str, dict[str, float]], ctx: MethodContext,
+             reference: Reference | None) -> CircuitInfo | None:
     """The circuit the task's rule picks (method auto: every method's, the most faithful kept), with
     its faithfulness under the rule's ablation and zero ablation, and what is surprising about it."""
-    if not (spec.circuit and head_scores):
+    rule = spec.circuit
+    if rule is None:
         return None
-    chosen, candidates, baseline = most_faithful(model, data, head_scores, spec.circuit, ctx)
+    if rule.level == "node":
+        pool: dict = node_scores
+        if rule.method not in (None, "auto") and rule.method not in node_scores:
+            raise CircuitbenchError(f"circuit: {{level: node, method: {rule.method}}}: '{rule.method}' gave no node "
+                                    f"scores (methods that score MLPs too: {', '.join(node_scores) or 'none ran'}).")
+    else:
+        pool = head_scores
+    if not pool:
+        return None
+    chosen, candidates, baseline = most_faithful(model, data, pool, rule, ctx)
     assert chosen.method is not None
-    scores = head_scores[chosen.method]
-    faith = faithfulness(model, data, chosen, scores, spec.circuit, ctx, baseline)
-    warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size, int(np.count_nonzero(scores)))
+    scores = pool[chosen.method]
+    faith = faithfulness(model, data, chosen, scores, rule, ctx, baseline)
+    values = np.array(list(scores.values())) if isinstance(scores, dict) else scores
+    warnings = rule_warnings(rule, len(chosen.heads) + len(chosen.mlps), values.size, int(np.count_nonzero(values)),
+                             "nodes" if rule.level == "node" else "heads")
     if reference is not None:
         missing = sorted(set(reference.heads) - set(map(tuple, chosen.heads)))
-        warnings += missing_from_ablations(faith, missing)
+        missing_mlps = sorted(set(reference.mlps) - set(chosen.mlps)) if rule.level == "node" else []
+        warnings += missing_from_ablations(faith, missing, missing_mlps)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    return CircuitInfo(method=chosen.method, rule=chosen.rule, heads=chosen.heads, warnings=warnings,
+    return CircuitInfo(method=chosen.method, rule=chosen.rule, level=chosen.level, heads=chosen.heads,
+                       mlps=chosen.mlps, warnings=warnings,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
 
 
@@ -207,18 +229,19 @@ def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> R
     return load_reference(path) if path.is_file() else None
 
 
-def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int) -> list[str]:
-    """What a circuit rule became when it is not what it says: more heads asked than the model
-    has (or than have any measured effect), every head, or none."""
+def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int, what: str = "heads") -> list[str]:
+    """What a circuit rule became when it is not what it says: more components asked than the
+    model has (or than have any measured effect), every one, or none."""
     out = []
+    one = what[:-1]
     if rule.top_k is not None and rule.top_k > total:
-        out.append(f"top_k {rule.top_k} exceeds the model's {total} heads: the circuit is all {total} heads")
+        out.append(f"top_k {rule.top_k} exceeds the model's {total} {what}: the circuit is all {total} {what}")
     elif rule.top_k is not None and rule.top_k > nonzero:
-        out.append(f"top_k {rule.top_k}: only {nonzero} heads score other than exactly 0, the circuit is those "
+        out.append(f"top_k {rule.top_k}: only {nonzero} {what} score other than exactly 0, the circuit is those "
                    f"{chosen}")
     elif chosen == total:
-        out.append(f"the circuit rule selects every one of the {total} heads: faithfulness is 1 by construction")
+        out.append(f"the circuit rule selects every one of the {total} {what}: faithfulness is 1 by construction")
     if chosen == 0:
-        out.append(f"the circuit rule selects no head (threshold {rule.threshold} is above every score): "
+        out.append(f"the circuit rule selects no {one} (threshold {rule.threshold} is above every score): "
                    "faithfulness is 0 by construction")
     return out

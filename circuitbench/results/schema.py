@@ -83,15 +83,21 @@ class CircuitCandidate(_Strict):
 
     method: str = Field(description="the method whose scores the rule picked from")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node level)")
+    n_edges: int | None = Field(None, description="edges in the circuit (edge level, after pruning)")
     faithfulness: float = Field(description="f(C) under the rule's ablation")
 
 
 class CircuitInfo(_Strict):
     """The circuit chosen by the task's rule, with its faithfulness."""
 
-    method: str = Field(description="the head scores it was chosen from")
+    method: str = Field(description="the scores it was chosen from")
     rule: dict[str, object] = Field(description="the circuit rule (method, top_k | threshold | fraction, by, ablation)")
-    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    level: Literal["head", "node", "edge"] = Field("head", description="heads, nodes (heads and MLPs) or edges")
+    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs (edge level: the heads its edges touch)")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node, edge level)")
+    edges: list[str] = Field(default_factory=list, description="edge names ('a0.h1->a2.h3<k>'), after pruning "
+                             "dangling nodes (edge level)")
     faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`")
     metric: str | None = Field(None, description="the metric m; m_circuit, m_full and m_empty are its own values")
     m_circuit: float | None = Field(None, description="the metric with only the circuit's heads kept")
@@ -100,7 +106,14 @@ class CircuitInfo(_Strict):
     ablation: str | None = Field(None, description="how heads outside the circuit were removed")
     by_ablation: dict[str, float | None] = Field(
         default_factory=dict, description="f(C) under each ablation computed: the rule's and zero ablation")
-    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f)")
+    integration: str | None = Field(None, description="the curve: mib (MIB's sizes 0.1 %…100 %, CPR on the signed "
+                                    "ranking, CMD on |score|, trapezoids between those points) or sizes (every size "
+                                    "from 0, the rule's ranking)")
+    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(components kept, fraction, f); "
+                                                  "mib: on the |score| ranking")
+    curve_signed: list[tuple[int, float, float]] = Field(default_factory=list,
+                                                         description="mib: (components kept, fraction, f) on the "
+                                                         "signed ranking")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
     candidates: list[CircuitCandidate] = Field(
@@ -137,6 +150,9 @@ class RunResult(_Strict):
         default_factory=dict, description="split -> metrics, for the task's report_splits and its own split")
     head_scores: dict[str, list[list[float]]] = Field(
         default_factory=dict, description="method -> [n_layers][n_heads] scores")
+    node_scores: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="method -> {node: score} over heads ('a0.h1') and MLPs ('m0'), for the "
+        "methods that score MLPs too (same units as its head scores)")
     method_agreement: dict[str, float] = Field(
         default_factory=dict, description="e.g. Spearman correlation of exact vs attribution patching")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
@@ -145,6 +161,9 @@ class RunResult(_Strict):
     recovery: dict[str, RecoveryScores] = Field(
         default_factory=dict, description="method -> precision, recall, F1 of its circuit and AUROC, average "
         "precision of its |scores| against the reference")
+    node_recovery: dict[str, RecoveryScores] = Field(
+        default_factory=dict, description="method -> the same over nodes (heads and MLPs) against the reference's "
+        "nodes; the circuit: the method's top |reference| nodes by |score| (exact zeros never picked)")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
 

@@ -148,6 +148,10 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         precision = "n/a" if r.precision is None else f"{r.precision:.2f}"
         say(f"recovery of the reference ({r.n_reference} heads) by {method}: precision {precision} · recall "
             f"{r.recall:.2f} · AUROC {auroc}")
+    for method, r in o.result.node_recovery.items():
+        auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
+        say(f"recovery of the reference nodes ({r.n_reference} heads and MLPs) by {method}: recall at its size "
+            f"{r.recall:.2f} · AUROC {auroc}")
     for warning in o.result.warnings:
         say(f"warning: {warning}")
     for pair, rho in o.result.method_agreement.items():
