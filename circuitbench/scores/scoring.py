@@ -14,7 +14,7 @@ from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.activation_cache import CacheEntry
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.outputs import NodeScores
+from circuitbench.scores.methods.outputs import EdgeScores, NodeScores
 from circuitbench.specs.registries import METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
@@ -64,11 +64,11 @@ def score_heads(
     model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: ProgressFn = no_progress,
     metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
     traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS, cache_entry: CacheEntry | None = None,
-    node_scores: dict[str, dict[str, float]] | None = None,
+    node_scores: dict[str, dict[str, float]] | None = None, edge_scores: dict[str, EdgeScores] | None = None,
 ) -> dict[str, np.ndarray]:
     """[n_layers, n_heads] head scores per method; trace-producing methods (causal tracing) fill
     `traces` instead, and methods that score MLPs too also fill `node_scores` ({method: {node:
-    score}}, heads and MLPs).
+    score}}, heads and MLPs); edge methods fill `edge_scores`.
 
     With several processes, shardable methods run on this process's shard and add their sums
     across processes; the others run on all prompts on the main process, which hands the result
@@ -76,6 +76,7 @@ def score_heads(
     scores: dict[str, np.ndarray] = {}
     traces = {} if traces is None else traces
     node_scores = {} if node_scores is None else node_scores
+    edge_scores = {} if edge_scores is None else edge_scores
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     for name in methods:
         method = METHODS.get(name)
@@ -90,6 +91,11 @@ def score_heads(
             output = processes.from_main(_runner(method.run, model, data, ctx))
         if method.produces == "traces":
             traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
+            continue
+        if method.produces == "edge_scores":
+            if not np.isfinite(output.scores).all():
+                raise nonfinite_error(f"Method '{name}' edge scores", model, data.tokens[:4])
+            edge_scores[name] = output
             continue
         nodes = output if isinstance(output, NodeScores) else None
         array = np.asarray(output.heads if nodes is not None else output, dtype=float)

@@ -1,12 +1,12 @@
 """What a scoring method may return besides a plain [n_layers, n_heads] array: scores of every
-node (heads and MLPs), named as the component graph names them (models/graph.py)."""
+node (heads and MLPs) or of every edge, named as the component graph names them (models/graph.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from circuitbench.models.graph import head_node, mlp_node
+from circuitbench.models.graph import ComponentGraph, head_node, mlp_node
 
 
 @dataclass
@@ -25,3 +25,16 @@ class NodeScores:
             if self.mlps is not None:
                 out[mlp_node(layer)] = float(self.mlps[layer])
         return out
+
+
+@dataclass
+class EdgeScores:
+    """Scores of every edge of the component graph: `scores` [n_sources, n_destinations] in the
+    graph's order (0 where there is no edge), with the settings that ran."""
+
+    graph: ComponentGraph
+    scores: np.ndarray
+    settings: dict[str, object]
+
+    def as_dict(self) -> dict[str, float]:
+        return self.graph.as_dict(self.scores)
