@@ -210,6 +210,7 @@ class Candidate(BaseModel):
     method: str
     heads: list[Head]
     mlps: list[int] = Field(default_factory=list)
+    n_edges: int | None = None
     faithfulness: float
 
 

@@ -29,6 +29,7 @@ class Reference(BaseModel):
     model_config = ConfigDict(extra="forbid")
     heads: list[Head] = Field(description="[layer, head] pairs of the known circuit")
     mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the known circuit")
+    edges: list[str] = Field(default_factory=list, description="edges of the known circuit, when it names them")
     source: str = Field(description="where the reference came from (file, spec, model directory)")
 
     @property
@@ -66,8 +67,9 @@ def load_reference(path: Path) -> Reference:
     source = raw["circuit"] if isinstance(raw.get("circuit"), dict) else raw
     items = list(source.get("heads", [])) + list(source.get("nodes", [])) + [f"m{l}" for l in source.get("mlps", [])]
     heads, mlps = parse_components(items, str(path))
+    edges = [str(e) for e in source.get("edges", []) if isinstance(e, str)]
     try:
-        return Reference(heads=heads, mlps=mlps, source=str(path))
+        return Reference(heads=heads, mlps=mlps, edges=edges, source=str(path))
     except ValidationError as e:
         raise CircuitbenchError(f"{path}: not a reference circuit ({e.errors()[0]['msg']}).") from None
 
@@ -113,12 +115,17 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def node_recovery(scores: dict[str, float], reference: Reference) -> RecoveryScores:
     """A method's {node: score} (heads and MLPs) against the reference's nodes; its circuit is the
     top |reference| nodes by |score| (a node scoring exactly 0 is never picked)."""
+    return ranked_recovery(scores, reference.nodes, "nodes", reference.source)
+
+
+def ranked_recovery(scores: dict[str, float], positives: list[str], what: str, source: str) -> RecoveryScores:
+    """{name: score} against the reference's names: its circuit the top |reference| by |score|."""
     names = list(scores)
-    unknown = [n for n in reference.nodes if n not in scores]
+    unknown = [n for n in positives if n not in scores]
     if unknown:
-        raise CircuitbenchError(f"Reference {reference.source}: nodes {', '.join(unknown)} are not nodes of this model "
+        raise CircuitbenchError(f"Reference {source}: {what} {', '.join(unknown[:5])} are not {what} of this model "
                                 f"(it has {names[0]} … {names[-1]}).")
-    ref = set(reference.nodes)
+    ref = set(positives)
     ranked = sorted((n for n in names if scores[n] != 0), key=lambda n: (-abs(scores[n]), names.index(n)))
     chosen = set(ranked[: len(ref)])
     hit = len(chosen & ref)

@@ -30,17 +30,38 @@ Hook = tuple[Site, HookFn]
 @dataclass(frozen=True)
 class AttentionWeights:
     """One block's attention weights per head, in TransformerLens's layout: queries of head h are
-    norm(x) @ W_Q[h] + b_Q[h] (keys, values alike), its output z_h @ W_O[h]. Under grouped-query
-    attention W_K / W_V are given per query head (each query head's copy of its group's)."""
+    norm(x) @ query[h] + query_bias[h] (keys, values alike), its output z_h @ output[h]. Under
+    grouped-query attention key / value are given per query head (each its group's copy)."""
 
-    W_Q: torch.Tensor  # [n_heads, d_model, d_head]
-    W_K: torch.Tensor
-    W_V: torch.Tensor
-    b_Q: torch.Tensor  # [n_heads, d_head] (zeros where the model has no bias)
-    b_K: torch.Tensor
-    b_V: torch.Tensor
-    W_O: torch.Tensor  # [n_heads, d_head, d_model]
-    b_O: torch.Tensor  # [d_model]
+    query: torch.Tensor  # [n_heads, d_model, d_head]
+    key: torch.Tensor
+    value: torch.Tensor
+    query_bias: torch.Tensor  # [n_heads, d_head] (zeros where the model has no bias)
+    key_bias: torch.Tensor
+    value_bias: torch.Tensor
+    output: torch.Tensor  # [n_heads, d_head, d_model]
+    output_bias: torch.Tensor  # [d_model]
+
+    def projection(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [n_heads, d_model, d_head], bias [n_heads, d_head]) of the query, key or value projection."""
+        return {"q": (self.query, self.query_bias), "k": (self.key, self.key_bias),
+                "v": (self.value, self.value_bias)}[kind]
+
+    def head_results(self, z: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_model] each head's term in the residual stream, z_h · W_O[h] (no bias)."""
+        return torch.einsum("bphe,hed->bphd", z, self.output.to(z.dtype))
+
+    def project(self, kind: str, normed: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_head] queries / keys / values of each head from its own (normed)
+        input [batch, pos, n_heads, d_model]."""
+        w, b = self.projection(kind)
+        return torch.einsum("bphd,hde->bphe", normed, w.to(normed.dtype)) + b.to(normed.dtype)
+
+    def project_back(self, kind: str, grad: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_model] a gradient at each head's queries / keys / values
+        [batch, pos, n_heads, d_head] taken back to that head's (normed) input."""
+        w, _ = self.projection(kind)
+        return torch.einsum("bphe,hde->bphd", grad.to(w.dtype), w)
 
 
 @dataclass
@@ -140,8 +161,9 @@ class LoadedModel:
             W_O = attn.W_O.detach()
             b_O = attn.b_O.detach() if attn.b_O is not None else torch.zeros(W_O.shape[-1], dtype=W_O.dtype,
                                                                               device=W_O.device)
-            self._attention[layer] = AttentionWeights(W_Q, W_K, W_V, bias(attn.b_Q, W_Q), bias(attn.b_K, W_K),
-                                                      bias(attn.b_V, W_V), W_O, b_O)
+            self._attention[layer] = AttentionWeights(query=W_Q, key=W_K, value=W_V, query_bias=bias(attn.b_Q, W_Q),
+                                                      key_bias=bias(attn.b_K, W_K), value_bias=bias(attn.b_V, W_V),
+                                                      output=W_O, output_bias=b_O)
         return self._attention[layer]
 
     def normalize_attention_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
@@ -122,12 +122,22 @@ class CircuitInfo(_Strict):
     warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
 
 
+class EdgeScoresInfo(_Strict):
+    """An edge method's scores: in a sidecar file next to the result (EAP-IG / MIB graph JSON)."""
+
+    file: str = Field(description="the sidecar's name, in the result's folder: <task>.<method>.edges.json")
+    n_edges: int = Field(description="edges scored (every edge of the component graph)")
+    settings: dict[str, object] = Field(default_factory=dict, description="what ran (variant, steps, step points …)")
+    top: list[tuple[str, float]] = Field(default_factory=list, description="the 20 edges of largest |score|")
+
+
 class ReferenceInfo(_Strict):
     """The known circuit recovery was scored against."""
 
     source: str = Field(description="--reference FILE, the task's reference_circuits, or the model's circuit.json")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs of the known circuit")
     mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the known circuit")
+    edges: list[str] = Field(default_factory=list, description="edges of the known circuit, when it names them")
     invisible: list[tuple[int, int]] = Field(
         default_factory=list, description="reference heads whose clean and counterfactual outputs are identical: "
         "patching with this counterfactual cannot see them")
@@ -155,6 +165,8 @@ class RunResult(_Strict):
         "methods that score MLPs too (same units as its head scores)")
     method_agreement: dict[str, float] = Field(
         default_factory=dict, description="e.g. Spearman correlation of exact vs attribution patching")
+    edge_scores: dict[str, EdgeScoresInfo] = Field(
+        default_factory=dict, description="edge method -> its sidecar file of every edge's score, and the top edges")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
     circuit: CircuitInfo | None = Field(None, description="the circuit the task's rule chose, with its faithfulness")
     reference: ReferenceInfo | None = Field(None, description="the known circuit, when there is one")
@@ -164,8 +176,13 @@ class RunResult(_Strict):
     node_recovery: dict[str, RecoveryScores] = Field(
         default_factory=dict, description="method -> the same over nodes (heads and MLPs) against the reference's "
         "nodes; the circuit: the method's top |reference| nodes by |score| (exact zeros never picked)")
+    edge_recovery: dict[str, RecoveryScores] = Field(
+        default_factory=dict, description="edge method -> the same over edges against the reference's edges (top "
+        "|reference| edges by |score|)")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
+    # Sidecar files written next to the result (name -> JSON content): edge scores. Not part of the JSON.
+    _sidecars: dict[str, dict] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _status_fields(self) -> "RunResult":

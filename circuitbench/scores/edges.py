@@ -2,18 +2,20 @@
 forward of an edge circuit, over the component graph (models/graph.py).
 
 What an edge is, exactly. A node's output enters the residual stream as one term: the input
-embedding (`resid_pre.0`), a head's z_h · W_O[h] (the blocks' b_O belong to no node: a constant
-in every later input), an MLP's output. A node input is the residual stream at the point it
-reads it, pre-norm: block L's input for its heads' queries, keys and values (each head has its
-own three copies), the stream after attention for a sequential MLP (the block input for a
-parallel one), the last block's output for the logits. Patching the edge u -> v replaces u's
-term in v's input only, (x_v − a_u + a_u'), and v then reads norm(x_v − a_u + a_u') — the norm
-is recomputed on the patched input, which is what makes edges non-linear.
+embedding (`resid_pre.0`), a head's z_h times its slice of the output projection (the blocks'
+output biases belong to no node: a constant in every later input), an MLP's output. A node
+input is the residual stream at the point it reads it, pre-norm: block L's input for its heads'
+queries, keys and values (each head has its own three copies), the stream after attention for a
+sequential MLP (the block input for a parallel one), the last block's output for the logits.
+Patching the edge u -> v replaces u's term in v's input only, (x_v − a_u + a_u'), and v then
+reads norm(x_v − a_u + a_u') — the norm is recomputed on the patched input, which is what makes
+edges non-linear.
 
 - Gradients (`input_gradients`): one forward and backward gives ∂m/∂x_v for every node input v:
-  per head from the gradient at its queries / keys / values through W_Q[h] / W_K[h] / W_V[h] and
-  the vector-Jacobian product of the block's norm at x_v; for an MLP through its norm; for the
-  logits directly. EAP's score of u -> v is then Σ_{prompts, positions} (a_u' − a_u) · ∂m/∂x_v.
+  per head from the gradient at its queries / keys / values through that head's projection
+  weights and the vector-Jacobian product of the block's norm at x_v; for an MLP through its
+  norm; for the logits directly. EAP's score of u -> v is then Σ (a_u' − a_u) · ∂m/∂x_v over
+  prompts and positions.
 - Exact patching (`patched_edge_metrics`): the batch re-run from the destination's block once per
   edge (copies stacked on the batch axis): the patched input goes into the head's query, key or
   value projection (the block's norm applied to it), and every other head of that block keeps its
@@ -22,7 +24,7 @@ is recomputed on the patched input, which is what makes edges non-linear.
 - Circuit forward (`circuit_metric`): every edge outside a circuit carries the counterfactual
   (or mean, or zero) output of its source, every edge inside it the source's output in this very
   run: each head's queries, keys and values are rebuilt from its own input with the block's norm
-  and its W_Q / W_K / W_V (as TransformerLens's split q/k/v inputs do), which grouped-query
+  and its projection weights (as split q/k/v inputs do in TransformerLens), which grouped-query
   attention cannot take (each query head would need its own keys) and is refused.
 """
 from __future__ import annotations
@@ -63,8 +65,7 @@ def node_outputs(model: LoadedModel, run: BaseRun) -> torch.Tensor:
     """[batch, pos, n_sources, d_model] every source node's output in a run, in the graph's order."""
     parts = [run.resid[0][:, :, None]]
     for layer in range(model.n_layers):
-        w = model.attention_weights(layer)
-        parts.append(torch.einsum("bphe,hed->bphd", run.z[layer], w.W_O.to(run.z[layer].dtype)))
+        parts.append(model.attention_weights(layer).head_results(run.z[layer]))
         if run.mlp is not None:
             parts.append(run.mlp[layer][:, :, None])
     return torch.cat(parts, 2)
@@ -148,8 +149,7 @@ def layer_input_gradients(model: LoadedModel, grads: InputGradients, layer: int)
     """[batch, pos, 3·n_heads (+1), d_model] ∂m/∂x_v for block `layer`'s destinations, in the
     graph's order: every head's q input, then k, then v, then the MLP's input."""
     w = model.attention_weights(layer)
-    post = torch.cat([torch.einsum("bphe,hde->bphd", g[layer].to(W.dtype), W)
-                      for g, W in ((grads.q, w.W_Q), (grads.k, w.W_K), (grads.v, w.W_V))], 2)
+    post = torch.cat([w.project_back(kind, g[layer]) for kind, g in zip(QKV, (grads.q, grads.k, grads.v))], 2)
     parts = [_norm_vjp(lambda x: model.normalize_attention_input(layer, x), grads.resid[layer], post)]
     if model.has_mlp:
         parts.append(_norm_vjp(lambda x: model.normalize_mlp_input(layer, x), grads.mid[layer],
@@ -258,16 +258,13 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
             if moved is None:
                 return None
             x = resid_in[layer][:, :, None].to(dtype) + moved
-            w = model.attention_weights(layer)
-            W, b = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[kind]
-            y = model.normalize_attention_input(layer, x)
-            return (torch.einsum("bphd,hde->bphe", y, W.to(y.dtype)) + b.to(y.dtype)).to(q.dtype)
+            normed = model.normalize_attention_input(layer, x)
+            return model.attention_weights(layer).project(kind, normed).to(q.dtype)
         return rebuild
 
     def on_z(layer: int) -> Callable[[torch.Tensor], None]:
         def record(z: torch.Tensor) -> None:
-            w = model.attention_weights(layer)
-            heads = torch.einsum("bphe,hed->bphd", z, w.W_O.to(z.dtype))
+            heads = model.attention_weights(layer).head_results(z)
             live.extend(heads[:, :, h] for h in range(H))
         return record
 

@@ -42,8 +42,8 @@ def test_prune_removes_dangling_nodes_as_eap_ig_does():
 
 def _node_outputs(model, cache, layer):
     w = model.attention_weights(layer)
-    heads = torch.einsum("bphe,hed->bphd", cache[hooks.head_outputs(layer)], w.W_O)
-    return heads, w.b_O
+    heads = torch.einsum("bphe,hed->bphd", cache[hooks.head_outputs(layer)], w.output)
+    return heads, w.output_bias
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox", "llama", "toy-induction-2l", "tracr-hist"])
