@@ -48,6 +48,8 @@ class Circuit(BaseModel):
     mlps: list[int] = Field(default_factory=list)
     edges: list[str] = Field(default_factory=list)
     level: str = "head"
+    node_scores: dict[str, float] | None = None  # {node: score} when the method scored nodes
+    edge_scores: dict[str, float] | None = None  # {edge: score} when the method scored edges
     n_layers: int | None = None
     n_heads: int | None = None
     scores: list[list[float]] | None = None
@@ -136,7 +138,11 @@ class Circuit(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> "Circuit":
-        """Any JSON with "heads": [[layer, head], ...] (a RunResult qualifies)."""
+        """Any JSON with "heads": [[layer, head], ...] or "nodes": ["a0.h1", "m2", ...] (a RunResult
+        qualifies: node and edge circuits too, edge scores read from its sidecar file), or an
+        EAP-IG / MIB graph file (cfg, nodes, edges: the edges and nodes `in_graph`, with scores)."""
+        from circuitbench.circuits.graph_files import is_graph_json, read_graph_json
+
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -144,11 +150,24 @@ class Circuit(BaseModel):
         if not isinstance(raw, dict):
             raise CircuitbenchError(f"{path}: a circuit file is a JSON object with \"heads\": [[layer, head], ...], "
                                     f"not a {type(raw).__name__}.")
+        if is_graph_json(raw):
+            g = read_graph_json(raw, str(path))
+            nodes = g.nodes or sorted({n for e in g.edges for n in (e.split("->")[0], e.split("->")[1].split("<")[0])})
+            heads, mlps = split_nodes(nodes)
+            meta = g.meta
+            return cls(heads=heads, mlps=mlps, edges=g.edges, level="edge" if g.edges else "node",
+                       n_layers=g.graph.n_layers, n_heads=g.graph.n_heads, method=meta.get("method"),
+                       node_scores=g.node_scores or None, edge_scores=g.scores or None,
+                       label=str(meta.get("label") or path.stem))
         source = raw.get("circuit") if isinstance(raw.get("circuit"), dict) else raw
-        if not isinstance(source, dict) or "heads" not in source:
-            raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor circuit.heads).")
+        if not isinstance(source, dict) or not ("heads" in source or "nodes" in source):
+            raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor \"nodes\", circuit.heads, "
+                                    "or an EAP-IG/MIB graph's cfg, nodes and edges).")
         try:
-            heads = [(int(l), int(h)) for l, h in source["heads"]]
+            heads = [(int(l), int(h)) for l, h in source.get("heads", [])]
+            named_heads, named_mlps = split_nodes([str(n) for n in source.get("nodes", [])])
+            heads = sorted(set(heads) | set(named_heads))
+            mlps = sorted({int(m) for m in source.get("mlps", [])} | set(named_mlps))
         except (TypeError, ValueError):
             raise CircuitbenchError(f"{path}: \"heads\" must be a list of [layer, head] pairs.") from None
         model = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
@@ -156,11 +175,19 @@ class Circuit(BaseModel):
         method = source.get("method")
         # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
         scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
+        node_scores = (raw.get("node_scores") or {}).get(method) if isinstance(raw.get("node_scores"), dict) else None
+        edges = [str(e) for e in source.get("edges", [])]
+        edge_scores = None
+        sidecar = (raw.get("edge_scores") or {}).get(method) if isinstance(raw.get("edge_scores"), dict) else None
+        if isinstance(sidecar, dict) and (path.parent / str(sidecar.get("file"))).is_file():
+            edge_scores = read_graph_json(json.loads((path.parent / sidecar["file"]).read_text()), str(path)).scores
         label = f"{model['name']}/{task['name']}" if model.get("name") and task.get("name") else path.stem
         try:
-            return cls(heads=heads, n_layers=model.get("n_layers", raw.get("n_layers")),
+            return cls(heads=heads, mlps=mlps, edges=edges, level=str(source.get("level", "head")),
+                       n_layers=model.get("n_layers", raw.get("n_layers")),
                        n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
-                       rule=source.get("rule") or {}, label=raw.get("label", label))
+                       rule=source.get("rule") or {}, label=raw.get("label", label), node_scores=node_scores,
+                       edge_scores=edge_scores)
         except ValidationError as e:
             reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
             raise CircuitbenchError(f"{path}: not a usable circuit: {reasons}") from None

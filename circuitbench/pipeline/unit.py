@@ -75,8 +75,8 @@ def task_info(spec: TaskSpec, data: EncodedPrompts | None = None) -> TaskInfo:
 def model_info(model: LoadedModel) -> ModelInfo:
     return ModelInfo(name=model.name, source=model.source, revision=model.revision, fingerprint=model.fingerprint,
                      init=model.init, init_seed=model.init_seed, dtype=model.dtype, n_layers=model.n_layers,
-                     n_heads=model.n_heads, n_params=model.n_params,
-                     tokenizer=model.tokenizer_source)
+                     n_heads=model.n_heads, n_params=model.n_params, d_model=model.d_model, has_mlp=model.has_mlp,
+                     parallel_attn_mlp=model.parallel_attn_mlp, tokenizer=model.tokenizer_source)
 
 
 def choose_batch_size(options: RunOptions, model: LoadedModel, data: EncodedPrompts, processes: Processes) -> int:

@@ -55,6 +55,9 @@ class ModelInfo(_Strict):
     n_layers: int | None = Field(None, description="transformer blocks")
     n_heads: int | None = Field(None, description="attention heads per block")
     n_params: int | None = Field(None, description="parameters of the loaded model")
+    d_model: int | None = Field(None, description="residual stream width")
+    has_mlp: bool | None = Field(None, description="whether its blocks have MLPs (attention-only toys do not)")
+    parallel_attn_mlp: bool | None = Field(None, description="whether each MLP reads the block input (GPT-NeoX)")
     tokenizer: str | None = Field(None, description="where the tokenizer came from")
 
 
