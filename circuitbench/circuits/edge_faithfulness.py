@@ -136,7 +136,7 @@ class EdgeBaseline:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
 
 
-def _order(scores: EdgeScores, by: str) -> list[str]:
+def edge_order(scores: EdgeScores, by: str) -> list[str]:
     """Every edge, largest first (ties: the graph's order)."""
     names = scores.graph.edges
     values = np.array([scores.scores[scores.graph.edge_position(e)] for e in names])
@@ -161,7 +161,7 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation)
     if rule.curve:
-        fields = curves(_order(scores, "abs"), _order(scores, "signed"), rule.effective_integration, baseline.f,
+        fields = curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration, baseline.f,
                         rule.by)
         report = report.model_copy(update=fields)
     return report

@@ -173,7 +173,7 @@ def head_node_scores(scores: np.ndarray) -> dict[str, float]:
     return {f"a{l}.h{h}": float(scores[l, h]) for l, h in np.ndindex(*scores.shape)}
 
 
-def _order(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
+def ranked_names(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
     if isinstance(scores, np.ndarray):  # head scores: ranked as heads always were (ties: lower layer, head)
         return [f"a{l}.h{h}" for l, h in ranked_heads(scores, by)]
     return ranked_nodes(scores, by)
@@ -197,7 +197,7 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation)
     if rule.curve:
-        fields = curves(_order(scores, "abs"), _order(scores, "signed"), rule.effective_integration,
+        fields = curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
                         baseline.f_nodes, rule.by)
         report = report.model_copy(update=fields)
     return report

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.edge_faithfulness import edge_faithfulness, most_faithful_edges
-from circuitbench.circuits.faithfulness import faithfulness, missing_from_ablations, most_faithful
+from circuitbench.circuits.edge_faithfulness import edge_faithfulness, edge_order, most_faithful_edges
+from circuitbench.circuits.faithfulness import curves, faithfulness, missing_from_ablations, most_faithful, ranked_names
 from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.circuits.overlap import rank_correlation
 from circuitbench.circuits.recovery import (
@@ -225,8 +225,17 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
         warnings += missing_from_ablations(faith, missing, missing_mlps)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
+    by_method = {}
+    if rule.curve and rule.effective_integration == "mib":
+        for c in candidates:
+            if c.method == chosen.method:
+                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
+                continue
+            s = pool[c.method]
+            fields = curves(ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by)
+            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
     return CircuitInfo(method=chosen.method, rule=chosen.rule, level=chosen.level, heads=chosen.heads,
-                       mlps=chosen.mlps, warnings=warnings,
+                       mlps=chosen.mlps, warnings=warnings, by_method=by_method,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
 
 
@@ -247,8 +256,17 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
                             f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})")
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
+    by_method = {}
+    if rule.curve and rule.effective_integration == "mib":
+        for c in candidates:
+            if c.method == chosen.method:
+                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
+                continue
+            s = edge_scores[c.method]
+            fields = curves(edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f, rule.by)
+            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
     return CircuitInfo(method=chosen.method, rule=chosen.rule, level="edge", heads=chosen.heads, mlps=chosen.mlps,
-                       edges=chosen.edges, warnings=warnings,
+                       edges=chosen.edges, warnings=warnings, by_method=by_method,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
 
 

@@ -119,6 +119,9 @@ class CircuitInfo(_Strict):
                                                          "signed ranking")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    by_method: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="MIB's integration: every candidate method's {faithfulness, cpr, cmd} at "
+        "this level, each on its own ranking (the leaderboards' per-method columns)")
     candidates: list[CircuitCandidate] = Field(
         default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
         "faithful: f closest to 1, then the smaller circuit)")

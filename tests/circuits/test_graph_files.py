@@ -69,6 +69,13 @@ def test_run_report_export_and_overlap_of_edge_circuits(edge_result, tmp_path, c
     assert matrix["edge_jaccard"][0][1] == 1.0 and matrix["edge_weighted_jaccard"][0][1] == pytest.approx(1.0)
     code, out, err = cli(capsys, "circuit", "export", str(edge_result), "--format", "acdc", "--out", str(other))
     assert code == 2 and "mib" in err
+    # leaderboards carry MIB's CPR and CMD of every method at the circuit's level
+    assert set(c["by_method"]) == {"eap", "eap_ig"} and c["by_method"][c["method"]]["cpr"] == c["cpr"]
+    code, out, err = cli(capsys, "leaderboard", "--results", str(edge_result.parent.parent), "--out",
+                         str(tmp_path / "lb"))
+    assert code == 0, err
+    table = (tmp_path / "lb" / "induction.md").read_text()
+    assert "CPR eap (edge) ↑" in table and "CMD eap_ig (edge) ↓" in table
 
 
 def test_graph_overlap_metrics_by_hand():

@@ -165,3 +165,40 @@ def test_edges_on_every_architecture(tiny_models, arch):
         one[i, j] = True
         patched = float(circuit_metric(model, graph, batch, one, replacement, ctx).double().sum())
         assert abs(patched - float(value)) < 1e-4
+
+
+def test_eap_ig_step_points_and_variants(tiny):
+    from circuitbench.scores.methods.edges import _alphas
+    from circuitbench.scores.methods.options import EapIgOptions
+
+    assert _alphas(EapIgOptions(steps=5)) == [0.0, 0.2, 0.4, 0.6, 0.8]  # EAP-IG: k/m, k = 0…m−1
+    assert _alphas(EapIgOptions(steps=4, variant="activations")) == [0.25, 0.5, 0.75, 1.0]  # k = 1…m
+    assert _alphas(EapIgOptions(steps=2, points="midpoint")) == [0.25, 0.75]
+    model, data = tiny[0], tiny[1]
+    runs = {}
+    for name, opts in {"published": {"steps": 3}, "midpoint": {"steps": 3, "points": "midpoint"},
+                       "activations": {"steps": 2, "variant": "activations"}}.items():
+        edge_scores = {}
+        score_heads(model, data, ["eap_ig"], 4, metric="logit_diff", method_options={"eap_ig": opts},
+                    edge_scores=edge_scores)
+        runs[name] = edge_scores["eap_ig"]
+        assert np.isfinite(runs[name].scores).all() and runs[name].settings["steps"] == opts["steps"]
+    assert runs["midpoint"].settings["alphas"] == [1 / 6, 0.5, 5 / 6]
+    assert not np.allclose(runs["published"].scores, runs["midpoint"].scores)
+    # one step of the inputs variant at α = 0 is EAP with the gradient taken on the counterfactual input
+    from circuitbench.scores.edges import accumulate_edge_scores, input_gradients
+
+    _, _, batch, clean, corrupt, delta = tiny
+    edge_scores = {}
+    score_heads(model, data, ["eap_ig", "eap"], 4, metric="logit_diff", method_options={"eap_ig": {"steps": 1}},
+                edge_scores=edge_scores)
+    graph = model.component_graph()
+    total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
+    grads = input_gradients(model, batch, MethodContext(batch_size=4, metric="logit_diff"),
+                            first=(hooks.resid_pre(0), lambda x: corrupt.resid[0].clone()))
+    accumulate_edge_scores(model, graph, delta, grads, total)
+    m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
+    m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
+    expected = (-(total / 4) / (m_clean - m_corr)).numpy() * graph.real_edges
+    assert np.abs(edge_scores["eap_ig"].scores - expected).max() < 1e-6
+    assert not np.allclose(edge_scores["eap_ig"].scores, edge_scores["eap"].scores)
