@@ -1,11 +1,19 @@
-"""Faithfulness of a circuit: the model with every head outside it ablated, as MIB defines it,
+"""Faithfulness of a circuit: the model with every component outside it ablated, as MIB defines it,
 f(C) = (m(C) − m(∅)) / (m(M) − m(∅)), and the curve of f over circuit sizes (CPR, CMD).
 
-Faithfulness is a ratio, and its denominator m(M) − m(∅) can be noise: when ablating every head
-changes the metric by less than twice the standard error of that change over prompts (a paired
-test: the per-prompt differences m_i(M) − m_i(∅), their mean against their standard error), f is
-undefined, stored as None with the reason, never as a number (a random-init model's
+Faithfulness is a ratio, and its denominator m(M) − m(∅) can be noise: when ablating every
+component changes the metric by less than twice the standard error of that change over prompts (a
+paired test: the per-prompt differences m_i(M) − m_i(∅), their mean against their standard error),
+f is undefined, stored as None with the reason, never as a number (a random-init model's
 0.0003 / 0.0003 would otherwise read as "faithfulness 118").
+
+Head circuits ablate heads only (MLPs always run), node circuits heads and MLPs (m(∅): every head
+and MLP ablated, as MIB's empty circuit). The curve is MIB's by default for node circuits (and
+for edge circuits, circuits/edge_faithfulness.py): the top 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 and
+100 % of the components, CPR the trapezoid area under f on the signed ranking and CMD the area
+under |1 − f| on the |score| ranking, between those points (x = the fraction of components);
+`integration: sizes` keeps the earlier curve (every size from 0, one ranking, trapezoid from 0),
+the default for head circuits.
 
 One ablation can hide a missing component (a head whose clean and counterfactual outputs agree
 looks unnecessary under mean-counterfactual ablation), so f is reported under the task's ablation
@@ -13,63 +21,138 @@ and under zero ablation. `data` may be one data-parallel process's shard: every 
 goes through ctx.sum_shards, so each process computes the one-process numbers."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from circuitbench.circuits.circuit import Circuit, Head, head_label, ranked_heads
+from circuitbench.circuits.circuit import Circuit, Head, head_label, ranked_heads, ranked_nodes, split_nodes
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.evaluation import nonfinite_error
-from circuitbench.scores.interventions import ablated_heads_metric, ablated_heads_values, mean_head_outputs
+from circuitbench.scores.interventions import (
+    COUNTERFACTUAL,
+    ablated_nodes_metric,
+    ablated_nodes_values,
+    mean_node_outputs,
+)
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.specs.registries import METRICS
 from circuitbench.specs.task import CircuitRule
 
 CURVE_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 ALSO_UNDER = "zero"  # the second ablation every circuit is reported under
 NOISE_Z = 2.0  # |m(M) − m(∅)| below NOISE_Z standard errors of the paired difference: f is undefined
+CurvePoint = tuple[int, float, float]  # (components kept, fraction, f)
+
+
+def paired_gap(full: np.ndarray, empty: np.ndarray, ctx: MethodContext) -> tuple[float, float, float, int]:
+    """(m(M), m(∅), standard error of m(M) − m(∅), n) from per-prompt values on this process's
+    prompts, summed over processes: the standard error is of the paired differences, so the
+    prompt-to-prompt spread both runs share cancels."""
+    diff = full - empty
+    s_full, s_empty, s_diff, s_diff2, n = ctx.sum_shards(
+        (float(full.sum()), float(empty.sum()), float(diff.sum()), float((diff**2).sum()), len(full)))
+    variance = max(0.0, (s_diff2 - s_diff**2 / n) / (n - 1)) if n > 1 else 0.0
+    return s_full / n, s_empty / n, float(np.sqrt(variance / n)), int(n)
+
+
+def undefined_reason(m_full: float, m_empty: float, gap_stderr: float, n: int, what: str, metric: str,
+                     shown_full: float) -> str | None:
+    """Why f is undefined (None: it is defined): `what` (e.g. "ablating every head (zero)") changes
+    the metric by nothing, or by less than NOISE_Z standard errors of that change."""
+    gap = abs(m_full - m_empty)
+    if gap < 1e-9:
+        return f"{what} does not change {metric} ({shown_full:.4g})"
+    if gap < NOISE_Z * gap_stderr:
+        return (f"|m(M) − m(∅)| = {gap:.3g} is within noise: less than {NOISE_Z:g} × its standard error over "
+                f"{n} prompts ({gap_stderr:.3g}; {what}): the components have no measurable effect on the metric")
+    return None
 
 
 def curve_sizes(n_total: int) -> list[int]:
-    """Every circuit size for small models; MIB's fraction grid for large ones."""
+    """Every circuit size for small models; MIB's fraction grid for large ones (integration: sizes)."""
     if n_total <= 64:
         return list(range(n_total + 1))
     return sorted({round(f * n_total) for f in CURVE_FRACTIONS})
 
 
+def mib_sizes(n_total: int) -> list[int]:
+    """How many components MIB keeps at each of its fractions: int(fraction × n), as MIB rounds."""
+    return [int(f * n_total) for f in MIB_FRACTIONS]
+
+
+def trapezoid_area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Σ (x₂ − x₁)·(y₁ + y₂)/2 over consecutive points (MIB's integration)."""
+    return float(sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))
+
+
+def mib_cpr_cmd(f_signed: Sequence[float], f_abs: Sequence[float]) -> tuple[float, float]:
+    """(CPR, CMD) as MIB integrates them: the area under f of the signed-ranking curve, and under
+    |1 − f| of the |score|-ranking curve, both over MIB_FRACTIONS."""
+    return trapezoid_area(MIB_FRACTIONS, f_signed), trapezoid_area(MIB_FRACTIONS, [abs(1 - f) for f in f_abs])
+
+
+def curve(order: list[str], sizes: list[int], f_of: Callable[[list[str]], float],
+          fractions: Sequence[float] | None = None) -> list[CurvePoint]:
+    """f of the top-k components of `order` for each k of `sizes` (k = 0: 0, all of them: 1, by
+    definition), with x the fraction of components (MIB's own fractions when given)."""
+    total = len(order)
+    points = []
+    for i, k in enumerate(sizes):
+        f = 0.0 if k == 0 else 1.0 if k >= total else f_of(order[:k])
+        points.append((k, fractions[i] if fractions is not None else k / total, f))
+    return points
+
+
 class Baseline:
-    """m(M) and m(∅) under one ablation, and f(C) for any set of kept heads. Metrics are oriented
-    so higher is better inside; `own_sign` turns them back into the metric's own values."""
+    """m(M) and m(∅) under one ablation, and f(C) for any set of kept heads (and, at node level,
+    MLPs). Metrics are oriented so higher is better inside; `own_sign` turns them back into the
+    metric's own values."""
 
-    def __init__(self, model: LoadedModel, data: EncodedPrompts, kind: str, ctx: MethodContext) -> None:
-        self.model, self.data, self.kind, self.ctx = model, data, kind, ctx
+    def __init__(self, model: LoadedModel, data: EncodedPrompts, kind: str, ctx: MethodContext,
+                 level: str = "head") -> None:
+        self.model, self.data, self.kind, self.ctx, self.level = model, data, kind, ctx, level
+        self.fill: object
         if kind == "zero":
-            self.means = None
-        elif data.corrupted is None and kind == "mean_counterfactual":
-            raise CircuitbenchError("circuit.ablation mean_counterfactual needs corrupted prompts; this task has none. "
+            self.fill = None
+        elif data.corrupted is None and kind in ("mean_counterfactual", COUNTERFACTUAL):
+            raise CircuitbenchError(f"circuit.ablation {kind} needs corrupted prompts; this task has none. "
                                     "Use mean_clean or zero.")
+        elif kind == COUNTERFACTUAL:
+            if not data.aligned:
+                raise CircuitbenchError("circuit.ablation counterfactual patches each prompt's counterfactual position "
+                                        "by position; this task's counterfactuals may have another token length. Use "
+                                        "mean_counterfactual.")
+            self.fill = COUNTERFACTUAL
         else:
-            self.means = mean_head_outputs(model, data, ctx, corrupted=kind == "mean_counterfactual")
+            self.fill = mean_node_outputs(model, data, ctx, corrupted=kind == "mean_counterfactual")
         heads = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
-        full = self.values(heads, "m(M), the full model's metric")
-        empty = self.values(set(), "m(∅), the metric with every head ablated")
-        diff = full - empty
-        s_full, s_empty, s_diff, s_diff2, n = ctx.sum_shards(
-            (float(full.sum()), float(empty.sum()), float(diff.sum()), float((diff**2).sum()), len(full)))
-        self.n = int(n)
-        self.m_full, self.m_empty = s_full / n, s_empty / n
-        variance = max(0.0, (s_diff2 - s_diff**2 / n) / (n - 1)) if n > 1 else 0.0
-        self.gap_stderr = float(np.sqrt(variance / n))  # standard error of m(M) − m(∅) over prompts (paired)
+        everything = "every head and MLP" if level == "node" and model.has_mlp else "every head"
+        self.everything = everything
+        full = self.values(heads, set(range(model.n_layers)), "m(M), the full model's metric")
+        empty = self.values(set(), set(), f"m(∅), the metric with {everything} ablated")
+        self.m_full, self.m_empty, self.gap_stderr, self.n = paired_gap(full, empty, ctx)
 
-    def values(self, keep: set[Head], quantity: str) -> "np.ndarray":
-        values = ablated_heads_values(self.model, self.data, keep, self.means, self.ctx).numpy()
+    def _mlps(self, keep_mlps: set[int] | None) -> set[int] | None:
+        return None if self.level == "head" else (keep_mlps or set())
+
+    def values(self, keep: set[Head], keep_mlps: set[int] | None, quantity: str) -> np.ndarray:
+        """Per-prompt metric (this process's prompts) with everything outside the kept set ablated."""
+        fill = self.fill  # a NodeMeans, COUNTERFACTUAL or None (zero)
+        values = ablated_nodes_values(self.model, self.data, keep, self._mlps(keep_mlps), fill,  # type: ignore[arg-type]
+                                      self.ctx).numpy()
         if not np.isfinite(values).all():
             raise nonfinite_error(f"Faithfulness ({self.kind} ablation): {quantity}", self.model, self.data.tokens[:4])
         return values
 
-    def metric(self, keep: set[Head], quantity: str = "m(C), the circuit's metric") -> float:
-        value = ablated_heads_metric(self.model, self.data, keep, self.means, self.ctx)
+    def metric(self, keep: set[Head], keep_mlps: set[int] | None = None,
+               quantity: str = "m(C), the circuit's metric") -> float:
+        fill = self.fill
+        value = ablated_nodes_metric(self.model, self.data, keep, self._mlps(keep_mlps), fill,  # type: ignore[arg-type]
+                                     self.ctx)
         if not np.isfinite(value):
             raise nonfinite_error(f"Faithfulness ({self.kind} ablation): {quantity}", self.model, self.data.tokens[:4])
         return value
@@ -78,25 +161,27 @@ class Baseline:
     def undefined_reason(self) -> str | None:
         """Why f is undefined under this ablation (None: it is defined): ablating every head changes
         the metric by nothing, or by less than NOISE_Z standard errors of that change."""
-        gap = abs(self.m_full - self.m_empty)
-        if gap < 1e-9:
-            return (f"ablating every head ({self.kind}) does not change {self.ctx.metric} "
-                    f"({self.own_sign(self.m_full):.4g})")
-        if gap < NOISE_Z * self.gap_stderr:
-            return (f"|m(M) − m(∅)| = {gap:.3g} is within noise: less than {NOISE_Z:g} × its standard error over "
-                    f"{self.n} prompts ({self.gap_stderr:.3g}, {self.kind} ablation): the heads have no measurable "
-                    "effect on the metric")
-        return None
+        return undefined_reason(self.m_full, self.m_empty, self.gap_stderr, self.n,
+                                f"ablating {self.everything} ({self.kind})", self.ctx.metric,
+                                self.own_sign(self.m_full))
 
     @property
     def defined(self) -> bool:
         return self.undefined_reason is None
 
-    def f(self, keep: set[Head]) -> float | None:
-        """f(C) of the circuit keeping `keep`; None when f is undefined (see undefined_reason)."""
+    def f(self, keep: set[Head], keep_mlps: set[int] | None = None) -> float | None:
+        """f(C) of the circuit keeping `keep` (and `keep_mlps`); None when f is undefined (see
+        undefined_reason)."""
         if not self.defined:
             return None
-        return (self.metric(keep) - self.m_empty) / (self.m_full - self.m_empty)
+        return (self.metric(keep, keep_mlps) - self.m_empty) / (self.m_full - self.m_empty)
+
+    def f_nodes(self, nodes: list[str]) -> float:
+        """f of a list of node names, for the curve (only drawn when f is defined)."""
+        heads, mlps = split_nodes(nodes)
+        f = self.f(set(heads), set(mlps))
+        assert f is not None
+        return f
 
     def own_sign(self, value: float) -> float:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
@@ -108,42 +193,77 @@ class FaithfulnessReport(BaseModel):
     faithfulness_undefined: str | None = Field(None, description="why f is undefined (None: it is defined)")
     gap_stderr: float | None = Field(None, description="standard error of m(M) − m(∅) over prompts (paired)")
     metric: str = Field(description="the metric m, whose own values m_circuit / m_full / m_empty are")
-    m_circuit: float = Field(description="the metric with only the circuit's heads kept")
+    m_circuit: float = Field(description="the metric with only the circuit's components kept")
     m_full: float = Field(description="the metric of the full model, m(M)")
-    m_empty: float = Field(description="the metric with every head ablated, m(∅)")
-    ablation: str = Field(description="how heads outside the circuit were removed")
+    m_empty: float = Field(description="the metric with every component ablated, m(∅)")
+    ablation: str = Field(description="how components outside the circuit were removed")
     by_ablation: dict[str, float | None] = Field(
         default_factory=dict, description="f(C) under each ablation computed (None: undefined under it)")
-    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f) per size")
-    cpr: float | None = Field(None, description="area under f over the fraction of heads kept (higher better)")
+    integration: str | None = Field(None, description="the curve: mib (MIB's sizes and integration) or sizes")
+    curve: list[tuple[int, float, float]] = Field(
+        default_factory=list, description="(components kept, fraction, f) per size; mib: on the |score| ranking")
+    curve_signed: list[tuple[int, float, float]] = Field(
+        default_factory=list, description="mib: the same on the signed ranking (CPR's curve)")
+    cpr: float | None = Field(None, description="area under f over the fraction of components kept (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
 
 
-def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: np.ndarray, rule: CircuitRule,
-                 ctx: MethodContext, baseline: Baseline | None = None) -> FaithfulnessReport:
+def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of: Callable[[list[str]], float],
+           by: str) -> dict[str, object]:
+    """The curve fields of a FaithfulnessReport: MIB's two curves, or every size on the rule's ranking."""
+    if integration == "mib":
+        sizes = mib_sizes(len(order_abs))
+        seen: dict[tuple[str, ...], float] = {}
+
+        def cached(items: list[str]) -> float:
+            key = tuple(sorted(items))
+            if key not in seen:
+                seen[key] = f_of(items)
+            return seen[key]
+
+        by_abs = curve(order_abs, sizes, cached, MIB_FRACTIONS)
+        signed = curve(order_signed, sizes, cached, MIB_FRACTIONS)
+        cpr, cmd = mib_cpr_cmd([p[2] for p in signed], [p[2] for p in by_abs])
+        return {"integration": "mib", "curve": by_abs, "curve_signed": signed, "cpr": cpr, "cmd": cmd}
+    order = order_abs if by == "abs" else order_signed
+    points = curve(order, curve_sizes(len(order)), f_of)
+    xs, ys = np.array([p[1] for p in points]), np.array([p[2] for p in points])
+    return {"integration": "sizes", "curve": points, "cpr": float(np.trapezoid(ys, xs)),
+            "cmd": float(np.trapezoid(np.abs(1 - ys), xs))}
+
+
+def head_node_scores(scores: np.ndarray) -> dict[str, float]:
+    """{a{L}.h{H}: score} of a [n_layers, n_heads] array, in forward order."""
+    return {f"a{l}.h{h}": float(scores[l, h]) for l, h in np.ndindex(*scores.shape)}
+
+
+def ranked_names(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
+    if isinstance(scores, np.ndarray):  # head scores: ranked as heads always were (ties: lower layer, head)
+        return [f"a{l}.h{h}" for l, h in ranked_heads(scores, by)]
+    return ranked_nodes(scores, by)
+
+
+def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: np.ndarray | dict[str, float],
+                 rule: CircuitRule, ctx: MethodContext, baseline: Baseline | None = None) -> FaithfulnessReport:
     """The circuit's faithfulness under the rule's ablation (and zero ablation), with the curve of
-    the top-k heads by `scores` when the rule asks for it."""
-    baseline = baseline or Baseline(model, data, rule.ablation, ctx)
-    keep = set(map(tuple, circuit.heads))
-    m_circuit = baseline.metric(keep)
+    the top components by `scores` ([n_layers, n_heads] head scores, or {node: score}) when the
+    rule asks for it and f is defined."""
+    level = "node" if rule.level == "node" else "head"
+    baseline = baseline or Baseline(model, data, rule.ablation, ctx, level)
+    keep, keep_mlps = set(map(tuple, circuit.heads)), set(circuit.mlps)
+    m_circuit = baseline.metric(keep, keep_mlps)
     f = None if not baseline.defined else (m_circuit - baseline.m_empty) / (baseline.m_full - baseline.m_empty)
     by_ablation: dict[str, float | None] = {rule.ablation: f}
     if ALSO_UNDER != rule.ablation:
-        by_ablation[ALSO_UNDER] = Baseline(model, data, ALSO_UNDER, ctx).f(keep)
+        by_ablation[ALSO_UNDER] = Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps)
     report = FaithfulnessReport(faithfulness=f, metric=ctx.metric, m_circuit=baseline.own_sign(m_circuit),
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation,
                                 faithfulness_undefined=baseline.undefined_reason, gap_stderr=baseline.gap_stderr)
     if rule.curve and f is not None:
-        order = ranked_heads(scores, rule.by)
-        total = len(order)
-        points = [(k, k / total, 0.0 if k == 0 else 1.0 if k == total else float(baseline.f(set(order[:k]))))
-                  for k in curve_sizes(total)]
-        xs = np.array([p[1] for p in points])
-        ys = np.array([p[2] for p in points])
-        report.curve = points
-        report.cpr = float(np.trapezoid(ys, xs))
-        report.cmd = float(np.trapezoid(np.abs(1 - ys), xs))
+        fields = curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
+                        baseline.f_nodes, rule.by)
+        report = report.model_copy(update=fields)
     return report
 
 
@@ -153,35 +273,43 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str
     heads: list[Head]
+    mlps: list[int] = Field(default_factory=list)
+    n_edges: int | None = None
     faithfulness: float | None  # None: undefined (the baseline's gap is within noise)
 
 
-def most_faithful(model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray], rule: CircuitRule,
-                  ctx: MethodContext) -> tuple[Circuit, list[Candidate], Baseline]:
-    """Each method's circuit by the rule, and the one whose faithfulness is closest to 1 (ties: the
-    smaller circuit, then the method listed first; when f is undefined, the first method's). The
-    baseline is shared by all candidates."""
-    methods = list(head_scores) if rule.method in (None, "auto") else [rule.method]
-    baseline = Baseline(model, data, rule.ablation, ctx)
-    circuits = {m: Circuit.from_scores(head_scores[m], rule, m) for m in methods}
-    seen: dict[tuple[Head, ...], float] = {}
+def most_faithful(model: LoadedModel, data: EncodedPrompts, scores: dict[str, np.ndarray] | dict[str, dict[str, float]],
+                  rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[Candidate], Baseline]:
+    """Each method's circuit by the rule (from head score arrays, or at node level from {node:
+    score}), and the one whose faithfulness is closest to 1 (ties: the smaller circuit, then the
+    method listed first; when f is undefined, the first method's). The baseline is shared by all
+    candidates."""
+    methods = list(scores) if rule.method in (None, "auto") else [rule.method]
+    level = "node" if rule.level == "node" else "head"
+    baseline = Baseline(model, data, rule.ablation, ctx, level)
+    shape = (model.n_layers, model.n_heads)
+    circuits = {m: Circuit.from_scores(s, rule, m) if isinstance(s := scores[m], np.ndarray)
+                else Circuit.from_node_scores(s, rule, m, shape) for m in methods}
+    seen: dict[tuple, float | None] = {}
     candidates = []
     for method, c in circuits.items():
-        key = tuple(sorted(map(tuple, c.heads)))
+        key = (tuple(sorted(map(tuple, c.heads))), tuple(c.mlps))
         if key not in seen:
-            seen[key] = baseline.f(set(key))
-        candidates.append(Candidate(method=method, heads=c.heads, faithfulness=seen[key]))
+            seen[key] = baseline.f(set(key[0]), set(key[1]))
+        candidates.append(Candidate(method=method, heads=c.heads, mlps=c.mlps, faithfulness=seen[key]))
     best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
-                                          0 if c.faithfulness is None else len(c.heads), methods.index(c.method)))
+                                          0 if c.faithfulness is None else len(c.heads) + len(c.mlps),
+                                          methods.index(c.method)))
     return circuits[best.method], candidates, baseline
 
 
-def missing_from_ablations(report: FaithfulnessReport, missing: list[Head]) -> list[str]:
-    """Warnings for a circuit missing reference heads: its faithfulness under each ablation, so
-    a high f under one ablation cannot pass for a complete circuit."""
-    if not missing:
+def missing_from_ablations(report: FaithfulnessReport, missing: list[Head], missing_mlps: list[int] = ()) -> list[str]:
+    """Warnings for a circuit missing reference heads (or, at node level, MLPs): its faithfulness
+    under each ablation, so a high f under one ablation cannot pass for a complete circuit."""
+    if not missing and not missing_mlps:
         return []
     figures = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} undefined" for k, v in report.by_ablation.items())
-    return [f"the circuit misses reference heads {', '.join(head_label(l, h) for l, h in missing)} "
-            f"(faithfulness {figures})"]
+    what = [f"reference heads {', '.join(head_label(l, h) for l, h in missing)}"] if missing else []
+    what += [f"reference MLPs {', '.join(f'm{l}' for l in missing_mlps)}"] if missing_mlps else []
+    return [f"the circuit misses {' and '.join(what)} (faithfulness {figures})"]
 

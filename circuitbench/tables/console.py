@@ -151,9 +151,15 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
     c = o.result.circuit
     say = lambda text: plain(f"{o.result.model.label} / {o.task}: {text}")  # noqa: E731
     if c is not None:
-        n_total = (o.result.model.n_layers or 0) * (o.result.model.n_heads or 0) or None
-        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {heads_text(c.heads)} · "
-            f"{faithfulness_text(c)}")
+        m = o.result.model
+        heads_total = (m.n_layers or 0) * (m.n_heads or 0)
+        n_total = (heads_total + (m.n_layers or 0) * bool(m.has_mlp) if c.level == "node" else heads_total
+                   if c.level == "head" else 0) or None
+        members = heads_text(c.heads) if not c.mlps else " ".join([heads_text(c.heads)] * bool(c.heads)
+                                                                   + [f"m{l}" for l in c.mlps])
+        if c.level == "edge":
+            members = f"{len(c.edges)} edges over {members}"
+        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {members} · {faithfulness_text(c)}")
         if len(c.candidates) > 1:
             say("candidates (faithfulness): " + " · ".join(
                 f"{k.method} {'undefined' if k.faithfulness is None else f'{k.faithfulness:.2f}'}"
@@ -166,6 +172,10 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
         precision = "n/a" if r.precision is None else f"{r.precision:.2f}"
         say(f"recovery of the reference ({r.n_reference} heads) by {method}: precision {precision} · recall "
+            f"{r.recall:.2f} · AUROC {auroc}")
+    for method, r in o.result.node_recovery.items():
+        auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
+        say(f"recovery of the reference nodes ({r.n_reference} heads and MLPs) by {method}: recall at its size "
             f"{r.recall:.2f} · AUROC {auroc}")
     for warning in o.result.warnings:
         say(f"warning: {warning}")

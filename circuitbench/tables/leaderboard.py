@@ -23,7 +23,8 @@ BASELINE_NOTE = (f"Sanity checks, not findings: `{RANDOM_INIT}` models have seed
                  "models.yaml) and have learned nothing. Their figures show what chance looks like on each task.")
 # Leaderboard columns beyond the metrics: id -> (label in tables, what it means)
 COLUMNS: dict[str, tuple[str, str]] = {
-    "circuit_size": ("circuit size", "heads in the circuit the task's rule chose"),
+    "circuit_size": ("circuit size", "components in the circuit the task's rule chose (heads; heads and MLPs; "
+                     "or edges, by its level)"),
     "faithfulness": ("faithfulness ↑", "f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) of the main metric m with every head "
                      "outside the circuit ablated (1: the circuit alone does what the model does); 'undefined' when "
                      "ablating every head changes m by less than 2 standard errors (no measurable effect)"),
@@ -66,9 +67,14 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             row[name] = value
             row[f"{name}_se"] = r.metrics_stderr.get(name)
         if r.circuit is not None:
-            row.update({"circuit_size": len(r.circuit.heads), "faithfulness": r.circuit.faithfulness,
-                        "faithfulness_undefined": r.circuit.faithfulness_undefined,
-                        "cpr": r.circuit.cpr, "cmd": r.circuit.cmd, "circuit_method": r.circuit.method})
+            c = r.circuit
+            size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
+            row.update({"circuit_size": size, "faithfulness": c.faithfulness,
+                        "faithfulness_undefined": c.faithfulness_undefined,
+                        "cpr": c.cpr, "cmd": c.cmd, "circuit_method": c.method})
+            for method, figures in c.by_method.items():  # MIB's CPR / CMD of every method at the circuit's level
+                row[f"cpr:{method}@{c.level}"] = figures.get("cpr")
+                row[f"cmd:{method}@{c.level}"] = figures.get("cmd")
         for pair, rho in r.method_agreement.items():
             if "activation_patching" in pair and "attribution_patching" in pair:
                 row["agreement_spearman"] = rho
@@ -145,9 +151,23 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
         elif col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
             out[label] = ["" if pd.isna(v) else shown(v) for v in sub[col]]
+    for col in _by_method_columns(sub):
+        out[by_method_label(col)] = ["" if pd.isna(v) else f"{v:.3f}" for v in sub[col]]
     out["n"] = [f"{n}" + (f" (−{d})" if d else "") for n, d in zip(sub["n"], sub["dropped"])]
     out["date"] = sub["date"].to_list()
     return out
+
+
+def _by_method_columns(sub: pd.DataFrame) -> list[str]:
+    """MIB's CPR / CMD of each method at the circuit's level ('cpr:eap@edge'), where any row has one."""
+    return sorted(c for c in sub.columns if c.startswith(("cpr:", "cmd:")) and sub[c].notna().any())
+
+
+def by_method_label(col: str) -> str:
+    """'cpr:eap@edge' -> 'CPR eap (edge) ↑'."""
+    kind, what = col.split(":", 1)
+    method, level = what.split("@")
+    return f"{kind.upper()} {method} ({level}) {'↑' if kind == 'cpr' else '↓'}"
 
 
 def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -170,6 +190,8 @@ def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
     for col in ("circuit_size", "circuit_method", "faithfulness", "faithfulness_undefined", *list(COLUMNS)[2:]):
         if col in sub and sub[col].notna().any() and col not in out:
             out[col] = sub[col].astype("Int64").to_list() if col == "circuit_size" else sub[col].to_list()
+    for col in _by_method_columns(sub):
+        out[col.replace(":", "_").replace("@", "_")] = sub[col].to_list()  # e.g. cpr_eap_edge
     out["date"] = sub["date"].to_list()
     out["spec_hash"] = sub["spec_hash"].to_list()
     return out
@@ -205,6 +227,9 @@ def metric_legend(df: pd.DataFrame) -> list[tuple[str, str]]:
     for col, (label, meaning) in COLUMNS.items():
         if col in df and df[col].notna().any():
             out.append((label, meaning))
+    if any(str(c).startswith(("cpr:", "cmd:")) for c in df.columns):
+        out.append(("CPR / CMD method (level)", "MIB's CPR and CMD of that method's own ranking at the circuit's "
+                    "level (heads, nodes or edges); in the CSV: cpr_<method>_<level>, cmd_<method>_<level>"))
     out.append(("± ", "standard error of the mean over prompts; n: prompts evaluated (−k: dropped for the tokenizer)"))
     return out
 
@@ -334,6 +359,17 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = (),
     write_atomic(out_dir / "README.md", "\n".join(lines))
     write_atomic(out_dir / "index.html", _page(title, "".join(body)))
     return {"tasks": written, "models": sorted(df["model_label"].unique()), "flagged": len(flagged)}
+
+
+def node_recovery_table(results: list[RunResult]) -> pd.DataFrame:
+    """One row per (model, method) of every result with node recovery: the reference's nodes (heads
+    and MLPs) against the method's top nodes of that count, AUROC and AP of its node scores."""
+    rows = []
+    for r in results:
+        for method, s in r.node_recovery.items():
+            rows.append({"model": r.model.name, "method": method, "reference nodes": s.n_reference,
+                         "recall at |reference|": s.recall, "AUROC": s.auroc, "AP": s.average_precision})
+    return pd.DataFrame(rows)
 
 
 def recovery_table(results: list[RunResult]) -> pd.DataFrame:

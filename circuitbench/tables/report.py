@@ -1,7 +1,9 @@
 """One RunResult → pictures and a self-contained HTML page: per-method layer × head heatmaps
 (colour bars saying what the scores are, in which units, noising or denoising; each scaled
 symmetrically with a floor so a near-zero map stays pale; the circuit outlined and its rule in
-words), the faithfulness curve (or why faithfulness is undefined), and causal-tracing maps."""
+words), MLP scores, an edge circuit drawn as a graph, the faithfulness curve (or why faithfulness
+is undefined), and causal-tracing maps (layer × position). An EAP-IG / MIB graph file gets its
+graph alone."""
 from __future__ import annotations
 
 import base64
@@ -11,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, heads_text
+from circuitbench.circuits.graph_files import GraphFile, load_graph_file
 from circuitbench.files import write_atomic
 from circuitbench.results.schema import RunResult
 from circuitbench.specs.registries import METRICS
-from circuitbench.tables.plots import head_heatmap, pyplot
+from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
 # Scores normalised by the clean − corrupted gap: below this a head carries under 10 % of the gap,
 # and a map whose largest score is smaller is drawn pale, not saturated.
@@ -71,12 +74,18 @@ def faithfulness_curve(result: RunResult, path: Path) -> None:
     xs = [p[1] for p in c.curve]
     ys = [p[2] for p in c.curve]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, ys, "o-", label=f"top-k heads by {c.method} scores")
+    mib = c.integration == "mib"
+    what = {"edge": "edges", "node": "nodes"}.get(c.level, "heads")
+    ax.plot(xs, ys, "o-", label=f"top-k {what} by |{c.method} score|" + (" (CMD)" if mib else ""))
+    if c.curve_signed:
+        ax.plot([p[1] for p in c.curve_signed], [p[2] for p in c.curve_signed], "s--", label="signed ranking (CPR)")
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.axvline(len(c.heads) / (result.model.n_layers * result.model.n_heads), color="C3", lw=0.8,
-               label=f"chosen circuit ({len(c.heads)} heads)")
-    ax.set(xlabel="fraction of heads kept", ylabel=f"faithfulness f ({c.ablation} ablation)",
-           xscale="symlog" if len(xs) > 12 else "linear", title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f})")
+    total = c.curve[-1][0] if c.curve else result.model.n_layers * result.model.n_heads
+    size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
+    ax.axvline(size / max(total, 1), color="C3", lw=0.8, label=f"chosen circuit ({size} {what})")
+    ax.set(xlabel=f"fraction of {what} kept", ylabel=f"faithfulness f ({c.ablation} ablation)",
+           xscale="log" if mib else "symlog" if len(xs) > 12 else "linear",
+           title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f}{', MIB' if mib else ''})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -97,15 +106,27 @@ def trace_map(name: str, trace: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _members(c) -> str:
+    """The circuit's components in words: L1H3 … m0 (and, for edges, how many)."""
+    text = " ".join([heads_text(c.heads)] * bool(c.heads) + [f"m{l}" for l in c.mlps]) or "(none)"
+    return f"{len(c.edges)} edges over {text}" if c.level == "edge" else text
+
+
 def circuit_html(result: RunResult) -> str:
-    """The circuit in words: rule, heads, faithfulness (or why it is undefined), candidates, notes."""
+    """The circuit in words: rule, components, faithfulness (or why it is undefined), candidates, notes."""
     c = result.circuit
     if c is None:
         return "<p>No circuit: the task has no circuit rule.</p>"
-    n_total = (result.model.n_layers or 0) * (result.model.n_heads or 0) or None
-    parts = [f"<p><b>Circuit</b> (outlined in black on the {html.escape(c.method)} map): "
+    m = result.model
+    heads_total = (m.n_layers or 0) * (m.n_heads or 0)
+    n_total = (heads_total + (m.n_layers or 0) * bool(m.has_mlp) if c.level == "node" else heads_total
+               if c.level == "head" else 0) or None
+    size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
+    of = f" of {n_total}" if n_total else ""
+    where = "drawn as a graph below" if c.level == "edge" else f"outlined in black on the {html.escape(c.method)} map"
+    parts = [f"<p><b>Circuit</b> ({where}): "
              f"{html.escape(describe_rule(c.rule, n_total))} of the <i>{html.escape(c.method)}</i> scores → "
-             f"{html.escape(heads_text(c.heads))} ({len(c.heads)} of {n_total} heads).</p>"]
+             f"{html.escape(_members(c))} ({size}{of}).</p>"]
     if c.faithfulness is None:
         parts.append("<p class='undefined'><b>Faithfulness undefined</b>: "
                      f"{html.escape(c.faithfulness_undefined or '')} (m(M) = {c.m_full:.4g}, m(∅) = "
@@ -116,7 +137,7 @@ def circuit_html(result: RunResult) -> str:
         parts.append("<p><b>Faithfulness</b> f = (m(C) − m(∅)) / (m(M) − m(∅)) = "
                      f"({c.m_circuit:.4g} − {c.m_empty:.4g}) / ({c.m_full:.4g} − {c.m_empty:.4g}) = "
                      f"<b>{c.faithfulness:.3f}</b> under "
-                     f"{html.escape(c.ablation or '')} ablation of every head outside the circuit"
+                     f"{html.escape(c.ablation or '')} ablation of every component outside the circuit"
                      + (f" ({others})" if others else "") + ".</p>")
     if len(c.candidates) > 1:
         parts.append("<p>Candidates (each method's circuit under the rule; the most faithful kept): " + " · ".join(
@@ -129,10 +150,27 @@ def circuit_html(result: RunResult) -> str:
     return "".join(parts)
 
 
-def build_report(result: RunResult, out_dir: Path) -> list[Path]:
-    """Write the PNGs and report.html into out_dir; returns the files written."""
+def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = None) -> list[Path]:
+    """Write the PNGs and report.html into out_dir; returns the files written. `result_dir` is where
+    the result's sidecar files (edge scores) are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str, Path]] = []
+    c = result.circuit
+    if c is not None and c.level == "edge" and c.method in result.edge_scores and result_dir is not None:
+        sidecar = result_dir / result.edge_scores[c.method].file
+        if sidecar.is_file():
+            graph_file = load_graph_file(sidecar)
+            path = out_dir / "circuit_graph.png"
+            circuit_graph(c.edges, graph_file.scores, result.model.n_layers or 0, result.model.n_heads or 0,
+                          f"{result.model.label} · {result.task.name} · {c.method}", path,
+                          graph_file.graph.parallel_attn_mlp)
+            figures.append(("edge circuit", f"The {len(c.edges)} edges the rule kept from {c.method}'s edge scores, "
+                            "layer by layer.", path))
+    if any(k.startswith("m") for s in result.node_scores.values() for k in s):
+        path = out_dir / "mlp_scores.png"
+        mlp_scores(result.node_scores, f"{result.model.label} · {result.task.name} · MLP scores", path)
+        figures.append(("MLP scores", "Each method's score of every layer's MLP, in the units of its head scores.",
+                        path))
     circuit = [tuple(h) for h in result.circuit.heads] if result.circuit else None
     label = result.model.label
     for method, scores in result.head_scores.items():
@@ -181,3 +219,23 @@ def build_report(result: RunResult, out_dir: Path) -> list[Path]:
             f"{circuit_html(result)}{images}")
     write_atomic(out_dir / "report.html", page)
     return [p for _, _, p in figures] + [out_dir / "report.html"]
+
+
+def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list[Path]:
+    """An EAP-IG / MIB graph file: its circuit (edges in_graph) drawn as a graph, and its top edges."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = graph_file.graph
+    edges = graph_file.edges or sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
+    path = out_dir / "circuit_graph.png"
+    circuit_graph(edges, graph_file.scores, g.n_layers, g.n_heads, label, path, g.parallel_attn_mlp)
+    top = sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
+    rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{graph_file.scores[e]:.4g}</td><td>{'✓' if e in edges else ''}"
+                   "</td></tr>" for e in top)
+    picture = base64.b64encode(path.read_bytes()).decode()
+    page = ("<!doctype html><meta charset='utf-8'><title>circuitbench graph</title>"
+            f"<h1>{html.escape(label)}</h1><p>{g.describe()} · {g.n_edges} edges · {len(graph_file.edges)} in the "
+            f"circuit{'' if graph_file.edges else ' (none marked: the 30 largest |scores| drawn)'}</p>"
+            f"<img src='data:image/png;base64,{picture}'>"
+            f"<table><tr><th>edge</th><th>score</th><th>drawn</th></tr>{rows}</table>")
+    write_atomic(out_dir / "report.html", page)
+    return [path, out_dir / "report.html"]
