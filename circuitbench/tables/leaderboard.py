@@ -187,8 +187,10 @@ def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[f"{metric_names[0]}_{split}"] = sub[col].to_list()
             out[f"{metric_names[0]}_{split}_stderr"] = sub.get(f"{col}_se", sub[col] * float("nan")).to_list()
             out[f"n_{split}"] = sub.get(f"n_{split}", sub[col] * float("nan")).astype("Int64").to_list()
+    undefined = "faithfulness_undefined" in sub and sub["faithfulness_undefined"].notna().any()
     for col in ("circuit_size", "circuit_method", "faithfulness", "faithfulness_undefined", *list(COLUMNS)[2:]):
-        if col in sub and sub[col].notna().any() and col not in out:
+        # an all-undefined faithfulness column stays, empty, beside the reason
+        if col in sub and (sub[col].notna().any() or col == "faithfulness" and undefined) and col not in out:
             out[col] = sub[col].astype("Int64").to_list() if col == "circuit_size" else sub[col].to_list()
     for col in _by_method_columns(sub):
         out[col.replace(":", "_").replace("@", "_")] = sub[col].to_list()  # e.g. cpr_eap_edge
