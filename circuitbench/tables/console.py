@@ -89,11 +89,14 @@ RANDOM_INIT_LEGEND = f"{RANDOM_INIT}: seeded random weights, a baseline (not a t
 def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
     """Metrics table (clean ± stderr vs corrupted), top heads per method, circuits, files, failures."""
     metrics = Table(title="metrics (★ main)")
+    # a model's name (with its @random-init mark) is never split over two lines
+    name_width = max([len(o.result.model.label) for o in outcomes] + [5])
     for col in ("model", "task", "n", "metric", "clean", "corrupted"):
-        metrics.add_column(col, overflow="fold")
+        metrics.add_column(col, overflow="fold", min_width=name_width if col == "model" else None,
+                           no_wrap=col == "model")
     heads = Table(title="top heads by |score| (L1H3 = layer 1, head 3)")
     for col in ("model", "task", "method", "heads"):
-        heads.add_column(col, overflow="fold")
+        heads.add_column(col, overflow="fold", min_width=name_width if col == "model" else None, no_wrap=col == "model")
     done = [o for o in outcomes if not o.failed]
     for o in done:
         r = o.result

@@ -249,10 +249,13 @@ document.querySelectorAll('table.sortable').forEach(t => t.querySelectorAll('th'
     return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); });
   rows.forEach(r => t.tBodies[0].appendChild(r)); }));
 </script>"""
-_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin-bottom:1.5em}"
-          "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
-          "th{cursor:pointer;background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
-          ".se,.n{color:#777;font-size:85%}.badge{background:#b45309;color:#fff;border-radius:3px;padding:1px 5px;"
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}"
+          "table{border-collapse:collapse;margin-bottom:1.5em;font-size:90%}"
+          "td,th{padding:3px 6px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+          "th{cursor:pointer;background:#f4f4f4;white-space:normal;vertical-align:bottom}"
+          "td:first-child,th:first-child{text-align:left}"  # headers wrap: 12 task columns fit 1280 px
+          ".se,.n{color:#777;font-size:85%}.sub{display:block}"
+          ".badge{background:#b45309;color:#fff;border-radius:3px;padding:1px 5px;"
           "font-size:75%;margin-left:4px}.baseline{background:#fff7ed;border-left:4px solid #b45309;padding:.5em 1em}"
           "dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}dd{margin:0}")
 
@@ -268,8 +271,11 @@ def _value_cell(text: str, n: object = None) -> str:
     if not text:
         return ""
     value, _, se = text.partition(" ± ")
-    out = html.escape(value) + (f" <span class='se'>± {html.escape(se)}</span>" if se else "")
-    return out + (f" <span class='n'>n={n}</span>" if n is not None else "")
+    if n is None:
+        return html.escape(value) + (f" <span class='se'>± {html.escape(se)}</span>" if se else "")
+    # overview cells: stderr and n on a line of their own under the value, so 12 tasks fit 1280 px
+    below = " ".join(([f"± {html.escape(se)}"] if se else []) + [f"n={n}"])
+    return f"{html.escape(value)}<span class='se sub'>{below}</span>"
 
 
 def _html_table(table: pd.DataFrame, link_columns: bool = False, n_of: dict | None = None) -> str:
@@ -294,7 +300,16 @@ def _header(column: str, link: bool) -> str:
 def _legend_html(legend: list[tuple[str, str]]) -> str:
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in legend)
     return (f"<h2>Legend</h2><dl><dt>name{RANDOM_INIT} <span class='badge'>random init</span></dt>"
-            f"<dd>{html.escape(BASELINE_NOTE)}</dd>{items}<dt>(empty cell)</dt><dd>not run (sorted last)</dd></dl>")
+            f"<dd>{_plain(BASELINE_NOTE)}</dd>{items}<dt>(empty cell)</dt><dd>not run (sorted last)</dd></dl>")
+
+
+def _plain(markdown: str) -> str:
+    """A note written for Markdown, as HTML text (no backticks)."""
+    return html.escape(markdown.replace("`", ""))
+
+
+def _note_html(note: str) -> str:
+    return f"<p class='baseline'>{_plain(note)}</p>" if note else ""
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -333,7 +348,7 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = (),
         for section, note, rows in _sections(df[df["task"] == task]):
             table = task_table(rows, task)
             md += [f"## {section}", ""] + ([note, ""] if note else []) + [_markdown(table), ""]
-            body.append(f"<h2>{section}</h2>" + (f"<p class='baseline'>{html.escape(note)}</p>" if note else "")
+            body.append(f"<h2>{section}</h2>" + _note_html(note)
                         + _html_table(table))
         write_atomic(out_dir / f"{task}.md", "\n".join(md))
         write_atomic(out_dir / f"{task}.html", _page(f"{task} · {title}", "".join(body) + _legend_html(legend)))
@@ -350,7 +365,7 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = (),
         n_of = {(label, f"{task} ({main} {_arrow(main)})"): n for label, task, main, n in
                 zip(rows["model_label"], rows["task"], rows["main_metric"], rows["n"])}
         lines += [f"## {section}", ""] + ([note, ""] if note else []) + [_markdown(ov), ""]
-        body.append(f"<h2>{section}</h2>" + (f"<p class='baseline'>{html.escape(note)}</p>" if note else "")
+        body.append(f"<h2>{section}</h2>" + _note_html(note)
                     + _html_table(ov, link_columns=True, n_of=n_of))
     lines += ["## Legend", ""] + ([f"- `name{RANDOM_INIT}`: {BASELINE_NOTE}"] if (df["init"] == "random").any() else [])
     lines += [f"- **{k.strip()}**: {v}" for k, v in legend] + [""]

@@ -220,7 +220,7 @@ def test_committed_leaderboard_csvs_hold_numbers():
         assert metrics, csv.name
         for col in metrics + [f"{m}_stderr" for m in metrics] + ["faithfulness", "cpr", "cmd"]:
             if col in table and table[col].notna().any():
-                assert pd.api.types.is_float_dtype(table[col]), (csv.name, col)
+                assert pd.api.types.is_numeric_dtype(table[col]), (csv.name, col)
         assert pd.api.types.is_integer_dtype(table["n"]) and (table["n"] > 0).all()
 
 
