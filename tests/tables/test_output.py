@@ -298,3 +298,34 @@ def test_train_zoo_never_replaces_the_shipped_weights_without_force(capsys, tmp_
     assert code == 0, err
     assert (tmp_path / "results" / "zoo" / "toy-induction-2l" / "model.safetensors").is_file()
     assert _digest(shipped) == before
+
+
+# ---- --help and --version -----------------------------------------------------------------------
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_option_is_documented_and_there_is_a_version(capsys):
+    import click
+    import typer
+
+    import circuitbench
+    from circuitbench.cli import app
+
+    commands = list(_commands(typer.main.get_command(app)))
+    assert len(commands) >= 15
+    undocumented = [f"{' '.join(path)} {p.opts[0]}" for path, command in commands for p in command.params
+                    if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not undocumented
+    for path, _ in commands:
+        code, out, _ = cli(capsys, *path, "--help")
+        assert code == 0 and "<bool>" not in out and "BOOLEAN" not in out, path
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and circuitbench.__version__ in out
