@@ -79,6 +79,7 @@ known-answers: setup
 
 bench: setup
 	$(PY) benchmarks/run.py --with-neo
+	$(PY) benchmarks/edges.py
 
 clean:
 	rm -rf $(VENV) results build dist

@@ -28,6 +28,10 @@ def test_some_default_method_recovers_every_tracr_circuit(capsys, tmp_path, task
     assert kept.recall == 1.0 and kept.precision == 1.0  # the most faithful circuit is the known one
     assert set(result.circuit.by_ablation) == {"mean_counterfactual", "zero"}
     assert "recovery of the reference" in out
+    # node level: the MLPs are scored and some method ranks every reference node (heads and MLPs) first
+    nodes = len(result.reference.heads) + len(result.reference.mlps)
+    assert result.reference.mlps and {r.n_reference for r in result.node_recovery.values()} == {nodes}
+    assert max(r.recall for r in result.node_recovery.values()) == 1.0
 
 
 def test_a_head_that_reads_only_the_length_is_found_and_what_patching_misses_is_said(capsys, tmp_path):

@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from circuitbench.models import hooks
 from circuitbench.models.loading import load_model
 from circuitbench.prompts.encoding import encode_task
-from circuitbench.scores.edges import circuit_metric, node_outputs, patched_edge_metrics
+from circuitbench.scores.edges import circuit_metric, node_outputs, output_deltas, patched_edge_metrics
 from circuitbench.scores.interventions import oriented_metric, record_base_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import score_heads
@@ -17,20 +17,36 @@ from circuitbench.specs.catalog import load_task
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, gpt2_tokenizer):
+def tiny_dir(tmp_path_factory, gpt2_tokenizer):
     path = tmp_path_factory.mktemp("gpt2_2x2")
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         GPT2LMHeadModel(config).save_pretrained(path)
     gpt2_tokenizer.save_pretrained(path)
-    model = load_model(str(path), device="cpu")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    model = load_model(str(tiny_dir), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
     batch = data.batch(0, 4)
     (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
     valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()
     delta = (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
     return model, data, batch, clean, corrupt, delta
+
+
+def source_major(delta):
+    """[batch, pos, n_src, d] -> [n_src, batch, pos, d], the layout the engine takes."""
+    return delta.permute(2, 0, 1, 3).contiguous()
+
+
+def test_output_deltas_are_the_difference_of_node_outputs(tiny):
+    model, _, batch, clean, corrupt, delta = tiny
+    valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()
+    assert torch.allclose(output_deltas(model, clean, corrupt, valid), source_major(delta), atol=1e-6)
 
 
 def _destination_hooks(model, clean, dst, replace):
@@ -67,7 +83,7 @@ def test_exact_edge_patching_equals_one_forward_per_edge(tiny):
     graph = model.component_graph()
     edges = [(int(i), int(j)) for j, i in zip(*np.nonzero(graph.real_edges.T))]
     ctx = MethodContext(batch_size=4, metric="logit_diff")
-    fast = patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+    fast = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
     naive = torch.zeros(len(edges), dtype=torch.float64)
     for k, (i, j) in enumerate(edges):
         step = delta[:, :, i]
@@ -106,6 +122,39 @@ def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
     assert np.abs(by_hand).max() > 1e-3 and (eap[~graph.real_edges] == 0).all()
 
 
+def test_eap_into_the_logits_is_the_closed_form_layernorm_gradient(tiny, tiny_dir):
+    """The u -> logits column of EAP against a formula derived by hand, with weights read from the
+    HF checkpoint (not through the bridge): logit_diff = LN_f(x)·w at END, w = W_U[answer] −
+    W_U[distractor], so ∂m/∂x = (g − mean g − x̂·mean(g ⊙ x̂)) / σ with g = γ ⊙ w, σ = √(var x + ε),
+    x̂ = (x − mean x) / σ; the score is −Σ_prompts Δ_u(END)·∂m/∂x / n / (m_clean − m_corrupted)."""
+    model, data, batch, clean, corrupt, delta = tiny
+    hf = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+    seen = {}
+    hf.transformer.ln_f.register_forward_hook(lambda module, args, out: seen.__setitem__("x", args[0].detach()))
+    rows, end = torch.arange(len(batch)), batch.end
+
+    def logit_diff(tokens):
+        with torch.no_grad():
+            last = hf(tokens).logits[rows, end].double()
+        return last[rows, batch.answer] - last[rows, batch.distractor]
+
+    gap = float(logit_diff(batch.tokens).mean() - logit_diff(batch.as_corrupted().tokens).mean())
+    logit_diff(batch.tokens)  # x: the clean run's final stream, the point EAP takes its gradient at
+    x = seen["x"][rows, end].double()  # [batch, d_model]
+    gamma, eps = hf.transformer.ln_f.weight.detach().double(), hf.config.layer_norm_epsilon
+    unembed = hf.lm_head.weight.detach().double()
+    g = gamma * (unembed[batch.answer] - unembed[batch.distractor])
+    sigma = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    x_hat = (x - x.mean(-1, keepdim=True)) / sigma
+    grad = (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True)) / sigma
+    by_hand = -(delta[rows, end].double() * grad[:, None]).sum((0, 2)) / len(batch) / gap  # [n_src]
+    edge_scores = {}
+    score_heads(model, data, ["eap"], 4, metric="logit_diff", edge_scores=edge_scores)
+    column = edge_scores["eap"].scores[:, -1]
+    assert np.abs(column - by_hand.numpy()).max() <= 1e-5 * np.abs(by_hand.numpy()).max()
+    assert (by_hand[1:] != 0).all()  # every head and MLP reaches the logits (END is the same token in both)
+
+
 def test_circuit_forward_patches_exactly_the_edges_outside(tiny):
     model, data, batch, clean, corrupt, delta = tiny
     graph = model.component_graph()
@@ -121,7 +170,7 @@ def test_circuit_forward_patches_exactly_the_edges_outside(tiny):
         i, j = graph.edge_position(name)
         one = nothing.clone()
         one[i, j] = True
-        alone = patched_edge_metrics(model, graph, batch, clean, delta, [(i, j)], ctx)
+        alone = patched_edge_metrics(model, graph, batch, clean, source_major(delta), [(i, j)], ctx)
         assert abs(float(circuit_metric(model, graph, batch, one, replacement, ctx).double().sum()) - float(
             alone[0])) < 1e-5
 
@@ -146,7 +195,7 @@ def test_edges_on_every_architecture(tiny_models, arch):
     if graph.has_mlp:
         names.append(next(e for e in graph.edges if e.endswith("->m1")))
     edges = [graph.edge_position(e) for e in names]
-    alone = patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+    alone = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
     unpatched = float(oriented_metric(metric, model.run(batch.tokens), batch).double().sum())
     assert float((alone - unpatched).abs().max()) > 0
     if arch == "llama":
@@ -196,7 +245,7 @@ def test_eap_ig_step_points_and_variants(tiny):
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
     grads = input_gradients(model, batch, MethodContext(batch_size=4, metric="logit_diff"),
                             first=(hooks.resid_pre(0), lambda x: corrupt.resid[0].clone()))
-    accumulate_edge_scores(model, graph, delta, grads, total)
+    accumulate_edge_scores(model, graph, source_major(delta), grads, total)
     m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     expected = (-(total / 4) / (m_clean - m_corr)).numpy() * graph.real_edges

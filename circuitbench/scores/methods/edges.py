@@ -29,7 +29,7 @@ from circuitbench.scores.edges import (
     check_edges,
     edge_layer,
     input_gradients,
-    node_outputs,
+    output_deltas,
     patched_edge_metrics,
     valid_positions,
 )
@@ -53,9 +53,8 @@ def _normalised(model: LoadedModel, total: torch.Tensor, m_clean: float, m_corr:
 
 
 def _delta(model: LoadedModel, batch, clean: BaseRun, corrupt: BaseRun) -> torch.Tensor:
-    """[batch, pos, n_src, d_model] counterfactual minus clean output of every source node (0 at padding)."""
-    valid = valid_positions(batch, model.device)
-    return (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
+    """[n_src, batch, pos, d_model] counterfactual minus clean output of every source node (0 at padding)."""
+    return output_deltas(model, clean, corrupt, valid_positions(batch, model.device))
 
 
 def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeScores:
