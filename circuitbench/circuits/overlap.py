@@ -308,14 +308,21 @@ def edge_jaccard(a: Circuit, b: Circuit) -> float:
     return _set_jaccard(_edges(a), _edges(b))
 
 
-def _edge_vectors(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
-    """Both circuits' edge scores over the union of the edges either scored (0 where one did not)."""
+def _named_vectors(a: Circuit, b: Circuit, field: str, missing: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both circuits' scores (`edge_scores` or `node_scores`) over the union of the names either
+    scored (0 where one did not)."""
+    scores = []
     for c in (a, b):
-        if not c.edge_scores:
-            raise MissingInput(f"Circuit '{c.label or '?'}' carries no edge scores: this metric compares them.")
-    assert a.edge_scores is not None and b.edge_scores is not None
-    names = sorted(set(a.edge_scores) | set(b.edge_scores))
-    return (np.array([a.edge_scores.get(n, 0.0) for n in names]), np.array([b.edge_scores.get(n, 0.0) for n in names]))
+        named: dict[str, float] | None = getattr(c, field)
+        if not named:
+            raise MissingInput(f"Circuit '{c.label or '?'}' carries no {missing}.")
+        scores.append(named)
+    names = sorted(set(scores[0]) | set(scores[1]))
+    return np.array([scores[0].get(n, 0.0) for n in names]), np.array([scores[1].get(n, 0.0) for n in names])
+
+
+def _edge_vectors(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
+    return _named_vectors(a, b, "edge_scores", "edge scores: this metric compares them")
 
 
 def edge_weighted_jaccard(a: Circuit, b: Circuit) -> float:
@@ -339,12 +346,7 @@ def edge_rbo(a: Circuit, b: Circuit, p: float = 0.9) -> float:
 
 
 def _node_vectors(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
-    for c in (a, b):
-        if not c.node_scores:
-            raise MissingInput(f"Circuit '{c.label or '?'}' carries no node scores (heads and MLPs).")
-    assert a.node_scores is not None and b.node_scores is not None
-    names = sorted(set(a.node_scores) | set(b.node_scores))
-    return (np.array([a.node_scores.get(n, 0.0) for n in names]), np.array([b.node_scores.get(n, 0.0) for n in names]))
+    return _named_vectors(a, b, "node_scores", "node scores (heads and MLPs)")
 
 
 def node_rbo(a: Circuit, b: Circuit, p: float = 0.9) -> float:

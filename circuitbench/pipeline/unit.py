@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit, head_label
 from circuitbench.circuits.edge_faithfulness import edge_faithfulness, edge_order, most_faithful_edges
-from circuitbench.circuits.faithfulness import curves, faithfulness, missing_from_ablations, most_faithful, ranked_names
+from circuitbench.circuits.faithfulness import (
+    Candidate,
+    FaithfulnessReport,
+    curves,
+    faithfulness,
+    missing_from_ablations,
+    most_faithful,
+    ranked_names,
+)
 from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.circuits.overlap import rank_correlation
 from circuitbench.circuits.recovery import (
@@ -229,15 +239,8 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
         warnings += missing_from_ablations(faith, missing, missing_mlps)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    by_method = {}
-    if rule.curve and rule.effective_integration == "mib" and faith.faithfulness is not None:
-        for c in candidates:
-            if c.method == chosen.method:
-                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
-                continue
-            s = pool[c.method]
-            fields = curves(ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by)
-            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
+    by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
+        ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by), pool)
     return CircuitInfo(method=chosen.method, rule=chosen.rule, level=chosen.level, heads=chosen.heads,
                        mlps=chosen.mlps, warnings=warnings, notes=notes, by_method=by_method,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
@@ -260,18 +263,25 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
                             f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})")
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    by_method = {}
-    if rule.curve and rule.effective_integration == "mib" and faith.faithfulness is not None:
-        for c in candidates:
-            if c.method == chosen.method:
-                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
-                continue
-            s = edge_scores[c.method]
-            fields = curves(edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f_defined, rule.by)
-            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
+    by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
+        edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f_defined, rule.by), edge_scores)
     return CircuitInfo(method=chosen.method, rule=chosen.rule, level="edge", heads=chosen.heads, mlps=chosen.mlps,
                        edges=chosen.edges, warnings=warnings, by_method=by_method,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
+
+
+def _by_method(rule: CircuitRule, chosen: str, candidates: list[Candidate], faith: FaithfulnessReport,
+               mib_curve: Callable[[Any], dict], pool: dict) -> dict[str, dict[str, float | None]]:
+    """Every candidate method's faithfulness with MIB's CPR and CMD of its own ranking (leaderboards
+    compare methods at one level); empty unless the rule draws MIB's curve and f is defined."""
+    if not (rule.curve and rule.effective_integration == "mib" and faith.faithfulness is not None):
+        return {}
+    by_method: dict[str, dict[str, float | None]] = {}
+    for c in candidates:
+        own = c.method == chosen
+        fields = faith.model_dump() if own else {**mib_curve(pool[c.method]), "faithfulness": c.faithfulness}
+        by_method[c.method] = {k: fields[k] for k in ("faithfulness", "cpr", "cmd")}
+    return by_method
 
 
 # Methods that measure a head's effect on the metric (detectors measure attention, not effect).

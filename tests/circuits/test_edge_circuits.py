@@ -76,3 +76,26 @@ def test_edge_rule_and_pruning():
     signed = edge_circuit(es, CircuitRule(level="edge", top_k=1, by="signed"), "m")
     assert signed.edges == []  # the best signed edge dangles
     assert circuit_of(g, ["input->a1.h1<v>", "a1.h1->logits"], None, {}).heads == [(1, 1)]
+
+
+def test_every_methods_cpr_and_cmd_are_its_own_circuits(toy_run, tmp_path):
+    """circuit.by_method: the kept method's figures are the circuit's; another method's CPR / CMD
+    equal those of a run whose rule names that method (same prompts, same baseline)."""
+    _, result = toy_run
+    c = result.circuit
+    assert set(c.by_method) == {"eap", "eap_ig", "edge_patching"}
+    assert c.by_method[c.method] == {"faithfulness": c.faithfulness, "cpr": c.cpr, "cmd": c.cmd}
+    other = next(m for m in ("eap", "eap_ig") if m != c.method)
+    spec = load_task("induction")
+    spec = spec.model_copy(update={
+        "n_prompts": 16, "methods": [other],
+        "method_options": {"eap_ig": {"variant": "activations", "steps": 3}},
+        "generator": spec.generator.model_copy(update={"counterfactual": "permuted_positions"}),
+        "circuit": CircuitRule(level="edge", top_k=10, method=other)})
+    path = tmp_path / "induction.yaml"
+    path.write_text(json.dumps(spec.model_dump(mode="json")))
+    alone = load_result(cb.run(str(path), "toy-induction-2l",
+                               cb.RunOptions(batch_size=16, out=str(tmp_path), cache=False))[0].path).circuit
+    assert alone.method == other
+    for key in ("faithfulness", "cpr", "cmd"):
+        assert c.by_method[other][key] == pytest.approx(getattr(alone, key), abs=1e-6), key
