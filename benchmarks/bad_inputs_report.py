@@ -47,13 +47,18 @@ def run_case(checkout: Path, args: list[str], root: Path, cache: Path) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--only", default="", help="comma-separated case ids (default: every case)")
+    parser.add_argument("--after", action=argparse.BooleanOptionalAction, default=True, help="run this checkout too")
     opts = parser.parse_args()
-    checkouts = ([("before", opts.before)] if opts.before else []) + [("after", REPO)]
+    checkouts = ([("before", opts.before)] if opts.before else []) + ([("after", REPO)] if opts.after else [])
+    only = set(filter(None, opts.only.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model = tiny_gpt2(tmp_path / "models")
         rows = []
         for case_id, args, expected in CASES:
+            if only and case_id not in only:
+                continue
             cells = []
             for _, checkout in checkouts:
                 root = Path(tempfile.mkdtemp(dir=tmp_path))

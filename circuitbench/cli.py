@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative 
 cache_app = typer.Typer(no_args_is_help=True,
                         help="Inspect or clear the activation cache (reused clean/corrupted forwards).")
 app.add_typer(cache_app, name="cache")
+circuit_app = typer.Typer(no_args_is_help=True, help="Circuit files: export a result's circuit (MIB / EAP-IG graph "
+                          "JSON).")
+app.add_typer(circuit_app, name="circuit")
 
 IncludePath = typer.Option([], "--include-path", help="Extra directory of task YAML files (repeatable).")
 Plugin = typer.Option([], "--plugin",
@@ -82,7 +85,10 @@ def run(
     init: str = typer.Option("pretrained", "--init",
                              help="pretrained | random (random weights, architecture from models.yaml)."),
     methods: str | None = typer.Option(None, "--methods",
-                                       help="Head-scoring methods, comma-separated (overrides the task's)."),
+                                       help="Scoring methods, comma-separated (overrides the task's)."),
+    circuit_level: str | None = typer.Option(None, "--circuit-level",
+                                             help="head | node | edge: build the circuit from head, node (heads and "
+                                             "MLPs) or edge scores (edge methods: eap, eap_ig, edge_patching)."),
     out: str = typer.Option("results", "--out", help="Results directory: OUT/<model>/<task>.json."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Keep units already finished with the same spec; retry failed ones."),
@@ -111,7 +117,7 @@ def run(
             n_prompts=n_prompts, seed=seed, split=split, device=device, device_map=device_map, dtype=dtype, init=init,
             out=out, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference,
             batch_size=batch_size if batch_size == "auto" else _int_option(batch_size, "--batch-size"),
-            methods=_split(methods) if methods is not None else None,
+            methods=_split(methods) if methods is not None else None, circuit_level=circuit_level,
         )
     except ValidationError as e:
         raise _options_error(e) from None
@@ -240,7 +246,8 @@ def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | Non
 @app.command()
 def overlap(
     files: list[str] = typer.Argument(
-        ..., help="RunResult JSONs or any JSON with \"heads\": [[layer, head], ...]; globs too."),
+        ..., help="RunResult JSONs, any JSON with \"heads\": [[layer, head], ...] or \"nodes\", or EAP-IG/MIB graph "
+        "files (edge circuits); globs too."),
     metric: str | None = typer.Option(None, "--metric", help="Comma-separated overlap metrics (`circuitbench ls "
                                       f"overlap-metrics`; default {DEFAULT_OVERLAP_METRICS}, each skipped with a "
                                       "note where the circuits lack what it needs)."),
@@ -282,6 +289,13 @@ def overlap(
     if given_shape is not None:
         circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
     metrics = _split(metric or DEFAULT_OVERLAP_METRICS)
+    if metric is None:  # graph circuits: their node and edge sets too
+        from circuitbench.circuits.overlap import GRAPH_METRICS
+
+        if any(c.mlps or c.node_scores for c in circuits):
+            metrics += [m for m in GRAPH_METRICS if m.startswith("node")]
+        if any(c.level == "edge" for c in circuits):
+            metrics += [m for m in GRAPH_METRICS if m.startswith("edge")]
     optional = frozenset(metrics) if metric is None else frozenset()
     result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p, optional)  # type: ignore[arg-type]
     shown = [m for m in metrics if m in result]
@@ -325,7 +339,7 @@ def recovery(
 
     from circuitbench.files import check_writable_file, write_atomic
     from circuitbench.results.store import load_result
-    from circuitbench.tables.leaderboard import recovery_table
+    from circuitbench.tables.leaderboard import node_recovery_table, recovery_table
 
     paths = [p for f in files for p in (sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f])]
     if markdown:
@@ -340,36 +354,58 @@ def recovery(
     if table.empty:
         raise CircuitbenchError("No recovery scores in these results: run tasks whose models have a known circuit "
                                 "(e.g. `make known-answers`, or --reference FILE).")
-    shown = table.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
+    def cells(t):
+        return t.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    shown = cells(table)
     print_table(list(shown.columns), shown.values.tolist(), title="recovery of known circuits")
+    nodes = node_recovery_table(results)
+    text = shown.to_markdown(index=False) + "\n"
+    if not nodes.empty:
+        shown_nodes = cells(nodes)
+        print_table(list(shown_nodes.columns), shown_nodes.values.tolist(),
+                    title="recovery of known circuits' nodes (heads and MLPs)")
+        text += "\n" + shown_nodes.to_markdown(index=False) + "\n"
     if markdown:
-        write_atomic(Path(markdown), shown.to_markdown(index=False) + "\n")
+        write_atomic(Path(markdown), text)
 
 
 @app.command()
 def report(
-    result: str = typer.Argument(..., help="A RunResult JSON."),
+    result: str = typer.Argument(..., help="A RunResult JSON, or an EAP-IG/MIB graph file."),
     out: str | None = typer.Option(None, "--out", help="Directory (default: next to the result, <task>_report/)."),
 ) -> None:
-    """Heatmaps, faithfulness curve, causal-tracing maps and one HTML page for a result."""
+    """Heatmaps, MLP scores, the edge circuit as a graph, faithfulness curve, causal-tracing maps and one
+    HTML page for a result (a graph file: its circuit drawn as a graph)."""
     import json
 
+    from circuitbench.circuits.graph_files import is_graph_json, read_graph_json
     from circuitbench.files import check_writable_dir
     from circuitbench.results.schema import RunResult
-    from circuitbench.tables.report import build_report
+    from circuitbench.tables.report import build_graph_report, build_report
 
     path = Path(result)
+    target = Path(out) if out else path.parent / f"{path.stem}_report"
     try:
-        run_result = RunResult.model_validate(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
-    target = Path(out) if out else path.parent / f"{path.stem}_report"
+    if is_graph_json(raw):
+        graph_file = read_graph_json(raw, str(path))
+        check_writable_dir(target, "--out" if out else "report folder")
+        files = build_graph_report(graph_file, path.stem, target)
+        plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
+        return
+    try:
+        run_result = RunResult.model_validate(raw)
+    except ValueError as e:
+        raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
     if run_result.status != "complete":
         assert run_result.error is not None
         raise CircuitbenchError(f"{path}: the unit failed ({run_result.error.type}: {run_result.error.message}); "
                                 "there is nothing to report. Rerun it with --resume.")
     check_writable_dir(target, "--out" if out else "report folder")
-    files = build_report(run_result, target)
+    files = build_report(run_result, target, path.parent)
     plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
 
 
@@ -567,6 +603,34 @@ def import_tracr_cmd(
           f"circuit {', '.join(report.circuit['nodes'])}; matches tracr on {check.n_inputs} inputs "
           f"(max |diff| residual {check.max_abs_diff_residual:.2g}, output {check.max_abs_diff_output:.2g}; "
           f"{check.n_positions_compared} outputs identical); {report.n_prompts} prompts in prompts.jsonl")
+
+
+@circuit_app.command("export")
+def circuit_export(
+    result: str = typer.Argument(..., help="A RunResult JSON."),
+    fmt: str = typer.Option("mib", "--format", help="mib: the EAP-IG graph JSON MIB's circuit track reads."),
+    out: str = typer.Option(..., "--out", help="The file to write."),
+    method: str | None = typer.Option(None, "--method", help="An edge method's scores (and its circuit, if the "
+                                      "result's came from it); default: the result's circuit."),
+) -> None:
+    """Write a result's circuit as an EAP-IG / MIB graph file (edges and nodes in_graph, with scores)."""
+    import json
+
+    from circuitbench.files import check_writable_file, write_atomic
+    from circuitbench.results.export import export_mib
+    from circuitbench.results.store import load_result
+
+    if fmt != "mib":
+        raise CircuitbenchError(f"--format {fmt!r}: the one format is mib (EAP-IG's graph JSON).")
+    path = Path(result)
+    run_result = load_result(path)
+    if run_result is None or run_result.status != "complete":
+        raise CircuitbenchError(f"{path}: not a readable, complete RunResult.")
+    check_writable_file(Path(out), "--out")
+    graph = export_mib(run_result, path.parent, method)
+    write_atomic(Path(out), json.dumps(graph) + "\n")
+    in_graph = sum(1 for e in graph["edges"].values() if e["in_graph"])
+    plain(f"wrote {out}: {len(graph['edges'])} edges, {in_graph} in the circuit")
 
 
 @app.command()

@@ -43,7 +43,7 @@ FILES: dict[str, str] = {
     "inc_c/twin.yml": GOOD_TASK.format(name="twin"),
     "list.json": "[[0, 1], [1, 2]]\n",
     "not_json.json": "{heads: [[0, 1]]\n",
-    "no_heads.json": '{"nodes": ["a0.h1"]}\n',
+    "no_heads.json": '{"components": ["a0.h1"]}\n',
     "bad_heads.json": '{"heads": [[0, "x"]]}\n',
     "outside.json": '{"heads": [[5, 0]], "n_layers": 2, "n_heads": 4}\n',
     "inside.json": '{"heads": [[0, 1], [1, 2]], "n_layers": 2, "n_heads": 4}\n',

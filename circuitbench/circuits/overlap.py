@@ -1,4 +1,5 @@
-"""How much two circuits share: set overlap of their heads and rank agreement of their scores.
+"""How much two circuits share: set overlap of their heads (nodes, edges) and rank agreement of their
+scores.
 
 Every function takes `Circuit`s (from runs, papers or other tools). Circuits of the same shape are
 compared head by head; circuits of models with a different depth or width are compared on
@@ -259,13 +260,83 @@ def rank_biased_overlap(a: Circuit, b: Circuit, p: float = 0.9) -> float:
     return float((1 - p) / p * np.sum(agreement * p**depths) + agreement[-1] * p**k)
 
 
+# --- node and edge sets (graph circuits: MLPs, edges) ------------------------------------------
+def _set_jaccard(x: set, y: set) -> float:
+    return 1.0 if not x | y else len(x & y) / len(x | y)
+
+
+def node_jaccard(a: Circuit, b: Circuit) -> float:
+    """|A∩B| / |A∪B| of the circuits' nodes: heads and MLPs."""
+    return _set_jaccard(set(a.nodes), set(b.nodes))
+
+
+def _edges(c: Circuit) -> set[str]:
+    if c.level != "edge":
+        raise MissingInput(f"Circuit '{c.label or '?'}' is a {c.level} circuit: it holds no edges.")
+    return set(c.edges)
+
+
+def edge_jaccard(a: Circuit, b: Circuit) -> float:
+    """|A∩B| / |A∪B| of the circuits' edges (after pruning)."""
+    return _set_jaccard(_edges(a), _edges(b))
+
+
+def _edge_vectors(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
+    """Both circuits' edge scores over the union of the edges either scored (0 where one did not)."""
+    for c in (a, b):
+        if not c.edge_scores:
+            raise MissingInput(f"Circuit '{c.label or '?'}' carries no edge scores: this metric compares them.")
+    assert a.edge_scores is not None and b.edge_scores is not None
+    names = sorted(set(a.edge_scores) | set(b.edge_scores))
+    return (np.array([a.edge_scores.get(n, 0.0) for n in names]), np.array([b.edge_scores.get(n, 0.0) for n in names]))
+
+
+def edge_weighted_jaccard(a: Circuit, b: Circuit) -> float:
+    """Σ min(|a|, |b|) / Σ max(|a|, |b|) over edges, each circuit's edge scores scaled to max |score| = 1."""
+    x, y = map(np.abs, _edge_vectors(a, b))
+    x, y = x / max(x.max(), 1e-12), y / max(y.max(), 1e-12)
+    denom = np.maximum(x, y).sum()
+    return 1.0 if denom == 0 else float(np.minimum(x, y).sum() / denom)
+
+
+def _rbo(x: np.ndarray, y: np.ndarray, p: float) -> float:
+    k = len(x)
+    depths = np.arange(1, k + 1)
+    agreement = _expected_overlaps(x, y) / depths
+    return float((1 - p) / p * np.sum(agreement * p**depths) + agreement[-1] * p**k)
+
+
+def edge_rbo(a: Circuit, b: Circuit, p: float = 0.9) -> float:
+    """Tie-aware rank-biased overlap (RBO^a, as `rank_biased_overlap`) of the two |edge score| rankings."""
+    return _rbo(*_edge_vectors(a, b), p)
+
+
+def _node_vectors(a: Circuit, b: Circuit) -> tuple[np.ndarray, np.ndarray]:
+    for c in (a, b):
+        if not c.node_scores:
+            raise MissingInput(f"Circuit '{c.label or '?'}' carries no node scores (heads and MLPs).")
+    assert a.node_scores is not None and b.node_scores is not None
+    names = sorted(set(a.node_scores) | set(b.node_scores))
+    return (np.array([a.node_scores.get(n, 0.0) for n in names]), np.array([b.node_scores.get(n, 0.0) for n in names]))
+
+
+def node_rbo(a: Circuit, b: Circuit, p: float = 0.9) -> float:
+    """Tie-aware rank-biased overlap of the two |node score| rankings (heads and MLPs)."""
+    return _rbo(*_node_vectors(a, b), p)
+
+
+GRAPH_METRICS = ("node_jaccard", "node_rbo", "edge_jaccard", "edge_weighted_jaccard", "edge_rbo")
+
+
 # Overlap metrics by id; plugins add their own (circuitbench.register_overlap_metric).
 OverlapFn = Callable[[Circuit, Circuit], float]
 OVERLAP_METRICS: Registry[OverlapFn] = Registry("overlap metric")
 for _name, _fn in (("jaccard", jaccard), ("overlap_coefficient", overlap_coefficient), ("directional", directional),
                    ("hypergeometric_p", hypergeometric_p), ("weighted_jaccard", weighted_jaccard),
                    ("spearman", spearman), ("kendall", kendall), ("top_n_overlap", top_n_overlap),
-                   ("rbo", rank_biased_overlap)):
+                   ("rbo", rank_biased_overlap), ("node_jaccard", node_jaccard), ("node_rbo", node_rbo),
+                   ("edge_jaccard", edge_jaccard), ("edge_weighted_jaccard", edge_weighted_jaccard),
+                   ("edge_rbo", edge_rbo)):
     OVERLAP_METRICS.add(_name, _fn)
 
 
@@ -330,6 +401,11 @@ def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment:
                 values[name] = top_n_overlap(x, y, top_n)
             elif name == "rbo":
                 values[name] = rank_biased_overlap(x, y, rbo_p)
+            elif name in GRAPH_METRICS:  # nodes and edges are compared by name: within one model's graph
+                if used != "head":
+                    raise MissingInput("circuits of models of different shapes: their node and edge names do not "
+                                       "correspond")
+                values[name] = fn(a, b) if name.endswith("jaccard") else fn(a, b, rbo_p)  # type: ignore[call-arg]
             else:
                 values[name] = fn(x, y)
         except MissingInput as e:

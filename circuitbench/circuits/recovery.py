@@ -2,9 +2,10 @@
 toy, a published circuit). Per method: precision, recall and F1 of the circuit its rule picked,
 and AUROC and average precision of its |score| ranking over every component.
 
-Components are named as EAP-IG and MIB name nodes (`a{L}.h{H}` heads, `m{L}` MLPs); today methods
-score heads, so recovery is over heads, and a reference's MLPs are carried along for when MLP
-nodes are scored."""
+Components are named as EAP-IG and MIB name nodes (`a{L}.h{H}` heads, `m{L}` MLPs). `recovery`
+scores a method's heads against the reference's heads; `node_recovery` its node scores (heads and
+MLPs) against the reference's nodes, the circuit being its top |reference| nodes by |score|
+(R-precision: the recall of a circuit of the reference's size)."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ class Reference(BaseModel):
     model_config = ConfigDict(extra="forbid")
     heads: list[Head] = Field(description="[layer, head] pairs of the known circuit")
     mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the known circuit")
+    edges: list[str] = Field(default_factory=list, description="edges of the known circuit, when it names them")
     source: str = Field(description="where the reference came from (file, spec, model directory)")
 
     @property
@@ -65,8 +67,9 @@ def load_reference(path: Path) -> Reference:
     source = raw["circuit"] if isinstance(raw.get("circuit"), dict) else raw
     items = list(source.get("heads", [])) + list(source.get("nodes", [])) + [f"m{l}" for l in source.get("mlps", [])]
     heads, mlps = parse_components(items, str(path))
+    edges = [str(e) for e in source.get("edges", []) if isinstance(e, str)]
     try:
-        return Reference(heads=heads, mlps=mlps, source=str(path))
+        return Reference(heads=heads, mlps=mlps, edges=edges, source=str(path))
     except ValidationError as e:
         raise CircuitbenchError(f"{path}: not a reference circuit ({e.errors()[0]['msg']}).") from None
 
@@ -107,6 +110,32 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
         found += found_here
         total += (found_here / n_pos) * (found / seen)
     return float(total)
+
+
+def node_recovery(scores: dict[str, float], reference: Reference) -> RecoveryScores:
+    """A method's {node: score} (heads and MLPs) against the reference's nodes; its circuit is the
+    top |reference| nodes by |score| (a node scoring exactly 0 is never picked)."""
+    return ranked_recovery(scores, reference.nodes, "nodes", reference.source)
+
+
+def ranked_recovery(scores: dict[str, float], positives: list[str], what: str, source: str) -> RecoveryScores:
+    """{name: score} against the reference's names: its circuit the top |reference| by |score|."""
+    names = list(scores)
+    unknown = [n for n in positives if n not in scores]
+    if unknown:
+        raise CircuitbenchError(f"Reference {source}: {what} {', '.join(unknown[:5])} are not {what} of this model "
+                                f"(it has {names[0]} … {names[-1]}).")
+    ref = set(positives)
+    ranked = sorted((n for n in names if scores[n] != 0), key=lambda n: (-abs(scores[n]), names.index(n)))
+    chosen = set(ranked[: len(ref)])
+    hit = len(chosen & ref)
+    precision = hit / len(chosen) if chosen else None
+    recall = hit / len(ref) if ref else 1.0
+    f1 = 0.0 if not precision or not recall else 2 * precision * recall / (precision + recall)
+    flat = np.abs(np.array([scores[n] for n in names]))
+    pos = np.array([n in ref for n in names])
+    return RecoveryScores(precision=precision, recall=recall, f1=f1, auroc=auroc(flat, pos),
+                          average_precision=average_precision(flat, pos), n_reference=len(ref), n_circuit=len(chosen))
 
 
 def recovery(scores: np.ndarray, circuit: list[Head], reference: Reference) -> RecoveryScores:

@@ -14,8 +14,10 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.hooks import Site, attn_out, embed, mlp_out, resid_post, resid_pre, tl_hook_name
 from circuitbench.models.resume import BlockFormat, block_output_formats, skip_blocks_before
+from circuitbench.models.smeared_keys import SmearedKeyProjection
 from circuitbench.prompts.encoding import Vocabulary
 
 Init = Literal["pretrained", "random"]
@@ -23,6 +25,43 @@ DeviceMap = Literal["auto"]
 # A hook sees the activation at its site and returns its replacement (None: keep it as it is).
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 Hook = tuple[Site, HookFn]
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """One block's attention weights per head, in TransformerLens's layout: queries of head h are
+    norm(x) @ query[h] + query_bias[h] (keys, values alike), its output z_h @ output[h]. Under
+    grouped-query attention key / value are given per query head (each its group's copy)."""
+
+    query: torch.Tensor  # [n_heads, d_model, d_head]
+    key: torch.Tensor
+    value: torch.Tensor
+    query_bias: torch.Tensor  # [n_heads, d_head] (zeros where the model has no bias)
+    key_bias: torch.Tensor
+    value_bias: torch.Tensor
+    output: torch.Tensor  # [n_heads, d_head, d_model]
+    output_bias: torch.Tensor  # [d_model]
+
+    def projection(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [n_heads, d_model, d_head], bias [n_heads, d_head]) of the query, key or value projection."""
+        return {"q": (self.query, self.query_bias), "k": (self.key, self.key_bias),
+                "v": (self.value, self.value_bias)}[kind]
+
+    def head_results(self, z: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_model] each head's term in the residual stream, z_h · W_O[h] (no bias)."""
+        return torch.einsum("bphe,hed->bphd", z, self.output.to(z.dtype))
+
+    def project(self, kind: str, normed: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_head] queries / keys / values of each head from its own (normed)
+        input [batch, pos, n_heads, d_model]."""
+        w, b = self.projection(kind)
+        return torch.einsum("bphd,hde->bphe", normed, w.to(normed.dtype)) + b.to(normed.dtype)
+
+    def project_back(self, kind: str, grad: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, n_heads, d_model] a gradient at each head's queries / keys / values
+        [batch, pos, n_heads, d_head] taken back to that head's (normed) input."""
+        w, _ = self.projection(kind)
+        return torch.einsum("bphe,hde->bphd", grad.to(w.dtype), w)
 
 
 @dataclass
@@ -45,6 +84,7 @@ class LoadedModel:
     init_seed: int | None = None  # the weights' seed under --init random (part of their identity)
     fingerprint: str = ""  # models/fingerprint.py: what identifies the weights beyond the name
     _formats: list[BlockFormat] | None = field(default=None, repr=False)
+    _attention: dict[int, AttentionWeights] = field(default_factory=dict, repr=False)
 
     # --- shape -----------------------------------------------------------------------------
     @property
@@ -74,6 +114,67 @@ class LoadedModel:
     def has_site(self, site: Site) -> bool:
         """Whether the model computes this site (attention-only models have no MLP output)."""
         return tl_hook_name(site) in self.bridge.hook_dict
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key-value heads per block (fewer than n_heads under grouped-query attention)."""
+        return int(getattr(self.bridge.cfg, "n_key_value_heads", None) or self.n_heads)
+
+    @property
+    def parallel_attn_mlp(self) -> bool:
+        """Whether each block's MLP reads the block input, as its attention does (GPT-NeoX, Pythia)."""
+        return bool(getattr(self.bridge.cfg, "parallel_attn_mlp", False))
+
+    @property
+    def has_mlp(self) -> bool:
+        return self.has_site(mlp_out(0))
+
+    def component_graph(self) -> ComponentGraph:
+        """Nodes (input, heads, MLPs, logits) and edges of this model's forward (models/graph.py)."""
+        return ComponentGraph(self.n_layers, self.n_heads, has_mlp=self.has_mlp,
+                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model)
+
+    def edge_support(self) -> str | None:
+        """Why edge-level computations cannot run on this model (None: they can). They rebuild each
+        head's queries, keys and values from its own input with the block's norm and projection
+        weights, which a key projection that mixes positions (smeared keys) does not fit."""
+        for block in self.bridge.blocks:
+            if isinstance(getattr(block.attn.k, "original_component", None), SmearedKeyProjection):
+                return "its key projections smear keys over positions (not one linear map per position)"
+        return None
+
+    def attention_weights(self, layer: int) -> AttentionWeights:
+        """Block `layer`'s attention weights per head (detached; see AttentionWeights)."""
+        if layer not in self._attention:
+            attn = self.bridge.blocks[layer].attn
+            per_group = self.n_heads // self.n_kv_heads
+
+            def heads(w: torch.Tensor) -> torch.Tensor:
+                w = w.detach()
+                return w.repeat_interleave(per_group, dim=0) if w.shape[0] != self.n_heads else w
+
+            def bias(b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(like.shape[0], like.shape[2], dtype=like.dtype, device=like.device) if b is None \
+                    else heads(b.reshape(-1, like.shape[2]))
+
+            W_Q, W_K, W_V = heads(attn.W_Q), heads(attn.W_K), heads(attn.W_V)
+            W_O = attn.W_O.detach()
+            b_O = attn.b_O.detach() if attn.b_O is not None else torch.zeros(W_O.shape[-1], dtype=W_O.dtype,
+                                                                              device=W_O.device)
+            self._attention[layer] = AttentionWeights(query=W_Q, key=W_K, value=W_V, query_bias=bias(attn.b_Q, W_Q),
+                                                      key_bias=bias(attn.b_K, W_K), value_bias=bias(attn.b_V, W_V),
+                                                      output=W_O, output_bias=b_O)
+        return self._attention[layer]
+
+    def normalize_attention_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """What block `layer`'s query/key/value projections read, given the residual stream `x`
+        [..., d_model]: the block's first norm applied to it (the identity in models without one)."""
+        return _norm(self.bridge.blocks[layer], "ln1", x)
+
+    def normalize_mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """What block `layer`'s MLP reads, given its residual input `x` (the block input in parallel
+        blocks, the stream after attention otherwise): the block's second norm applied to it."""
+        return _norm(self.bridge.blocks[layer], "ln2", x)
 
     def token_embeddings(self) -> torch.Tensor:
         """[d_vocab, d_model] the token embedding matrix (detached)."""
@@ -146,6 +247,15 @@ class LoadedModel:
         finally:
             for p in params:
                 p.requires_grad_(True)
+
+
+def _norm(block: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    component = getattr(block, name, None)
+    if component is None:
+        return x
+    module = getattr(component, "original_component", None)
+    with torch.inference_mode() if x.is_inference() else nullcontext():  # a cached activation: no autograd
+        return (component if module is None else module)(x)
 
 
 def _as_tl_hook(fn: HookFn) -> Callable[[torch.Tensor, Any], torch.Tensor]:

@@ -14,10 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.faithfulness import faithfulness, missing_from_ablations, most_faithful
+from circuitbench.circuits.edge_faithfulness import edge_faithfulness, edge_order, most_faithful_edges
+from circuitbench.circuits.faithfulness import curves, faithfulness, missing_from_ablations, most_faithful, ranked_names
+from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.circuits.overlap import rank_correlation
-from circuitbench.circuits.recovery import Reference, load_reference, parse_components, recovery
+from circuitbench.circuits.recovery import (
+    Reference,
+    load_reference,
+    node_recovery,
+    parse_components,
+    ranked_recovery,
+    recovery,
+)
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions
+from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
 from circuitbench.parallel import ONE_PROCESS, Processes
@@ -27,6 +37,7 @@ from circuitbench.registry import loaded_plugins
 from circuitbench.results.schema import (
     CircuitCandidate,
     CircuitInfo,
+    EdgeScoresInfo,
     ModelInfo,
     ReferenceInfo,
     RunInfo,
@@ -34,11 +45,14 @@ from circuitbench.results.schema import (
     TaskInfo,
 )
 from circuitbench.scores.activation_cache import metrics_through_cache, open_run_cache
+from circuitbench.scores.edges import check_edges
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
 from circuitbench.scores.interventions import identical_head_outputs
 from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.methods.outputs import EdgeScores
 from circuitbench.scores.scoring import check_methods, score_heads
 from circuitbench.specs.options import RunOptions
+from circuitbench.specs.registries import METHODS
 from circuitbench.specs.task import CircuitRule, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -61,8 +75,8 @@ def task_info(spec: TaskSpec, data: EncodedPrompts | None = None) -> TaskInfo:
 def model_info(model: LoadedModel) -> ModelInfo:
     return ModelInfo(name=model.name, source=model.source, revision=model.revision, fingerprint=model.fingerprint,
                      init=model.init, init_seed=model.init_seed, dtype=model.dtype, n_layers=model.n_layers,
-                     n_heads=model.n_heads, n_params=model.n_params,
-                     tokenizer=model.tokenizer_source)
+                     n_heads=model.n_heads, n_params=model.n_params, d_model=model.d_model, has_mlp=model.has_mlp,
+                     parallel_attn_mlp=model.parallel_attn_mlp, tokenizer=model.tokenizer_source)
 
 
 def choose_batch_size(options: RunOptions, model: LoadedModel, data: EncodedPrompts, processes: Processes) -> int:
@@ -82,6 +96,11 @@ def run_unit(
     t0 = time.perf_counter()
     data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)  # every process: cheap, and the drops are global
     check_methods(spec, data)
+    if spec.circuit is not None and spec.circuit.level == "edge":
+        if not any(METHODS.get(m).produces == "edge_scores" for m in spec.methods):
+            raise CircuitbenchError(f"Task '{spec.name}': circuit level edge needs an edge method among its methods "
+                                    f"({', '.join(spec.methods) or 'none'}): add eap, eap_ig or edge_patching.")
+        check_edges(model, "An edge circuit", per_head_inputs=True)
     batch_size = choose_batch_size(options, model, data, processes)
 
     # The cache holds whole prompt sets; data-parallel processes see shards, so they bypass it (as does --no-cache).
@@ -95,28 +114,37 @@ def run_unit(
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     traces: dict[str, dict] = {}
+    node_scores: dict[str, dict[str, float]] = {}
+    edge_scores: dict[str, EdgeScores] = {}
     head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.metric, spec.method_options,
-                              traces, processes, cache_entry)
+                              traces, processes, cache_entry, node_scores, edge_scores)
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     reference = find_reference(spec, model, options)
-    circuit = _circuit(spec, model, shard, head_scores, ctx, reference)
+    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference)
     agreement, warnings = method_agreement(spec, head_scores)
-    reference_info, recovered = None, {}
+    reference_info, recovered, recovered_nodes, recovered_edges = None, {}, {}, {}
     if reference is not None:
         invisible = identical_head_outputs(model, shard, ctx, reference.heads)
         reference_info = ReferenceInfo(source=reference.source, heads=reference.heads, mlps=reference.mlps,
-                                       invisible=invisible)
+                                       edges=reference.edges, invisible=invisible)
         if invisible:
             warnings.append(f"reference heads {', '.join(f'{l}.{h}' for l, h in invisible)} have identical clean and "
                             "counterfactual outputs on every prompt: invisible to patching with this counterfactual "
                             "(use ablation, or a counterfactual that changes what they read)")
-        recovered = {m: recovery(scores, Circuit.from_scores(scores, spec.circuit or DEFAULT_RULE, m).heads, reference)
-                      for m, scores in head_scores.items()}
+        head_rule = (spec.circuit or DEFAULT_RULE).model_copy(update={"level": "head"})
+        recovered = {m: recovery(scores, Circuit.from_scores(scores, head_rule, m).heads, reference)
+                     for m, scores in head_scores.items()}
+        if model.has_mlp or reference.mlps:
+            recovered_nodes = {m: node_recovery(scores, reference) for m, scores in node_scores.items()}
+        if reference.edges:
+            recovered_edges = {m: ranked_recovery(e.as_dict(), reference.edges, "edges", reference.source)
+                               for m, e in edge_scores.items()}
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
+    edge_infos, sidecars = _edge_files(spec, model, edge_scores, circuit)
 
-    return RunResult(
+    result = RunResult(
         status="complete",
         task=task_info(spec, data),
         model=model_info(model),
@@ -132,32 +160,113 @@ def run_unit(
         metrics_corrupted=metrics_corrupted,
         metrics_by_split=by_split,
         head_scores={k: v.tolist() for k, v in head_scores.items()},
+        node_scores=node_scores,
         method_agreement=agreement,
         traces=traces,
         circuit=circuit,
         reference=reference_info,
+        edge_scores=edge_infos,
         recovery=recovered,
+        node_recovery=recovered_nodes,
+        edge_recovery=recovered_edges,
         warnings=warnings,
     )
+    result._sidecars = sidecars
+    return result
+
+
+def _edge_files(spec: TaskSpec, model: LoadedModel, edge_scores: dict[str, EdgeScores],
+                circuit: CircuitInfo | None) -> tuple[dict[str, EdgeScoresInfo], dict[str, dict]]:
+    """Each edge method's scores as a sidecar file (EAP-IG / MIB graph JSON; the edge circuit marked
+    in the file of the method it came from) and the result's reference to it."""
+    infos, files = {}, {}
+    for method, scores in edge_scores.items():
+        name = f"{spec.name}.{method}.edges.json"
+        values = scores.as_dict()
+        chosen = circuit.edges if circuit is not None and circuit.level == "edge" and circuit.method == method else []
+        files[name] = graph_json(scores.graph, values, chosen, meta={
+            "method": method, "settings": scores.settings, "task": spec.name, "model": model.name,
+            "metric": spec.metric, "units": UNITS})
+        top = sorted(values, key=lambda e: -abs(values[e]))[:20]
+        infos[method] = EdgeScoresInfo(file=name, n_edges=len(values), settings=scores.settings,
+                                       top=[(e, values[e]) for e in top])
+    return infos, files
 
 
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
-             ctx: MethodContext, reference: Reference | None) -> CircuitInfo | None:
+             node_scores: dict[str, dict[str, float]], edge_scores: dict[str, EdgeScores], ctx: MethodContext,
+             reference: Reference | None) -> CircuitInfo | None:
     """The circuit the task's rule picks (method auto: every method's, the most faithful kept), with
     its faithfulness under the rule's ablation and zero ablation, and what is surprising about it."""
-    if not (spec.circuit and head_scores):
+    rule = spec.circuit
+    if rule is None:
         return None
-    chosen, candidates, baseline = most_faithful(model, data, head_scores, spec.circuit, ctx)
+    if rule.level == "edge":
+        return _edge_circuit(spec, model, data, edge_scores, ctx, reference)
+    if rule.level == "node":
+        pool: dict = node_scores
+        if rule.method not in (None, "auto") and rule.method not in node_scores:
+            raise CircuitbenchError(f"circuit: {{level: node, method: {rule.method}}}: '{rule.method}' gave no node "
+                                    f"scores (methods that score MLPs too: {', '.join(node_scores) or 'none ran'}).")
+    else:
+        pool = head_scores
+    if not pool:
+        return None
+    chosen, candidates, baseline = most_faithful(model, data, pool, rule, ctx)
     assert chosen.method is not None
-    scores = head_scores[chosen.method]
-    faith = faithfulness(model, data, chosen, scores, spec.circuit, ctx, baseline)
-    warnings = rule_warnings(spec.circuit, len(chosen.heads), scores.size, int(np.count_nonzero(scores)))
+    scores = pool[chosen.method]
+    faith = faithfulness(model, data, chosen, scores, rule, ctx, baseline)
+    values = np.array(list(scores.values())) if isinstance(scores, dict) else scores
+    warnings = rule_warnings(rule, len(chosen.heads) + len(chosen.mlps), values.size, int(np.count_nonzero(values)),
+                             "nodes" if rule.level == "node" else "heads")
     if reference is not None:
         missing = sorted(set(reference.heads) - set(map(tuple, chosen.heads)))
-        warnings += missing_from_ablations(faith, missing)
+        missing_mlps = sorted(set(reference.mlps) - set(chosen.mlps)) if rule.level == "node" else []
+        warnings += missing_from_ablations(faith, missing, missing_mlps)
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    return CircuitInfo(method=chosen.method, rule=chosen.rule, heads=chosen.heads, warnings=warnings,
+    by_method = {}
+    if rule.curve and rule.effective_integration == "mib":
+        for c in candidates:
+            if c.method == chosen.method:
+                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
+                continue
+            s = pool[c.method]
+            fields = curves(ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by)
+            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
+    return CircuitInfo(method=chosen.method, rule=chosen.rule, level=chosen.level, heads=chosen.heads,
+                       mlps=chosen.mlps, warnings=warnings, by_method=by_method,
+                       candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
+
+
+def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
+                  ctx: MethodContext, reference: Reference | None) -> CircuitInfo:
+    rule = spec.circuit
+    assert rule is not None
+    chosen, candidates, baseline = most_faithful_edges(model, data, edge_scores, rule, ctx)
+    assert chosen.method is not None
+    scores = edge_scores[chosen.method]
+    faith = edge_faithfulness(model, data, chosen, scores, rule, ctx, baseline)
+    values = scores.scores[scores.graph.real_edges]
+    warnings = rule_warnings(rule, len(chosen.edges), values.size, int(np.count_nonzero(values)), "edges")
+    if reference is not None and reference.edges:
+        missing = sorted(set(reference.edges) - set(chosen.edges))
+        if missing:
+            warnings.append(f"the circuit misses {len(missing)} of the reference's {len(reference.edges)} edges "
+                            f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})")
+    for warning in warnings:
+        log.warning("%s on %s: %s", spec.name, model.name, warning)
+    by_method = {}
+    if rule.curve and rule.effective_integration == "mib":
+        for c in candidates:
+            if c.method == chosen.method:
+                by_method[c.method] = {"faithfulness": faith.faithfulness, "cpr": faith.cpr, "cmd": faith.cmd}
+                continue
+            s = edge_scores[c.method]
+            fields = curves(edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f, rule.by)
+            by_method[c.method] = {"faithfulness": c.faithfulness, "cpr": fields["cpr"], "cmd": fields["cmd"]}
+    return CircuitInfo(method=chosen.method, rule=chosen.rule, level="edge", heads=chosen.heads, mlps=chosen.mlps,
+                       edges=chosen.edges, warnings=warnings, by_method=by_method,
                        candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
 
 
@@ -207,18 +316,19 @@ def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> R
     return load_reference(path) if path.is_file() else None
 
 
-def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int) -> list[str]:
-    """What a circuit rule became when it is not what it says: more heads asked than the model
-    has (or than have any measured effect), every head, or none."""
+def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int, what: str = "heads") -> list[str]:
+    """What a circuit rule became when it is not what it says: more components asked than the
+    model has (or than have any measured effect), every one, or none."""
     out = []
+    one = what[:-1]
     if rule.top_k is not None and rule.top_k > total:
-        out.append(f"top_k {rule.top_k} exceeds the model's {total} heads: the circuit is all {total} heads")
+        out.append(f"top_k {rule.top_k} exceeds the model's {total} {what}: the circuit is all {total} {what}")
     elif rule.top_k is not None and rule.top_k > nonzero:
-        out.append(f"top_k {rule.top_k}: only {nonzero} heads score other than exactly 0, the circuit is those "
+        out.append(f"top_k {rule.top_k}: only {nonzero} {what} score other than exactly 0, the circuit is those "
                    f"{chosen}")
     elif chosen == total:
-        out.append(f"the circuit rule selects every one of the {total} heads: faithfulness is 1 by construction")
+        out.append(f"the circuit rule selects every one of the {total} {what}: faithfulness is 1 by construction")
     if chosen == 0:
-        out.append(f"the circuit rule selects no head (threshold {rule.threshold} is above every score): "
+        out.append(f"the circuit rule selects no {one} (threshold {rule.threshold} is above every score): "
                    "faithfulness is 0 by construction")
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
@@ -55,6 +55,9 @@ class ModelInfo(_Strict):
     n_layers: int | None = Field(None, description="transformer blocks")
     n_heads: int | None = Field(None, description="attention heads per block")
     n_params: int | None = Field(None, description="parameters of the loaded model")
+    d_model: int | None = Field(None, description="residual stream width")
+    has_mlp: bool | None = Field(None, description="whether its blocks have MLPs (attention-only toys do not)")
+    parallel_attn_mlp: bool | None = Field(None, description="whether each MLP reads the block input (GPT-NeoX)")
     tokenizer: str | None = Field(None, description="where the tokenizer came from")
 
 
@@ -83,15 +86,21 @@ class CircuitCandidate(_Strict):
 
     method: str = Field(description="the method whose scores the rule picked from")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node level)")
+    n_edges: int | None = Field(None, description="edges in the circuit (edge level, after pruning)")
     faithfulness: float = Field(description="f(C) under the rule's ablation")
 
 
 class CircuitInfo(_Strict):
     """The circuit chosen by the task's rule, with its faithfulness."""
 
-    method: str = Field(description="the head scores it was chosen from")
+    method: str = Field(description="the scores it was chosen from")
     rule: dict[str, object] = Field(description="the circuit rule (method, top_k | threshold | fraction, by, ablation)")
-    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
+    level: Literal["head", "node", "edge"] = Field("head", description="heads, nodes (heads and MLPs) or edges")
+    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs (edge level: the heads its edges touch)")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node, edge level)")
+    edges: list[str] = Field(default_factory=list, description="edge names ('a0.h1->a2.h3<k>'), after pruning "
+                             "dangling nodes (edge level)")
     faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`")
     metric: str | None = Field(None, description="the metric m; m_circuit, m_full and m_empty are its own values")
     m_circuit: float | None = Field(None, description="the metric with only the circuit's heads kept")
@@ -100,13 +109,32 @@ class CircuitInfo(_Strict):
     ablation: str | None = Field(None, description="how heads outside the circuit were removed")
     by_ablation: dict[str, float | None] = Field(
         default_factory=dict, description="f(C) under each ablation computed: the rule's and zero ablation")
-    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(n_heads, fraction, f)")
+    integration: str | None = Field(None, description="the curve: mib (MIB's sizes 0.1 %…100 %, CPR on the signed "
+                                    "ranking, CMD on |score|, trapezoids between those points) or sizes (every size "
+                                    "from 0, the rule's ranking)")
+    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(components kept, fraction, f); "
+                                                  "mib: on the |score| ranking")
+    curve_signed: list[tuple[int, float, float]] = Field(default_factory=list,
+                                                         description="mib: (components kept, fraction, f) on the "
+                                                         "signed ranking")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    by_method: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="MIB's integration: every candidate method's {faithfulness, cpr, cmd} at "
+        "this level, each on its own ranking (the leaderboards' per-method columns)")
     candidates: list[CircuitCandidate] = Field(
         default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
         "faithful: f closest to 1, then the smaller circuit)")
     warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
+
+
+class EdgeScoresInfo(_Strict):
+    """An edge method's scores: in a sidecar file next to the result (EAP-IG / MIB graph JSON)."""
+
+    file: str = Field(description="the sidecar's name, in the result's folder: <task>.<method>.edges.json")
+    n_edges: int = Field(description="edges scored (every edge of the component graph)")
+    settings: dict[str, object] = Field(default_factory=dict, description="what ran (variant, steps, step points …)")
+    top: list[tuple[str, float]] = Field(default_factory=list, description="the 20 edges of largest |score|")
 
 
 class ReferenceInfo(_Strict):
@@ -115,6 +143,7 @@ class ReferenceInfo(_Strict):
     source: str = Field(description="--reference FILE, the task's reference_circuits, or the model's circuit.json")
     heads: list[tuple[int, int]] = Field(description="[layer, head] pairs of the known circuit")
     mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the known circuit")
+    edges: list[str] = Field(default_factory=list, description="edges of the known circuit, when it names them")
     invisible: list[tuple[int, int]] = Field(
         default_factory=list, description="reference heads whose clean and counterfactual outputs are identical: "
         "patching with this counterfactual cannot see them")
@@ -137,16 +166,29 @@ class RunResult(_Strict):
         default_factory=dict, description="split -> metrics, for the task's report_splits and its own split")
     head_scores: dict[str, list[list[float]]] = Field(
         default_factory=dict, description="method -> [n_layers][n_heads] scores")
+    node_scores: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="method -> {node: score} over heads ('a0.h1') and MLPs ('m0'), for the "
+        "methods that score MLPs too (same units as its head scores)")
     method_agreement: dict[str, float] = Field(
         default_factory=dict, description="e.g. Spearman correlation of exact vs attribution patching")
+    edge_scores: dict[str, EdgeScoresInfo] = Field(
+        default_factory=dict, description="edge method -> its sidecar file of every edge's score, and the top edges")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
     circuit: CircuitInfo | None = Field(None, description="the circuit the task's rule chose, with its faithfulness")
     reference: ReferenceInfo | None = Field(None, description="the known circuit, when there is one")
     recovery: dict[str, RecoveryScores] = Field(
         default_factory=dict, description="method -> precision, recall, F1 of its circuit and AUROC, average "
         "precision of its |scores| against the reference")
+    node_recovery: dict[str, RecoveryScores] = Field(
+        default_factory=dict, description="method -> the same over nodes (heads and MLPs) against the reference's "
+        "nodes; the circuit: the method's top |reference| nodes by |score| (exact zeros never picked)")
+    edge_recovery: dict[str, RecoveryScores] = Field(
+        default_factory=dict, description="edge method -> the same over edges against the reference's edges (top "
+        "|reference| edges by |score|)")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
+    # Sidecar files written next to the result (name -> JSON content): edge scores. Not part of the JSON.
+    _sidecars: dict[str, dict] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _status_fields(self) -> "RunResult":

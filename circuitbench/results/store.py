@@ -23,10 +23,13 @@ def nonfinite_fields(value: object, path: str = "") -> list[str]:
 
 
 def save_result(result: RunResult, path: Path) -> None:
-    """Write the result atomically; a non-finite number anywhere in it is a bug, refused."""
+    """Write the result atomically, its sidecar files (edge scores) first, next to it; a
+    non-finite number anywhere in it is a bug, refused."""
     bad = nonfinite_fields(result.model_dump())
     if bad:
         raise ValueError(f"result for {path} holds non-finite numbers at {', '.join(bad[:5])}")
+    for name, content in result._sidecars.items():
+        write_atomic(path.parent / name, json.dumps(content) + "\n")
     write_atomic(path, result.model_dump_json(indent=2) + "\n")
 
 

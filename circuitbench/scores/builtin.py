@@ -7,6 +7,8 @@ from circuitbench.scores.methods.options import (
     AblationOptions,
     AttentionToOptions,
     AttributionOptions,
+    EapIgOptions,
+    EdgePatchingOptions,
     PatchingOptions,
     TracingOptions,
 )
@@ -50,3 +52,13 @@ METHODS.add("attention_to", Method(
 METHODS.add("causal_tracing", Method(
     f"{_METHODS}.causal_tracing:causal_tracing", "ROME-style noise + restore map per (layer, position)",
     options=TracingOptions, produces="traces", shardable=False))
+# Edge methods: scores of every edge of the component graph, written to a sidecar file (edge_scores).
+METHODS.add("eap", Method(
+    f"{_METHODS}.edges:eap", "edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
+    needs_corrupted=True, aligns_positions=True, produces="edge_scores"))
+METHODS.add("eap_ig", Method(
+    f"{_METHODS}.edges:eap_ig", "EAP with integrated gradients (inputs or activations, k/m step points)",
+    needs_corrupted=True, aligns_positions=True, options=EapIgOptions, produces="edge_scores"))
+METHODS.add("edge_patching", Method(
+    f"{_METHODS}.edges:edge_patching", "exact: each edge's counterfactual output patched into its destination alone",
+    needs_corrupted=True, aligns_positions=True, options=EdgePatchingOptions, produces="edge_scores"))

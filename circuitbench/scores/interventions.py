@@ -8,7 +8,8 @@
   the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and the
   tests check it.
 - `mean_head_outputs`, `ablated_heads_metric`: mean-ablation values and the metric with a set of
-  heads ablated (faithfulness).
+  heads ablated (faithfulness); `mean_node_outputs`, `ablated_nodes_metric`: the same over heads
+  and MLPs, with each prompt's own counterfactual as a further ablation.
 
 Every metric here is oriented so that higher is better.
 """
@@ -34,7 +35,7 @@ from circuitbench.specs.registries import METRICS
 MAX_ROWS = 64
 MAX_ROWS_END_ONLY = 256
 Input = Literal["clean", "corrupted"]
-BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L and metric.<id> of every prompt
+BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L, mlp_out.L and metric.<id> of every prompt
 
 
 def oriented_metric(metric: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -93,18 +94,21 @@ class BaseRun:
     resid: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] block inputs
     z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head] head outputs
     metric: torch.Tensor | None = None  # [batch] the main metric, oriented so higher = better
+    mlp: list[torch.Tensor] | None = None  # [n_layers] x [batch, pos, d_model] MLP outputs (None: no MLPs)
 
 
 def base_run_sites(model: LoadedModel) -> list[Site]:
-    return [hooks.resid_pre(l) for l in range(model.n_layers)] + [hooks.head_outputs(l) for l in range(model.n_layers)]
+    sites = [hooks.resid_pre(l) for l in range(model.n_layers)] + [hooks.head_outputs(l) for l in range(model.n_layers)]
+    return sites + ([hooks.mlp_out(l) for l in range(model.n_layers)] if model.has_mlp else [])
 
 
 def record_base_run(model: LoadedModel, tokens: torch.Tensor) -> tuple[torch.Tensor, BaseRun]:
-    """(logits, the run's block inputs and head outputs) of one unpatched forward."""
+    """(logits, the run's block inputs, head outputs and MLP outputs) of one unpatched forward."""
     logits, cache = model.run_with_cache(tokens, base_run_sites(model))
     n = model.n_layers
     return logits, BaseRun(resid=[cache[hooks.resid_pre(l)] for l in range(n)],
-                           z=[cache[hooks.head_outputs(l)] for l in range(n)])
+                           z=[cache[hooks.head_outputs(l)] for l in range(n)],
+                           mlp=[cache[hooks.mlp_out(l)] for l in range(n)] if model.has_mlp else None)
 
 
 def _input_batch(batch: Batch, which: Input) -> Batch:
@@ -112,7 +116,7 @@ def _input_batch(batch: Batch, which: Input) -> Batch:
 
 
 def base_run_bytes(model: LoadedModel, data: EncodedPrompts) -> int:
-    per_position = model.n_layers * (model.d_model + model.n_heads * model.d_head)
+    per_position = model.n_layers * (model.d_model * (1 + int(model.has_mlp)) + model.n_heads * model.d_head)
     element = torch.empty((), dtype=getattr(torch, model.dtype)).element_size()
     return int(data.tokens.numel() * per_position * element)
 
@@ -137,6 +141,7 @@ def _collect_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodCont
         values.append(METRICS.get(ctx.metric).compute(logits[:, : scored.tokens.shape[1]], scored).cpu())
         named = {hooks.resid_pre(l): t for l, t in enumerate(run.resid)}
         named.update({hooks.head_outputs(l): t for l, t in enumerate(run.z)})
+        named.update({hooks.mlp_out(l): t for l, t in enumerate(run.mlp or [])})
         for site, t in named.items():
             key = str(site)
             if key not in out:
@@ -154,7 +159,8 @@ def _stored_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
     entry = ctx.cache_entry
     if entry is None:
         return None
-    stored = entry.read(which, BASE_RUNS, [f"metric.{ctx.metric}"])
+    required = [f"metric.{ctx.metric}"] + ([str(hooks.mlp_out(0))] if model.has_mlp else [])
+    stored = entry.read(which, BASE_RUNS, required)
     if stored is None:
         if not entry.room_for(base_run_bytes(model, data)):
             return None
@@ -189,7 +195,9 @@ def base_runs(
             metric = kept[f"metric.{ctx.metric}"][start:stop]
             runs[which] = BaseRun(resid=[rows(hooks.resid_pre(l)) for l in range(model.n_layers)],
                                   z=[rows(hooks.head_outputs(l)) for l in range(model.n_layers)],
-                                  metric=metric if higher else -metric)
+                                  metric=metric if higher else -metric,
+                                  mlp=[rows(hooks.mlp_out(l)) for l in range(model.n_layers)] if model.has_mlp
+                                  else None)
         yield batch, runs
         start = stop
 
@@ -236,6 +244,8 @@ def metric_per_copy(
 
 
 ZSource = Callable[[int], torch.Tensor]  # layer -> [batch, pos, n_heads, d_head] replacement head outputs
+MlpSource = Callable[[int], torch.Tensor]  # layer -> [batch, pos, d_model] replacement MLP output
+MLP = "mlp"  # the item that patches a block's MLP output (heads are their index)
 
 
 def patched_head_metrics(
@@ -243,16 +253,34 @@ def patched_head_metrics(
 ) -> torch.Tensor:
     """[n_layers, n_heads] sum over the batch's prompts of the metric when that head's output
     (at `mask` positions) is replaced by `source_z(layer)` [batch, pos, n_heads, d_head]."""
+    return patched_node_metrics(model, batch, base, source_z, None, mask, ctx)
+
+
+def patched_node_metrics(
+    model: LoadedModel, batch: Batch, base: BaseRun, source_z: ZSource, source_mlp: MlpSource | None,
+    mask: torch.Tensor, ctx: MethodContext,
+) -> torch.Tensor:
+    """[n_layers, n_heads (+ 1)] sum over the batch's prompts of the metric when one head's output
+    (or, in the last column when `source_mlp` is given, the block's MLP output) is replaced at
+    `mask` positions. A block's MLP is one more copy in the forwards that patch its heads."""
     mask_dev = mask.to(model.device)[:, :, None]
     rows = []
     for layer in range(model.n_layers):
         src = source_z(layer)
+        src_mlp = source_mlp(layer) if source_mlp is not None else None
 
-        def edit(z: torch.Tensor, head, _site: Site, _src=src) -> None:  # z: [batch, pos, n_heads, d_head]
-            z[:, :, head] = torch.where(mask_dev, _src[:, :, head].to(z.dtype), z[:, :, head])
+        def edit(x: torch.Tensor, item, site: Site, _src=src, _mlp=src_mlp) -> None:
+            if site.kind == "z" and item != MLP:  # x: [batch, pos, n_heads, d_head]
+                x[:, :, item] = torch.where(mask_dev, _src[:, :, item].to(x.dtype), x[:, :, item])
+            elif site.kind == "mlp_out" and item == MLP:  # x: [batch, pos, d_model]
+                x[:] = torch.where(mask_dev, _mlp.to(x.dtype), x)
 
-        values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], hooks.head_outputs(layer),
-                                 list(range(model.n_heads)), edit)
+        items: list = list(range(model.n_heads))
+        sites = [hooks.head_outputs(layer)]
+        if src_mlp is not None:
+            items.append(MLP)
+            sites.append(hooks.mlp_out(layer))
+        values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], sites, items, edit)
         rows.append(values.sum(1))
     return torch.stack(rows)
 
@@ -274,13 +302,24 @@ def naive_head_metrics(model: LoadedModel, batch: Batch, source_z: ZSource, mask
     return out
 
 
-def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
-                      corrupted: bool = False) -> list[torch.Tensor]:
-    """Per-layer [pos, n_heads, d_head] mean of the head outputs over the task's clean (or
-    corrupted) prompts, each position averaged over the prompts long enough to have it. `data`
-    may be one process's shard: `sum_shards` adds the sums of all shards before dividing."""
+@dataclass
+class NodeMeans:
+    """Mean-ablation values: per layer [pos, n_heads, d_head] head outputs and [pos, d_model] MLP
+    outputs (None: the model has no MLPs)."""
+
+    z: list[torch.Tensor]
+    mlp: list[torch.Tensor] | None
+
+
+def mean_node_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                      corrupted: bool = False) -> NodeMeans:
+    """Per-layer means of the head (and MLP) outputs over the task's clean (or corrupted) prompts,
+    each position averaged over the prompts long enough to have it. `data` may be one process's
+    shard: `sum_shards` adds the sums of all shards before dividing."""
     width = data.tokens.shape[1]
-    sums = [torch.zeros(width, model.n_heads, model.d_head, dtype=torch.float64) for _ in range(model.n_layers)]
+    n = model.n_layers
+    sums = [torch.zeros(width, model.n_heads, model.d_head, dtype=torch.float64) for _ in range(n)]
+    mlp_sums = [torch.zeros(width, model.d_model, dtype=torch.float64) for _ in range(n)] if model.has_mlp else []
     counts = torch.zeros(width, dtype=torch.float64)
     which: Input = "corrupted" if corrupted else "clean"
     for batch, runs in base_runs(model, data, ctx, (which,)):
@@ -290,9 +329,19 @@ def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
         valid = (torch.arange(p)[None, :] < lengths[:, None]).double()
         for l, z in enumerate(run.z):
             sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
+        for l, out in enumerate(run.mlp or []):
+            mlp_sums[l][:p] += (out.double().cpu() * valid[:, :, None]).sum(0)
         counts[:p] += valid.sum(0)
-    sums, counts = ctx.sum_shards((sums, counts))
-    return [(s / counts.clamp(min=1)[:, None, None]).float().to(model.device) for s in sums]
+    sums, mlp_sums, counts = ctx.sum_shards((sums, mlp_sums, counts))
+    per = counts.clamp(min=1)
+    return NodeMeans(z=[(s / per[:, None, None]).float().to(model.device) for s in sums],
+                     mlp=[(s / per[:, None]).float().to(model.device) for s in mlp_sums] if model.has_mlp else None)
+
+
+def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                      corrupted: bool = False) -> list[torch.Tensor]:
+    """Per-layer [pos, n_heads, d_head] mean of the head outputs (see mean_node_outputs)."""
+    return mean_node_outputs(model, data, ctx, corrupted).z
 
 
 def ablated_heads_metric(
@@ -301,9 +350,28 @@ def ablated_heads_metric(
 ) -> float:
     """Mean (higher-is-better) main metric with every head not in `keep` replaced by `means`
     (per-layer [pos, n_heads, d_head]; None: zeros). `data` may be one process's shard."""
+    return ablated_nodes_metric(model, data, keep, None, None if means is None else NodeMeans(means, None), ctx)
+
+
+COUNTERFACTUAL = "counterfactual"  # ablation by each prompt's own counterfactual activations (MIB's patching)
+
+
+def ablated_nodes_metric(
+    model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], keep_mlps: set[int] | None,
+    fill: NodeMeans | str | None, ctx: MethodContext,
+) -> float:
+    """Mean (higher-is-better) main metric with every head not in `keep` (and, unless `keep_mlps`
+    is None, every MLP whose layer is not in it) replaced: by `fill`'s means, by zeros (None), or
+    by the same prompt's counterfactual run (COUNTERFACTUAL). `data` may be one process's shard."""
     drop = {l: [h for h in range(model.n_heads) if (l, h) not in keep] for l in range(model.n_layers)}
+    drop_mlps = [] if keep_mlps is None or not model.has_mlp else [l for l in range(model.n_layers)
+                                                                   if l not in keep_mlps]
+    per_prompt = fill == COUNTERFACTUAL
+    batches = base_runs(model, data, ctx, ("corrupted",)) if per_prompt else ((b, {}) for b in data.batches(
+        ctx.batch_size))
     total = 0.0
-    for batch in data.batches(ctx.batch_size):
+    for batch, runs in batches:
+        source = runs.get("corrupted")
         edits: list[Hook] = []
         for layer, heads in drop.items():
             if not heads:
@@ -311,12 +379,26 @@ def ablated_heads_metric(
 
             def ablate(z: torch.Tensor, _l=layer, _heads=heads) -> torch.Tensor:
                 z = z.clone()
-                fill = torch.zeros_like(z[:, :, _heads]) if means is None else means[_l][: z.shape[1],
-                                                                                         _heads].to(z.dtype)
-                z[:, :, _heads] = fill
+                if source is not None:
+                    z[:, :, _heads] = source.z[_l][:, : z.shape[1], _heads].to(z.dtype)
+                elif isinstance(fill, NodeMeans):
+                    z[:, :, _heads] = fill.z[_l][: z.shape[1], _heads].to(z.dtype)
+                else:
+                    z[:, :, _heads] = 0
                 return z
 
             edits.append((hooks.head_outputs(layer), ablate))
+        for layer in drop_mlps:
+            def ablate_mlp(x: torch.Tensor, _l=layer) -> torch.Tensor:
+                if source is not None:
+                    assert source.mlp is not None
+                    return source.mlp[_l][:, : x.shape[1]].to(x.dtype)
+                if isinstance(fill, NodeMeans):
+                    assert fill.mlp is not None
+                    return fill.mlp[_l][: x.shape[1]].to(x.dtype).expand_as(x).clone()
+                return torch.zeros_like(x)
+
+            edits.append((hooks.mlp_out(layer), ablate_mlp))
         unembed_hooks, scored = end_only_logits(ctx.metric, batch)
         logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks)
         total += float(oriented_metric(ctx.metric, logits, scored).double().sum())

@@ -14,6 +14,7 @@ from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.activation_cache import CacheEntry
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.methods.outputs import EdgeScores, NodeScores
 from circuitbench.specs.registries import METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
@@ -63,15 +64,19 @@ def score_heads(
     model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: ProgressFn = no_progress,
     metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
     traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS, cache_entry: CacheEntry | None = None,
+    node_scores: dict[str, dict[str, float]] | None = None, edge_scores: dict[str, EdgeScores] | None = None,
 ) -> dict[str, np.ndarray]:
     """[n_layers, n_heads] head scores per method; trace-producing methods (causal tracing) fill
-    `traces` instead.
+    `traces` instead, and methods that score MLPs too also fill `node_scores` ({method: {node:
+    score}}, heads and MLPs); edge methods fill `edge_scores`.
 
     With several processes, shardable methods run on this process's shard and add their sums
     across processes; the others run on all prompts on the main process, which hands the result
     to the rest. Either way every process returns the one-process numbers."""
     scores: dict[str, np.ndarray] = {}
     traces = {} if traces is None else traces
+    node_scores = {} if node_scores is None else node_scores
+    edge_scores = {} if edge_scores is None else edge_scores
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     for name in methods:
         method = METHODS.get(name)
@@ -87,7 +92,13 @@ def score_heads(
         if method.produces == "traces":
             traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
             continue
-        array = np.asarray(output, dtype=float)
+        if method.produces == "edge_scores":
+            if not np.isfinite(output.scores).all():
+                raise nonfinite_error(f"Method '{name}' edge scores", model, data.tokens[:4])
+            edge_scores[name] = output
+            continue
+        nodes = output if isinstance(output, NodeScores) else None
+        array = np.asarray(output.heads if nodes is not None else output, dtype=float)
         expected = (model.n_layers, model.n_heads)
         if array.shape != expected:
             raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
@@ -95,6 +106,10 @@ def score_heads(
             bad = [f"{l}.{h}" for l, h in zip(*np.nonzero(~np.isfinite(array)))][:5]
             raise nonfinite_error(f"Method '{name}' head scores (heads {', '.join(bad)})", model, data.tokens[:4])
         scores[name] = array
+        if nodes is not None:
+            if nodes.mlps is not None and not np.isfinite(nodes.mlps).all():
+                raise nonfinite_error(f"Method '{name}' MLP scores", model, data.tokens[:4])
+            node_scores[name] = nodes.as_dict()
     return scores
 
 

@@ -7,7 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from circuitbench.errors import CircuitbenchError, format_validation_error
 from circuitbench.specs.model import DType
-from circuitbench.specs.task import SPLITS, MethodName, Split, TaskSpec
+from circuitbench.specs.task import SPLITS, CircuitRule, MethodName, Split, TaskSpec
+
+# The circuit rule --circuit-level uses when a task has none.
+DEFAULT_LEVEL_RULES = {"head": {"top_k": 10}, "node": {"top_k": 10}, "edge": {"fraction": 0.05}}
 
 
 class RunOptions(BaseModel):
@@ -25,6 +28,9 @@ class RunOptions(BaseModel):
     dtype: DType | None = Field(None, description="weights dtype (default: the model's)")
     init: Literal["pretrained", "random"] = Field("pretrained", description="random: seeded random weights (baselines)")
     methods: list[MethodName] | None = Field(None, description="override the task's methods")
+    circuit_level: Literal["head", "node", "edge"] | None = Field(
+        None, description="build the task's circuit at this level (--circuit-level): heads, nodes (heads and MLPs) or "
+        "edges; a task without a rule gets top_k 10 (head, node) or fraction 0.05 (edge)")
     out: str = Field("results", description="results directory: OUT/<model>/<task>.json")
     resume: bool = Field(False, description="keep finished units whose result matches; rerun the rest")
     cache: bool = Field(True, description="reuse unpatched forwards from the activation cache")
@@ -63,6 +69,14 @@ def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
         update["methods"] = options.methods
         if spec.circuit and spec.circuit.method != "auto" and spec.circuit.method not in options.methods:
             update["circuit"] = spec.circuit.model_copy(update={"method": "auto"})
+    if options.circuit_level is not None and (spec.circuit is None or spec.circuit.level != options.circuit_level):
+        if spec.circuit is None:
+            rule = {**DEFAULT_LEVEL_RULES[options.circuit_level], "level": options.circuit_level}
+        else:  # the task's rule at another level; an edge circuit patches counterfactuals unless the task said
+            told = "ablation" in spec.circuit.model_fields_set
+            rule = spec.circuit.model_dump(exclude_none=True, exclude=None if told else {"ablation"})
+            rule["level"] = options.circuit_level
+        update["circuit"] = CircuitRule.model_validate(rule)
     if not update:
         return spec
     try:

@@ -87,8 +87,9 @@ MethodFn = "Callable[[LoadedModel, EncodedPrompts, MethodContext], np.ndarray | 
 
 @dataclass(frozen=True)
 class Method:
-    """A scoring method: `fn(model, prompts, ctx)` returns [n_layers, n_heads] head scores (or,
-    with produces="traces", named per-(layer, position) maps).
+    """A scoring method: `fn(model, prompts, ctx)` returns [n_layers, n_heads] head scores (or
+    NodeScores with MLPs too; with produces="traces", named per-(layer, position) maps; with
+    produces="edge_scores", EdgeScores over the component graph).
 
     `aligns_positions`: the method puts clean and corrupted activations together position by
     position (patching), so a task whose counterfactuals may have another token length
@@ -103,7 +104,7 @@ class Method:
     needs_corrupted: bool = False
     needs_answer: bool = False
     options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
-    produces: Literal["head_scores", "traces"] = "head_scores"
+    produces: Literal["head_scores", "traces", "edge_scores"] = "head_scores"
     shardable: bool = True
     aligns_positions: bool = False
 

@@ -57,18 +57,40 @@ def nested_errors(err: ValidationError, prefix: tuple[str | int, ...]) -> Valida
 
 
 class CircuitRule(BaseModel):
-    """How head scores become a circuit: exactly one of top_k, threshold, fraction."""
+    """How scores become a circuit: exactly one of top_k, threshold, fraction, at one level (heads,
+    nodes = heads and MLPs, or edges between them)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: str = Field("auto", description="which method's head scores make the circuit; auto: every method's "
+    method: str = Field("auto", description="which method's scores make the circuit; auto: every method's "
                         "circuit by this rule, the most faithful kept (all recorded as candidates)")
-    top_k: int | None = Field(None, ge=1, description="the k heads with the largest scores")
-    threshold: float | None = Field(None, allow_inf_nan=False, description="every head whose score is at least this")
-    fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all heads, largest scores first")
+    level: Literal["head", "node", "edge"] = Field(
+        "head", exclude_if=lambda level: level == "head",
+        description="what the circuit is made of: heads (node methods' head scores), nodes (heads and MLPs), or "
+        "edges (edge methods' scores: eap, eap_ig, edge_patching)")
+    top_k: int | None = Field(None, ge=1, description="the k components with the largest scores")
+    threshold: float | None = Field(None, allow_inf_nan=False,
+                                    description="every component whose score is at least this")
+    fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all components, largest first")
     by: Literal["abs", "signed"] = Field("abs", description="rank by |score| or by the signed score")
-    ablation: Literal["mean_counterfactual", "mean_clean", "zero"] = Field(
-        "mean_counterfactual", description="how heads outside the circuit are removed for faithfulness")
+    ablation: Literal["mean_counterfactual", "mean_clean", "zero", "counterfactual"] = Field(
+        "mean_counterfactual", description="how components outside the circuit are removed for faithfulness: "
+        "position-wise means over the counterfactual or clean prompts, zeros, or each prompt's own counterfactual "
+        "(MIB's patching; the default for edge circuits)")
     curve: bool = Field(True, description="also compute the faithfulness curve over circuit sizes (CPR, CMD)")
+    integration: Literal["mib", "sizes"] | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="the curve: mib = MIB's sizes (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100 % of the components), "
+        "CPR on the signed ranking and CMD on the |score| ranking, each the trapezoid area between those points; "
+        "sizes = every circuit size from 0 (MIB's grid in large models), one ranking (the rule's) for both. "
+        "Default: mib for node and edge circuits, sizes for head circuits (as before)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _edge_default_ablation(cls, value: Any) -> Any:
+        """Edge circuits patch each prompt's own counterfactual (MIB's default) unless told otherwise."""
+        if isinstance(value, dict) and value.get("level") == "edge" and "ablation" not in value:
+            return {**value, "ablation": "counterfactual"}
+        return value
 
     @model_validator(mode="after")
     def _one_rule(self) -> "CircuitRule":
@@ -76,6 +98,10 @@ class CircuitRule(BaseModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one of top_k, threshold, fraction (got {given or 'none'})")
         return self
+
+    @property
+    def effective_integration(self) -> str:
+        return self.integration or ("sizes" if self.level == "head" else "mib")
 
 
 class TaskSpec(BaseModel):

@@ -132,13 +132,17 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
     c = o.result.circuit
     say = lambda text: plain(f"{o.model} / {o.task}: {text}")  # noqa: E731
     if c is not None:
-        rule = ", ".join(f"{k}={v}" for k, v in c.rule.items() if k in ("top_k", "threshold", "fraction", "by"))
+        shown = ("level", "top_k", "threshold", "fraction", "by")
+        rule = ", ".join(f"{k}={v}" for k, v in c.rule.items() if k in shown)
         figures = "" if c.faithfulness is None else f" · faithfulness {c.faithfulness:.2f}"
         if c.cpr is not None and c.cmd is not None:
             figures += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
         figures += "".join(f" · {k}-ablation faithfulness {v:.2f}" for k, v in c.by_ablation.items()
                            if v is not None and k != c.ablation)
-        say(f"circuit from {c.method} ({rule}): {' '.join(f'{l}.{h}' for l, h in c.heads)}{figures}")
+        members = " ".join([f"{l}.{h}" for l, h in c.heads] + [f"m{l}" for l in c.mlps])
+        if c.level == "edge":
+            members = f"{len(c.edges)} edges over {members or 'no node'}"
+        say(f"circuit from {c.method} ({rule}): {members}{figures}")
         if len(c.candidates) > 1:
             say("candidates: " + " · ".join(f"{k.method} {k.faithfulness:.2f}" for k in c.candidates))
         for warning in c.warnings:
@@ -147,6 +151,10 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
         precision = "n/a" if r.precision is None else f"{r.precision:.2f}"
         say(f"recovery of the reference ({r.n_reference} heads) by {method}: precision {precision} · recall "
+            f"{r.recall:.2f} · AUROC {auroc}")
+    for method, r in o.result.node_recovery.items():
+        auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
+        say(f"recovery of the reference nodes ({r.n_reference} heads and MLPs) by {method}: recall at its size "
             f"{r.recall:.2f} · AUROC {auroc}")
     for warning in o.result.warnings:
         say(f"warning: {warning}")

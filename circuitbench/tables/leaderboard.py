@@ -46,8 +46,13 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             row[name] = value
             row[f"{name}_se"] = r.metrics_stderr.get(name)
         if r.circuit is not None:
-            row.update({"circuit_size": len(r.circuit.heads), "faithfulness": r.circuit.faithfulness,
-                        "cpr": r.circuit.cpr, "cmd": r.circuit.cmd, "circuit_method": r.circuit.method})
+            c = r.circuit
+            size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
+            row.update({"circuit_size": size, "faithfulness": c.faithfulness,
+                        "cpr": c.cpr, "cmd": c.cmd, "circuit_method": c.method})
+            for method, figures in c.by_method.items():  # MIB's CPR / CMD of every method at the circuit's level
+                row[f"cpr:{method}@{c.level}"] = figures.get("cpr")
+                row[f"cmd:{method}@{c.level}"] = figures.get("cmd")
         for pair, rho in r.method_agreement.items():
             if "activation_patching" in pair and "attribution_patching" in pair:
                 row["agreement_spearman"] = rho
@@ -95,6 +100,10 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
              "circuit_size": "circuit size", "faithfulness": "faithfulness ↑", "cpr": "CPR ↑", "cmd": "CMD ↓",
              "agreement_spearman": "exact vs attribution ρ ↑", "recovery_recall": "reference recall ↑",
              "recovery_auroc": "reference AUROC ↑"}
+    for col in sorted(c for c in sub.columns if c.startswith(("cpr:", "cmd:"))):
+        kind, what = col.split(":", 1)
+        method, level = what.split("@")
+        extra[col] = f"{kind.upper()} {method} ({level}) {'↑' if kind == 'cpr' else '↓'}"
     for col, label in extra.items():
         if col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
@@ -157,6 +166,17 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = ())
             + _SORT_JS)
     write_atomic(out_dir / "index.html", page)
     return {"tasks": written, "models": sorted(df["model_label"].unique()), "flagged": len(flagged)}
+
+
+def node_recovery_table(results: list[RunResult]) -> pd.DataFrame:
+    """One row per (model, method) of every result with node recovery: the reference's nodes (heads
+    and MLPs) against the method's top nodes of that count, AUROC and AP of its node scores."""
+    rows = []
+    for r in results:
+        for method, s in r.node_recovery.items():
+            rows.append({"model": r.model.name, "method": method, "reference nodes": s.n_reference,
+                         "recall at |reference|": s.recall, "AUROC": s.auroc, "AP": s.average_precision})
+    return pd.DataFrame(rows)
 
 
 def recovery_table(results: list[RunResult]) -> pd.DataFrame:

@@ -67,3 +67,77 @@ def head_heatmap(scores: list[list[float]], title: str, path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+QKV_COLORS = {"q": "tab:blue", "k": "tab:green", "v": "tab:red"}
+BEND = {"q": 0.12, "k": 0.0, "v": -0.12}  # a head's three inputs from one source drawn apart
+
+
+def _node_position(name: str, n_layers: int, n_heads: int, parallel: bool) -> tuple[float, float]:
+    """Layered layout: input at the bottom, each block's heads on one row and its MLP above them
+    (beside them in parallel blocks), logits on top."""
+    if name == "input":
+        return 0.5, 0.0
+    if name == "logits":
+        return 0.5, 2.0 * n_layers + 1
+    if name.startswith("m"):
+        layer = int(name[1:])
+        return (1.08, 2.0 * layer + 1) if parallel else (0.5, 2.0 * layer + 2)
+    layer, head = (int(v) for v in name[1:].split(".h"))
+    return (head + 0.5) / n_heads, 2.0 * layer + 1
+
+
+def circuit_graph(edges: list[str], scores: dict[str, float], n_layers: int, n_heads: int, title: str, path: Path,
+                  parallel: bool = False) -> None:
+    """An edge circuit drawn as a layered graph: edge width ∝ |score|, colour the head input it enters
+    (q blue, k green, v red; MLP and logits inputs grey), negative scores dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * n_heads + 3), max(4, 0.9 * n_layers + 2)))
+    biggest = max([abs(scores.get(e, 0.0)) for e in edges] + [1e-12])
+    used: set[str] = set()
+    for name in edges:
+        src, dst = name.split("->")
+        node = dst.split("<")[0]
+        used |= {src, node}
+        (x0, y0), (x1, y1) = (_node_position(n, n_layers, n_heads, parallel) for n in (src, node))
+        score = scores.get(name, 0.0)
+        color = QKV_COLORS.get(dst[-2], "grey") if dst.endswith(">") else "grey"
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
+            arrowstyle="-|>", color=color, alpha=0.75, lw=0.5 + 4.5 * abs(score) / biggest,
+            ls="--" if score < 0 else "-", shrinkA=6, shrinkB=6, connectionstyle=f"arc3,rad={BEND.get(dst[-2], 0.06)}"))
+    for node in used:
+        x, y = _node_position(node, n_layers, n_heads, parallel)
+        ax.text(x, y, node, ha="center", va="center", fontsize=7,
+                bbox=dict(boxstyle="round,pad=0.25", fc="lightyellow" if node.startswith("m") else "white", ec="black"))
+    for kind, color in QKV_COLORS.items():
+        ax.plot([], [], color=color, label=f"<{kind}>")
+    ax.plot([], [], color="grey", label="MLP / logits input")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlim(-0.1, 1.2)
+    ax.set_ylim(-0.7, 2.0 * n_layers + 1.7)
+    ax.set_yticks([0] + [2 * l + 1 for l in range(n_layers)] + [2 * n_layers + 1],
+                  ["input"] + [f"layer {l}" for l in range(n_layers)] + ["logits"])
+    ax.set_xticks([])
+    ax.set_title(f"{title} ({len(edges)} edges; width ∝ |score|)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mlp_scores(node_scores: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    """Each method's MLP scores per layer, side by side."""
+    plt = pyplot()
+    methods = [m for m, s in node_scores.items() if any(k.startswith("m") for k in s)]
+    layers = sorted({int(k[1:]) for s in node_scores.values() for k in s if k.startswith("m")})
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(layers) * max(1, len(methods)) + 2), 3.2))
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        ax.bar([l + i * width for l in layers], [node_scores[method].get(f"m{l}", 0.0) for l in layers], width,
+               label=method)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks([l + 0.4 - width / 2 for l in layers], [f"m{l}" for l in layers])
+    ax.set(ylabel="score", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,5 +1,6 @@
 """One RunResult → pictures and a self-contained HTML page: per-method layer × head heatmaps
-with the circuit outlined, the faithfulness curve, and causal-tracing maps (layer × position)."""
+with the circuit outlined, MLP scores, an edge circuit drawn as a graph, the faithfulness curve,
+and causal-tracing maps (layer × position). An EAP-IG / MIB graph file gets its graph alone."""
 from __future__ import annotations
 
 import base64
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitbench.circuits.graph_files import GraphFile, load_graph_file
 from circuitbench.files import write_atomic
 from circuitbench.results.schema import RunResult
-from circuitbench.tables.plots import head_heatmap, pyplot
+from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
 
 def faithfulness_curve(result: RunResult, path: Path) -> None:
@@ -20,11 +22,18 @@ def faithfulness_curve(result: RunResult, path: Path) -> None:
     xs = [p[1] for p in c.curve]
     ys = [p[2] for p in c.curve]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, ys, "o-", label=f"top-k by {c.method}")
+    mib = c.integration == "mib"
+    ax.plot(xs, ys, "o-", label=f"top-k |score| by {c.method}" + (" (CMD)" if mib else ""))
+    if c.curve_signed:
+        ax.plot([p[1] for p in c.curve_signed], [p[2] for p in c.curve_signed], "s--", label="signed ranking (CPR)")
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    ax.axvline(len(c.heads) / (result.model.n_layers * result.model.n_heads), color="C3", lw=0.8, label="circuit")
-    ax.set(xlabel="fraction of heads kept", ylabel="faithfulness f", xscale="symlog" if len(xs) > 12 else "linear",
-           title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f})")
+    what = {"edge": "edges", "node": "nodes"}.get(c.level, "heads")
+    total = c.curve[-1][0] if c.curve else result.model.n_layers * result.model.n_heads
+    size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
+    ax.axvline(size / max(total, 1), color="C3", lw=0.8, label="circuit")
+    ax.set(xlabel=f"fraction of {what} kept", ylabel="faithfulness f",
+           xscale="log" if mib else "symlog" if len(xs) > 12 else "linear",
+           title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f}{', MIB' if mib else ''})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -45,10 +54,25 @@ def trace_map(name: str, trace: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(result: RunResult, out_dir: Path) -> list[Path]:
-    """Write the PNGs and report.html into out_dir; returns the files written."""
+def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = None) -> list[Path]:
+    """Write the PNGs and report.html into out_dir; returns the files written. `result_dir` is where
+    the result's sidecar files (edge scores) are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs: list[tuple[str, Path]] = []
+    c = result.circuit
+    if c is not None and c.level == "edge" and c.method in result.edge_scores and result_dir is not None:
+        sidecar = result_dir / result.edge_scores[c.method].file
+        if sidecar.is_file():
+            graph_file = load_graph_file(sidecar)
+            path = out_dir / "circuit_graph.png"
+            circuit_graph(c.edges, graph_file.scores, result.model.n_layers or 0, result.model.n_heads or 0,
+                          f"{result.model.name} · {result.task.name} · {c.method}", path,
+                          graph_file.graph.parallel_attn_mlp)
+            pngs.append(("edge circuit", path))
+    if any(k.startswith("m") for s in result.node_scores.values() for k in s):
+        path = out_dir / "mlp_scores.png"
+        mlp_scores(result.node_scores, f"{result.model.name} · {result.task.name} · MLP scores", path)
+        pngs.append(("MLP scores", path))
     circuit = [tuple(h) for h in result.circuit.heads] if result.circuit else None
     for method, scores in result.head_scores.items():
         path = out_dir / f"heads_{method}.png"
@@ -71,9 +95,10 @@ def build_report(result: RunResult, out_dir: Path) -> list[Path]:
     figures = "".join(
         f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         for title, p in pngs)
-    c = result.circuit
+    members = "" if c is None else " ".join([f"{l}.{h}" for l, h in c.heads] + [f"m{l}" for l in c.mlps]) + (
+        f" ({len(c.edges)} edges)" if c.level == "edge" else "")
     circuit_html = "" if c is None or c.faithfulness is None else (
-        f"<p>circuit ({html.escape(c.method)}, {html.escape(str(c.rule))}): {' '.join(f'{l}.{h}' for l, h in c.heads)}"
+        f"<p>circuit ({html.escape(c.method)}, {html.escape(str(c.rule))}): {html.escape(members)}"
         f" · faithfulness {c.faithfulness:.3f}</p>")
     task, model = result.task, result.model
     style = "body{font-family:sans-serif;margin:2em;max-width:1100px}td,th{padding:3px 10px}img{max-width:100%}"
@@ -85,3 +110,23 @@ def build_report(result: RunResult, out_dir: Path) -> list[Path]:
             f"{circuit_html}{figures}")
     write_atomic(out_dir / "report.html", page)
     return [p for _, p in pngs] + [out_dir / "report.html"]
+
+
+def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list[Path]:
+    """An EAP-IG / MIB graph file: its circuit (edges in_graph) drawn as a graph, and its top edges."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = graph_file.graph
+    edges = graph_file.edges or sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
+    path = out_dir / "circuit_graph.png"
+    circuit_graph(edges, graph_file.scores, g.n_layers, g.n_heads, label, path, g.parallel_attn_mlp)
+    top = sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
+    rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{graph_file.scores[e]:.4g}</td><td>{'✓' if e in edges else ''}"
+                   "</td></tr>" for e in top)
+    picture = base64.b64encode(path.read_bytes()).decode()
+    page = ("<!doctype html><meta charset='utf-8'><title>circuitbench graph</title>"
+            f"<h1>{html.escape(label)}</h1><p>{g.describe()} · {g.n_edges} edges · {len(graph_file.edges)} in the "
+            f"circuit{'' if graph_file.edges else ' (none marked: the 30 largest |scores| drawn)'}</p>"
+            f"<img src='data:image/png;base64,{picture}'>"
+            f"<table><tr><th>edge</th><th>score</th><th>drawn</th></tr>{rows}</table>")
+    write_atomic(out_dir / "report.html", page)
+    return [path, out_dir / "report.html"]

@@ -1,5 +1,6 @@
-"""Head ablation: the drop of the (higher-is-better) main metric when one head's output is
-replaced by zeros, its mean over the task's prompts, or another prompt's output (resample).
+"""Head and MLP ablation: the drop of the (higher-is-better) main metric when one head's (or
+MLP's) output is replaced by zeros, its mean over the task's prompts, or another prompt's output
+(resample).
 
 Resample ablation pairs every prompt with a partner drawn by a seeded derangement over the whole
 prompt set, within prompts of the same token length and named positions (the same template), so
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from circuitbench.errors import CircuitbenchError
@@ -17,16 +17,19 @@ from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.interventions import (
     BaseRun,
+    MlpSource,
+    NodeMeans,
     ZSource,
     base_runs,
     check_positions,
-    mean_head_outputs,
-    patched_head_metrics,
+    mean_node_outputs,
+    patched_node_metrics,
     position_mask,
     record_base_run,
 )
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AblationOptions
+from circuitbench.scores.methods.outputs import NodeScores
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,15 @@ def resample_partners(data: EncodedPrompts, seed: int) -> torch.Tensor:
     return partners
 
 
-def _fixed_source(kind: str, run: BaseRun, mean_z: list[torch.Tensor] | None) -> ZSource:
+def _fixed_source(kind: str, run: BaseRun, means: NodeMeans | None) -> tuple[ZSource, MlpSource | None]:
     if kind == "zero":
-        return lambda l: torch.zeros_like(run.z[l])
-    assert mean_z is not None
-    return lambda l: mean_z[l][: run.z[l].shape[1]].unsqueeze(0).expand_as(run.z[l])
+        mlp = (lambda l: torch.zeros_like(run.mlp[l])) if run.mlp is not None else None
+        return (lambda l: torch.zeros_like(run.z[l])), mlp
+    assert means is not None
+    mlp_means = means.mlp
+    mlp = (lambda l: mlp_means[l][: run.mlp[l].shape[1]].unsqueeze(0).expand_as(run.mlp[l])) \
+        if run.mlp is not None and mlp_means is not None else None
+    return (lambda l: means.z[l][: run.z[l].shape[1]].unsqueeze(0).expand_as(run.z[l])), mlp
 
 
 def _rows(run: BaseRun, keep: torch.Tensor, width: int) -> BaseRun:
@@ -60,22 +67,23 @@ def _rows(run: BaseRun, keep: torch.Tensor, width: int) -> BaseRun:
     assert run.metric is not None
     keep_dev = keep.to(run.z[0].device)
     return BaseRun(resid=[r[keep_dev][:, :width] for r in run.resid], z=[z[keep_dev][:, :width] for z in run.z],
-                   metric=run.metric[keep.to(run.metric.device)])
+                   metric=run.metric[keep.to(run.metric.device)],
+                   mlp=None if run.mlp is None else [m[keep_dev][:, :width] for m in run.mlp])
 
 
-def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
-    """[n_layers, n_heads] metric drop when the head is ablated."""
+def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> NodeScores:
+    """Metric drop when the head [n_layers, n_heads] (or the MLP [n_layers]) is ablated."""
     opts = AblationOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "ablation")
-    mean_z = mean_head_outputs(model, data, ctx) if opts.kind == "mean" else None
+    means = mean_node_outputs(model, data, ctx) if opts.kind == "mean" else None
     partners = resample_partners(data, opts.seed)[data.offset: data.offset + len(data)] if opts.kind == "resample" \
         else None
-    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    total = torch.zeros(model.n_layers, model.n_heads + int(model.has_mlp), dtype=torch.float64)
     m_clean, used, start = 0.0, 0, 0
     for batch, runs in base_runs(model, data, ctx, ("clean",)):
         run, stop = runs["clean"], start + len(batch)
         if partners is None:
-            source = _fixed_source(opts.kind, run, mean_z)
+            source, source_mlp = _fixed_source(opts.kind, run, means)
         else:
             own = partners[start:stop]
             keep = own >= 0
@@ -87,11 +95,12 @@ def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np
             run = _rows(run, keep, batch.tokens.shape[1])
             _, partner = record_base_run(model, data.full_set.tokens[own[keep]][:, : batch.tokens.shape[1]])
             source = lambda l, _p=partner: _p.z[l]  # noqa: E731
+            source_mlp = (lambda l, _p=partner: _p.mlp[l]) if partner.mlp is not None else None
         start = stop
         assert run.metric is not None
         m_clean += float(run.metric.double().sum())
         used += len(batch)
-        total += patched_head_metrics(model, batch, run, source, position_mask(batch, opts.positions), ctx)
+        total += patched_node_metrics(model, batch, run, source, source_mlp, position_mask(batch, opts.positions), ctx)
         ctx.advance(len(batch))
     total, m_clean, n = ctx.sum_shards((total, m_clean, used))
     if n == 0:
@@ -100,4 +109,5 @@ def ablation(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np
     if partners is not None and n < len(data.full_set):
         log.info("resample ablation: %d of %d prompts have a partner of the same length and positions; the others "
                  "are left out", n, len(data.full_set))
-    return (m_clean / n - total / n).numpy()
+    drop = (m_clean / n - total / n).numpy()
+    return NodeScores(drop[:, : model.n_heads], drop[:, -1] if model.has_mlp else None)

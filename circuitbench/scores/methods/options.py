@@ -28,6 +28,24 @@ class AttributionOptions(BaseModel):
     ig_steps: int = Field(0, ge=0, le=256, description="0: plain attribution patching; >0: integrated gradients")
 
 
+class EapIgOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variant: Literal["inputs", "activations"] = Field(
+        "inputs", description="inputs: integrate along the input embeddings from corrupted to clean (EAP-IG); "
+        "activations: interpolate one layer's outputs at a time (EAP-IG's ig_activations)")
+    steps: int = Field(5, ge=1, le=256, description="integration steps m")
+    points: Literal["published", "midpoint"] = Field(
+        "published", description="published: α = k/m, k = 0…m−1 (inputs; activations: k = 1…m) as EAP-IG computes "
+        "them; midpoint: α = (k + ½)/m")
+
+
+class EdgePatchingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_forwards: int = Field(
+        5000, ge=1, description="refuse a run estimated above this many batch forwards (edges × the share of the "
+        "model each patched forward runs × batches); exact patching is one forward per edge")
+
+
 class AttentionToOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field("END", description="named position attending (query)")

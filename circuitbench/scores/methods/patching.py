@@ -1,4 +1,4 @@
-"""Exact activation patching of attention heads.
+"""Exact activation patching of attention heads and MLPs.
 
 Scores are normalised so that 1 means "this head alone carries the whole clean-vs-corrupted
 difference": noising (corrupted head output into the clean run) scores (m_clean − m_patched) /
@@ -13,9 +13,10 @@ import torch
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
-from circuitbench.scores.interventions import base_runs, check_positions, patched_head_metrics, position_mask
+from circuitbench.scores.interventions import base_runs, check_positions, patched_node_metrics, position_mask
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import PatchingOptions
+from circuitbench.scores.methods.outputs import NodeScores
 
 
 def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str,
@@ -32,11 +33,11 @@ def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, dire
     return ((patched - m_corr) / gap).numpy()
 
 
-def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
-    """[n_layers, n_heads] exact patching scores of every head."""
+def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> NodeScores:
+    """Exact patching scores of every head [n_layers, n_heads] and MLP [n_layers]."""
     opts = PatchingOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "activation_patching")
-    total = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
+    total = torch.zeros(model.n_layers, model.n_heads + int(model.has_mlp), dtype=torch.float64)
     m_clean = m_corr = 0.0
     for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
         clean_run, corrupt_run = runs["clean"], runs["corrupted"]
@@ -47,7 +48,9 @@ def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCon
         else:
             base_batch, base, source = batch.as_corrupted(), corrupt_run, clean_run
         mask = position_mask(batch, opts.positions)
-        total += patched_head_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mask, ctx)
+        mlp = (lambda l, s=source: s.mlp[l]) if source.mlp is not None else None
+        total += patched_node_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mlp, mask, ctx)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
-    return normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
+    scores = normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
+    return NodeScores(scores[:, : model.n_heads], scores[:, -1] if model.has_mlp else None)

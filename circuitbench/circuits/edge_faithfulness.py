@@ -1,0 +1,191 @@
+"""Edge circuits and their faithfulness, as MIB evaluates them.
+
+An edge circuit is a set of edges of the component graph, pruned of dangling nodes (EAP-IG's
+prune). Its metric m(C) is the model run with every edge outside it carrying its source's
+counterfactual output on the same prompt (`ablation: counterfactual`, MIB's patching; or the
+position-wise mean of the source's output over the counterfactual / clean prompts, or zero) and
+every edge inside it the source's output in that very run (scores/edges.py). f(C) = (m(C) −
+m(∅)) / (m(M) − m(∅)), m(∅) with every edge outside (under counterfactual patching: the
+counterfactual run), m(M) the clean model. The curve is MIB's: the top 0.1 … 100 % of edges, CPR
+on the signed ranking, CMD on |score| (circuits/faithfulness.py)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from circuitbench.circuits.circuit import Circuit, split_nodes
+from circuitbench.circuits.faithfulness import (
+    ALSO_UNDER,
+    Candidate,
+    FaithfulnessReport,
+    curves,
+)
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models.graph import ComponentGraph
+from circuitbench.models.loaded import LoadedModel
+from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.edges import check_edges, circuit_metric, node_outputs
+from circuitbench.scores.evaluation import nonfinite_error
+from circuitbench.scores.interventions import COUNTERFACTUAL, base_runs
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.methods.outputs import EdgeScores
+from circuitbench.specs.registries import METRICS
+from circuitbench.specs.task import CircuitRule
+
+
+def edge_circuit(scores: EdgeScores, rule: CircuitRule, method: str) -> Circuit:
+    """The edges the rule picks from an edge method's scores (|score| or signed; an edge scoring
+    exactly 0 is never picked by top_k or fraction), pruned of dangling nodes; heads and MLPs are
+    the nodes left."""
+    graph = scores.graph
+    values = scores.scores if rule.by == "signed" else np.abs(scores.scores)
+    names = graph.edges
+    flat = np.array([values[graph.edge_position(e)] for e in names])
+    raw = np.array([scores.scores[graph.edge_position(e)] for e in names])
+    order = [k for k in np.argsort(-flat, kind="stable") if raw[k] != 0]
+    if rule.top_k is not None:
+        chosen = order[: rule.top_k]
+    elif rule.fraction is not None:
+        chosen = order[: max(1, round(rule.fraction * len(names)))]
+    else:
+        chosen = [k for k in order if flat[k] >= rule.threshold]
+    return circuit_of(graph, [names[k] for k in chosen], method, rule.model_dump(exclude_none=True))
+
+
+def circuit_of(graph: ComponentGraph, edges: list[str], method: str | None, rule: dict[str, object]) -> Circuit:
+    """An edge circuit of `edges`, pruned as MIB prunes."""
+    keep = np.zeros(graph.real_edges.shape, dtype=bool)
+    for name in edges:
+        keep[graph.edge_position(name)] = True
+    pruned, nodes = graph.prune(keep)
+    kept = [f"{graph.sources[i]}->{graph.destinations[j]}" for j, i in zip(*np.nonzero(pruned.T))]
+    heads, mlps = split_nodes([graph.sources[i] for i in np.flatnonzero(nodes)])
+    return Circuit(heads=heads, mlps=mlps, edges=kept, level="edge", n_layers=graph.n_layers, n_heads=graph.n_heads,
+                   method=method, rule=rule)
+
+
+class EdgeBaseline:
+    """m(M) and m(∅) of edge circuits under one ablation, and f(C) for any set of edges. The
+    replacement outputs of every batch are computed once and kept."""
+
+    def __init__(self, model: LoadedModel, data: EncodedPrompts, kind: str, ctx: MethodContext) -> None:
+        check_edges(model, "an edge circuit's faithfulness", per_head_inputs=True)
+        self.model, self.data, self.kind, self.ctx = model, data, kind, ctx
+        self.graph = model.component_graph()
+        if data.corrupted is None and kind in (COUNTERFACTUAL, "mean_counterfactual"):
+            raise CircuitbenchError(f"circuit.ablation {kind} needs corrupted prompts; this task has none.")
+        inputs = ("clean", "corrupted") if data.corrupted is not None else ("clean",)
+        self.batches = []
+        clean_total, sums, counts = 0.0, None, None
+        for batch, runs in base_runs(model, data, ctx, inputs):  # type: ignore[arg-type]
+            clean = runs["clean"]
+            assert clean.metric is not None
+            clean_total += float(clean.metric.double().sum())
+            source = runs["corrupted"] if kind in (COUNTERFACTUAL, "mean_counterfactual") else clean
+            outputs = node_outputs(model, source)
+            self.batches.append((batch, outputs))
+            if kind.startswith("mean"):
+                p = batch.tokens.shape[1]
+                lengths = (batch.as_corrupted() if source is not clean else batch).lengths
+                valid = (torch.arange(p)[None, :] < lengths[:, None]).to(outputs.device)
+                s = (outputs.double() * valid[:, :, None, None]).sum(0)
+                if sums is None:
+                    sums = torch.zeros(data.tokens.shape[1], *s.shape[1:], dtype=torch.float64, device=s.device)
+                    counts = torch.zeros(data.tokens.shape[1], dtype=torch.float64, device=s.device)
+                sums[:p] += s
+                counts[:p] += valid.double().sum(0)
+        if kind.startswith("mean") and sums is not None:
+            sums, counts = ctx.sum_shards((sums, counts))
+            means = (sums / counts.clamp(min=1)[:, None, None]).float()
+            self.batches = [(b, means[: o.shape[1]].unsqueeze(0).expand_as(o)) for b, o in self.batches]
+        elif kind == "zero":
+            self.batches = [(b, torch.zeros_like(o)) for b, o in self.batches]
+        total, n = ctx.sum_shards((clean_total, len(data)))
+        self.m_full = total / n
+        self.m_empty = self.metric(np.zeros(self.graph.real_edges.shape, dtype=bool),
+                                   "m(∅), the metric with every edge patched")
+
+    def metric(self, keep: np.ndarray, quantity: str = "m(C), the circuit's metric") -> float:
+        outside = torch.from_numpy(self.graph.real_edges & ~keep)
+        total = 0.0
+        for batch, replacement in self.batches:
+            total += float(circuit_metric(self.model, self.graph, batch, outside, replacement, self.ctx).double().sum())
+        total, n = self.ctx.sum_shards((total, len(self.data)))
+        value = total / n
+        if not np.isfinite(value):
+            raise nonfinite_error(f"Edge faithfulness ({self.kind}): {quantity}", self.model, self.data.tokens[:4])
+        return value
+
+    @property
+    def defined(self) -> bool:
+        return abs(self.m_full - self.m_empty) >= 1e-9
+
+    def keep_of(self, edges: list[str]) -> np.ndarray:
+        keep = np.zeros(self.graph.real_edges.shape, dtype=bool)
+        for name in edges:
+            keep[self.graph.edge_position(name)] = True
+        return self.graph.prune(keep)[0]
+
+    def f(self, edges: list[str]) -> float:
+        if not self.defined:
+            raise CircuitbenchError(f"Edge faithfulness is undefined on '{self.model.name}': patching every edge "
+                                    f"({self.kind}) does not change the metric. Try another circuit.ablation.")
+        return (self.metric(self.keep_of(edges)) - self.m_empty) / (self.m_full - self.m_empty)
+
+    def own_sign(self, value: float) -> float:
+        return value if METRICS.get(self.ctx.metric).higher_is_better else -value
+
+
+def edge_order(scores: EdgeScores, by: str) -> list[str]:
+    """Every edge, largest first (ties: the graph's order)."""
+    names = scores.graph.edges
+    values = np.array([scores.scores[scores.graph.edge_position(e)] for e in names])
+    key = np.abs(values) if by == "abs" else values
+    return [names[k] for k in np.argsort(-key, kind="stable")]
+
+
+def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: EdgeScores,
+                      rule: CircuitRule, ctx: MethodContext,
+                      baseline: EdgeBaseline | None = None) -> FaithfulnessReport:
+    """The edge circuit's faithfulness under the rule's ablation (and zero ablation), with MIB's
+    curve over edge fractions (or every size, integration: sizes)."""
+    baseline = baseline or EdgeBaseline(model, data, rule.ablation, ctx)
+    keep = baseline.keep_of(circuit.edges)
+    m_circuit = baseline.metric(keep)
+    f = baseline.f(circuit.edges)
+    by_ablation: dict[str, float | None] = {rule.ablation: f}
+    if ALSO_UNDER != rule.ablation:
+        other = EdgeBaseline(model, data, ALSO_UNDER, ctx)
+        by_ablation[ALSO_UNDER] = other.f(circuit.edges) if other.defined else None
+    report = FaithfulnessReport(faithfulness=f, metric=ctx.metric, m_circuit=baseline.own_sign(m_circuit),
+                                m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
+                                ablation=rule.ablation, by_ablation=by_ablation)
+    if rule.curve:
+        fields = curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration, baseline.f,
+                        rule.by)
+        report = report.model_copy(update=fields)
+    return report
+
+
+def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
+                        rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[Candidate], EdgeBaseline]:
+    """Each edge method's circuit by the rule, and the one whose faithfulness is closest to 1 (ties:
+    fewer edges, then the method listed first)."""
+    methods = list(edge_scores) if rule.method in (None, "auto") else [rule.method]
+    missing = [m for m in methods if m not in edge_scores]
+    if missing or not methods:
+        named = ", ".join(missing or methods) or "no method"
+        raise CircuitbenchError(f"circuit: {{level: edge}} needs an edge method's scores ({named} gave none): add eap, "
+                                "eap_ig or edge_patching to methods.")
+    baseline = EdgeBaseline(model, data, rule.ablation, ctx)
+    circuits = {m: edge_circuit(edge_scores[m], rule, m) for m in methods}
+    seen: dict[tuple[str, ...], float] = {}
+    candidates = []
+    for method, c in circuits.items():
+        key = tuple(sorted(c.edges))
+        if key not in seen:
+            seen[key] = baseline.f(list(key))
+        candidates.append(Candidate(method=method, heads=c.heads, mlps=c.mlps, n_edges=len(c.edges),
+                                    faithfulness=seen[key]))
+    best = min(candidates, key=lambda c: (abs(1 - c.faithfulness), c.n_edges or 0, methods.index(c.method)))
+    return circuits[best.method], candidates, baseline

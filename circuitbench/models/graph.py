@@ -1,0 +1,195 @@
+"""The component graph of a model, named as EAP-IG and MIB name it (no torch: circuits and files
+use it too).
+
+Nodes, in forward order: `input` (the residual stream entering block 0: token + position
+embeddings), `a{L}.h{H}` (one attention head's output, z_h · W_O[h]), `m{L}` (an MLP's output),
+`logits` (reads the final residual stream). A node reads the sum of the outputs of every node
+before it in the residual stream; an edge `u->v` is one such term. Attention heads have three
+inputs (the residual copies their query, key and value projections read), so edges into a head
+carry the input: `a0.h1->a2.h3<q>`, `<k>`, `<v>`.
+
+Source indices follow EAP-IG's forward index (input, then per layer its heads then its MLP),
+destination indices its backward index (per layer the heads' q, then k, then v inputs, then the
+MLP; `logits` last), so an [n_src, n_dst] score matrix has EAP-IG's layout. Two things the
+architecture decides: attention-only models have no `m` nodes, and in parallel-attention blocks
+(GPT-NeoX, Pythia, GPT-J) the MLP reads the block input, so `a{L}.h*->m{L}` edges do not exist.
+
+Attention output biases (b_O) belong to no node: they are the same in every run, part of every
+later input, and never patched. In grouped-query attention the query heads of a group share key
+and value projections; the graph still gives each query head its own k and v input (EAP-IG's
+"ungrouped" convention), which is what patching one edge into one head means.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+QKV = ("q", "k", "v")
+HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
+MLP = re.compile(r"^m(\d+)$")
+DESTINATION = re.compile(r"^(a\d+\.h\d+)<([qkv])>$|^(m\d+|logits)$")
+EDGE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+<[qkv]>|m\d+|logits)$")
+
+
+@dataclass(frozen=True)
+class ComponentGraph:
+    """Nodes and edges of a transformer's residual computation (see the module docstring)."""
+
+    n_layers: int
+    n_heads: int
+    has_mlp: bool = True
+    parallel_attn_mlp: bool = False
+    d_model: int | None = None
+
+    # --- nodes ---------------------------------------------------------------------------
+    @cached_property
+    def sources(self) -> list[str]:
+        """Nodes whose output enters the residual stream, in forward order (EAP-IG's forward index)."""
+        out = ["input"]
+        for layer in range(self.n_layers):
+            out += [f"a{layer}.h{h}" for h in range(self.n_heads)]
+            if self.has_mlp:
+                out.append(f"m{layer}")
+        return out
+
+    @property
+    def nodes(self) -> list[str]:
+        return [*self.sources, "logits"]
+
+    @cached_property
+    def destinations(self) -> list[str]:
+        """Node inputs, in EAP-IG's backward order: `a{L}.h{H}<q|k|v>`, `m{L}`, `logits`."""
+        out = []
+        for layer in range(self.n_layers):
+            out += [f"a{layer}.h{h}<{x}>" for x in QKV for h in range(self.n_heads)]
+            if self.has_mlp:
+                out.append(f"m{layer}")
+        return [*out, "logits"]
+
+    @cached_property
+    def source_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.sources)}
+
+    @cached_property
+    def destination_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.destinations)}
+
+    def n_upstream(self, destination: str) -> int:
+        """How many sources (a prefix of `sources`) feed this node input."""
+        if destination == "logits":
+            return len(self.sources)
+        per_layer = self.n_heads + int(self.has_mlp)
+        layer = destination_layer(destination)
+        start = 1 + layer * per_layer
+        if destination.startswith("a") or self.parallel_attn_mlp:
+            return start
+        return start + self.n_heads  # a sequential MLP reads its own layer's heads too
+
+    # --- edges ---------------------------------------------------------------------------
+    @cached_property
+    def real_edges(self) -> np.ndarray:
+        """[n_src, n_dst] bool: which (source, destination) pairs are edges."""
+        mask = np.zeros((len(self.sources), len(self.destinations)), dtype=bool)
+        for j, dst in enumerate(self.destinations):
+            mask[: self.n_upstream(dst), j] = True
+        return mask
+
+    @cached_property
+    def edges(self) -> list[str]:
+        """Every edge name, destination by destination (then source in forward order)."""
+        return [f"{self.sources[i]}->{self.destinations[j]}" for j, i in zip(*np.nonzero(self.real_edges.T))]
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.real_edges.sum())
+
+    def edge_position(self, name: str) -> tuple[int, int]:
+        """(source index, destination index) of an edge name; a name that is no edge of this graph
+        raises ValueError."""
+        m = EDGE.match(name)
+        if not m:
+            raise ValueError(f"'{name}' is not an edge name (e.g. 'input->a0.h1<q>', 'a0.h1->m2', 'm3->logits')")
+        src, dst = m.groups()
+        if src not in self.source_index or dst not in self.destination_index:
+            raise ValueError(f"edge '{name}' names a node this model ({self.describe()}) does not have")
+        i, j = self.source_index[src], self.destination_index[dst]
+        if not self.real_edges[i, j]:
+            raise ValueError(f"'{name}' is no edge of this model ({self.describe()}): {src} does not feed {dst}")
+        return i, j
+
+    def matrix(self, values: dict[str, float]) -> np.ndarray:
+        """[n_src, n_dst] float matrix from {edge name: value} (0 elsewhere)."""
+        out = np.zeros(self.real_edges.shape)
+        for name, value in values.items():
+            out[self.edge_position(name)] = value
+        return out
+
+    def as_dict(self, matrix: np.ndarray) -> dict[str, float]:
+        """{edge name: value} of every real edge of an [n_src, n_dst] matrix."""
+        return {f"{self.sources[i]}->{self.destinations[j]}": float(matrix[i, j])
+                for j, i in zip(*np.nonzero(self.real_edges.T))}
+
+    # --- circuits --------------------------------------------------------------------------
+    def prune(self, in_graph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(edges, source nodes) left when dangling components are removed, as EAP-IG and MIB prune:
+        repeatedly drop nodes without an incoming edge (the input always has one) or without an
+        outgoing one, and edges whose source or destination node was dropped (logits always stay)."""
+        edges = in_graph & self.real_edges
+        owner = self.destination_owner
+        while True:
+            outgoing = edges.any(1)
+            incoming = np.zeros(len(self.sources), dtype=bool)
+            np.logical_or.at(incoming, owner[owner >= 0], edges.any(0)[owner >= 0])
+            incoming[0] = True
+            nodes = outgoing & incoming
+            dst_alive = np.where(owner >= 0, nodes[np.maximum(owner, 0)], True)
+            pruned = edges & nodes[:, None] & dst_alive[None, :]
+            if (pruned == edges).all():
+                return pruned, nodes
+            edges = pruned
+
+    @cached_property
+    def destination_owner(self) -> np.ndarray:
+        """[n_dst] the source index of the node each input belongs to (-1: logits)."""
+        owner = np.full(len(self.destinations), -1)
+        for j, dst in enumerate(self.destinations):
+            if dst != "logits":
+                owner[j] = self.source_index[node_of(dst)]
+        return owner
+
+    def describe(self) -> str:
+        kind = "attention-only" if not self.has_mlp else "parallel attention+MLP" if self.parallel_attn_mlp else \
+            "attention then MLP"
+        return f"{self.n_layers} layers × {self.n_heads} heads, {kind}"
+
+    def config(self) -> dict[str, object]:
+        """The `cfg` EAP-IG's Graph.from_json reads (n_layers, n_heads, parallel_attn_mlp, d_model)."""
+        cfg: dict[str, object] = {"n_layers": self.n_layers, "n_heads": self.n_heads,
+                                  "parallel_attn_mlp": self.parallel_attn_mlp, "d_model": self.d_model}
+        if not self.has_mlp:
+            cfg["attn_only"] = True
+        return cfg
+
+
+def node_of(destination: str) -> str:
+    """'a1.h2<k>' -> 'a1.h2'; 'm3' and 'logits' are their own node."""
+    return destination.split("<", 1)[0]
+
+
+def destination_layer(destination: str) -> int:
+    node = node_of(destination)
+    m = HEAD.match(node) or MLP.match(node)
+    if not m:
+        raise ValueError(f"'{destination}' is not a head or MLP input")
+    return int(m.group(1))
+
+
+def head_node(layer: int, head: int) -> str:
+    return f"a{layer}.h{head}"
+
+
+def mlp_node(layer: int) -> str:
+    return f"m{layer}"

@@ -1,0 +1,306 @@
+"""The edge engine: node outputs, gradients at every node input, exact edge patching and the
+forward of an edge circuit, over the component graph (models/graph.py).
+
+What an edge is, exactly. A node's output enters the residual stream as one term: the input
+embedding (`resid_pre.0`), a head's z_h times its slice of the output projection (the blocks'
+output biases belong to no node: a constant in every later input), an MLP's output. A node
+input is the residual stream at the point it reads it, pre-norm: block L's input for its heads'
+queries, keys and values (each head has its own three copies), the stream after attention for a
+sequential MLP (the block input for a parallel one), the last block's output for the logits.
+Patching the edge u -> v replaces u's term in v's input only, (x_v − a_u + a_u'), and v then
+reads norm(x_v − a_u + a_u') — the norm is recomputed on the patched input, which is what makes
+edges non-linear.
+
+- Gradients (`input_gradients`): one forward and backward gives ∂m/∂x_v for every node input v:
+  per head from the gradient at its queries / keys / values through that head's projection
+  weights and the vector-Jacobian product of the block's norm at x_v; for an MLP through its
+  norm; for the logits directly. EAP's score of u -> v is then Σ (a_u' − a_u) · ∂m/∂x_v over
+  prompts and positions.
+- Exact patching (`patched_edge_metrics`): the batch re-run from the destination's block once per
+  edge (copies stacked on the batch axis): the patched input goes into the head's query, key or
+  value projection (the block's norm applied to it), and every other head of that block keeps its
+  unpatched output, so only head h reads the patched input (in grouped-query attention too: the
+  group's other heads keep theirs).
+- Circuit forward (`circuit_metric`): every edge outside a circuit carries the counterfactual
+  (or mean, or zero) output of its source, every edge inside it the source's output in this very
+  run: each head's queries, keys and values are rebuilt from its own input with the block's norm
+  and its projection weights (as split q/k/v inputs do in TransformerLens), which grouped-query
+  attention cannot take (each query head would need its own keys) and is refused.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from circuitbench.errors import CircuitbenchError
+from circuitbench.models import hooks
+from circuitbench.models.graph import ComponentGraph
+from circuitbench.models.hooks import Site
+from circuitbench.models.loaded import Hook, LoadedModel
+from circuitbench.prompts.encoding import Batch
+from circuitbench.scores.interventions import BaseRun, end_only_logits, metric_per_copy, oriented_metric
+from circuitbench.scores.methods.context import MethodContext
+
+QKV = ("q", "k", "v")
+
+
+def check_edges(model: LoadedModel, what: str, per_head_inputs: bool) -> None:
+    """Refuse edge computations this model cannot run (before any compute)."""
+    reason = model.edge_support()
+    if reason is None and per_head_inputs and model.n_kv_heads != model.n_heads:
+        reason = (f"it uses grouped-query attention ({model.n_heads} query heads share {model.n_kv_heads} key-value "
+                  "heads), and each query head would need keys and values of its own; edge_patching runs on it")
+    if reason is not None:
+        raise CircuitbenchError(f"{what} cannot run on '{model.name}': {reason}.")
+
+
+def valid_positions(batch: Batch, device: torch.device) -> torch.Tensor:
+    """[batch, pos] 1.0 at real tokens, 0.0 at padding."""
+    return (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(device)
+
+
+def node_outputs(model: LoadedModel, run: BaseRun) -> torch.Tensor:
+    """[batch, pos, n_sources, d_model] every source node's output in a run, in the graph's order."""
+    parts = [run.resid[0][:, :, None]]
+    for layer in range(model.n_layers):
+        parts.append(model.attention_weights(layer).head_results(run.z[layer]))
+        if run.mlp is not None:
+            parts.append(run.mlp[layer][:, :, None])
+    return torch.cat(parts, 2)
+
+
+# --- gradients at node inputs -------------------------------------------------------------------
+@dataclass
+class InputGradients:
+    """One forward/backward's gradients at every node input, kept in the small pieces they come in
+    (per-head gradients at queries, keys, values; at the MLP's normed input; at the final stream)
+    with the residual streams the norms read; `of_layer` assembles ∂m/∂x_v per destination."""
+
+    q: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head]
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    mlp: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] at the MLP's (normed) input
+    resid: list[torch.Tensor]  # block inputs
+    mid: list[torch.Tensor]  # what each MLP's norm reads (block input or the stream after attention)
+    final: torch.Tensor  # [batch, pos, d_model] at the last block's output (the logits' input)
+    metric: torch.Tensor  # [batch] the metric of this run (higher is better)
+    run: BaseRun  # the run's block inputs, head and MLP outputs (its source nodes' outputs)
+
+
+def input_gradients(model: LoadedModel, batch: Batch, ctx: MethodContext, first: Hook | None = None,
+                    extra: list[Hook] | None = None) -> InputGradients:
+    """∂(Σ metric)/∂(node inputs) on the batch's clean prompts, with `first` (a hook on the block-0
+    input, e.g. an interpolated embedding) and `extra` hooks applied."""
+    probes: dict[str, torch.Tensor] = {}
+    saved: dict[str, torch.Tensor] = {}
+
+    def probe(key: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def add(x: torch.Tensor) -> torch.Tensor:  # x + 0: the gradient at the probe is ∂m/∂x
+            p = torch.zeros_like(x, requires_grad=True)
+            probes[key] = p
+            return x + p
+        return add
+
+    def save(key: str) -> Callable[[torch.Tensor], None]:
+        def keep(x: torch.Tensor) -> None:
+            saved[key] = x.detach()
+        return keep
+
+    n, seq = model.n_layers, model.has_mlp and not model.parallel_attn_mlp
+    edits: list[Hook] = [first] if first is not None else []
+    edits += list(extra or [])
+    for l in range(n):
+        edits.append((hooks.resid_pre(l), save(f"resid{l}")))
+        edits += [(hooks.projection(x, l), probe(f"{x}{l}")) for x in QKV]
+        edits.append((hooks.head_outputs(l), save(f"z{l}")))
+        if model.has_mlp:
+            if seq:
+                edits.append((hooks.resid_mid(l), save(f"mid{l}")))
+            edits += [(hooks.mlp_in(l), probe(f"mlp{l}")), (hooks.mlp_out(l), save(f"out{l}"))]
+    edits.append((hooks.resid_post(n - 1), probe("final")))
+    unembed, scored = end_only_logits(ctx.metric, batch)
+    with model.frozen_weights(), torch.enable_grad():
+        logits = model.run_with_hooks(batch.tokens, edits + unembed, grad=True)
+        metric = oriented_metric(ctx.metric, logits, scored)
+        keys = list(probes)
+        grads = torch.autograd.grad(metric.sum(), [probes[k] for k in keys], allow_unused=True)
+    g = {k: torch.zeros_like(probes[k]) if gr is None else gr.detach() for k, gr in zip(keys, grads)}
+    resid = [saved[f"resid{l}"] for l in range(n)]
+    return InputGradients(
+        q=[g[f"q{l}"] for l in range(n)], k=[g[f"k{l}"] for l in range(n)], v=[g[f"v{l}"] for l in range(n)],
+        mlp=[g[f"mlp{l}"] for l in range(n)] if model.has_mlp else [],
+        resid=resid, mid=[saved[f"mid{l}"] if seq else resid[l] for l in range(n)] if model.has_mlp else [],
+        final=g["final"], metric=metric.detach(),
+        run=BaseRun(resid=resid, z=[saved[f"z{l}"] for l in range(n)], metric=metric.detach(),
+                    mlp=[saved[f"out{l}"] for l in range(n)] if model.has_mlp else None))
+
+
+def _norm_vjp(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """∂/∂x of <norm(x), grad_out> for x [batch, pos, d] broadcast over grad_out's [batch, pos, k, d]."""
+    with torch.enable_grad():
+        xs = x.detach()[:, :, None].expand_as(grad_out).clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(norm(xs), xs, grad_outputs=grad_out.to(xs.dtype))
+    return gx
+
+
+def layer_input_gradients(model: LoadedModel, grads: InputGradients, layer: int) -> torch.Tensor:
+    """[batch, pos, 3·n_heads (+1), d_model] ∂m/∂x_v for block `layer`'s destinations, in the
+    graph's order: every head's q input, then k, then v, then the MLP's input."""
+    w = model.attention_weights(layer)
+    post = torch.cat([w.project_back(kind, g[layer]) for kind, g in zip(QKV, (grads.q, grads.k, grads.v))], 2)
+    parts = [_norm_vjp(lambda x: model.normalize_attention_input(layer, x), grads.resid[layer], post)]
+    if model.has_mlp:
+        parts.append(_norm_vjp(lambda x: model.normalize_mlp_input(layer, x), grads.mid[layer],
+                               grads.mlp[layer][:, :, None]))
+    return torch.cat(parts, 2)
+
+
+def accumulate_edge_scores(model: LoadedModel, graph: ComponentGraph, delta: torch.Tensor, grads: InputGradients,
+                           scores: torch.Tensor, weight: float = 1.0) -> None:
+    """scores[u, v] += weight · Σ_{batch, pos} delta[..., u, :] · ∂m/∂x_v, block by block (only the
+    sources upstream of each block are multiplied)."""
+    per_layer = 3 * model.n_heads + int(model.has_mlp)
+    d = delta.double()
+    for layer in range(model.n_layers):
+        g = layer_input_gradients(model, grads, layer).double()
+        upstream = max(graph.n_upstream(dst) for dst in graph.destinations[layer * per_layer:(layer + 1) * per_layer])
+        block = torch.einsum("bpid,bpjd->ij", d[:, :, :upstream], g)
+        scores[:upstream, layer * per_layer:(layer + 1) * per_layer] += weight * block.cpu()
+    scores[:, -1] += weight * torch.einsum("bpid,bpd->i", d, grads.final.double()).cpu()
+
+
+# --- exact edge patching ------------------------------------------------------------------------
+def edge_layer(graph: ComponentGraph, j: int, n_layers: int) -> int:
+    """The block a destination input belongs to (the logits: the last block, whose output they read)."""
+    dst = graph.destinations[j]
+    return n_layers - 1 if dst == "logits" else int(dst[1:].split(".")[0].split("<")[0])
+
+
+def patched_edge_metrics(model: LoadedModel, graph: ComponentGraph, batch: Batch, base: BaseRun,
+                         delta: torch.Tensor, edges: list[tuple[int, int]], ctx: MethodContext) -> torch.Tensor:
+    """[len(edges)] sum over the batch's prompts of the metric when only the edge (source index,
+    destination index) carries `delta` (the source's counterfactual minus its output) on top of the
+    unpatched run `base`. Edges into one block share forwards that start at that block."""
+    out = torch.zeros(len(edges), dtype=torch.float64)
+    by_layer: dict[int, list[tuple[int, int, int]]] = {}
+    for k, (i, j) in enumerate(edges):
+        by_layer.setdefault(edge_layer(graph, j, model.n_layers), []).append((k, i, j))
+    parallel = model.parallel_attn_mlp
+    for layer, items in sorted(by_layer.items()):
+        resid, z_base = base.resid[layer], base.z[layer]
+        mids: dict[int, torch.Tensor] = {}
+
+        def edit(x: torch.Tensor, item, site: Site, _layer=layer, _resid=resid, _z=z_base, _mids=mids) -> None:
+            k, i, j = item
+            dst = graph.destinations[j]
+            if dst == "logits":
+                if site.kind == "resid_post":
+                    x += delta[:, :, i].to(x.dtype)
+            elif dst.startswith("a"):
+                head, kind = int(dst.split(".h")[1].split("<")[0]), dst[-2]
+                if site.kind == f"{kind}_in":
+                    x[:] = model.normalize_attention_input(_layer, _resid + delta[:, :, i]).to(x.dtype)
+                elif site.kind == "z":  # only head h reads the patched input
+                    mine = x[:, :, head].clone()
+                    x[:] = _z.to(x.dtype)
+                    x[:, :, head] = mine
+            elif site.kind == "resid_mid":
+                _mids[k] = x.clone()
+            elif site.kind == "mlp_in":
+                pre = _resid if parallel else _mids[k]
+                x[:] = model.normalize_mlp_input(_layer, pre + delta[:, :, i].to(pre.dtype)).to(x.dtype)
+
+        sites = [hooks.projection_input(x, layer) for x in QKV] + [hooks.head_outputs(layer)]
+        if model.has_mlp:
+            sites += ([] if parallel else [hooks.resid_mid(layer)]) + [hooks.mlp_in(layer)]
+        if layer == model.n_layers - 1:
+            sites.append(hooks.resid_post(layer))
+        values = metric_per_copy(model, batch, ctx.metric, layer, resid, sites, items, edit)
+        for row, (k, _, _) in enumerate(items):
+            out[k] = values[row].sum()
+    return out
+
+
+# --- the forward of an edge circuit -------------------------------------------------------------
+def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outside: torch.Tensor,
+                   replacement: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+    """[batch] the metric with every edge marked in `outside` ([n_src, n_dst] bool) carrying its
+    source's `replacement` output ([batch, pos, n_src, d_model]: the counterfactual run's, a mean,
+    zeros) and every other edge its source's output in this run."""
+    n, H = model.n_layers, model.n_heads
+    per_layer = 3 * H + int(model.has_mlp)
+    out_mask = outside.to(model.device)
+    live: list[torch.Tensor] = []  # this run's source outputs so far, [batch, pos, d_model] each
+    resid_in: dict[int, torch.Tensor] = {}
+    dtype = replacement.dtype
+
+    def shift(j0: int, j1: int) -> torch.Tensor | None:
+        """Σ_u outside[u, j] · (replacement_u − live_u) for destinations j0..j1: [batch, pos, j1 − j0, d]."""
+        mask = out_mask[: len(live), j0:j1].to(dtype)
+        if not bool(mask.any()):
+            return None
+        diff = replacement[:, :, : len(live)] - torch.stack(live, 2).to(dtype)
+        return torch.einsum("bpud,uj->bpjd", diff, mask)
+
+    def on_resid_pre(layer: int) -> Callable[[torch.Tensor], None]:
+        def record(x: torch.Tensor) -> None:
+            resid_in[layer] = x
+            if layer == 0:
+                live.append(x)
+        return record
+
+    def on_projection(layer: int, kind: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def rebuild(q: torch.Tensor) -> torch.Tensor | None:  # q: [batch, pos, n_heads, d_head]
+            j0 = layer * per_layer + QKV.index(kind) * H
+            moved = shift(j0, j0 + H)
+            if moved is None:
+                return None
+            x = resid_in[layer][:, :, None].to(dtype) + moved
+            normed = model.normalize_attention_input(layer, x)
+            return model.attention_weights(layer).project(kind, normed).to(q.dtype)
+        return rebuild
+
+    def on_z(layer: int) -> Callable[[torch.Tensor], None]:
+        def record(z: torch.Tensor) -> None:
+            heads = model.attention_weights(layer).head_results(z)
+            live.extend(heads[:, :, h] for h in range(H))
+        return record
+
+    def on_mlp_read(layer: int) -> Callable[[torch.Tensor], None]:
+        def record(x: torch.Tensor) -> None:
+            resid_in[-1 - layer] = x
+        return record
+
+    def on_mlp_in(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def rebuild(y: torch.Tensor) -> torch.Tensor | None:
+            j = layer * per_layer + 3 * H
+            upstream = graph.n_upstream(graph.destinations[j])
+            moved = shift(j, j + 1) if len(live) >= upstream else None
+            if moved is None:
+                return None
+            pre = resid_in[layer] if model.parallel_attn_mlp else resid_in[-1 - layer]
+            return model.normalize_mlp_input(layer, pre.to(dtype) + moved[:, :, 0]).to(y.dtype)
+        return rebuild
+
+    def on_mlp_out(x: torch.Tensor) -> None:
+        live.append(x)
+
+    def on_final(x: torch.Tensor) -> torch.Tensor | None:
+        moved = shift(out_mask.shape[1] - 1, out_mask.shape[1])
+        return None if moved is None else x + moved[:, :, 0].to(x.dtype)
+
+    edits: list[Hook] = []
+    for l in range(n):
+        edits.append((hooks.resid_pre(l), on_resid_pre(l)))
+        edits += [(hooks.projection(x, l), on_projection(l, x)) for x in QKV]
+        edits.append((hooks.head_outputs(l), on_z(l)))
+        if model.has_mlp:
+            if not model.parallel_attn_mlp:
+                edits.append((hooks.resid_mid(l), on_mlp_read(l)))
+            edits += [(hooks.mlp_in(l), on_mlp_in(l)), (hooks.mlp_out(l), on_mlp_out)]
+    edits.append((hooks.resid_post(n - 1), on_final))
+    unembed, scored = end_only_logits(ctx.metric, batch)
+    logits = model.run_with_hooks(batch.tokens, edits + unembed)
+    return oriented_metric(ctx.metric, logits, scored)

@@ -1,0 +1,204 @@
+"""Edge methods on a tiny random-init GPT-2 (2 layers × 2 heads, MLPs) built here: exact edge
+patching against a naive loop (one full forward per edge), EAP against the gradient formula
+computed destination by destination, and the forward of an edge circuit against both."""
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from circuitbench.models import hooks
+from circuitbench.models.loading import load_model
+from circuitbench.prompts.encoding import encode_task
+from circuitbench.scores.edges import circuit_metric, node_outputs, patched_edge_metrics
+from circuitbench.scores.interventions import oriented_metric, record_base_run
+from circuitbench.scores.methods.context import MethodContext
+from circuitbench.scores.scoring import score_heads
+from circuitbench.specs.catalog import load_task
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, gpt2_tokenizer):
+    path = tmp_path_factory.mktemp("gpt2_2x2")
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        GPT2LMHeadModel(config).save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    model = load_model(str(path), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
+    batch = data.batch(0, 4)
+    (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
+    valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()
+    delta = (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
+    return model, data, batch, clean, corrupt, delta
+
+
+def _destination_hooks(model, clean, dst, replace):
+    """Hooks that make destination input `dst` read replace(its live pre-norm input), a full forward."""
+    n = model.n_layers
+    if dst == "logits":
+        return [(hooks.resid_post(n - 1), replace)]
+    live = {}
+    if dst.startswith("a"):
+        layer, head, kind = int(dst[1]), int(dst.split(".h")[1][0]), dst[-2]
+
+        def keep_head(z):
+            out = clean.z[layer].clone() if not z.requires_grad else z.detach().clone()
+            out[:, :, head] = z[:, :, head]
+            return out
+        return [(hooks.resid_pre(layer), lambda x: live.__setitem__("x", x)),
+                (hooks.projection_input(kind, layer),
+                 lambda y: model.normalize_attention_input(layer, replace(live["x"]))),
+                (hooks.head_outputs(layer), keep_head)]
+    layer = int(dst[1:])
+    return [(hooks.resid_mid(layer), lambda x: live.__setitem__("x", x)),
+            (hooks.mlp_in(layer), lambda y: model.normalize_mlp_input(layer, replace(live["x"])))]
+
+
+def test_graph_of_the_tiny_model(tiny):
+    model = tiny[0]
+    graph = model.component_graph()
+    assert graph.sources == ["input", "a0.h0", "a0.h1", "m0", "a1.h0", "a1.h1", "m1"]
+    assert graph.n_edges == 6 + 3 + 24 + 6 + 7
+
+
+def test_exact_edge_patching_equals_one_forward_per_edge(tiny):
+    model, data, batch, clean, corrupt, delta = tiny
+    graph = model.component_graph()
+    edges = [(int(i), int(j)) for j, i in zip(*np.nonzero(graph.real_edges.T))]
+    ctx = MethodContext(batch_size=4, metric="logit_diff")
+    fast = patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+    naive = torch.zeros(len(edges), dtype=torch.float64)
+    for k, (i, j) in enumerate(edges):
+        step = delta[:, :, i]
+        logits = model.run_with_hooks(batch.tokens, _destination_hooks(model, clean, graph.destinations[j],
+                                                                       lambda x, _s=step: x + _s))
+        naive[k] = oriented_metric("logit_diff", logits, batch).double().sum()
+    base = float(clean.metric.double().sum()) if clean.metric is not None else float(
+        oriented_metric("logit_diff", model.run(batch.tokens), batch).double().sum())
+    assert float((fast - naive).abs().max()) <= 1e-5
+    assert float((naive - base).abs().max()) > 1e-3  # the edges do move the metric
+
+
+def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
+    model, data, batch, clean, corrupt, delta = tiny
+    graph = model.component_graph()
+    edge_scores = {}
+    scores = score_heads(model, data, ["eap"], 4, metric="logit_diff", edge_scores=edge_scores)
+    assert scores == {}
+    eap = edge_scores["eap"].scores
+    m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
+    m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
+    by_hand = np.zeros_like(eap)
+    for j, dst in enumerate(graph.destinations):
+        probe = {}
+
+        def add_probe(x):
+            probe["p"] = torch.zeros_like(x, requires_grad=True)
+            return x + probe["p"]
+
+        with model.frozen_weights(), torch.enable_grad():
+            logits = model.run_with_hooks(batch.tokens, _destination_hooks(model, clean, dst, add_probe), grad=True)
+            (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
+        for i in range(graph.n_upstream(dst)):  # EAP: Σ (a_u' − a_u) · ∂m/∂x_v, normalised like noising
+            by_hand[i, j] = -float((delta[:, :, i] * grad).sum()) / len(batch) / (m_clean - m_corr)
+    assert np.abs(eap - by_hand).max() <= 1e-5 * max(1.0, np.abs(by_hand).max())
+    assert np.abs(by_hand).max() > 1e-3 and (eap[~graph.real_edges] == 0).all()
+
+
+def test_circuit_forward_patches_exactly_the_edges_outside(tiny):
+    model, data, batch, clean, corrupt, delta = tiny
+    graph = model.component_graph()
+    ctx = MethodContext(batch_size=4, metric="logit_diff")
+    replacement = node_outputs(model, corrupt)
+    nothing = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
+    everything = torch.from_numpy(graph.real_edges)
+    clean_m = oriented_metric("logit_diff", model.run(batch.tokens), batch)
+    corrupt_m = oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch)
+    assert torch.allclose(circuit_metric(model, graph, batch, nothing, replacement, ctx), clean_m, atol=1e-5)
+    assert torch.allclose(circuit_metric(model, graph, batch, everything, replacement, ctx), corrupt_m, atol=1e-4)
+    for name in ["input->a1.h0<k>", "a0.h1->m0", "m0->a1.h1<v>", "a1.h0->logits"]:
+        i, j = graph.edge_position(name)
+        one = nothing.clone()
+        one[i, j] = True
+        alone = patched_edge_metrics(model, graph, batch, clean, delta, [(i, j)], ctx)
+        assert abs(float(circuit_metric(model, graph, batch, one, replacement, ctx).double().sum()) - float(
+            alone[0])) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt_neox", "llama", "toy-induction-2l"])
+def test_edges_on_every_architecture(tiny_models, arch):
+    """The circuit forward meets both ends (nothing patched: clean; everything: the counterfactual) and
+    agrees with exact patching of single edges; grouped-query attention runs exact patching only."""
+    from circuitbench.errors import CircuitbenchError
+
+    model = load_model(str(tiny_models[arch]) if arch in tiny_models else arch, device="cpu")
+    task = "induction" if arch.startswith("toy") else "ioi"
+    metric = "induction_loss" if arch.startswith("toy") else "logit_diff"
+    data = encode_task(load_task(task).model_copy(update={"n_prompts": 3}), model.vocab, model.unk_id, model.n_ctx)
+    batch = data.batch(0, 3)
+    ctx = MethodContext(batch_size=3, metric=metric)
+    graph = model.component_graph()
+    (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
+    valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()
+    delta = (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
+    names = [e for e in graph.edges if "a1." in e and "<k>" in e][:2] + [graph.edges[-1]]
+    if graph.has_mlp:
+        names.append(next(e for e in graph.edges if e.endswith("->m1")))
+    edges = [graph.edge_position(e) for e in names]
+    alone = patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+    unpatched = float(oriented_metric(metric, model.run(batch.tokens), batch).double().sum())
+    assert float((alone - unpatched).abs().max()) > 0
+    if arch == "llama":
+        with pytest.raises(CircuitbenchError, match="grouped-query attention"):
+            score_heads(model, data, ["eap"], 3, metric=metric)
+        return
+    replacement = node_outputs(model, corrupt)
+    nothing = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
+    clean_m = oriented_metric(metric, model.run(batch.tokens), batch)
+    corrupt_m = oriented_metric(metric, model.run(batch.as_corrupted().tokens), batch)
+    assert torch.allclose(circuit_metric(model, graph, batch, nothing, replacement, ctx), clean_m, atol=1e-4)
+    assert torch.allclose(circuit_metric(model, graph, batch, torch.from_numpy(graph.real_edges), replacement, ctx),
+                          corrupt_m, atol=1e-3)
+    for (i, j), value in zip(edges, alone):
+        one = nothing.clone()
+        one[i, j] = True
+        patched = float(circuit_metric(model, graph, batch, one, replacement, ctx).double().sum())
+        assert abs(patched - float(value)) < 1e-4
+
+
+def test_eap_ig_step_points_and_variants(tiny):
+    from circuitbench.scores.methods.edges import _alphas
+    from circuitbench.scores.methods.options import EapIgOptions
+
+    assert _alphas(EapIgOptions(steps=5)) == [0.0, 0.2, 0.4, 0.6, 0.8]  # EAP-IG: k/m, k = 0…m−1
+    assert _alphas(EapIgOptions(steps=4, variant="activations")) == [0.25, 0.5, 0.75, 1.0]  # k = 1…m
+    assert _alphas(EapIgOptions(steps=2, points="midpoint")) == [0.25, 0.75]
+    model, data = tiny[0], tiny[1]
+    runs = {}
+    for name, opts in {"published": {"steps": 3}, "midpoint": {"steps": 3, "points": "midpoint"},
+                       "activations": {"steps": 2, "variant": "activations"}}.items():
+        edge_scores = {}
+        score_heads(model, data, ["eap_ig"], 4, metric="logit_diff", method_options={"eap_ig": opts},
+                    edge_scores=edge_scores)
+        runs[name] = edge_scores["eap_ig"]
+        assert np.isfinite(runs[name].scores).all() and runs[name].settings["steps"] == opts["steps"]
+    assert runs["midpoint"].settings["alphas"] == [1 / 6, 0.5, 5 / 6]
+    assert not np.allclose(runs["published"].scores, runs["midpoint"].scores)
+    # one step of the inputs variant at α = 0 is EAP with the gradient taken on the counterfactual input
+    from circuitbench.scores.edges import accumulate_edge_scores, input_gradients
+
+    _, _, batch, clean, corrupt, delta = tiny
+    edge_scores = {}
+    score_heads(model, data, ["eap_ig", "eap"], 4, metric="logit_diff", method_options={"eap_ig": {"steps": 1}},
+                edge_scores=edge_scores)
+    graph = model.component_graph()
+    total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
+    grads = input_gradients(model, batch, MethodContext(batch_size=4, metric="logit_diff"),
+                            first=(hooks.resid_pre(0), lambda x: corrupt.resid[0].clone()))
+    accumulate_edge_scores(model, graph, delta, grads, total)
+    m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
+    m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
+    expected = (-(total / 4) / (m_clean - m_corr)).numpy() * graph.real_edges
+    assert np.abs(edge_scores["eap_ig"].scores - expected).max() < 1e-6
+    assert not np.allclose(edge_scores["eap_ig"].scores, edge_scores["eap"].scores)
