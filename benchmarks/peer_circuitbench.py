@@ -36,7 +36,7 @@ from circuitbench.scores.methods.context import MethodContext  # noqa: E402
 from circuitbench.scores.scoring import score_heads  # noqa: E402
 from circuitbench.specs.registries import METHODS  # noqa: E402
 
-EDGE_METHODS = {"eap": {}, "eap_ig": {"ig_steps": 5}, "edge_patching": {}}
+EDGE_METHODS = {"eap": {}, "eap_ig": {"steps": 5}, "edge_patching": {}}  # each method's options here
 
 
 def load(root: Path):

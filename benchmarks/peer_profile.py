@@ -1,6 +1,6 @@
 """Where circuitbench's time goes on the peer benchmark's work (torch.profiler, operator level).
 
-    python benchmarks/peer_profile.py DIR {exact,attribution,eval} [--top 12]
+    python benchmarks/peer_profile.py DIR {exact,attribution,eval,eap,eap_ig} [--top 12]
 
 Prints the top operators by self CPU time, and the total, for one run on DIR's prompts.
 """
@@ -15,22 +15,27 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_circuitbench import load  # noqa: E402
+from peer_circuitbench import EDGE_METHODS, load  # noqa: E402
 
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
+from circuitbench.scores.methods.context import MethodContext  # noqa: E402
 from circuitbench.scores.scoring import score_heads  # noqa: E402
+from circuitbench.specs.registries import METHODS  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("dir", type=Path)
-    ap.add_argument("work", choices=["exact", "attribution", "eval"])
+    ap.add_argument("work", choices=["exact", "attribution", "eval", "eap", "eap_ig"])
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model, data = load(args.dir)
     method = {"exact": "activation_patching", "attribution": "attribution_patching"}.get(args.work)
-    if method is None:
+    if args.work in EDGE_METHODS:
+        ctx = MethodContext(batch_size=len(data), metric="logit_diff", options=EDGE_METHODS[args.work])
+        run = lambda: METHODS.get(args.work).run(model, data, ctx)  # noqa: E731
+    elif method is None:
         run = lambda: evaluate(model, data, ["logit_diff"], len(data))  # noqa: E731
     else:
         model.block_formats()
