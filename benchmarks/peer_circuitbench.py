@@ -5,8 +5,8 @@ process, written as the same JSON record as the peers' scripts (benchmarks/peers
 
 WORK: bare (a bare HF forward of the clean batch, and forward + backward to the activations),
 eval (circuitbench's plain evaluation and bare HF forwards, interleaved), exact
-(activation_patching), attribution (attribution_patching), and the edge methods eap, eap_ig
-(5 steps), edge_patching when the method registry has them (otherwise the record says skipped).
+(activation_patching), attribution (attribution_patching), the edge methods eap and eap_ig (5
+steps) over all edges, and edge_patching: exact patching of the edges in DIR/edges.json.
 
 Values are in the peers' units: exact -> mean patched logit difference per head (recovered from
 the normalised score: m_clean - score * (m_clean - m_corr)); attribution -> mean over prompts of
@@ -31,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_export import bench_prompts  # noqa: E402
 
 from circuitbench.models.loading import load_model  # noqa: E402
+from circuitbench.scores.edges import node_outputs, patched_edge_metrics, valid_positions  # noqa: E402
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
+from circuitbench.scores.interventions import base_runs  # noqa: E402
 from circuitbench.scores.methods.context import MethodContext  # noqa: E402
 from circuitbench.scores.scoring import score_heads  # noqa: E402
 from circuitbench.specs.registries import METHODS  # noqa: E402
 
-EDGE_METHODS = {"eap": {}, "eap_ig": {"steps": 5}, "edge_patching": {}}  # each method's options here
+EDGE_METHODS = {"eap": {}, "eap_ig": {"steps": 5}}  # each method's options here
 
 
 def load(root: Path):
@@ -119,12 +121,44 @@ def head_method(root: Path, method: str) -> dict:
 
 
 def edge_method(root: Path, method: str) -> dict:
-    if method not in METHODS:
-        return {"skipped": f"no '{method}' method in this circuitbench (pending the edges branch)"}
+    """eap / eap_ig over all edges; values: {"edges": {name: mean over prompts of Σ (a_corr − a_clean) ·
+    ∂m/∂x_v}} (auto-circuit's mask gradient, un-normalised: −score · (m_clean − m_corr))."""
     model, data = load(root)
+    m_clean, m_corr = base_metrics(model, data)
     ctx = MethodContext(batch_size=len(data), metric="logit_diff", options=EDGE_METHODS[method])
+    small = data.subset(0, 2)
+    METHODS.get(method).run(model, small, MethodContext(batch_size=2, metric="logit_diff",
+                                                        options=EDGE_METHODS[method]))  # warm-up (not timed)
     out, seconds = timed(lambda: METHODS.get(method).run(model, data, ctx))
-    return {"seconds": seconds, "values": {"type": type(out).__name__}}
+    graph = out.graph
+    raw = -out.scores * (m_clean - m_corr)
+    return {"seconds": seconds, "values": {"n_edges": graph.n_edges, "edges": graph.as_dict(raw),
+                                           "m_clean": m_clean, "m_corr": m_corr}}
+
+
+def edge_patching(root: Path) -> dict:
+    """Exact patching of the edges of DIR/edges.json, one at a time (the set auto-circuit patches):
+    both base runs and the patched forwards, timed; values: {"patched": {name: mean patched
+    logit difference}}."""
+    model, data = load(root)
+    graph = model.component_graph()
+    names = json.loads((root / "edges.json").read_text())
+    edges = [graph.edge_position(name) for name in names]
+    model.block_formats()  # recorded once per model, not part of the timing
+
+    def run(prompts) -> list[float]:
+        ctx = MethodContext(batch_size=len(prompts), metric="logit_diff")
+        sums = torch.zeros(len(edges), dtype=torch.float64)
+        for batch, runs in base_runs(model, prompts, ctx, ("clean", "corrupted")):
+            clean, corrupt = runs["clean"], runs["corrupted"]
+            valid = valid_positions(batch, model.device)
+            delta = (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
+            sums += patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+        return (sums / len(prompts)).tolist()
+
+    run(data.subset(0, 2))  # warm-up (not timed)
+    values, seconds = timed(lambda: run(data))
+    return {"seconds": seconds, "values": {"patched": dict(zip(names, values)), "units": len(edges)}}
 
 
 def main() -> None:
@@ -136,6 +170,8 @@ def main() -> None:
         record = evaluation(root)
     elif work in ("exact", "attribution"):
         record = head_method(root, "activation_patching" if work == "exact" else "attribution_patching")
+    elif work == "edge_patching":
+        record = edge_patching(root)
     else:
         record = edge_method(root, work)
     from circuitbench import __version__

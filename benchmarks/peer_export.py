@@ -3,6 +3,8 @@
     OUT/model/        GPT-2-small architecture, random init (seed 0), save_pretrained + the GPT-2 BPE tokenizer
     OUT/data.pt       tokens, corrupted [n, L] (IOI clean / ABC counterfactual, all of one length L, so END is
                       the last position for every tool and no padding is involved), answer, distractor [n]
+    OUT/edges.json    EDGE_SAMPLE edges of four kinds (circuitbench / EAP-IG names, seed 0) that both circuitbench and
+                      auto-circuit patch exactly, one at a time (auto-circuit takes ~16 s per edge here)
     OUT/meta.json     n, L, the prompt indices kept from circuitbench's IOI set, the task spec
 
 The peers' scripts read only these files (they never import circuitbench).
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +62,21 @@ def bench_prompts(vocab, unk, n_ctx, n: int, pool: int) -> tuple[EncodedPrompts,
     return select(data, rows, length), rows, length
 
 
+EDGE_SAMPLE = 4  # = len(EDGE_KINDS)
+
+
+EDGE_KINDS = (r"^input->a.*<q>$", r"^a.*<v>$", r"^a.*->m\d+$", r"^m.*->logits$")
+
+
+def edge_sample(n_layers: int, n_heads: int, seed: int = 0) -> list[str]:
+    """One edge of each kind in EDGE_KINDS (embedding -> a query, head -> a value, head -> an MLP,
+    MLP -> the logits), drawn with `seed` from the GPT-2 component graph, in circuitbench's names."""
+    from circuitbench.models.graph import ComponentGraph
+
+    edges, rng = ComponentGraph(n_layers, n_heads).edges, random.Random(seed)
+    return [rng.choice([e for e in edges if re.match(kind, e)]) for kind in EDGE_KINDS]
+
+
 def export(out: Path, n: int, pool: int, model_name: str = "gpt2-small", seed: int = 0) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -66,7 +85,8 @@ def export(out: Path, n: int, pool: int, model_name: str = "gpt2-small", seed: i
     wanted = {"n": n, "pool": pool, "model": model_name, "seed": seed}
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if all(meta.get(k) == v for k, v in wanted.items()) and (out / "model" / "config.json").exists():
+        if all(meta.get(k) == v for k, v in wanted.items()) and (out / "model" / "config.json").exists() and (
+                out / "edges.json").exists():
             return meta
     cfg = dict(model_registry()[model_name].hf_config)
     config = AutoConfig.for_model(str(cfg.pop("model_type")), **cfg)
@@ -80,6 +100,7 @@ def export(out: Path, n: int, pool: int, model_name: str = "gpt2-small", seed: i
     assert data.corrupted is not None
     torch.save({"tokens": data.tokens.clone(), "corrupted": data.corrupted.clone(), "answer": data.answer.clone(),
                 "distractor": data.distractor.clone()}, out / "data.pt")
+    (out / "edges.json").write_text(json.dumps(edge_sample(config.n_layer, config.n_head)))
     meta = {**wanted, "length": length, "rows": rows, "task": "ioi", "counterfactual": "ABC (the task's default)",
             "metric": "logit_diff at END (the last position)"}
     meta_path.write_text(json.dumps(meta, indent=1))

@@ -12,9 +12,9 @@ residual through their own edge; separate_qkv=True, slice_output="last_seq").
                                                      (too slow for all 144: the record has the time
                                                      per patched forward to extrapolate)
     python autocircuit.py DIR exact_edges OUT.json  exact patching of single edges (patch_mode with one
-                                                     edge), on EDGE_SAMPLE edges drawn with seed 0; the
-                                                     names go in the record so circuitbench's
-                                                     edge_patching can run the same set
+                                                     edge), on the edges of DIR/edges.json (circuitbench's
+                                                     names, translated by `ac_name`), which circuitbench's
+                                                     edge patching runs too
 
 Ablation: resample with the counterfactual of the same prompt (AblationType.RESAMPLE, corrupt).
 values: eap -> "attribution" [n_layers][n_heads] mean over prompts of (z_corr - z_clean) . dm/dz
@@ -23,15 +23,14 @@ exact_heads -> "patched" {"l.h": mean patched logit difference}; exact_edges -> 
 """
 from __future__ import annotations
 
-import random
+import json
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from common import Timer, load_data, load_hooked_transformer, logit_diff, setup_threads, write
+from common import Timer, ac_name, load_data, load_hooked_transformer, logit_diff, setup_threads, write
 
-EDGE_SAMPLE = 3  # one patched forward of the factorized model each (~16 s for 16 prompts here)
 HEAD_STRIDE = 4  # heads (l, l mod n_heads) for l = 0, 4, 8: three patched forwards
 
 
@@ -46,7 +45,8 @@ def patchable(root: Path):
     model.cfg.use_hook_mlp_in = True
     for p in model.parameters():
         p.requires_grad = False
-    return patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True, device=torch.device("cpu"))
+    return patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True,
+                           device=torch.device("cpu"))
 
 
 def loader(data):
@@ -107,10 +107,15 @@ def head_groups(model) -> dict[str, set]:
     return groups
 
 
-def edge_groups(model) -> dict[str, set]:
-    names = sorted(e.name for e in model.edges)
-    chosen = set(random.Random(0).sample(names, EDGE_SAMPLE))
-    return {e.name: {e} for e in model.edges if e.name in chosen}
+def edge_groups(model, root: Path) -> dict[str, set]:
+    """{circuitbench name: {the auto-circuit edge}} for the edges of DIR/edges.json."""
+    wanted = {}
+    for name in json.loads((root / "edges.json").read_text()):
+        src, dst = name.split("->")
+        wanted[f"{ac_name(src)}->{ac_name(dst)}"] = name
+    groups = {wanted[e.name]: {e} for e in model.edges if e.name in wanted}
+    assert len(groups) == len(wanted), f"auto-circuit has no edge for {set(wanted) - {e.name for e in model.edges}}"
+    return groups
 
 
 def main() -> None:
@@ -122,7 +127,7 @@ def main() -> None:
     if work == "eap":
         fn = eap
     else:
-        groups = (head_groups if work == "exact_heads" else edge_groups)(model)
+        groups = head_groups(model) if work == "exact_heads" else edge_groups(model, root)
         fn = lambda m, d: _patched_metrics(m, d, groups)  # noqa: E731
     small = {k: v[:2] for k, v in data.items()}
     if work == "eap":

@@ -54,6 +54,20 @@ def load_hooked_transformer(model_dir: Path):
     return model.eval()
 
 
+def ac_name(node: str) -> str:
+    """circuitbench's (EAP-IG's) node or node-input name -> auto-circuit's: input -> Resid Start,
+    a3.h1 -> A3.1, a3.h1<q> -> A3.1.Q, m3 -> MLP 3, logits -> Resid End."""
+    if node == "input":
+        return "Resid Start"
+    if node == "logits":
+        return "Resid End"
+    if node.startswith("m"):
+        return f"MLP {node[1:]}"
+    head, _, kind = node.partition("<")
+    layer, h = head[1:].split(".h")
+    return f"A{layer}.{h}" + (f".{kind[0].upper()}" if kind else "")
+
+
 def write(out: Path, record: dict) -> None:
     record = {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
               **record}
