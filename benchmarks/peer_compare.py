@@ -301,6 +301,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rebuild the table from the stored records")
     args = ap.parse_args()
     root = (args.out / f"n{args.n}").resolve()  # the jobs run in other directories
+    args.peers_python = str(Path(args.peers_python).absolute())  # (a venv's python: not resolved past its link)
     meta = export(root, args.n, pool=max(256, 8 * args.n))
     jobs = [j for j in JOBS if not args.only or f"{j[0]}:{j[1]}" in args.only.split(",") or j[1] == "bare"]
     if not Path(args.peers_python).exists():
