@@ -77,7 +77,8 @@ $(PEERS)/.deps-installed: benchmarks/peers/requirements.txt $(PEERS)/.torch-inst
 	touch $@
 
 BENCH_ROUNDS ?= 3
-BENCH_PEERS_N ?= 16
+# 8 prompts: 3 rounds then fit in ~15 min on 2 shared cores (the per-head loops dominate)
+BENCH_PEERS_N ?= 8
 bench-peers: setup $(PEERS)/.deps-installed
 	$(PY) benchmarks/peer_compare.py --peers-python $(PEERS_PY) --rounds $(BENCH_ROUNDS) --n $(BENCH_PEERS_N)
 
