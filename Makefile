@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test test-all lint schema known-answers bench clean
+.PHONY: setup demo test test-all lint schema known-answers bench bench-peers bench-scale clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,11 +60,14 @@ leaderboards: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Two pytest workers (pytest-xdist): the suite is CPU-bound single-threaded work, so it takes about half the time on 2 cores
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
 test-all: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # docs/result.schema.json from the RunResult models (a test checks it is current)
 schema: setup
@@ -80,6 +83,34 @@ known-answers: setup
 bench: setup
 	$(PY) benchmarks/run.py --with-neo
 	$(PY) benchmarks/edges.py
+	@if [ -f $(PEERS)/.deps-installed ]; then $(MAKE) --no-print-directory bench-peers; \
+	else echo "(peer table skipped: \`make bench-peers\` builds the peers' environment and runs it)"; fi
+
+# The real peers (TransformerLens 2.x, auto-circuit, nnsight if it installs) in their own venv, run
+# side by side with circuitbench on the same weights, prompts and metric (README, "Performance").
+PEERS := benchmarks/peers/.venv
+PEERS_PY := $(PEERS)/bin/python
+$(PEERS_PY):
+	$(PYTHON) -m venv $(PEERS)
+
+$(PEERS)/.torch-installed: | $(PEERS_PY)
+	$(PEERS_PY) -m pip install --disable-pip-version-check -q "$(TORCH_SPEC)"
+	touch $@
+
+$(PEERS)/.deps-installed: benchmarks/peers/requirements.txt $(PEERS)/.torch-installed
+	$(PEERS_PY) -m pip install --disable-pip-version-check -q -r benchmarks/peers/requirements.txt
+	$(PEERS_PY) -m pip install --disable-pip-version-check -q nnsight || echo "nnsight did not install: skipped"
+	touch $@
+
+BENCH_ROUNDS ?= 3
+# 8 prompts: 3 rounds then fit in ~15 min on 2 shared cores (the per-head loops dominate)
+BENCH_PEERS_N ?= 8
+bench-peers: setup $(PEERS)/.deps-installed
+	$(PY) benchmarks/peer_compare.py --peers-python $(PEERS_PY) --rounds $(BENCH_ROUNDS) --n $(BENCH_PEERS_N)
+
+# Scale curves (opt-in: GPT-2 medium/large take long and much memory on a small machine)
+bench-scale: setup
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) results build dist

@@ -180,8 +180,34 @@ def layer_input_gradients(model: LoadedModel, grads: InputGradients, layer: int)
     return torch.cat(parts, 0)
 
 
-def accumulate_edge_scores(model: LoadedModel, graph: ComponentGraph, delta: torch.Tensor, grads: InputGradients,
-                           scores: torch.Tensor, weight: float = 1.0) -> None:
+@dataclass
+class DestinationGradients:
+    """∂m/∂x_v of every node input, assembled: per block [3·n_heads (+1), batch, pos, d_model]
+    (layer_input_gradients' layout) and at the logits' input [batch, pos, d_model]; a weighted
+    sum over several gradient passes (EAP-IG's steps) when built with `add`."""
+
+    per_layer: list[torch.Tensor]
+    final: torch.Tensor
+
+    @classmethod
+    def zeros(cls) -> DestinationGradients:
+        return cls([], torch.zeros(()))
+
+    def add(self, model: LoadedModel, grads: InputGradients, weight: float = 1.0) -> None:
+        """self += weight · (grads assembled per destination). The scores are linear in ∂m/∂x_v,
+        so summing these first lets the steps share one contraction with the source outputs."""
+        layers = [weight * layer_input_gradients(model, grads, l) for l in range(model.n_layers)]
+        if not self.per_layer:
+            self.per_layer, self.final = layers, weight * grads.final
+            return
+        for acc, g in zip(self.per_layer, layers):
+            acc += g
+        self.final = self.final + weight * grads.final
+
+
+def accumulate_edge_scores(model: LoadedModel, graph: ComponentGraph, delta: torch.Tensor,
+                           grads: InputGradients | DestinationGradients, scores: torch.Tensor,
+                           weight: float = 1.0) -> None:
     """scores[u, v] += weight · Σ_{batch, pos} delta[u] · ∂m/∂x_v, block by block (only the sources
     upstream of each block are multiplied). `delta` is source-major (`output_deltas`): each block is
     one [upstream, batch·pos·d] × [batch·pos·d, destinations] product in the model's dtype (EAP-IG's
@@ -189,7 +215,8 @@ def accumulate_edge_scores(model: LoadedModel, graph: ComponentGraph, delta: tor
     per_layer = 3 * model.n_heads + int(model.has_mlp)
     flat = delta.reshape(delta.shape[0], -1)  # a view: delta is contiguous
     for layer in range(model.n_layers):
-        g = layer_input_gradients(model, grads, layer)
+        g = grads.per_layer[layer] if isinstance(grads, DestinationGradients) else \
+            layer_input_gradients(model, grads, layer)
         g = g.reshape(g.shape[0], -1).to(flat.dtype)  # [dst, batch·pos·d], a view
         upstream = max(graph.n_upstream(dst) for dst in graph.destinations[layer * per_layer:(layer + 1) * per_layer])
         block = flat[:upstream] @ g.T

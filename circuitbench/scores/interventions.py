@@ -15,7 +15,7 @@ Every metric here is oriented so that higher is better.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -34,6 +34,7 @@ from circuitbench.specs.registries import METRICS
 # only END logits are unembedded (answer metrics) the tensor is [rows, 1, vocab] and more fit.
 MAX_ROWS = 64
 MAX_ROWS_END_ONLY = 256
+MAX_TOKENS_CPU = 512  # see rows_per_forward
 Input = Literal["clean", "corrupted"]
 BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L, mlp_out.L and metric.<id> of every prompt
 
@@ -45,10 +46,16 @@ def oriented_metric(metric: str, logits: torch.Tensor, batch: Batch) -> torch.Te
     return values if m.higher_is_better else -values
 
 
-def end_only_logits(metric: str, batch: Batch) -> tuple[list[Hook], Batch]:
+def end_only_logits(metric: str, batch: Batch, model: LoadedModel | None = None,
+                    touched: Iterable[Site] = ()) -> tuple[list[Hook], Batch]:
     """For answer metrics, which read logits at END only: a hook that unembeds just the END row
     of each prompt (the vocabulary projection of every position is most of a small model's
-    forward), and the batch re-indexed to match. Other metrics: no hook, the batch as it is."""
+    forward), and the batch re-indexed to match. Other metrics: no hook, the batch as it is.
+
+    Given the model, the last block's MLP runs on END alone too, unless another hook of the
+    forward reads or edits it (`touched`): nothing after it reads another position, and its
+    [batch, 1, d_model] output broadcasts over the residual add (END exact; the other positions of
+    the last block's output are never read)."""
     if not METRICS.get(metric).needs_answer:
         return [], batch
 
@@ -57,11 +64,23 @@ def end_only_logits(metric: str, batch: Batch) -> tuple[list[Hook], Batch]:
         return x[rows, batch.end.to(x.device)][:, None]
 
     end_first = replace(batch, positions={**batch.positions, "END": torch.zeros_like(batch.end)})
-    return [(hooks.unembed_in(), take_end)], end_first
+    edits: list[Hook] = [(hooks.unembed_in(), take_end)]
+    if model is not None and model.has_mlp:
+        last = model.n_layers - 1
+        late = {hooks.resid_mid(last), hooks.mlp_in(last), hooks.mlp_out(last), hooks.resid_post(last)}
+        if not late & set(touched):
+            edits.append((hooks.mlp_in(last), take_end))
+    return edits, end_first
 
 
-def rows_per_forward(metric: str) -> int:
-    return MAX_ROWS_END_ONLY if METRICS.get(metric).needs_answer else MAX_ROWS
+def rows_per_forward(metric: str, device: torch.device | None = None, width: int = 1) -> int:
+    """Rows (prompt copies) per patched forward of prompts `width` tokens wide. On CPU at most
+    MAX_TOKENS_CPU tokens: the MLP's elementwise work on [tokens, d_mlp] then stays in cache, and
+    larger stacks gain nothing on the matrix products (measured on GPT-2 small, `make bench-peers`)."""
+    rows = MAX_ROWS_END_ONLY if METRICS.get(metric).needs_answer else MAX_ROWS
+    if device is not None and device.type == "cpu":
+        rows = min(rows, max(1, MAX_TOKENS_CPU // max(width, 1)))
+    return rows
 
 
 def position_mask(batch: Batch, positions: Positions) -> torch.Tensor:
@@ -103,14 +122,25 @@ def base_run_sites(model: LoadedModel) -> list[Site]:
 
 
 def record_base_run(model: LoadedModel, tokens: torch.Tensor,
-                    unembed: Sequence[Hook] = ()) -> tuple[torch.Tensor, BaseRun]:
-    """(logits, the run's block inputs, head outputs and MLP outputs) of one unpatched forward;
-    `unembed`: the hooks of `end_only_logits`, for answer metrics (then only END is unembedded)."""
-    logits, cache = model.run_with_cache(tokens, base_run_sites(model), unembed)
+                    edits: Sequence[Hook] = ()) -> tuple[torch.Tensor, BaseRun]:
+    """(logits, the run's block inputs, head outputs and MLP outputs) of one unpatched forward
+    (`edits`: hooks that do not change those, e.g. end_only_logits's)."""
+    logits, cache = model.run_with_cache(tokens, base_run_sites(model), edits)
     n = model.n_layers
     return logits, BaseRun(resid=[cache[hooks.resid_pre(l)] for l in range(n)],
                            z=[cache[hooks.head_outputs(l)] for l in range(n)],
                            mlp=[cache[hooks.mlp_out(l)] for l in range(n)] if model.has_mlp else None)
+
+
+def record_scored_run(model: LoadedModel, scored: Batch, metric: str,
+                      tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, BaseRun]:
+    """(the raw per-prompt `metric` [batch], the run) of one unpatched forward of `scored` (or of
+    `tokens`, as wide or wider), unembedding only END for answer metrics: the vocabulary
+    projection of every position is a large share of a small model's forward."""
+    sites = base_run_sites(model)
+    unembed_hooks, end_batch = end_only_logits(metric, scored, model, sites)
+    logits, run = record_base_run(model, scored.tokens if tokens is None else tokens, unembed_hooks)
+    return METRICS.get(metric).compute(logits[:, : scored.tokens.shape[1]], end_batch), run
 
 
 def _input_batch(batch: Batch, which: Input) -> Batch:
@@ -138,9 +168,8 @@ def _collect_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodCont
     values = []
     start = 0
     for batch in data.batches(ctx.batch_size):
-        unembed, scored = end_only_logits(ctx.metric, _input_batch(batch, which))
-        logits, run = record_base_run(model, inputs[start : start + len(batch)], unembed)
-        values.append(METRICS.get(ctx.metric).compute(logits[:, : scored.tokens.shape[1]], scored).cpu())
+        raw, run = record_scored_run(model, _input_batch(batch, which), ctx.metric, inputs[start : start + len(batch)])
+        values.append(raw.cpu())
         named = {hooks.resid_pre(l): t for l, t in enumerate(run.resid)}
         named.update({hooks.head_outputs(l): t for l, t in enumerate(run.z)})
         named.update({hooks.mlp_out(l): t for l, t in enumerate(run.mlp or [])})
@@ -188,9 +217,8 @@ def base_runs(
         for which in inputs:
             kept = stored[which]
             if kept is None:
-                unembed, scored = end_only_logits(ctx.metric, _input_batch(batch, which))
-                logits, run = record_base_run(model, scored.tokens, unembed)
-                run.metric = oriented_metric(ctx.metric, logits, scored)
+                raw, run = record_scored_run(model, _input_batch(batch, which), ctx.metric)
+                run.metric = raw if higher else -raw
                 runs[which] = run
                 continue
             rows = lambda site, _kept=kept: _kept[str(site)][start:stop, :width].to(model.device)  # noqa: E731
@@ -223,7 +251,7 @@ def metric_per_copy(
     and blocks before `layer` are skipped: this is what makes exact patching fast."""
     sites = [site] if isinstance(site, Site) else list(site)
     b = len(batch)
-    group = max(1, min(len(items), rows_per_forward(metric) // max(b, 1)))
+    group = max(1, min(len(items), rows_per_forward(metric, model.device, batch.tokens.shape[1]) // max(b, 1)))
     out = torch.zeros(len(items), b, dtype=torch.float64)
     for first in range(0, len(items), group):
         chunk = items[first : first + group]
@@ -238,7 +266,7 @@ def metric_per_copy(
                 return x.view(len(_chunk) * b, *x.shape[2:])
             return patch
 
-        unembed_hooks, scored = end_only_logits(metric, rep)
+        unembed_hooks, scored = end_only_logits(metric, rep, model, sites)
         edits: list[Hook] = [(at, patch_at(at)) for at in sites]
         logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks], resume=(layer, resid.repeat(g, 1, 1)))
         out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)

@@ -3,49 +3,77 @@ patching, optionally with integrated gradients along the path from the corrupted
 block-0 input (midpoints k + 1/2 of N steps; the edge method `eap_ig` follows the published rule)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
-from circuitbench.scores.interventions import base_runs, end_only_logits, oriented_metric
+from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, record_scored_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttributionOptions
 from circuitbench.scores.methods.outputs import NodeScores
+from circuitbench.specs.registries import METRICS
+
+
+@dataclass
+class _Pass:
+    """One forward and backward on the clean prompts: the head outputs z and MLP outputs it ran
+    with, their gradients, and its metric (higher is better)."""
+
+    z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head]
+    mlp: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] (empty: no MLPs)
+    z_grads: list[torch.Tensor]
+    mlp_grads: list[torch.Tensor]
+    metric: torch.Tensor  # [batch]
 
 
 def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> NodeScores:
     """score ≈ −(z_corr − z_clean) · ∂m/∂z summed over positions and d_head (an MLP: its output
     and d_model), normalised like noising activation patching. With ig_steps > 0 the gradient is
-    averaged along the straight path between the corrupted and clean block-0 inputs."""
+    averaged along the straight path between the corrupted and clean block-0 inputs.
+
+    Plain attribution without an activation cache costs one corrupted forward and one clean
+    forward with its backward: the clean base run is the gradient pass itself (its z and MLP
+    outputs are recorded on the way), and answer metrics unembed END only."""
     opts = AttributionOptions.model_validate(ctx.options)
     n_layers = model.n_layers
     total = torch.zeros(n_layers, model.n_heads, dtype=torch.float64)
     total_mlp = torch.zeros(n_layers, dtype=torch.float64)
     m_clean = m_corr = 0.0
+    one_pass = opts.ig_steps == 0 and ctx.cache_entry is None
     with model.frozen_weights():
-        for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
-            clean_run, corrupt_run = runs["clean"], runs["corrupted"]
-            m_clean += float(clean_run.metric.double().sum())
+        for batch, runs in _runs(model, data, ctx, one_pass):
+            corrupt_run = runs["corrupted"]
             m_corr += float(corrupt_run.metric.double().sum())
-            alphas = [1.0] if opts.ig_steps == 0 else [(k + 0.5) / opts.ig_steps for k in range(opts.ig_steps)]
-            grads = [torch.zeros_like(z, dtype=torch.float64) for z in clean_run.z]
-            mlp_grads = [torch.zeros_like(m, dtype=torch.float64) for m in clean_run.mlp or []]
-            for alpha in alphas:
-                z_grads, out_grads = _gradients(model, batch, clean_run.resid[0], corrupt_run.resid[0], alpha, ctx)
-                for l, g in enumerate(z_grads):
-                    grads[l] += g.double() / len(alphas)
-                for l, g in enumerate(out_grads):
-                    mlp_grads[l] += g.double() / len(alphas)
+            if one_pass:
+                clean = _gradients(model, batch, None, None, 1.0, ctx)
+                clean_z, clean_mlp, grads, mlp_grads = clean.z, clean.mlp, clean.z_grads, clean.mlp_grads
+                m_clean += float(clean.metric.double().sum())
+            else:
+                clean_run = runs["clean"]
+                clean_z, clean_mlp = clean_run.z, clean_run.mlp or []
+                m_clean += float(clean_run.metric.double().sum())
+                alphas = [1.0] if opts.ig_steps == 0 else [(k + 0.5) / opts.ig_steps for k in range(opts.ig_steps)]
+                grads = [torch.zeros_like(z, dtype=torch.float64) for z in clean_z]
+                mlp_grads = [torch.zeros_like(m, dtype=torch.float64) for m in clean_mlp]
+                for alpha in alphas:
+                    step = _gradients(model, batch, clean_run.resid[0], corrupt_run.resid[0], alpha, ctx)
+                    for l, g in enumerate(step.z_grads):
+                        grads[l] += g.double() / len(alphas)
+                    for l, g in enumerate(step.mlp_grads):
+                        mlp_grads[l] += g.double() / len(alphas)
             valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
             for l in range(n_layers):
-                delta = (corrupt_run.z[l] - clean_run.z[l]).double() * valid[:, :, None, None]
-                total[l] += (delta * grads[l]).sum((0, 1, 3)).cpu()
-            if clean_run.mlp is not None and corrupt_run.mlp is not None:
+                delta = (corrupt_run.z[l] - clean_z[l]).to(grads[l].dtype) * valid[:, :, None, None]
+                total[l] += (delta * grads[l]).double().sum((0, 1, 3)).cpu()
+            if clean_mlp and corrupt_run.mlp is not None:
                 for l in range(n_layers):
-                    delta = (corrupt_run.mlp[l] - clean_run.mlp[l]).double() * valid[:, :, None]
-                    total_mlp[l] += float((delta * mlp_grads[l]).sum())
+                    delta = (corrupt_run.mlp[l] - clean_mlp[l]).to(mlp_grads[l].dtype) * valid[:, :, None]
+                    total_mlp[l] += float((delta * mlp_grads[l]).double().sum())
             ctx.advance(len(batch))
     total, total_mlp, m_clean, m_corr, n = ctx.sum_shards((total, total_mlp, m_clean, m_corr, len(data)))
     gap = (m_clean - m_corr) / n
@@ -56,32 +84,55 @@ def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCo
     return NodeScores(heads, (-(total_mlp / n) / gap).numpy() if model.has_mlp else None)
 
 
-def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor, resid_corr: torch.Tensor,
-               alpha: float, ctx: MethodContext) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+          one_pass: bool) -> Iterator[tuple[Batch, dict[str, BaseRun]]]:
+    """Per batch: the base runs attribution needs (one_pass: the corrupted run only)."""
+    if not one_pass:
+        yield from base_runs(model, data, ctx, ("clean", "corrupted"))
+        return
+    higher = METRICS.get(ctx.metric).higher_is_better
+    for batch in data.batches(ctx.batch_size):
+        raw, run = record_scored_run(model, batch.as_corrupted(), ctx.metric)
+        run.metric = raw if higher else -raw
+        yield batch, {"corrupted": run}
+
+
+def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor | None, resid_corr: torch.Tensor | None,
+               alpha: float, ctx: MethodContext) -> _Pass:
     """∂(sum of the metric)/∂z per layer [batch, pos, n_heads, d_head] and ∂/∂(MLP output) per
     layer [batch, pos, d_model], on the clean prompts with the block-0 input set to corr +
-    alpha·(clean − corr) (alpha = 1: the clean run itself)."""
+    alpha·(clean − corr) (resid_clean None: the clean run itself, whose z and MLP outputs are
+    then the clean ones)."""
     kept: list[torch.Tensor] = []
     kept_mlp: list[torch.Tensor] = []
 
     def start(x: torch.Tensor) -> torch.Tensor:
+        assert resid_clean is not None and resid_corr is not None
         mixed = resid_corr + alpha * (resid_clean - resid_corr)
         return mixed.detach().clone().to(x.dtype).requires_grad_(True)
 
     def keeper(into: list[torch.Tensor]):
         def keep(x: torch.Tensor) -> torch.Tensor:
-            x.retain_grad()
+            if not x.requires_grad:  # nothing upstream needs a gradient (the clean run, weights frozen)
+                x = x.detach().requires_grad_(True)
+            else:
+                x.retain_grad()
             into.append(x)
             return x
         return keep
 
-    edits: list[Hook] = [(hooks.resid_pre(0), start)] + [(hooks.head_outputs(l), keeper(kept))
-                                                         for l in range(model.n_layers)]
+    edits: list[Hook] = [(hooks.head_outputs(l), keeper(kept)) for l in range(model.n_layers)]
     if model.has_mlp:
         edits += [(hooks.mlp_out(l), keeper(kept_mlp)) for l in range(model.n_layers)]
-    unembed, scored = end_only_logits(ctx.metric, batch)  # answer metrics: only END is unembedded
+    unembed_hooks, scored = end_only_logits(ctx.metric, batch, model, [site for site, _ in edits])
+    if resid_clean is not None:
+        edits.insert(0, (hooks.resid_pre(0), start))
+    metric = METRICS.get(ctx.metric)
     with torch.enable_grad():
-        logits = model.run_with_hooks(batch.tokens, edits + unembed, grad=True)
-        oriented_metric(ctx.metric, logits, scored).sum().backward()
+        logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks, grad=True)
+        raw = metric.compute(logits, scored)
+        oriented = raw if metric.higher_is_better else -raw
+        oriented.sum().backward()
     grad = lambda xs: [x.grad.detach() if x.grad is not None else torch.zeros_like(x) for x in xs]  # noqa: E731
-    return grad(kept), grad(kept_mlp)
+    return _Pass(z=[z.detach() for z in kept], mlp=[m.detach() for m in kept_mlp], z_grads=grad(kept),
+                 mlp_grads=grad(kept_mlp), metric=oriented.detach())

@@ -25,6 +25,7 @@ from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.edges import (
+    DestinationGradients,
     accumulate_edge_scores,
     check_edges,
     edge_layer,
@@ -107,10 +108,11 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Edge
                 if clean.mlp is not None and corrupt.mlp is not None:
                     groups.append([(hooks.mlp_out(l), clean.mlp[l], corrupt.mlp[l])])
             plans = [[_interpolate(site, c, k, a) for site, c, k in group] for group in groups for a in alphas]
+        summed = DestinationGradients.zeros()  # the steps' gradients, contracted with delta once
         for plan in plans:
             first, extra = (plan[0], plan[1:]) if opts.variant == "inputs" else (None, plan)
-            grads = input_gradients(model, batch, ctx, first=first, extra=extra)
-            accumulate_edge_scores(model, graph, delta, grads, total, weight=1.0 / len(plans))
+            summed.add(model, input_gradients(model, batch, ctx, first=first, extra=extra), 1.0 / len(plans))
+        accumulate_edge_scores(model, graph, delta, summed, total)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True),
