@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_export import bench_prompts  # noqa: E402
 
 from circuitbench.models.loading import load_model  # noqa: E402
-from circuitbench.scores.edges import node_outputs, patched_edge_metrics, valid_positions  # noqa: E402
+from circuitbench.scores.edges import output_deltas, patched_edge_metrics, valid_positions  # noqa: E402
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
 from circuitbench.scores.interventions import base_runs  # noqa: E402
 from circuitbench.scores.methods.context import MethodContext  # noqa: E402
@@ -152,7 +152,7 @@ def edge_patching(root: Path) -> dict:
         for batch, runs in base_runs(model, prompts, ctx, ("clean", "corrupted")):
             clean, corrupt = runs["clean"], runs["corrupted"]
             valid = valid_positions(batch, model.device)
-            delta = (node_outputs(model, corrupt) - node_outputs(model, clean)) * valid[:, :, None, None]
+            delta = output_deltas(model, clean, corrupt, valid)  # source-major, as patched_edge_metrics reads it
             sums += patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
         return (sums / len(prompts)).tolist()
 
