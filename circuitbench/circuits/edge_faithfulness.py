@@ -18,6 +18,7 @@ from circuitbench.circuits.faithfulness import (
     ALSO_UNDER,
     Candidate,
     FaithfulnessReport,
+    assemble_report,
     curves,
     paired_gap,
     undefined_reason,
@@ -166,21 +167,11 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
     """The edge circuit's faithfulness under the rule's ablation (and zero ablation), with MIB's
     curve over edge fractions (or every size, integration: sizes)."""
     baseline = baseline or EdgeBaseline(model, data, rule.ablation, ctx)
-    keep = baseline.keep_of(circuit.edges)
-    m_circuit = baseline.metric(keep)
-    f = None if not baseline.defined else (m_circuit - baseline.m_empty) / (baseline.m_full - baseline.m_empty)
-    by_ablation: dict[str, float | None] = {rule.ablation: f}
-    if ALSO_UNDER != rule.ablation:
-        by_ablation[ALSO_UNDER] = EdgeBaseline(model, data, ALSO_UNDER, ctx).f(circuit.edges)
-    report = FaithfulnessReport(faithfulness=f, metric=ctx.metric, m_circuit=baseline.own_sign(m_circuit),
-                                m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
-                                ablation=rule.ablation, by_ablation=by_ablation,
-                                faithfulness_undefined=baseline.undefined_reason, gap_stderr=baseline.gap_stderr)
-    if rule.curve and f is not None:
-        fields = curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration,
-                        baseline.f_defined, rule.by)
-        report = report.model_copy(update=fields)
-    return report
+    return assemble_report(
+        baseline, baseline.metric(baseline.keep_of(circuit.edges)), rule, ctx.metric,
+        also=lambda: EdgeBaseline(model, data, ALSO_UNDER, ctx).f(circuit.edges),
+        curve=lambda: curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration,
+                             baseline.f_defined, rule.by))
 
 
 def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],

@@ -22,6 +22,7 @@ goes through ctx.sum_shards, so each process computes the one-process numbers.""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -251,20 +252,43 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
     level = "node" if rule.level == "node" else "head"
     baseline = baseline or Baseline(model, data, rule.ablation, ctx, level)
     keep, keep_mlps = set(map(tuple, circuit.heads)), set(circuit.mlps)
-    m_circuit = baseline.metric(keep, keep_mlps)
+    return assemble_report(
+        baseline, baseline.metric(keep, keep_mlps), rule, ctx.metric,
+        also=lambda: Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps),
+        curve=lambda: curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
+                             baseline.f_nodes, rule.by))
+
+
+class ReportBaseline(Protocol):
+    """What a report needs of a node (`Baseline`) or edge (`EdgeBaseline`) baseline."""
+
+    m_full: float
+    m_empty: float
+    gap_stderr: float
+
+    @property
+    def defined(self) -> bool: ...
+
+    @property
+    def undefined_reason(self) -> str | None: ...
+
+    def own_sign(self, value: float) -> float: ...
+
+
+def assemble_report(baseline: ReportBaseline, m_circuit: float, rule: CircuitRule, metric: str,
+                    also: Callable[[], float | None], curve: Callable[[], dict]) -> FaithfulnessReport:
+    """The report of a circuit scoring m_circuit against a node or edge baseline: f under the rule's
+    ablation, `also()` under ALSO_UNDER, and the curve's fields (`curve()`) when the rule asks for
+    them and f is defined."""
     f = None if not baseline.defined else (m_circuit - baseline.m_empty) / (baseline.m_full - baseline.m_empty)
     by_ablation: dict[str, float | None] = {rule.ablation: f}
     if ALSO_UNDER != rule.ablation:
-        by_ablation[ALSO_UNDER] = Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps)
-    report = FaithfulnessReport(faithfulness=f, metric=ctx.metric, m_circuit=baseline.own_sign(m_circuit),
+        by_ablation[ALSO_UNDER] = also()
+    report = FaithfulnessReport(faithfulness=f, metric=metric, m_circuit=baseline.own_sign(m_circuit),
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation,
                                 faithfulness_undefined=baseline.undefined_reason, gap_stderr=baseline.gap_stderr)
-    if rule.curve and f is not None:
-        fields = curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
-                        baseline.f_nodes, rule.by)
-        report = report.model_copy(update=fields)
-    return report
+    return report.model_copy(update=curve()) if rule.curve and f is not None else report
 
 
 class Candidate(BaseModel):
