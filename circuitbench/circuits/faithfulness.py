@@ -233,11 +233,6 @@ def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of
             "cmd": float(np.trapezoid(np.abs(1 - ys), xs))}
 
 
-def head_node_scores(scores: np.ndarray) -> dict[str, float]:
-    """{a{L}.h{H}: score} of a [n_layers, n_heads] array, in forward order."""
-    return {f"a{l}.h{h}": float(scores[l, h]) for l, h in np.ndindex(*scores.shape)}
-
-
 def ranked_names(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
     if isinstance(scores, np.ndarray):  # head scores: ranked as heads always were (ties: lower layer, head)
         return [f"a{l}.h{h}" for l, h in ranked_heads(scores, by)]

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph, node_of
 
@@ -57,10 +55,6 @@ class GraphFile:
                  node_scores: dict[str, float], meta: dict[str, object]) -> None:
         self.graph, self.scores, self.edges, self.nodes = graph, scores, edges, nodes
         self.node_scores, self.meta = node_scores, meta
-
-    @property
-    def score_matrix(self) -> np.ndarray:
-        return self.graph.matrix(self.scores)
 
 
 def read_graph_json(raw: dict, where: str) -> GraphFile:

@@ -120,13 +120,6 @@ class ComponentGraph:
             raise ValueError(f"'{name}' is no edge of this model ({self.describe()}): {src} does not feed {dst}")
         return i, j
 
-    def matrix(self, values: dict[str, float]) -> np.ndarray:
-        """[n_src, n_dst] float matrix from {edge name: value} (0 elsewhere)."""
-        out = np.zeros(self.real_edges.shape)
-        for name, value in values.items():
-            out[self.edge_position(name)] = value
-        return out
-
     def as_dict(self, matrix: np.ndarray) -> dict[str, float]:
         """{edge name: value} of every real edge of an [n_src, n_dst] matrix."""
         return {f"{self.sources[i]}->{self.destinations[j]}": float(matrix[i, j])

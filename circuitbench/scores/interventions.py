@@ -7,9 +7,9 @@
   batch axis, and only END unembedded for answer metrics. This is what makes exact patching fast;
   the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and the
   tests check it.
-- `mean_head_outputs`, `ablated_heads_metric`: mean-ablation values and the metric with a set of
-  heads ablated (faithfulness); `mean_node_outputs`, `ablated_nodes_metric`: the same over heads
-  and MLPs, with each prompt's own counterfactual as a further ablation.
+- `mean_head_outputs`, `mean_node_outputs`: mean-ablation values over heads (and MLPs);
+  `ablated_nodes_metric` / `ablated_nodes_values`: the metric with every head and MLP outside a set
+  ablated (faithfulness), by means, zeros or each prompt's own counterfactual.
 
 Every metric here is oriented so that higher is better.
 """
@@ -373,24 +373,6 @@ def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
                       corrupted: bool = False) -> list[torch.Tensor]:
     """Per-layer [pos, n_heads, d_head] mean of the head outputs (see mean_node_outputs)."""
     return mean_node_outputs(model, data, ctx, corrupted).z
-
-
-def ablated_heads_metric(
-    model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], means: list[torch.Tensor] | None,
-    ctx: MethodContext,
-) -> float:
-    """Mean (higher-is-better) main metric with every head not in `keep` replaced by `means`
-    (per-layer [pos, n_heads, d_head]; None: zeros). `data` may be one process's shard."""
-    return ablated_nodes_metric(model, data, keep, None, None if means is None else NodeMeans(means, None), ctx)
-
-
-def ablated_heads_values(
-    model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], means: list[torch.Tensor] | None,
-    ctx: MethodContext,
-) -> torch.Tensor:
-    """[len(data)] float64 per-prompt (higher-is-better) main metric with every head not in `keep`
-    replaced by `means` (None: zeros), on this process's prompts."""
-    return ablated_nodes_values(model, data, keep, None, None if means is None else NodeMeans(means, None), ctx)
 
 
 COUNTERFACTUAL = "counterfactual"  # ablation by each prompt's own counterfactual activations (MIB's patching)

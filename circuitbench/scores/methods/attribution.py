@@ -12,7 +12,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
-from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, record_scored_run
+from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, oriented_metric, record_scored_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttributionOptions
 from circuitbench.scores.methods.outputs import NodeScores
@@ -127,11 +127,9 @@ def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor | Non
     unembed_hooks, scored = end_only_logits(ctx.metric, batch, model, [site for site, _ in edits])
     if resid_clean is not None:
         edits.insert(0, (hooks.resid_pre(0), start))
-    metric = METRICS.get(ctx.metric)
     with torch.enable_grad():
         logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks, grad=True)
-        raw = metric.compute(logits, scored)
-        oriented = raw if metric.higher_is_better else -raw
+        oriented = oriented_metric(ctx.metric, logits, scored)
         oriented.sum().backward()
     grad = lambda xs: [x.grad.detach() if x.grad is not None else torch.zeros_like(x) for x in xs]  # noqa: E731
     return _Pass(z=[z.detach() for z in kept], mlp=[m.detach() for m in kept_mlp], z_grads=grad(kept),
