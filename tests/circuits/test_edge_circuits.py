@@ -23,17 +23,23 @@ def toy_run(tmp_path_factory):
     """induction on toy-induction-2l with the permuted counterfactual (the default one keeps the first
     half, so the previous-token head's output at the keys the induction heads read is the same in
     both runs: K-composition is invisible to patching with it)."""
-    out = tmp_path_factory.mktemp("edges")
+    path = _run_induction(tmp_path_factory.mktemp("edges"), ["eap", "eap_ig", "edge_patching"],
+                          CircuitRule(level="edge", top_k=10))
+    return path, load_result(path)
+
+
+def _run_induction(out, methods: list[str], rule: CircuitRule):
+    """induction (16 prompts, permuted counterfactual) on toy-induction-2l with these edge methods
+    and circuit rule; the result's path."""
     spec = load_task("induction")
     spec = spec.model_copy(update={
-        "n_prompts": 16, "methods": ["eap", "eap_ig", "edge_patching"],
+        "n_prompts": 16, "methods": methods,
         "method_options": {"eap_ig": {"variant": "activations", "steps": 3}},
         "generator": spec.generator.model_copy(update={"counterfactual": "permuted_positions"}),
-        "circuit": CircuitRule(level="edge", top_k=10)})
+        "circuit": rule})
     path = out / "induction.yaml"
     path.write_text(json.dumps(spec.model_dump(mode="json")))
-    outcome = cb.run(str(path), "toy-induction-2l", cb.RunOptions(batch_size=16, out=str(out), cache=False))[0]
-    return outcome.path, load_result(outcome.path)
+    return cb.run(str(path), "toy-induction-2l", cb.RunOptions(batch_size=16, out=str(out), cache=False))[0].path
 
 
 def test_edge_circuit_holds_the_k_composition_edge(toy_run):
@@ -86,16 +92,7 @@ def test_every_methods_cpr_and_cmd_are_its_own_circuits(toy_run, tmp_path):
     assert set(c.by_method) == {"eap", "eap_ig", "edge_patching"}
     assert c.by_method[c.method] == {"faithfulness": c.faithfulness, "cpr": c.cpr, "cmd": c.cmd}
     other = next(m for m in ("eap", "eap_ig") if m != c.method)
-    spec = load_task("induction")
-    spec = spec.model_copy(update={
-        "n_prompts": 16, "methods": [other],
-        "method_options": {"eap_ig": {"variant": "activations", "steps": 3}},
-        "generator": spec.generator.model_copy(update={"counterfactual": "permuted_positions"}),
-        "circuit": CircuitRule(level="edge", top_k=10, method=other)})
-    path = tmp_path / "induction.yaml"
-    path.write_text(json.dumps(spec.model_dump(mode="json")))
-    alone = load_result(cb.run(str(path), "toy-induction-2l",
-                               cb.RunOptions(batch_size=16, out=str(tmp_path), cache=False))[0].path).circuit
+    alone = load_result(_run_induction(tmp_path, [other], CircuitRule(level="edge", top_k=10, method=other))).circuit
     assert alone.method == other
     for key in ("faithfulness", "cpr", "cmd"):
         assert c.by_method[other][key] == pytest.approx(getattr(alone, key), abs=1e-6), key
