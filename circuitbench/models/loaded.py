@@ -6,6 +6,7 @@ TransformerLens. `bridge` stays public for notebook users who want TransformerLe
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.hooks import Site, attn_out, embed, mlp_out, resid_post, resid_pre, tl_hook_name
+from circuitbench.models.prefix import KeyValuePrefix, cache_reaches_attention, record_prefix
 from circuitbench.models.resume import BlockFormat, block_output_formats, skip_blocks_before
 from circuitbench.models.smeared_keys import SmearedKeyProjection
 from circuitbench.prompts.encoding import Vocabulary
 
+logger = logging.getLogger(__name__)
 Init = Literal["pretrained", "random"]
 DeviceMap = Literal["auto"]
 # A hook sees the activation at its site and returns its replacement (None: keep it as it is).
@@ -85,6 +88,7 @@ class LoadedModel:
     fingerprint: str = ""  # models/fingerprint.py: what identifies the weights beyond the name
     _formats: list[BlockFormat] | None = field(default=None, repr=False)
     _attention: dict[int, AttentionWeights] = field(default_factory=dict, repr=False)
+    _prefix_ok: bool | None = field(default=None, repr=False)
 
     # --- shape -----------------------------------------------------------------------------
     @property
@@ -193,11 +197,14 @@ class LoadedModel:
         *,
         resume: tuple[int, torch.Tensor] | None = None,
         grad: bool = False,
+        prefix: KeyValuePrefix | None = None,
     ) -> torch.Tensor:
         """[batch, pos, d_vocab] logits with `hooks` editing their sites.
 
         `resume=(layer, resid)` starts the forward at block `layer` with `resid` [batch, pos,
         d_model] as its input: blocks before it do no work (what makes exact patching fast).
+        `prefix` (see prefix_forwards): `tokens` are the positions after it, the prefix's keys and
+        values stand in for its own positions (its batch tiled to `tokens`' rows, copy-major).
         `grad=True` keeps the autograd graph (attribution methods); otherwise inference mode."""
         tl_hooks = [(tl_hook_name(site), _as_tl_hook(fn)) for site, fn in hooks]
         skip = nullcontext()
@@ -205,8 +212,39 @@ class LoadedModel:
             layer, resid = resume
             tl_hooks.insert(0, (tl_hook_name(resid_pre(layer)), _replacement(resid)))
             skip = skip_blocks_before(self.bridge, layer, self.block_formats())
-        with (nullcontext() if grad else torch.inference_mode()), skip:
-            return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=tl_hooks)
+        extra: dict[str, Any] = {}
+        cached = nullcontext()
+        if prefix is not None:
+            extra["past_key_values"] = prefix.cache(tokens.shape[0] // prefix.batch)
+            cached = cache_reaches_attention(self.bridge)
+        with (nullcontext() if grad else torch.inference_mode()), skip, cached:
+            return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=tl_hooks, **extra)
+
+    def key_value_prefix(self, tokens: torch.Tensor) -> KeyValuePrefix:
+        """Every block's keys and values on `tokens` [batch, length], for forwards of the positions
+        after them (run_with_hooks's `prefix`)."""
+        return record_prefix(self.bridge, tokens.to(self.device))
+
+    def prefix_forwards(self) -> bool:
+        """Whether forwards from a key/value prefix reproduce this model's full forward (checked once
+        on random tokens, resuming at block 1 as exact patching does): true for causal attention
+        whose cache the bridge honours (HF models); false where the bridge keeps no cache (the native
+        toys, TransformerLens-format checkpoints) and for attention that also looks ahead."""
+        if self._prefix_ok is None:
+            generator = torch.Generator().manual_seed(0)
+            tokens = torch.randint(0, max(1, min(self.d_vocab, 1000)), (2, 6), generator=generator)
+            layer = min(1, self.n_layers - 1)
+            try:
+                full, cache = self.run_with_cache(tokens, [resid_pre(layer)])
+                part = self.run_with_hooks(tokens[:, 3:], resume=(layer, cache[resid_pre(layer)][:, 3:]),
+                                           prefix=self.key_value_prefix(tokens[:, :3]))
+                scale = 1.0 + float(full.abs().max())
+                self._prefix_ok = bool(torch.isfinite(full).all()) and part.shape == full[:, 3:].shape and \
+                    float((part - full[:, 3:]).abs().max()) <= 1e-4 * scale
+            except Exception as exc:  # noqa: BLE001 - any failure means: compute every position
+                logger.debug("key/value prefixes disabled on %s: %s", self.name, exc)
+                self._prefix_ok = False
+        return self._prefix_ok
 
     def run_with_cache(
         self, tokens: torch.Tensor, sites: Iterable[Site], hooks: Sequence[Hook] = ()
@@ -221,6 +259,15 @@ class LoadedModel:
 
         logits = self.run_with_hooks(tokens, [*hooks, *((s, saver(s)) for s in sorted(set(sites)))])
         return logits, cache
+
+    def embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, d_model] the residual stream entering block 0 (what resid_pre.0 records), the
+        forward stopped before any block runs."""
+        with torch.inference_mode():
+            try:
+                return self.bridge.run_with_hooks(tokens.to(self.device), stop_at_layer=0)
+            except NotImplementedError:  # no standard block stack to stop in: a full forward
+                return self.run_with_cache(tokens, [resid_pre(0)])[1][resid_pre(0)]
 
     def first_nonfinite_site(self, tokens: torch.Tensor) -> Site | None:
         """The first site, in forward order, whose activation holds NaN or inf on `tokens` (None:

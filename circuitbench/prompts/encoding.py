@@ -118,6 +118,24 @@ class Batch:
             targets=None if self.targets is None else cut(self.targets),
         )
 
+    def suffix(self, rows: torch.Tensor, start: int) -> "Batch":
+        """The prompts at `rows` from position `start` on, positions renumbered (lengths and named
+        positions less `start`): what a forward resuming after a shared prefix of `start` tokens sees."""
+        cut = lambda t: t[rows][:, start:]  # noqa: E731
+        return Batch(
+            tokens=cut(self.tokens), corrupted=None if self.corrupted is None else cut(self.corrupted),
+            lengths=self.lengths[rows] - start, answer=self.answer[rows], distractor=self.distractor[rows],
+            positions={k: v[rows] - start for k, v in self.positions.items()}, score_mask=cut(self.score_mask),
+            targets=None if self.targets is None else cut(self.targets),
+        )
+
+    def first_difference(self) -> torch.Tensor:
+        """[batch] the first position where the clean and corrupted tokens differ (the length when
+        they never do): under causal attention every activation before it is the same in both runs."""
+        assert self.corrupted is not None
+        differ = (self.tokens != self.corrupted) & (torch.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None])
+        return torch.where(differ.any(1), differ.to(torch.int8).argmax(1), self.lengths)
+
     def repeated(self, copies: int) -> "Batch":
         """The batch stacked `copies` times (copy-major: row c * B + b)."""
         rep = lambda t: t.repeat(copies, *([1] * (t.dim() - 1)))  # noqa: E731

@@ -25,6 +25,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.hooks import Site
 from circuitbench.models.loaded import Hook, LoadedModel
+from circuitbench.models.prefix import KeyValuePrefix
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import Positions
@@ -241,6 +242,7 @@ def metric_per_copy(
     site: Site | list[Site],
     items: list,
     edit: Callable[[torch.Tensor, object, Site], None],
+    prefix: KeyValuePrefix | None = None,
 ) -> torch.Tensor:
     """[len(items), batch] higher-is-better metric of the batch re-run once per item, resuming at
     block `layer` from `resid` (the base run's block input, [batch, pos, d_model]) with
@@ -248,7 +250,8 @@ def metric_per_copy(
     site, or several at or after `layer`, e.g. a window of layers).
 
     Copies are stacked along the batch axis, as many per forward as `rows_per_forward` allows,
-    and blocks before `layer` are skipped: this is what makes exact patching fast."""
+    and blocks before `layer` are skipped: this is what makes exact patching fast. With `prefix`
+    (LoadedModel.prefix_forwards), `batch` and `resid` are the positions after it (Batch.suffix)."""
     sites = [site] if isinstance(site, Site) else list(site)
     b = len(batch)
     group = max(1, min(len(items), rows_per_forward(metric, model.device, batch.tokens.shape[1]) // max(b, 1)))
@@ -268,7 +271,8 @@ def metric_per_copy(
 
         unembed_hooks, scored = end_only_logits(metric, rep, model, sites)
         edits: list[Hook] = [(at, patch_at(at)) for at in sites]
-        logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks], resume=(layer, resid.repeat(g, 1, 1)))
+        logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks], resume=(layer, resid.repeat(g, 1, 1)),
+                                      prefix=prefix)
         out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)
     return out
 
@@ -286,32 +290,86 @@ def patched_head_metrics(
     return patched_node_metrics(model, batch, base, source_z, None, mask, ctx)
 
 
+@dataclass
+class _Suffix:
+    """Prompts of a batch whose patched forwards start at position `start` (0: every position),
+    with the keys and values of the positions before it."""
+
+    rows: torch.Tensor  # [k] indices into the batch
+    start: int
+    batch: Batch  # Batch.suffix(rows, start)
+    prefix: KeyValuePrefix | None
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        """x [batch, pos, ...] -> [k, pos - start, ...]"""
+        return x[self.rows.to(x.device)][:, self.start:]
+
+
+def _suffixes(model: LoadedModel, batch: Batch, mask: torch.Tensor, unchanged_before: torch.Tensor | None,
+              metric: str) -> list[_Suffix]:
+    """The batch's prompts grouped by the first position a patch can change: the first `mask`
+    position at or after `unchanged_before` (or END, when there is none). Positions before it keep
+    their base-run activations in every patched forward (causal attention), so those forwards run
+    only the positions after it, from the prefix's keys and values. One group at position 0 when the
+    caller knows of no unchanged prefix, the metric reads more than END, or the model cannot."""
+    everything = [_Suffix(torch.arange(len(batch)), 0, batch, None)]
+    if unchanged_before is None or not METRICS.get(metric).needs_answer or not model.prefix_forwards():
+        return everything
+    columns = torch.arange(batch.tokens.shape[1])[None, :]
+    can_change = mask.cpu() & (columns >= unchanged_before[:, None])
+    first = torch.where(can_change.any(1), can_change.to(torch.int8).argmax(1), batch.end)
+    start = torch.minimum(first, batch.end)  # END is always computed
+    groups = []
+    for s in sorted(set(start.tolist())):
+        rows = torch.nonzero(start == s).flatten()
+        prefix = model.key_value_prefix(batch.tokens[rows, :s]) if s > 0 else None
+        groups.append(_Suffix(rows, s, batch.suffix(rows, s), prefix))
+    return groups
+
+
+def _node_edit(src: torch.Tensor, src_mlp: torch.Tensor | None,
+               mask: torch.Tensor) -> Callable[[torch.Tensor, object, Site], None]:
+    """metric_per_copy's edit: item h puts head h's `src` [batch, pos, n_heads, d_head] in place at
+    `mask` [batch, pos] positions, item MLP the block's MLP output `src_mlp` [batch, pos, d_model]."""
+    where = mask[:, :, None]
+
+    def edit(x: torch.Tensor, item: object, site: Site) -> None:
+        if site.kind == "z" and item != MLP:  # x: [batch, pos, n_heads, d_head]
+            x[:, :, item] = torch.where(where, src[:, :, item].to(x.dtype), x[:, :, item])
+        elif site.kind == "mlp_out" and item == MLP:  # x: [batch, pos, d_model]
+            assert src_mlp is not None
+            x[:] = torch.where(where, src_mlp.to(x.dtype), x)
+    return edit
+
+
 def patched_node_metrics(
     model: LoadedModel, batch: Batch, base: BaseRun, source_z: ZSource, source_mlp: MlpSource | None,
-    mask: torch.Tensor, ctx: MethodContext,
+    mask: torch.Tensor, ctx: MethodContext, unchanged_before: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[n_layers, n_heads (+ 1)] sum over the batch's prompts of the metric when one head's output
     (or, in the last column when `source_mlp` is given, the block's MLP output) is replaced at
-    `mask` positions. A block's MLP is one more copy in the forwards that patch its heads."""
-    mask_dev = mask.to(model.device)[:, :, None]
+    `mask` positions. A block's MLP is one more copy in the forwards that patch its heads.
+
+    `unchanged_before` [batch]: positions before which the sources equal the base run (e.g. where
+    a counterfactual's tokens still match, `Batch.first_difference`); the forwards then skip them
+    (see _suffixes)."""
+    parts = _suffixes(model, batch, mask, unchanged_before, ctx.metric)
     rows = []
     for layer in range(model.n_layers):
         src = source_z(layer)
         src_mlp = source_mlp(layer) if source_mlp is not None else None
-
-        def edit(x: torch.Tensor, item, site: Site, _src=src, _mlp=src_mlp) -> None:
-            if site.kind == "z" and item != MLP:  # x: [batch, pos, n_heads, d_head]
-                x[:, :, item] = torch.where(mask_dev, _src[:, :, item].to(x.dtype), x[:, :, item])
-            elif site.kind == "mlp_out" and item == MLP:  # x: [batch, pos, d_model]
-                x[:] = torch.where(mask_dev, _mlp.to(x.dtype), x)
-
         items: list = list(range(model.n_heads))
         sites = [hooks.head_outputs(layer)]
         if src_mlp is not None:
             items.append(MLP)
             sites.append(hooks.mlp_out(layer))
-        values = metric_per_copy(model, batch, ctx.metric, layer, base.resid[layer], sites, items, edit)
-        rows.append(values.sum(1))
+        total = torch.zeros(len(items), dtype=torch.float64)
+        for part in parts:
+            edit = _node_edit(part.cut(src), None if src_mlp is None else part.cut(src_mlp),
+                              part.cut(mask.to(model.device)))
+            total += metric_per_copy(model, part.batch, ctx.metric, layer, part.cut(base.resid[layer]), sites, items,
+                                     edit, prefix=part.prefix).sum(1)
+        rows.append(total)
         ctx.advance_heads(model.n_heads)
     return torch.stack(rows)
 

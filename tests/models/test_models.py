@@ -28,6 +28,15 @@ def test_local_dir_bridge_matches_hf(tiny_models, arch):
     if attn.b_O is not None:  # Llama has no output bias
         rebuilt = rebuilt + attn.b_O
     assert (rebuilt - cache["blocks.1.hook_attn_out"]).abs().max().item() < 1e-4
+    # the embeddings alone (a forward stopped before block 0) are what block 0 reads in a full run
+    from circuitbench.models import hooks
+
+    calls = []
+    handle = model.bridge.blocks[0].original_component.register_forward_pre_hook(lambda *_: calls.append(1))
+    embedded = model.embeddings(tokens)
+    handle.remove()
+    _, full = model.run_with_cache(tokens, [hooks.resid_pre(0)])
+    assert not calls and torch.equal(embedded, full[hooks.resid_pre(0)])
 
 
 def test_registry_parameter_counts_match_architecture():

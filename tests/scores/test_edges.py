@@ -251,3 +251,35 @@ def test_eap_ig_step_points_and_variants(tiny):
     expected = (-(total / 4) / (m_clean - m_corr)).numpy() * graph.real_edges
     assert np.abs(edge_scores["eap_ig"].scores - expected).max() < 1e-6
     assert not np.allclose(edge_scores["eap_ig"].scores, edge_scores["eap"].scores)
+
+
+class _NoRoomCache:
+    """An activation cache entry without room: base runs are computed batch by batch, as with no
+    cache, but eap_ig cannot share its α = 0 step (the corrupted run is expected from the cache)."""
+
+    def read(self, *_):
+        return None
+
+    def room_for(self, _):
+        return False
+
+
+def test_eap_ig_inputs_shares_the_alpha_zero_step_with_the_corrupted_run(tiny):
+    """α = 0 runs the counterfactual input itself: m steps cost m + 1 forwards per batch (the clean
+    base run and the steps), not m + 2, and give the scores of a separate corrupted run."""
+    from circuitbench.scores.methods.edges import eap_ig
+
+    model, data = tiny[0], tiny[1]
+    calls = []
+    handle = model.bridge.blocks[-1].original_component.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        shared = eap_ig(model, data, MethodContext(batch_size=4, metric="logit_diff", options={"steps": 3}))
+        shared_forwards, calls[:] = len(calls), []
+        separate = eap_ig(model, data, MethodContext(batch_size=4, metric="logit_diff", options={"steps": 3},
+                                                     cache_entry=_NoRoomCache()))
+        separate_forwards = len(calls)
+    finally:
+        handle.remove()
+    assert (shared_forwards, separate_forwards) == (3 + 1, 3 + 2)
+    assert np.abs(shared.scores - separate.scores).max() < 1e-6
+    assert np.abs(shared.scores).max() > 1e-3

@@ -9,7 +9,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loading import load_model
 from circuitbench.pipeline.unit import run_unit
 from circuitbench.prompts.encoding import encode_task
-from circuitbench.scores.interventions import naive_head_metrics, patched_head_metrics, position_mask, record_base_run
+from circuitbench.scores.interventions import naive_head_metrics, patched_node_metrics, position_mask, record_base_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import score_heads
 from circuitbench.specs.catalog import load_task
@@ -24,12 +24,13 @@ def toy():
     return model, encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
 
 
-def _fast_vs_naive(model, data, metric, positions="all"):
+def _fast_vs_naive(model, data, metric, positions="all", from_first_difference=False):
     ctx = MethodContext(batch_size=8, metric=metric)
     batch = data.batch(0, 6)
     (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
     mask = position_mask(batch, positions)
-    fast = patched_head_metrics(model, batch, clean, lambda l: corrupt.z[l], mask, ctx)
+    unchanged = batch.first_difference() if from_first_difference else None
+    fast = patched_node_metrics(model, batch, clean, lambda l: corrupt.z[l], None, mask, ctx, unchanged)
     slow = naive_head_metrics(model, batch, lambda l: corrupt.z[l], mask, ctx)
     return float((fast - slow).abs().max()), float(slow.abs().max())
 
@@ -48,6 +49,22 @@ def test_fast_patching_equals_naive_loop_on_hf(tiny_models, arch):
     assert diff < 1e-4 and scale > 0
     diff, _ = _fast_vs_naive(model, data, "logit_diff", positions=["S2", "END"])
     assert diff < 1e-4
+    # forwards that start where the counterfactual first differs (or at the first patched
+    # position), from the keys and values before it: the same numbers, fewer positions computed
+    assert model.prefix_forwards()  # (checked once, itself from a prefix)
+    starts = []
+    record = model.key_value_prefix
+    model.key_value_prefix = lambda tokens: starts.append(tokens.shape[1]) or record(tokens)
+    try:
+        for positions in ("all", ["S2", "END"]):
+            diff, _ = _fast_vs_naive(model, data, "logit_diff", positions, from_first_difference=True)
+            assert diff < 1e-4
+    finally:
+        del model.key_value_prefix
+    batch = data.batch(0, 6)
+    first = batch.first_difference()
+    s2_or_end = torch.where(batch.positions["S2"] >= first, batch.positions["S2"], batch.end)
+    assert starts == sorted(set(first.tolist())) + sorted(set(s2_or_end.tolist())) and min(starts) > 0
 
 
 def test_skipped_blocks_do_no_work(toy):
@@ -69,6 +86,8 @@ def test_skipped_blocks_do_no_work(toy):
     assert not calls
     assert (out - logits).abs().max() < 1e-5
     assert "forward" not in vars(model.bridge.blocks[0].original_component)  # restored after the context
+    calls.clear()
+    assert torch.equal(model.embeddings(tokens), run.resid[0]) and not calls  # stopped before block 0
 
 
 def test_toy_methods_find_the_induction_circuit(toy):

@@ -87,6 +87,10 @@ def _interpolate(site, clean: torch.Tensor, corrupt: torch.Tensor, alpha: float)
     return site, lambda x: mixed.to(x.dtype)
 
 
+def _replace(site, value: torch.Tensor) -> Hook:
+    return site, lambda x: value.to(x.dtype)
+
+
 def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeScores:
     opts = EapIgOptions.model_validate(ctx.options)
     check_edges(model, "eap_ig", per_head_inputs=True)
@@ -94,13 +98,27 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Edge
     alphas = _alphas(opts)
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
     m_clean = m_corr = 0.0
-    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
-        clean, corrupt = runs["clean"], runs["corrupted"]
+    # The inputs variant's α = 0 step runs the counterfactual input itself: its forward is the
+    # corrupted base run, so that run is not made separately (one forward fewer per batch), unless
+    # the activation cache holds it already or the counterfactual has its own lengths.
+    shared = opts.variant == "inputs" and alphas[0] == 0.0 and ctx.cache_entry is None \
+        and data.corrupted_lengths is None
+    for batch, runs in base_runs(model, data, ctx, ("clean",) if shared else ("clean", "corrupted")):
+        clean = runs["clean"]
+        summed = DestinationGradients.zeros()  # the steps' gradients, contracted with delta once
+        if shared:
+            assert batch.corrupted is not None
+            step = input_gradients(model, batch, ctx, first=_replace(hooks.resid_pre(0),
+                                                                     model.embeddings(batch.corrupted)))
+            summed.add(model, step, 1.0 / len(alphas))
+            corrupt, alphas_left = step.run, alphas[1:]
+        else:
+            corrupt, alphas_left = runs["corrupted"], alphas
         m_clean += float(clean.metric.double().sum())
         m_corr += float(corrupt.metric.double().sum())
         delta = _delta(model, batch, clean, corrupt)
         if opts.variant == "inputs":
-            plans = [([_interpolate(hooks.resid_pre(0), clean.resid[0], corrupt.resid[0], a)]) for a in alphas]
+            plans = [[_interpolate(hooks.resid_pre(0), clean.resid[0], corrupt.resid[0], a)] for a in alphas_left]
         else:
             groups = [[(hooks.resid_pre(0), clean.resid[0], corrupt.resid[0])]]
             for l in range(model.n_layers):
@@ -108,10 +126,10 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Edge
                 if clean.mlp is not None and corrupt.mlp is not None:
                     groups.append([(hooks.mlp_out(l), clean.mlp[l], corrupt.mlp[l])])
             plans = [[_interpolate(site, c, k, a) for site, c, k in group] for group in groups for a in alphas]
-        summed = DestinationGradients.zeros()  # the steps' gradients, contracted with delta once
         for plan in plans:
             first, extra = (plan[0], plan[1:]) if opts.variant == "inputs" else (None, plan)
-            summed.add(model, input_gradients(model, batch, ctx, first=first, extra=extra), 1.0 / len(plans))
+            summed.add(model, input_gradients(model, batch, ctx, first=first, extra=extra),
+                       1.0 / (len(plans) + int(shared)))
         accumulate_edge_scores(model, graph, delta, summed, total)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))

@@ -49,7 +49,10 @@ def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCon
             base_batch, base, source = batch.as_corrupted(), corrupt_run, clean_run
         mask = position_mask(batch, opts.positions)
         mlp = (lambda l, s=source: s.mlp[l]) if source.mlp is not None else None
-        total += patched_node_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mlp, mask, ctx)
+        # the two runs agree before the first token they differ in: forwards start there
+        total += patched_node_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mlp, mask, ctx,
+                                      unchanged_before=batch.first_difference() if batch.corrupted_lengths is None
+                                      else None)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     scores = normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
