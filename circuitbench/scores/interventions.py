@@ -255,6 +255,7 @@ def metric_per_copy(
     sites = [site] if isinstance(site, Site) else list(site)
     b = len(batch)
     group = max(1, min(len(items), rows_per_forward(metric, model.device, batch.tokens.shape[1]) // max(b, 1)))
+    group = -(-len(items) // -(-len(items) // group))  # as many forwards, evenly filled (13 items: 5 4 4, not 6 6 1)
     out = torch.zeros(len(items), b, dtype=torch.float64)
     for first in range(0, len(items), group):
         chunk = items[first : first + group]
