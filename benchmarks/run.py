@@ -25,7 +25,7 @@ from circuitbench.prompts.encoding import encode_task  # noqa: E402
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
 from circuitbench.scores.interventions import (  # noqa: E402
     naive_head_metrics,
-    patched_head_metrics,
+    patched_node_metrics,
     position_mask,
     record_base_run,
 )
@@ -72,7 +72,8 @@ def main() -> None:
     (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
     mask = position_mask(batch, "all")
     model.block_formats()  # recorded once per model; not part of the timing
-    fast, t_fast = timed(lambda: patched_head_metrics(model, batch, clean, lambda l: corrupt.z[l], mask, ctx))
+    fast, t_fast = timed(lambda: patched_node_metrics(model, batch, clean, lambda l: corrupt.z[l], None, mask, ctx,
+                                                      unchanged_before=batch.first_difference()))
     slow, t_slow = timed(lambda: naive_head_metrics(model, batch, lambda l: corrupt.z[l], mask, ctx))
     print(f"patching_naive_seconds: {t_slow:.1f}")
     print(f"patching_circuitbench_seconds: {t_fast:.1f}")

@@ -4,9 +4,11 @@
   main metric), read from the activation cache when there is one.
 - `metric_per_copy`: the batch re-run once per edit, re-entering at the edited layer from the
   cached residual stream (blocks before it are skipped) with several edits stacked along the
-  batch axis, and only END unembedded for answer metrics. This is what makes exact patching fast;
-  the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and the
-  tests check it.
+  batch axis, and only END unembedded for answer metrics. `patched_node_metrics` runs it per layer
+  and, where the sources match the base run up to some position (a counterfactual's shared
+  prefix), only on the positions after it (models/prefix.py). This is what makes exact patching
+  fast; the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and
+  the tests check it.
 - `mean_head_outputs`, `mean_node_outputs`: mean-ablation values over heads (and MLPs);
   `ablated_nodes_metric` / `ablated_nodes_values`: the metric with every head and MLP outside a set
   ablated (faithfulness), by means, zeros or each prompt's own counterfactual.
@@ -283,14 +285,6 @@ MlpSource = Callable[[int], torch.Tensor]  # layer -> [batch, pos, d_model] repl
 MLP = "mlp"  # the item that patches a block's MLP output (heads are their index)
 
 
-def patched_head_metrics(
-    model: LoadedModel, batch: Batch, base: BaseRun, source_z: ZSource, mask: torch.Tensor, ctx: MethodContext
-) -> torch.Tensor:
-    """[n_layers, n_heads] sum over the batch's prompts of the metric when that head's output
-    (at `mask` positions) is replaced by `source_z(layer)` [batch, pos, n_heads, d_head]."""
-    return patched_node_metrics(model, batch, base, source_z, None, mask, ctx)
-
-
 @dataclass
 class _Suffix:
     """Prompts of a batch whose patched forwards start at position `start` (0: every position),
@@ -377,7 +371,7 @@ def patched_node_metrics(
 
 def naive_head_metrics(model: LoadedModel, batch: Batch, source_z: ZSource, mask: torch.Tensor,
                        ctx: MethodContext) -> torch.Tensor:
-    """The reference loop: one full forward per head. Same contract as patched_head_metrics."""
+    """The reference loop: one full forward per head. Same numbers as patched_node_metrics's heads."""
     out = torch.zeros(model.n_layers, model.n_heads, dtype=torch.float64)
     for layer in range(model.n_layers):
         src = source_z(layer)
