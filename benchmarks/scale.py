@@ -90,35 +90,47 @@ def fit(xs: list[float], ys: list[float]) -> float | None:
 
 
 def plot(points: list[dict], path: Path) -> dict[str, dict[str, float | None]]:
+    """Time (top) and the method's own peak memory (bottom) against model size and prompt count,
+    log-log, with the fitted exponents in the legends (returned as {method: {what: exponent}})."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_size, ax_n) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     exponents: dict[str, dict[str, float | None]] = {}
     for method in sorted({p["method"] for p in points}):
         size = sorted((p for p in points if p["method"] == method and p["n"] == SIZE_N), key=lambda p: p["n_params"])
         count = sorted((p for p in points if p["method"] == method and p["model"] == "gpt2-small"),
                        key=lambda p: p["n"])
-        a = fit([p["n_params"] for p in size], [p["seconds"] for p in size])
-        b = fit([p["n"] for p in count], [p["seconds"] for p in count])
-        exponents[method] = {"params": a, "prompts": b}
-        line = ax_size.loglog([p["n_params"] / 1e6 for p in size], [p["seconds"] for p in size], "o-",
-                              label=f"{method} (∝ params^{a:.2f})" if a is not None else method)[0]
-        for p in size:
-            ax_size.annotate(p["model"], (p["n_params"] / 1e6, p["seconds"]), fontsize=7, alpha=0.7)
-        ax_n.loglog([p["n"] for p in count], [p["seconds"] for p in count], "o-", color=line.get_color(),
-                    label=f"{method} (∝ n^{b:.2f})" if b is not None else method)
-    ax_size.set(xlabel="parameters (millions)", ylabel="seconds", title=f"model size ({SIZE_N} IOI prompts)")
-    ax_n.set(xlabel="prompts", ylabel="seconds", title="prompt count (gpt2-small)")
-    for ax in (ax_size, ax_n):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        exponents[method] = {}
+        color = None
+        for row, (key, what) in enumerate((("seconds", "time"), ("method_peak_mb", "memory"))):
+            for col, (series, x, unit) in enumerate(((size, lambda p: p["n_params"] / 1e6, "params"),
+                                                     (count, lambda p: p["n"], "prompts"))):
+                kept = [p for p in series if p[key] > 0]
+                e = fit([x(p) for p in kept], [p[key] for p in kept])
+                exponents[method][f"{what}_{unit}"] = e
+                label = f"{method} (∝ {unit}^{e:.2f})" if e is not None else method
+                line = axes[row][col].loglog([x(p) for p in kept], [p[key] for p in kept], "o-", color=color,
+                                             label=label)[0]
+                color = line.get_color()
+                if col == 0 and row == 0:
+                    for p in kept:
+                        axes[row][col].annotate(p["model"], (x(p), p[key]), fontsize=7, alpha=0.7)
+    titles = [[f"time, model size ({SIZE_N} IOI prompts)", "time, prompt count (gpt2-small)"],
+              [f"method's own peak memory, model size ({SIZE_N} prompts)", "method's own peak memory, prompt count"]]
+    for row in range(2):
+        for col in range(2):
+            ax = axes[row][col]
+            ax.set(title=titles[row][col], xlabel="parameters (millions)" if col == 0 else "prompts (batches of ≤ 64)",
+                   ylabel="seconds" if row == 0 else "MB above the loaded model")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle("circuitbench scale curves (random init, CPU, 1 thread)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return exponents
 
 
@@ -169,8 +181,8 @@ def main() -> None:
         return
     exponents = plot(points, args.plot)
     text = table(points) + "\n\nfitted exponents (log-log least squares): " + "; ".join(
-        f"{m}: time ∝ params^{e['params']:.2f}, ∝ prompts^{e['prompts']:.2f}" for m, e in exponents.items()
-        if e["params"] is not None and e["prompts"] is not None)
+        f"{m}: " + ", ".join(f"{k.replace('_', ' ∝ ')}^{v:.2f}" for k, v in e.items() if v is not None)
+        for m, e in exponents.items())
     print(text)
     (args.out / "scale.md").write_text(text + "\n")
 
