@@ -109,8 +109,9 @@ bench-peers: setup $(PEERS)/.deps-installed
 	$(PY) benchmarks/peer_compare.py --peers-python $(PEERS_PY) --rounds $(BENCH_ROUNDS) --n $(BENCH_PEERS_N)
 
 # Scale curves (opt-in: GPT-2 medium/large take long and much memory on a small machine)
+SCALE_ARGS ?=  # --full: GPT-2 large, Pythia-410m and exact patching of 256 prompts too (hours on 2 cores)
 bench-scale: setup
-	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) results build dist
