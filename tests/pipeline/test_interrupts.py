@@ -34,9 +34,13 @@ def command(out: Path, *extra: str) -> list[str]:
 def test_a_signal_mid_grid_ends_cleanly_and_resume_finishes(tmp_path, sig, code, name):
     out = tmp_path / "r"
     # Ctrl-C as a terminal sends it: a shell's background job (`make test &`, some CI runners) ignores
-    # SIGINT, and a Python child keeps an ignored SIGINT ignored, so the child gets the default back
-    proc = subprocess.Popen(command(out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGINT, and a Python child keeps an ignored SIGINT ignored. A handler here becomes the default
+    # action in the exec'd child (no preexec_fn: forking a process with JAX's threads is unsafe).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command(out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     first = out / "toy-tasks" / "sorting.json"
     deadline = time.time() + 240
     while not first.exists() and proc.poll() is None and time.time() < deadline:
