@@ -71,7 +71,7 @@ test-all: lint
 
 # docs/result.schema.json from the RunResult models (a test checks it is current)
 schema: setup
-	$(CB) schema --out docs/result.schema.json
+	$(CB) schema --out docs/result.schema.json --force
 
 # Every method on the tracr zoo (models with known circuits) and the recovery table (README, "Known answers")
 KNOWN := reverse:tracr-reverse hist:tracr-hist sort_unique:tracr-sort-unique detect_abc:tracr-detect-abc

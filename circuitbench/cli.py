@@ -76,6 +76,8 @@ Permutations = typer.Option(200, "--permutations", min=0, help="Shuffles in the 
                             "overlap figure (0: no null).")
 NullOption = typer.Option("within_layer", "--null", help="within_layer: shuffle the second circuit's head scores "
                           "within each layer (keeps how much of it sits in each layer) | all: across all heads.")
+Force = typer.Option(False, "--force", help="Replace the output even where it is not this command's own earlier "
+                     "output (a committed file, a shipped checkpoint, a file written by something else).")
 CacheDir = typer.Option(None, "--cache-dir",
                         help="Activation cache directory (default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench).")
 
@@ -244,10 +246,11 @@ def validate(
         plain(f"note: {note}")
     plain(f"{spec.name} v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} {spec.split} prompts")
     if show > 0:
+        from circuitbench.prompts.base import excerpt
         from circuitbench.tables.console import prompt_rows
 
         columns, rows, legend = prompt_rows(prompts.prompts[:show], spec.metrics)
-        print_table(columns, rows)
+        print_table(columns, [tuple(excerpt(cell) for cell in row) for row in rows])  # a 2 MB prompt: its start
         if legend:
             plain(legend)
     if model is None and tokenizer is None:
@@ -297,7 +300,36 @@ def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | Non
     parts = shape.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise CircuitbenchError(f"--shape {shape!r}: give LAYERS,HEADS as two positive integers, e.g. 12,12.")
+    from circuitbench.circuits.graph_files import check_head_bounds
+
+    check_head_bounds(int(parts[0]), int(parts[1]), f"--shape {shape}", "--shape")
     return int(parts[0]), int(parts[1])
+
+
+def _expand(pattern: str) -> list[str]:
+    """A file argument: the path itself when it exists as given (`run[1].json` is a file, not a glob),
+    else the files its glob matches (none: an empty list)."""
+    import glob
+
+    if Path(pattern).exists() or not any(ch in pattern for ch in "*?["):
+        return [pattern]
+    return sorted(glob.glob(pattern))
+
+
+def _load_circuit(path: Path):  # -> Circuit (imported by the verbs that need it)
+    """A circuit file; a RunResult is first checked as `report` checks it (its schema version, NaN/inf)."""
+    import json
+
+    from circuitbench.circuits.circuit import Circuit
+    from circuitbench.results.store import parse_result
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = None  # Circuit.load names what is wrong
+    if isinstance(raw, dict) and "schema_version" in raw and "status" in raw:
+        parse_result(raw, path)
+    return Circuit.load(path)
 
 
 def _distinct_labels(circuits: list, paths: list[str]) -> list:
@@ -325,16 +357,15 @@ def overlap(
     plot_path: str | None = typer.Option(None, "--plot", help="Heatmap PNG of the first metric."),
     permutations: int = Permutations,
     null: str = NullOption,
+    force: bool = Force,
     plugin: list[str] = Plugin,
 ) -> None:
     """Overlap between circuits (tasks in one model, or models), each figure beside its permutation null."""
-    import glob
     import json
 
     load_plugins(plugin)
-    from circuitbench.circuits.circuit import Circuit
     from circuitbench.circuits.overlap import check_settings, overlap_matrix
-    from circuitbench.files import check_writable_file
+    from circuitbench.output_paths import FIGURE_SUFFIXES, check_output_file, figure_written_by_us
     from circuitbench.tables.console import print_overlap
 
     check_settings(bins, top_n, rbo_p)
@@ -342,15 +373,16 @@ def overlap(
         raise CircuitbenchError(f"--alignment {alignment!r}: choose auto, head or relative_depth.")
     paths: list[str] = []
     for f in files:
-        matches = sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f]
+        matches = _expand(f)
         if not matches:
             raise CircuitbenchError(f"overlap: no file matches {f!r}.")
         paths.extend(matches)
     if len(paths) < 2:
         raise CircuitbenchError("overlap: give at least two circuit files.")
     if plot_path:
-        check_writable_file(Path(plot_path), "--plot")
-    circuits = _distinct_labels([Circuit.load(Path(p)) for p in paths], paths)
+        check_output_file(Path(plot_path), "--plot", force=force, ours=figure_written_by_us,
+                          inputs=[Path(p) for p in paths], what="a figure circuitbench drew", suffixes=FIGURE_SUFFIXES)
+    circuits = _distinct_labels([_load_circuit(Path(p)) for p in paths], paths)
     given_shape = _shape_option(shape, model)
     if given_shape is not None:
         circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
@@ -388,17 +420,17 @@ def leaderboard(
                             help="Where to write <task>.md/.csv/.html, README.md, index.html (a folder of committed "
                                  "files only with --force)."),
     title: str = typer.Option("circuitbench leaderboard", "--title", help="Heading of README.md and index.html."),
-    force: bool = typer.Option(False, "--force", help="Overwrite committed tables in --out (regenerating them)."),
+    force: bool = typer.Option(False, "--force", help="Write into --out even where it is not a leaderboard "
+                               "circuitbench wrote (committed tables: regenerating them)."),
     include_path: list[str] = IncludePath,
     plugin: list[str] = Plugin,
 ) -> None:
     """Aggregate results into leaderboard tables (Markdown, CSV, HTML pages); failed units apart."""
     load_plugins(plugin)
-    from circuitbench.files import check_writable_dir, refuse_overwriting
+    from circuitbench.output_paths import check_output_dir, is_leaderboard_dir
     from circuitbench.tables.leaderboard import build
 
-    refuse_overwriting(Path(out), "--out", force)
-    check_writable_dir(Path(out), "--out")
+    check_output_dir(Path(out), "--out", force=force, ours=is_leaderboard_dir, what="a leaderboard circuitbench wrote")
     summary = build(Path(results), Path(out), tuple(include_path), title=title)
     plain(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
                   f"({summary['flagged']} results flagged, listed apart)")
@@ -408,23 +440,19 @@ def leaderboard(
 def recovery(
     files: list[str] = typer.Argument(..., help="RunResult JSONs (globs too) of runs against known circuits."),
     markdown: str | None = typer.Option(None, "--markdown", help="Also write the table as Markdown to this file."),
+    force: bool = Force,
 ) -> None:
     """How each method recovered the known circuits: precision, recall, F1, AUROC, AP per model × method."""
-    import glob
-
-    from circuitbench.files import check_writable_file, write_atomic
-    from circuitbench.results.store import load_result
+    from circuitbench.files import write_atomic
+    from circuitbench.output_paths import RECOVERY_HEADER, check_output_file, is_recovery_markdown
+    from circuitbench.results.store import read_result
     from circuitbench.tables.leaderboard import node_recovery_table, recovery_table
 
-    paths = [p for f in files for p in (sorted(glob.glob(f)) if any(ch in f for ch in "*?[") else [f])]
+    paths = [p for f in files for p in _expand(f)]
     if markdown:
-        check_writable_file(Path(markdown), "--markdown")
-    results = []
-    for path in paths:
-        result = load_result(Path(path))
-        if result is None:
-            raise CircuitbenchError(f"{path}: not a readable RunResult.")
-        results.append(result)
+        check_output_file(Path(markdown), "--markdown", force=force, ours=is_recovery_markdown,
+                          inputs=[Path(p) for p in paths], what="a table `circuitbench recovery` wrote")
+    results = [read_result(Path(path)) for path in paths]  # another schema version, NaN …: refused, named
     table = recovery_table(results)
     if table.empty:
         raise CircuitbenchError("No recovery scores in these results: run tasks whose models have a known circuit "
@@ -435,7 +463,7 @@ def recovery(
     shown = cells(table)
     print_table(list(shown.columns), shown.values.tolist(), title="recovery of known circuits")
     nodes = node_recovery_table(results)
-    text = shown.to_markdown(index=False) + "\n"
+    text = RECOVERY_HEADER + "\n\n" + shown.to_markdown(index=False) + "\n"
     if not nodes.empty:
         shown_nodes = cells(nodes)
         print_table(list(shown_nodes.columns), shown_nodes.values.tolist(),
@@ -445,18 +473,22 @@ def recovery(
         write_atomic(Path(markdown), text)
 
 
+REPORT = "a report circuitbench wrote"
+
+
 @app.command()
 def report(
     result: str = typer.Argument(..., help="A RunResult JSON, or an EAP-IG/MIB graph file."),
     out: str | None = typer.Option(None, "--out", help="Directory (default: next to the result, <task>_report/)."),
+    force: bool = Force,
 ) -> None:
     """Heatmaps, MLP scores, the edge circuit as a graph, faithfulness curve, causal-tracing maps and one
     HTML page for a result (a graph file: its circuit drawn as a graph)."""
     import json
 
     from circuitbench.circuits.graph_files import is_graph_json, read_graph_json
-    from circuitbench.files import check_writable_dir
-    from circuitbench.results.schema import RunResult
+    from circuitbench.output_paths import check_output_dir, is_report_dir, staged_output
+    from circuitbench.results.store import parse_result
     from circuitbench.tables.report import build_graph_report, build_report
 
     path = Path(result)
@@ -467,20 +499,19 @@ def report(
         raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
     if is_graph_json(raw):
         graph_file = read_graph_json(raw, str(path))
-        check_writable_dir(target, "--out" if out else "report folder")
-        files = build_graph_report(graph_file, path.stem, target)
+        check_output_dir(target, "--out" if out else "report folder", force=force, ours=is_report_dir, what=REPORT)
+        with staged_output(target) as staging:
+            files = build_graph_report(graph_file, path.stem, staging)
         plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
         return
-    try:
-        run_result = RunResult.model_validate(raw)
-    except ValueError as e:
-        raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
+    run_result = parse_result(raw, path)  # another schema version, NaN …: refused, named
     if run_result.status != "complete":
         assert run_result.error is not None
         raise CircuitbenchError(f"{path}: the unit failed ({run_result.error.type}: {run_result.error.message}); "
                                 "there is nothing to report. Rerun it with --resume.")
-    check_writable_dir(target, "--out" if out else "report folder")
-    files = build_report(run_result, target, path.parent)
+    check_output_dir(target, "--out" if out else "report folder", force=force, ours=is_report_dir, what=REPORT)
+    with staged_output(target) as staging:
+        files = build_report(run_result, staging, path.parent)
     plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
 
 
@@ -535,6 +566,9 @@ def compare(
                   metrics)
 
 
+CHECKPOINT = "a checkpoint folder `circuitbench train` wrote"
+
+
 # TrainConfig / ToyArch field paths whose flag is not simply --field-name
 TRAIN_FLAGS = {"n_layers": "--layers", "n_heads": "--heads", "noise.site": "--noise-site",
                "noise.scale": "--noise-scale",
@@ -569,11 +603,12 @@ def train_cmd(
     threads: int | None = Threads,
     induction_share: float = typer.Option(0.5, "--induction-share",
                                           help="Fraction of steps on the induction stream when mixed with text tasks."),
+    force: bool = Force,
     plugin: list[str] = Plugin,
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
     load_plugins(plugin)
-    from circuitbench.files import check_writable_dir
+    from circuitbench.output_paths import check_output_dir, is_checkpoint_dir
     from circuitbench.tables.console import progress_bars
     from circuitbench.training.trainer import TrainConfig, arch_from, train
 
@@ -593,7 +628,7 @@ def train_cmd(
         from circuitbench.environment import threads_for
 
         config = config.model_copy(update={"threads": threads_for(config.arch.approx_params())})
-    check_writable_dir(Path(out), "--out")
+    check_output_dir(Path(out), "--out", force=force, ours=is_checkpoint_dir, what=CHECKPOINT)
     with progress_bars() as progress:
         summary = train(config, Path(out), lambda step, loss: progress(f"training · loss {loss:.3f}", step, steps))
     plain(f"saved {out} (final loss {summary['final_loss']:.3f}, {summary['train_seconds']} s; "
@@ -607,19 +642,31 @@ def dynamics(
     n_prompts: int = typer.Option(32, "--n-prompts", "--n", help="Evaluation prompts per checkpoint."),
     plot_path: str | None = typer.Option(None, "--plot", help="PNG path (default: MODEL/dynamics_<task>.png)."),
     threads: int | None = Threads,
+    force: bool = Force,
     plugin: list[str] = Plugin,
 ) -> None:
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     load_plugins(plugin)
     from circuitbench.environment import threads_for, torch_threads
-    from circuitbench.files import check_writable_dir, check_writable_file, write_atomic
+    from circuitbench.files import write_atomic
+    from circuitbench.output_paths import (
+        FIGURE_SUFFIXES,
+        check_output_file,
+        figure_written_by_us,
+        is_dynamics_record,
+        path_component,
+    )
     from circuitbench.training.dynamics import analyse, plot
 
     run_dir = Path(model)
+    stem = f"dynamics_{path_component(task, '--task')}"
+    png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
     if run_dir.is_dir():  # (a missing one is reported by analyse, which needs its checkpoints)
-        check_writable_dir(run_dir, "--model (dynamics are written next to the checkpoints)")
-    if plot_path:
-        check_writable_file(Path(plot_path), "--plot")
+        check_output_file(run_dir / f"{stem}.json", "--model (dynamics are written next to the checkpoints)",
+                          force=force, ours=is_dynamics_record, what="a record `circuitbench dynamics` wrote")
+    if plot_path or run_dir.is_dir():
+        check_output_file(png, "--plot", force=force, ours=figure_written_by_us, what="a figure circuitbench drew",
+                          suffixes=FIGURE_SUFFIXES)
     weights = run_dir / "model.safetensors"  # float32 weights: 4 bytes a parameter
     n_params = weights.stat().st_size // 4 if weights.is_file() else None
     with torch_threads(threads_for(n_params, threads)):
@@ -637,9 +684,7 @@ def dynamics(
           f"change {pc.change:+.3f}")
     plain(f"fastest change of the max prefix-matching score ({on}): steps {ppc.start_step}–{ppc.end_step}, "
           f"change {ppc.change:+.3f}")
-    stem = f"dynamics_{dyn.task}"
     write_atomic(run_dir / f"{stem}.json", dyn.model_dump_json(indent=2) + "\n")
-    png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
     plot(dyn, png)
     plain(f"wrote {run_dir / f'{stem}.json'} and {png}")
 
@@ -652,18 +697,18 @@ def train_zoo(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: the recipe's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and the data."),
     threads: int | None = Threads,
-    force: bool = typer.Option(False, "--force", help="Allow --out to be the shipped checkpoint (replacing it)."),
+    force: bool = typer.Option(False, "--force", help="Allow --out to be the shipped checkpoint or another folder "
+                               "that holds files (replacing what it writes)."),
 ) -> None:
     """Retrain a shipped toy model from scratch with its recorded recipe."""
     from circuitbench.environment import threads_for, torch_threads
-    from circuitbench.files import check_writable_dir, refuse_overwriting
+    from circuitbench.output_paths import check_output_dir, is_checkpoint_dir
     from circuitbench.tables.console import progress_bars
     from circuitbench.training.zoo import recipe_of, train_zoo_model
 
     recipe = recipe_of(name)  # an unknown name fails here
     target = Path(out) if out else Path("results") / "zoo" / name
-    refuse_overwriting(target, "--out", force)
-    check_writable_dir(target, "--out")
+    check_output_dir(target, "--out", force=force, ours=is_checkpoint_dir, what=CHECKPOINT)
     total = steps or recipe.default_steps
     with progress_bars() as progress, torch_threads(threads_for(recipe.n_params, threads)):
         path, summary = train_zoo_model(name, target, steps, seed,
@@ -683,23 +728,32 @@ def import_tracr_cmd(
     bos: str = typer.Option("BOS", "--bos", help="The BOS token's text (tracr's compiler BOS)."),
     n_prompts: int = typer.Option(64, "--n-prompts", min=0,
                                   help="END-position task prompts to write to prompts.jsonl (0: none)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it is an earlier import-tracr checkpoint "
+                                                      "(never another folder, the working directory or home)."),
+    allow_large: bool = typer.Option(False, "--allow-large",
+                                     help="Compile even when estimated to take over 5 min or 4 GB (never more "
+                                          "memory than is free)."),
 ) -> None:
     """Compile a RASP program with tracr into a checkpoint with a known circuit (circuit.json)."""
-    from circuitbench.files import check_writable_dir
     from circuitbench.models.tracr_import import import_tracr, parse_vocab
 
     values = parse_vocab(vocab)
-    check_writable_dir(Path(out).parent if str(Path(out).parent) else Path("."), "--out")
     command = (f"circuitbench import-tracr {program} --vocab {vocab} --max-seq-len {max_seq_len}"
-               + (" --causal" if causal else "") + (f" --bos {bos}" if bos != "BOS" else "") + " --out DIR")
+               + (" --causal" if causal else "") + (f" --bos {bos}" if bos != "BOS" else "")
+               + (f" --n-prompts {n_prompts}" if n_prompts != 64 else "") + " --out DIR")
     report = import_tracr(program, values, max_seq_len, Path(out), causal=causal, bos=bos, force=force,
-                          n_prompts=n_prompts, command=command)
+                          n_prompts=n_prompts, command=command, allow_large=allow_large)
     check = report.verification
+    short, distinct = "", report.n_distinct_inputs
+    if report.n_prompts < n_prompts:
+        unusable = "undefined, mispredicted or without a same-length input with another answer"
+        short = (f" (of {n_prompts} asked: only {distinct:,} distinct inputs of length 1-{max_seq_len} exist"
+                 + (f", {distinct - report.n_prompts:,} of them {unusable})" if report.n_prompts < distinct else ")")
+                 if n_prompts >= distinct else f" (of {n_prompts} asked: the other inputs drawn were {unusable})")
     plain(f"wrote {report.path}: {report.n_layers} layers × {report.n_heads} heads, d_model {report.d_model}; "
           f"circuit {', '.join(report.circuit['nodes'])}; matches tracr on {check.n_inputs} inputs "
           f"(max |diff| residual {check.max_abs_diff_residual:.2g}, output {check.max_abs_diff_output:.2g}; "
-          f"{check.n_positions_compared} outputs identical); {report.n_prompts} prompts in prompts.jsonl")
+          f"{check.n_positions_compared} outputs identical); {report.n_prompts} prompts in prompts.jsonl{short}")
 
 
 @circuit_app.command("export")
@@ -709,35 +763,45 @@ def circuit_export(
     out: str = typer.Option(..., "--out", help="The file to write."),
     method: str | None = typer.Option(None, "--method", help="An edge method's scores (and its circuit, if the "
                                       "result's came from it); default: the result's circuit."),
+    force: bool = Force,
 ) -> None:
     """Write a result's circuit as an EAP-IG / MIB graph file (edges and nodes in_graph, with scores)."""
     import json
 
-    from circuitbench.files import check_writable_file, write_atomic
+    from circuitbench.files import write_atomic
+    from circuitbench.output_paths import EXPORTED_BY, check_output_file, is_exported_graph
     from circuitbench.results.export import export_mib
-    from circuitbench.results.store import load_result
+    from circuitbench.results.store import read_result
 
     if fmt != "mib":
         raise CircuitbenchError(f"--format {fmt!r}: the one format is mib (EAP-IG's graph JSON).")
     path = Path(result)
-    run_result = load_result(path)
-    if run_result is None or run_result.status != "complete":
-        raise CircuitbenchError(f"{path}: not a readable, complete RunResult.")
-    check_writable_file(Path(out), "--out")
+    run_result = read_result(path)  # another schema version, NaN …: refused, named
+    if run_result.status != "complete":
+        raise CircuitbenchError(f"{path}: not a complete RunResult (the unit failed); rerun it with --resume.")
+    sidecars = [path.parent / s.file for s in run_result.edge_scores.values()]
+    check_output_file(Path(out), "--out", force=force, ours=is_exported_graph, inputs=[path, *sidecars],
+                      what="a graph file `circuitbench circuit export` wrote")
     graph = export_mib(run_result, path.parent, method)
+    graph.setdefault("circuitbench", {})["written_by"] = EXPORTED_BY  # a later export may replace it
     write_atomic(Path(out), json.dumps(graph) + "\n")
     in_graph = sum(1 for e in graph["edges"].values() if e["in_graph"])
     plain(f"wrote {out}: {len(graph['edges'])} edges, {in_graph} in the circuit")
 
 
 @app.command()
-def schema(out: str | None = typer.Option(None, "--out", help="Write to this file (default: print).")) -> None:
+def schema(out: str | None = typer.Option(None, "--out", help="Write to this file (default: print)."),
+           force: bool = Force) -> None:
     """The JSON schema of a RunResult (every field described); docs/result.schema.json is this."""
     import json
 
     from circuitbench.files import write_atomic
+    from circuitbench.output_paths import check_output_file, is_result_schema
     from circuitbench.results.schema import RunResult
 
+    if out is not None:
+        check_output_file(Path(out), "--out", force=force, ours=is_result_schema,
+                          what="a RunResult schema `circuitbench schema` wrote")
     text = json.dumps(RunResult.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out is None:
         print(text, end="")

@@ -3,8 +3,8 @@ fsync, then rename over the target. Files get the mode any new file gets (0666 l
 umask), not the private 0600 of a temp file."""
 from __future__ import annotations
 
+import hashlib
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -21,7 +21,8 @@ def current_umask() -> int:
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write `text` to `path` atomically (readers see the old file or the new one, never a part)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temp name is bounded (a long final name must not make it too long for the file system)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
@@ -32,6 +33,19 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def hash_file_into(h: "hashlib._Hash", path: Path) -> None:
+    """Feed a file's bytes to `h` in 1 MB chunks (weights can be GBs)."""
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    hash_file_into(h, path)
+    return h.hexdigest()
 
 
 def check_writable_dir(path: Path, flag: str) -> None:
@@ -61,35 +75,3 @@ def check_writable_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise CircuitbenchError(f"{flag} {path}: is a directory; give a file path.")
     check_writable_dir(path.parent if str(path.parent) else Path("."), flag)
-
-
-SHIPPED_ZOO = Path(__file__).resolve().parent / "zoo"  # checkpoints shipped with the package
-
-
-def tracked_files(folder: Path) -> list[str]:
-    """Files under `folder` that a git checkout tracks (committed files), relative to it; none
-    outside a checkout or without git."""
-    if not folder.is_dir():
-        return []
-    try:
-        listed = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--", "."], capture_output=True,
-                                text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else []
-
-
-def refuse_overwriting(folder: Path, flag: str, force: bool) -> None:
-    """Before any compute: refuse to write into a folder of shipped checkpoints or one holding
-    committed files, unless --force (regenerating them on purpose)."""
-    if force:
-        return
-    resolved = folder.resolve()
-    if resolved == SHIPPED_ZOO or SHIPPED_ZOO in resolved.parents:
-        raise CircuitbenchError(f"{flag} {folder}: holds the checkpoints shipped with circuitbench; writing there "
-                                "would replace them. Give another directory, or pass --force to replace them.")
-    committed = tracked_files(folder)
-    if committed:
-        shown = ", ".join(sorted(committed)[:4]) + (", …" if len(committed) > 4 else "")
-        raise CircuitbenchError(f"{flag} {folder}: holds {len(committed)} committed files ({shown}); writing there "
-                                "would overwrite them. Give another directory, or pass --force to regenerate them.")

@@ -9,6 +9,11 @@ package's metadata under the `circuitbench.plugins` entry-point group:
     my_tasks = "my_package.circuitbench_plugin"
 
 See README.md, "Plugins", for a worked example.
+
+What plugin code returns is checked: a metric must return one finite value per prompt (shape
+[batch]) and a method [n_layers, n_heads] scores, or the unit fails naming them. A plugin that
+calls sys.exit while loading is an error naming it; inside a unit it fails that unit (the grid
+goes on). Report a problem by raising an exception, never by exiting.
 """
 from __future__ import annotations
 

@@ -7,11 +7,16 @@ register its built-ins and imports them on first lookup, then every plugin of th
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -32,6 +37,9 @@ def resolve(implementation: Implementation[T]) -> T:
         return getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as e:
         raise CircuitbenchError(f"Cannot import '{implementation}' ({type(e).__name__}: {e}).") from None
+    except SystemExit as e:  # a module that exits at import must not end the process (or the grid) silently
+        raise CircuitbenchError(f"Importing '{implementation}': module {module} called {exit_call(e)}; a plugin "
+                                "must not exit (raise an exception to report a problem).") from None
 
 
 class Registry(Generic[T]):
@@ -42,13 +50,34 @@ class Registry(Generic[T]):
         self._builtins = builtins
         self._builtins_loaded = False
         self._items: dict[str, T] = {}
+        self._origins: dict[str, _Origin] = {}  # plugin entries: the module that registered each
+        self._codes: dict[str, dict[str, str | None]] = {}
 
     def add(self, name: str, entry: T) -> T:
         if name in self._items:
             raise CircuitbenchError(
                 f"{self.kind} '{name}' is registered twice: pick another name for your plugin's {self.kind}.")
         self._items[name] = entry
+        if (origin := _registering_module()) is not None:
+            self._origins[name] = origin
         return entry
+
+    def plugin_code(self, name: str) -> dict[str, str | None] | None:
+        """What identifies a plugin entry's code (None for a built-in): the module that registered
+        it, its file, the version of the distribution providing it, and the sha256 of the source of
+        that module and of the modules its implementation lives in (results.schema.PluginCode).
+        Computed once per process: the code that runs is the code that was imported."""
+        self._load()
+        if name not in self._origins:
+            return None
+        if name not in self._codes:
+            self._codes[name] = _plugin_code(self._origins[name], self._items[name])
+        return self._codes[name]
+
+    def plugin_names(self) -> list[str]:
+        """The entries registered by plugins (not built in)."""
+        self._load()
+        return sorted(self._origins)
 
     def get(self, name: str) -> T:
         self._load()
@@ -100,6 +129,36 @@ def load_entry_point_plugins() -> None:
         _import_plugin(entry_point.value, lambda ep=entry_point: ep.load(), f"entry point '{entry_point.name}'")
 
 
+def exit_call(e: SystemExit) -> str:
+    """How code exited, as it would be written: sys.exit(3), sys.exit('bye'), sys.exit()."""
+    return f"sys.exit({'' if e.code is None else repr(e.code)})"
+
+
+class PluginExit(RuntimeError):
+    """Code run inside a unit (a plugin's metric, method or generator) called sys.exit: the unit
+    fails with this (a crash, traceback kept) and the grid goes on, instead of the process ending."""
+
+
+def entry_label(kind: str, name: str, implementation: object) -> str:
+    """"plugin method 'x'" for a plugin's entry, "method 'x'" for a built-in one."""
+    module = (implementation.partition(":")[0] if isinstance(implementation, str)
+              else getattr(implementation, "__module__", None) or "")
+    builtin = module == "circuitbench" or module.startswith("circuitbench.")
+    return f"{kind} '{name}'" if builtin else f"plugin {kind} '{name}'"
+
+
+@contextmanager
+def exits_as_errors(who: str) -> Iterator[None]:
+    """Run code inside a unit: a SystemExit raised there (by `who`, e.g. entry_label(...)) becomes
+    PluginExit naming it and the exit call, so the unit records it and the grid goes on.
+    KeyboardInterrupt and Interrupted pass through and stop the grid."""
+    try:
+        yield
+    except SystemExit as e:
+        raise PluginExit(f"{who} called {exit_call(e)}; plugin code must raise an exception instead of exiting "
+                         "(the unit failed, the grid went on)") from e
+
+
 def _import_plugin(name: str, load, origin: str) -> None:
     if name in _plugin_modules:
         return
@@ -109,6 +168,9 @@ def _import_plugin(name: str, load, origin: str) -> None:
         raise
     except Exception as e:  # a plugin's own bug: name it, without our traceback
         raise CircuitbenchError(f"Plugin {name} ({origin}) failed to load: {type(e).__name__}: {e}") from None
+    except SystemExit as e:  # any code, 0 too: an exiting plugin registered nothing and must not end the command
+        raise CircuitbenchError(f"Plugin {name} ({origin}) called {exit_call(e)} while loading; a plugin must not "
+                                "exit (raise an exception to report a problem).") from None
     _plugin_modules.add(name)
 
 
@@ -119,7 +181,11 @@ def _import_file(path: Path) -> None:
         raise CircuitbenchError(f"--plugin {path}: not an importable Python file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)  # a half-imported plugin is no module
+        raise
 
 
 def load_plugins(plugins: Iterable[str] = ()) -> None:
@@ -139,3 +205,93 @@ def load_plugins(plugins: Iterable[str] = ()) -> None:
 def loaded_plugins() -> list[str]:
     """The plugins imported so far (entry points and --plugin), for a result's provenance."""
     return sorted(_plugin_modules)
+
+
+# --- plugin identity: which module registered an entry, and a hash of its code -----------------
+
+# Modules that carry a registration through to a registry; the registrant is the first caller outside them.
+_REGISTERING = {__name__, "circuitbench.plugins"}
+
+
+@dataclass(frozen=True)
+class _Origin:
+    module: str
+    file: str | None
+
+
+def _is_builtin(module: str) -> bool:
+    return module == "circuitbench" or module.startswith("circuitbench.")
+
+
+def _registering_module() -> _Origin | None:
+    """The module whose code registers an entry (a plugin module, a --plugin file, a script); None
+    for circuitbench's own built-ins."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in _REGISTERING:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    module = str(frame.f_globals.get("__name__", "?"))
+    return None if _is_builtin(module) else _Origin(module, frame.f_globals.get("__file__"))
+
+
+def _module_file(module: str) -> str | None:
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return getattr(loaded, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _version(module: str) -> str | None:
+    """The version of the installed distribution providing `module` (None: not installed, e.g. a file)."""
+    for dist in _distributions().get(module.split(".")[0], []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _plugin_code(origin: _Origin, entry: object) -> dict[str, str | None]:
+    """sha256 (16 hex digits) of the registering module's source and of the modules the entry's
+    implementation lives in (callables, "module:attribute" references, option and params models);
+    source defined where there is no file (a notebook cell) is hashed from the function itself."""
+    parts = [entry, *(getattr(entry, a, None) for a in ("fn", "generate", "params", "answers_of", "options"))]
+    files: dict[str, str | None] = {origin.module: origin.file}
+    sources: list[str] = []
+    for part in parts:
+        if part is None:
+            continue
+        module = part.partition(":")[0] if isinstance(part, str) else getattr(part, "__module__", None)
+        if not module or _is_builtin(module):
+            continue
+        files.setdefault(module, _module_file(module))
+        if files[module] is None and callable(part) and not isinstance(part, str):
+            try:
+                sources.append(inspect.getsource(part))
+            except (OSError, TypeError):
+                pass
+    h = hashlib.sha256()
+    found = False
+    for module, file in sorted(files.items()):
+        try:
+            source = Path(file).read_bytes() if file is not None else None
+        except OSError:  # gone or unreadable since it was imported: identified by the rest
+            source = None
+        if source is not None:
+            h.update(f"{module}:".encode() + source + b";")
+            found = True
+    for text in sources:
+        h.update(text.encode())
+        found = True
+    return {"module": origin.module, "file": origin.file, "version": _version(origin.module),
+            "code_sha256": h.hexdigest()[:16] if found else None}

@@ -4,10 +4,12 @@ tests/test_bad_inputs.py, and by benchmarks/bad_inputs_report.py for before/afte
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from circuitbench.models.toy import ZOO_DIR
+from circuitbench.results.schema import SCHEMA_VERSION
 
 GOOD_TASK = "name: {name}\ngenerator: {{name: induction}}\nmetrics: [induction_loss]\n"
 
@@ -68,6 +70,25 @@ FILES: dict[str, str] = {
     "bad_column.csv": "prompt,answer,split,positons\na b, c,test,\n",
     "no_distractor.jsonl": '{"prompt": "a b", "answer": " c"}\n',
     "no_config_dir/readme.txt": "nothing here\n",
+    # plugins and silently wrong (issue 21)
+    "plugins/exits_at_import.py": "import sys\nsys.exit(3)\n",
+    "plugins/bad_metrics.py": "import torch\nimport circuitbench as cb\n"
+                              "cb.register_metric('wide_metric', lambda logits, batch: torch.ones(len(batch), 3), "
+                              "higher_is_better=True, needs_answer=False)\n"
+                              "cb.register_metric('nan_metric', lambda logits, batch: torch.full((len(batch),), "
+                              "float('nan')), higher_is_better=True, needs_answer=False)\n",
+    **{f"{m}_metric.yaml": f"name: {m}_metric\ngenerator: {{name: induction}}\nmetrics: [induction_loss, {m}_metric]\n"
+       "methods: [previous_token]\n" for m in ("wide", "nan")},
+    **{f"data_{kind}.yaml": f"name: data_{kind}\ngenerator: {{name: file, path: {kind}.jsonl}}\nmetrics: [accuracy]\n"
+       for kind in ("loop", "dir", "fifo")},
+    # typed files (issue 21): shapes beyond any model, a reference outside the toy, plugin metrics that misbehave
+    "heads_huge.json": '{"heads": [[0, 0]], "n_layers": 200000, "n_heads": 12}\n',
+    "ref_outside.json": '{"heads": [[7, 0]]}\n',
+    "plugins/broken_overlap_metrics.py": "import math\nfrom circuitbench.plugins import register_overlap_metric\n\n\n"
+                                         "def _raises(a, b):\n    raise ValueError('no overlap today')\n\n\n"
+                                         "register_overlap_metric('broken_raises', _raises)\n"
+                                         "register_overlap_metric('broken_text', lambda a, b: 'high')\n"
+                                         "register_overlap_metric('broken_nan', lambda a, b: math.nan)\n",
 }
 
 
@@ -108,6 +129,72 @@ def build_files(root: Path, tiny_gpt2: Path | None = None) -> None:
               "run": {"seed": 0, "device": "cpu", "started_at": "now", "duration_s": 0.0, "peak_memory_mb": 1.0,
                       "versions": {}, "git": None}}
     (root / "failed.json").write_text(json.dumps(failed))
+    # plugins and silently wrong (issue 21): paths that are no regular file
+    for name in ("loop.jsonl", "loop.yaml"):
+        (root / name).symlink_to(root / name)
+    (root / "dir.jsonl").mkdir()
+    (root / "dir.yaml").mkdir()
+    os.mkfifo(root / "fifo.jsonl")
+    _typed_files(root)  # typed files (issue 21)
+
+
+def complete_result(**updates: object) -> dict:
+    """A complete RunResult as JSON (2 layers × 2 heads, an edge circuit of `eap`, whose sidecar is
+    t.eap.edges.json), with top-level fields replaced by `updates`."""
+    result = {
+        "schema_version": SCHEMA_VERSION, "status": "complete",
+        "task": {"name": "t", "version": 1, "spec_hash": "h", "content_hash": "c", "spec": {}, "split": "test",
+                 "main_metric": "logit_diff", "n_prompts": 4},
+        "model": {"name": "m", "source": "s", "init": "pretrained", "dtype": "float32", "n_layers": 2, "n_heads": 2,
+                  "has_mlp": True},
+        "run": {"seed": 0, "batch_size": 4, "device": "cpu", "started_at": "2025-01-01T00:00:00", "duration_s": 0.0,
+                "peak_memory_mb": 1.0, "versions": {}, "git": None},
+        "metrics": {"logit_diff": 1.0},
+        "circuit": {"method": "eap", "rule": {"top_k": 2}, "level": "edge", "heads": [[0, 0]],
+                    "edges": ["input->a0.h0<q>", "a0.h0->logits"]},
+        "edge_scores": {"eap": {"file": "t.eap.edges.json", "n_edges": 0}},
+    }
+    return {**result, **updates}
+
+
+def _typed_files(root: Path) -> None:
+    """Graph files, edge-score sidecars and results, each with one mistake (typed files, issue 21)."""
+    from circuitbench.circuits.graph_files import graph_json
+    from circuitbench.models.graph import ComponentGraph
+
+    good = graph_json(ComponentGraph(2, 2), {"input->a0.h0<q>": 0.5}, ["input->a0.h0<q>", "a0.h0->logits"])
+    edge = "input->a0.h0<q>"
+
+    def variant(change) -> dict:
+        g = json.loads(json.dumps(good))
+        change(g)
+        return g
+
+    graphs = {
+        "ok": good,
+        "edges_list": variant(lambda g: g.update(edges=[[k, v] for k, v in g["edges"].items()])),
+        "nodes_list": variant(lambda g: g.update(nodes=list(g["nodes"]))),
+        "score_text": variant(lambda g: g["edges"][edge].update(score="high")),
+        "score_nan": variant(lambda g: g["edges"][edge].update(score=float("nan"))),
+        "in_graph_text": variant(lambda g: g["edges"][edge].update(in_graph="yes")),
+        "unknown_node": variant(lambda g: g["nodes"].update({"head7": {"in_graph": True}})),
+        "node_outside": variant(lambda g: g["nodes"].update({"a5.h0": {"in_graph": True}})),
+        "negative": variant(lambda g: g["cfg"].update(n_layers=-1)),
+        "zero_heads": variant(lambda g: g["cfg"].update(n_heads=0)),
+        "huge": {"cfg": {"n_layers": 200000, "n_heads": 1}, "nodes": {},
+                 "edges": {"input->a0.h0<q>": {"score": 1.0, "in_graph": True}}},  # 150 bytes: 16 TB of graph
+    }
+    for name, g in graphs.items():
+        (root / f"graph_{name}.json").write_text(json.dumps(g))
+    for name, change in (("sidecar_no_edges", lambda g: g.pop("edges")),
+                         ("sidecar_no_score", lambda g: g["edges"][edge].pop("score"))):
+        (root / name).mkdir()
+        (root / name / "t.json").write_text(json.dumps(complete_result()))
+        (root / name / "t.eap.edges.json").write_text(json.dumps(variant(change)))
+    for version in (1, 99, -5):
+        (root / f"schema_{version}.json").write_text(json.dumps(complete_result(schema_version=version)))
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):  # as a hand edit writes them: NaN, Infinity
+        (root / f"{name}_metric.json").write_text(json.dumps(complete_result(metrics={"logit_diff": value})))
 
 
 RUN = ["run", "--out", "{tmp}/out", "-q"]
@@ -261,4 +348,91 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-tl-bad-config", ["run", "--task", "induction", "--model", "{tmp}/bad_cfg_tl"], "cfg.json"),
     ("run-tl-truncated", ["run", "--task", "induction", "--model", "{tmp}/truncated_tl"], "truncated"),
     ("run-tl-rotary", ["run", "--task", "induction", "--model", "{tmp}/rotary_tl"], "positional_embedding_type"),
+    # plugins and silently wrong (issue 21)
+    ("plugin-exits-at-import", ["validate", "induction", "--plugin", "{tmp}/plugins/exits_at_import.py"],
+     "called sys.exit(3)"),
+    ("plugin-metric-wrong-shape", [*RUN, "--task", "{tmp}/wide_metric.yaml", *TOY, "--plugin",
+                                   "{tmp}/plugins/bad_metrics.py", "--n", "4", "--no-cache"],
+     "returned shape [4, 3]"),
+    ("plugin-metric-nan", [*RUN, "--task", "{tmp}/nan_metric.yaml", *TOY, "--plugin", "{tmp}/plugins/bad_metrics.py",
+                           "--n", "4", "--no-cache"], "returned NaN/inf for 4 of 4 prompts"),
+    ("data-path-symlink-loop", ["validate", "{tmp}/data_loop.yaml"], "symlink loop"),
+    ("data-path-directory", ["validate", "{tmp}/data_dir.yaml"], "is a directory"),
+    ("data-path-fifo", ["validate", "{tmp}/data_fifo.yaml"], "not a regular file (a FIFO)"),
+    ("task-path-symlink-loop", ["validate", "{tmp}/loop.yaml"], "symlink loop"),
+    ("run-task-path-symlink-loop", [*RUN, "--task", "{tmp}/loop.yaml", *TOY], "symlink loop"),
+    ("task-path-directory", ["validate", "{tmp}/dir.yaml"], "is a directory"),
+    # typed files (issue 21): graph files, sidecars, results of other schema versions, references, plugin returns
+    *[(f"overlap-graph-{case}", ["overlap", f"{{tmp}}/graph_{name}.json", "{tmp}/graph_ok.json"], text)
+      for case, name, text in (
+        ("edges-list", "edges_list", "graph_edges_list.json: edges: must be a JSON object"),
+        ("nodes-list", "nodes_list", "graph_nodes_list.json: nodes: must be a JSON object"),
+        ("score-text", "score_text", "edges['input->a0.h0<q>'].score: Input should be a valid number (got 'high')"),
+        ("score-nan", "score_nan", "edges['input->a0.h0<q>'].score: Input should be a finite number"),
+        ("in-graph-text", "in_graph_text", "edges['input->a0.h0<q>'].in_graph: Input should be a valid boolean"),
+        ("unknown-node", "unknown_node", "nodes['head7']: not a node of this graph"),
+        ("node-outside-cfg", "node_outside", "nodes['a5.h0']: not a node of this graph (2 layers × 2 heads"),
+        ("negative-layers", "negative", "cfg.n_layers: Input should be greater than or equal to 1 (got -1)"),
+        ("zero-heads", "zero_heads", "cfg.n_heads: Input should be greater than or equal to 1 (got 0)"),
+        ("absurd-layers", "huge", "n_layers 200000 × n_heads 1 make a graph of 160,000,600,001 edges (reading it "
+                                  "needs about 16.3 TB)"))],
+    *[(f"report-graph-{case}", ["report", f"{{tmp}}/graph_{name}.json", "--out", f"{{tmp}}/report_{name}"], text)
+      for case, name, text in (("unknown-node", "unknown_node", "nodes['head7']: not a node"),
+                               ("node-outside-cfg", "node_outside", "nodes['a5.h0']: not a node"),
+                               ("negative-layers", "negative", "cfg.n_layers"),
+                               ("edges-list", "edges_list", "edges: must be a JSON object"))],
+    ("overlap-heads-absurd-shape", ["overlap", "{tmp}/heads_huge.json", "{tmp}/heads_huge.json"],
+     "heads_huge.json: n_layers 200000 × n_heads 12 = 2,400,000 heads"),
+    ("overlap-shape-absurd", ["overlap", "{tmp}/bare_a.json", "{tmp}/bare_b.json", "--shape", "100000,1000"],
+     "--shape 100000,1000: n_layers 100000 × n_heads 1000"),
+    ("overlap-permutations-absurd", ["overlap", "{tmp}/inside.json", "{tmp}/inside.json", "--permutations",
+                                     "1000000000"], "--permutations 1000000000: 1,000,000,000 shuffles"),
+    ("report-sidecar-no-edges", ["report", "{tmp}/sidecar_no_edges/t.json", "--out", "{tmp}/report_s1"],
+     "t.eap.edges.json: edges: missing"),
+    ("report-sidecar-no-score", ["report", "{tmp}/sidecar_no_score/t.json", "--out", "{tmp}/report_s2"],
+     "t.eap.edges.json: edges['input->a0.h0<q>'].score: missing"),
+    ("export-sidecar-no-edges", ["circuit", "export", "{tmp}/sidecar_no_edges/t.json", "--out", "{tmp}/export.json"],
+     "t.eap.edges.json: edges: missing"),
+    ("export-sidecar-no-score", ["circuit", "export", "{tmp}/sidecar_no_score/t.json", "--out", "{tmp}/export.json"],
+     "t.eap.edges.json: edges['input->a0.h0<q>'].score: missing"),
+    ("overlap-sidecar-no-score", ["overlap", "{tmp}/sidecar_no_score/t.json", "{tmp}/graph_ok.json"],
+     "t.eap.edges.json: edges['input->a0.h0<q>'].score: missing"),
+    ("report-schema-1", ["report", "{tmp}/schema_1.json"],
+     f"schema_1.json: schema_version: 1, not the current {SCHEMA_VERSION}"),
+    ("export-schema-99", ["circuit", "export", "{tmp}/schema_99.json", "--out", "{tmp}/export.json"],
+     f"schema_version: 99, not the current {SCHEMA_VERSION}"),
+    ("recovery-schema-minus-5", ["recovery", "{tmp}/schema_-5.json"],
+     f"schema_version: -5, not the current {SCHEMA_VERSION}"),
+    ("overlap-schema-99", ["overlap", "{tmp}/schema_99.json", "{tmp}/inside.json"],
+     f"schema_99.json: schema_version: 99, not the current {SCHEMA_VERSION}"),
+    ("overlap-nan-metric", ["overlap", "{tmp}/nan_metric.json", "{tmp}/inside.json"],
+     "nan_metric.json: metrics.logit_diff: not a finite number"),
+    ("report-nan-metric", ["report", "{tmp}/nan_metric.json"], "metrics.logit_diff: not a finite number"),
+    ("export-inf-metric", ["circuit", "export", "{tmp}/inf_metric.json", "--out", "{tmp}/export.json"],
+     "metrics.logit_diff: not a finite number"),
+    ("recovery-nan-metric", ["recovery", "{tmp}/nan_metric.json"], "metrics.logit_diff: not a finite number"),
+    *[(f"overlap-plugin-metric-{case}", ["overlap", "{tmp}/inside.json", "{tmp}/inside.json", "--plugin",
+                                         "{tmp}/plugins/broken_overlap_metrics.py", "--metric", f"broken_{case}"], text)
+      for case, text in (("raises", "Overlap metric 'broken_raises' (a plugin) raised ValueError"),
+                         ("text", "Overlap metric 'broken_text' (a plugin) returned a str ('high'), not a number"),
+                         ("nan", "Overlap metric 'broken_nan' (a plugin) returned nan"))],
+    ("run-reference-outside-model", [*RUN, *IND, *TOY, "--reference", "{tmp}/ref_outside.json", "--no-cache"],
+     "ref_outside.json: heads: L7H0 lie outside toy-induction-2l (2 layers × 4 heads"),
+    # --- issue 21, import-tracr: reserved and split vocabulary values, sizes bounded before compute ---
+    *[(f"import-tracr-vocab-{case}", ["import-tracr", "reverse", "--vocab", vocab, "--max-seq-len", "3", "--out",
+                                      "{tmp}/tracr_vocab"], text)
+      for case, vocab, text in (("pad", "<pad>,a", "--vocab '<pad>': collides with the tokenizer's pad token"),
+                                ("unk", "<unk>,a", "--vocab '<unk>': collides with the tokenizer's unknown-word"),
+                                ("compiler-pad", "compiler_pad,a", "--vocab 'compiler_pad': collides with tracr's"),
+                                ("space", "a b,c", "--vocab value 'a b' is not one word"),
+                                ("punctuation", "a.b,c", "splits it into ['a', '.', 'b']"),
+                                ("negative", "-1,2", "splits it into ['-', '1']"))],
+    ("import-tracr-bos-empty", ["import-tracr", "reverse", "--vocab", "a,b", "--bos", "", "--max-seq-len", "3",
+                                "--out", "{tmp}/tracr_bos"], "--bos '': the BOS token must be one word"),
+    ("import-tracr-max-seq-len-200", ["import-tracr", "reverse", "--vocab", "a,b,c", "--max-seq-len", "200", "--out",
+                                      "{tmp}/tracr_big"], "widest MLP layer 40,200 units"),
+    ("import-tracr-max-seq-len-absurd", ["import-tracr", "reverse", "--vocab", "a,b,c", "--max-seq-len",
+                                         "1000000000", "--out", "{tmp}/tracr_big"], "too large to compile here"),
+    ("import-tracr-n-prompts-absurd", ["import-tracr", "hist", "--vocab", "a,b", "--max-seq-len", "2", "--n-prompts",
+                                       "1000000000", "--out", "{tmp}/tracr_big"], "--n-prompts 1000000000: give 0"),
 ]

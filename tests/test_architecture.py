@@ -14,7 +14,7 @@ import circuitbench
 PACKAGE = Path(circuitbench.__file__).resolve().parent
 # Stages in the order data flows (DESIGN.md); infrastructure below them, entry points above.
 STAGES = ["specs", "prompts", "models", "scores", "circuits", "results", "pipeline", "tables", "training"]
-INFRASTRUCTURE = {"errors", "registry", "progress", "files", "environment", "parallel"}
+INFRASTRUCTURE = {"errors", "registry", "progress", "files", "output_paths", "environment", "parallel"}
 ENTRY_POINTS = {"cli", "plugins", "__init__", "__main__"}
 
 

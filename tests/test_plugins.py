@@ -97,3 +97,24 @@ def test_entry_point_plugins_load_without_a_flag(tmp_path, plugin_files):
     proc = subprocess.run([sys.executable, "-m", "circuitbench", "validate", str(task), "--model", "toy-induction-2l"],
                           capture_output=True, text=True, env=child_env(site), timeout=120)
     assert proc.returncode == 0 and "kept 10 of 10, dropped 0" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("exit_call, shown", [("sys.exit(3)", "sys.exit(3)"), ("sys.exit(0)", "sys.exit(0)"),
+                                              ("sys.exit('bye')", "sys.exit('bye')"),
+                                              ("raise SystemExit", "sys.exit()")])
+def test_a_plugin_calling_sys_exit_at_import_is_one_clear_error(capsys, tmp_path, exit_call, shown):
+    """Issue 21: `sys.exit(3)` at a plugin's import exited 3 with no message (and sys.exit(0) ran nothing, exit 0)."""
+    from helpers import cli
+
+    plugin = tmp_path / f"exits_{abs(hash(exit_call))}.py"
+    plugin.write_text(f"import sys\n{exit_call}\n")
+    code, out, err = cli(capsys, "validate", "induction", "--plugin", str(plugin))
+    assert code == 2 and "Traceback" not in out + err
+    assert plugin.name in err and f"called {shown}" in err, err
+    # as a module name too
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code, _, err = cli(capsys, "validate", "induction", "--plugin", plugin.stem)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code == 2 and plugin.stem in err and f"called {shown}" in err, err

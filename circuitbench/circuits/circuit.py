@@ -172,8 +172,10 @@ class Circuit(BaseModel):
     def load(cls, path: Path) -> "Circuit":
         """Any JSON with "heads": [[layer, head], ...] or "nodes": ["a0.h1", "m2", ...] (a RunResult
         qualifies: node and edge circuits too, edge scores read from its sidecar file), or an
-        EAP-IG / MIB graph file (cfg, nodes, edges: the edges and nodes `in_graph`, with scores)."""
-        from circuitbench.circuits.graph_files import is_graph_json, read_graph_json
+        EAP-IG / MIB graph file (cfg, nodes, edges: the edges and nodes `in_graph`, with scores).
+        Every field is checked: a shape beyond any real model, a non-finite score or a file of the
+        wrong form is an error naming the file and the field."""
+        from circuitbench.circuits.graph_files import check_head_bounds, is_graph_json, load_sidecar, read_graph_json
 
         try:
             raw = json.loads(path.read_text())
@@ -196,31 +198,63 @@ class Circuit(BaseModel):
             raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor \"nodes\", circuit.heads, "
                                     "or an EAP-IG/MIB graph's cfg, nodes and edges).")
         try:
-            heads = [(int(l), int(h)) for l, h in source.get("heads", [])]
+            heads = [(_index(l), _index(h)) for l, h in source.get("heads", [])]
             named_heads, named_mlps = split_nodes([str(n) for n in source.get("nodes", [])])
             heads = sorted(set(heads) | set(named_heads))
-            mlps = sorted({int(m) for m in source.get("mlps", [])} | set(named_mlps))
+            mlps = sorted({_index(m) for m in source.get("mlps", [])} | set(named_mlps))
         except (TypeError, ValueError):
             raise CircuitbenchError(f"{path}: \"heads\" must be a list of [layer, head] pairs.") from None
         model = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
         task = raw.get("task", {}) if isinstance(raw.get("task"), dict) else {}
+        shape = {}
+        for field in ("n_layers", "n_heads"):
+            where, value = (f"model.{field}", model[field]) if field in model else (field, raw.get(field))
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise CircuitbenchError(f"{path}: {where}: {value!r} is not a positive whole number. Give the model's "
+                                        "shape as integers, or leave it out.")
+            shape[field] = value
+        if shape["n_layers"] is not None and shape["n_heads"] is not None:
+            check_head_bounds(shape["n_layers"], shape["n_heads"], str(path))
         method = source.get("method")
         # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
         scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
         node_scores = (raw.get("node_scores") or {}).get(method) if isinstance(raw.get("node_scores"), dict) else None
+        _check_finite(path, "scores" if source.get("scores") else f"head_scores.{method}", scores)
+        _check_finite(path, f"node_scores.{method}", node_scores)
         edges = [str(e) for e in source.get("edges", [])]
         edge_scores = None
         sidecar = (raw.get("edge_scores") or {}).get(method) if isinstance(raw.get("edge_scores"), dict) else None
         if isinstance(sidecar, dict) and (path.parent / str(sidecar.get("file"))).is_file():
-            edge_scores = read_graph_json(json.loads((path.parent / sidecar["file"]).read_text()), str(path)).scores
+            edge_scores = load_sidecar(path.parent / str(sidecar["file"]), shape["n_layers"], shape["n_heads"],
+                                       str(method)).scores
         name = model_label(str(model["name"]), model.get("init")) if model.get("name") else None
         label = f"{name}/{task['name']}" if name and task.get("name") else path.stem
         try:
             return cls(heads=heads, mlps=mlps, edges=edges, level=str(source.get("level", "head")),
-                       n_layers=model.get("n_layers", raw.get("n_layers")),
-                       n_heads=model.get("n_heads", raw.get("n_heads")), scores=scores, method=method,
+                       n_layers=shape["n_layers"], n_heads=shape["n_heads"], scores=scores, method=method,
                        rule=source.get("rule") or {}, label=raw.get("label", label), node_scores=node_scores,
                        edge_scores=edge_scores)
         except ValidationError as e:
-            reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            reasons = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                                if err["loc"] else err["msg"].removeprefix("Value error, ") for err in e.errors()[:3])
             raise CircuitbenchError(f"{path}: not a usable circuit: {reasons}") from None
+
+
+def _index(value: object) -> int:
+    """A layer or head index as written in a circuit file: a whole number (not 1.5, not true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ValueError(value)
+    return int(value)  # type: ignore[arg-type]
+
+
+def _check_finite(path: Path, field: str, values: object) -> None:
+    """Scores read from a file hold numbers only, every one finite (Python's json reads NaN and Infinity)."""
+    flat = list(values.values()) if isinstance(values, dict) else values
+    if flat is None:
+        return
+    cells = [v for row in flat for v in (row if isinstance(row, list) else [row])] if isinstance(flat, list) else [flat]
+    for v in cells:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not np.isfinite(v):
+            raise CircuitbenchError(f"{path}: {field}: holds {v!r}, not a finite number. Scores must be numbers; "
+                                    "rerun the unit, or fix the file.")

@@ -49,24 +49,32 @@ NOISE_Z = 2.0  # |m(M) − m(∅)| below NOISE_Z standard errors of the paired d
 CurvePoint = tuple[int, float, float]  # (components kept, fraction, f)
 
 
-def paired_gap(full: np.ndarray, empty: np.ndarray, ctx: MethodContext) -> tuple[float, float, float, int]:
+def paired_gap(full: np.ndarray, empty: np.ndarray, ctx: MethodContext) -> tuple[float, float, float | None, int]:
     """(m(M), m(∅), standard error of m(M) − m(∅), n) from per-prompt values on this process's
     prompts, summed over processes: the standard error is of the paired differences, so the
-    prompt-to-prompt spread both runs share cancels."""
+    prompt-to-prompt spread both runs share cancels. One prompt has no spread: the standard error
+    is None (undefined), never 0, which would make any gap "beyond noise"."""
     diff = full - empty
     s_full, s_empty, s_diff, s_diff2, n = ctx.sum_shards(
         (float(full.sum()), float(empty.sum()), float(diff.sum()), float((diff**2).sum()), len(full)))
-    variance = max(0.0, (s_diff2 - s_diff**2 / n) / (n - 1)) if n > 1 else 0.0
+    if n < 2:
+        return s_full / n, s_empty / n, None, int(n)
+    variance = max(0.0, (s_diff2 - s_diff**2 / n) / (n - 1))
     return s_full / n, s_empty / n, float(np.sqrt(variance / n)), int(n)
 
 
-def undefined_reason(m_full: float, m_empty: float, gap_stderr: float, n: int, what: str, metric: str,
+def undefined_reason(m_full: float, m_empty: float, gap_stderr: float | None, n: int, what: str, metric: str,
                      shown_full: float) -> str | None:
     """Why f is undefined (None: it is defined): `what` (e.g. "ablating every head (zero)") changes
-    the metric by nothing, or by less than NOISE_Z standard errors of that change."""
+    the metric by nothing, or by less than NOISE_Z standard errors of that change, or there is a
+    single prompt, whose change cannot be told from noise."""
     gap = abs(m_full - m_empty)
     if gap < 1e-9:
         return f"{what} does not change {metric} ({shown_full:.4g})"
+    if gap_stderr is None:
+        return (f"{what} changes {metric} by {gap:.3g}, but with {n} prompt there is no spread over prompts: the "
+                "standard error of that change is undefined, so no effect can be told from noise; run 2 or more "
+                "prompts (--n)")
     if gap < NOISE_Z * gap_stderr:
         return (f"|m(M) − m(∅)| = {gap:.3g} is within noise: less than {NOISE_Z:g} × its standard error over "
                 f"{n} prompts ({gap_stderr:.3g}; {what}): the components have no measurable effect on the metric")
@@ -259,7 +267,7 @@ class ReportBaseline(Protocol):
 
     m_full: float
     m_empty: float
-    gap_stderr: float
+    gap_stderr: float | None
 
     @property
     def defined(self) -> bool: ...

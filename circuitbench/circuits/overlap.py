@@ -16,6 +16,8 @@ beside every raw number.
 from __future__ import annotations
 
 import math
+import numbers
+import traceback
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Literal
@@ -367,6 +369,7 @@ for _name, _fn in (("jaccard", jaccard), ("overlap_coefficient", overlap_coeffic
                    ("edge_jaccard", edge_jaccard), ("edge_weighted_jaccard", edge_weighted_jaccard),
                    ("edge_rbo", edge_rbo)):
     OVERLAP_METRICS.add(_name, _fn)
+BUILT_IN = frozenset(OVERLAP_METRICS.names())  # the others are plugins': their values are checked
 
 
 def to_relative_depth(c: Circuit, bins: int) -> RelativeDepthCircuit:
@@ -397,6 +400,22 @@ class Comparison(BaseModel):
     null: str | None = None  # how the permutation null was drawn, e.g. "200 within-layer shuffles of b"
     null_mean: dict[str, float | None] = Field(default_factory=dict)  # metric -> mean over the null (None: no null)
     p_value: dict[str, float | None] = Field(default_factory=dict)  # metric -> one-sided permutation p-value
+
+
+MAX_NULL_BYTES = 2 * 10**9  # what the permutation null may hold in memory at once
+
+
+def check_null_size(permutations: int, c: Circuit) -> None:
+    """Refuse a permutation null too big to hold (its shuffles are drawn at once), with the estimate."""
+    if c.n_layers is None or c.n_heads is None:
+        return
+    cells = c.n_layers * c.n_heads
+    need = permutations * cells * 24  # random keys, their argsort, the shuffled scores
+    if need > MAX_NULL_BYTES:
+        raise CircuitbenchError(
+            f"--permutations {permutations}: {permutations:,} shuffles of the {cells:,} heads of '{c.label}' would "
+            f"need about {need / 1e9:,.1f} GB; at most {MAX_NULL_BYTES // 10**9} GB is used. Give fewer permutations "
+            f"(at most {MAX_NULL_BYTES // (24 * cells):,} here; {DEFAULT_PERMUTATIONS} is the default).")
 
 
 def check_settings(bins: int, top_n: int, rbo_p: float) -> None:
@@ -443,7 +462,38 @@ def _metric_value(name: str, fn: OverlapFn, x: Circuit, y: Circuit, top_n: int, 
         return top_n_overlap(x, y, top_n)
     if name == "rbo":
         return rank_biased_overlap(x, y, rbo_p)
-    return fn(x, y)
+    if name in BUILT_IN:
+        return fn(x, y)
+    return plugin_value(name, fn, x, y)
+
+
+def plugin_value(name: str, fn: OverlapFn, x: Circuit, y: Circuit) -> float:
+    """A plugin metric's value, checked: one finite number. A plugin that raises, or returns anything
+    else (a string, NaN, an array), is a clear error naming the metric, not a traceback or a NaN
+    written into the matrix."""
+    fix = "Fix the plugin, or leave the metric out of --metric."
+    try:
+        value = fn(x, y)
+    except MissingInput:
+        raise
+    except CircuitbenchError as e:
+        raise CircuitbenchError(f"Overlap metric '{name}' (a plugin): {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a plugin's bug, reported as such with where it happened
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise CircuitbenchError(f"Overlap metric '{name}' (a plugin) raised {type(e).__name__}{where}: {e}. "
+                                f"{fix}") from None
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        shown = f"an array of shape {list(value.shape)}" if isinstance(value, np.ndarray) else \
+            f"a {type(value).__name__} ({value!r:.40})"
+        raise CircuitbenchError(f"Overlap metric '{name}' (a plugin) returned {shown}, not a number: an overlap metric "
+                                f"returns one finite float for a pair of circuits. {fix}")
+    if not math.isfinite(float(value)):
+        raise CircuitbenchError(f"Overlap metric '{name}' (a plugin) returned {float(value)} for '{x.label}' and "
+                                f"'{y.label}': an overlap metric returns one finite float. {fix}")
+    return float(value)
 
 
 def _mask(c: Circuit, size: int, n_heads: int) -> np.ndarray:
@@ -567,6 +617,8 @@ def compare(a: Circuit, b: Circuit, metrics: list[str] | None = None, alignment:
     check_settings(bins, top_n, rbo_p)
     if permutations < 0:
         raise CircuitbenchError(f"--permutations {permutations}: give 0 (no null) or more.")
+    for c in (a, b):
+        check_null_size(permutations, c)
     names = metrics or OVERLAP_METRICS.names()
     fns = {name: OVERLAP_METRICS.get(name) for name in names}  # unknown names: one clear error
     same = (a.n_layers, a.n_heads) == (b.n_layers, b.n_heads)

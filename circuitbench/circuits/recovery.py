@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from circuitbench.circuits.circuit import Head
+from circuitbench.circuits.circuit import Head, head_label
 from circuitbench.errors import CircuitbenchError
+from circuitbench.models.graph import EDGE, ComponentGraph
 
 HEAD_NODE = re.compile(r"^a(\d+)\.h(\d+)$")
 MLP_NODE = re.compile(r"^m(\d+)$")
@@ -37,8 +38,12 @@ class Reference(BaseModel):
         return [f"a{l}.h{h}" for l, h in self.heads] + [f"m{l}" for l in self.mlps]
 
 
-def parse_components(items: list, where: str) -> tuple[list[Head], list[int]]:
-    """Heads and MLP layers from [layer, head] pairs and/or node names ("a0.h1", "m2")."""
+def parse_components(items: object, where: str) -> tuple[list[Head], list[int]]:
+    """Heads and MLP layers from [layer, head] pairs and/or node names ("a0.h1", "m2"); indices are
+    whole numbers ≥ 0 (not true, not 1.5)."""
+    if not isinstance(items, (list, tuple)):
+        raise CircuitbenchError(f"{where}: a list of [layer, head] pairs or node names like 'a0.h1', 'm2', not "
+                                f"{items!r:.40}.")
     heads: list[Head] = []
     mlps: list[int] = []
     for item in items:
@@ -46,17 +51,22 @@ def parse_components(items: list, where: str) -> tuple[list[Head], list[int]]:
             heads.append((int(m.group(1)), int(m.group(2))))
         elif isinstance(item, str) and (m := MLP_NODE.match(item)):
             mlps.append(int(m.group(1)))
-        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and all(_is_index(v) for v in item):
             heads.append((int(item[0]), int(item[1])))
         else:
-            raise CircuitbenchError(f"{where}: {item!r} is neither a [layer, head] pair nor a node name like "
-                                    "'a0.h1' or 'm2'.")
+            raise CircuitbenchError(f"{where}: {item!r} is neither a [layer, head] pair of whole numbers ≥ 0 nor a "
+                                    "node name like 'a0.h1' or 'm2'.")
     return sorted(set(heads)), sorted(set(mlps))
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load_reference(path: Path) -> Reference:
     """A reference circuit file: {"heads": [[l, h], ...], "mlps": [l, ...]} or {"nodes": ["a0.h1", "m0", ...]}
-    (the model directory's circuit.json, or any circuit file with heads)."""
+    (and "edges": ["a0.h1->a1.h0<q>", ...]); the model directory's circuit.json, or any circuit file
+    with heads (a RunResult's circuit). Each field is checked, naming the file and the field."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -65,13 +75,61 @@ def load_reference(path: Path) -> Reference:
         raise CircuitbenchError(f"{path}: a reference circuit is a JSON object with \"heads\" (and \"mlps\") or "
                                 "\"nodes\".")
     source = raw["circuit"] if isinstance(raw.get("circuit"), dict) else raw
-    items = list(source.get("heads", [])) + list(source.get("nodes", [])) + [f"m{l}" for l in source.get("mlps", [])]
-    heads, mlps = parse_components(items, str(path))
-    edges = [str(e) for e in source.get("edges", []) if isinstance(e, str)]
+    heads, mlps = parse_components(source.get("heads", []), f"{path}: heads")
+    named_heads, named_mlps = parse_components(source.get("nodes", []), f"{path}: nodes")
+    layers = source.get("mlps", [])
+    if not isinstance(layers, list) or not all(_is_index(v) for v in layers):
+        raise CircuitbenchError(f"{path}: mlps: {layers!r:.60} is not a list of layers (whole numbers ≥ 0).")
+    edges = source.get("edges", [])
+    if not isinstance(edges, list) or not all(isinstance(e, str) and EDGE.match(e) for e in edges):
+        bad = next((e for e in edges if not (isinstance(e, str) and EDGE.match(e))), edges) \
+            if isinstance(edges, list) else edges
+        raise CircuitbenchError(f"{path}: edges: {bad!r:.60} is not an edge name like 'a0.h1->a1.h0<q>' or "
+                                "'m0->logits'.")
     try:
-        return Reference(heads=heads, mlps=mlps, edges=edges, source=str(path))
+        return Reference(heads=sorted(set(heads) | set(named_heads)), mlps=sorted(set(mlps) | set(named_mlps)
+                                                                                 | set(layers)),
+                         edges=edges, source=str(path))
     except ValidationError as e:
         raise CircuitbenchError(f"{path}: not a reference circuit ({e.errors()[0]['msg']}).") from None
+
+
+def find_reference(reference_file: str | None, reference_circuits: dict, task: str, model_keys: tuple[str, str],
+                   model_dir: str) -> Reference | None:
+    """The known circuit a run scores recovery against: --reference FILE, else the task's
+    reference_circuits for the model's name or path (`model_keys`), else circuit.json in the model
+    directory; None when there is none. Known before the model loads, so --resume can compare it."""
+    if reference_file is not None:
+        return load_reference(Path(reference_file))
+    for key in model_keys:
+        if key in reference_circuits:
+            heads, mlps = parse_components(list(reference_circuits[key]), f"task '{task}' reference_circuits")
+            return Reference(heads=heads, mlps=mlps, source=f"task '{task}' reference_circuits[{key}]")
+    path = Path(model_dir) / "circuit.json"
+    return load_reference(path) if path.is_file() else None
+
+
+def check_reference(reference: Reference, model: str, n_layers: int, n_heads: int, has_mlp: bool = True,
+                    parallel_attn_mlp: bool = False) -> None:
+    """Every component of the reference is one of the model's (checked before any method runs: a
+    reference for another model fails here, not after the compute)."""
+    shape = f"{n_layers} layers × {n_heads} heads" + ("" if has_mlp else ", attention-only")
+    fix = "Give a reference of this model's components, or run without it."
+    outside = [head_label(l, h) for l, h in reference.heads if not (l < n_layers and h < n_heads)]
+    if outside:
+        raise CircuitbenchError(f"{reference.source}: heads: {', '.join(outside[:5])} lie outside {model} ({shape}: "
+                                f"L0H0 … L{n_layers - 1}H{n_heads - 1}). {fix}")
+    bad_mlps = [f"m{l}" for l in reference.mlps if not has_mlp or l >= n_layers]
+    if bad_mlps:
+        raise CircuitbenchError(f"{reference.source}: mlps: {', '.join(bad_mlps[:5])} are not MLPs of {model} "
+                                f"({shape}{'' if has_mlp else ': it has none'}). {fix}")
+    if reference.edges:
+        graph = ComponentGraph(n_layers, n_heads, has_mlp=has_mlp, parallel_attn_mlp=parallel_attn_mlp)
+        for name in reference.edges:
+            try:
+                graph.edge_position(name)
+            except ValueError as e:
+                raise CircuitbenchError(f"{reference.source}: edges: {e}. {fix}") from None
 
 
 class RecoveryScores(BaseModel):

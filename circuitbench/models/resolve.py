@@ -4,6 +4,7 @@ model directory is one clear message naming the file, never a traceback from dee
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef("registry", name, spec.hf_id, spec)
     path = Path(name).expanduser()
     if path.is_dir():
+        path = Path(os.path.abspath(path))  # `--model .` or `..`: named by the folder, never "." or ".."
         if is_toy_checkpoint(path):
             ref = ModelRef("toy", path.name, str(path.resolve()), None)
         elif is_tl_checkpoint(path):

@@ -12,12 +12,13 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources.native.model import NativeModel
 from transformers import PreTrainedTokenizerBase
 
+from circuitbench.files import write_atomic
 from circuitbench.models.smeared_keys import smear_keys
 from circuitbench.models.tokenizers import load_saved_tokenizer
 
@@ -87,12 +88,13 @@ def save_checkpoint(
     symbols the model was trained on, where a word vocabulary also holds text words."""
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path / "model.safetensors"))
+    # atomically and with the mode any new file gets (safetensors' own save_file writes 0600)
+    write_atomic(path / "model.safetensors", save(state))
     tokenizer.save_pretrained(str(path))
     meta: dict[str, Any] = {"config": config, "variant": (variant or NativeVariant()).model_dump(), "record": record}
     if symbol_pool is not None:
         meta["symbol_pool"] = symbol_pool
-    (path / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(path / MARKER, json.dumps(meta, indent=2) + "\n")
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:

@@ -45,9 +45,20 @@ the RASP values (residual directions) it reads and writes, and `edges` link writ
 (`input->a0.h0<k>`, `a1.h0->m1`, `m3->logits`).
 
 The conversion is checked before anything is kept: the written checkpoint, loaded through
-circuitbench, must reproduce tracr's own forward (`model.apply`) on sample inputs — final
+circuitbench, must reproduce tracr's own forward (what `model.apply` runs) on sample inputs — final
 residual stream and output-space values within TOLERANCE, identical decoded outputs wherever
 tracr's own output is not a near tie — or the import fails and writes nothing.
+
+Before any compute: every --vocab value and the BOS must be one token, none of them reserved
+(`<pad>`, `<unk>`, tracr's compiler pad); the compile is estimated from the program's value sets
+(`check_size`: tracr's cost grows with the cube of its widest MLP, max_seq_len² wide for reverse)
+and refused beyond LIMIT_SECONDS / LIMIT_BYTES unless --allow-large (never beyond free memory);
+--n-prompts is at most MAX_PROMPTS, and when it reaches the number of distinct inputs, every input
+is taken once. --out must be missing or empty; with --force it may be an earlier import (its
+tracr.json and nothing but the files an import writes), never another folder, the working
+directory, home, the root or an ancestor of them. The checkpoint is built in a staging folder
+next to --out that replaces it only once complete (output_paths.replace_dir_staged), with the modes any
+new folder and file get (the umask).
 """
 from __future__ import annotations
 
@@ -59,8 +70,6 @@ import json
 import math
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +80,9 @@ import torch
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.files import write_atomic
-from circuitbench.models.tl_format import CIRCUIT_FILE, TRACR_FILE, save_tl_checkpoint
+from circuitbench.models.tl_format import CIRCUIT_FILE, CONFIG_FILES, TRACR_FILE, WEIGHTS_FILE, save_tl_checkpoint
 from circuitbench.models.tokenizers import PAD, UNK, word_level_tokenizer
+from circuitbench.output_paths import check_replaceable_dir, replace_dir_staged
 
 COMPILER_PAD = "compiler_pad"
 PAD_KEY = -30000.0  # key of a pad position on the extra dimension (query 1): never attended
@@ -173,6 +183,12 @@ def canonical_labels(sop: Any) -> None:
     residual stream by label: the same program would get other labels, even another order of
     dimensions, depending on what the process built before. Fixed ids make an import
     reproducible byte for byte (each id is the expression's cached `unique_id`)."""
+    for number, expr in enumerate(_postorder(sop), 1):
+        expr.__dict__["unique_id"] = number
+
+
+def _postorder(sop: Any) -> list[Any]:
+    """The program's expressions (SOps and selectors), each once, children first, depth first."""
     order: list[Any] = []
     seen: set[int] = set()
     stack: list[tuple[Any, bool]] = [(sop, False)]
@@ -184,8 +200,7 @@ def canonical_labels(sop: Any) -> None:
             seen.add(id(expr))
             stack.append((expr, True))
             stack.extend((child, False) for child in reversed(list(expr.children)))
-    for number, expr in enumerate(order, 1):
-        expr.__dict__["unique_id"] = number
+    return order
 
 
 def parse_vocab(text: str) -> tuple[Any, ...]:
@@ -197,6 +212,29 @@ def parse_vocab(text: str) -> tuple[Any, ...]:
     if len(set(values)) != len(values):
         raise CircuitbenchError(f"--vocab {text!r}: a value is listed twice.")
     return values
+
+
+def check_tokens(vocab: tuple[Any, ...], bos: str) -> None:
+    """Before any compute: every --vocab value and the BOS become one token each of the
+    checkpoint's word-level tokenizer, none of them a reserved token (`<pad>`, `<unk>`, the
+    compiler's pad, the BOS)."""
+    reserved = {PAD: "the tokenizer's pad token", UNK: "the tokenizer's unknown-word token",
+                COMPILER_PAD: "tracr's compiler pad"}
+    if not bos.strip() or any(c.isspace() for c in bos):
+        raise CircuitbenchError(f"--bos {bos!r}: the BOS token must be one word without spaces, e.g. --bos BOS.")
+    if bos in reserved:
+        raise CircuitbenchError(f"--bos {bos!r}: is {reserved[bos]}, reserved; pick another, e.g. --bos BOS.")
+    words = [str(v) for v in vocab]
+    for word in words:
+        if word == bos:
+            raise CircuitbenchError(f"--vocab {word!r} is also the BOS token (--bos {bos}); pick another --bos or "
+                                    "rename that value.")
+        if word in reserved:
+            raise CircuitbenchError(f"--vocab {word!r}: collides with {reserved[word]}, which the checkpoint "
+                                    "reserves; rename that value.")
+    tokenizer = word_level_tokenizer(words, bos=bos)
+    for word in words:
+        _check_word(word, tokenizer, "--vocab value")
 
 
 # --- conversion ----------------------------------------------------------------------------
@@ -234,8 +272,10 @@ def _read_out_matrix(assembled: Any, d_model: int) -> np.ndarray:
 def _check_word(word: str, tokenizer: Any, what: str) -> int:
     ids = tokenizer.encode(word, add_special_tokens=False)
     if len(ids) != 1 or not word or any(c.isspace() for c in word):
-        raise CircuitbenchError(f"{what} {word!r} is not one word of a word-level vocabulary (whitespace or "
-                                "punctuation splits it); use values without spaces or punctuation.")
+        pieces = [piece for piece, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(word)]
+        raise CircuitbenchError(f"{what} {word!r} is not one word of a word-level vocabulary (the tokenizer splits "
+                                f"it into {pieces}: whitespace and punctuation split words, and a sign is "
+                                "punctuation); use values of letters and digits, or a single punctuation mark.")
     return ids[0]
 
 
@@ -251,7 +291,14 @@ def convert(assembled: Any, bos: str, causal: bool, name: str) -> Converted:
     inputs = [v for v in sorted(in_map, key=in_map.get) if v not in (bos, COMPILER_PAD)]
     input_words = [str(v) for v in inputs]
     output_words = [str(v) for v in out_values]
-    tokenizer = word_level_tokenizer(input_words + [w for w in output_words if w not in input_words], bos=bos)
+    extra_words = [w for w in output_words if w not in input_words]
+    clashes = sorted({w for w in extra_words if w in (bos, PAD, UNK)} | {w for w in extra_words
+                                                                       if extra_words.count(w) > 1})
+    if clashes:
+        raise CircuitbenchError(f"the program's output values {clashes} collide with the BOS, <pad> or <unk> token, "
+                                "or with each other as text; make its outputs distinct words (or pick another "
+                                "--bos). Nothing was written.")
+    tokenizer = word_level_tokenizer(input_words + extra_words, bos=bos)
     for word in input_words:
         _check_word(word, tokenizer, "input value")
     output_ids = [_check_word(w, tokenizer, "output value") for w in output_words]
@@ -403,36 +450,53 @@ def sample_inputs(vocab: tuple[Any, ...], max_seq_len: int, n: int, seed: int = 
 
 
 def verify(assembled: Any, conv: Converted, model: Any, inputs: list[list[Any]], bos: str) -> Verification:
-    """Run tracr (`model.apply`) and the loaded checkpoint on the same inputs; raise on any
-    difference beyond TOLERANCE or any different decoded output."""
+    """Run tracr's forward and the loaded checkpoint on the same inputs; raise on any difference
+    beyond TOLERANCE or any different decoded output. Inputs are run in batches of one length, and
+    tracr's forward is compiled once per length (op by op, jax compiled every operation for every
+    length: minutes and gigabytes for a few dozen lengths)."""
+    import jax
+
     from circuitbench.models.hooks import resid_post
+
+    @jax.jit
+    def tracr_forward(params: Any, tokens: Any) -> tuple[Any, Any]:
+        out = assembled.forward(params, tokens)  # what assembled.apply runs, for a batch
+        return out.transformer_output.output, out.unembedded_output
 
     d_model = len(conv.residual_labels)
     diffs_resid, diffs_out, compared, ties = [], [], 0, 0
     last = resid_post(conv.config["n_layers"] - 1)
+    by_length: dict[int, list[list[Any]]] = {}
     for seq in inputs:
-        ours = [int(conv.tokenizer.bos_token_id)] + [int(conv.tokenizer.convert_tokens_to_ids(str(v))) for v in seq]
-        ref = assembled.apply([bos, *seq])
-        resid_ref = np.asarray(ref.transformer_output, dtype=np.float64)[0]  # [pos, d_model]
-        out_ref = resid_ref @ conv.read_out  # [pos, n_outputs]
-        logits, cache = model.run_with_cache(torch.tensor([ours]), [last])
-        resid = cache[last][0, :, :d_model].double().cpu().numpy()
-        out = logits[0][:, conv.output_ids].double().cpu().numpy()
-        scale = max(1.0, float(np.abs(resid_ref).max()))
-        diffs_resid.append(float(np.abs(resid - resid_ref).max()) / scale)
-        diffs_out.append(float(np.abs(out - out_ref).max()) / max(1.0, float(np.abs(out_ref).max())))
-        predicted = logits[0].argmax(-1).tolist()
-        for pos in range(1, len(ours)):
-            top2 = np.sort(out_ref[pos])[-2:] if out_ref.shape[1] > 1 else np.array([-np.inf, out_ref[pos, 0]])
-            if top2[1] - top2[0] <= 10 * TOLERANCE:
-                ties += 1
-                continue
-            compared += 1
-            want = str(ref.decoded[pos])
-            got = conv.tokenizer.convert_ids_to_tokens(predicted[pos])
-            if got != want:
-                raise CircuitbenchError(f"conversion check failed: on input {seq} position {pos} tracr decodes "
-                                        f"{want!r} but the converted model's argmax is {got!r}. Nothing was written.")
+        by_length.setdefault(len(seq), []).append(seq)
+    for group in by_length.values():
+        ref_resid, ref_unembedded = (np.asarray(x) for x in tracr_forward(
+            assembled.params, np.array([assembled.input_encoder.encode([bos, *seq]) for seq in group])))
+        ours = torch.tensor([[int(conv.tokenizer.bos_token_id)] + [
+            int(conv.tokenizer.convert_tokens_to_ids(str(v))) for v in seq] for seq in group])
+        logits, cache = model.run_with_cache(ours, [last])
+        for i, seq in enumerate(group):
+            resid_ref = ref_resid[i].astype(np.float64)  # [pos, d_model]
+            decoded = assembled.output_encoder.decode(ref_unembedded[i].tolist())
+            out_ref = resid_ref @ conv.read_out  # [pos, n_outputs]
+            resid = cache[last][i, :, :d_model].double().cpu().numpy()
+            out = logits[i][:, conv.output_ids].double().cpu().numpy()
+            scale = max(1.0, float(np.abs(resid_ref).max()))
+            diffs_resid.append(float(np.abs(resid - resid_ref).max()) / scale)
+            diffs_out.append(float(np.abs(out - out_ref).max()) / max(1.0, float(np.abs(out_ref).max())))
+            predicted = logits[i].argmax(-1).tolist()
+            for pos in range(1, len(seq) + 1):
+                top2 = np.sort(out_ref[pos])[-2:] if out_ref.shape[1] > 1 else np.array([-np.inf, out_ref[pos, 0]])
+                if top2[1] - top2[0] <= 10 * TOLERANCE:
+                    ties += 1
+                    continue
+                compared += 1
+                want = str(decoded[pos])
+                got = conv.tokenizer.convert_ids_to_tokens(predicted[pos])
+                if got != want:
+                    raise CircuitbenchError(f"conversion check failed: on input {seq} position {pos} tracr decodes "
+                                            f"{want!r} but the converted model's argmax is {got!r}. Nothing was "
+                                            "written.")
     worst = max(max(diffs_resid), max(diffs_out))
     if worst > TOLERANCE:
         raise CircuitbenchError(f"conversion check failed: max |converted - tracr| = {worst:.3g} (relative) exceeds "
@@ -443,24 +507,46 @@ def verify(assembled: Any, conv: Converted, model: Any, inputs: list[list[Any]],
 
 # --- prompts for the END-position task -----------------------------------------------------
 
+def distinct_inputs(n_values: int, max_seq_len: int, cap: int = 10**12) -> int:
+    """How many inputs of length 1..max_seq_len there are (sum of n_values^L), at most `cap`."""
+    total, power = 0, 1
+    for _ in range(max_seq_len):
+        power *= n_values
+        total += power
+        if total >= cap:
+            return cap
+    return total
+
+
 def task_prompts(sop: Any, model: Any, conv: Converted, vocab: tuple[Any, ...], max_seq_len: int, n: int,
                  seed: int = 0) -> list[dict[str, str]]:
     """Up to `n` records {prompt, answer, distractor, corrupted}: inputs of random length (1 ..
     max_seq_len; a length-dependent head only shows across lengths) whose last output (the RASP
     program's, evaluated in Python) the converted model also predicts, each with a corrupted
-    input of the same length and another answer (the distractor)."""
+    input of the same length and another answer (the distractor). When `n` reaches the number of
+    distinct inputs, every input is taken (nothing to sample): fewer records than `n` then."""
     rng = random.Random(seed)
     seen: dict[tuple[Any, ...], str] = {}
-    for _ in range(n * 20):
-        seq = tuple(rng.choice(vocab) for _ in range(rng.randint(1, max_seq_len)))
-        if seq in seen:
-            continue
+    tried: set[tuple[Any, ...]] = set()
+
+    def consider(seq: tuple[Any, ...]) -> None:
+        tried.add(seq)
         try:
             value = sop(list(seq))[-1]
         except Exception:  # noqa: BLE001 - the program is undefined on this input (e.g. sort_unique, repeats)
-            continue
+            return
         if value is not None:
             seen[seq] = str(value)
+
+    if n >= distinct_inputs(len(vocab), max_seq_len):
+        for length in range(1, max_seq_len + 1):
+            for seq in itertools.product(vocab, repeat=length):
+                consider(seq)
+    else:
+        for _ in range(n * 20):  # (the draws every earlier import made: the same seed gives the same prompts)
+            seq = tuple(rng.choice(vocab) for _ in range(rng.randint(1, max_seq_len)))
+            if seq not in tried:
+                consider(seq)
     good: list[tuple[Any, ...]] = []
     for length in sorted({len(seq) for seq in seen}):
         group = [seq for seq in seen if len(seq) == length]
@@ -469,9 +555,16 @@ def task_prompts(sop: Any, model: Any, conv: Converted, vocab: tuple[Any, ...], 
         predicted = model.run(tokens)[:, -1].argmax(-1).tolist()
         good += [seq for seq, p in zip(group, predicted) if conv.tokenizer.convert_ids_to_tokens(p) == seen[seq]]
     rng.shuffle(good)
+    same_length: dict[int, list[tuple[Any, ...]]] = {}
+    for seq in good:
+        same_length.setdefault(len(seq), []).append(seq)
+    other_answers: dict[tuple[int, str], list[tuple[Any, ...]]] = {}  # (length, answer) -> inputs with another
     records = []
     for seq in good:
-        others = [o for o in good if len(o) == len(seq) and seen[o] != seen[seq]]
+        key = (len(seq), seen[seq])
+        if key not in other_answers:
+            other_answers[key] = [o for o in same_length[len(seq)] if seen[o] != seen[seq]]
+        others = other_answers[key]
         if not others:
             continue
         corrupted = rng.choice(others)
@@ -482,7 +575,259 @@ def task_prompts(sop: Any, model: Any, conv: Converted, vocab: tuple[Any, ...], 
     return records
 
 
+# --- bounds before compute -----------------------------------------------------------------
+#
+# Measured (tracr-pypi 0.x, one CPU core): tracr builds every MLP one basis direction at a time,
+# each direction a row of np.eye(width): an MLP `width` wide costs width³ operations and a
+# width² matrix. Widths come from value sets: a categorical SequenceMap is |X|·|Y| wide
+# (reverse's length × indices: max_seq_len², so reverse costs ~max_seq_len⁶), a categorical Map
+# |output values|, a numerical Map 2·|input values|, a SelectorWidth 2·(max_seq_len + 1). reverse
+# at max_seq_len 16/32/48: MLP 272/1056/2352 wide, compile 4/6/26 s (64 s on a loaded machine);
+# at 200: 40,200 wide, a 12.9 GB np.eye (13.7 GB seen) and ~18 h. The check then compiles
+# tracr's forward once per input length (~0.3 s each) and evaluates the program in Python for
+# the task prompts (per input: length² selector cells).
+
+LIMIT_SECONDS = 300.0  # estimated longer: refused unless --allow-large
+LIMIT_BYTES = 4 * 2**30  # estimated more memory: refused unless --allow-large (never more than is free)
+MAX_PROMPTS = 10_000
+MAX_VALUE_EVALUATIONS = 2_000_000  # listing value sets exactly calls the program's functions this often at most
+SECONDS_FIXED = 20.0  # start-up (imports), jax, XLA compiles, saving: 15-20 s for the smallest programs
+SECONDS_PER_CUBE = 1.2e-9  # per width³ of every MLP (np.eye rows)
+SECONDS_PER_LENGTH = 0.5  # the check: one compile of tracr's forward per input length
+SECONDS_PER_CELL = 3e-6  # the RASP evaluator, per selector cell, for the task prompts
+BYTES_FIXED = 900 * 2**20  # the process with torch, jax and transformers loaded
+BYTES_PER_PARAM = 28  # tracr's float32 and float64 copies, the conversion's float64, torch, the loaded check
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What compiling a program will take, from the sizes of its value sets (tracr's own basis
+    inference when that is cheap; upper bounds otherwise, `exact` False)."""
+
+    d_model: int
+    d_mlp: int  # the widest MLP layer, hidden units
+    widest: str  # the RASP expressions in that layer
+    n_layers: int
+    n_params: int
+    seconds: float
+    bytes: int
+    exact: bool
+
+    def describe(self) -> str:
+        about = "about" if self.exact else "up to"
+        return (f"{about} {self.n_layers} layers, residual width {self.d_model:,}, widest MLP layer "
+                f"{self.d_mlp:,} units ({self.widest}), {self.n_params:,} parameters: {about} "
+                f"{_duration(self.seconds)} and {self.bytes / 2**30:.1f} GB")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:,.0f} days"
+
+
+def _selector_sops(selector: Any) -> list[Any]:
+    """The SOps a selector compares (keys and queries, through And/Or/Not)."""
+    from tracr.rasp import rasp
+
+    out: list[Any] = []
+    for child in selector.children:
+        out += [child] if isinstance(child, rasp.SOp) else _selector_sops(child)
+    return out
+
+
+def _value_set_sizes(sops: list[Any], vocab: tuple[Any, ...], max_seq_len: int,
+                     program: str) -> tuple[dict[int, int], bool]:
+    """Each SOp's number of values (by id), listed as tracr's basis inference lists them (the
+    program's functions applied to every value, or pair of values, of their inputs) while that
+    takes at most MAX_VALUE_EVALUATIONS calls; beyond, an upper bound (a SequenceMap: the product
+    of its inputs' counts) and False for `exact`."""
+    from tracr.rasp import rasp
+    from tracr.utils import errors
+
+    values: dict[int, set[Any] | None] = {}  # None: not listed (too many calls), size is a bound
+    size: dict[int, int] = {}
+    budget = MAX_VALUE_EVALUATIONS
+
+    def listed(count: int) -> bool:
+        nonlocal budget
+        budget -= count
+        return budget >= 0
+
+    for e in sops:
+        vs: set[Any] | None = None
+        if isinstance(e, rasp.TokensType):
+            vs, bound = set(vocab), len(vocab)
+        elif isinstance(e, (rasp.IndicesType, rasp.SelectorWidth)):
+            bound = max_seq_len + isinstance(e, rasp.SelectorWidth)
+            vs = set(range(bound)) if listed(bound) else None
+        elif isinstance(e, rasp.Map):
+            inner, bound = values[id(e.inner)], size[id(e.inner)]
+            if inner is not None and listed(len(inner)):
+                f = errors.ignoring_arithmetic_errors(e.f)
+                vs = {y for y in map(f, inner) if y is not None}
+        elif isinstance(e, rasp.SequenceMap):
+            fst, snd, bound = values[id(e.fst)], values[id(e.snd)], size[id(e.fst)] * size[id(e.snd)]
+            if fst is not None and snd is not None and listed(bound):
+                f = errors.ignoring_arithmetic_errors(e.f)
+                vs = {y for y in itertools.starmap(f, itertools.product(fst, snd)) if y is not None}
+        elif isinstance(e, rasp.Aggregate):
+            inner, bound = values[id(e.sop)], size[id(e.sop)]
+            if rasp.is_numerical(e):
+                bound *= max_seq_len
+                if inner is not None and listed(bound):
+                    vs = {x / n for x in inner for n in range(1, max_seq_len + 1)}
+            else:
+                vs = inner
+        else:  # Full, constants
+            bound = 1
+        values[id(e)] = vs
+        size[id(e)] = len(vs) if vs is not None else bound
+    return size, all(v is not None for v in values.values())
+
+
+def _cost(sops: list[Any], size: dict[int, int], n_vocab: int, max_seq_len: int, n_prompts: int,
+          exact: bool) -> SizeEstimate:
+    """The model tracr will build, layer by layer as its compiler allocates them (an attention
+    sublayer after everything a head reads, an MLP after everything it reads), and its cost."""
+    from tracr.rasp import rasp
+
+    slot: dict[int, int] = {}  # attention sublayers 0, 2, 4, ...; MLP sublayers 1, 3, 5, ...; inputs -1
+    mlp_width: dict[int, int] = {}
+    mlp_names: dict[int, list[str]] = {}
+    heads: dict[int, int] = {}
+    key_size, cube, projections, selects = 1, 0, 0, 0
+    # the BOS and pad token directions, the constant 'one', and the tokens and indices even if unused
+    d_model = 3 + (0 if any(isinstance(e, rasp.TokensType) for e in sops) else n_vocab) + (
+        0 if any(isinstance(e, rasp.IndicesType) for e in sops) else max_seq_len)
+    for e in sops:
+        s = size.get(id(e), 1)
+        d_model += 1 if rasp.is_numerical(e) else s
+        reads = [c for c in e.children if isinstance(c, rasp.SOp)]
+        compared = _selector_sops(e.selector) if isinstance(e, (rasp.Aggregate, rasp.SelectorWidth)) else []
+        after = max((slot[id(c)] for c in reads + compared), default=-1)
+        attn_slot = after + 1 if after % 2 else after + 2  # the next attention sublayer
+        mlp_slot = after + 1 if after % 2 == 0 else after + 2  # the next MLP sublayer
+        width = 0
+        if isinstance(e, rasp.SequenceMap):
+            width = 2 if isinstance(e, rasp.LinearSequenceMap) else size.get(id(e.fst), 1) * size.get(id(e.snd), 1)
+            slot[id(e)] = mlp_slot
+            cube += width**3 + width * s * s + s**3
+        elif isinstance(e, rasp.Map):
+            inner = size.get(id(e.inner), 1)
+            width = 2 * inner + 1 if rasp.is_numerical(e.inner) else (1 if rasp.is_numerical(e) else s)
+            slot[id(e)] = mlp_slot
+            # a numerical input is discretised: tracr builds that hidden layer about six times over
+            cube += (6 if rasp.is_numerical(e.inner) else 1) * width**3 + inner * s * s + s**3
+        elif isinstance(e, rasp.SelectorWidth):
+            width = 2 * (max_seq_len + 1)
+            slot[id(e)] = attn_slot + 1
+            heads[attn_slot] = heads.get(attn_slot, 0) + 1
+            d_model += 1  # the head's output direction
+            cube += width**3 + s**3
+        elif isinstance(e, rasp.Aggregate):
+            slot[id(e)] = attn_slot
+            heads[attn_slot] = heads.get(attn_slot, 0) + 1
+        else:
+            slot[id(e)] = -1
+        if compared:
+            key_size = max(key_size, *(size.get(id(c), 1) for c in compared))
+            selects += 1
+        if width:
+            mlp_width[slot[id(e)]] = mlp_width.get(slot[id(e)], 0) + width
+            mlp_names.setdefault(slot[id(e)], []).append(e.label)
+        projections += s * s
+    n_layers = max(slot.values(), default=-1) // 2 + 1
+    widest = max(mlp_width, key=mlp_width.__getitem__, default=None)
+    d_mlp = mlp_width.get(widest, 0) if widest is not None else 0
+    n_heads = max(heads.values(), default=1)
+    n_params = (n_layers * (2 * d_model * d_mlp + 4 * d_model * (key_size + 1) * n_heads)
+                + (n_vocab + 3 + max_seq_len + 1) * d_model)
+    evaluated = min(20 * n_prompts, distinct_inputs(n_vocab, max_seq_len)) if n_prompts else 0
+    seconds = (SECONDS_FIXED + SECONDS_PER_CUBE * (cube + d_model * projections) + SECONDS_PER_LENGTH * max_seq_len
+               + SECONDS_PER_CELL * evaluated * (max_seq_len ** 2 / 4 * (selects + 1) + max_seq_len * len(sops)))
+    biggest_matrix = max([d_model, *mlp_width.values()]) ** 2 * 8
+    return SizeEstimate(d_model=d_model, d_mlp=d_mlp, widest=", ".join(mlp_names.get(widest, [])) or "none",
+                        n_layers=n_layers, n_params=n_params, seconds=seconds,
+                        bytes=BYTES_FIXED + biggest_matrix + BYTES_PER_PARAM * n_params, exact=exact)
+
+
+def estimate_size(sop: Any, vocab: tuple[Any, ...], max_seq_len: int, n_prompts: int, program: str) -> SizeEstimate:
+    """What compiling `sop` for `vocab` and `max_seq_len` will take (a few milliseconds to find:
+    the value sets only, no MLP is built)."""
+    from tracr.rasp import rasp
+
+    sops = [e for e in _postorder(sop) if isinstance(e, rasp.SOp)]
+    try:
+        sizes, exact = _value_set_sizes(sops, vocab, max_seq_len, program)
+    except (NotImplementedError, ValueError, KeyError, TypeError, ArithmeticError, AssertionError) as e:
+        raise CircuitbenchError(f"PROGRAM {program}: tracr cannot compile it ({type(e).__name__}: {e}).") from None
+    return _cost(sops, sizes, len(vocab), max_seq_len, n_prompts, exact=exact)
+
+
+def check_size(sop: Any, program: str, vocab: tuple[Any, ...], max_seq_len: int, n_prompts: int,
+               allow_large: bool) -> SizeEstimate:
+    """Before any compute: refuse a program whose compile is estimated to take longer than
+    LIMIT_SECONDS or more memory than LIMIT_BYTES (with `allow_large`: more than is free)."""
+    from circuitbench.models.memory import available_memory_bytes
+
+    estimate = estimate_size(sop, vocab, max_seq_len, n_prompts, program)
+    free = available_memory_bytes(torch.device("cpu"))
+    limit_bytes = free if allow_large else min(LIMIT_BYTES, free)
+
+    def fits(e: SizeEstimate) -> bool:
+        return e.bytes <= limit_bytes and (allow_large or e.seconds <= LIMIT_SECONDS)
+
+    if fits(estimate):
+        return estimate
+    shorter = ""
+    if estimate.exact and max_seq_len > 1:
+        low, high = 0, max_seq_len  # the longest max_seq_len that fits, by bisection (each try: milliseconds)
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if fits(estimate_size(sop, vocab, mid, n_prompts, program)) else (low, mid)
+        shorter = f" (at most {low} here)" if low else ""
+    limits = f"{limit_bytes / 2**30:.1f} GB" + ("" if allow_large else f" and {_duration(LIMIT_SECONDS)}")
+    override = ("" if allow_large or estimate.bytes > free
+                else f"; or pass --allow-large to compile anyway ({free / 2**30:.1f} GB free)")
+    raise CircuitbenchError(
+        f"import-tracr {program} --max-seq-len {max_seq_len} with {len(vocab)} --vocab values is too large to "
+        f"compile here: {estimate.describe()}, over the limit of {limits}. (tracr builds each MLP one direction at "
+        f"a time: the cost grows with the cube of its width, and widths grow with --max-seq-len and the number of "
+        f"values.) Use a smaller --max-seq-len{shorter} or fewer --vocab values{override}.")
+
+
 # --- the import ----------------------------------------------------------------------------
+
+IMPORT_FILES = frozenset({*CONFIG_FILES[:1], WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json",
+                          "special_tokens_map.json", CIRCUIT_FILE, TRACR_FILE, PROMPTS_FILE})
+IMPORT_RECORD_KEYS = ("program", "vocab", "max_seq_len", "compiler_pad", "residual_labels")
+IMPORT_OUTPUT = "a checkpoint `circuitbench import-tracr` wrote"
+
+
+def not_an_import(folder: Path) -> str | None:
+    """Why `folder` is not a checkpoint import-tracr wrote (None when it is): an import holds its
+    record tracr.json (with the fields every import writes) and nothing but the files an import
+    writes (IMPORT_FILES): no other file, no subfolder, no symlink."""
+    record_file = folder / TRACR_FILE
+    if record_file.is_symlink() or not record_file.is_file():
+        return f"no {TRACR_FILE}, the record every import writes"
+    try:
+        record = json.loads(record_file.read_text()) if record_file.stat().st_size < 16 << 20 else None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or any(key not in record for key in IMPORT_RECORD_KEYS):
+        return f"its {TRACR_FILE} is not an import record"
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                     if p.name not in IMPORT_FILES or p.is_symlink() or not p.is_file())
+    if foreign:
+        return f"it also holds {', '.join(foreign[:4])}{', …' if len(foreign) > 4 else ''}, which no import writes"
+    return None
+
 
 @dataclass(frozen=True)
 class ImportReport:
@@ -494,6 +839,8 @@ class ImportReport:
     circuit: dict[str, Any]
     verification: Verification
     n_prompts: int
+    n_distinct_inputs: int  # inputs of length 1..max_seq_len there are (capped at 10^12)
+    estimate: SizeEstimate
 
 
 def _quiet_jax() -> None:
@@ -504,9 +851,15 @@ def _quiet_jax() -> None:
 
 
 def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Path, *, causal: bool = False,
-                 bos: str = "BOS", force: bool = False, n_prompts: int = 64, command: str = "") -> ImportReport:
+                 bos: str = "BOS", force: bool = False, n_prompts: int = 64, command: str = "",
+                 allow_large: bool = False) -> ImportReport:
     """Compile PROGRAM with tracr, convert it, check the conversion against tracr's forward and
-    write the TL-format checkpoint with circuit.json, tracr.json and prompts.jsonl to `out`."""
+    write the TL-format checkpoint with circuit.json, tracr.json and prompts.jsonl to `out`.
+
+    Everything is checked before any compute: the tokens, the sizes (`check_size`), and `out`
+    (missing or empty; with `force`, an earlier import: `not_an_import`; never the working
+    directory, home, root or their ancestors). The checkpoint is written into a staging folder
+    next to `out`, which replaces `out` only once it is complete (`replace_dir_staged`)."""
     try:
         import tracr  # noqa: F401
         from tracr.compiler import compiling
@@ -518,29 +871,29 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
     _quiet_jax()
     if max_seq_len < 1:
         raise CircuitbenchError(f"--max-seq-len {max_seq_len}: must be at least 1.")
-    if bos in {str(v) for v in vocab} or bos in (PAD, UNK, COMPILER_PAD):
-        raise CircuitbenchError(f"--bos {bos!r}: collides with a --vocab value or a reserved token; pick another.")
-    if out.exists() and not out.is_dir():
-        raise CircuitbenchError(f"--out {out}: is a file, not a directory.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise CircuitbenchError(f"--out {out}: exists and is not empty. Remove it, pick another, or pass --force.")
+    if not 0 <= n_prompts <= MAX_PROMPTS:
+        raise CircuitbenchError(f"--n-prompts {n_prompts}: give 0 to {MAX_PROMPTS:,} (each prompt is an input the "
+                                "program is evaluated on and the model run on; a task needs tens to hundreds).")
+    check_tokens(vocab, bos)
+    check_replaceable_dir(out, "--out", force=force, not_own_output=not_an_import, what=IMPORT_OUTPUT)
     sop = resolve_program(program, ProgramArgs(vocab=vocab, max_seq_len=max_seq_len))
     if not rasp.is_categorical(sop):
         raise CircuitbenchError(f"PROGRAM {program}: its output is numerical (a number in one residual direction), "
                                 "which has no answer token to benchmark. Wrap it in rasp.categorical(rasp.Map(...)) "
                                 "to bucket the value into tokens.")
     canonical_labels(sop)
-    try:
-        assembled = compiling.compile_rasp_to_model(sop, vocab=set(vocab), max_seq_len=max_seq_len, causal=causal,
-                                                   compiler_bos=bos, compiler_pad=COMPILER_PAD)
-    except (NotImplementedError, ValueError, KeyError, TypeError, ArithmeticError, AssertionError) as e:
-        raise CircuitbenchError(f"PROGRAM {program}: tracr cannot compile it ({type(e).__name__}: {e}).") from None
-    conv = convert(assembled, bos, causal, f"tracr:{program}")
-    circuit = true_circuit(conv.state, conv.residual_labels, conv.config["n_layers"], conv.config["n_heads"],
-                           conv.key_size, program)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
-    try:
+    estimate = check_size(sop, program, vocab, max_seq_len, n_prompts, allow_large)
+    n_distinct = distinct_inputs(len(vocab), max_seq_len)
+
+    def build(staging: Path) -> ImportReport:
+        try:
+            assembled = compiling.compile_rasp_to_model(sop, vocab=set(vocab), max_seq_len=max_seq_len,
+                                                       causal=causal, compiler_bos=bos, compiler_pad=COMPILER_PAD)
+        except (NotImplementedError, ValueError, KeyError, TypeError, ArithmeticError, AssertionError) as e:
+            raise CircuitbenchError(f"PROGRAM {program}: tracr cannot compile it ({type(e).__name__}: {e}).") from None
+        conv = convert(assembled, bos, causal, f"tracr:{program}")
+        circuit = true_circuit(conv.state, conv.residual_labels, conv.config["n_layers"], conv.config["n_heads"],
+                               conv.key_size, program)
         record = {"program": program, "vocab": list(vocab), "max_seq_len": max_seq_len, "causal": causal, "bos": bos,
                   "compiler_pad": COMPILER_PAD, "input_tokens": conv.input_tokens,
                   "output_tokens": conv.output_tokens, "output_sop": sop.label,
@@ -554,15 +907,12 @@ def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Pa
         write_atomic(staging / TRACR_FILE, json.dumps(record, indent=2) + "\n")
         if prompts:
             write_atomic(staging / PROMPTS_FILE, "".join(json.dumps(r) + "\n" for r in prompts))
-        staging.chmod(0o755)  # mkdtemp made it private; a checkpoint is as readable as any folder
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return ImportReport(path=out, program=program, n_layers=conv.config["n_layers"], n_heads=conv.config["n_heads"],
-                        d_model=conv.config["d_model"], circuit=circuit, verification=check, n_prompts=len(prompts))
+        return ImportReport(path=out, program=program, n_layers=conv.config["n_layers"],
+                            n_heads=conv.config["n_heads"], d_model=conv.config["d_model"], circuit=circuit,
+                            verification=check, n_prompts=len(prompts), n_distinct_inputs=n_distinct,
+                            estimate=estimate)
+
+    return replace_dir_staged(out, build, not_an_import, "--out", force=force, what=IMPORT_OUTPUT)
 
 
 def _version(dist: str) -> str | None:
@@ -572,4 +922,3 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
-

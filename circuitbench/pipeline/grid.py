@@ -7,7 +7,9 @@ model names and files, the output and cache directories, and that no two differe
 share result files."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 import time
 import traceback
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from circuitbench.circuits.recovery import load_reference
+from circuitbench.circuits.recovery import Reference, find_reference, load_reference
 from circuitbench.environment import git_commit, peak_memory_mb, run_versions, set_threads, threads_for, torch_threads
 from circuitbench.errors import CircuitbenchError, Interrupted
 from circuitbench.files import check_writable_dir
@@ -23,16 +25,18 @@ from circuitbench.models.fingerprint import weights_fingerprint
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.loading import load_model
 from circuitbench.models.resolve import ModelRef, resolve_device, resolve_model
+from circuitbench.output_paths import inside
 from circuitbench.parallel import Processes, current_processes, launched_world_size
 from circuitbench.pipeline.unit import model_info, run_unit, task_info
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.generate import generate_prompts, shortfall
 from circuitbench.registry import loaded_plugins
-from circuitbench.results.schema import ErrorInfo, ModelInfo, RunInfo, RunResult
+from circuitbench.results.schema import ErrorInfo, ModelInfo, PluginCode, RunInfo, RunResult
 from circuitbench.results.store import load_result, nonfinite_fields, save_result
-from circuitbench.scores.activation_cache import check_cache_dir
+from circuitbench.scores.activation_cache import check_cache_dir, fingerprint_memo_dir
 from circuitbench.specs.catalog import expand_task_names, load_task
 from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.specs.registries import GENERATORS, METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -65,13 +69,33 @@ def error_info(err: Exception) -> ErrorInfo:
 
 
 def expected_model(ref: ModelRef, options: RunOptions) -> ModelInfo:
-    """The identity a result of this run will carry, known before the model loads."""
+    """The identity a result of this run will carry, known before the model loads (local weights
+    by content; their files' digests remembered inside the cache root when the cache is on)."""
     seed = options.seed or 0
     shipped = ref.kind in ("toy", "tl")  # zoo checkpoints: no hub revision
     hub_revision = ref.spec.revision if ref.spec and options.init == "pretrained" and not shipped else None
-    return ModelInfo(name=ref.name, source=ref.location, revision=hub_revision,
-                     fingerprint=weights_fingerprint(ref, options.init, seed), init=options.init,
-                     init_seed=seed if options.init == "random" else None, dtype=ref.dtype(options.dtype))
+    fingerprint = weights_fingerprint(ref, options.init, seed, memo_dir=fingerprint_memo_dir(options))
+    return ModelInfo(name=ref.name, source=ref.location, revision=hub_revision, fingerprint=fingerprint,
+                     init=options.init, init_seed=seed if options.init == "random" else None,
+                     dtype=ref.dtype(options.dtype))
+
+
+def expected_reference(spec: TaskSpec, ref: ModelRef, options: RunOptions) -> Reference | None:
+    """The reference circuit a run of this unit will score recovery against, known before the model loads."""
+    return find_reference(options.reference, spec.reference_circuits, spec.name, (ref.name, ref.location),
+                          ref.location)
+
+
+def task_plugin_code(spec: TaskSpec) -> dict[str, PluginCode]:
+    """The plugin code behind the task's generator, metrics and methods ('method:x' -> module,
+    version, code sha256); built-in ones have none."""
+    used = [("generator", GENERATORS, spec.generator.name), *(("metric", METRICS, m) for m in spec.metrics),
+            *(("method", METHODS, m) for m in spec.methods)]
+    codes = {}
+    for kind, registry, name in used:
+        if (code := registry.plugin_code(name)) is not None:
+            codes[f"{kind}:{name}"] = PluginCode.model_validate(code)
+    return codes
 
 
 def failed_result(unit: Unit, model: LoadedModel | ModelRef, options: RunOptions, err: Exception,
@@ -90,9 +114,12 @@ def failed_result(unit: Unit, model: LoadedModel | ModelRef, options: RunOptions
     )
 
 
-def why_not_reusable(existing: RunResult | None, unit: Unit, expected: ModelInfo, device_type: str) -> str | None:
+def why_not_reusable(existing: RunResult | None, unit: Unit, expected: ModelInfo, device_type: str,
+                     reference: Reference | None = None, plugin_code: dict[str, PluginCode] | None = None,
+                     ) -> str | None:
     """None when `existing` is a complete result of this very unit (same spec, same model
-    identity, same dtype and device type); else why it must be computed again."""
+    identity, same dtype and device type, scored against the same reference circuit, by the same
+    plugin code); else why it must be computed again."""
     if existing is None:
         return "no readable result"
     if existing.status != "complete":
@@ -106,13 +133,60 @@ def why_not_reusable(existing: RunResult | None, unit: Unit, expected: ModelInfo
             return f"the stored result is of another model ({field} {was} ≠ {now})"
     if existing.run.device.split(":")[0] != device_type:  # cpu and cuda kernels differ in the last bits
         return f"the stored result ran on {existing.run.device}, this run on {device_type}"
+    return _other_reference(existing, reference) or _other_plugin_code(existing, plugin_code or {})
+
+
+def _other_reference(existing: RunResult, reference: Reference | None) -> str | None:
+    """Why the stored result's recovery scores do not hold for `reference` (None: they do)."""
+    stored = existing.reference
+    if stored is None and reference is None:
+        return None
+    if stored is None:
+        assert reference is not None
+        return f"the stored result was scored without a reference circuit; this run has {reference.source}"
+    if reference is None:
+        return f"the stored result was scored against {stored.source}; this run has no reference circuit"
+    for field in ("heads", "mlps", "edges"):
+        if sorted(getattr(stored, field)) != sorted(getattr(reference, field)):
+            return f"the reference circuit changed ({reference.source}: other {field})"
     return None
 
 
-def _same_slot(existing: RunResult, ref: ModelRef) -> bool:
-    """Whether a stored result belongs to the model `ref` names (a registry name is one model
-    wherever it is installed; a directory is its own path)."""
-    return existing.model.name == ref.name if ref.spec is not None else existing.model.source == ref.location
+def _other_plugin_code(existing: RunResult, codes: dict[str, PluginCode]) -> str | None:
+    """Why the stored result was made by other plugin code than is loaded now (None: the same)."""
+    stored = existing.run.plugin_code
+    for key in sorted(set(stored) | set(codes)):
+        kind, _, name = key.partition(":")
+        was, now = stored.get(key), codes.get(key)
+        if now is None:
+            return f"{kind} '{name}' was a plugin's when the stored result was made, and is not now"
+        if was is None:
+            return f"the stored result has no record of the code of plugin {kind} '{name}' ({now.file or now.module})"
+        if was.version != now.version:
+            return f"plugin {kind} '{name}' changed (version {was.version} ≠ {now.version})"
+        if was.code_sha256 != now.code_sha256 or was.module != now.module:
+            return (f"the code of plugin {kind} '{name}' changed ({now.file or now.module}: sha256 {was.code_sha256} "
+                    f"≠ {now.code_sha256})")
+    return None
+
+
+def _same_slot(stored: dict, ref: ModelRef) -> bool:
+    """Whether a stored result's `model` record belongs to the model `ref` names (a registry name
+    is one model wherever it is installed; a directory is its own path)."""
+    return stored.get("name") == ref.name if ref.spec is not None else stored.get("source") == ref.location
+
+
+def _stored_model(path: Path) -> dict:
+    """The `model` record of the file at a result path, of any schema version; a file there that is
+    no circuitbench result at all is refused before any compute (a run would replace it)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict) or "schema_version" not in raw or "status" not in raw:
+        raise CircuitbenchError(f"{path}: exists and is not a result circuitbench wrote; the run would replace it. "
+                                "Move it away, or use another --out.")
+    return raw["model"] if isinstance(raw.get("model"), dict) else {}
 
 
 def _refuse_shared_folders(refs: list[ModelRef], units_of: dict[int, list[Unit]]) -> None:
@@ -129,10 +203,12 @@ def _refuse_shared_folders(refs: list[ModelRef], units_of: dict[int, list[Unit]]
                 f"--model {other.location} and {ref.location} would both write to {folder}/ (same folder name). "
                 "Run them with different --out directories, or rename one directory.")
         for unit in units_of[i]:
-            existing = load_result(unit.path)
-            if existing is not None and not _same_slot(existing, ref):
+            if not unit.path.exists():
+                continue
+            stored = _stored_model(unit.path)
+            if not _same_slot(stored, ref):
                 raise CircuitbenchError(
-                    f"{unit.path} holds a result of model {existing.model.source}, not of {ref.location} (their folder "
+                    f"{unit.path} holds a result of model {stored.get('source')}, not of {ref.location} (their folder "
                     f"names agree). Use another --out, or move {folder}/ away.")
 
 
@@ -180,11 +256,14 @@ def run(
     if options.reference is not None:
         load_reference(Path(options.reference))  # a broken reference file fails here, not after the compute
     out = Path(options.out)
-    units_of = {i: [Unit(spec, out / ref.folder(options.init) / f"{spec.name}.json") for spec in specs]
+    units_of = {i: [Unit(spec, result_path(out, ref.folder(options.init), spec)) for spec in specs]
                 for i, ref in enumerate(refs)}
     processes = current_processes(options.device)
     if processes.is_main:
         check_writable_dir(out, "--out")
+        check_file_size_limit()
+        check_writable_dir(unsaved_dir(), "the fallback folder for results that cannot be written (set "
+                           f"{FALLBACK_ENV} to another folder)")
         _refuse_shared_folders(refs, units_of)
     if not processes.is_main:
         from transformers.utils import logging as hf_logging
@@ -211,9 +290,16 @@ def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], options: 
     device_type = resolve_device(_launch_device(options, processes)).type
     expected = expected_model(ref, options)
 
+    def reason(unit: Unit) -> str | None:
+        try:
+            reference = expected_reference(unit.spec, ref, options)
+        except CircuitbenchError as e:  # the unit fails with it when it runs
+            return f"the reference circuit cannot be read ({e})"
+        return why_not_reusable(load_result(unit.path), unit, expected, device_type, reference,
+                                task_plugin_code(unit.spec))
+
     def reasons() -> list[str | None]:  # the main process's view of the files rules, shared with the others
-        return [why_not_reusable(load_result(u.path), u, expected, device_type) if options.resume else "no --resume"
-                for u in units]
+        return [reason(u) if options.resume else "no --resume" for u in units]
 
     pending = []
     for unit, why in zip(units, processes.from_main(reasons)):
@@ -257,6 +343,7 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: Ru
         else:
             result = failed_result(unit, model, options, load_error, started, time.perf_counter() - t0, command,
                                    processes)
+        result.run.plugin_code = task_plugin_code(unit.spec)  # what --resume compares with the code loaded then
         if result.error is not None:
             log.error("%s on %s failed: %s: %s", unit.spec.name, ref.name, result.error.type, result.error.message)
         if processes.is_main:
@@ -264,13 +351,51 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: Ru
         outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))
 
 
+def result_path(out: Path, folder: str, spec: TaskSpec) -> Path:
+    """OUT/<model folder>/<task>.json, refused before any compute when a name cannot be a file name
+    or would lead outside OUT; room is kept for the longest sidecar (<task>.<method>.edges.json)."""
+    reserve = max((len(m) for m in spec.methods), default=0) + len("..edges.json")
+    return inside(out, folder, f"{spec.name}.json", what="result file (named by the model and task)", reserve=reserve)
+
+
+FALLBACK_ENV = "CIRCUITBENCH_UNSAVED"
+MIN_FILE_SIZE_LIMIT = 64 << 20  # results with edge-score sidecars reach a few MB on GPT-2-sized models
+
+
+def unsaved_dir() -> Path:
+    """Where a computed result goes when it cannot be written where asked: $CIRCUITBENCH_UNSAVED,
+    else a folder of the user's own in the system's temp directory. Checked before any compute."""
+    if os.environ.get(FALLBACK_ENV):
+        return Path(os.environ[FALLBACK_ENV]).expanduser()
+    return Path(tempfile.gettempdir()) / f"circuitbench-unsaved-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def check_file_size_limit() -> None:
+    """A file-size limit (`ulimit -f`) too small for results would lose them after the compute: refused before."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_FILE_SIZE_LIMIT:
+        raise CircuitbenchError(f"The file-size limit of this shell (ulimit -f) is {soft:,} bytes: results and their "
+                                f"edge-score files may need up to {MIN_FILE_SIZE_LIMIT >> 20} MB and would be lost "
+                                "after the compute. Raise it (ulimit -f unlimited) and run again.")
+
+
 def _save_or_keep(result: RunResult, path: Path) -> None:
     """Write the result; if that fails after all the compute (disk full, permissions changed),
-    keep it in a temporary file and stop with both paths and the reason."""
+    write it to the fallback folder checked before the compute, and stop saying where it went."""
     try:
         save_result(result, path)
     except OSError as e:
-        kept = Path(tempfile.mkdtemp(prefix="circuitbench-unsaved-")) / path.name
-        save_result(result, kept)
-        raise CircuitbenchError(f"Cannot write {path} ({e.strerror or e}); the computed result is kept at {kept}. "
-                                f"Free space or fix the permissions, then copy it there.") from None
+        kept = unsaved_dir() / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{path.parent.name}"[:120] / path.name
+        try:
+            save_result(result, kept)
+        except OSError as again:
+            raise CircuitbenchError(
+                f"Cannot write {path} ({e.strerror or e}), nor the fallback {kept} ({again.strerror or again}): the "
+                "computed result is lost. Free space or fix the permissions and run again.") from None
+        raise CircuitbenchError(f"Cannot write {path} ({e.strerror or e}); the computed result is kept at {kept} "
+                                "(its edge-score files beside it). Free space or fix the permissions, then move it "
+                                "there (or rerun with --resume once it is there).") from None

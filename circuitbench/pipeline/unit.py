@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,9 @@ from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.circuits.overlap import rank_correlation
 from circuitbench.circuits.recovery import (
     Reference,
-    load_reference,
+    check_reference,
+    find_reference,
     node_recovery,
-    parse_components,
     ranked_recovery,
     recovery,
 )
@@ -43,7 +42,7 @@ from circuitbench.models.memory import auto_batch_size
 from circuitbench.parallel import ONE_PROCESS, Processes
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts, encode_task
-from circuitbench.registry import loaded_plugins
+from circuitbench.registry import exits_as_errors, loaded_plugins
 from circuitbench.results.schema import (
     CircuitCandidate,
     CircuitInfo,
@@ -101,9 +100,19 @@ def run_unit(
     command: str | None = None, processes: Processes = ONE_PROCESS,
 ) -> RunResult:
     """Run one (model, task) unit and return its RunResult (not written). Under a launcher every
-    process calls this and gets the same RunResult (timings and memory are its own)."""
+    process calls this and gets the same RunResult (timings and memory are its own). Plugin code
+    calling sys.exit in it raises PluginExit (the unit fails, a grid goes on)."""
+    with exits_as_errors(f"code run by task '{spec.name}' on model '{model.name}'"):
+        return _run_unit(spec, model, options, progress=progress, command=command, processes=processes)
+
+
+def _run_unit(
+    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: ProgressFn = no_progress,
+    command: str | None = None, processes: Processes = ONE_PROCESS,
+) -> RunResult:
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    reference = model_reference(spec, model, options)  # checked against the model before anything runs
     data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)  # every process: cheap, and the drops are global
     check_methods(spec, data)
     if spec.circuit is not None and spec.circuit.level == "edge":
@@ -130,7 +139,6 @@ def run_unit(
                               traces, processes, cache_entry, node_scores, edge_scores)
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
-    reference = find_reference(spec, model, options)
     circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference)
     agreement, warnings = method_agreement(spec, head_scores)
     reference_info, recovered, recovered_nodes, recovered_edges = None, {}, {}, {}
@@ -317,17 +325,14 @@ def method_agreement(spec: TaskSpec, head_scores: dict[str, np.ndarray]) -> tupl
     return agreement, warnings
 
 
-def find_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> Reference | None:
-    """The known circuit of this model, if any: --reference FILE, else the task's
-    reference_circuits for the model's name or path, else circuit.json in the model directory."""
-    if options.reference is not None:
-        return load_reference(Path(options.reference))
-    for key in (model.name, model.source):
-        if key in spec.reference_circuits:
-            heads, mlps = parse_components(list(spec.reference_circuits[key]), f"task '{spec.name}' reference_circuits")
-            return Reference(heads=heads, mlps=mlps, source=f"task '{spec.name}' reference_circuits[{key}]")
-    path = Path(model.source) / "circuit.json"
-    return load_reference(path) if path.is_file() else None
+def model_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> Reference | None:
+    """The known circuit of this model, if any (circuits.recovery.find_reference), checked against
+    the model's components: a head outside it fails here, before any compute."""
+    reference = find_reference(options.reference, spec.reference_circuits, spec.name, (model.name, model.source),
+                               model.source)
+    if reference is not None:
+        check_reference(reference, model.name, model.n_layers, model.n_heads, model.has_mlp, model.parallel_attn_mlp)
+    return reference
 
 
 def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int, what: str = "heads") -> list[str]:

@@ -29,6 +29,15 @@ class Segment(BaseModel):
     label: str | None = None
 
 
+EXCERPT = 80  # characters of a prompt shown in drop reports and by `validate`
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """`text` cut to its first `limit` characters, with its length when cut: a dropped 2 MB prompt
+    must not land whole in a result or on the terminal."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class Prompt(BaseModel):
     """One example: clean prompt, corrupted (counterfactual) prompt, answer and distractor.
 

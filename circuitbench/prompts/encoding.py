@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.prompts.base import Prompt, PromptSet
+from circuitbench.prompts.base import Prompt, PromptSet, excerpt
 from circuitbench.prompts.generate import generate_prompts
 from circuitbench.specs.registries import GENERATORS
 from circuitbench.specs.task import TaskSpec
@@ -356,7 +356,8 @@ def encode_prompts(
         try:
             rows.append(_encode_row(vocab, prompt, has_answer, n_ctx, unk_id, aligned))
         except _Drop as drop:
-            example = prompt.text if not has_answer else f"{prompt.text!r} -> {prompt.answer!r}"
+            text, answer = excerpt(prompt.text), prompt.answer if prompt.answer is None else excerpt(prompt.answer)
+            example = text if not has_answer else f"{text!r} -> {answer!r}"
             report.drop(drop.reason, example)
     _check_drops(report, prompt_set.task, max_drop_fraction)
     if not rows:

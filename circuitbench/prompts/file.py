@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.prompts.base import ALL_CAP, Prompt, Segment, split_of
+from circuitbench.specs.catalog import UnreadableFile, read_regular_file
 from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
 from circuitbench.specs.task import SPLITS, Split
 
@@ -251,7 +252,11 @@ class FileParams(GeneratorParams):
         path = Path(self.path).expanduser()
         if not path.is_absolute():
             path = Path(task_dir or Path.cwd()) / path
-        path = path.resolve()
+        try:
+            path = path.resolve()
+        except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a loop
+            _read(path, ValueError)  # says what the path is (a symlink loop)
+            raise
         fmt = self.format or FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise ValueError(f"cannot tell the format of {path} from its extension: name it .jsonl or .csv, or set "
@@ -273,12 +278,13 @@ class FileParams(GeneratorParams):
 
 
 def _read(path: Path, error: type[Exception]) -> bytes:
-    if not path.is_file():
-        raise error(f"data file {path} not found (a relative path is relative to the task file's folder)")
+    """The data file's bytes; `error` saying what the path is when it is no regular file (missing,
+    a symlink loop, a directory, a FIFO: never opened blocking)."""
     try:
-        return path.read_bytes()
-    except OSError as e:
-        raise error(f"cannot read data file {path} ({e.strerror})") from None
+        return read_regular_file(path)
+    except UnreadableFile as e:
+        hint = " (a relative path is relative to the task file's folder)" if e.reason == "not found" else ""
+        raise error(f"data file {e}{hint}") from None
 
 
 def generate(params: FileParams, n: int | None, seed: int, split: Split) -> list[Prompt]:

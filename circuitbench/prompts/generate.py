@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.prompts.base import PromptSet
+from circuitbench.registry import exit_call
 from circuitbench.specs.registries import GENERATORS
 from circuitbench.specs.task import TaskSpec
 
@@ -15,6 +16,9 @@ def generate_prompts(spec: TaskSpec) -> PromptSet:
         prompts = generator.generate(spec.generator, n, spec.seed, spec.split)
     except CircuitbenchError as e:
         raise CircuitbenchError(f"Task '{spec.name}': {e}") from None
+    except SystemExit as e:  # a plugin generator that exits must not end the command (or a grid) silently
+        raise CircuitbenchError(f"Task '{spec.name}': generator '{spec.generator.name}' called {exit_call(e)}; a "
+                                "plugin must raise an exception instead of exiting.") from None
     return PromptSet(task=spec.name, split=spec.split, seed=spec.seed, prompts=prompts)
 
 

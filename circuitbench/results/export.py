@@ -6,12 +6,11 @@ apply_topn at node level): its nodes in the graph, every edge between them (from
 the logits) in it, pruned; node scores under each node's `score`, edge scores 0."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from circuitbench.circuits.graph_files import UNITS, graph_json
+from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph, node_of
 from circuitbench.results.schema import RunResult
@@ -37,11 +36,7 @@ def export_mib(result: RunResult, result_dir: Path, method: str | None = None) -
     edge_method = method or (c.method if c is not None and c.level == "edge" else None)
     if edge_method is not None and edge_method in result.edge_scores:
         sidecar = result_dir / result.edge_scores[edge_method].file
-        try:
-            raw = json.loads(sidecar.read_text())
-        except (OSError, ValueError) as e:
-            raise CircuitbenchError(f"{sidecar}: cannot read the edge scores of {edge_method} ({e}).") from None
-        scores = {name: float(info["score"]) for name, info in raw["edges"].items()}
+        scores = load_sidecar(sidecar, result.model.n_layers, result.model.n_heads, edge_method).scores
         chosen = c.edges if c is not None and c.level == "edge" and c.method == edge_method else []
         return graph_json(graph, scores, chosen, meta={**meta, "method": edge_method,
                                                         "settings": result.edge_scores[edge_method].settings})

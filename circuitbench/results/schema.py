@@ -67,6 +67,18 @@ class ModelInfo(_Strict):
         return model_label(self.name, self.init)
 
 
+class PluginCode(_Strict):
+    """The plugin code behind one generator, metric or method of a task (what --resume compares)."""
+
+    module: str = Field(description="the module that registered it (a --plugin file: circuitbench_plugin_<stem>)")
+    file: str | None = Field(None, description="that module's source file")
+    version: str | None = Field(None, description="version of the installed distribution providing the module "
+                                "(None: not installed, e.g. a --plugin file)")
+    code_sha256: str | None = Field(None, description="sha256 (16 hex digits) of the source of the module that "
+                                    "registered it and of the modules its implementation lives in (None: no "
+                                    "source found)")
+
+
 class RunInfo(_Strict):
     """How the unit ran."""
 
@@ -82,6 +94,10 @@ class RunInfo(_Strict):
     command: str | None = Field(None, description="the command line, when run from the CLI")
     options: dict[str, Any] = Field(default_factory=dict, description="the RunOptions of the run")
     plugins: list[str] = Field(default_factory=list, description="plugins loaded (entry points, --plugin)")
+    plugin_code: dict[str, PluginCode] = Field(
+        default_factory=dict, description="'generator:x', 'metric:x', 'method:x' -> the plugin code behind each "
+        "generator, metric and method the task used that is not built in; --resume recomputes a result whose "
+        "plugin code differs from the code loaded now")
     world_size: int = Field(1, description="data-parallel processes that shared the prompts")
     device_map: str | None = Field(None, description="'auto': the HF model was spread over devices by accelerate")
     cache: dict[str, int] = Field(default_factory=dict, description="activation cache {hits, misses}; empty: off")
@@ -175,7 +191,8 @@ class RunResult(_Strict):
     model: ModelInfo = Field(description="the model as loaded")
     run: RunInfo = Field(description="how the unit ran: options, software, timings, memory")
     metrics: dict[str, float] = Field(default_factory=dict, description="metric id -> mean on clean prompts")
-    metrics_stderr: dict[str, float] = Field(default_factory=dict, description="metric id -> standard error")
+    metrics_stderr: dict[str, float | None] = Field(
+        default_factory=dict, description="metric id -> standard error; None: undefined (one prompt has no spread)")
     metrics_corrupted: dict[str, float] = Field(
         default_factory=dict, description="metric id -> mean on corrupted prompts")
     metrics_by_split: dict[str, SplitMetrics] = Field(

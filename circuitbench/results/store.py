@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
-from circuitbench.results.schema import RunResult
+from circuitbench.results.schema import SCHEMA_VERSION, RunResult
 
 
 def nonfinite_fields(value: object, path: str = "") -> list[str]:
@@ -34,8 +35,54 @@ def save_result(result: RunResult, path: Path) -> None:
 
 
 def load_result(path: Path) -> RunResult | None:
-    """The stored result, or None if missing or unreadable (an unreadable one is redone)."""
+    """The stored result, or None if missing, unreadable, of another schema version or holding
+    NaN/inf (such a result is redone; `read_result` says which)."""
     try:
-        return RunResult.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError):
+        return read_result(path)
+    except UnusableResult:
         return None
+
+
+class UnusableResult(CircuitbenchError):
+    """A result file that cannot be used as a current result; `reason` says why in a few words
+    (for lists of flagged files), the message adds the file and what to do."""
+
+    def __init__(self, path: Path, reason: str, fix: str, kind: str = "unreadable") -> None:
+        super().__init__(f"{path}: {reason}. {fix}")
+        self.path, self.reason, self.kind = path, reason, kind  # kind: unreadable | version | nonfinite
+
+
+RERUN = "Rerun the unit (circuitbench run … --resume redoes it) to get a current result."
+
+
+def read_result(path: Path) -> RunResult:
+    """The stored result, validated: a readable RunResult of the current schema version, every
+    number finite (Python's json reads NaN and Infinity; they are refused, never shown)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UnusableResult(path, f"cannot be read ({e.strerror or e})", "Check the path.") from None
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise UnusableResult(path, f"not valid JSON ({e})", RERUN) from None
+    return parse_result(raw, path)
+
+
+def parse_result(raw: object, path: Path) -> RunResult:
+    """`raw` (the JSON of `path`) as a current RunResult, or UnusableResult saying why not."""
+    if not isinstance(raw, dict) or "schema_version" not in raw or "status" not in raw:
+        raise UnusableResult(path, "not a readable RunResult (no schema_version and status)",
+                             "Give a result written by circuitbench run.")
+    version = raw["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise UnusableResult(path, f"schema_version: {version!r}, not the current {SCHEMA_VERSION} (written by "
+                             "another version of circuitbench)", RERUN, "version")
+    bad = nonfinite_fields(raw)
+    if bad:
+        raise UnusableResult(path, f"{', '.join(bad[:3])}: not a finite number (NaN or infinite)", RERUN, "nonfinite")
+    try:
+        return RunResult.model_validate(raw)
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors()[:3])
+        raise UnusableResult(path, f"not a valid RunResult ({fields})", RERUN) from None

@@ -20,14 +20,20 @@ Each entry is a directory `<root>/v1/<key digest>/` with a JSON manifest (key, t
 sha256 of every file, created/last used, hits). Files are written to a temp name and renamed; a
 file whose size or sha256 does not match its manifest record (truncated, half-written, edited)
 is deleted and recomputed, never trusted and never a crash. A failed write only warns.
+Processes sharing an entry read and change it under its lock (`.lock`, flock), merging their
+records into the manifest on disk (see CacheEntry). Files and folders get the modes the umask
+gives (0666 / 0777 less it). `<root>/fingerprints/` remembers the sha256 of local weight files.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from circuitbench.environment import package_versions
 from circuitbench.errors import CircuitbenchError
-from circuitbench.files import write_atomic
+from circuitbench.files import current_umask, sha256_of_file, write_atomic
 from circuitbench.models import hooks, loaded, loading, resume, toy
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import available_memory_bytes
@@ -49,10 +55,13 @@ from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores import interventions, metrics
 from circuitbench.scores.interventions import Input
 from circuitbench.specs.options import RunOptions
+from circuitbench.specs.registries import METRICS
 
 CACHE_ENV = "CIRCUITBENCH_CACHE"
 FORMAT_VERSION = 1  # bump when what a file holds changes: old entries then simply miss
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # flock'ed by whoever reads or changes the entry's manifest and files
+FINGERPRINTS = "fingerprints"  # under the root: remembered sha256 of local weight files (models/fingerprint.py)
 # Libraries whose versions can change the numbers (a bridge fix, a new kernel).
 SOFTWARE = ("circuitbench", "torch", "transformers", "transformer-lens")
 # Our modules that compute what is cached (metrics, model loading, the forward and its hooks, the
@@ -89,9 +98,12 @@ class CacheKey(BaseModel):
     tokens_hash: str  # and how this model's tokenizer encoded them
     software: dict[str, str]
     code: str  # sha256 of CODE_MODULES
+    plugins: dict[str, str] = Field(default_factory=dict)  # plugin metric -> "version|code sha256"
 
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:24]
+        # without plugins, the digest of the keys made before plugins were keyed (their entries stay valid)
+        dump = self.model_dump_json(exclude={"plugins"} if not self.plugins else None)
+        return hashlib.sha256(dump.encode()).hexdigest()[:24]
 
 
 class FileRecord(BaseModel):
@@ -134,28 +146,36 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def _plugin_metrics() -> dict[str, str]:
+    """Every plugin metric's version and code hash (registry.Registry.plugin_code): an edited
+    plugin metric gives other values under the same name."""
+    codes = {}
+    for name in METRICS.plugin_names():
+        code = METRICS.plugin_code(name) or {}
+        codes[f"metric:{name}"] = f"{code.get('version')}|{code.get('code_sha256')}"
+    return codes
+
+
 def cache_key(model: LoadedModel, data: EncodedPrompts) -> CacheKey:
     return CacheKey(
         model=model.name, source=model.source, revision=model.revision, weights=model.fingerprint,
         init=model.init, init_seed=model.init_seed, dtype=model.dtype, device=model.device.type,
         prompt_hash=data.prompt_hash, tokens_hash=tokens_hash(data), software=package_versions(SOFTWARE),
-        code=_code_hash(),
+        code=_code_hash(), plugins=_plugin_metrics(),
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class CacheEntry:
     """One key's directory, used by one run unit; counts its hits and misses.
 
     A hit is a lookup served from disk (the metric values of one input, or its base runs); a
-    miss is one that had to be computed."""
+    miss is one that had to be computed.
+
+    Several processes may share an entry (two runs of one unit, at other batch sizes). Every read
+    of the manifest and of the files it records, and every change of them, happens under the
+    entry's lock (flock on `.lock`): a change reads the manifest from disk, merges into it and
+    writes it back, and a file is replaced together with its record. So a process never trusts a
+    record it has not just read, and never drops another's."""
 
     def __init__(self, path: Path, key: CacheKey, task: str, n_prompts: int) -> None:
         self.path = path
@@ -163,38 +183,83 @@ class CacheEntry:
         self.hits = 0
         self.misses = 0
         self._writable = True
+        self._lock_depth = 0
         self._verified: dict[str, FileRecord] = {}  # files checked against the manifest this run
-        self.manifest = self._open_manifest(task, n_prompts)
+        self._task, self._n_prompts = task, n_prompts
+        self.manifest = self._fresh_manifest()
+        try:
+            with self._locked(create=False):
+                self.manifest = self._read_manifest() or self.manifest
+        except OSError as e:
+            self._warn_unwritable(e)
 
     @property
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses}
 
-    def _open_manifest(self, task: str, n_prompts: int) -> CacheManifest:
-        path = self.path / MANIFEST
+    def _fresh_manifest(self) -> CacheManifest:
+        now = _now()
+        return CacheManifest(key=self.key, task=self._task, n_prompts=self._n_prompts, created_at=now,
+                             last_used_at=now)
+
+    @contextmanager
+    def _locked(self, create: bool = True) -> Iterator[None]:
+        """Hold the entry's lock (re-entrant within this object). `create`: make the entry's
+        directory if need be; else an entry that does not exist yet is read without a lock (it
+        holds nothing to read)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        if not create and not self.path.is_dir():
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # 0666 less the umask
         try:
-            manifest = CacheManifest.model_validate_json(path.read_text())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            yield
+        finally:
+            self._lock_depth = 0
+            os.close(fd)  # releases the lock
+
+    def _read_manifest(self) -> CacheManifest | None:
+        """The manifest on disk (under the lock): None when there is none yet. An unreadable one, or
+        another key's, vouches for nothing: its files are deleted (never the lock)."""
+        try:
+            manifest = CacheManifest.model_validate_json((self.path / MANIFEST).read_text())
             if manifest.key == self.key:
                 return manifest
         except FileNotFoundError:
-            pass  # a new entry (files without a record are never read, only overwritten)
+            return None  # a new entry (files without a record are never read, only overwritten)
         except (OSError, ValueError, ValidationError):
-            # Unreadable or someone else's: its files cannot be trusted.
-            for stale in self.path.iterdir():
+            pass
+        for stale in self.path.iterdir():
+            if stale.name != LOCK and stale.is_file():
                 stale.unlink(missing_ok=True)
-        now = _now()
-        return CacheManifest(key=self.key, task=task, n_prompts=n_prompts, created_at=now, last_used_at=now)
+        self._verified.clear()
+        return None
 
     def _warn_unwritable(self, err: Exception) -> None:
         if self._writable:
             log.warning("activation cache %s not written (%s); continuing without it.", self.path, err)
         self._writable = False
 
-    def _write_manifest(self) -> None:
+    def _update(self, change: Callable[[CacheManifest], None]) -> None:
+        """Read the manifest from disk, apply `change`, write it back: under the lock, so that
+        what other processes recorded meanwhile is kept."""
         if not self._writable:
             return
         try:
-            write_atomic(self.path / MANIFEST, self.manifest.model_dump_json(indent=2) + "\n")
+            with self._locked():
+                manifest = self._read_manifest() or self._fresh_manifest()
+                change(manifest)
+                write_atomic(self.path / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+                self.manifest = manifest
         except OSError as e:
             self._warn_unwritable(e)
 
@@ -205,49 +270,62 @@ class CacheEntry:
         """The file's tensors if it matches its manifest record (size, sha256), else None (and
         a bad file is deleted so it is recomputed)."""
         path = self._file(which, group)
-        record = self.manifest.files.get(path.name)
-        if record is None:
-            return None
         try:
-            if self._verified.get(path.name) != record:
-                if path.stat().st_size != record.bytes or _sha256(path) != record.sha256:
-                    raise ValueError("size or checksum differs from the manifest")
-                self._verified[path.name] = record
-            return load_file(str(path))
-        except (OSError, ValueError, SafetensorError) as e:
-            log.warning("cache file %s is damaged (%s); recomputing it.", path, e)
-            path.unlink(missing_ok=True)
-            self.manifest.files.pop(path.name, None)
-            self._verified.pop(path.name, None)
-            self._write_manifest()
+            with self._locked(create=False):
+                manifest = self._read_manifest()
+                if manifest is not None:
+                    self.manifest = manifest
+                record = manifest.files.get(path.name) if manifest is not None else None
+                if record is None:
+                    return None
+                try:
+                    if self._verified.get(path.name) != record:
+                        if path.stat().st_size != record.bytes or sha256_of_file(path) != record.sha256:
+                            raise ValueError("size or checksum differs from the manifest")
+                        self._verified[path.name] = record
+                    return load_file(str(path))
+                except (OSError, ValueError, SafetensorError) as e:
+                    # Writers replace a file and its record together under this lock: a mismatch
+                    # here is real damage (a truncated or edited file), not another run's write.
+                    log.warning("cache file %s is damaged (%s); recomputing it.", path, e)
+                    path.unlink(missing_ok=True)
+                    self._verified.pop(path.name, None)
+                    self._update(lambda m: m.files.pop(path.name, None))
+                    return None
+        except OSError as e:  # the lock itself: an entry this process cannot use
+            self._warn_unwritable(e)
             return None
 
-    def _save(self, which: Input, group: str, tensors: dict[str, torch.Tensor]) -> None:
+    def _save(self, which: Input, group: str, tensors: dict[str, torch.Tensor], merge: bool) -> None:
         if not self._writable:
             return
         path = self._file(which, group)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-            with tmp.open("rb+") as f:
-                os.fsync(f.fileno())
-            record = FileRecord(bytes=tmp.stat().st_size, sha256=_sha256(tmp))
-            os.replace(tmp, path)
+            with self._locked():
+                if merge:  # what is stored now, another process's names included
+                    tensors = {**(self._load(which, group) or {}), **tensors}
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+                with tmp.open("rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600
+                record = FileRecord(bytes=tmp.stat().st_size, sha256=sha256_of_file(tmp))
+                os.replace(tmp, path)
+                self._verified[path.name] = record
+                self._update(lambda m: m.files.__setitem__(path.name, record))
         except (OSError, SafetensorError) as e:
             tmp.unlink(missing_ok=True)
             self._warn_unwritable(e)
-            return
-        self.manifest.files[path.name] = record
-        self._verified[path.name] = record
-        self._write_manifest()
 
     def _record(self, hit: bool) -> None:
         if hit:
             self.hits += 1
-            self.manifest.hits += 1
-            self.manifest.last_used_at = _now()
-            self._write_manifest()
+
+            def count(manifest: CacheManifest) -> None:
+                manifest.hits += 1
+                manifest.last_used_at = _now()
+
+            self._update(count)
         else:
             self.misses += 1
 
@@ -260,9 +338,7 @@ class CacheEntry:
 
     def save(self, which: Input, group: str, tensors: dict[str, torch.Tensor], merge: bool = False) -> None:
         """Store tensors [n, ...] (all prompts); `merge` keeps names already stored."""
-        if merge:
-            tensors = {**(self._load(which, group) or {}), **tensors}
-        self._save(which, group, tensors)
+        self._save(which, group, tensors, merge)
 
     def room_for(self, nbytes: int) -> bool:
         """Whether an entry of `nbytes` may be built: it is held in memory while it is filled."""
@@ -338,7 +414,7 @@ class ActivationCache:
         if not self.entries_dir.is_dir():
             return []
         out = []
-        for path in sorted(p for p in self.entries_dir.iterdir() if p.is_dir()):
+        for path in sorted(p for p in self.entries_dir.iterdir() if is_entry_folder(p)):
             try:
                 manifest: CacheManifest | None = CacheManifest.model_validate_json((path / MANIFEST).read_text())
             except (OSError, ValueError, ValidationError):
@@ -360,6 +436,26 @@ class ActivationCache:
             shutil.rmtree(info.path, ignore_errors=True)
             removed.append(info)
         return removed
+
+
+ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # CacheKey.digest()
+
+
+def is_entry_folder(path: Path) -> bool:
+    """A folder the cache made: named by a key digest, holding only the files an entry holds (its
+    manifest, lock, tensor files, temp files). `cache clear` deletes nothing else: a --cache-dir
+    pointed at a folder of other files leaves them alone."""
+    if path.is_symlink() or not path.is_dir() or not ENTRY_NAME.fullmatch(path.name):
+        return False
+    own = (MANIFEST, LOCK)
+    return all(f.is_file() and not f.is_symlink() and (f.name in own or f.suffix in (".safetensors", ".tmp"))
+               for f in path.iterdir())
+
+
+def fingerprint_memo_dir(options: RunOptions) -> Path | None:
+    """Where the sha256 of local weight files is remembered across runs: inside the cache root,
+    and only with the cache on (None: remembered in this process only; nothing written)."""
+    return ActivationCache(options.cache_dir).root / FINGERPRINTS if options.cache else None
 
 
 def check_cache_dir(options: RunOptions) -> None:

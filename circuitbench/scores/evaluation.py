@@ -14,7 +14,10 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.parallel import ONE_PROCESS, Processes
 from circuitbench.progress import ProgressFn, Steps, no_progress
-from circuitbench.prompts.encoding import EncodedPrompts, encode_task
+from circuitbench.prompts.base import excerpt
+from circuitbench.prompts.encoding import Batch, EncodedPrompts, encode_task
+from circuitbench.registry import entry_label, exits_as_errors
+from circuitbench.scores.metrics import CONTRACT, per_prompt_values
 from circuitbench.specs.registries import METRICS
 from circuitbench.specs.task import TaskSpec
 
@@ -25,7 +28,8 @@ class SplitMetrics(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n_prompts: int = Field(description="prompts evaluated on this split (after drops)")
     metrics: dict[str, float] = Field(description="metric id -> mean over prompts")
-    metrics_stderr: dict[str, float] = Field(description="metric id -> standard error of the mean")
+    metrics_stderr: dict[str, float | None] = Field(
+        description="metric id -> standard error of the mean; None: undefined (a single prompt has no spread)")
 
 
 def evaluate(
@@ -37,15 +41,15 @@ def evaluate(
     clean: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
     corrupt: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
     steps = Steps(progress, "metrics", len(shard))
-    for batch in shard.batches(batch_size):
+    for start, batch in zip(range(0, len(shard), batch_size), shard.batches(batch_size)):
         logits = model.run(batch.tokens)
         for m in metric_names:
-            clean[m].append(METRICS.get(m).compute(logits, batch).cpu())
+            clean[m].append(_metric_values(m, logits, batch, shard, start, "clean"))
         if batch.corrupted is not None:
             cb = batch.as_corrupted()
             logits_c = model.run(cb.tokens)
             for m in metric_names:
-                corrupt[m].append(METRICS.get(m).compute(logits_c, cb).cpu())
+                corrupt[m].append(_metric_values(m, logits_c, cb, shard, start, "corrupted"))
         steps.advance(len(batch))
     joined = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a shard may be empty)
     clean_values = processes.concat({m: joined(v) for m, v in clean.items()})
@@ -54,11 +58,29 @@ def evaluate(
     return clean_values, processes.concat({m: joined(v) for m, v in corrupt.items()})
 
 
-def mean_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """(mean, standard error of the mean) of per-prompt values."""
+def _metric_values(name: str, logits: torch.Tensor, batch: Batch, shard: EncodedPrompts, start: int,
+                   what: str) -> torch.Tensor:
+    """Metric `name` on one batch (prompts start.. of the shard), checked: one value per prompt, and
+    finite wherever the logits are (NaN/inf from the model itself is summarise's to explain)."""
+    metric = METRICS.get(name)
+    with exits_as_errors(entry_label("metric", name, metric.fn)):
+        values = per_prompt_values(name, metric.compute(logits, batch), len(batch)).cpu()
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad and bool(torch.isfinite(logits).all()):
+        first = shard.offset + start + bad[0]
+        raise CircuitbenchError(
+            f"Metric '{name}' returned NaN/inf for {len(bad)} of {len(batch)} prompts of a batch of {what} prompts "
+            f"(prompt {first}: {excerpt(shard.texts[start + bad[0]])!r}) although the model's logits are finite: "
+            f"{CONTRACT}. Fix the metric (e.g. guard divisions and logs of zero).")
+    return values
+
+
+def mean_stderr(values: torch.Tensor) -> tuple[float, float | None]:
+    """(mean, standard error of the mean) of per-prompt values; the standard error is None (undefined)
+    for a single prompt, which has no spread (never 0, which would claim an exact mean)."""
     v = values.double()
     mean = float(v.mean())
-    stderr = float(v.std(unbiased=True) / len(v) ** 0.5) if len(v) > 1 else 0.0
+    stderr = float(v.std(unbiased=True) / len(v) ** 0.5) if len(v) > 1 else None
     return mean, stderr
 
 
@@ -78,13 +100,18 @@ def nonfinite_error(quantity: str, model: LoadedModel, tokens: torch.Tensor) -> 
 
 
 def summarise(values: dict[str, torch.Tensor], model: LoadedModel, tokens: torch.Tensor,
-              what: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(means, standard errors) per metric; a non-finite value is an error naming the metric and
-    where the model first goes non-finite on `tokens` (a few of the prompts it was computed on)."""
-    means, stderrs = {}, {}
+              what: str) -> tuple[dict[str, float], dict[str, float | None]]:
+    """(means, standard errors; None for one prompt) per metric; a non-finite value is an error naming
+    the metric and where the model first goes non-finite on `tokens` (a few of the prompts it was
+    computed on)."""
+    means: dict[str, float] = {}
+    stderrs: dict[str, float | None] = {}
     for name, v in values.items():
+        if v.dim() != 1:  # values read from a cache written before metrics were checked
+            raise CircuitbenchError(f"Metric '{name}' gave values of shape {list(v.shape)} on the {what} prompts: "
+                                    f"{CONTRACT}. Clear the cache (circuitbench cache clear) and run again.")
         means[name], stderrs[name] = mean_stderr(v)
-        if not (math.isfinite(means[name]) and math.isfinite(stderrs[name])):
+        if not (math.isfinite(means[name]) and math.isfinite(stderrs[name] if stderrs[name] is not None else 0.0)):
             raise nonfinite_error(f"Metric '{name}' on the {what} prompts", model, tokens)
     return means, stderrs
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.prompts.encoding import Batch
 
 
@@ -70,3 +71,25 @@ def scored_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean next-token loss over the task's scored tokens (for induction: the repeat, after
     its first token, which nothing in context predicts)."""
     return _masked_mean(token_losses(logits, batch.target_tokens), batch.score_mask)
+
+
+CONTRACT = "a metric returns one finite value per prompt, shape [batch]"
+
+
+def per_prompt_values(name: str, values: object, n: int) -> torch.Tensor:
+    """What metric `name` returned for a batch of `n` prompts, as a [n] tensor; anything else (a
+    [batch, k] tensor, a scalar, a string) is a CircuitbenchError naming the metric, what it
+    returned and the shape expected, never averaged into a number."""
+    if not isinstance(values, torch.Tensor):
+        try:
+            values = torch.as_tensor(values)  # numpy arrays and lists of floats are fine
+        except (TypeError, ValueError, RuntimeError):
+            raise CircuitbenchError(f"Metric '{name}' returned a {type(values).__name__}, expected a tensor of shape "
+                                    f"[{n}]: {CONTRACT}.") from None
+    if values.dtype == torch.bool:
+        values = values.float()
+    if tuple(values.shape) != (n,) or values.is_complex():
+        raise CircuitbenchError(f"Metric '{name}' returned shape {list(values.shape)} ({values.dtype}) for a batch of "
+                                f"{n} prompts, expected shape [{n}]: {CONTRACT} (reduce any other dimension inside "
+                                "the metric, e.g. .mean(-1)).")
+    return values

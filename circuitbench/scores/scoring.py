@@ -11,6 +11,7 @@ from circuitbench.models.loaded import LoadedModel
 from circuitbench.parallel import ONE_PROCESS, Processes
 from circuitbench.progress import ProgressFn, Steps, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.registry import entry_label, exits_as_errors
 from circuitbench.scores.activation_cache import CacheEntry
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
@@ -91,11 +92,12 @@ def score_heads(
             advance, advance_heads = steps.advance, (lambda n: None)
         ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}),
                             advance=advance, advance_heads=advance_heads, cache_entry=cache_entry)
-        if method.shardable:
-            ctx.sum_shards = processes.sum
-            output = method.run(model, shard, ctx)
-        else:
-            output = processes.from_main(_runner(method.run, model, data, ctx))
+        with exits_as_errors(entry_label("method", name, method.fn)):  # sys.exit: this unit fails, not the grid
+            if method.shardable:
+                ctx.sum_shards = processes.sum
+                output = method.run(model, shard, ctx)
+            else:
+                output = processes.from_main(_runner(method.run, model, data, ctx))
         if method.produces == "traces":
             traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
             continue
@@ -105,10 +107,15 @@ def score_heads(
             edge_scores[name] = output
             continue
         nodes = output if isinstance(output, NodeScores) else None
-        array = np.asarray(output.heads if nodes is not None else output, dtype=float)
         expected = (model.n_layers, model.n_heads)
-        if array.shape != expected:
-            raise RuntimeError(f"method {name} returned shape {array.shape}, expected {expected}")
+        try:
+            array = np.asarray(output.heads if nodes is not None else output, dtype=float)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.shape != expected:
+            got = f"shape {list(array.shape)}" if array is not None else f"a {type(output).__name__}"
+            raise CircuitbenchError(f"Method '{name}' returned {got}, expected head scores of shape "
+                                    f"{list(expected)} ([n_layers, n_heads] of model '{model.name}').")
         if not np.isfinite(array).all():
             bad = [f"{l}.{h}" for l, h in zip(*np.nonzero(~np.isfinite(array)))][:5]
             raise nonfinite_error(f"Method '{name}' head scores (heads {', '.join(bad)})", model, data.tokens[:4])

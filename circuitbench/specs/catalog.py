@@ -5,7 +5,10 @@ wheel) plus any `--include-path DIR`; later directories override earlier ones by
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,13 +34,58 @@ def data_dir() -> Path:
     )
 
 
+class UnreadableFile(ValueError):
+    """A path that is no readable regular file; `reason` completes "<path> ..." ("is a directory")."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.path, self.reason = path, reason
+
+
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+    return "is a directory" if kind == "a directory" else f"is not a regular file ({kind})"
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of `path`, which must be a regular file once symlinks are followed: anything else
+    (missing, a symlink loop, a directory, a FIFO, a device) raises UnreadableFile saying what it
+    is. The type is checked before the file is opened, and again on the opened file (opened
+    non-blocking), so a FIFO can never make a command wait forever."""
+    try:
+        mode = os.stat(path).st_mode
+        if (why := _not_regular(mode)) is not None:
+            raise UnreadableFile(path, why)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnreadableFile(path, "is a symlink loop (a link that leads back to itself): point it at a "
+                                       "file") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise UnreadableFile(path, "not found") from None
+        raise UnreadableFile(path, f"cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if (why := _not_regular(os.fstat(f.fileno()).st_mode)) is not None:  # replaced since the stat
+            raise UnreadableFile(path, why)
+        try:
+            return f.read()
+        except OSError as e:
+            raise UnreadableFile(path, f"cannot be read ({e.strerror})") from None
+
+
 def read_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(read_regular_file(path))
     except yaml.YAMLError as e:
         raise CircuitbenchError(f"{path}: not valid YAML ({e}).") from None
-    except OSError as e:
-        raise CircuitbenchError(f"{path}: cannot read ({e.strerror}).") from None
+    except UnreadableFile as e:
+        raise CircuitbenchError(f"{e}.") from None
 
 
 def load_task_file(path: Path) -> TaskSpec:
@@ -83,7 +131,7 @@ def task_files(include_paths: tuple[str, ...] = (), *, suite: bool = False) -> d
 def load_task(name_or_path: str, include_paths: tuple[str, ...] = ()) -> TaskSpec:
     """A task by name (from the catalog) or by path to a YAML file."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml") and os.path.lexists(path):  # a loop, a directory, a FIFO: said by read_yaml
         return load_task_file(path)
     files = task_files(include_paths)
     if name_or_path not in files:

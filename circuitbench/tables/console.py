@@ -107,7 +107,7 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
             metrics.add_row(*_row(
                 r.model.label if i == 0 else "", o.task if i == 0 else "", n if i == 0 else "",
                 name + (" ★" if name == r.task.main_metric else ""),
-                f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else ""),
+                f"{value:.3f}" + (f" ± {err:.3f}" if err is not None else " ± n/a" if name in r.metrics_stderr else ""),
                 "" if corr is None else f"{corr:.3f}",
             ))
         metrics.add_section()
@@ -187,8 +187,10 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
     by_split = o.result.metrics_by_split
     if by_split:
         main = o.result.task.main_metric
-        say(f"{main} by split: " + " · ".join(f"{split} {m.metrics[main]:.3f} ± {m.metrics_stderr[main]:.3f} "
-                                             f"(n={m.n_prompts})" for split, m in sorted(by_split.items())))
+        se = {split: m.metrics_stderr.get(main) for split, m in by_split.items()}  # None: one prompt, no spread
+        say(f"{main} by split: " + " · ".join(
+            f"{split} {m.metrics[main]:.3f} ± {'n/a' if se[split] is None else format(se[split], '.3f')} "
+            f"(n={m.n_prompts})" for split, m in sorted(by_split.items())))
 
 
 def overlap_value(metric: str, value: float | None) -> str:

@@ -6,15 +6,16 @@ version of the task spec) and failed runs are listed apart, never mixed in."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from circuitbench.circuits.circuit import RANDOM_INIT
+from circuitbench.circuits.circuit import RANDOM_INIT, model_label
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
+from circuitbench.output_paths import HTML_GENERATOR, path_component, staged_output
 from circuitbench.results.schema import RunResult
+from circuitbench.results.store import UnusableResult, read_result
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.registries import METRICS
 
@@ -37,16 +38,56 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
-def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(current rows, flagged rows) from every RunResult under results_dir."""
-    rows, flagged = [], []
+SIDECAR_SUFFIX = ".edges.json"  # <task>.<method>.edges.json: a result's edge scores, not a result
+
+
+def _identity(r: RunResult) -> str:
+    return f"{r.model.source}|{r.model.fingerprint}|{r.model.init}|{r.model.dtype}"
+
+
+def _model_folder(r: RunResult) -> str:
+    """The folder `run` writes this result's model into (models/resolve.py, ModelRef.folder)."""
+    return model_label(r.model.name, r.model.init).replace("/", "__")
+
+
+def unit_results(results_dir: Path, flagged: list[dict]) -> list[tuple[Path, RunResult]]:
+    """Every unit's result under results_dir, once: read from its own path (<model folder>/<task>.json).
+    A copy of it elsewhere (`ioi (copy).json`, `ioi-old.json`, a copied folder) is appended to
+    `flagged` as not at its own path; a result alone in a folder of another name (two runs' folders
+    merged, one renamed) still counts. Unreadable files, other schema versions and NaN/inf are
+    flagged with the reason; edge-score sidecars are skipped."""
+    found = []
     for path in sorted(results_dir.glob("*/*.json")):
-        try:
-            r = RunResult.model_validate(json.loads(path.read_text()))
-        except (ValueError, OSError) as e:
-            flagged.append({"file": str(path), "model": path.parent.name, "task": path.stem,
-                            "flag": f"unreadable ({type(e).__name__})"})
+        if path.name.endswith(SIDECAR_SUFFIX):
             continue
+        try:
+            found.append((path, read_result(path)))
+        except UnusableResult as e:
+            flag = f"unreadable: {e.reason}" if e.kind == "unreadable" else e.reason
+            flagged.append({"file": str(path), "model": path.parent.name, "task": path.stem, "flag": flag})
+    own = {(_identity(r), r.task.name): path for path, r in found
+           if path.stem == r.task.name and path.parent.name == _model_folder(r)}
+    kept = []
+    for path, r in found:
+        unit = (_identity(r), r.task.name)
+        if path.stem == r.task.name:
+            own.setdefault(unit, path)  # alone, in a folder of another name: the unit's only result
+        if own.get(unit) == path:
+            kept.append((path, r))
+            continue
+        copy_of = f"a copy of {own[unit]}" if unit in own else f"holds {r.model.label} / {r.task.name}"
+        flagged.append({"file": str(path), "model": r.model.label, "task": r.task.name, "init": r.model.init,
+                        "flag": f"not at its own path ({copy_of}; a unit is read from "
+                                f"{_model_folder(r)}/{r.task.name}.json)"})
+    return kept
+
+
+def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(current rows, flagged rows): one row per unit under results_dir (see `unit_results`); copies,
+    other schema versions, NaN/inf, failed and stale results flagged apart with the reason."""
+    rows: list[dict] = []
+    flagged: list[dict] = []
+    for path, r in unit_results(results_dir, flagged):
         base = {"file": str(path), "model": r.model.label, "task": r.task.name, "init": r.model.init}
         if r.status != "complete":
             detail = f"{r.error.type}: {r.error.message}" if r.error else "no detail"
@@ -317,7 +358,8 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"
+    return (f"<!doctype html><meta charset='utf-8'>{HTML_GENERATOR.format(what='leaderboard')}"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
             f"{body}{_SORT_JS}")
 
 
@@ -336,7 +378,18 @@ def build(results_dir: Path, out_dir: Path, include_paths: tuple[str, ...] = (),
     df, flagged = collect(results_dir, include_paths)
     if df.empty:
         raise CircuitbenchError(f"No current results under {results_dir} ({len(flagged)} flagged).")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for task in df["task"].unique():  # task names become file names: never a path out of out_dir
+        path_component(task, f"{results_dir}: task name", reserve=len(".html") + 1)
+    try:
+        with staged_output(out_dir) as staging:  # every file written, or none replaced (a full disk)
+            return _write_board(df, flagged, staging, include_paths, title)
+    except OSError as e:
+        raise CircuitbenchError(f"--out {out_dir}: cannot write the leaderboard ({e.strerror or e}); the folder is "
+                                "unchanged. Free space or fix the permissions and run again.") from None
+
+
+def _write_board(df: pd.DataFrame, flagged: pd.DataFrame, out_dir: Path, include_paths: tuple[str, ...],
+                 title: str) -> dict[str, object]:
     legend = metric_legend(df)
     written = []
     for task in sorted(df["task"].unique()):

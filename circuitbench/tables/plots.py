@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from circuitbench.output_paths import save_figure
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
@@ -37,7 +39,7 @@ def overlap_heatmap(labels: list[str], matrix: list[list[float]], metric: str, p
     fig.colorbar(im, ax=ax, label=metric)
     ax.set_title(f"circuit overlap: {metric}" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -77,7 +79,7 @@ def head_heatmap(scores: list[list[float]], title: str, path: Path,
     bar = fig.colorbar(im, ax=ax)
     bar.set_label(textwrap.fill(colorbar, 34), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -132,7 +134,7 @@ def circuit_graph(edges: list[str], scores: dict[str, float], n_layers: int, n_h
     ax.set_xticks([])
     ax.set_title(f"{title} ({len(edges)} edges; width ∝ |score|)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -151,5 +153,5 @@ def mlp_scores(node_scores: dict[str, dict[str, float]], title: str, path: Path)
     ax.set(ylabel="score", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, heads_text
-from circuitbench.circuits.graph_files import GraphFile, load_graph_file
+from circuitbench.circuits.graph_files import GraphFile, load_sidecar
 from circuitbench.files import write_atomic
+from circuitbench.output_paths import HTML_GENERATOR, save_figure
 from circuitbench.results.schema import RunResult
 from circuitbench.specs.registries import METRICS
 from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
@@ -47,12 +48,13 @@ def method_meaning(result: RunResult, method: str) -> tuple[str, str, float]:
                 + (f", integrated gradients over {steps} steps." if steps else "."), GAP_FLOOR)
     if method == "ablation":
         kind = options.get("kind", "mean")
-        noise = result.metrics_stderr.get(metric, 0.0)
+        stderr = result.metrics_stderr.get(metric, 0.0)  # None: one prompt, no standard error
+        noise = stderr or 0.0
         worse = "falls" if METRICS.get(metric).higher_is_better else "rises"
         return (f"{metric} worsening when ablated ({kind}), {metric} units",
                 f"{kind.capitalize()} ablation: how much {metric} {worse} when the head's output is replaced "
                 f"(positive: the head helps the task); the colour range is at least ± the metric's standard error "
-                f"({noise:.3g}).", noise)
+                f"({'n/a' if stderr is None else format(stderr, '.3g')}).", noise)
     detectors = {"previous_token": "attention to the previous token",
                  "duplicate_token": "attention to earlier copies of the query's token",
                  "induction": "attention to the token after an earlier copy (prefix matching)"}
@@ -88,7 +90,7 @@ def faithfulness_curve(result: RunResult, path: Path) -> None:
            title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f}{', MIB' if mib else ''})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -102,7 +104,7 @@ def trace_map(name: str, trace: dict, path: Path) -> None:
     ax.set(ylabel="layer", title=f"{name} ({trace['noise']}, {trace['metric']})")
     fig.colorbar(im, ax=ax, label=f"indirect effect on {trace['metric']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -150,6 +152,11 @@ def circuit_html(result: RunResult) -> str:
     return "".join(parts)
 
 
+def _stderr_cell(stderr: float | None) -> str:
+    """A standard error at 4 decimals; n/a when undefined (one prompt has no spread)."""
+    return "n/a" if stderr is None else f"{stderr:.4f}"
+
+
 def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = None) -> list[Path]:
     """Write the PNGs and report.html into out_dir; returns the files written. `result_dir` is where
     the result's sidecar files (edge scores) are."""
@@ -159,7 +166,7 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
     if c is not None and c.level == "edge" and c.method in result.edge_scores and result_dir is not None:
         sidecar = result_dir / result.edge_scores[c.method].file
         if sidecar.is_file():
-            graph_file = load_graph_file(sidecar)
+            graph_file = load_sidecar(sidecar, result.model.n_layers, result.model.n_heads, c.method)
             path = out_dir / "circuit_graph.png"
             circuit_graph(c.edges, graph_file.scores, result.model.n_layers or 0, result.model.n_heads or 0,
                           f"{result.model.label} · {result.task.name} · {c.method}", path,
@@ -193,7 +200,7 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
         figures.append((f"causal tracing: {name}", "", path))
     nan = float("nan")
     metrics = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{result.metrics_stderr.get(k, nan):.4f}</td>"
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{_stderr_cell(result.metrics_stderr.get(k, nan))}</td>"
         f"<td>{result.metrics_corrupted.get(k, nan):.4f}</td></tr>" for k, v in result.metrics.items())
     images = "".join(
         f"<h3>{html.escape(title)}</h3><p class='caption'>{html.escape(caption)}</p>"
@@ -211,7 +218,8 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
              "vertical-align:middle;margin-left:8px}.baseline{background:#fff7ed;border-left:4px solid #b45309;"
              "padding:.5em 1em}.undefined{background:#f1f5f9;border-left:4px solid #64748b;padding:.5em 1em}"
              ".warning{color:#b45309}.note,.caption{color:#555}")
-    page = ("<!doctype html><meta charset='utf-8'><title>circuitbench report</title>"
+    page = ("<!doctype html><meta charset='utf-8'>" + HTML_GENERATOR.format(what="report")
+            + "<title>circuitbench report</title>"
             f"<style>{style}</style><h1>{html.escape(label)} · {html.escape(task.name)}{badge}</h1>{banner}"
             f"<p>{task.n_prompts} {html.escape(task.split)} prompts ({task.n_dropped} dropped) · "
             f"{html.escape(model.dtype)} · spec {task.spec_hash} · {html.escape(result.run.started_at)}</p>"
@@ -232,7 +240,8 @@ def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list
     rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{graph_file.scores[e]:.4g}</td><td>{'✓' if e in edges else ''}"
                    "</td></tr>" for e in top)
     picture = base64.b64encode(path.read_bytes()).decode()
-    page = ("<!doctype html><meta charset='utf-8'><title>circuitbench graph</title>"
+    page = ("<!doctype html><meta charset='utf-8'>" + HTML_GENERATOR.format(what="report")
+            + "<title>circuitbench graph</title>"
             f"<h1>{html.escape(label)}</h1><p>{g.describe()} · {g.n_edges} edges · {len(graph_file.edges)} in the "
             f"circuit{'' if graph_file.edges else ' (none marked: the 30 largest |scores| drawn)'}</p>"
             f"<img src='data:image/png;base64,{picture}'>"

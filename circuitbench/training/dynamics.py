@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loading import load_model
+from circuitbench.output_paths import save_figure
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.evaluation import evaluate
 from circuitbench.scores.metrics import token_losses
@@ -163,5 +164,5 @@ def plot(dyn: Dynamics, path: Path) -> None:
     ax.set(xlabel=f"PC1 ({dyn.pca_explained[0]:.0%})", ylabel=f"PC2 ({dyn.pca_explained[1]:.0%})",
            title=f"per-token losses on {dyn.task} prompts, PCA")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

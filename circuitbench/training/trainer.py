@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerFast
 
 from circuitbench.environment import torch_threads
 from circuitbench.errors import CircuitbenchError, did_you_mean
+from circuitbench.files import write_atomic
 from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import NativeVariant, build_native_model, native_config, save_checkpoint
 from circuitbench.prompts.generate import generate_prompts
@@ -281,8 +282,8 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
     save(out, config.steps)  # the final model also sits at OUT itself, so `--model OUT` is the trained model
     summary = {"final_loss": losses[-1], "train_seconds": round(time.perf_counter() - t0, 1), "steps": config.steps,
                "checkpoints": sorted(saves)}
-    (out / "training_log.json").write_text(json.dumps({"config": config.model_dump(mode="json"), "loss": losses,
-                                                       **summary}) + "\n")
+    write_atomic(out / "training_log.json", json.dumps({"config": config.model_dump(mode="json"), "loss": losses,
+                                                        **summary}) + "\n")
     return summary
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from circuitbench.circuits.circuit import Circuit
 from circuitbench.circuits.overlap import compare, edge_jaccard, edge_rbo, edge_weighted_jaccard, node_jaccard
+from circuitbench.errors import CircuitbenchError
 
 from helpers import cli
 
@@ -92,3 +93,108 @@ def test_graph_overlap_metrics_by_hand():
     values = compare(a, b, ["jaccard", "node_jaccard", "edge_jaccard"]).values
     assert values == {"jaccard": pytest.approx(0.5), "node_jaccard": pytest.approx(1 / 3),
                       "edge_jaccard": pytest.approx(1 / 3)}
+
+
+# ---- typed graph files (issue 21) ---------------------------------------------------------------
+
+def _graph(**cfg):
+    from circuitbench.circuits.graph_files import graph_json
+    from circuitbench.models.graph import ComponentGraph
+
+    g = graph_json(ComponentGraph(2, 2), {"input->a0.h0<q>": 0.5}, ["input->a0.h0<q>", "a0.h0->logits"])
+    g["cfg"].update(cfg)
+    return g
+
+
+EDGE = "input->a0.h0<q>"
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda g: g.update(edges=list(g["edges"])), "edges: must be a JSON object {…}, not a list"),
+    (lambda g: g.update(nodes=list(g["nodes"])), "nodes: must be a JSON object {…}, not a list"),
+    (lambda g: g.pop("edges"), "edges: missing"),
+    (lambda g: g.pop("cfg"), "cfg: missing"),
+    (lambda g: g.update(cfg=[2, 2]), "cfg: must be a JSON object {…}, not a list"),
+    (lambda g: g["edges"][EDGE].update(score="0.5"), f"edges['{EDGE}'].score: Input should be a valid number"),
+    (lambda g: g["edges"][EDGE].update(score=float("inf")), f"edges['{EDGE}'].score: Input should be a finite number"),
+    (lambda g: g["edges"][EDGE].pop("score"), f"edges['{EDGE}'].score: missing"),
+    (lambda g: g["edges"][EDGE].update(in_graph=1), f"edges['{EDGE}'].in_graph: Input should be a valid boolean"),
+    (lambda g: g["edges"][EDGE].update(weight=1), f"edges['{EDGE}'].weight: unknown field"),
+    (lambda g: g["nodes"]["a0.h0"].update(score=float("-inf")), "nodes['a0.h0'].score: Input should be a finite"),
+    (lambda g: g["nodes"].update({"a0.h9": True}), "nodes['a0.h9']: not a node of this graph (2 layers × 2 heads"),
+    (lambda g: g["edges"].update({"a1.h0->a0.h0<q>": {"score": 0.0, "in_graph": False}}),
+     "edges['a1.h0->a0.h0<q>']: 'a1.h0->a0.h0<q>' is no edge of this model"),
+    (lambda g: g["cfg"].update(n_layers=2.0), "cfg.n_layers: Input should be a valid integer"),
+    (lambda g: g["cfg"].update(n_heads=-3), "cfg.n_heads: Input should be greater than or equal to 1"),
+    (lambda g: g["cfg"].update(parallel_attn_mlp="no"), "cfg.parallel_attn_mlp: Input should be a valid boolean"),
+    (lambda g: g.update(notes="hi"), "notes: unknown field"),
+])
+def test_graph_files_are_validated_naming_the_file_and_field(tmp_path, change, field):
+    g = _graph()
+    change(g)
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(g))
+    with pytest.raises(CircuitbenchError) as err:
+        Circuit.load(path)
+    assert str(err.value).startswith(f"{path}: ") and field in str(err.value), str(err.value)
+
+
+def test_eap_ig_files_load_with_their_own_keys(tmp_path):
+    """EAP-IG writes its TransformerLens cfg keys, NaN for nodes it did not score, neuron masks."""
+    g = _graph(d_vocab=50257, act_fn="gelu_new")
+    g["nodes"]["a0.h0"].update(score=0.25, neurons=[True, False], neurons_scores=[float("nan"), 0.1])
+    g["nodes"]["input"]["score"] = float("nan")  # unscored
+    g["nodes"]["m1"] = False  # EAP-IG's from_json also documents {name: bool}
+    path = tmp_path / "eap_ig.json"
+    path.write_text(json.dumps(g))
+    circuit = Circuit.load(path)
+    assert circuit.node_scores == {"a0.h0": 0.25} and circuit.edges == [EDGE, "a0.h0->logits"]
+    assert circuit.edge_scores[EDGE] == 0.5 and circuit.n_layers == 2
+
+
+def test_graph_sizes_are_bounded_before_the_graph_is_built(monkeypatch):
+    from circuitbench.circuits import graph_files
+    from circuitbench.models.graph import ComponentGraph
+
+    for shape in [(1, 1, True, False), (3, 4, True, False), (3, 4, False, False), (4, 2, True, True)]:
+        graph = ComponentGraph(shape[0], shape[1], has_mlp=shape[2], parallel_attn_mlp=shape[3])
+        assert graph_files.graph_size(*shape)[0] == graph.n_edges
+    monkeypatch.setattr(ComponentGraph, "__init__", lambda *a, **k: pytest.fail("a graph was built"))
+    raw = {"cfg": {"n_layers": 200000, "n_heads": 1}, "nodes": {}, "edges": {EDGE: {"score": 1.0, "in_graph": True}}}
+    with pytest.raises(CircuitbenchError, match=r"huge: cfg: n_layers 200000 × n_heads 1 make a graph of "
+                                                r"160,000,600,001 edges \(reading it needs about 16\.3 TB\)"):
+        graph_files.read_graph_json(raw, "huge")
+
+
+def test_a_sidecar_without_scores_is_named(edge_result, tmp_path):
+    import shutil
+
+    from circuitbench.results.export import export_mib
+    from circuitbench.results.store import load_result
+
+    folder = tmp_path / "r"
+    shutil.copytree(edge_result.parent, folder)
+    result = load_result(folder / edge_result.name)
+    method = result.circuit.method
+    sidecar = folder / result.edge_scores[method].file
+    raw = json.loads(sidecar.read_text())
+    raw["edges"]["input->a0.h0<q>"].pop("score")
+    sidecar.write_text(json.dumps(raw))
+    named = rf"{sidecar}: edges\['input->a0\.h0<q>'\]\.score: missing"
+    with pytest.raises(CircuitbenchError, match=named):
+        export_mib(result, folder)  # the circuit's method: its scores
+    with pytest.raises(CircuitbenchError, match=named):
+        Circuit.load(folder / edge_result.name)
+    raw["cfg"]["n_layers"] = 3  # another model's scores
+    sidecar.write_text(json.dumps(graph_json_of(raw)))
+    with pytest.raises(CircuitbenchError, match="a graph of 3 layers × 4 heads, but the result's model has 2 × 4"):
+        Circuit.load(folder / edge_result.name)
+
+
+def graph_json_of(raw):
+    """A valid graph file of raw's cfg (every edge scored 0)."""
+    from circuitbench.circuits.graph_files import graph_json
+    from circuitbench.models.graph import ComponentGraph
+
+    cfg = raw["cfg"]
+    return graph_json(ComponentGraph(cfg["n_layers"], cfg["n_heads"], has_mlp=not cfg.get("attn_only", False)))

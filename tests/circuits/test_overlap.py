@@ -274,3 +274,73 @@ def test_relative_depth_hypergeometric_draws_from_the_bins_each_model_has():
     assert abs(result.values["hypergeometric_p"] - 1 / 2) < 1e-12
     # set metrics count only bins a circuit holds: the deep head at 3/4 depth is an unshared head
     assert result.values["jaccard"] == 0.5
+
+
+# ---- typed inputs (issue 21) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda a, b: "high", "returned a str ('high'), not a number"),
+    (lambda a, b: float("nan"), "returned nan for 'A' and 'B'"),
+    (lambda a, b: np.ones((4, 3)), "returned an array of shape [4, 3], not a number"),
+    (lambda a, b: 1 / 0, "raised ZeroDivisionError at"),
+])
+def test_a_plugin_metric_returns_one_finite_number_or_fails_naming_it(monkeypatch, returned, message):
+    from circuitbench.circuits.overlap import OVERLAP_METRICS
+
+    monkeypatch.setitem(OVERLAP_METRICS._items, "my_metric", returned)
+    with pytest.raises(CircuitbenchError, match=r"Overlap metric 'my_metric' \(a plugin\)") as err:
+        compare(A, B, ["my_metric"], permutations=0)
+    assert message in str(err.value)
+
+
+def test_a_plugin_metric_of_numpy_scalars_is_kept_with_its_null(monkeypatch):
+    from circuitbench.circuits.overlap import OVERLAP_METRICS
+
+    monkeypatch.setitem(OVERLAP_METRICS._items, "my_count", lambda a, b: np.float32(len(set(a.heads) & set(b.heads))))
+    out = compare(A, B, ["my_count"], permutations=20)
+    assert out.values == {"my_count": 2.0} and out.p_value["my_count"] is not None
+
+
+def test_the_permutation_null_is_bounded_before_it_is_drawn():
+    big = Circuit(heads=[(0, 0)], n_layers=512, n_heads=128, label="big")  # 65,536 heads: the most allowed
+    with pytest.raises(CircuitbenchError, match=r"--permutations 2000: 2,000 shuffles of the 65,536 heads of 'big' "
+                                                r"would need about 3\.1 GB"):
+        compare(big, big, ["jaccard"], permutations=2000)
+
+
+def test_circuit_files_with_shapes_beyond_any_model_are_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"heads": [[0, 0]], "n_layers": 200000, "n_heads": 12}))
+    with pytest.raises(CircuitbenchError, match=r"huge.json: n_layers 200000 × n_heads 12 = 2,400,000 heads \("
+                                                r"overlap's permutation null alone would need about 11\.5 GB\)"):
+        Circuit.load(path)
+    for shape, field in (({"n_layers": "2", "n_heads": 4}, "n_layers: '2'"), ({"n_layers": 2, "n_heads": 0},
+                                                                               "n_heads: 0"),
+                         ({"model": {"n_layers": 2, "n_heads": True}}, "model.n_heads: True")):
+        path.write_text(json.dumps({"heads": [[0, 0]], **shape}))
+        with pytest.raises(CircuitbenchError, match=f"{field} is not a positive whole number"):
+            Circuit.load(path)
+
+
+def test_non_finite_scores_in_a_circuit_file_are_refused(tmp_path):
+    path = tmp_path / "nan.json"
+    path.write_text('{"heads": [[0, 0]], "n_layers": 1, "n_heads": 2, "scores": [[NaN, 1.0]]}')
+    with pytest.raises(CircuitbenchError, match="nan.json: scores: holds nan, not a finite number"):
+        Circuit.load(path)
+
+
+def test_a_literal_path_with_brackets_is_read_as_given_not_as_a_glob(tmp_path, capsys):
+    literal, lookalike, other = tmp_path / "run[1].json", tmp_path / "run1.json", tmp_path / "other.json"
+    literal.write_text(json.dumps({"heads": [[0, 1]], "n_layers": 2, "n_heads": 2}))
+    lookalike.write_text(json.dumps({"heads": [[1, 1]], "n_layers": 2, "n_heads": 2}))  # what the glob matches
+    other.write_text(json.dumps({"heads": [[0, 1]], "n_layers": 2, "n_heads": 2}))
+    code, out, err = cli(capsys, "overlap", str(literal), str(other), "--metric", "jaccard", "--json",
+                         "--permutations", "0")
+    assert code == 0, err
+    assert json.loads(out)["jaccard"][0][1] == 1.0  # run[1].json itself, not run1.json (jaccard 0)
+    lookalike.unlink()
+    code, out, err = cli(capsys, "overlap", str(literal), str(other), "--metric", "jaccard", "--json",
+                         "--permutations", "0")
+    assert code == 0, err
+    code, out, err = cli(capsys, "overlap", str(tmp_path / "run[12].json"), str(other), "--permutations", "0")
+    assert code == 2 and "no file matches" in err  # not a file: still a glob (matching nothing here)

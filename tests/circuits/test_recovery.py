@@ -102,3 +102,52 @@ def test_heads_that_the_counterfactual_cannot_see_are_found():
     assert identical_head_outputs(model, data, ctx, heads) == []
     same = replace(data, corrupted=data.tokens.clone())
     assert identical_head_outputs(model, same, ctx, heads) == heads
+
+
+# ---- typed references (issue 21) ----------------------------------------------------------------
+
+def test_a_reference_outside_the_model_fails_before_any_method_runs(capsys, tmp_path, monkeypatch):
+    import circuitbench.pipeline.unit as unit
+
+    scored = []
+    monkeypatch.setattr(unit, "score_heads", lambda *a, **k: scored.append(1) or pytest.fail("a method ran"))
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"heads": [[7, 0], [1, 1]]}))
+    code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--out", str(tmp_path),
+                         "-q", "--no-cache", "--reference", str(ref))
+    result = load_result(tmp_path / "toy-induction-2l" / "induction.json")
+    assert code == 2 and not scored and result.status == "failed" and result.error.user_error
+    assert result.error.message.startswith(f"{ref}: heads: L7H0 lie outside toy-induction-2l (2 layers × 4 heads")
+    ref.write_text(json.dumps({"heads": [[0, 0]], "edges": ["a0.h0->a0.h1<q>"]}))  # no edge of any model
+    code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--out", str(tmp_path),
+                         "-q", "--no-cache", "--reference", str(ref))
+    message = load_result(tmp_path / "toy-induction-2l" / "induction.json").error.message
+    assert code == 2 and not scored and message.startswith(f"{ref}: edges: 'a0.h0->a0.h1<q>' is no edge")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"heads": [[True, 0]]}, "heads: [True, 0] is neither a [layer, head] pair of whole numbers ≥ 0"),
+    ({"heads": [[-1, 0]]}, "heads: [-1, 0] is neither"),
+    ({"heads": [[0.5, 0]]}, "heads: [0.5, 0] is neither"),
+    ({"heads": "a0.h1"}, "heads: a list of [layer, head] pairs"),
+    ({"nodes": ["a0.h1"], "mlps": [0, "1"]}, "mlps: [0, '1'] is not a list of layers"),
+    ({"heads": [], "edges": ["a0.h1->a1.h0<q>", 3]}, "edges: 3 is not an edge name"),
+])
+def test_reference_files_are_validated_naming_the_field(tmp_path, content, message):
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(CircuitbenchError) as err:
+        load_reference(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_recovery_reads_a_literal_path_with_brackets(capsys, tmp_path):
+    from bad_inputs import complete_result
+
+    scores = {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "auroc": 0.9, "average_precision": 0.8,
+              "n_reference": 2, "n_circuit": 1}
+    path = tmp_path / "run[1].json"
+    path.write_text(json.dumps(complete_result(recovery={"eap": scores}, circuit=None, edge_scores={})))
+    code, out, err = cli(capsys, "recovery", str(path))
+    assert code == 0, err
+    assert "0.50" in out and "0.90" in out

@@ -3,7 +3,12 @@ not shipped), the shipped zoo models compute their programs without jax, and cir
 exactly the set of components with weights."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import shutil
+import stat
 import subprocess
 import sys
 from itertools import permutations
@@ -288,6 +293,12 @@ def test_padding_is_invisible_to_a_bidirectional_model():
     ("no_such_module_xyz:f", "a,b", "cannot import module"),
     ("reverse", "a,,b", "--vocab"),
     ("reverse", "a,b,a", "twice"),
+    ("reverse", "<pad>,a", "--vocab '<pad>': collides with the tokenizer's pad token"),
+    ("reverse", "<unk>,a", "--vocab '<unk>': collides with the tokenizer's unknown-word token"),
+    ("reverse", "compiler_pad,a", "--vocab 'compiler_pad': collides with tracr's compiler pad"),
+    ("reverse", "a b,c", "--vocab value 'a b' is not one word"),
+    ("reverse", "a.b,c", "splits it into ['a', '.', 'b']"),
+    ("reverse", "-1,2", "splits it into ['-', '1']"),
 ])
 def test_import_refuses_clearly(capsys, tmp_path, program, vocab, message):
     pytest.importorskip("tracr")
@@ -333,3 +344,165 @@ def test_recorded_command_rebuilds_the_shipped_checkpoint(capsys, tmp_path):
     assert code == 0, stderr
     for file in ("model.safetensors", "circuit.json", "prompts.jsonl", "cfg.json", "tokenizer.json"):
         assert (tmp_path / "hist" / file).read_bytes() == (ZOO_DIR / "tracr-hist" / file).read_bytes(), file
+
+
+# --- issue 21: what --out and --force may replace, bounds before compute, vocab, umask -----------
+
+def tree(root: Path) -> dict[str, str]:
+    """Everything under `root`: relative path -> sha256 of a file's bytes, a link's target, or 'dir'."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+@pytest.fixture
+def user_files(tmp_path, monkeypatch):
+    """HOME = tmp/home; the working directory tmp/home/proj/work holds a user's files; removing
+    anything outside tmp_path fails the test instead of happening (a safety net)."""
+    home = tmp_path / "home"
+    work = home / "proj" / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    (work / "data" / "x.bin").write_bytes(bytes(range(256)))
+    (home / "proj" / "README").write_text("the parent's file")
+    (home / ".profile").write_text("a home file")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    real_rmtree = shutil.rmtree
+
+    def guarded_rmtree(path, *args, **kwargs):
+        assert Path(path).resolve().is_relative_to(tmp_path.resolve()), f"rmtree({path}) outside the test folder"
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", guarded_rmtree)
+    return home
+
+
+IMPORT_ARGS = ["import-tracr", "length", "--vocab", "a,b", "--max-seq-len", "2", "--n-prompts", "0"]
+
+
+@pytest.mark.parametrize("where", [".", "..", "~", "HOME", "ANCESTOR", "LINK_TO_CWD", "/"],
+                         ids=["cwd", "parent", "tilde", "home", "ancestor", "symlink-to-cwd", "slash"])
+def test_import_force_never_replaces_cwd_home_or_their_ancestors(capsys, tmp_path, user_files, where):
+    pytest.importorskip("tracr")
+    link = tmp_path / "link"
+    link.symlink_to(Path.cwd())
+    out = {"HOME": str(user_files), "ANCESTOR": str(user_files / "proj"), "LINK_TO_CWD": str(link)}.get(where, where)
+    before = tree(tmp_path)
+    code, _, stderr = cli(capsys, *IMPORT_ARGS, "--out", out, "--force")
+    assert code == 2 and "Traceback" not in stderr
+    assert "never replaced, with or without --force" in stderr
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra", ["foreign", "import-plus-a-user-file"])
+def test_import_force_refuses_a_folder_it_did_not_write(capsys, tmp_path, user_files, extra):
+    pytest.importorskip("tracr")
+    theirs = tmp_path / "theirs"
+    if extra == "foreign":
+        theirs.mkdir()
+        (theirs / "thesis.tex").write_text("years of work")
+        (theirs / "cfg.json").write_text("{}")
+    else:
+        shutil.copytree(ZOO_DIR / "tracr-hist", theirs)
+        (theirs / "my_notes.md").write_text("mine")
+    before = tree(tmp_path)
+    code, _, stderr = cli(capsys, *IMPORT_ARGS, "--out", str(theirs), "--force")
+    assert code == 2 and "not replaced, even with --force" in stderr and "Traceback" not in stderr
+    assert ("no tracr.json" if extra == "foreign" else "my_notes.md") in stderr
+    assert tree(tmp_path) == before
+
+
+def test_import_force_replaces_its_own_earlier_output(capsys, tmp_path, user_files):
+    """A folder an import wrote (a copy of the shipped tracr-hist) is replaced as a whole; its
+    neighbours are not touched and no staging or trash folder is left."""
+    pytest.importorskip("tracr")
+    project = tmp_path / "project"
+    shutil.copytree(ZOO_DIR / "tracr-hist", project / "model")
+    (project / "neighbour.txt").write_text("keep")
+    neighbours = {k: v for k, v in tree(project).items() if not k.startswith("model")}
+    code, _, stderr = cli(capsys, *IMPORT_ARGS, "--out", str(project / "model"), "--force")
+    assert code == 0, stderr
+    record = json.loads((project / "model" / "tracr.json").read_text())
+    assert record["program"] == "length" and record["vocab"] == ["a", "b"]
+    assert not (project / "model" / "prompts.jsonl").exists()  # the old folder's file went with it
+    assert {k: v for k, v in tree(project).items() if not k.startswith("model")} == neighbours
+    assert sorted(p.name for p in project.iterdir()) == ["model", "neighbour.txt"]
+
+
+def test_a_failed_import_keeps_the_old_output_and_leaves_no_staging(capsys, tmp_path, user_files, monkeypatch):
+    pytest.importorskip("tracr")
+    from tracr.compiler import compiling
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the compiler broke")
+
+    monkeypatch.setattr(compiling, "compile_rasp_to_model", broken)
+    shutil.copytree(ZOO_DIR / "tracr-hist", tmp_path / "model")
+    before = tree(tmp_path)
+    with pytest.raises(RuntimeError, match="the compiler broke"):
+        cli(capsys, *IMPORT_ARGS, "--out", str(tmp_path / "model"), "--force")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_import_folder_and_files_honour_the_umask(capsys, tmp_path, umask):
+    pytest.importorskip("tracr")
+    old = os.umask(umask)
+    try:
+        code, _, stderr = cli(capsys, *IMPORT_ARGS, "--out", str(tmp_path / "m"))
+    finally:
+        os.umask(old)
+    assert code == 0, stderr
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o777 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def _cli_subprocess(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """The CLI in a child process, killed after `timeout` s (a run that would compute for hours fails
+    the test instead of hanging it)."""
+    return subprocess.run([sys.executable, "-m", "circuitbench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("max_seq_len", ["200", "1000000000"])
+def test_import_refuses_a_compile_too_large_before_compiling(tmp_path, max_seq_len):
+    """reverse at max_seq_len 200 compiled for 9+ minutes up to 13.7 GB (its MLP is max_seq_len² wide
+    and tracr's cost grows with the cube of that): refused at once, with the estimate."""
+    pytest.importorskip("tracr")
+    proc = _cli_subprocess("import-tracr", "reverse", "--vocab", "a,b,c", "--max-seq-len", max_seq_len,
+                           "--out", str(tmp_path / "m"), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "too large to compile here" in proc.stderr and "widest MLP layer" in proc.stderr
+    if max_seq_len == "200":
+        assert "40,200 units" in proc.stderr  # (--allow-large is offered only where the memory is free)
+        assert re.search(r"smaller --max-seq-len \(at most \d+ here\)", proc.stderr)
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_import_bounds_n_prompts(tmp_path):
+    pytest.importorskip("tracr")
+    proc = _cli_subprocess("import-tracr", "hist", "--vocab", "a,b", "--max-seq-len", "2", "--n-prompts",
+                           "1000000000", "--out", str(tmp_path / "m"), timeout=120)
+    assert proc.returncode == 2 and "--n-prompts 1000000000: give 0 to 10,000" in proc.stderr, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_stops_when_the_inputs_run_out(capsys, tmp_path):
+    """hist over a,b up to length 2 has 6 distinct inputs: asking for 1,000 prompts takes each once
+    (4 have a same-length input with another answer) and says so."""
+    pytest.importorskip("tracr")
+    code, out, err = cli(capsys, "import-tracr", "hist", "--vocab", "a,b", "--max-seq-len", "2", "--n-prompts", "1000",
+                         "--out", str(tmp_path / "m"))
+    assert code == 0, err
+    records = [json.loads(line) for line in (tmp_path / "m" / "prompts.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in records) == ["a a", "a b", "b a", "b b"]
+    assert "4 prompts in prompts.jsonl (of 1000 asked: only 6 distinct inputs of length 1-2 exist" in out

@@ -3,12 +3,16 @@ failure it was; --resume retries failed units; leaderboards list them apart."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 import circuitbench as cb
 from circuitbench.results.store import load_result
+from circuitbench.specs.catalog import task_files
+from circuitbench.specs.registries import METHODS
 
 from helpers import cli  # the in-process CLI runner
 
@@ -80,3 +84,44 @@ def test_a_model_that_fails_to_load_fails_each_of_its_units(capsys, tmp_path, ti
         assert result.status == "failed" and result.error.user_error and result.model.n_layers is None
     assert load_result(tmp_path / "r" / "toy-sort-1l" / "sorting.json").status == "complete"  # the grid went on
     assert json.loads((tmp_path / "r" / "toy-sort-1l" / "ioi.json").read_text())["status"] == "failed"
+
+
+EXITS = {"method": 0, "metric": 0}  # calls left before the plugin calls sys.exit(5)
+
+
+def exiting_method(model, data, ctx):
+    if EXITS["method"] > 0:
+        EXITS["method"] -= 1
+        sys.exit(5)
+    return np.ones((model.n_layers, model.n_heads))
+
+
+def exiting_metric(logits, batch):
+    if EXITS["metric"] > 0:
+        EXITS["metric"] -= 1
+        sys.exit(5)
+    return torch.zeros(len(batch))
+
+
+@pytest.mark.parametrize("kind", ["method", "metric"])
+def test_a_plugin_calling_sys_exit_in_a_unit_fails_that_unit_and_the_grid_goes_on(capsys, tmp_path, kind):
+    """Issue 21: a plugin method raising SystemExit ended the grid silently, with no record (exit 5)."""
+    if "test_exits" not in METHODS:
+        cb.register_method("test_exits", exiting_method, description="calls sys.exit(5) when told to")
+        cb.register_metric("test_exits", exiting_metric, higher_is_better=True, needs_answer=False)
+    text = task_files()["induction"].read_text()
+    if kind == "metric":
+        text = text.replace("metrics: [induction_loss, sequence_loss]", "metrics: [induction_loss, test_exits]")
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(text.replace("name: induction\n", "name: first\n", 1))
+    second.write_text(text.replace("name: induction\n", "name: second\n", 1))
+    EXITS[kind] = 1  # the first unit's plugin exits, the second's does not
+    code, _, err = cli(capsys, "run", "--task", f"{first},{second}", "--model", "toy-induction-2l", "--n", "8",
+                       "--out", str(tmp_path / "r"), "-q", "--no-cache", "--methods", "test_exits")
+    assert code == 1, err  # a crash in plugin code: exit 1, its traceback kept
+    failed = load_result(tmp_path / "r" / "toy-induction-2l" / "first.json")
+    assert failed.status == "failed" and not failed.error.user_error
+    assert f"plugin {kind} 'test_exits' called sys.exit(5)" in failed.error.message
+    assert f"exiting_{kind}" in failed.error.traceback  # where the plugin exited
+    assert load_result(tmp_path / "r" / "toy-induction-2l" / "second.json").status == "complete"  # the grid went on
+    assert "1 of 2 units failed" in err

@@ -154,3 +154,88 @@ def test_two_models_of_one_name_in_a_leaderboard_are_told_apart(capsys, tmp_path
     assert cli(capsys, "leaderboard", "--results", str(merged), "--out", str(tmp_path / "board"))[0] == 0
     table = (tmp_path / "board" / "induction.md").read_text()
     assert str(tmp_path / "A" / "toy-induction-2l") in table and str(tmp_path / "B" / "toy-induction-2l") in table
+
+
+def test_resume_recomputes_a_result_scored_against_another_reference(capsys, tmp_path):
+    out = str(tmp_path / "r")
+    base = ["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "8", "--out", out, "-q", "--methods",
+            "induction", "--no-cache"]
+    path = tmp_path / "r" / "toy-induction-2l" / "induction.json"
+    assert cli(capsys, *base)[0] == 0 and load_result(path).reference is None
+    reference = tmp_path / "known.json"
+    reference.write_text(json.dumps({"heads": [[1, 0], [1, 1]]}))
+    # a reference given now: the result made without one has no recovery scores, so it is not kept
+    code, _, err = cli(capsys, *base, "--resume", "--reference", str(reference))
+    said = " ".join(err.split())
+    assert code == 0 and "recomputing induction on toy-induction-2l" in said and "without a reference circuit" in said
+    scored = load_result(path)
+    assert scored.reference is not None and scored.reference.heads == [(1, 0), (1, 1)] and scored.recovery
+    first = path.read_bytes()
+    assert cli(capsys, *base, "--resume", "--reference", str(reference))[0] == 0 and path.read_bytes() == first
+    reference.write_text(json.dumps({"heads": [[0, 1]]}))  # the same file, another circuit
+    code, _, err = cli(capsys, *base, "--resume", "--reference", str(reference))
+    assert code == 0 and "the reference circuit changed" in " ".join(err.split())
+    assert load_result(path).reference.heads == [(0, 1)]
+    code, _, err = cli(capsys, *base, "--resume")  # and without it again
+    assert code == 0 and "this run has no reference circuit" in " ".join(err.split())
+    assert load_result(path).reference is None
+
+
+PLUGIN = '''import torch
+
+from circuitbench.plugins import register_method, register_metric
+
+VALUE = 1.0
+
+
+def constant_scores(model, prompts, ctx):
+    return torch.full((model.n_layers, model.n_heads), VALUE).numpy()
+
+
+def constant_metric(logits, batch):
+    return torch.full((logits.shape[0],), VALUE)
+
+
+register_method("constant_scores", constant_scores, description="every head scores VALUE")
+register_metric("constant_metric", constant_metric, higher_is_better=True, needs_answer=False)
+'''
+
+
+def test_resume_and_cache_recompute_when_a_plugins_code_changes(tmp_path):
+    """A plugin method and metric edited between runs: --resume recomputes (saying why) and the
+    cache does not serve the old metric values; unchanged, the result is kept byte for byte."""
+    import os
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "constant_plugin.py"
+    plugin.write_text(PLUGIN)
+    task = tmp_path / "constant_task.yaml"
+    task.write_text("name: constant_task\ngenerator: {name: induction}\nn_prompts: 6\n"
+                    "metrics: [induction_loss, constant_metric]\nmethods: [constant_scores]\n")
+    cmd = [sys.executable, "-m", "circuitbench", "run", "--task", str(task), "--model", "toy-induction-2l", "--plugin",
+           str(plugin), "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"), "--resume", "-q"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
+    path = tmp_path / "r" / "toy-induction-2l" / "constant_task.json"
+
+    def run() -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    run()
+    first = load_result(path)
+    assert first.metrics["constant_metric"] == 1.0 and first.head_scores["constant_scores"][0][0] == 1.0
+    code = first.run.plugin_code["method:constant_scores"]
+    assert code.file == str(plugin.resolve()) and code.code_sha256 and "metric:constant_metric" in first.run.plugin_code
+    before = path.read_bytes()
+    assert "recomputing" not in run().stderr and path.read_bytes() == before  # unchanged: kept
+
+    plugin.write_text(PLUGIN.replace("VALUE = 1.0", "VALUE = 2.0"))
+    proc = run()
+    assert "recomputing constant_task on toy-induction-2l" in proc.stderr
+    assert "the code of plugin" in proc.stderr and "constant_plugin.py" in proc.stderr
+    again = load_result(path)
+    assert again.head_scores["constant_scores"][0][0] == 2.0
+    assert again.metrics["constant_metric"] == 2.0  # not the cached values of the old code
+    assert again.run.plugin_code["method:constant_scores"].code_sha256 != code.code_sha256

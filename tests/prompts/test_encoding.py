@@ -68,3 +68,14 @@ def test_symbol_prompts_map_to_pool_and_score_mask():
     # scored targets: strictly after the first repeated token (index 3) -> only index 4
     assert data.score_mask[0].tolist() == [False, False, False, False, True]
     assert data.positions["REPEAT"].tolist() == [3]
+
+
+def test_drop_examples_are_excerpts_of_long_prompts(gpt2_tokenizer):
+    """Issue 21: a dropped 2 MB prompt was kept whole in the drop report (and so in the result)."""
+    long = Prompt(segments=[Segment(text="The number is" + " x" * 1_000_000)], answer=" antidisestablishmentarianism",
+                  distractor=" one", split_key="long")
+    data = encode_prompts(PromptSet(task="t", split="test", seed=0, prompts=[_prompt(" two"), long]),
+                          gpt2_vocab(gpt2_tokenizer), has_answer=True, n_ctx=10**7, max_drop_fraction=0.5)
+    [example] = data.report.examples["answer is not a single token"]
+    assert len(example) < 200 and "The number is x x" in example and "(2000013 characters)" in example, example
+    assert "antidisestablishmentarianism" in example

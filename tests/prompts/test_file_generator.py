@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,3 +280,65 @@ def test_an_empty_split_says_how_the_records_fall(tmp_path):
     spec = load_task(str(task(tmp_path, "d.jsonl", metrics="[sequence_loss]")))
     with pytest.raises(CircuitbenchError, match="has no test records \\(3 train, 0 val, 0 test\\)"):
         generate_prompts(spec)
+
+
+def test_a_huge_dropped_prompt_stays_out_of_the_result_and_validate(capsys, tmp_path):
+    """Issue 21: a dropped 2 MB prompt was kept whole in the result and echoed whole by validate."""
+    records = [{"prompt": f"t{i} t{i + 1} t{i + 2} t{i} t{i + 1}", "answer": f" t{i + 2}", "split": "test"}
+               for i in range(10)]
+    records.append({"prompt": "t1 " + "zz" * 1_000_000, "answer": " t2", "split": "test"})
+    write_jsonl(tmp_path / "big.jsonl", records)
+    path = task(tmp_path, "big.jsonl", name="big", metrics="[accuracy]", extra="methods: [previous_token]\n")
+    code, out, err = cli(capsys, "validate", str(path), "--model", "toy-induction-2l", "--show", "20")
+    assert code == 0, err
+    assert "kept 10 of 11, dropped 1" in out and "(2000003 characters)" in out
+    assert len(out) + len(err) < 20_000, len(out) + len(err)
+    code, _, err = cli(capsys, "run", "--task", str(path), "--model", "toy-induction-2l", "--out", str(tmp_path / "r"),
+                       "-q", "--no-cache")
+    assert code == 0, err
+    written = tmp_path / "r" / "toy-induction-2l" / "big.json"
+    assert written.stat().st_size < 50_000, written.stat().st_size
+    result = load_result(written)
+    assert result.task.n_dropped == 1
+    [[example]] = result.task.dropped_examples.values()
+    assert example.startswith("'t1 zzzz") and "(2000003 characters)" in example
+
+
+@pytest.mark.parametrize("kind, message", [("loop", "symlink loop"), ("directory", "is a directory"),
+                                           ("fifo", "not a regular file (a FIFO)")])
+def test_a_data_path_that_is_no_regular_file_is_one_clear_error(tmp_path, kind, message):
+    """Issue 21: a symlink loop as the data path ended in a traceback; a directory or FIFO was 'not found'."""
+    data = tmp_path / "d.jsonl"
+    if kind == "loop":
+        data.symlink_to(data)
+    elif kind == "directory":
+        data.mkdir()
+    else:
+        os.mkfifo(data)
+    with pytest.raises(CircuitbenchError) as e:
+        load_task(str(task(tmp_path, "d.jsonl")))
+    assert message in str(e.value) and str(data) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("kind, message", [("loop", "symlink loop"), ("directory", "is a directory"),
+                                           ("fifo", "not a regular file (a FIFO)")])
+def test_a_task_path_that_is_no_regular_file_is_one_clear_error(tmp_path, kind, message):
+    """Issue 21: a task YAML path that is a symlink loop (or a directory, a FIFO) was an 'Unknown task', and a
+    FIFO among an --include-path folder's tasks hung the command."""
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    path = inc / "odd.yaml"
+    if kind == "loop":
+        path.symlink_to(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    with pytest.raises(CircuitbenchError) as e:
+        load_task(str(path))
+    assert message in str(e.value) and str(path) in str(e.value), str(e.value)
+    # through the catalog, in a child process (a FIFO read would block forever)
+    proc = subprocess.run([sys.executable, "-m", "circuitbench", "validate", "odd", "--include-path", str(inc)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr

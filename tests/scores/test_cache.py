@@ -3,6 +3,7 @@ gives the same numbers as an uncached run; anything that changes the numbers cha
 damaged entries are recomputed; `cache ls` / `cache clear`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -235,3 +236,102 @@ def test_cached_base_runs_equal_computed_ones_for_resample_ablation(tmp_path):
     assert cached.run.cache["misses"] == 0
     diff = np.abs(np.array(cached.head_scores["ablation"]) - np.array(uncached.head_scores["ablation"])).max()
     assert diff < 1e-6
+
+
+def _child_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200")
+
+
+def test_concurrent_runs_share_one_entry_without_false_corruption_reports(tmp_path):
+    """Two processes run the same unit against one cache at once: both finish, neither reports a
+    damaged or unwritten cache file, the manifest records every file with its true sha256, and a
+    third run is served entirely from the cache."""
+    import subprocess
+    import sys
+
+
+    cache_dir = tmp_path / "cache"
+
+    def command(out: str, batch_size: int) -> list[str]:  # batch size is not in the key: the last bits may differ
+        return [sys.executable, "-m", "circuitbench", "run", "--task", "induction", "--model", TOY, "--n", "24",
+                "--batch-size", str(batch_size), "--methods", "activation_patching,attribution_patching,ablation",
+                "--out", str(tmp_path / out), "--cache-dir", str(cache_dir), "-q"]
+
+    procs = [subprocess.Popen(command(f"r{i}", (2, 5)[i]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_child_env()) for i in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+        for word in ("damaged", "not written", "corrupt", "mismatch", "recomputing"):
+            assert word not in err.lower(), err
+    (entry,) = ActivationCache(cache_dir).entries()
+    assert entry.manifest is not None
+    names = {p.name for p in entry.path.glob("*.safetensors")}
+    assert names and set(entry.manifest.files) == names
+    for name, record in entry.manifest.files.items():
+        content = (entry.path / name).read_bytes()
+        assert record.bytes == len(content) and record.sha256 == hashlib.sha256(content).hexdigest()
+    third = run(["induction"], TOY, RunOptions(n_prompts=24, batch_size=2, out=str(tmp_path / "r3"),
+                                               cache_dir=str(cache_dir),
+                                               methods=["activation_patching", "attribution_patching", "ablation"]))
+    assert third[0].result.run.cache["misses"] == 0 and third[0].result.run.cache["hits"] > 0
+
+
+def test_two_writers_of_one_entry_keep_each_others_records(tmp_path, caplog):
+    """Two processes' views of one entry, opened before either wrote, write in turn: each change is
+    merged into the manifest on disk, so no record is lost and none vouches for another's bytes."""
+    import logging
+
+    import torch
+
+    from circuitbench.scores.activation_cache import CacheKey
+
+    key = CacheKey(model="m", source="s", revision=None, weights="w", init="pretrained", init_seed=None,
+                   dtype="float32", device="cpu", prompt_hash="p", tokens_hash="t", software={}, code="c")
+    store = ActivationCache(tmp_path / "cache")
+    a, b = store.entry(key, "task", 4), store.entry(key, "task", 4)
+    a.save("clean", "metrics", {"m": torch.zeros(4)})
+    b.save("clean", "metrics", {"m": torch.ones(4)})  # the same file, other bytes (another batch size's last bits)
+    b.save("clean", "base_runs", {"z.0": torch.ones(4, 2)})
+    a.save("corrupted", "metrics", {"m": torch.zeros(4)})  # the last write must not bring back a's view
+    (entry,) = store.entries()
+    assert entry.manifest is not None
+    assert set(entry.manifest.files) == {"clean.metrics.safetensors", "clean.base_runs.safetensors",
+                                         "corrupted.metrics.safetensors"}
+    for name, record in entry.manifest.files.items():
+        assert record.sha256 == hashlib.sha256((entry.path / name).read_bytes()).hexdigest()
+    with caplog.at_level(logging.WARNING):
+        third = store.entry(key, "task", 4)
+        assert torch.equal(third.read("clean", "metrics", ["m"])["m"], torch.ones(4))
+        assert third.read("clean", "base_runs", ["z.0"]) is not None
+        assert a.read("clean", "metrics", ["m"]) is not None  # a reads what b wrote, without a warning
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert entry.path.joinpath("manifest.json").exists() and store.entries()[0].manifest.hits == 3
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_cache_files_and_folders_follow_the_umask(tmp_path, tiny_models, monkeypatch, umask, file_mode, dir_mode):
+    import os
+    import stat
+
+    import circuitbench.models.fingerprint as fingerprint
+
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.0, raising=False)  # remember the fresh model's digests too
+    monkeypatch.setattr(fingerprint, "_memo", {}, raising=False)
+    cache_dir = tmp_path / "cache"
+    old = os.umask(umask)
+    try:
+        outcome = run(["ioi"], str(tiny_models["gpt2"]), RunOptions(
+            n_prompts=2, batch_size=2, methods=["activation_patching"], out=str(tmp_path / "r"),
+            cache_dir=str(cache_dir)))[0]
+    finally:
+        os.umask(old)
+    assert outcome.result.status == "complete", outcome.result.error
+    paths = [cache_dir, *cache_dir.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    wrong = {p: oct(m) for p, m in modes.items()
+             if m != (dir_mode if (tmp_path / p).is_dir() else file_mode)}
+    assert not wrong, wrong
+    assert any(p.suffix == ".safetensors" for p in paths) and any(p.parent.name == "fingerprints" for p in paths)

@@ -54,3 +54,81 @@ def test_corrupted_runs_are_scored_against_clean_targets():
     peaked = torch.full((2, 3, 4), -20.0)
     peaked[..., 2] = 20.0
     assert METRICS.get("induction_loss").compute(peaked, corrupted).max() < 1e-6
+
+
+# Issue 21: what a metric returns is checked (one finite value per prompt), and one prompt has no spread.
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import circuitbench as cb  # noqa: E402
+from circuitbench.results.store import load_result  # noqa: E402
+
+from helpers import cli  # noqa: E402
+
+BAD_METRICS = {
+    "test_wide": (lambda logits, batch: torch.ones(len(batch), 3), ["returned shape [8, 3]", "expected shape [8]"]),
+    "test_scalar": (lambda logits, batch: torch.tensor(1.0), ["returned shape []", "expected shape [8]"]),
+    "test_listed": (lambda logits, batch: "high", ["returned a str", "expected"]),
+    "test_nan": (lambda logits, batch: torch.arange(len(batch)) / (torch.arange(len(batch)) > 0),
+                 ["returned NaN/inf for 1 of 8 prompts", "prompt 0"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_metrics():
+    for name, (fn, _) in BAD_METRICS.items():
+        if name not in METRICS:
+            cb.register_metric(name, fn, higher_is_better=True, needs_answer=False)
+
+
+def _task_with(tmp_path: Path, metric: str) -> Path:
+    path = tmp_path / "with_metric.yaml"
+    path.write_text(f"name: with_metric\ngenerator: {{name: induction}}\nmetrics: [induction_loss, {metric}]\n"
+                    "methods: [previous_token]\n")
+    return path
+
+
+@pytest.mark.parametrize("metric", list(BAD_METRICS))
+def test_a_metric_must_return_one_finite_value_per_prompt(capsys, tmp_path, bad_metrics, metric):
+    """A plugin metric returning [batch, 3] was averaged and the result written complete."""
+    code, _, err = cli(capsys, "run", "--task", str(_task_with(tmp_path, metric)), "--model", "toy-induction-2l",
+                       "--n", "8", "--batch-size", "8", "--out", str(tmp_path / "r"), "-q", "--no-cache")
+    assert code == 2 and "Traceback" not in err, err
+    result = load_result(tmp_path / "r" / "toy-induction-2l" / "with_metric.json")
+    assert result.status == "failed" and result.error.user_error and not result.metrics
+    message = result.error.message
+    assert f"Metric '{metric}'" in message and "one finite value per prompt" in message, message
+    for part in BAD_METRICS[metric][1]:
+        assert part in message, message
+    assert "check the checkpoint" not in message  # the model's activations are fine: the metric is at fault
+
+
+def test_one_prompt_has_no_standard_error_and_no_faithfulness(capsys, tmp_path):
+    """`--n 1` reported stderr 0 and a defined faithfulness: with one prompt there is no spread."""
+    code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--n", "1", "--out",
+                         str(tmp_path), "--no-cache", "--methods", "previous_token,activation_patching")
+    assert code == 0, err
+    path = tmp_path / "toy-induction-2l" / "induction.json"
+    raw = json.loads(path.read_text())
+    assert raw["metrics_stderr"] == {"induction_loss": None, "sequence_loss": None}
+    circuit = raw["circuit"]
+    assert circuit["faithfulness"] is None and circuit["gap_stderr"] is None
+    assert set(circuit["by_ablation"].values()) == {None} and circuit["cpr"] is None
+    assert "1 prompt" in circuit["faithfulness_undefined"]
+    assert all(c["faithfulness"] is None for c in circuit["candidates"])
+    assert "± n/a" in out and "± 0.000" not in out and "faithfulness undefined" in out
+    code, _, err = cli(capsys, "report", str(path), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    assert "n/a" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_two_prompts_have_a_standard_error(capsys, tmp_path):
+    code, _, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--n", "2", "--out",
+                       str(tmp_path), "--no-cache", "-q", "--methods", "previous_token,activation_patching")
+    assert code == 0, err
+    result = load_result(tmp_path / "toy-induction-2l" / "induction.json")
+    assert all(isinstance(v, float) and v > 0 for v in result.metrics_stderr.values())
+    assert result.circuit.gap_stderr is not None and result.circuit.gap_stderr > 0
+    assert (result.circuit.faithfulness is None) == (result.circuit.faithfulness_undefined is not None)

@@ -72,3 +72,62 @@ def test_every_plot_type_renders(results, tmp_path):
             assert f.read_bytes()[:8] == PNG and f.stat().st_size > 2000
     html = (tmp_path / "a" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == sum(1 for f in files if f.parent.name == "a" and f.suffix == ".png")
+
+
+# ---- what a leaderboard reads (issue 21) --------------------------------------------------------
+
+def test_a_unit_is_listed_once_whatever_copies_lie_beside_it(results, tmp_path):
+    import shutil
+
+    from circuitbench.tables.leaderboard import collect
+
+    out, _ = results
+    folder = tmp_path / "res" / "toy-induction-2l"
+    folder.mkdir(parents=True)
+    for name in ("induction.json", "induction (copy).json", "induction.json.bak", "induction-old.json"):
+        shutil.copy(out / "toy-induction-2l" / "induction.json", folder / name)
+    shutil.copytree(folder, tmp_path / "res" / "toy-induction-2l (copy)")  # a copied folder
+    (folder / "induction.eap.edges.json").write_text('{"cfg": {"n_layers": 2, "n_heads": 4}, "nodes": {}, '
+                                                     '"edges": {}}')  # an edge-score sidecar: no result
+    rows, flagged = collect(tmp_path / "res")
+    assert len(rows) == 1 and rows["file"].tolist() == [str(folder / "induction.json")]
+    assert sorted(flagged["file"]) == sorted(str(p) for p in (
+        folder / "induction (copy).json", folder / "induction-old.json",
+        tmp_path / "res" / "toy-induction-2l (copy)" / "induction.json",
+        tmp_path / "res" / "toy-induction-2l (copy)" / "induction (copy).json",
+        tmp_path / "res" / "toy-induction-2l (copy)" / "induction-old.json"))
+    assert flagged["flag"].str.startswith("not at its own path").all()
+    assert f"a copy of {folder / 'induction.json'}" in flagged["flag"].iloc[0]
+    summary = build(tmp_path / "res", tmp_path / "lb")
+    readme = (tmp_path / "lb" / "README.md").read_text()
+    assert summary["flagged"] == 5 and "unreadable" not in readme and "edges" not in readme.split("## Not included")[1]
+    assert (tmp_path / "lb" / "induction.md").read_text().count("toy-induction-2l") == 1
+
+
+def test_other_schema_versions_and_non_finite_numbers_are_flagged_never_shown(results, tmp_path):
+    import json
+    import re
+
+    from circuitbench.results.schema import SCHEMA_VERSION
+    from circuitbench.tables.leaderboard import collect
+
+    out, _ = results
+    raw = json.loads((out / "toy-induction-2l" / "induction.json").read_text())
+    for name, change in (("v1", {"schema_version": 1}), ("v99", {"schema_version": 99}),
+                         ("vminus5", {"schema_version": -5}),
+                         ("nan", {"metrics": {**raw["metrics"], "induction_loss": float("nan")}}),
+                         ("inf", {"metrics": {**raw["metrics"], "sequence_loss": float("inf")}}),
+                         ("current", {})):
+        folder = tmp_path / "res" / name
+        folder.mkdir(parents=True)
+        (folder / "induction.json").write_text(json.dumps({**raw, **change, "model": {**raw["model"], "name": name}}))
+    rows, flagged = collect(tmp_path / "res")
+    assert rows["model"].tolist() == ["current"]
+    reasons = dict(zip(flagged["model"], flagged["flag"]))
+    assert reasons["v1"].startswith(f"schema_version: 1, not the current {SCHEMA_VERSION}")
+    assert reasons["v99"].startswith("schema_version: 99") and reasons["vminus5"].startswith("schema_version: -5")
+    assert reasons["nan"] == "metrics.induction_loss: not a finite number (NaN or infinite)"
+    assert reasons["inf"] == "metrics.sequence_loss: not a finite number (NaN or infinite)"
+    build(tmp_path / "res", tmp_path / "lb")
+    table, apart = (tmp_path / "lb" / "README.md").read_text().split("## Not included")
+    assert "v99" not in table and "v99" in apart and not re.search(r"\b(nan|inf)\b", table.lower())

@@ -1,6 +1,8 @@
 """`circuitbench train` and `circuitbench dynamics`: checkpoints, reproducibility, phase-change
 location and the plot."""
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from circuitbench.models.loading import load_model
 from circuitbench.specs.catalog import load_task
 from circuitbench.training.dynamics import analyse, fastest_change, plot
 from circuitbench.training.trainer import TrainConfig, arch_from, checkpoint_steps, train
+
+from helpers import cli
 
 
 def test_checkpoint_steps_log_and_linear():
@@ -123,3 +127,18 @@ def test_mixed_model_draws_induction_symbols_from_its_stream(tmp_path):
     data = encode_task(load_task("tasks/examples/induction_small.yaml"), model.vocab, model.unk_id, model.n_ctx)
     used = set(data.tokens[:, 1:][data.tokens[:, 1:] != model.vocab.pad_id].tolist())
     assert used <= {vocab[w] for w in symbols}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_train_weights_and_checkpoints_honour_the_umask(capsys, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        code, _, err = cli(capsys, "train", "--task", "induction", "--steps", "2", "--checkpoints", "1", "--arch",
+                           "attn-only-1l", "--out", str(tmp_path / "t"))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    written = list((tmp_path / "t").rglob("*"))
+    assert any(p.name == "model.safetensors" for p in written) and any(p.is_dir() for p in written)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "t", *written]}
+    assert modes == {k: (0o777 if (tmp_path / k).is_dir() else 0o666) & ~umask for k in modes}
