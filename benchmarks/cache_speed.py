@@ -40,7 +40,7 @@ def scenario(name: str, repeats: int) -> None:
         def unit(methods: list[str], cache: bool):
             options = RunOptions(n_prompts=n, batch_size=32, methods=methods, cache=cache, cache_dir=cache_dir)
             t0 = time.perf_counter()
-            result = run_unit(effective_spec(load_task(task), options), model, options)
+            result = run_unit(effective_spec(load_task(task), options), model, options.execution())
             return result, time.perf_counter() - t0
 
         _, t_fill = unit(first, True)

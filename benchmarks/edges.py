@@ -69,7 +69,7 @@ def main() -> None:
     # the forward is: the first backward pays one-off allocator and kernel set-up.
     two = encode_task(load_task("ioi").model_copy(update={"n_prompts": 2}), model.vocab, model.unk_id, model.n_ctx)
     eap(model, two, MethodContext(batch_size=2, metric="logit_diff"))
-    scores, t_eap = timed(lambda: eap(model, data, ctx))
+    scores, t_eap = timed(lambda: eap(model, data, ctx).edges)
     print(f"eap_cpu_seconds: {t_eap:.2f}")
     print(f"eap_forward_equivalents: {t_eap / t_fwd:.1f} (goal ≤ 4 {verdict(t_eap / t_fwd <= 4)})")
     ig_ctx = MethodContext(batch_size=n, metric="logit_diff", options={"steps": 5})

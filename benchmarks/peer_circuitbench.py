@@ -35,7 +35,7 @@ from circuitbench.scores.edges import output_deltas, patched_edge_metrics, valid
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
 from circuitbench.scores.interventions import base_runs  # noqa: E402
 from circuitbench.scores.methods.context import MethodContext  # noqa: E402
-from circuitbench.scores.scoring import score_heads  # noqa: E402
+from circuitbench.scores.scoring import MethodRun, run_methods  # noqa: E402
 from circuitbench.specs.registries import METHODS  # noqa: E402
 
 EDGE_METHODS = {"eap": {}, "eap_ig": {"steps": 5}}  # each method's options here
@@ -112,8 +112,9 @@ def head_method(root: Path, method: str) -> dict:
     model, data = load(root)
     m_clean, m_corr = base_metrics(model, data)
     model.block_formats()  # recorded once per model, not part of the timing
-    score_heads(model, data.subset(0, 2), [method], 2)  # warm-up (not timed)
-    scores, seconds = timed(lambda: score_heads(model, data, [method], len(data), metric="logit_diff")[method])
+    run_methods(model, data.subset(0, 2), [method], MethodRun(2))  # warm-up (not timed)
+    scores, seconds = timed(lambda: run_methods(model, data, [method], MethodRun(len(data), metric="logit_diff"))[
+        method].heads)
     gap = m_clean - m_corr
     values = m_clean - scores * gap if method == "activation_patching" else -scores * gap
     key = "patched" if method == "activation_patching" else "attribution"

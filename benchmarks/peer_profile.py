@@ -19,7 +19,7 @@ from peer_circuitbench import EDGE_METHODS, load  # noqa: E402
 
 from circuitbench.scores.evaluation import evaluate  # noqa: E402
 from circuitbench.scores.methods.context import MethodContext  # noqa: E402
-from circuitbench.scores.scoring import score_heads  # noqa: E402
+from circuitbench.scores.scoring import MethodRun, run_methods  # noqa: E402
 from circuitbench.specs.registries import METHODS  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
         run = lambda: evaluate(model, data, ["logit_diff"], len(data))  # noqa: E731
     else:
         model.block_formats()
-        run = lambda: score_heads(model, data, [method], len(data))  # noqa: E731
+        run = lambda: run_methods(model, data, [method], MethodRun(len(data)))  # noqa: E731
     run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()

@@ -56,7 +56,7 @@ def one(model_name: str, method: str, n: int) -> dict:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     from circuitbench.models.loading import load_model
     from circuitbench.prompts.encoding import encode_task
-    from circuitbench.scores.scoring import score_heads
+    from circuitbench.scores.scoring import MethodRun, run_methods
     from circuitbench.specs.catalog import load_task
     from circuitbench.specs.registries import METHODS
 
@@ -66,14 +66,14 @@ def one(model_name: str, method: str, n: int) -> dict:
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": n}), model.vocab, model.unk_id, model.n_ctx)
     batch_size = min(n, 64)
     model.block_formats()
-    score_heads(model, data.subset(0, 2), [method], 2)  # warm-up
+    run_methods(model, data.subset(0, 2), [method], MethodRun(2))  # warm-up
     held = _vm("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
     except OSError:
         pass
     t0 = time.perf_counter()
-    score_heads(model, data, [method], batch_size)
+    run_methods(model, data, [method], MethodRun(batch_size))
     seconds = time.perf_counter() - t0
     peak = _vm("VmHWM")
     return {"model": model_name, "n_params": model.n_params, "method": method, "n": n, "batch_size": batch_size,

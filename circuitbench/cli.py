@@ -181,43 +181,15 @@ def run(
     _exit_for_failures(outcomes)
 
 
-LS_CHOICES = ("tasks", "models", "methods", "metrics", "generators", "overlap-metrics")
-
-
 @app.command()
-def ls(what: str = typer.Argument(..., help=" | ".join(LS_CHOICES)),
+def ls(what: str = typer.Argument(..., help="tasks | models | methods | metrics | generators | overlap-metrics"),
        include_path: list[str] = IncludePath, plugin: list[str] = Plugin) -> None:
     """List registered tasks, models, methods, metrics, generators or overlap metrics."""
     load_plugins(plugin)
-    if what == "tasks":
-        from circuitbench.specs.catalog import all_tasks
+    from circuitbench.tables.listings import listing
 
-        rows = [(name, spec.generator.name, str(spec.n_prompts), ", ".join(spec.metrics), ", ".join(spec.methods),
-                 spec.description.strip().split(". ")[0].rstrip(".") + ".")
-                for name, spec in all_tasks(tuple(include_path)).items()]
-        print_table(("task", "generator", "n", "metrics", "methods", "description"), rows)
-    elif what == "models":
-        from circuitbench.specs.catalog import model_registry
-        from circuitbench.specs.model import memory_needed_bytes
-
-        rows = [(name, m.hf_id or f"{m.source}: {m.path}", f"{m.n_params / 1e6:,.1f}M", f"{m.n_layers}×{m.n_heads}",
-                 str(m.d_model), m.dtype,
-                 " / ".join(f"{memory_needed_bytes(m.n_params, d) / 2**30:.1f} GB" for d in ("float32", "bfloat16")),
-                 m.notes) for name, m in model_registry().items()]
-        print_table(("model", "source", "params", "layers×heads", "d_model", "dtype", "memory fp32 / bf16", "notes"),
-                    rows)
-    elif what in ("methods", "metrics", "generators"):
-        from circuitbench.specs.registries import GENERATORS, METHODS, METRICS
-
-        registry = {"methods": METHODS, "metrics": METRICS, "generators": GENERATORS}[what]
-        print_table((what[:-1], "description"), [(name, item.description) for name, item in registry.items()])
-    elif what == "overlap-metrics":
-        from circuitbench.circuits.overlap import OVERLAP_METRICS
-
-        print_table(("overlap metric", "description"),
-                    [(name, (fn.__doc__ or "").strip().split("\n")[0]) for name, fn in OVERLAP_METRICS.items()])
-    else:
-        raise CircuitbenchError(f"ls {what!r}: choose one of {', '.join(LS_CHOICES)}.")
+    table = listing(what, tuple(include_path))
+    print_table(list(table.columns), table.values.tolist())
 
 
 @app.command()
@@ -232,53 +204,29 @@ def validate(
 ) -> None:
     """Render a task's prompts and report what a tokenizer would drop (no weights loaded)."""
     load_plugins(plugin)
-    from circuitbench.prompts.generate import generate_prompts, shortfall
-    from circuitbench.specs.catalog import load_task
-    from circuitbench.specs.options import RunOptions, effective_spec
+    from circuitbench.pipeline.validation import validate_task
+    from circuitbench.tables.console import print_validation
+
+    if n_prompts is not None and n_prompts < 1:
+        raise CircuitbenchError(f"--n-prompts {n_prompts}: give at least 1.")
+    print_validation(validate_task(task, model=model, tokenizer=tokenizer, n_prompts=n_prompts,
+                                   include_paths=tuple(include_path)), show)
+
+
+OverlapMetricOption = typer.Option(
+    None, "--metric", help="Comma-separated overlap metrics (`circuitbench ls overlap-metrics`; default: jaccard, "
+    "overlap_coefficient, hypergeometric_p, spearman, plus the node and edge metrics for graph circuits, each skipped "
+    "with a note where the circuits lack what it needs).")
+
+
+def _overlap_settings(**options: object):  # -> OverlapSettings (imported by the verbs that need it)
+    """The overlap options, checked once: a bad value is an error naming its flag."""
+    from circuitbench.circuits.overlap_metrics import OverlapSettings
 
     try:
-        options = RunOptions(n_prompts=n_prompts)
+        return OverlapSettings(**options)  # type: ignore[arg-type]
     except ValidationError as e:
         raise _options_error(e) from None
-    spec = effective_spec(load_task(task, tuple(include_path)), options)
-    prompts = generate_prompts(spec)
-    if note := shortfall(spec, prompts):
-        plain(f"note: {note}")
-    plain(f"{spec.name} v{spec.version} · spec {spec.spec_hash()} · {len(prompts.prompts)} {spec.split} prompts")
-    if show > 0:
-        from circuitbench.prompts.base import excerpt
-        from circuitbench.tables.console import prompt_rows
-
-        columns, rows, legend = prompt_rows(prompts.prompts[:show], spec.metrics)
-        print_table(columns, [tuple(excerpt(cell) for cell in row) for row in rows])  # a 2 MB prompt: its start
-        if legend:
-            plain(legend)
-    if model is None and tokenizer is None:
-        plain("Spec is valid. Pass --model or --tokenizer to check tokenization.")
-        return
-    from circuitbench.models.loading import load_vocabulary, tokenizer_vocabulary
-    from circuitbench.prompts.encoding import encode_task
-
-    if tokenizer is not None:
-        vocab, unk, source = tokenizer_vocabulary(tokenizer)
-        n_ctx = 10**9
-    else:
-        assert model is not None
-        vocab, unk, n_ctx, source = load_vocabulary(model)
-    data = encode_task(spec, vocab, unk, n_ctx, prompts)
-    rep = data.report
-    plain(f"tokenizer: {source}: kept {len(data)} of {rep.n_total}, dropped {rep.n_dropped}")
-    for reason, count in rep.reasons.most_common():
-        plain(f"  {count} × {reason}; e.g. {'; '.join(rep.examples[reason])}")
-
-
-DEFAULT_OVERLAP_METRICS = "jaccard,overlap_coefficient,hypergeometric_p,spearman"
-
-
-def _null_kind(null: str) -> str:
-    if null not in ("within_layer", "all"):
-        raise CircuitbenchError(f"--null {null!r}: choose within_layer or all.")
-    return null
 
 
 def _shape_option(shape: str | None, model: str | None) -> tuple[int, int] | None:
@@ -332,11 +280,22 @@ def _load_circuit(path: Path):  # -> Circuit (imported by the verbs that need it
     return Circuit.load(path)
 
 
-def _distinct_labels(circuits: list, paths: list[str]) -> list:
-    """Circuits whose labels (model/task) coincide, e.g. two seeds' runs, labelled by their paths."""
-    labels = [c.label for c in circuits]
-    return [c.model_copy(update={"label": str(Path(p).with_suffix(""))}) if labels.count(c.label) > 1 else c
-            for c, p in zip(circuits, paths)]
+def _circuit_files(files: list[str], force: bool, plot_path: str | None) -> list[str]:
+    """`overlap`'s file arguments, globs expanded (at least two files), and its --plot checked against them."""
+    paths: list[str] = []
+    for f in files:
+        matches = _expand(f)
+        if not matches:
+            raise CircuitbenchError(f"overlap: no file matches {f!r}.")
+        paths.extend(matches)
+    if len(paths) < 2:
+        raise CircuitbenchError("overlap: give at least two circuit files.")
+    if plot_path:
+        from circuitbench.output_paths import FIGURE_SUFFIXES, check_output_file, figure_written_by_us
+
+        check_output_file(Path(plot_path), "--plot", force=force, ours=figure_written_by_us,
+                          inputs=[Path(p) for p in paths], what="a figure circuitbench drew", suffixes=FIGURE_SUFFIXES)
+    return paths
 
 
 @app.command()
@@ -344,9 +303,7 @@ def overlap(
     files: list[str] = typer.Argument(
         ..., help="RunResult JSONs, any JSON with \"heads\": [[layer, head], ...] or \"nodes\", or EAP-IG/MIB graph "
         "files (edge circuits); globs too."),
-    metric: str | None = typer.Option(None, "--metric", help="Comma-separated overlap metrics (`circuitbench ls "
-                                      f"overlap-metrics`; default {DEFAULT_OVERLAP_METRICS}, each skipped with a "
-                                      "note where the circuits lack what it needs)."),
+    metric: str | None = OverlapMetricOption,
     alignment: str = typer.Option("auto", "--alignment", help="auto | head | relative_depth"),
     bins: int = typer.Option(10, "--bins", help="Relative-depth bins for models of different shape."),
     top_n: int = typer.Option(10, "--top-n", help="Heads compared by top_n_overlap (the top N by |score|)."),
@@ -361,56 +318,21 @@ def overlap(
     plugin: list[str] = Plugin,
 ) -> None:
     """Overlap between circuits (tasks in one model, or models), each figure beside its permutation null."""
-    import json
-
     load_plugins(plugin)
-    from circuitbench.circuits.overlap import check_settings, overlap_matrix
-    from circuitbench.output_paths import FIGURE_SUFFIXES, check_output_file, figure_written_by_us
+    from circuitbench.circuits.overlap import overlap_matrix
     from circuitbench.tables.console import print_overlap
 
-    check_settings(bins, top_n, rbo_p)
-    if alignment not in ("auto", "head", "relative_depth"):
-        raise CircuitbenchError(f"--alignment {alignment!r}: choose auto, head or relative_depth.")
-    paths: list[str] = []
-    for f in files:
-        matches = _expand(f)
-        if not matches:
-            raise CircuitbenchError(f"overlap: no file matches {f!r}.")
-        paths.extend(matches)
-    if len(paths) < 2:
-        raise CircuitbenchError("overlap: give at least two circuit files.")
-    if plot_path:
-        check_output_file(Path(plot_path), "--plot", force=force, ours=figure_written_by_us,
-                          inputs=[Path(p) for p in paths], what="a figure circuitbench drew", suffixes=FIGURE_SUFFIXES)
-    circuits = _distinct_labels([_load_circuit(Path(p)) for p in paths], paths)
-    given_shape = _shape_option(shape, model)
-    if given_shape is not None:
-        circuits = [c if c.shape else c.with_shape(*given_shape) for c in circuits]
-    metrics = _split(metric or DEFAULT_OVERLAP_METRICS)
-    if metric is None:  # graph circuits: their node and edge sets too
-        from circuitbench.circuits.overlap import GRAPH_METRICS
-
-        if any(c.mlps or c.node_scores for c in circuits):
-            metrics += [m for m in GRAPH_METRICS if m.startswith("node")]
-        if any(c.level == "edge" for c in circuits):
-            metrics += [m for m in GRAPH_METRICS if m.startswith("edge")]
-    optional = frozenset(metrics) if metric is None else frozenset()
-    result = overlap_matrix(circuits, metrics, alignment, bins, top_n, rbo_p, optional,  # type: ignore[arg-type]
-                            permutations, _null_kind(null))
-    shown = [m for m in metrics if m in result]
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_overlap(result, shown)
-    for name, reason in result["skipped"].items():
-        plain(f"note: {name} skipped: {reason} (--shape L,H or --model NAME gives circuits a shape)", stderr=True)
-    if plot_path and shown:
+    settings = _overlap_settings(alignment=alignment, bins=bins, top_n=top_n, rbo_p=rbo_p, permutations=permutations,
+                                 null=null)
+    paths = _circuit_files(files, force, plot_path)
+    given = _shape_option(shape, model)
+    circuits = [c if c.shape or given is None else c.with_shape(*given) for c in map(_load_circuit, map(Path, paths))]
+    matrix = overlap_matrix(circuits, _split(metric) if metric else None, settings, sources=paths)
+    print_overlap(matrix, as_json=as_json, hint="--shape L,H or --model NAME gives circuits a shape")
+    if plot_path and matrix.metrics:
         from circuitbench.tables.plots import overlap_heatmap
 
-        null = result.get("null")
-        overlap_heatmap(result["labels"], result[shown[0]], shown[0], Path(plot_path),
-                        f"* p < 0.05, ** p < 0.01 against the null ({null})" if null else "",
-                        result["p_value"].get(shown[0]))
+        overlap_heatmap(matrix, matrix.metrics[0], Path(plot_path))
 
 
 @app.command()
@@ -443,37 +365,14 @@ def recovery(
     force: bool = Force,
 ) -> None:
     """How each method recovered the known circuits: precision, recall, F1, AUROC, AP per model × method."""
-    from circuitbench.files import write_atomic
-    from circuitbench.output_paths import RECOVERY_HEADER, check_output_file, is_recovery_markdown
-    from circuitbench.results.store import read_result
-    from circuitbench.tables.leaderboard import node_recovery_table, recovery_table
+    from circuitbench.tables.recovery import recovery_tables, shown
 
-    paths = [p for f in files for p in _expand(f)]
-    if markdown:
-        check_output_file(Path(markdown), "--markdown", force=force, ours=is_recovery_markdown,
-                          inputs=[Path(p) for p in paths], what="a table `circuitbench recovery` wrote")
-    results = [read_result(Path(path)) for path in paths]  # another schema version, NaN …: refused, named
-    table = recovery_table(results)
-    if table.empty:
-        raise CircuitbenchError("No recovery scores in these results: run tasks whose models have a known circuit "
-                                "(e.g. `make known-answers`, or --reference FILE).")
-    def cells(t):
-        return t.map(lambda v: "n/a" if v is None or v != v else f"{v:.2f}" if isinstance(v, float) else str(v))
-
-    shown = cells(table)
-    print_table(list(shown.columns), shown.values.tolist(), title="recovery of known circuits")
-    nodes = node_recovery_table(results)
-    text = RECOVERY_HEADER + "\n\n" + shown.to_markdown(index=False) + "\n"
+    heads, nodes = recovery_tables([Path(p) for f in files for p in _expand(f)], Path(markdown) if markdown else None,
+                                   force)
+    print_table(list(heads.columns), shown(heads).values.tolist(), title="recovery of known circuits")
     if not nodes.empty:
-        shown_nodes = cells(nodes)
-        print_table(list(shown_nodes.columns), shown_nodes.values.tolist(),
+        print_table(list(nodes.columns), shown(nodes).values.tolist(),
                     title="recovery of known circuits' nodes (heads and MLPs)")
-        text += "\n" + shown_nodes.to_markdown(index=False) + "\n"
-    if markdown:
-        write_atomic(Path(markdown), text)
-
-
-REPORT = "a report circuitbench wrote"
 
 
 @app.command()
@@ -484,34 +383,9 @@ def report(
 ) -> None:
     """Heatmaps, MLP scores, the edge circuit as a graph, faithfulness curve, causal-tracing maps and one
     HTML page for a result (a graph file: its circuit drawn as a graph)."""
-    import json
+    from circuitbench.tables.report import write_report
 
-    from circuitbench.circuits.graph_files import is_graph_json, read_graph_json
-    from circuitbench.output_paths import check_output_dir, is_report_dir, staged_output
-    from circuitbench.results.store import parse_result
-    from circuitbench.tables.report import build_graph_report, build_report
-
-    path = Path(result)
-    target = Path(out) if out else path.parent / f"{path.stem}_report"
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CircuitbenchError(f"{path}: not a readable RunResult ({type(e).__name__}).") from None
-    if is_graph_json(raw):
-        graph_file = read_graph_json(raw, str(path))
-        check_output_dir(target, "--out" if out else "report folder", force=force, ours=is_report_dir, what=REPORT)
-        with staged_output(target) as staging:
-            files = build_graph_report(graph_file, path.stem, staging)
-        plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
-        return
-    run_result = parse_result(raw, path)  # another schema version, NaN …: refused, named
-    if run_result.status != "complete":
-        assert run_result.error is not None
-        raise CircuitbenchError(f"{path}: the unit failed ({run_result.error.type}: {run_result.error.message}); "
-                                "there is nothing to report. Rerun it with --resume.")
-    check_output_dir(target, "--out" if out else "report folder", force=force, ours=is_report_dir, what=REPORT)
-    with staged_output(target) as staging:
-        files = build_report(run_result, staging, path.parent)
+    target, files = write_report(Path(result), Path(out) if out else None, force)
     plain(f"wrote {len(files)} files to {target}/ (open {target / 'report.html'})")
 
 
@@ -521,8 +395,7 @@ def compare(
     tasks: str | None = typer.Option(None, "--tasks", help="Tasks to compare within --model, comma-separated."),
     models: str | None = typer.Option(None, "--models", help="Models to compare on one --task, comma-separated."),
     task: str | None = typer.Option(None, "--task", "-t", help="The one task --models are compared on."),
-    metric: str = typer.Option(DEFAULT_OVERLAP_METRICS, "--metric",
-                               help="Comma-separated overlap metrics (`circuitbench ls overlap-metrics`)."),
+    metric: str | None = OverlapMetricOption,
     init: str = typer.Option("pretrained", "--init", help="pretrained | random (random-init baselines)."),
     n_prompts: int | None = typer.Option(None, "--n-prompts", "--n",
                                          help="Up to this many prompts per task (overrides the tasks' n_prompts)."),
@@ -543,6 +416,7 @@ def compare(
     from circuitbench.specs.options import RunOptions
     from circuitbench.tables.console import print_overlap, print_run_summary, progress_bars
 
+    settings = _overlap_settings(permutations=permutations, null=null)
     if bool(model and tasks) == bool(models and task):
         raise CircuitbenchError("compare: give either --model M --tasks T1,T2 or --models M1,M2 --task T.")
     task_list, model_list = (_split(tasks), [model]) if model and tasks else ([task], _split(models))  # type: ignore[list-item,arg-type]
@@ -561,9 +435,8 @@ def compare(
     if missing:
         raise CircuitbenchError(f"compare: no circuit in {missing}: give those tasks a circuit rule in their YAML.")
     circuits = [Circuit.load(o.path) for o in outcomes]
-    metrics = _split(metric)
-    print_overlap(overlap_matrix(circuits, metrics, permutations=permutations, null=_null_kind(null)),  # type: ignore[arg-type]
-                  metrics)
+    print_overlap(overlap_matrix(circuits, _split(metric) if metric else None, settings,
+                                 sources=[o.path for o in outcomes]))
 
 
 CHECKPOINT = "a checkpoint folder `circuitbench train` wrote"
@@ -647,46 +520,13 @@ def dynamics(
 ) -> None:
     """Metrics and head scores across checkpoints, with the phase change located and plotted."""
     load_plugins(plugin)
-    from circuitbench.environment import threads_for, torch_threads
-    from circuitbench.files import write_atomic
-    from circuitbench.output_paths import (
-        FIGURE_SUFFIXES,
-        check_output_file,
-        figure_written_by_us,
-        is_dynamics_record,
-        path_component,
-    )
-    from circuitbench.training.dynamics import analyse, plot
+    from circuitbench.tables.console import print_dynamics
+    from circuitbench.training.dynamics import write_dynamics
 
-    run_dir = Path(model)
-    stem = f"dynamics_{path_component(task, '--task')}"
-    png = Path(plot_path) if plot_path else run_dir / f"{stem}.png"
-    if run_dir.is_dir():  # (a missing one is reported by analyse, which needs its checkpoints)
-        check_output_file(run_dir / f"{stem}.json", "--model (dynamics are written next to the checkpoints)",
-                          force=force, ours=is_dynamics_record, what="a record `circuitbench dynamics` wrote")
-    if plot_path or run_dir.is_dir():
-        check_output_file(png, "--plot", force=force, ours=figure_written_by_us, what="a figure circuitbench drew",
-                          suffixes=FIGURE_SUFFIXES)
-    weights = run_dir / "model.safetensors"  # float32 weights: 4 bytes a parameter
-    n_params = weights.stat().st_size // 4 if weights.is_file() else None
-    with torch_threads(threads_for(n_params, threads)):
-        dyn = analyse(run_dir, task, n=n_prompts)
-    rows = [(str(step), f"{dyn.metric_values[i]:.3f}", f"{max(max(row) for row in dyn.prefix_matching[i]):.3f}",
-             f"{dyn.icl_score[i]:.3f}") for i, step in enumerate(dyn.steps)]
-    on = f"on {dyn.detector_prompts} prompts"
-    print_table(("step", f"{dyn.metric} ({dyn.task} prompts)", f"max prefix matching ({on})", f"ICL score ({on})"),
-                rows, title=f"training dynamics: {task}")
-    if dyn.detector_prompts != dyn.task:
-        plain(f"prefix matching and the ICL score are defined on repeated random tokens: computed {on} (its symbols "
-              f"from the model's vocabulary), not on {dyn.task}'s")
-    pc, ppc = dyn.phase_change, dyn.prefix_phase_change
-    plain(f"fastest change of {pc.series} ({dyn.task} prompts): steps {pc.start_step}–{pc.end_step}, "
-          f"change {pc.change:+.3f}")
-    plain(f"fastest change of the max prefix-matching score ({on}): steps {ppc.start_step}–{ppc.end_step}, "
-          f"change {ppc.change:+.3f}")
-    write_atomic(run_dir / f"{stem}.json", dyn.model_dump_json(indent=2) + "\n")
-    plot(dyn, png)
-    plain(f"wrote {run_dir / f'{stem}.json'} and {png}")
+    dyn, record, png = write_dynamics(Path(model), task, n_prompts, Path(plot_path) if plot_path else None, threads,
+                                      force)
+    print_dynamics(dyn)
+    plain(f"wrote {record} and {png}")
 
 
 @app.command("train-zoo")
@@ -743,17 +583,7 @@ def import_tracr_cmd(
                + (f" --n-prompts {n_prompts}" if n_prompts != 64 else "") + " --out DIR")
     report = import_tracr(program, values, max_seq_len, Path(out), causal=causal, bos=bos, force=force,
                           n_prompts=n_prompts, command=command, allow_large=allow_large)
-    check = report.verification
-    short, distinct = "", report.n_distinct_inputs
-    if report.n_prompts < n_prompts:
-        unusable = "undefined, mispredicted or without a same-length input with another answer"
-        short = (f" (of {n_prompts} asked: only {distinct:,} distinct inputs of length 1-{max_seq_len} exist"
-                 + (f", {distinct - report.n_prompts:,} of them {unusable})" if report.n_prompts < distinct else ")")
-                 if n_prompts >= distinct else f" (of {n_prompts} asked: the other inputs drawn were {unusable})")
-    plain(f"wrote {report.path}: {report.n_layers} layers × {report.n_heads} heads, d_model {report.d_model}; "
-          f"circuit {', '.join(report.circuit['nodes'])}; matches tracr on {check.n_inputs} inputs "
-          f"(max |diff| residual {check.max_abs_diff_residual:.2g}, output {check.max_abs_diff_output:.2g}; "
-          f"{check.n_positions_compared} outputs identical); {report.n_prompts} prompts in prompts.jsonl{short}")
+    plain(report.summary(n_prompts, max_seq_len))
 
 
 @circuit_app.command("export")
@@ -766,25 +596,11 @@ def circuit_export(
     force: bool = Force,
 ) -> None:
     """Write a result's circuit as an EAP-IG / MIB graph file (edges and nodes in_graph, with scores)."""
-    import json
-
-    from circuitbench.files import write_atomic
-    from circuitbench.output_paths import EXPORTED_BY, check_output_file, is_exported_graph
-    from circuitbench.results.export import export_mib
-    from circuitbench.results.store import read_result
+    from circuitbench.results.export import write_export
 
     if fmt != "mib":
         raise CircuitbenchError(f"--format {fmt!r}: the one format is mib (EAP-IG's graph JSON).")
-    path = Path(result)
-    run_result = read_result(path)  # another schema version, NaN …: refused, named
-    if run_result.status != "complete":
-        raise CircuitbenchError(f"{path}: not a complete RunResult (the unit failed); rerun it with --resume.")
-    sidecars = [path.parent / s.file for s in run_result.edge_scores.values()]
-    check_output_file(Path(out), "--out", force=force, ours=is_exported_graph, inputs=[path, *sidecars],
-                      what="a graph file `circuitbench circuit export` wrote")
-    graph = export_mib(run_result, path.parent, method)
-    graph.setdefault("circuitbench", {})["written_by"] = EXPORTED_BY  # a later export may replace it
-    write_atomic(Path(out), json.dumps(graph) + "\n")
+    graph = write_export(Path(result), Path(out), method, force)
     in_graph = sum(1 for e in graph["edges"].values() if e["in_graph"])
     plain(f"wrote {out}: {len(graph['edges'])} edges, {in_graph} in the circuit")
 
@@ -793,21 +609,17 @@ def circuit_export(
 def schema(out: str | None = typer.Option(None, "--out", help="Write to this file (default: print)."),
            force: bool = Force) -> None:
     """The JSON schema of a RunResult (every field described); docs/result.schema.json is this."""
-    import json
-
     from circuitbench.files import write_atomic
     from circuitbench.output_paths import check_output_file, is_result_schema
-    from circuitbench.results.schema import RunResult
+    from circuitbench.results.schema import schema_json
 
-    if out is not None:
-        check_output_file(Path(out), "--out", force=force, ours=is_result_schema,
-                          what="a RunResult schema `circuitbench schema` wrote")
-    text = json.dumps(RunResult.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out is None:
-        print(text, end="")
-    else:
-        write_atomic(Path(out), text)
-        plain(f"wrote {out}")
+        print(schema_json(), end="")
+        return
+    check_output_file(Path(out), "--out", force=force, ours=is_result_schema,
+                      what="a RunResult schema `circuitbench schema` wrote")
+    write_atomic(Path(out), schema_json())
+    plain(f"wrote {out}")
 
 
 @cache_app.command("ls")

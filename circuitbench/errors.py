@@ -19,7 +19,7 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, kind: str = "spec") -> str:
     """One paragraph: where, then each failing field path with pydantic's message."""
     parts = []
     for e in err.errors():
@@ -28,7 +28,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown field (not allowed here; check the spelling)"
         parts.append(f"{loc}: {msg}")
-    return f"{source}: invalid spec. " + "; ".join(parts)
+    return f"{source}: invalid {kind}. " + "; ".join(parts)
 
 
 class Interrupted(BaseException):

@@ -10,6 +10,14 @@ from pathlib import Path
 
 from circuitbench.errors import CircuitbenchError
 
+CACHE_ENV = "CIRCUITBENCH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """Where the activation cache lives unless told: $CIRCUITBENCH_CACHE, else ~/.cache/circuitbench."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "circuitbench"
+
 
 def current_umask() -> int:
     """The process umask (read by setting it and putting it back)."""

@@ -210,7 +210,7 @@ def loaded_plugins() -> list[str]:
 # --- plugin identity: which module registered an entry, and a hash of its code -----------------
 
 # Modules that carry a registration through to a registry; the registrant is the first caller outside them.
-_REGISTERING = {__name__, "circuitbench.plugins"}
+_REGISTERING = {__name__, "circuitbench.plugins", "circuitbench.specs.registries"}
 
 
 @dataclass(frozen=True)

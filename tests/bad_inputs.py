@@ -121,7 +121,7 @@ def build_files(root: Path, tiny_gpt2: Path | None = None) -> None:
         shutil.copytree(tiny_gpt2, root / "no_weights_hf")
         for weights in (root / "no_weights_hf").glob("*.safetensors"):
             weights.unlink()
-    failed = {"schema_version": 2, "status": "failed",
+    failed = {"schema_version": SCHEMA_VERSION, "status": "failed",
               "error": {"type": "RuntimeError", "message": "boom", "user_error": False},
               "task": {"name": "t", "version": 1, "spec_hash": "h", "content_hash": "c", "spec": {}, "split": "test",
                        "main_metric": "m"},

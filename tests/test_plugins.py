@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,113 @@ def test_a_plugin_calling_sys_exit_at_import_is_one_clear_error(capsys, tmp_path
     finally:
         sys.path.remove(str(tmp_path))
     assert code == 2 and plugin.stem in err and f"called {shown}" in err, err
+
+
+# ---- one registration path (issue 22): plugins declare what built-ins declare ------------------
+
+_PLUGIN_CALLS: list = []  # what the plugin method below was given
+
+
+@pytest.fixture(scope="module")
+def toy_prompts():
+    from circuitbench.models.loading import load_model
+    from circuitbench.prompts.encoding import encode_task
+    from circuitbench.specs.catalog import load_task
+
+    model = load_model("toy-induction-2l", device="cpu")
+    return model, encode_task(load_task("induction").model_copy(update={"n_prompts": 12}), model.vocab, model.unk_id,
+                              model.n_ctx)
+
+
+def _second_of_two():
+    """Rank 1 of 2 data-parallel processes, in this one process: its shard is the second half of the
+    batches; its sums over processes are recorded and left as they are (this shard's numbers)."""
+    from dataclasses import dataclass, field
+
+    from circuitbench.parallel import Processes
+
+    @dataclass(frozen=True)
+    class SecondOfTwo(Processes):
+        rank: int = 1
+        world_size: int = 2
+        summed: list = field(default_factory=list)
+
+        def sum(self, value):
+            self.summed.append(value)
+            return value
+
+    return SecondOfTwo()
+
+
+def test_a_decorated_plugin_method_declares_progress_shards_and_edges_and_runs_like_a_builtin(toy_prompts):
+    """A plugin method registered with @method(progress="heads", shardable=True,
+    produces="edge_scores") runs through run_methods as a built-in edge method does: on this
+    process's shard, its sums through the processes, its progress counted in head patches, its
+    output checked against its declaration (edge scores, here EAP's own)."""
+    from circuitbench.plugins import MethodOutput, method
+    from circuitbench.scores.methods.edges import eap
+    from circuitbench.scores.scoring import MethodRun, run_methods
+    from circuitbench.specs.registries import METHODS
+
+    model, data = toy_prompts
+    calls = _PLUGIN_CALLS
+    if "test_plugin_eap" not in METHODS:
+        @method("test_plugin_eap", description="EAP, from a plugin", needs_corrupted=True, aligns_positions=True,
+                shardable=True, progress="heads", produces="edge_scores")
+        def plugin_eap(model, prompts, ctx) -> MethodOutput:
+            calls.append((prompts.offset, len(prompts), ctx.sum_shards))
+            for _ in prompts.batches(ctx.batch_size):
+                ctx.advance_heads(model.n_layers * model.n_heads)
+            return eap(model, prompts, ctx)
+
+        assert plugin_eap.__name__ == "plugin_eap"  # the decorator gives the function back
+    entry, builtin = METHODS.get("test_plugin_eap"), METHODS.get("eap")
+    assert (entry.shardable, entry.progress, entry.produces) == (True, "heads", "edge_scores")
+    assert METHODS.plugin_code("test_plugin_eap")["module"] == __name__ and METHODS.plugin_code("eap") is None
+    for declared in ("needs_corrupted", "needs_answer", "options", "produces", "shardable", "aligns_positions"):
+        assert getattr(entry, declared) == getattr(builtin, declared), declared
+
+    processes, reports = _second_of_two(), []
+    run = MethodRun(batch_size=4, metric="induction_loss", processes=processes,
+                    progress=lambda what, done, total: reports.append((what, done, total)))
+    outputs = run_methods(model, data, ["test_plugin_eap", "eap"], run)
+    # rank 1 of 2 owns the second half of the 3 batches: prompts 4..11, and sums through the processes
+    assert [(offset, n) for offset, n, _ in calls] == [(4, 8)] and calls[0][2] == processes.sum
+    assert len(processes.summed) == 2  # one sum per method (EAP adds its totals once), the plugin's like eap's
+    ours, theirs = outputs["test_plugin_eap"], outputs["eap"]
+    assert ours.heads is None and ours.traces is None and np.abs(theirs.edges.scores).max() > 0.01
+    assert np.array_equal(ours.edges.scores, theirs.edges.scores) and ours.settings == theirs.settings
+    # progress: head patches, batch by batch (2 batches of this shard × 8 heads); eap counts prompts
+    assert reports[0] == ("test_plugin_eap · heads × 2 batches", 0, 16) and reports[2][1:] == (16, 16)
+    assert reports[3] == ("eap", 0, 8) and reports[-1] == ("eap", 8, 8)
+
+
+def test_a_method_output_is_checked_against_its_declaration(toy_prompts):
+    """`produces` is what the output is checked against: an edge method returning head scores is an
+    error naming it; a plugin's bare [n_layers, n_heads] array is still head scores."""
+    from circuitbench.errors import CircuitbenchError
+    from circuitbench.plugins import register_method
+    from circuitbench.scores.scoring import MethodRun, run_methods
+    from circuitbench.specs.registries import METHODS
+
+    model, data = toy_prompts
+    heads = np.arange(model.n_layers * model.n_heads, dtype=np.float32).reshape(model.n_layers, model.n_heads)
+    if "test_bare_heads" not in METHODS:
+        register_method("test_bare_heads", lambda model, prompts, ctx: heads.tolist())
+        register_method("test_no_edges", lambda model, prompts, ctx: heads, produces="edge_scores")
+        register_method("test_wrong_shape", lambda model, prompts, ctx: heads[:, :2])
+    entry = METHODS.get("test_bare_heads")  # register_method: the decorator's defaults
+    assert (entry.shardable, entry.progress, entry.produces, entry.aligns_positions) == (False, "prompts",
+                                                                                          "head_scores", False)
+    output = run_methods(model, data, ["test_bare_heads"], MethodRun(4))["test_bare_heads"]
+    assert output.heads.dtype == np.float64 and np.array_equal(output.heads, heads) and not output.nodes
+    assert output.node_scores() == {f"a{l}.h{h}": float(heads[l, h]) for l in range(2) for h in range(4)}
+    with pytest.raises(CircuitbenchError, match=r"Method 'test_no_edges' is declared to produce edge scores .* but "
+                                                r"returned head scores"):
+        run_methods(model, data, ["test_no_edges"], MethodRun(4))
+    with pytest.raises(CircuitbenchError, match=r"'test_wrong_shape' returned head scores of shape \[2, 2\] .*"
+                                                r"expected a float array of shape \[2, 4\]"):
+        run_methods(model, data, ["test_wrong_shape"], MethodRun(4))
+    with pytest.raises(CircuitbenchError, match="Method 'test_bad_declaration' declares produces='edges': not one of "
+                                                "head_scores, node_scores"):
+        register_method("test_bad_declaration", lambda model, prompts, ctx: heads, produces="edges")

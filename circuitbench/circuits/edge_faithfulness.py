@@ -26,10 +26,11 @@ from circuitbench.circuits.faithfulness import (
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.loaded import LoadedModel
-from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.prompts.encoding import Batch, EncodedPrompts
+from circuitbench.scores.ablations import Ablation, parse_ablation
 from circuitbench.scores.edges import check_edges, circuit_metric, node_outputs
 from circuitbench.scores.evaluation import nonfinite_error
-from circuitbench.scores.interventions import COUNTERFACTUAL, base_runs
+from circuitbench.scores.interventions import BaseRun, ablated_batches
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.outputs import EdgeScores
 from circuitbench.specs.registries import METRICS
@@ -69,40 +70,25 @@ def circuit_of(graph: ComponentGraph, edges: list[str], method: str | None, rule
 
 class EdgeBaseline:
     """m(M) and m(∅) of edge circuits under one ablation, and f(C) for any set of edges. The
-    replacement outputs of every batch are computed once and kept."""
+    replacement outputs of every batch are computed once and kept. Under Resample only the prompts
+    with a partner count."""
 
-    def __init__(self, model: LoadedModel, data: EncodedPrompts, kind: str, ctx: MethodContext) -> None:
+    def __init__(self, model: LoadedModel, data: EncodedPrompts, ablation: Ablation, ctx: MethodContext) -> None:
         check_edges(model, "an edge circuit's faithfulness", per_head_inputs=True)
-        self.model, self.data, self.kind, self.ctx = model, data, kind, ctx
+        self.model, self.data, self.ablation, self.ctx = model, data, ablation, ctx
         self.graph = model.component_graph()
-        if data.corrupted is None and kind in (COUNTERFACTUAL, "mean_counterfactual"):
-            raise CircuitbenchError(f"circuit.ablation {kind} needs corrupted prompts; this task has none.")
-        inputs = ("clean", "corrupted") if data.corrupted is not None else ("clean",)
-        self.batches = []
-        clean_values, sums, counts = [], None, None
-        for batch, runs in base_runs(model, data, ctx, inputs):  # type: ignore[arg-type]
-            clean = runs["clean"]
-            assert clean.metric is not None
-            clean_values.append(clean.metric.double().cpu())
-            source = runs["corrupted"] if kind in (COUNTERFACTUAL, "mean_counterfactual") else clean
-            outputs = node_outputs(model, source)
-            self.batches.append((batch, outputs))
-            if kind.startswith("mean"):
-                p = batch.tokens.shape[1]
-                lengths = (batch.as_corrupted() if source is not clean else batch).lengths
-                valid = (torch.arange(p)[None, :] < lengths[:, None]).to(outputs.device)
-                s = (outputs.double() * valid[:, :, None, None]).sum(0)
-                if sums is None:
-                    sums = torch.zeros(data.tokens.shape[1], *s.shape[1:], dtype=torch.float64, device=s.device)
-                    counts = torch.zeros(data.tokens.shape[1], dtype=torch.float64, device=s.device)
-                sums[:p] += s
-                counts[:p] += valid.double().sum(0)
-        if kind.startswith("mean") and sums is not None:
-            sums, counts = ctx.sum_shards((sums, counts))
-            means = (sums / counts.clamp(min=1)[:, None, None]).float()
-            self.batches = [(b, means[: o.shape[1]].unsqueeze(0).expand_as(o)) for b, o in self.batches]
-        elif kind == "zero":
-            self.batches = [(b, torch.zeros_like(o)) for b, o in self.batches]
+
+        def sources(run: BaseRun) -> list[torch.Tensor]:  # [batch, pos, n_sources, d_model]: what edges carry
+            return [node_outputs(model, run)]
+
+        self.batches: list[tuple[Batch, torch.Tensor]] = []
+        clean_values = []
+        for ablated in ablated_batches(ablation, model, data, ctx, view=sources, clean=True):
+            if not len(ablated.batch):
+                continue
+            assert ablated.clean is not None and ablated.clean.metric is not None
+            clean_values.append(ablated.clean.metric.double().cpu())
+            self.batches.append((ablated.batch, ablated.values[0]))
         full = torch.cat(clean_values).numpy() if clean_values else np.zeros(0)
         empty = self.values(np.zeros(self.graph.real_edges.shape, dtype=bool), "m(∅), the metric with every edge "
                             "patched")
@@ -115,17 +101,20 @@ class EdgeBaseline:
                   for batch, replacement in self.batches]
         out = torch.cat(values).numpy() if values else np.zeros(0)
         if not np.isfinite(out).all():
-            raise nonfinite_error(f"Edge faithfulness ({self.kind}): {quantity}", self.model, self.data.tokens[:4])
+            raise nonfinite_error(f"Edge faithfulness ({self.ablation.name}): {quantity}", self.model,
+                                  self.data.tokens[:4])
         return out
 
     def metric(self, keep: np.ndarray, quantity: str = "m(C), the circuit's metric") -> float:
-        total, n = self.ctx.sum_shards((float(self.values(keep, quantity).sum()), len(self.data)))
+        values = self.values(keep, quantity)
+        total, n = self.ctx.sum_shards((float(values.sum()), len(values)))
         return total / n
 
     @property
     def undefined_reason(self) -> str | None:
         return undefined_reason(self.m_full, self.m_empty, self.gap_stderr, self.n,
-                                f"patching every edge ({self.kind})", self.ctx.metric, self.own_sign(self.m_full))
+                                f"patching every edge ({self.ablation.name})", self.ctx.metric,
+                                self.own_sign(self.m_full))
 
     @property
     def defined(self) -> bool:
@@ -166,7 +155,7 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
                       baseline: EdgeBaseline | None = None) -> FaithfulnessReport:
     """The edge circuit's faithfulness under the rule's ablation (and zero ablation), with MIB's
     curve over edge fractions (or every size, integration: sizes)."""
-    baseline = baseline or EdgeBaseline(model, data, rule.ablation, ctx)
+    baseline = baseline or EdgeBaseline(model, data, parse_ablation(rule.ablation), ctx)
     return assemble_report(
         baseline, baseline.metric(baseline.keep_of(circuit.edges)), rule, ctx.metric,
         also=lambda: EdgeBaseline(model, data, ALSO_UNDER, ctx).f(circuit.edges),
@@ -184,7 +173,7 @@ def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: d
         named = ", ".join(missing or methods) or "no method"
         raise CircuitbenchError(f"circuit: {{level: edge}} needs an edge method's scores ({named} gave none): add eap, "
                                 "eap_ig or edge_patching to methods.")
-    baseline = EdgeBaseline(model, data, rule.ablation, ctx)
+    baseline = EdgeBaseline(model, data, parse_ablation(rule.ablation), ctx)
     circuits = {m: edge_circuit(edge_scores[m], rule, m) for m in methods}
     seen: dict[tuple[str, ...], float | None] = {}
     candidates = []

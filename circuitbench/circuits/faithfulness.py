@@ -28,23 +28,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.circuits.circuit import Circuit, Head, head_label, ranked_heads, ranked_nodes, split_nodes
-from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.ablations import Ablation, Zero, parse_ablation
 from circuitbench.scores.evaluation import nonfinite_error
-from circuitbench.scores.interventions import (
-    COUNTERFACTUAL,
-    ablated_nodes_metric,
-    ablated_nodes_values,
-    mean_node_outputs,
-)
+from circuitbench.scores.interventions import ablated_nodes_metric, ablated_nodes_values
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.specs.registries import METRICS
 from circuitbench.specs.task import CircuitRule
 
 CURVE_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-ALSO_UNDER = "zero"  # the second ablation every circuit is reported under
+ALSO_UNDER: Ablation = Zero()  # the second ablation every circuit is reported under
 NOISE_Z = 2.0  # |m(M) − m(∅)| below NOISE_Z standard errors of the paired difference: f is undefined
 CurvePoint = tuple[int, float, float]  # (components kept, fraction, f)
 
@@ -119,25 +114,11 @@ def curve(order: list[str], sizes: list[int], f_of: Callable[[list[str]], float]
 class Baseline:
     """m(M) and m(∅) under one ablation, and f(C) for any set of kept heads (and, at node level,
     MLPs). Metrics are oriented so higher is better inside; `own_sign` turns them back into the
-    metric's own values."""
+    metric's own values. Under Resample only the prompts with a partner count."""
 
-    def __init__(self, model: LoadedModel, data: EncodedPrompts, kind: str, ctx: MethodContext,
+    def __init__(self, model: LoadedModel, data: EncodedPrompts, ablation: Ablation, ctx: MethodContext,
                  level: str = "head") -> None:
-        self.model, self.data, self.kind, self.ctx, self.level = model, data, kind, ctx, level
-        self.fill: object
-        if kind == "zero":
-            self.fill = None
-        elif data.corrupted is None and kind in ("mean_counterfactual", COUNTERFACTUAL):
-            raise CircuitbenchError(f"circuit.ablation {kind} needs corrupted prompts; this task has none. "
-                                    "Use mean_clean or zero.")
-        elif kind == COUNTERFACTUAL:
-            if not data.aligned:
-                raise CircuitbenchError("circuit.ablation counterfactual patches each prompt's counterfactual position "
-                                        "by position; this task's counterfactuals may have another token length. Use "
-                                        "mean_counterfactual.")
-            self.fill = COUNTERFACTUAL
-        else:
-            self.fill = mean_node_outputs(model, data, ctx, corrupted=kind == "mean_counterfactual")
+        self.model, self.data, self.ablation, self.ctx, self.level = model, data, ablation, ctx, level
         heads = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
         everything = "every head and MLP" if level == "node" and model.has_mlp else "every head"
         self.everything = everything
@@ -150,20 +131,19 @@ class Baseline:
 
     def values(self, keep: set[Head], keep_mlps: set[int] | None, quantity: str) -> np.ndarray:
         """Per-prompt metric (this process's prompts) with everything outside the kept set ablated."""
-        fill = self.fill  # a NodeMeans, COUNTERFACTUAL or None (zero)
-        values = ablated_nodes_values(self.model, self.data, keep, self._mlps(keep_mlps), fill,  # type: ignore[arg-type]
+        values = ablated_nodes_values(self.model, self.data, keep, self._mlps(keep_mlps), self.ablation,
                                       self.ctx).numpy()
         if not np.isfinite(values).all():
-            raise nonfinite_error(f"Faithfulness ({self.kind} ablation): {quantity}", self.model, self.data.tokens[:4])
+            raise nonfinite_error(f"Faithfulness ({self.ablation.name} ablation): {quantity}", self.model,
+                                  self.data.tokens[:4])
         return values
 
     def metric(self, keep: set[Head], keep_mlps: set[int] | None = None,
                quantity: str = "m(C), the circuit's metric") -> float:
-        fill = self.fill
-        value = ablated_nodes_metric(self.model, self.data, keep, self._mlps(keep_mlps), fill,  # type: ignore[arg-type]
-                                     self.ctx)
+        value = ablated_nodes_metric(self.model, self.data, keep, self._mlps(keep_mlps), self.ablation, self.ctx)
         if not np.isfinite(value):
-            raise nonfinite_error(f"Faithfulness ({self.kind} ablation): {quantity}", self.model, self.data.tokens[:4])
+            raise nonfinite_error(f"Faithfulness ({self.ablation.name} ablation): {quantity}", self.model,
+                                  self.data.tokens[:4])
         return value
 
     @property
@@ -171,7 +151,7 @@ class Baseline:
         """Why f is undefined under this ablation (None: it is defined): ablating every head changes
         the metric by nothing, or by less than NOISE_Z standard errors of that change."""
         return undefined_reason(self.m_full, self.m_empty, self.gap_stderr, self.n,
-                                f"ablating {self.everything} ({self.kind})", self.ctx.metric,
+                                f"ablating {self.everything} ({self.ablation.name})", self.ctx.metric,
                                 self.own_sign(self.m_full))
 
     @property
@@ -253,7 +233,7 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
     the top components by `scores` ([n_layers, n_heads] head scores, or {node: score}) when the
     rule asks for it and f is defined."""
     level = "node" if rule.level == "node" else "head"
-    baseline = baseline or Baseline(model, data, rule.ablation, ctx, level)
+    baseline = baseline or Baseline(model, data, parse_ablation(rule.ablation), ctx, level)
     keep, keep_mlps = set(map(tuple, circuit.heads)), set(circuit.mlps)
     return assemble_report(
         baseline, baseline.metric(keep, keep_mlps), rule, ctx.metric,
@@ -285,8 +265,8 @@ def assemble_report(baseline: ReportBaseline, m_circuit: float, rule: CircuitRul
     them and f is defined."""
     f = None if not baseline.defined else (m_circuit - baseline.m_empty) / (baseline.m_full - baseline.m_empty)
     by_ablation: dict[str, float | None] = {rule.ablation: f}
-    if ALSO_UNDER != rule.ablation:
-        by_ablation[ALSO_UNDER] = also()
+    if ALSO_UNDER != parse_ablation(rule.ablation):
+        by_ablation[ALSO_UNDER.name] = also()
     report = FaithfulnessReport(faithfulness=f, metric=metric, m_circuit=baseline.own_sign(m_circuit),
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation,
@@ -313,7 +293,7 @@ def most_faithful(model: LoadedModel, data: EncodedPrompts, scores: dict[str, np
     candidates."""
     methods = list(scores) if rule.method in (None, "auto") else [rule.method]
     level = "node" if rule.level == "node" else "head"
-    baseline = Baseline(model, data, rule.ablation, ctx, level)
+    baseline = Baseline(model, data, parse_ablation(rule.ablation), ctx, level)
     shape = (model.n_layers, model.n_heads)
     circuits = {m: Circuit.from_scores(s, rule, m) if isinstance(s := scores[m], np.ndarray)
                 else Circuit.from_node_scores(s, rule, m, shape) for m in methods}

@@ -842,6 +842,19 @@ class ImportReport:
     n_distinct_inputs: int  # inputs of length 1..max_seq_len there are (capped at 10^12)
     estimate: SizeEstimate
 
+    def summary(self, n_asked: int, max_seq_len: int) -> str:
+        """One paragraph: what was written, how it matched tracr, and why fewer prompts than asked."""
+        check, distinct, short = self.verification, self.n_distinct_inputs, ""
+        if self.n_prompts < n_asked:
+            unusable = "undefined, mispredicted or without a same-length input with another answer"
+            short = (f" (of {n_asked} asked: only {distinct:,} distinct inputs of length 1-{max_seq_len} exist"
+                     + (f", {distinct - self.n_prompts:,} of them {unusable})" if self.n_prompts < distinct else ")")
+                     if n_asked >= distinct else f" (of {n_asked} asked: the other inputs drawn were {unusable})")
+        return (f"wrote {self.path}: {self.n_layers} layers × {self.n_heads} heads, d_model {self.d_model}; circuit "
+                f"{', '.join(self.circuit['nodes'])}; matches tracr on {check.n_inputs} inputs (max |diff| residual "
+                f"{check.max_abs_diff_residual:.2g}, output {check.max_abs_diff_output:.2g}; "
+                f"{check.n_positions_compared} outputs identical); {self.n_prompts} prompts in prompts.jsonl{short}")
+
 
 def _quiet_jax() -> None:
     import logging

@@ -35,7 +35,7 @@ from circuitbench.results.schema import ErrorInfo, ModelInfo, PluginCode, RunInf
 from circuitbench.results.store import load_result, nonfinite_fields, save_result
 from circuitbench.scores.activation_cache import check_cache_dir, fingerprint_memo_dir
 from circuitbench.specs.catalog import expand_task_names, load_task
-from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.specs.options import ExecutionOptions, RunOptions, TaskOverrides, effective_spec
 from circuitbench.specs.registries import GENERATORS, METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
@@ -59,6 +59,20 @@ class UnitOutcome:
 class Unit:
     spec: TaskSpec
     path: Path
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """What every unit of one grid shares: its options (the execution part and the task overrides
+    already split out), the processes, progress, the command line, and whether a failing unit
+    raises (a library call) or is recorded while the grid goes on (the CLI)."""
+
+    options: RunOptions
+    execution: ExecutionOptions
+    processes: Processes
+    progress: ProgressFn
+    command: str | None
+    fail_on_error: bool
 
 
 def error_info(err: Exception) -> ErrorInfo:
@@ -98,19 +112,20 @@ def task_plugin_code(spec: TaskSpec) -> dict[str, PluginCode]:
     return codes
 
 
-def failed_result(unit: Unit, model: LoadedModel | ModelRef, options: RunOptions, err: Exception,
-                  started: datetime, seconds: float, command: str | None, processes: Processes) -> RunResult:
+def failed_result(unit: Unit, model: LoadedModel | ModelRef, grid: GridRun, err: Exception, started: datetime,
+                  seconds: float) -> RunResult:
     """The record of a unit that raised: what was asked, what went wrong, no numbers."""
     if isinstance(model, LoadedModel):
         info, device = model_info(model), str(model.device)
     else:
-        info, device = expected_model(model, options), options.device
+        info, device = expected_model(model, grid.options), grid.options.device
     return RunResult(
         status="failed", error=error_info(err), task=task_info(unit.spec), model=info,
         run=RunInfo(seed=unit.spec.seed, device=device, started_at=started.isoformat(), duration_s=round(seconds, 3),
                     peak_memory_mb=peak_memory_mb(resolve_device("cpu")), versions=run_versions(), git=git_commit(),
-                    command=command, options=options.model_dump(mode="json"), plugins=loaded_plugins(),
-                    world_size=processes.world_size),
+                    command=grid.command, options=grid.execution.model_dump(mode="json"),
+                    overrides=grid.options.overrides().model_dump(exclude_none=True), plugins=loaded_plugins(),
+                    world_size=grid.processes.world_size),
     )
 
 
@@ -219,30 +234,42 @@ def _launch_device(options: RunOptions, processes: Processes) -> str:
     return options.device
 
 
+def task_specs(tasks: str | TaskSpec | list[str | TaskSpec], include_paths: tuple[str, ...],
+               overrides: TaskOverrides) -> list[TaskSpec]:
+    """The specs of the grid's tasks (names, 'suite', YAML paths or TaskSpec objects), overrides applied."""
+    given = [tasks] if isinstance(tasks, (str, TaskSpec)) else list(tasks)
+    loaded: list[TaskSpec] = []
+    for task in given:
+        names = [] if isinstance(task, TaskSpec) else expand_task_names([task], include_paths)
+        loaded += [task] if isinstance(task, TaskSpec) else [load_task(name, include_paths) for name in names]
+    return [effective_spec(spec, overrides) for spec in loaded]
+
+
 def run(
-    tasks: str | list[str],
+    tasks: str | TaskSpec | list[str | TaskSpec],
     models: str | list[str],
     options: RunOptions | None = None,
     *,
     include_paths: tuple[str, ...] = (),
     progress: ProgressFn = no_progress,
     command: str | None = None,
+    fail_on_error: bool = False,
 ) -> list[UnitOutcome]:
     """Run every (model, task) unit, writing `out/<model folder>/<task>.json` for each.
 
     With `resume`, a unit whose stored result is complete, of the same spec hash and the same
     model identity (source, weights fingerprint, revision, init and seed, dtype, device type) is
     kept untouched; anything else is computed again, with a log line saying why. A unit that
-    raises is written with status "failed" and the grid goes on; the outcomes say which failed.
+    raises is written with status "failed" and the grid goes on, the outcomes saying which failed
+    (`fail_on_error`: the original exception is raised once its failed record is written).
     Ctrl-C or SIGTERM raise `Interrupted`, saying what finished. Under a launcher every process
     calls this; the prompts are split between them, and only the main process writes the files.
     """
     options = options or RunOptions()
-    task_names = expand_task_names([tasks] if isinstance(tasks, str) else list(tasks), include_paths)
+    specs = task_specs(tasks, include_paths, options.overrides())
     model_names = [models] if isinstance(models, str) else list(models)
-    if not task_names or not model_names:
-        raise CircuitbenchError(f"--{'task' if not task_names else 'model'}: nothing to run (an empty list).")
-    specs = [effective_spec(load_task(t, include_paths), options) for t in task_names]
+    if not specs or not model_names:
+        raise CircuitbenchError(f"--{'task' if not specs else 'model'}: nothing to run (an empty list).")
     for spec in specs:  # prompt generation is cheap: fail on an impossible spec before any model loads
         if note := shortfall(spec, generate_prompts(spec)):
             log.warning(note)
@@ -270,10 +297,11 @@ def run(
 
         hf_logging.disable_progress_bar()  # e.g. "Loading weights": the main process's bar speaks for all
     check_cache_dir(options)
+    grid = GridRun(options, options.execution(), processes, progress, command, fail_on_error)
     outcomes: list[UnitOutcome] = []
     try:
         for i, (model_arg, ref) in enumerate(zip(model_names, refs)):
-            _run_model_units(model_arg, ref, units_of[i], options, processes, progress, command, outcomes)
+            _run_model_units(model_arg, ref, units_of[i], grid, outcomes)
     except (KeyboardInterrupt, Interrupted) as stop:
         name, code = ("SIGINT", 130) if isinstance(stop, KeyboardInterrupt) else (stop.signal_name, stop.exit_code)
         done = [o for o in outcomes if not o.skipped]
@@ -284,9 +312,10 @@ def run(
     return outcomes
 
 
-def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], options: RunOptions, processes: Processes,
-                     progress: ProgressFn, command: str | None, outcomes: list[UnitOutcome]) -> None:
+def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], grid: GridRun,
+                     outcomes: list[UnitOutcome]) -> None:
     """Keep what --resume may keep, then load the model and run its pending units."""
+    options, processes = grid.options, grid.processes
     device_type = resolve_device(_launch_device(options, processes)).type
     expected = expected_model(ref, options)
 
@@ -312,12 +341,13 @@ def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], options: 
     if pending:
         n_params = ref.spec.n_params if ref.spec is not None else None
         with torch_threads(threads_for(n_params, options.threads)):
-            _run_pending(model_arg, ref, pending, options, processes, progress, command, outcomes)
+            _run_pending(model_arg, ref, pending, grid, outcomes)
 
 
-def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: RunOptions, processes: Processes,
-                 progress: ProgressFn, command: str | None, outcomes: list[UnitOutcome]) -> None:
+def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridRun,
+                 outcomes: list[UnitOutcome]) -> None:
     """Load one model and run its pending units; a failed load fails each of them."""
+    options, processes = grid.options, grid.processes
     log.info("loading model %s (%s)", ref.name, options.init)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     model: LoadedModel | ModelRef = ref
@@ -334,21 +364,28 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], options: Ru
             assert isinstance(model, LoadedModel)
             log.info("running %s on %s", unit.spec.name, ref.name)
             started, t0 = datetime.now(timezone.utc), time.perf_counter()
+            error: Exception | None = None
             try:
-                result = run_unit(unit.spec, model, options, progress=progress, command=command, processes=processes)
+                reference = load_reference(Path(options.reference)) if options.reference is not None else None
+                result = run_unit(unit.spec, model, grid.execution, reference=reference, progress=grid.progress,
+                                  command=grid.command, processes=processes)
                 if bad := nonfinite_fields(result.model_dump()):  # never a null in place of a number
                     raise RuntimeError(f"the result holds non-finite numbers at {', '.join(bad[:5])}")
             except Exception as e:  # noqa: BLE001
-                result = failed_result(unit, model, options, e, started, time.perf_counter() - t0, command, processes)
+                error = e
+                result = failed_result(unit, model, grid, e, started, time.perf_counter() - t0)
         else:
-            result = failed_result(unit, model, options, load_error, started, time.perf_counter() - t0, command,
-                                   processes)
+            error = load_error
+            result = failed_result(unit, model, grid, load_error, started, time.perf_counter() - t0)
+        result.run.overrides = options.overrides().model_dump(exclude_none=True)  # applied to the spec by task_specs
         result.run.plugin_code = task_plugin_code(unit.spec)  # what --resume compares with the code loaded then
         if result.error is not None:
             log.error("%s on %s failed: %s: %s", unit.spec.name, ref.name, result.error.type, result.error.message)
         if processes.is_main:
             _save_or_keep(result, unit.path)
         outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))
+        if error is not None and grid.fail_on_error:
+            raise error
 
 
 def result_path(out: Path, folder: str, spec: TaskSpec) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,8 +26,7 @@ from circuitbench.circuits.faithfulness import (
     most_faithful,
     ranked_names,
 )
-from circuitbench.circuits.graph_files import UNITS, graph_json
-from circuitbench.circuits.overlap import rank_correlation
+from circuitbench.circuits.overlap_metrics import rank_correlation
 from circuitbench.circuits.recovery import (
     Reference,
     check_reference,
@@ -35,7 +35,7 @@ from circuitbench.circuits.recovery import (
     ranked_recovery,
     recovery,
 )
-from circuitbench.environment import current_threads, git_commit, peak_memory_mb, run_versions
+from circuitbench.environment import current_threads, git_commit, peak_memory_mb, run_versions, torch_threads
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
@@ -58,9 +58,9 @@ from circuitbench.scores.edges import check_edges
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
 from circuitbench.scores.interventions import identical_head_outputs
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.outputs import EdgeScores
-from circuitbench.scores.scoring import check_methods, score_heads
-from circuitbench.specs.options import RunOptions
+from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
+from circuitbench.scores.scoring import MethodRun, check_methods, run_methods
+from circuitbench.specs.options import ExecutionOptions
 from circuitbench.specs.registries import METHODS
 from circuitbench.specs.task import CircuitRule, TaskSpec
 
@@ -88,7 +88,8 @@ def model_info(model: LoadedModel) -> ModelInfo:
                      parallel_attn_mlp=model.parallel_attn_mlp, tokenizer=model.tokenizer_source)
 
 
-def choose_batch_size(options: RunOptions, model: LoadedModel, data: EncodedPrompts, processes: Processes) -> int:
+def choose_batch_size(options: ExecutionOptions, model: LoadedModel, data: EncodedPrompts,
+                      processes: Processes) -> int:
     if options.batch_size != "auto":
         return int(options.batch_size)
     # shards are cut in whole batches: all processes must agree on the size (free memory differs)
@@ -96,23 +97,37 @@ def choose_batch_size(options: RunOptions, model: LoadedModel, data: EncodedProm
 
 
 def run_unit(
-    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: ProgressFn = no_progress,
-    command: str | None = None, processes: Processes = ONE_PROCESS,
+    spec: TaskSpec, model: LoadedModel, options: ExecutionOptions | None = None, *,
+    reference: Reference | None = None, progress: ProgressFn = no_progress, command: str | None = None,
+    processes: Processes = ONE_PROCESS,
 ) -> RunResult:
-    """Run one (model, task) unit and return its RunResult (not written). Under a launcher every
-    process calls this and gets the same RunResult (timings and memory are its own). Plugin code
-    calling sys.exit in it raises PluginExit (the unit fails, a grid goes on)."""
-    with exits_as_errors(f"code run by task '{spec.name}' on model '{model.name}'"):
-        return _run_unit(spec, model, options, progress=progress, command=command, processes=processes)
+    """Run one (model, task) unit in memory and return its RunResult (nothing written; the
+    activation cache only when `options.cache_dir` names one).
+
+    The spec is run as given: task overrides (n_prompts, seed, split, methods, circuit level) are
+    applied to it before (`effective_spec`), so the result's spec is what ran; `options` holds all
+    this honours and is recorded as `run.options`. `reference` is the known circuit to score
+    recovery against (default: the task's reference_circuits for this model, else the model
+    directory's circuit.json). Under a launcher every process calls this and gets the same
+    RunResult (timings and memory are its own). Plugin code calling sys.exit in it raises
+    PluginExit (the unit fails, a grid goes on)."""
+    options = ExecutionOptions() if options is None else options
+    if not isinstance(options, ExecutionOptions):
+        raise TypeError(f"run_unit takes ExecutionOptions (batch_size, cache_dir, threads), not "
+                        f"{type(options).__name__}: apply task overrides to the spec first (effective_spec), or call "
+                        "circuitbench.run, which does both")
+    threads = torch_threads(options.threads) if options.threads is not None else nullcontext()
+    with exits_as_errors(f"code run by task '{spec.name}' on model '{model.name}'"), threads:
+        return _run_unit(spec, model, options, reference, progress=progress, command=command, processes=processes)
 
 
 def _run_unit(
-    spec: TaskSpec, model: LoadedModel, options: RunOptions, *, progress: ProgressFn = no_progress,
-    command: str | None = None, processes: Processes = ONE_PROCESS,
+    spec: TaskSpec, model: LoadedModel, options: ExecutionOptions, reference: Reference | None, *,
+    progress: ProgressFn, command: str | None, processes: Processes,
 ) -> RunResult:
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    reference = model_reference(spec, model, options)  # checked against the model before anything runs
+    reference = model_reference(spec, model, reference)  # checked against the model before anything runs
     data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)  # every process: cheap, and the drops are global
     check_methods(spec, data)
     if spec.circuit is not None and spec.circuit.level == "edge":
@@ -123,7 +138,7 @@ def _run_unit(
     batch_size = choose_batch_size(options, model, data, processes)
 
     # The cache holds whole prompt sets; data-parallel processes see shards, so they bypass it (as does --no-cache).
-    cache_entry = open_run_cache(options, model, data, spec.name) if processes.world_size == 1 else None
+    cache_entry = open_run_cache(options.cache_dir, model, data, spec.name) if processes.world_size == 1 else None
     clean, corrupted = metrics_through_cache(cache_entry, spec.metrics, data.corrupted is not None,
                                              lambda: evaluate(model, data, spec.metrics, batch_size, progress,
                                                               processes))
@@ -132,11 +147,13 @@ def _run_unit(
     by_split = evaluate_report_splits(spec, model, batch_size, progress, processes)
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
-    traces: dict[str, dict] = {}
-    node_scores: dict[str, dict[str, float]] = {}
-    edge_scores: dict[str, EdgeScores] = {}
-    head_scores = score_heads(model, data, spec.methods, batch_size, progress, spec.metric, spec.method_options,
-                              traces, processes, cache_entry, node_scores, edge_scores)
+    outputs = run_methods(model, data, spec.methods, MethodRun(
+        batch_size, metric=spec.metric, method_options=spec.method_options, processes=processes,
+        cache_entry=cache_entry, progress=progress))
+    head_scores = {m: o.heads for m, o in outputs.items() if o.heads is not None}
+    node_scores = {m: o.node_scores() for m, o in outputs.items() if o.nodes}
+    edge_scores = {m: o.edges for m, o in outputs.items() if o.edges is not None}
+    traces = {f"{m}/{key}": trace.model_dump() for m, o in outputs.items() for key, trace in (o.traces or {}).items()}
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference)
@@ -160,7 +177,7 @@ def _run_unit(
                                for m, e in edge_scores.items()}
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    edge_infos, sidecars = _edge_files(spec, model, edge_scores, circuit)
+    edge_infos = _edge_infos(spec, outputs)
 
     result = RunResult(
         status="complete",
@@ -176,6 +193,8 @@ def _run_unit(
         metrics=metrics,
         metrics_stderr=stderr,
         metrics_corrupted=metrics_corrupted,
+        metric_values={m: [float(x) for x in v] for m, v in clean.items()},
+        metric_values_corrupted={m: [float(x) for x in v] for m, v in corrupted.items()},
         metrics_by_split=by_split,
         head_scores={k: v.tolist() for k, v in head_scores.items()},
         node_scores=node_scores,
@@ -189,26 +208,22 @@ def _run_unit(
         edge_recovery=recovered_edges,
         warnings=warnings,
     )
-    result._sidecars = sidecars
+    result.attach_edge_scores(edge_scores)  # written next to the result by the store (RunResult.edge_files)
     return result
 
 
-def _edge_files(spec: TaskSpec, model: LoadedModel, edge_scores: dict[str, EdgeScores],
-                circuit: CircuitInfo | None) -> tuple[dict[str, EdgeScoresInfo], dict[str, dict]]:
-    """Each edge method's scores as a sidecar file (EAP-IG / MIB graph JSON; the edge circuit marked
-    in the file of the method it came from) and the result's reference to it."""
-    infos, files = {}, {}
-    for method, scores in edge_scores.items():
-        name = f"{spec.name}.{method}.edges.json"
-        values = scores.as_dict()
-        chosen = circuit.edges if circuit is not None and circuit.level == "edge" and circuit.method == method else []
-        files[name] = graph_json(scores.graph, values, chosen, meta={
-            "method": method, "settings": scores.settings, "task": spec.name, "model": model.name,
-            "metric": spec.metric, "units": UNITS})
+def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, EdgeScoresInfo]:
+    """Each edge method's entry in the result: its sidecar file's name (the store writes the file,
+    RunResult.edge_files), what ran and its top edges."""
+    infos = {}
+    for method, output in outputs.items():
+        if output.edges is None:
+            continue
+        values = output.edges.as_dict()
         top = sorted(values, key=lambda e: -abs(values[e]))[:20]
-        infos[method] = EdgeScoresInfo(file=name, n_edges=len(values), settings=scores.settings,
-                                       top=[(e, values[e]) for e in top])
-    return infos, files
+        infos[method] = EdgeScoresInfo(file=f"{spec.name}.{method}.edges.json", n_edges=len(values),
+                                       settings=dict(output.settings), top=[(e, values[e]) for e in top])
+    return infos
 
 
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
@@ -325,11 +340,11 @@ def method_agreement(spec: TaskSpec, head_scores: dict[str, np.ndarray]) -> tupl
     return agreement, warnings
 
 
-def model_reference(spec: TaskSpec, model: LoadedModel, options: RunOptions) -> Reference | None:
-    """The known circuit of this model, if any (circuits.recovery.find_reference), checked against
-    the model's components: a head outside it fails here, before any compute."""
-    reference = find_reference(options.reference, spec.reference_circuits, spec.name, (model.name, model.source),
-                               model.source)
+def model_reference(spec: TaskSpec, model: LoadedModel, given: Reference | None) -> Reference | None:
+    """The known circuit of this model: `given`, else circuits.recovery.find_reference's; checked
+    against the model's components (a head outside it fails here, before any compute)."""
+    reference = given or find_reference(None, spec.reference_circuits, spec.name, (model.name, model.source),
+                                        model.source)
     if reference is not None:
         check_reference(reference, model.name, model.n_layers, model.n_heads, model.has_mlp, model.parallel_attn_mlp)
     return reference

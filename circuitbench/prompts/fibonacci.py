@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from circuitbench.prompts.base import Prompt, number_list_segments, sample_split
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 
@@ -59,13 +59,9 @@ def generate(params: FibonacciParams, n: int, seed: int, split: Split) -> list[P
     return sample_split(draw, n=n, seed=seed, split=split, task="fibonacci")
 
 
-GENERATORS.add(
+generator(
     "fibonacci",
-    Generator(
-        params=FibonacciParams,
-        generate=generate,  # type: ignore[arg-type]
-        positions=frozenset({"END", "LAST"}),
-        has_answer=True,
-        description="Fibonacci continuation from random starts",
-    ),
-)
+    params=FibonacciParams,
+    positions=("LAST",),
+    description="Fibonacci continuation from random starts",
+)(generate)

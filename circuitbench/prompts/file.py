@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.prompts.base import ALL_CAP, Prompt, Segment, split_of
 from circuitbench.specs.catalog import UnreadableFile, read_regular_file
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import SPLITS, Split
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -172,37 +172,39 @@ def segments_of(text: str, positions: dict[str, str | Position], where: str) -> 
     return segments
 
 
-def _check_together(rows: list[tuple[int, Record]], where: str) -> None:
-    """Every record gives the same optional fields and position names; keys are unique."""
+def check_together(rows: list[tuple[int, Record]], where: str, what: str = "line") -> None:
+    """Every record gives the same optional fields and position names; keys are unique. `what`
+    names a record's number in messages (a data file's line; a spec's record)."""
     first_line, first = rows[0]
     for line, r in rows:
         for name in ("answer", "distractor", "corrupted"):
             if (getattr(r, name) is None) != (getattr(first, name) is None):
                 has, lacks = (line, first_line) if getattr(r, name) is not None else (first_line, line)
-                raise DataFileError(f"{where} line {lacks}: no {name}, but line {has} has one; give every record "
+                raise DataFileError(f"{where} {what} {lacks}: no {name}, but {what} {has} has one; give every record "
                                     f"a {name} or none")
         if r.distractor is not None and r.answer is None:
-            raise DataFileError(f"{where} line {line}: a distractor without an answer")
+            raise DataFileError(f"{where} {what} {line}: a distractor without an answer")
         if r.corrupted_positions and r.corrupted is None:
-            raise DataFileError(f"{where} line {line}: corrupted_positions without a corrupted prompt")
+            raise DataFileError(f"{where} {what} {line}: corrupted_positions without a corrupted prompt")
         if set(r.positions) != set(first.positions):
-            raise DataFileError(f"{where} line {line}: positions {sorted(r.positions)} differ from line {first_line}'s "
-                                f"{sorted(first.positions)}; every record names the same positions")
+            raise DataFileError(f"{where} {what} {line}: positions {sorted(r.positions)} differ from {what} "
+                                f"{first_line}'s {sorted(first.positions)}; every record names the same positions")
         if r.corrupted_positions and set(r.corrupted_positions) != set(r.positions):
-            raise DataFileError(f"{where} line {line}: corrupted_positions {sorted(r.corrupted_positions)} must name "
+            raise DataFileError(f"{where} {what} {line}: corrupted_positions {sorted(r.corrupted_positions)} must name "
                                 f"the positions {sorted(r.positions)}")
     seen: dict[str, int] = {}
     for line, r in rows:
         key = r.prompt if r.key is None else str(r.key)
         if key in seen:
-            what = "key" if r.key is not None else "prompt (no key given)"
-            raise DataFileError(f"{where} line {line}: the same {what} as line {seen[key]}; records need distinct "
+            same = "key" if r.key is not None else "prompt (no key given)"
+            raise DataFileError(f"{where} {what} {line}: the same {same} as {what} {seen[key]}; records need distinct "
                                 "keys (a key decides the split)")
         seen[key] = line
 
 
-def _prompt(line: int, r: Record, where: str) -> tuple[Prompt, Split]:
-    at = f"{where} line {line}"
+def record_prompt(line: int, r: Record, where: str, what: str = "line") -> tuple[Prompt, Split]:
+    """One record as a Prompt and the split it belongs to (its own, or its key's hash)."""
+    at = f"{where} {what} {line}"
     key = r.prompt if r.key is None else str(r.key)
     corrupted = None
     if r.corrupted is not None:
@@ -231,8 +233,8 @@ def parse(data: bytes, fmt: str, where: str) -> list[tuple[Prompt, Split]]:
             rows.append((line, Record.model_validate(obj)))
         except ValidationError as e:
             raise DataFileError(f"{where} line {line}: {_record_error(e)}") from None
-    _check_together(rows, where)
-    return [_prompt(line, r, where) for line, r in rows]
+    check_together(rows, where)
+    return [record_prompt(line, r, where) for line, r in rows]
 
 
 class FileParams(GeneratorParams):
@@ -308,11 +310,9 @@ def generate(params: FileParams, n: int | None, seed: int, split: Split) -> list
     return chosen[: ALL_CAP if n is None else n]
 
 
-GENERATORS.add("file", Generator(
+generator(
+    "file",
     params=FileParams,
-    generate=generate,  # type: ignore[arg-type]
-    positions=frozenset({"END"}),
-    has_answer=True,
-    description="prompts from a JSONL or CSV data file (answers, distractors, counterfactuals, named positions)",
     answers_of=lambda params: params._answers,
-))
+    description="prompts from a JSONL or CSV data file (answers, distractors, counterfactuals, named positions)",
+)(generate)

@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from circuitbench.prompts.base import Prompt, sample_split
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 Counterfactual = Literal["fresh_random", "shuffled_first_half", "permuted_positions"]
@@ -115,14 +115,11 @@ def generate(params: InductionParams, n: int, seed: int, split: Split) -> list[P
     return sample_split(draw, n=n, seed=seed, split=split, task="induction")
 
 
-GENERATORS.add(
+generator(
     "induction",
-    Generator(
-        params=InductionParams,
-        generate=generate,  # type: ignore[arg-type]
-        positions=frozenset({"END", "REPEAT"}),
-        has_answer=False,
-        description="repeated random tokens (induction heads); counterfactuals fresh_random | shuffled_first_half | "
-                    "permuted_positions",
-    ),
-)
+    params=InductionParams,
+    positions=("REPEAT",),
+    has_answer=False,
+    description="repeated random tokens (induction heads); counterfactuals fresh_random | shuffled_first_half | "
+                "permuted_positions",
+)(generate)

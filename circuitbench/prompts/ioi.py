@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from circuitbench.prompts.base import Prompt, Segment, sample_split
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 DEFAULT_TEMPLATES = [
@@ -117,5 +117,9 @@ def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]
     return sample_split(draw, n=n, seed=seed, split=split, task="ioi")
 
 
-GENERATORS.add("ioi", Generator(IOIParams, generate, frozenset({"END", "IO", "S1", "S2"}), True,  # type: ignore[arg-type]
-                                "indirect object identification, ABBA and BABA; counterfactuals abc | swapped_names"))
+generator(
+    "ioi",
+    params=IOIParams,
+    positions=("IO", "S1", "S2"),
+    description="indirect object identification, ABBA and BABA; counterfactuals abc | swapped_names",
+)(generate)

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from circuitbench.prompts.base import Prompt, number_list_segments, sample_split, shuffled_unlike
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 
@@ -71,7 +71,15 @@ def generate_arith_k(params: ArithKParams, n: int, seed: int, split: Split) -> l
     return _generate(lambda a, m: [a + params.k * i for i in range(m)], params, n, seed, split, "arith_k")
 
 
-GENERATORS.add("x2", Generator(X2Params, generate_x2, frozenset({"END", "LAST"}), True,  # type: ignore[arg-type]
-                               "geometric progressions (x2 by default); whole starts held out per split"))
-GENERATORS.add("arith_k", Generator(ArithKParams, generate_arith_k, frozenset({"END", "LAST"}), True,  # type: ignore[arg-type]
-                                    "+k progressions; whole starts held out per split"))
+generator(
+    "x2",
+    params=X2Params,
+    positions=("LAST",),
+    description="geometric progressions (x2 by default); whole starts held out per split",
+)(generate_x2)
+generator(
+    "arith_k",
+    params=ArithKParams,
+    positions=("LAST",),
+    description="+k progressions; whole starts held out per split",
+)(generate_arith_k)

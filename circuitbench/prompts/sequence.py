@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from circuitbench.prompts.base import Prompt, Segment, sample_split, shuffled_unlike
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 FAMILIES: dict[str, list[str]] = {
@@ -111,5 +111,9 @@ def generate(params: SequenceParams, n: int, seed: int, split: Split) -> list[Pr
     return sample_split(draw, n=n, seed=seed, split=split, task=f"sequence:{params.family}")
 
 
-GENERATORS.add("sequence", Generator(SequenceParams, generate, frozenset({"END", "LAST"}), True,  # type: ignore[arg-type]
-                                     "ordered-sequence continuation (numbers, number words, months, days, letters)"))
+generator(
+    "sequence",
+    params=SequenceParams,
+    positions=("LAST",),
+    description="ordered-sequence continuation (numbers, number words, months, days, letters)",
+)(generate)

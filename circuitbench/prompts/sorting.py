@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from circuitbench.prompts.base import Prompt, Segment, sample_split
-from circuitbench.specs.registries import GENERATORS, Generator, GeneratorParams
+from circuitbench.specs.registries import GeneratorParams, generator
 from circuitbench.specs.task import Split
 
 
@@ -53,5 +53,9 @@ def generate(params: SortingParams, n: int, seed: int, split: Split) -> list[Pro
     return sample_split(draw, n=n, seed=seed, split=split, task="sorting")
 
 
-GENERATORS.add("sorting", Generator(SortingParams, generate, frozenset({"END", "SEP"}), True,  # type: ignore[arg-type]
-                                    "next element of the sorted list (toy sorting models)"))
+generator(
+    "sorting",
+    params=SortingParams,
+    positions=("SEP",),
+    description="next element of the sorted list (toy sorting models)",
+)(generate)

@@ -6,14 +6,18 @@ apply_topn at node level): its nodes in the graph, every edge between them (from
 the logits) in it, pruned; node scores under each node's `score`, edge scores 0."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
 from circuitbench.errors import CircuitbenchError
+from circuitbench.files import write_atomic
 from circuitbench.models.graph import ComponentGraph, node_of
+from circuitbench.output_paths import EXPORTED_BY, check_output_file, is_exported_graph
 from circuitbench.results.schema import RunResult
+from circuitbench.results.store import read_result
 
 
 def result_graph(result: RunResult) -> ComponentGraph:
@@ -58,3 +62,18 @@ def export_mib(result: RunResult, result_dir: Path, method: str | None = None) -
     node_scores = result.node_scores.get(scores_of) or {
         f"a{l}.h{h}": v for l, row in enumerate(result.head_scores.get(scores_of, [])) for h, v in enumerate(row)}
     return graph_json(graph, None, edges, node_scores, meta={**meta, "method": scores_of, "level": c.level})
+
+
+def write_export(result_path: Path, out: Path, method: str | None = None, force: bool = False) -> dict:
+    """A result's circuit written as an EAP-IG / MIB graph file at `out` (never over the result or
+    its edge-score files; over another file only if an earlier export, else --force). Returns the graph."""
+    result = read_result(result_path)  # another schema version, NaN …: refused, named
+    if result.status != "complete":
+        raise CircuitbenchError(f"{result_path}: not a complete RunResult (the unit failed); rerun it with --resume.")
+    sidecars = [result_path.parent / s.file for s in result.edge_scores.values()]
+    check_output_file(out, "--out", force=force, ours=is_exported_graph, inputs=[result_path, *sidecars],
+                      what="a graph file `circuitbench circuit export` wrote")
+    graph = export_mib(result, result_path.parent, method)
+    graph.setdefault("circuitbench", {})["written_by"] = EXPORTED_BY  # a later export may replace it
+    write_atomic(out, json.dumps(graph) + "\n")
+    return graph

@@ -2,15 +2,19 @@
 provenance. `RunResult.model_json_schema()` is the documented schema (docs/result.schema.json)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from circuitbench.circuits.circuit import model_label
+from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
+from circuitbench.scores.methods.outputs import EdgeScores
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: run.options is what run_unit honours, run.overrides, metric_values, run.plugin_code
 
 
 class _Strict(BaseModel):
@@ -92,7 +96,11 @@ class RunInfo(_Strict):
     versions: dict[str, str] = Field(description="python and package versions")
     git: str | None = Field(description="commit of a source checkout ('-dirty': uncommitted changes)")
     command: str | None = Field(None, description="the command line, when run from the CLI")
-    options: dict[str, Any] = Field(default_factory=dict, description="the RunOptions of the run")
+    options: dict[str, Any] = Field(default_factory=dict, description="the ExecutionOptions the unit ran with "
+                                    "(batch_size, cache_dir, threads): everything run_unit honours")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="the task overrides (n_prompts, seed, split, "
+                                      "methods, circuit_level) applied to the task's spec before the unit ran; the "
+                                      "spec in task.spec already has them")
     plugins: list[str] = Field(default_factory=list, description="plugins loaded (entry points, --plugin)")
     plugin_code: dict[str, PluginCode] = Field(
         default_factory=dict, description="'generator:x', 'metric:x', 'method:x' -> the plugin code behind each "
@@ -195,6 +203,11 @@ class RunResult(_Strict):
         default_factory=dict, description="metric id -> standard error; None: undefined (one prompt has no spread)")
     metrics_corrupted: dict[str, float] = Field(
         default_factory=dict, description="metric id -> mean on corrupted prompts")
+    metric_values: dict[str, list[float]] = Field(
+        default_factory=dict, description="metric id -> its value on each clean prompt, in prompt order (to recompute "
+        "any statistic later)")
+    metric_values_corrupted: dict[str, list[float]] = Field(
+        default_factory=dict, description="metric id -> its value on each corrupted prompt, in prompt order")
     metrics_by_split: dict[str, SplitMetrics] = Field(
         default_factory=dict, description="split -> metrics, for the task's report_splits and its own split")
     head_scores: dict[str, list[list[float]]] = Field(
@@ -220,8 +233,37 @@ class RunResult(_Strict):
         "|reference| edges by |score|)")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
-    # Sidecar files written next to the result (name -> JSON content): edge scores. Not part of the JSON.
-    _sidecars: dict[str, dict] = PrivateAttr(default_factory=dict)
+    # Each edge method's scores over the component graph, in memory (not part of the JSON): written
+    # next to the result as the sidecar file edge_scores[method].file (edge_files()).
+    _edges: dict[str, EdgeScores] = PrivateAttr(default_factory=dict)
+
+    def attach_edge_scores(self, edges: Mapping[str, EdgeScores]) -> None:
+        """Keep each edge method's scores with this result (its edge_scores entries say where they go)."""
+        missing = sorted(set(edges) - set(self.edge_scores))
+        if missing:
+            raise ValueError(f"edge scores of {missing} have no edge_scores entry in this result")
+        self._edges = dict(edges)
+
+    def edge_files(self) -> dict[str, dict]:
+        """The sidecar files of this result, name -> content: each edge method's scores as EAP-IG /
+        MIB graph JSON, the edge circuit marked in the file of the method it came from."""
+        circuit = self.circuit
+        files = {}
+        for method, scores in self._edges.items():
+            info = self.edge_scores[method]
+            chosen = circuit.edges if circuit is not None and circuit.level == "edge" and circuit.method == method \
+                else []
+            files[info.file] = graph_json(scores.graph, scores.as_dict(), chosen, meta={
+                "method": method, "settings": info.settings, "task": self.task.name, "model": self.model.name,
+                "metric": self.task.main_metric, "units": UNITS})
+        return files
+
+    def scores(self, method: str) -> np.ndarray:
+        """A method's head scores as an array [n_layers, n_heads]."""
+        if method not in self.head_scores:
+            known = ", ".join(self.head_scores) or "none (a failed unit, or no head-scoring method ran)"
+            raise KeyError(f"no head scores of method {method!r} in this result; it has {known}")
+        return np.asarray(self.head_scores[method], dtype=float)
 
     @model_validator(mode="after")
     def _status_fields(self) -> "RunResult":
@@ -231,3 +273,10 @@ class RunResult(_Strict):
                                           or self.model.n_layers is None or self.run.batch_size is None):
             raise ValueError("a complete result has prompts, a loaded model and a batch size, and no error")
         return self
+
+
+def schema_json() -> str:
+    """The JSON schema of a RunResult, every field described (docs/result.schema.json is this)."""
+    import json
+
+    return json.dumps(RunResult.model_json_schema(), indent=2, ensure_ascii=False) + "\n"

@@ -29,7 +29,7 @@ def save_result(result: RunResult, path: Path) -> None:
     bad = nonfinite_fields(result.model_dump())
     if bad:
         raise ValueError(f"result for {path} holds non-finite numbers at {', '.join(bad[:5])}")
-    for name, content in result._sidecars.items():
+    for name, content in result.edge_files().items():
         write_atomic(path.parent / name, json.dumps(content) + "\n")
     write_atomic(path, result.model_dump_json(indent=2) + "\n")
 

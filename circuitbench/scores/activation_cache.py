@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 
 from circuitbench.environment import package_versions
 from circuitbench.errors import CircuitbenchError
-from circuitbench.files import current_umask, sha256_of_file, write_atomic
+from circuitbench.files import CACHE_ENV, current_umask, default_cache_dir, sha256_of_file, write_atomic
 from circuitbench.models import hooks, loaded, loading, resume, toy
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import available_memory_bytes
@@ -57,7 +57,6 @@ from circuitbench.scores.interventions import Input
 from circuitbench.specs.options import RunOptions
 from circuitbench.specs.registries import METRICS
 
-CACHE_ENV = "CIRCUITBENCH_CACHE"
 FORMAT_VERSION = 1  # bump when what a file holds changes: old entries then simply miss
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # flock'ed by whoever reads or changes the entry's manifest and files
@@ -69,12 +68,6 @@ SOFTWARE = ("circuitbench", "torch", "transformers", "transformer-lens")
 # numbers its code would not give.
 CODE_MODULES: tuple[ModuleType, ...] = (metrics, interventions, hooks, loaded, loading, resume, toy)
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """$CIRCUITBENCH_CACHE, else ~/.cache/circuitbench."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "circuitbench"
 
 
 def _now() -> str:
@@ -464,8 +457,8 @@ def check_cache_dir(options: RunOptions) -> None:
         ActivationCache(options.cache_dir).check_writable()
 
 
-def open_run_cache(options: RunOptions, model: LoadedModel, data: EncodedPrompts, task: str) -> CacheEntry | None:
-    """The cache entry of one run unit, or None with --no-cache."""
-    if not options.cache:
+def open_run_cache(cache_dir: str | None, model: LoadedModel, data: EncodedPrompts, task: str) -> CacheEntry | None:
+    """The cache entry of one run unit in `cache_dir`, or None without a cache (nothing written)."""
+    if cache_dir is None:
         return None
-    return ActivationCache(options.cache_dir).entry(cache_key(model, data), task, len(data))
+    return ActivationCache(cache_dir).entry(cache_key(model, data), task, len(data))

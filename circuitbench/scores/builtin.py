@@ -1,6 +1,7 @@
 """The built-in task metrics and scoring methods, declared: names, what a spec may set, and
 where each implementation lives (imported on first use, so validating a spec imports no torch).
-Third-party metrics and methods register the same way (circuitbench.register_metric / _method)."""
+They register through the same decorators as third-party plugins (specs/registries.py: `metric`,
+`method`), with the same defaults: what differs from a default is said here."""
 from __future__ import annotations
 
 from circuitbench.scores.methods.options import (
@@ -12,7 +13,7 @@ from circuitbench.scores.methods.options import (
     PatchingOptions,
     TracingOptions,
 )
-from circuitbench.specs.registries import METHODS, METRICS, Method, Metric
+from circuitbench.specs.registries import method, metric
 
 _METRICS = "circuitbench.scores.metrics"
 for name, description, higher_is_better, needs_answer in (
@@ -25,41 +26,39 @@ for name, description, higher_is_better, needs_answer in (
     ("induction_loss", "induction loss (nats, repeated half)", False, False),
 ):
     implementation = "scored_loss" if name == "induction_loss" else name
-    METRICS.add(name, Metric(f"{_METRICS}:{implementation}", description, higher_is_better, needs_answer,
-                             needs_distractor=name == "logit_diff"))
+    metric(name, description=description, higher_is_better=higher_is_better, needs_answer=needs_answer,
+           needs_distractor=name == "logit_diff")(f"{_METRICS}:{implementation}")
 
+# Every built-in method but causal tracing sums over prompts through ctx.sum_shards: shardable.
 _METHODS = "circuitbench.scores.methods"
-METHODS.add("activation_patching", Method(
-    f"{_METHODS}.patching:activation_patching", "exact head patching (noising/denoising), normalised",
-    needs_corrupted=True, options=PatchingOptions, aligns_positions=True, progress="heads"))
-METHODS.add("ablation", Method(
-    f"{_METHODS}.ablation:ablation", "metric drop when a head is zero/mean/resample ablated", options=AblationOptions,
-    progress="heads"))
-METHODS.add("attribution_patching", Method(
-    f"{_METHODS}.attribution:attribution_patching", "gradient approximation of noising patching (optional IG)",
-    needs_corrupted=True, options=AttributionOptions, aligns_positions=True))
-METHODS.add("previous_token", Method(f"{_METHODS}.detectors:previous_token", "attention to the previous token"))
-METHODS.add("duplicate_token", Method(
-    f"{_METHODS}.detectors:duplicate_token", "attention to earlier copies of the token"))
-METHODS.add("induction", Method(
-    f"{_METHODS}.detectors:induction", "prefix matching: attention to the token after an earlier copy"))
-METHODS.add("attention_to", Method(
-    f"{_METHODS}.detectors:attention_to", "attention from one named position to another (e.g. END -> IO)",
-    options=AttentionToOptions))
+method("activation_patching", description="exact head patching (noising/denoising), normalised",
+       options=PatchingOptions, needs_corrupted=True, aligns_positions=True, shardable=True, progress="heads",
+       produces="node_scores")(f"{_METHODS}.patching:activation_patching")
+method("ablation", description="metric drop when a head is zero/mean/resample ablated", options=AblationOptions,
+       shardable=True, progress="heads", produces="node_scores")(f"{_METHODS}.ablation:ablation")
+method("attribution_patching", description="gradient approximation of noising patching (optional IG)",
+       options=AttributionOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="node_scores")(f"{_METHODS}.attribution:attribution_patching")
+method("previous_token", description="attention to the previous token",
+       shardable=True)(f"{_METHODS}.detectors:previous_token")
+method("duplicate_token", description="attention to earlier copies of the token",
+       shardable=True)(f"{_METHODS}.detectors:duplicate_token")
+method("induction", description="prefix matching: attention to the token after an earlier copy",
+       shardable=True)(f"{_METHODS}.detectors:induction")
+method("attention_to", description="attention from one named position to another (e.g. END -> IO)",
+       options=AttentionToOptions, shardable=True)(f"{_METHODS}.detectors:attention_to")
 # Noise on the clean prompt's own embeddings, no counterfactual prompt: it aligns nothing with one.
-# Not split across data-parallel processes: the noise comes from one generator drawn batch after
-# batch, the position columns follow the shortest prompt of the whole set, and the maps carry a
-# std over prompts; the main process runs it on all prompts.
-METHODS.add("causal_tracing", Method(
-    f"{_METHODS}.causal_tracing:causal_tracing", "ROME-style noise + restore map per (layer, position)",
-    options=TracingOptions, produces="traces", shardable=False))
+# Not split across data-parallel processes (the default): the noise comes from one generator drawn
+# batch after batch, the position columns follow the shortest prompt of the whole set, and the maps
+# carry a std over prompts; the main process runs it on all prompts.
+method("causal_tracing", description="ROME-style noise + restore map per (layer, position)", options=TracingOptions,
+       produces="traces")(f"{_METHODS}.causal_tracing:causal_tracing")
 # Edge methods: scores of every edge of the component graph, written to a sidecar file (edge_scores).
-METHODS.add("eap", Method(
-    f"{_METHODS}.edges:eap", "edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
-    needs_corrupted=True, aligns_positions=True, produces="edge_scores"))
-METHODS.add("eap_ig", Method(
-    f"{_METHODS}.edges:eap_ig", "EAP with integrated gradients (inputs or activations, k/m step points)",
-    needs_corrupted=True, aligns_positions=True, options=EapIgOptions, produces="edge_scores"))
-METHODS.add("edge_patching", Method(
-    f"{_METHODS}.edges:edge_patching", "exact: each edge's counterfactual output patched into its destination alone",
-    needs_corrupted=True, aligns_positions=True, options=EdgePatchingOptions, produces="edge_scores"))
+method("eap", description="edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
+       needs_corrupted=True, aligns_positions=True, shardable=True, produces="edge_scores")(f"{_METHODS}.edges:eap")
+method("eap_ig", description="EAP with integrated gradients (inputs or activations, k/m step points)",
+       options=EapIgOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="edge_scores")(f"{_METHODS}.edges:eap_ig")
+method("edge_patching", description="exact: each edge's counterfactual output patched into its destination alone",
+       options=EdgePatchingOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="edge_scores")(f"{_METHODS}.edges:edge_patching")

@@ -9,14 +9,18 @@
   prefix), only on the positions after it (models/prefix.py). This is what makes exact patching
   fast; the naive loop (one full forward per head, `naive_head_metrics`) gives the same numbers and
   the tests check it.
-- `mean_head_outputs`, `mean_node_outputs`: mean-ablation values over heads (and MLPs);
-  `ablated_nodes_metric` / `ablated_nodes_values`: the metric with every head and MLP outside a set
-  ablated (faithfulness), by means, zeros or each prompt's own counterfactual.
+- `ablated_batches`: the one place a typed ablation (scores/ablations.py: Zero, Mean, Counterfactual,
+  Resample) becomes the tensors that replace a run's activations, batch by batch: zeros,
+  position-wise means (`position_means`), each prompt's counterfactual run, or its resample
+  partner's clean run (`resample_partners`). `ablated_nodes_metric` / `ablated_nodes_values`: the
+  metric with every head and MLP outside a set ablated (faithfulness); the ablation method and
+  edge faithfulness take their replacements from `ablated_batches` too.
 
 Every metric here is oriented so that higher is better.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -29,6 +33,7 @@ from circuitbench.models.hooks import Site
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.models.prefix import KeyValuePrefix
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
+from circuitbench.scores.ablations import Ablation, Counterfactual, Mean, Resample, Zero
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import Positions
 from circuitbench.specs.registries import METRICS
@@ -40,6 +45,7 @@ MAX_ROWS_END_ONLY = 256
 MAX_TOKENS_CPU = 512  # see rows_per_forward
 Input = Literal["clean", "corrupted"]
 BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L, mlp_out.L and metric.<id> of every prompt
+log = logging.getLogger(__name__)
 
 
 def oriented_metric(metric: str, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -386,107 +392,222 @@ def naive_head_metrics(model: LoadedModel, batch: Batch, source_z: ZSource, mask
     return out
 
 
-@dataclass
-class NodeMeans:
-    """Mean-ablation values: per layer [pos, n_heads, d_head] head outputs and [pos, d_model] MLP
-    outputs (None: the model has no MLPs)."""
-
-    z: list[torch.Tensor]
-    mlp: list[torch.Tensor] | None
+View = Callable[[BaseRun], list[torch.Tensor]]  # the activations of a run an ablation replaces, each [batch, pos, ...]
 
 
-def mean_node_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
-                      corrupted: bool = False) -> NodeMeans:
-    """Per-layer means of the head (and MLP) outputs over the task's clean (or corrupted) prompts,
-    each position averaged over the prompts long enough to have it. `data` may be one process's
-    shard: `sum_shards` adds the sums of all shards before dividing."""
-    width = data.tokens.shape[1]
+def node_view(run: BaseRun) -> list[torch.Tensor]:
+    """What node ablation replaces: per layer the head outputs [batch, pos, n_heads, d_head], then
+    (when the model has MLPs) per layer the MLP outputs [batch, pos, d_model]."""
+    return [*run.z, *(run.mlp or [])]
+
+
+def node_parts(model: LoadedModel, values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """node_view's tensors apart: (per-layer head outputs, per-layer MLP outputs or None)."""
     n = model.n_layers
-    sums = [torch.zeros(width, model.n_heads, model.d_head, dtype=torch.float64) for _ in range(n)]
-    mlp_sums = [torch.zeros(width, model.d_model, dtype=torch.float64) for _ in range(n)] if model.has_mlp else []
+    return values[:n], (values[n:] if model.has_mlp else None)
+
+
+def _zero_run(model: LoadedModel, batch_size: int, width: int) -> BaseRun:
+    """A run whose every activation is zero (expanded views: no memory per prompt)."""
+    dtype = getattr(torch, model.dtype)
+
+    def zeros(*shape: int) -> torch.Tensor:  # [batch_size, width, *shape]
+        return torch.zeros(1, width, *shape, dtype=dtype, device=model.device).expand(batch_size, width, *shape)
+
+    n = model.n_layers
+    return BaseRun(resid=[zeros(model.d_model)] * n, z=[zeros(model.n_heads, model.d_head)] * n,
+                   mlp=[zeros(model.d_model)] * n if model.has_mlp else None)
+
+
+def position_means(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, over: Input,
+                   view: View = node_view) -> list[torch.Tensor]:
+    """Per tensor of `view`, its [pos, ...] float32 mean over the task's clean (or corrupted)
+    prompts, each position averaged over the prompts long enough to have it. `data` may be one
+    process's shard: `sum_shards` adds the sums of all shards before dividing."""
+    width = data.tokens.shape[1]
+    sums: list[torch.Tensor] = []
     counts = torch.zeros(width, dtype=torch.float64)
-    which: Input = "corrupted" if corrupted else "clean"
-    for batch, runs in base_runs(model, data, ctx, (which,)):
-        run = runs[which]
+    for batch, runs in base_runs(model, data, ctx, (over,)):
         p = batch.tokens.shape[1]
-        lengths = _input_batch(batch, which).lengths  # a counterfactual may have another length
+        lengths = _input_batch(batch, over).lengths  # a counterfactual may have another length
         valid = (torch.arange(p)[None, :] < lengths[:, None]).double()
-        for l, z in enumerate(run.z):
-            sums[l][:p] += (z.double().cpu() * valid[:, :, None, None]).sum(0)
-        for l, out in enumerate(run.mlp or []):
-            mlp_sums[l][:p] += (out.double().cpu() * valid[:, :, None]).sum(0)
+        for i, t in enumerate(view(runs[over])):
+            part = (t.double() * valid.to(t.device).view(*valid.shape, *[1] * (t.dim() - 2))).sum(0)
+            if i == len(sums):
+                sums.append(torch.zeros(width, *part.shape[1:], dtype=torch.float64, device=part.device))
+            sums[i][:p] += part
         counts[:p] += valid.sum(0)
-    sums, mlp_sums, counts = ctx.sum_shards((sums, mlp_sums, counts))
+    if not sums:  # a shard with no prompts still adds its (zero) sums to the others'
+        sums = [torch.zeros(width, *t.shape[2:], dtype=torch.float64, device=t.device)
+                for t in view(_zero_run(model, 0, width))]
+    sums, counts = ctx.sum_shards((sums, counts))
     per = counts.clamp(min=1)
-    return NodeMeans(z=[(s / per[:, None, None]).float().to(model.device) for s in sums],
-                     mlp=[(s / per[:, None]).float().to(model.device) for s in mlp_sums] if model.has_mlp else None)
+    return [(s / per.to(s.device).view(-1, *[1] * (s.dim() - 1))).float().to(model.device) for s in sums]
 
 
 def mean_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
                       corrupted: bool = False) -> list[torch.Tensor]:
-    """Per-layer [pos, n_heads, d_head] mean of the head outputs (see mean_node_outputs)."""
-    return mean_node_outputs(model, data, ctx, corrupted).z
+    """Per-layer [pos, n_heads, d_head] mean of the head outputs over the clean (or corrupted)
+    prompts (see position_means)."""
+    return position_means(model, data, ctx, "corrupted" if corrupted else "clean", lambda run: run.z)
 
 
-COUNTERFACTUAL = "counterfactual"  # ablation by each prompt's own counterfactual activations (MIB's patching)
+def resample_partners(data: EncodedPrompts, seed: int) -> torch.Tensor:
+    """[n] for each prompt of the whole set, the prompt whose clean run replaces its own (-1: none):
+    a seeded derangement (a local torch.Generator) within each group of prompts with the same length
+    and named positions, so positions align, no pad activation leaks in, and the pairing depends on
+    neither the batch size nor how a data-parallel launch shards the prompts."""
+    whole = data.full_set
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(whole)):
+        key = (int(whole.lengths[i]), *(int(v[i]) for _, v in sorted(whole.positions.items())))
+        groups.setdefault(key, []).append(i)
+    gen = torch.Generator().manual_seed(seed)
+    partners = torch.full((len(whole),), -1, dtype=torch.long)
+    for members in groups.values():  # in order of first appearance: deterministic
+        if len(members) > 1:
+            cycle = torch.tensor(members)[torch.randperm(len(members), generator=gen)]
+            partners[cycle] = cycle.roll(-1)  # one cycle through the group: nobody is their own partner
+    return partners
+
+
+def _rows(run: BaseRun, keep: torch.Tensor, width: int) -> BaseRun:
+    """The run of the kept prompts (`keep`: [batch] bool), trimmed to their width."""
+    keep_dev = keep.to(run.z[0].device)
+    return BaseRun(resid=[r[keep_dev][:, :width] for r in run.resid], z=[z[keep_dev][:, :width] for z in run.z],
+                   metric=None if run.metric is None else run.metric[keep.to(run.metric.device)],
+                   mlp=None if run.mlp is None else [m[keep_dev][:, :width] for m in run.mlp])
+
+
+def _needs_corrupted(ablation: Ablation, data: EncodedPrompts) -> None:
+    if data.corrupted is None:
+        raise CircuitbenchError(f"circuit.ablation {ablation.name} needs corrupted prompts; this task has none. "
+                                "Use mean_clean or zero.")
+
+
+@dataclass(frozen=True)
+class Ablated:
+    """One batch under an ablation."""
+
+    batch: Batch  # the batch's prompts (Resample: those with a partner; may be none)
+    values: list[torch.Tensor]  # `view` of what replaces their run, each [batch, pos, ...] (zeros, means: expanded)
+    clean: BaseRun | None  # their clean run (when asked for), rows as in `batch`
+    skipped: int = 0  # the batch's prompts left out (Resample: no partner of their template)
+
+
+def ablated_batches(ablation: Ablation, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                    view: View = node_view, clean: bool = False) -> Iterator[Ablated]:
+    """Per batch of ctx.batch_size, what `ablation` puts in place of `view` of each prompt's run
+    (and, with `clean`, the prompt's clean run): zeros; position-wise means over the clean or
+    counterfactual prompts (position_means); the prompt's own counterfactual run; or the clean run of
+    its resample partner (resample_partners), prompts with none left out. The one place an ablation
+    becomes tensors."""
+    inputs: tuple[Input, ...] = ("clean",) if clean else ()
+    partners: torch.Tensor | None = None
+    fill: Callable[[Batch, dict[Input, BaseRun], torch.Tensor | None], list[torch.Tensor]]
+    match ablation:
+        case Zero():
+            def fill(batch, runs, _partners):
+                template = runs["clean"] if "clean" in runs else _zero_run(model, len(batch), batch.tokens.shape[1])
+                return [torch.zeros_like(t) for t in view(template)]
+        case Mean(over=over):
+            which: Input = "corrupted" if over == "counterfactual" else "clean"
+            if which == "corrupted":
+                _needs_corrupted(ablation, data)
+            means = position_means(model, data, ctx, which, view)
+
+            def fill(batch, runs, _partners):
+                w = batch.tokens.shape[1]
+                return [m[:w].unsqueeze(0).expand(len(batch), w, *m.shape[1:]) for m in means]
+        case Counterfactual():
+            _needs_corrupted(ablation, data)
+            if not data.aligned:
+                raise CircuitbenchError("circuit.ablation counterfactual patches each prompt's counterfactual position "
+                                        "by position; this task's counterfactuals may have another token length. Use "
+                                        "mean_counterfactual.")
+            inputs += ("corrupted",)
+
+            def fill(batch, runs, _partners):
+                return view(runs["corrupted"])
+        case Resample(seed=seed):
+            drawn = resample_partners(data, seed)
+            paired = int((drawn >= 0).sum())
+            if paired == 0:
+                raise CircuitbenchError("Resample ablation needs prompts that share a token length and named positions "
+                                        "with another prompt; this task has none. Use a mean or zero ablation.")
+            if paired < len(drawn):
+                log.info("resample ablation: %d of %d prompts have a partner of the same length and positions; the "
+                         "others are left out", paired, len(drawn))
+            partners = drawn[data.offset : data.offset + len(data)]
+
+            def fill(batch, runs, own):
+                tokens = data.full_set.tokens[own][:, : batch.tokens.shape[1]]
+                return view(record_base_run(model, tokens)[1])
+        case _:
+            raise TypeError(f"not an ablation: {ablation!r}")
+    batches = base_runs(model, data, ctx, inputs) if inputs else ((b, {}) for b in data.batches(ctx.batch_size))
+    start = 0
+    for batch, runs in batches:
+        stop = start + len(batch)
+        own, skipped = None, 0
+        if partners is not None:  # Resample: only the prompts with a partner
+            own = partners[start:stop]
+            keep = own >= 0
+            own, skipped = own[keep], int((~keep).sum())
+            batch = batch.select(keep)
+            runs = {which: _rows(run, keep, batch.tokens.shape[1]) for which, run in runs.items()}
+        start = stop
+        values = fill(batch, runs, own) if len(batch) else []
+        yield Ablated(batch, values, runs.get("clean"), skipped)
 
 
 def ablated_nodes_metric(
     model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], keep_mlps: set[int] | None,
-    fill: NodeMeans | str | None, ctx: MethodContext,
+    ablation: Ablation, ctx: MethodContext,
 ) -> float:
     """Mean (higher-is-better) main metric with every head not in `keep` (and, unless `keep_mlps`
-    is None, every MLP whose layer is not in it) replaced: by `fill`'s means, by zeros (None), or
-    by the same prompt's counterfactual run (COUNTERFACTUAL). `data` may be one process's shard."""
-    values = ablated_nodes_values(model, data, keep, keep_mlps, fill, ctx)
-    total, n = ctx.sum_shards((float(values.sum()), len(data)))
+    is None, every MLP whose layer is not in it) replaced as `ablation` says (ablated_batches).
+    `data` may be one process's shard."""
+    values = ablated_nodes_values(model, data, keep, keep_mlps, ablation, ctx)
+    total, n = ctx.sum_shards((float(values.sum()), len(values)))
     return total / n
 
 
 def ablated_nodes_values(
     model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], keep_mlps: set[int] | None,
-    fill: NodeMeans | str | None, ctx: MethodContext,
+    ablation: Ablation, ctx: MethodContext,
 ) -> torch.Tensor:
-    """[len(data)] float64 per-prompt values of `ablated_nodes_metric`, on this process's prompts
-    (the paired per-prompt differences give faithfulness its noise level)."""
+    """[prompts] float64 per-prompt values of `ablated_nodes_metric`, on this process's prompts (all
+    of them; Resample: those with a partner), in order (the paired per-prompt differences give
+    faithfulness its noise level)."""
     drop = {l: [h for h in range(model.n_heads) if (l, h) not in keep] for l in range(model.n_layers)}
     drop_mlps = [] if keep_mlps is None or not model.has_mlp else [l for l in range(model.n_layers)
                                                                    if l not in keep_mlps]
-    per_prompt = fill == COUNTERFACTUAL
-    batches = base_runs(model, data, ctx, ("corrupted",)) if per_prompt else ((b, {}) for b in data.batches(
-        ctx.batch_size))
     values = []
-    for batch, runs in batches:
-        source = runs.get("corrupted")
+    for ablated in ablated_batches(ablation, model, data, ctx):
+        if not len(ablated.batch):
+            continue
+        fill_z, fill_mlp = node_parts(model, ablated.values)
         edits: list[Hook] = []
         for layer, heads in drop.items():
             if not heads:
                 continue
 
-            def ablate(z: torch.Tensor, _l=layer, _heads=heads) -> torch.Tensor:
+            def ablate(z: torch.Tensor, _fill=fill_z[layer], _heads=heads) -> torch.Tensor:
                 z = z.clone()
-                if source is not None:
-                    z[:, :, _heads] = source.z[_l][:, : z.shape[1], _heads].to(z.dtype)
-                elif isinstance(fill, NodeMeans):
-                    z[:, :, _heads] = fill.z[_l][: z.shape[1], _heads].to(z.dtype)
-                else:
-                    z[:, :, _heads] = 0
+                z[:, :, _heads] = _fill[:, : z.shape[1], _heads].to(z.dtype)
                 return z
 
             edits.append((hooks.head_outputs(layer), ablate))
         for layer in drop_mlps:
-            def ablate_mlp(x: torch.Tensor, _l=layer) -> torch.Tensor:
-                if source is not None:
-                    assert source.mlp is not None
-                    return source.mlp[_l][:, : x.shape[1]].to(x.dtype)
-                if isinstance(fill, NodeMeans):
-                    assert fill.mlp is not None
-                    return fill.mlp[_l][: x.shape[1]].to(x.dtype).expand_as(x).clone()
-                return torch.zeros_like(x)
+            assert fill_mlp is not None
+
+            def ablate_mlp(x: torch.Tensor, _fill=fill_mlp[layer]) -> torch.Tensor:
+                return _fill[:, : x.shape[1]].to(x.dtype).expand_as(x).clone()
 
             edits.append((hooks.mlp_out(layer), ablate_mlp))
-        unembed_hooks, scored = end_only_logits(ctx.metric, batch)
-        logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks)
+        unembed_hooks, scored = end_only_logits(ctx.metric, ablated.batch)
+        logits = model.run_with_hooks(ablated.batch.tokens, edits + unembed_hooks)
         values.append(oriented_metric(ctx.metric, logits, scored).double().cpu())
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 

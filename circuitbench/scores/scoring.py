@@ -1,10 +1,11 @@
 """Running a task's scoring methods: checking before any compute that the task can feed them,
-then each method on this process's shard (or on the main process), with finite scores."""
+then each method on this process's shard (or on the main process), its MethodOutput checked
+against what it declares."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.loaded import LoadedModel
@@ -15,7 +16,7 @@ from circuitbench.registry import entry_label, exits_as_errors
 from circuitbench.scores.activation_cache import CacheEntry
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.outputs import EdgeScores, NodeScores
+from circuitbench.scores.methods.outputs import MethodOutput, NonFiniteScores, as_output
 from circuitbench.specs.registries import METHODS, METRICS
 from circuitbench.specs.task import TaskSpec
 
@@ -50,81 +51,68 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
             if METRICS.get(metric).needs_distractor and bool((data.distractor < 0).any()):
                 raise CircuitbenchError(f"Method '{name}' option metric={metric!r} needs a distractor; the prompts of "
                                         f"task '{spec.name}' have none. Use answer_prob, accuracy or loss.")
-        for field in POSITION_OPTIONS:
-            value = getattr(opts, field, None)
+        for option in POSITION_OPTIONS:
+            value = getattr(opts, option, None)
             named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []
             missing = [p for p in named if p not in data.positions]
             if missing:
                 raise CircuitbenchError(
-                    f"Method '{name}' option {field}={value!r} names positions {missing} that task '{spec.name}' "
-                    f"does not define (it has {sorted(data.positions)}). Fix method_options.{name}.{field}."
+                    f"Method '{name}' option {option}={value!r} names positions {missing} that task '{spec.name}' "
+                    f"does not define (it has {sorted(data.positions)}). Fix method_options.{name}.{option}."
                 )
 
 
-def score_heads(
-    model: LoadedModel, data: EncodedPrompts, methods: list[str], batch_size: int, progress: ProgressFn = no_progress,
-    metric: str = "logit_diff", method_options: dict[str, dict] | None = None,
-    traces: dict[str, dict] | None = None, processes: Processes = ONE_PROCESS, cache_entry: CacheEntry | None = None,
-    node_scores: dict[str, dict[str, float]] | None = None, edge_scores: dict[str, EdgeScores] | None = None,
-) -> dict[str, np.ndarray]:
-    """[n_layers, n_heads] head scores per method; trace-producing methods (causal tracing) fill
-    `traces` instead, and methods that score MLPs too also fill `node_scores` ({method: {node:
-    score}}, heads and MLPs); edge methods fill `edge_scores`.
+@dataclass(frozen=True)
+class MethodRun:
+    """How a task's methods run: batching, the task's main metric (patching methods score changes
+    of it), each method's options (`method_options`), data-parallel processes, the activation
+    cache entry and progress."""
+
+    batch_size: int
+    metric: str = "logit_diff"
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    processes: Processes = ONE_PROCESS
+    cache_entry: CacheEntry | None = None
+    progress: ProgressFn = no_progress
+
+
+def run_methods(model: LoadedModel, data: EncodedPrompts, methods: list[str],
+                run: MethodRun) -> dict[str, MethodOutput]:
+    """Each method's output, in the order given, checked against what the method declares
+    (`produces`) and against the model: shapes, every score finite.
 
     With several processes, shardable methods run on this process's shard and add their sums
     across processes; the others run on all prompts on the main process, which hands the result
     to the rest. Either way every process returns the one-process numbers."""
-    scores: dict[str, np.ndarray] = {}
-    traces = {} if traces is None else traces
-    node_scores = {} if node_scores is None else node_scores
-    edge_scores = {} if edge_scores is None else edge_scores
+    outputs: dict[str, MethodOutput] = {}
+    processes, batch_size = run.processes, run.batch_size
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
     for name in methods:
         method = METHODS.get(name)
         own = shard if method.shardable else data
         if method.progress == "heads":  # per-head methods: one step per head patched, batch by batch
             batches = -(-len(own) // batch_size)
-            steps = Steps(progress, f"{name} · heads × {batches} batch{'es' if batches > 1 else ''}",
+            steps = Steps(run.progress, f"{name} · heads × {batches} batch{'es' if batches > 1 else ''}",
                           batches * model.n_layers * model.n_heads)
             advance, advance_heads = (lambda n: None), steps.advance
         else:
-            steps = Steps(progress, name, len(own))
+            steps = Steps(run.progress, name, len(own))
             advance, advance_heads = steps.advance, (lambda n: None)
-        ctx = MethodContext(batch_size=batch_size, metric=metric, options=(method_options or {}).get(name, {}),
-                            advance=advance, advance_heads=advance_heads, cache_entry=cache_entry)
+        ctx = MethodContext(batch_size=batch_size, metric=run.metric, options=dict(run.method_options.get(name, {})),
+                            advance=advance, advance_heads=advance_heads, cache_entry=run.cache_entry)
         with exits_as_errors(entry_label("method", name, method.fn)):  # sys.exit: this unit fails, not the grid
             if method.shardable:
                 ctx.sum_shards = processes.sum
-                output = method.run(model, shard, ctx)
+                returned = method.run(model, shard, ctx)
             else:
-                output = processes.from_main(_runner(method.run, model, data, ctx))
-        if method.produces == "traces":
-            traces.update({f"{name}/{key}": value.model_dump() for key, value in output.items()})
-            continue
-        if method.produces == "edge_scores":
-            if not np.isfinite(output.scores).all():
-                raise nonfinite_error(f"Method '{name}' edge scores", model, data.tokens[:4])
-            edge_scores[name] = output
-            continue
-        nodes = output if isinstance(output, NodeScores) else None
-        expected = (model.n_layers, model.n_heads)
+                returned = processes.from_main(_runner(method.run, model, data, ctx))
+        output = as_output(name, returned)  # a plugin's bare [n_layers, n_heads] array: head scores
         try:
-            array = np.asarray(output.heads if nodes is not None else output, dtype=float)
-        except (TypeError, ValueError):
-            array = None
-        if array is None or array.shape != expected:
-            got = f"shape {list(array.shape)}" if array is not None else f"a {type(output).__name__}"
-            raise CircuitbenchError(f"Method '{name}' returned {got}, expected head scores of shape "
-                                    f"{list(expected)} ([n_layers, n_heads] of model '{model.name}').")
-        if not np.isfinite(array).all():
-            bad = [f"{l}.{h}" for l, h in zip(*np.nonzero(~np.isfinite(array)))][:5]
-            raise nonfinite_error(f"Method '{name}' head scores (heads {', '.join(bad)})", model, data.tokens[:4])
-        scores[name] = array
-        if nodes is not None:
-            if nodes.mlps is not None and not np.isfinite(nodes.mlps).all():
-                raise nonfinite_error(f"Method '{name}' MLP scores", model, data.tokens[:4])
-            node_scores[name] = nodes.as_dict()
-    return scores
+            output.check(name, method.produces, model)
+        except NonFiniteScores as e:
+            raise nonfinite_error(e.quantity, model, data.tokens[:4]) from None
+        outputs[name] = output
+    return outputs
 
 
 def _runner(fn: Callable, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Callable[[], object]:

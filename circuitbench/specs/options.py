@@ -1,4 +1,13 @@
-"""RunOptions (shared by the CLI and the library) and applying them to a task spec."""
+"""Options of a run, in three parts by who honours them:
+
+- `TaskOverrides` (n_prompts, seed, split, methods, circuit level) change the task: they are applied
+  to the TaskSpec *before* a unit runs (`effective_spec`), so what a result records as its spec is what
+  ran; `run_unit` cannot take them.
+- `ExecutionOptions` (batch size, activation cache, threads) are all `run_unit` honours; it records
+  them as `run.options`.
+- `RunOptions` is what the grid and the CLI take: both of the above, flat, plus what only the grid
+  does (loading models: init, dtype, device, device_map; the result store: out, resume; --reference).
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -6,11 +15,49 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from circuitbench.errors import CircuitbenchError, format_validation_error
+from circuitbench.files import default_cache_dir
 from circuitbench.specs.model import DType
 from circuitbench.specs.task import SPLITS, CircuitRule, MethodName, Split, TaskSpec
 
 # The circuit rule --circuit-level uses when a task has none.
 DEFAULT_LEVEL_RULES = {"head": {"top_k": 10}, "node": {"top_k": 10}, "edge": {"fraction": 0.05}}
+
+
+def _positive_batch_size(v: int | str) -> int | str:
+    if isinstance(v, int) and v < 1:
+        raise ValueError("batch_size must be a positive integer or 'auto'")
+    return v
+
+
+class TaskOverrides(BaseModel):
+    """Changes to a task's spec for one run; applied with `effective_spec` before the unit runs."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_prompts: int | None = Field(None, ge=1, description="override the task's n_prompts (--n-prompts, --n)")
+    seed: int | None = Field(None, ge=0, lt=2**63,
+                             description="override the task's prompt seed (also the random-init seed)")
+    split: Split | None = Field(None, description="override the task's split")
+    methods: list[MethodName] | None = Field(None, description="override the task's methods")
+    circuit_level: Literal["head", "node", "edge"] | None = Field(
+        None, description="build the task's circuit at this level (--circuit-level): heads, nodes (heads and MLPs) or "
+        "edges; a task without a rule gets top_k 10 (head, node) or fraction 0.05 (edge)")
+
+
+class ExecutionOptions(BaseModel):
+    """How a unit is computed, none of which changes what is computed (beyond float rounding by
+    batch size): all `run_unit` honours. Recorded in every result as `run.options`."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int | Literal["auto"] = Field(32, description="prompts per forward pass, or 'auto' (fits free memory)")
+    cache_dir: str | None = Field(None, description="activation cache directory for unpatched forwards; None: no "
+                                  "cache, nothing written")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads while the unit runs (None: leave the "
+                                "process's setting)")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        return _positive_batch_size(v)
 
 
 class RunOptions(BaseModel):
@@ -43,9 +90,7 @@ class RunOptions(BaseModel):
     @field_validator("batch_size")
     @classmethod
     def _positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("batch_size must be a positive integer or 'auto'")
-        return v
+        return _positive_batch_size(v)
 
     @field_validator("device")
     @classmethod
@@ -55,8 +100,20 @@ class RunOptions(BaseModel):
         return v
 
 
-def effective_spec(spec: TaskSpec, options: RunOptions) -> TaskSpec:
+    def overrides(self) -> TaskOverrides:
+        """The part that changes the task (applied to its spec before the unit runs)."""
+        return TaskOverrides(**{k: getattr(self, k) for k in TaskOverrides.model_fields})
+
+    def execution(self) -> ExecutionOptions:
+        """The part run_unit honours; the cache resolved to a directory (None with --no-cache)."""
+        cache_dir = (self.cache_dir or str(default_cache_dir())) if self.cache else None
+        return ExecutionOptions(batch_size=self.batch_size, cache_dir=cache_dir, threads=self.threads)
+
+
+def effective_spec(spec: TaskSpec, options: TaskOverrides | RunOptions) -> TaskSpec:
     """The task spec with run-time overrides applied (and re-validated); its hash names the unit."""
+    if isinstance(options, RunOptions):
+        options = options.overrides()
     update: dict[str, object] = {}
     if options.n_prompts is not None:
         update["n_prompts"] = options.n_prompts

@@ -1,20 +1,27 @@
 """The names a task spec may use — prompt generators, task metrics, scoring methods — as open
-registries. Later stages register what they implement; third-party code registers the same way
-(`circuitbench.register_generator`, `register_metric`, `register_method`).
+registries, and the one way to register into them: the decorators `generator`, `metric` and
+`method`, used by the built-ins and by plugins alike, with the same defaults
+(`circuitbench.plugins.register_*` are thin calls of the same thing).
 
 An entry declares what a spec is validated against (a generator's params model, a method's
 options model, whether a metric needs an answer token); its implementation may be a callable or
-a "module:attribute" reference imported on first use, so listing and validating tasks imports no
-torch.
+a "module:attribute" reference imported on first use (the built-ins register those, so listing
+and validating tasks imports no torch):
+
+    @method("my_method", description="...", options=MyOptions, progress="heads")
+    def my_method(model, prompts, ctx): ...
+
+    method("eap", description="...", produces="edge_scores")("circuitbench.scores.methods.edges:eap")
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.registry import Implementation, Registry, resolve
 
 if TYPE_CHECKING:
@@ -82,43 +89,105 @@ class Metric:
         return resolve(self.fn)(logits, batch)
 
 
-MethodFn = "Callable[[LoadedModel, EncodedPrompts, MethodContext], np.ndarray | dict[str, BaseModel]]"
+# What a method's output holds (scores.methods.outputs.MethodOutput), checked after it runs; each
+# lands in the result field of that name.
+Produces = Literal["head_scores", "node_scores", "edge_scores", "traces"]
+# What a method's progress bar counts: prompts, or (per-head methods, whose prompts are few and
+# slow) head patches, batch by batch, through ctx.advance_heads.
+Progress = Literal["prompts", "heads"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A scoring method: `fn(model, prompts, ctx)` returns [n_layers, n_heads] head scores (or
-    NodeScores with MLPs too; with produces="traces", named per-(layer, position) maps; with
-    produces="edge_scores", EdgeScores over the component graph).
+    """A scoring method: `fn(model, prompts, ctx)` returns a MethodOutput holding what `produces`
+    declares — head_scores: heads [n_layers, n_heads]; node_scores: heads and, on a model with
+    MLPs, mlps [n_layers] (nodes=True); edge_scores: edges over the component graph; traces:
+    named maps. A plugin's method may return a bare [n_layers, n_heads] array (head scores).
 
     `aligns_positions`: the method puts clean and corrupted activations together position by
     position (patching), so a task whose counterfactuals may have another token length
     (`aligned_counterfactual: false`) refuses it before any compute.
 
     Data parallel contract: a shardable method gets one process's shard of the prompts and passes
-    every sum over prompts through `ctx.sum_shards` before it normalises; `shardable=False` runs
-    on the main process with all prompts."""
+    every sum over prompts through `ctx.sum_shards` before it normalises; `shardable=False` (the
+    default) runs on the main process with all prompts."""
 
     fn: "Implementation[Callable[..., Any]]"
     description: str
     needs_corrupted: bool = False
     needs_answer: bool = False
     options: type[BaseModel] | None = None  # validates `method_options.<name>` in the task YAML
-    produces: Literal["head_scores", "traces", "edge_scores"] = "head_scores"
-    shardable: bool = True
+    produces: Produces = "head_scores"
+    shardable: bool = False
     aligns_positions: bool = False
-    # What its progress bar counts: prompts, or (per-head methods, whose prompts are few and slow)
-    # head patches, batch by batch, through ctx.advance_heads.
-    progress: Literal["prompts", "heads"] = "prompts"
+    progress: Progress = "prompts"
 
     def run(self, model: "LoadedModel", data: "EncodedPrompts", ctx: "MethodContext") -> Any:
+        """What the implementation (imported on first use) returns: a MethodOutput, or a plugin's bare array."""
         return resolve(self.fn)(model, data, ctx)
+
+
+F = TypeVar("F")  # a registered implementation: a callable, or a "module:attribute" string
+
+
+def generator(name: str, *, params: type[GeneratorParams], positions: Iterable[str] = ("END",),
+              has_answer: bool = True, description: str = "",
+              answers_of: "Callable[[Any], tuple[bool, bool]] | None" = None) -> Callable[[F], F]:
+    """Register a prompt family usable as `generator: {name: <name>, ...}` in a task YAML, by
+    decorating its `generate(params, n, seed, split)` (or calling the result on a "module:function"
+    reference). `params` subclasses GeneratorParams (its fields are the YAML keys besides `name`);
+    `positions` names the positions its prompts label (END is always there); `answers_of(params)
+    -> (answer, distractor)` says per task whether prompts carry them (default: `has_answer`)."""
+    if not (isinstance(params, type) and issubclass(params, GeneratorParams)):
+        raise TypeError(f"generator '{name}': params must subclass circuitbench.plugins.GeneratorParams")
+
+    def register(generate: F) -> F:
+        GENERATORS.add(name, Generator(params=params, generate=generate,  # type: ignore[arg-type]
+                                       positions=frozenset({"END", *positions}), has_answer=has_answer,
+                                       description=description, answers_of=answers_of))
+        return generate
+    return register
+
+
+def metric(name: str, *, higher_is_better: bool, needs_answer: bool, needs_distractor: bool = False,
+           description: str = "") -> Callable[[F], F]:
+    """Register a task metric usable in `metrics:`, by decorating `fn(logits [batch, pos, vocab],
+    batch) -> [batch]` (or calling the result on a "module:function" reference). Set
+    needs_distractor if it reads `batch.distractor` (tasks whose prompts have none refuse it)."""
+    def register(fn: F) -> F:
+        METRICS.add(name, Metric(fn=fn, description=description, higher_is_better=higher_is_better,  # type: ignore
+                                 needs_answer=needs_answer, needs_distractor=needs_distractor))
+        return fn
+    return register
+
+
+def method(name: str, *, description: str = "", options: type[BaseModel] | None = None, needs_corrupted: bool = False,
+           needs_answer: bool = False, shardable: bool = False, progress: Progress = "prompts",
+           produces: Produces = "head_scores", aligns_positions: bool = False) -> Callable[[F], F]:
+    """Register a scoring method usable in `methods:`, by decorating `fn(model, prompts, ctx)` (or
+    calling the result on a "module:function" reference). See `Method` for what each declaration
+    means; `produces` is what its output is checked against after it runs."""
+    for field, value, allowed in (("produces", produces, get_args(Produces)),
+                                  ("progress", progress, get_args(Progress))):
+        if value not in allowed:
+            raise CircuitbenchError(f"Method '{name}' declares {field}={value!r}: not one of {', '.join(allowed)}.")
+    if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise CircuitbenchError(f"Method '{name}' declares options={options!r}: give a pydantic model (a BaseModel "
+                                "subclass) that validates its method_options.")
+
+    def register(fn: F) -> F:
+        METHODS.add(name, Method(fn=fn, description=description, needs_corrupted=needs_corrupted,  # type: ignore
+                                 needs_answer=needs_answer, options=options, produces=produces, shardable=shardable,
+                                 aligns_positions=aligns_positions, progress=progress))
+        return fn
+    return register
 
 
 # Built-ins register as plugins do: these modules are imported on first lookup.
 GENERATORS: Registry[Generator] = Registry("generator", builtins=(
     "circuitbench.prompts.fibonacci", "circuitbench.prompts.file", "circuitbench.prompts.induction",
-    "circuitbench.prompts.ioi", "circuitbench.prompts.progression", "circuitbench.prompts.sequence",
+    "circuitbench.prompts.ioi", "circuitbench.prompts.progression", "circuitbench.prompts.records",
+    "circuitbench.prompts.sequence",
     "circuitbench.prompts.sorting",
 ))
 METRICS: Registry[Metric] = Registry("metric", builtins=("circuitbench.scores.builtin",))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from circuitbench.errors import did_you_mean
+from circuitbench.errors import CircuitbenchError, did_you_mean, format_validation_error
 from circuitbench.registry import Registry
 from circuitbench.specs.registries import GENERATORS, METHODS, METRICS, GeneratorParams
 
@@ -137,6 +138,35 @@ class TaskSpec(BaseModel):
         True, exclude_if=lambda aligned: aligned,
         description="false: keep prompts whose counterfactual has another token length or other named positions "
         "(dropped and counted otherwise); methods that patch position by position are then refused")
+
+    @classmethod
+    def from_prompts(
+        cls, name: str, prompts: Sequence[str], answers: Sequence[str] | None = None,
+        distractors: Sequence[str] | None = None, counterfactuals: Sequence[str] | None = None, **fields: Any,
+    ) -> TaskSpec:
+        """A task from prompts held in Python (no data file, no YAML): `answers` the single-token
+        answers (leading space included, " Mary"), `distractors` the tokens logit_diff compares
+        against, `counterfactuals` the corrupted prompts patching needs. Any other TaskSpec field may
+        be given (metrics, methods, circuit, seed, positions through records …). Defaults: every
+        prompt (n_prompts), answer metrics matching what is given, a circuit of a quarter of the
+        heads by the most faithful method (method auto)."""
+        given = {"answers": answers, "distractors": distractors, "counterfactuals": counterfactuals}
+        for label, values in given.items():
+            if values is not None and len(values) != len(prompts):
+                raise CircuitbenchError(f"task '{name}': {len(values)} {label} for {len(prompts)} prompts; give one "
+                                        "per prompt.")
+        keys = {"answers": "answer", "distractors": "distractor", "counterfactuals": "corrupted"}
+        records = [{"prompt": p, **{keys[k]: v[i] for k, v in given.items() if v is not None}}
+                   for i, p in enumerate(prompts)]
+        metrics = (["logit_diff", "accuracy", "answer_prob"] if distractors is not None else
+                   ["answer_prob", "accuracy", "loss"] if answers is not None else ["sequence_loss"])
+        spec = {"name": name, "description": f"{len(prompts)} prompts given in Python",
+                "generator": {"name": "records", "records": records}, "n_prompts": max(len(prompts), 1),
+                "metrics": metrics, "circuit": {"fraction": 0.25}, **fields}
+        try:
+            return cls.model_validate(spec)
+        except ValidationError as e:
+            raise CircuitbenchError(format_validation_error(e, f"task '{name}'")) from None
 
     @field_validator("generator", mode="before")
     @classmethod

@@ -3,6 +3,7 @@ activation cache, training dynamics, progress bars from the library's progress c
 log records."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,10 @@ from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, head_label
 from circuitbench.progress import ProgressFn
 
 if TYPE_CHECKING:
+    from circuitbench.circuits.overlap import OverlapMatrix
     from circuitbench.pipeline.grid import UnitOutcome
+    from circuitbench.pipeline.validation import TaskValidation
+    from circuitbench.training.dynamics import Dynamics
 
 console = Console()
 err_console = Console(stderr=True)
@@ -207,45 +211,53 @@ def _marker(p: float | None) -> str:
     return "" if p is None else "**" if p < 0.01 else "*" if p < 0.05 else ""
 
 
-def print_overlap(result: dict[str, Any], metrics: list[str], width: int = 100) -> None:
-    """Overlap figures with their permutation null. Two circuits: one row per metric (value, null
-    mean, p). More: per metric a matrix of values (rows: first circuit; * p < 0.05, ** p < 0.01
-    against the null) and the null's means, numbered columns when the labels would not fit in
-    `width` columns; then the alignment(s) used."""
-    labels = list(result["labels"])
+def print_overlap(matrix: "OverlapMatrix", as_json: bool = False, hint: str = "", width: int = 100) -> None:
+    """An overlap matrix: as JSON (`OverlapMatrix.to_json`) or as tables, then a note on stderr per
+    skipped metric (with `hint`: how to give the circuits what it needs). Tables: two circuits, one
+    row per metric (value, null mean, p); more, per metric a matrix of values (rows: first circuit;
+    * p < 0.05, ** p < 0.01 against the null) and the null's means, numbered columns when the labels
+    would not fit in `width` columns; then the alignment(s) used."""
+    if as_json:
+        print(json.dumps(matrix.to_json(), indent=2))
+    else:
+        _print_overlap_tables(matrix, width)
+    for name, reason in matrix.skipped.items():
+        plain(f"note: {name} skipped: {reason}" + (f" ({hint})" if hint else ""), stderr=True)
+
+
+def _print_overlap_tables(matrix: "OverlapMatrix", width: int) -> None:
+    labels = list(matrix.labels)
     models = {label.split("/", 1)[0] for label in labels}
     one_model = len(models) == 1 and "" not in models and all(label.count("/") == 1 for label in labels)
     shared = f" ({models.pop()})" if one_model else ""
     if shared:  # one model's tasks: the columns need only the task names
         labels = [label.split("/", 1)[1] for label in labels]
-    null_means, pvalues = result.get("null_mean", {}), result.get("p_value", {})
-    null = result.get("null")
+    null = matrix.null
     if len(labels) == 2:
         table = Table(title=f"{labels[0]} vs {labels[1]}{shared}")
         for col in ("metric", "value", "null mean", "p (vs null)"):
             table.add_column(col, justify="left" if col == "metric" else "right")
-        for name in metrics:
-            p = pvalues.get(name, [[None] * 2] * 2)[0][1]
-            table.add_row(*_row(name, overlap_value(name, result[name][0][1]),
-                                overlap_value(name, null_means.get(name, [[None] * 2] * 2)[0][1]),
-                                "n/a" if p is None else f"{p:.3f}"))
+        for name in matrix.metrics:
+            p = matrix.p_value[name][0][1]
+            table.add_row(*_row(name, overlap_value(name, matrix.values[name][0][1]),
+                                overlap_value(name, matrix.null_mean[name][0][1]), "n/a" if p is None else f"{p:.3f}"))
         console.print(table)
     else:
         numbered = len(labels) * 8 + max(map(len, labels)) + 4 > width
-        no_null = [[None] * len(labels)] * len(labels)
-        for name in metrics:
+        for name in matrix.metrics:
             cells = [[overlap_value(name, v) + _marker(p) for v, p in zip(row, prow)]
-                     for row, prow in zip(result[name], pvalues.get(name, no_null))]
+                     for row, prow in zip(matrix.values[name], matrix.p_value[name])]
             _print_matrix(f"{name}{shared}", labels, cells, numbered)
-            if name in null_means and null:
+            if null:
                 _print_matrix(f"{name}: null mean", labels, [[overlap_value(name, v) if v is not None else "—"
-                                                              for v in row] for row in null_means[name]], numbered)
+                                                              for v in row] for row in matrix.null_mean[name]],
+                              numbered)
         if null:
             plain("* p < 0.05, ** p < 0.01: more overlap than the permutation null (one-sided; rows are the first "
                   "circuit)")
     if null:
         plain(f"null: {null}")
-    kinds = {a for row in result["alignment"] for a in row}
+    kinds = {a for row in matrix.alignment for a in row}
     plain(f"alignment: {', '.join(sorted(kinds))}")
 
 
@@ -343,3 +355,42 @@ def print_cache(root: Any, entries: Sequence[Any]) -> None:
                             m.hits))
     console.print(table)
     plain(f"{entries_text(len(entries))}, {size_text(sum(e.size_bytes for e in entries))} total")
+
+
+def print_validation(check: "TaskValidation", show: int) -> None:
+    """`validate`: the spec's identity, up to `show` prompts (long cells cut), then what the
+    tokenizer would keep and drop, with examples."""
+    from circuitbench.prompts.base import excerpt
+
+    spec, prompts = check.spec, check.prompts.prompts
+    if check.shortfall:
+        plain(f"note: {check.shortfall}")
+    plain(f"{spec.name} v{spec.version} · spec {spec.spec_hash()} · {len(prompts)} {spec.split} prompts")
+    if show > 0:
+        columns, rows, legend = prompt_rows(prompts[:show], spec.metrics)
+        print_table(columns, [tuple(excerpt(cell) for cell in row) for row in rows])  # a 2 MB prompt: its start
+        if legend:
+            plain(legend)
+    if check.drops is None:
+        plain("Spec is valid. Pass --model or --tokenizer to check tokenization.")
+        return
+    plain(f"tokenizer: {check.tokenizer}: kept {check.kept} of {check.drops.n_total}, dropped {check.drops.n_dropped}")
+    for reason, count in check.drops.reasons.most_common():
+        plain(f"  {count} × {reason}; e.g. {'; '.join(check.drops.examples[reason])}")
+
+
+def print_dynamics(dyn: "Dynamics") -> None:
+    """`dynamics`: the metric and detector scores per checkpoint, and where each changed fastest."""
+    rows = [(str(step), f"{dyn.metric_values[i]:.3f}", f"{max(max(row) for row in dyn.prefix_matching[i]):.3f}",
+             f"{dyn.icl_score[i]:.3f}") for i, step in enumerate(dyn.steps)]
+    on = f"on {dyn.detector_prompts} prompts"
+    print_table(("step", f"{dyn.metric} ({dyn.task} prompts)", f"max prefix matching ({on})", f"ICL score ({on})"),
+                rows, title=f"training dynamics: {dyn.task}")
+    if dyn.detector_prompts != dyn.task:
+        plain(f"prefix matching and the ICL score are defined on repeated random tokens: computed {on} (its symbols "
+              f"from the model's vocabulary), not on {dyn.task}'s")
+    pc, ppc = dyn.phase_change, dyn.prefix_phase_change
+    plain(f"fastest change of {pc.series} ({dyn.task} prompts): steps {pc.start_step}–{pc.end_step}, "
+          f"change {pc.change:+.3f}")
+    plain(f"fastest change of the max prefix-matching score ({on}): steps {ppc.start_step}–{ppc.end_step}, "
+          f"change {ppc.change:+.3f}")

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from circuitbench.output_paths import save_figure
+
+if TYPE_CHECKING:
+    from circuitbench.circuits.overlap import OverlapMatrix
 
 
 def pyplot():
@@ -19,12 +23,13 @@ def pyplot():
     return plt
 
 
-def overlap_heatmap(labels: list[str], matrix: list[list[float]], metric: str, path: Path,
-                    subtitle: str = "", pvalues: list[list[float | None]] | None = None) -> None:
-    """The overlap matrix of one metric; with `pvalues` (against the permutation null) a cell is
-    marked * (p < 0.05) or ** (p < 0.01)."""
+def overlap_heatmap(overlap: OverlapMatrix, metric: str, path: Path) -> None:
+    """One metric of an overlap matrix; where it has a permutation null a cell is marked * (p < 0.05)
+    or ** (p < 0.01) and the subtitle says how the null was drawn."""
     plt = pyplot()
-    values = np.asarray(matrix, dtype=float)
+    labels, values = overlap.labels, np.asarray(overlap.values[metric], dtype=float)
+    pvalues = overlap.p_value.get(metric)
+    subtitle = f"* p < 0.05, ** p < 0.01 against the null ({overlap.null})" if overlap.null else ""
     size = max(4.0, 0.8 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(values, cmap="viridis", vmin=0 if np.nanmin(values) >= 0 else None)

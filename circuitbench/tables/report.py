@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import numpy as np
 
 from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, heads_text
-from circuitbench.circuits.graph_files import GraphFile, load_sidecar
+from circuitbench.circuits.graph_files import GraphFile, is_graph_json, load_sidecar, read_graph_json
+from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
-from circuitbench.output_paths import HTML_GENERATOR, save_figure
+from circuitbench.output_paths import HTML_GENERATOR, check_output_dir, is_report_dir, save_figure, staged_output
 from circuitbench.results.schema import RunResult
+from circuitbench.results.store import parse_result
 from circuitbench.specs.registries import METRICS
 from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
@@ -248,3 +251,33 @@ def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list
             f"<table><tr><th>edge</th><th>score</th><th>drawn</th></tr>{rows}</table>")
     write_atomic(out_dir / "report.html", page)
     return [path, out_dir / "report.html"]
+
+
+REPORT = "a report circuitbench wrote"
+
+
+def write_report(source: Path, out: Path | None = None, force: bool = False) -> tuple[Path, list[Path]]:
+    """The report of a RunResult or an EAP-IG/MIB graph file, written into `out` (default: next to
+    it, <stem>_report/) only when that folder is new, empty or an earlier report (else --force), all
+    files or none. Returns the folder and the files written."""
+    target = out if out is not None else source.parent / f"{source.stem}_report"
+    flag = "--out" if out is not None else "report folder"
+    try:
+        raw = json.loads(source.read_text())
+    except (OSError, ValueError) as e:
+        raise CircuitbenchError(f"{source}: not a readable RunResult ({type(e).__name__}).") from None
+    if is_graph_json(raw):
+        graph_file = read_graph_json(raw, str(source))
+        check_output_dir(target, flag, force=force, ours=is_report_dir, what=REPORT)
+        with staged_output(target) as staging:
+            files = build_graph_report(graph_file, source.stem, staging)
+        return target, [target / f.relative_to(staging) for f in files]
+    result = parse_result(raw, source)  # another schema version, NaN …: refused, named
+    if result.status != "complete":
+        assert result.error is not None
+        raise CircuitbenchError(f"{source}: the unit failed ({result.error.type}: {result.error.message}); there is "
+                                "nothing to report. Rerun it with --resume.")
+    check_output_dir(target, flag, force=force, ours=is_report_dir, what=REPORT)
+    with staged_output(target) as staging:
+        files = build_report(result, staging, source.parent)
+    return target, [target / f.relative_to(staging) for f in files]

@@ -16,13 +16,22 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from circuitbench.environment import threads_for, torch_threads
 from circuitbench.errors import CircuitbenchError
+from circuitbench.files import write_atomic
 from circuitbench.models.loading import load_model
-from circuitbench.output_paths import save_figure
+from circuitbench.output_paths import (
+    FIGURE_SUFFIXES,
+    check_output_file,
+    figure_written_by_us,
+    is_dynamics_record,
+    path_component,
+    save_figure,
+)
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.evaluation import evaluate
 from circuitbench.scores.metrics import token_losses
-from circuitbench.scores.scoring import score_heads
+from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.options import RunOptions, effective_spec
 from circuitbench.specs.task import TaskSpec
@@ -108,7 +117,7 @@ def analyse(run_dir: Path, task: str, n: int = 32, batch_size: int = 32) -> Dyna
         clean, _ = evaluate(model, data, [metric], batch_size)
         steps.append(step)
         values.append(float(clean[metric].mean()))
-        prefix.append(score_heads(model, repeats, ["induction"], batch_size)["induction"].tolist())
+        prefix.append(run_methods(model, repeats, ["induction"], MethodRun(batch_size))["induction"].heads.tolist())
         losses = [seq for batch in data.batches(batch_size) for seq in _sequence_losses(model, batch)]
         vectors.append(torch.cat(losses).numpy())
         late, early = [], []
@@ -166,3 +175,25 @@ def plot(dyn: Dynamics, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def write_dynamics(run_dir: Path, task: str, n: int = 32, plot_path: Path | None = None, threads: int | None = None,
+                   force: bool = False) -> tuple[Dynamics, Path, Path]:
+    """`analyse` a training run's checkpoints and write the record (RUN/dynamics_<task>.json) and
+    its plot (`plot_path`, default RUN/dynamics_<task>.png), each only over an earlier one of its
+    kind (else --force), checked before any compute. Returns (dynamics, record, plot)."""
+    stem = f"dynamics_{path_component(task, '--task')}"
+    record, png = run_dir / f"{stem}.json", plot_path or run_dir / f"{stem}.png"
+    if run_dir.is_dir():  # (a missing one is reported by analyse, which needs its checkpoints)
+        check_output_file(record, "--model (dynamics are written next to the checkpoints)", force=force,
+                          ours=is_dynamics_record, what="a record `circuitbench dynamics` wrote")
+    if plot_path is not None or run_dir.is_dir():
+        check_output_file(png, "--plot", force=force, ours=figure_written_by_us, what="a figure circuitbench drew",
+                          suffixes=FIGURE_SUFFIXES)
+    weights = run_dir / "model.safetensors"  # float32 weights: 4 bytes a parameter
+    n_params = weights.stat().st_size // 4 if weights.is_file() else None
+    with torch_threads(threads_for(n_params, threads)):
+        dyn = analyse(run_dir, task, n=n)
+    write_atomic(record, dyn.model_dump_json(indent=2) + "\n")
+    plot(dyn, png)
+    return dyn, record, png

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 
 import circuitbench as cb
-from circuitbench.circuits.edge_faithfulness import circuit_of, edge_circuit
+from circuitbench.circuits.edge_faithfulness import EdgeBaseline, circuit_of, edge_circuit
 from circuitbench.circuits.faithfulness import MIB_FRACTIONS, mib_cpr_cmd
 from circuitbench.circuits.graph_files import load_graph_file
 from circuitbench.models.graph import ComponentGraph
+from circuitbench.models.loading import load_model
+from circuitbench.prompts.encoding import encode_task
 from circuitbench.results.store import load_result
+from circuitbench.scores.ablations import Counterfactual, Resample
+from circuitbench.scores.interventions import oriented_metric, resample_partners
+from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.outputs import EdgeScores
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.task import CircuitRule
@@ -39,7 +44,7 @@ def _run_induction(out, methods: list[str], rule: CircuitRule):
         "circuit": rule})
     path = out / "induction.yaml"
     path.write_text(json.dumps(spec.model_dump(mode="json")))
-    return cb.run(str(path), "toy-induction-2l", cb.RunOptions(batch_size=16, out=str(out), cache=False))[0].path
+    return cb.run_grid(str(path), "toy-induction-2l", cb.RunOptions(batch_size=16, out=str(out), cache=False))[0].path
 
 
 def test_edge_circuit_holds_the_k_composition_edge(toy_run):
@@ -73,7 +78,7 @@ def test_edge_rule_and_pruning():
     for name, v in chosen.items():
         scores[g.edge_position(name)] = v
 
-    es = EdgeScores(g, scores, {})
+    es = EdgeScores(g, scores)
     top2 = edge_circuit(es, CircuitRule(level="edge", top_k=2), "m")
     # neither a0.h0 nor a0.h1 gets an input edge, and a1.h0 has no output: everything dangles, pruned away
     assert top2.edges == [] and top2.heads == []
@@ -96,3 +101,23 @@ def test_every_methods_cpr_and_cmd_are_its_own_circuits(toy_run, tmp_path):
     assert alone.method == other
     for key in ("faithfulness", "cpr", "cmd"):
         assert c.by_method[other][key] == pytest.approx(getattr(alone, key), abs=1e-6), key
+
+
+@pytest.mark.parametrize("ablation", [Counterfactual(), Resample(seed=0)], ids=lambda a: a.name)
+def test_every_edge_patched_is_the_replacing_run(tiny_models, ablation):
+    """With every edge patched, every node reads only the replacing run's outputs (the input node's
+    too): each prompt's m(∅) is the metric of that run (the prompt's counterfactual, or its resample
+    partner's clean prompt) scored on the prompt's own answer, here run alone; under resample the
+    prompts without a partner of their template are left out."""
+    model = load_model(str(tiny_models["gpt2"]), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 16}), model.vocab, model.unk_id, model.n_ctx)
+    baseline = EdgeBaseline(model, data, ablation, MethodContext(batch_size=5, metric="logit_diff"))
+    empty = baseline.values(np.zeros(baseline.graph.real_edges.shape, dtype=bool), "m(∅)")
+    if isinstance(ablation, Counterfactual):
+        replacing = {i: data.corrupted[i] for i in range(len(data))}
+    else:
+        partners = resample_partners(data, ablation.seed)
+        replacing = {i: data.tokens[int(partners[i])] for i in range(len(data)) if partners[i] >= 0}
+    naive = [float(oriented_metric("logit_diff", model.run_with_hooks(tokens[None, : int(data.lengths[i])]),
+                                   data.batch(i, i + 1))[0]) for i, tokens in replacing.items()]
+    assert len(empty) == len(naive) >= 4 and np.abs(empty - np.array(naive)).max() < 1e-4

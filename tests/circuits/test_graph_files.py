@@ -5,7 +5,8 @@ import json
 import pytest
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.overlap import compare, edge_jaccard, edge_rbo, edge_weighted_jaccard, node_jaccard
+from circuitbench.circuits.overlap import compare
+from circuitbench.circuits.overlap_metrics import edge_jaccard, edge_rbo, edge_weighted_jaccard, node_jaccard
 from circuitbench.errors import CircuitbenchError
 
 from helpers import cli

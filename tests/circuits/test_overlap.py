@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.overlap import (
-    compare,
+from circuitbench.circuits.overlap import OverlapMatrix, compare, overlap_matrix, to_relative_depth
+from circuitbench.circuits.overlap_metrics import (
+    OVERLAP_METRICS,
+    OverlapSettings,
     directional,
     hypergeometric_p,
     jaccard,
     kendall,
     overlap_coefficient,
-    overlap_matrix,
+    plugin_metric,
     rank_biased_overlap,
     spearman,
-    to_relative_depth,
     top_n_overlap,
     weighted_jaccard,
 )
@@ -47,7 +48,7 @@ def test_edge_cases():
     assert jaccard(A, disjoint) == 0 and hypergeometric_p(A, disjoint) == 1.0  # P(X >= 0) = 1
     other = Circuit(heads=[(0, 0)], n_layers=4, n_heads=3, label="deep")
     with pytest.raises(CircuitbenchError, match="differ in shape"):
-        compare(A, other, ["jaccard"], alignment="head")
+        compare(A, other, ["jaccard"], OverlapSettings(alignment="head"))
     with pytest.raises(CircuitbenchError, match="no model shape"):
         hypergeometric_p(Circuit(heads=[(0, 0)]), Circuit(heads=[(0, 0)]))
     with pytest.raises(CircuitbenchError, match="Did you mean 'jaccard'"):
@@ -81,7 +82,7 @@ def test_score_metrics_by_hand():
 
 def test_relative_depth_alignment_for_different_models():
     deep = Circuit(heads=[(0, 0), (3, 2)], n_layers=4, n_heads=3, label="deep")
-    result = compare(A, deep, ["jaccard"], bins=2)
+    result = compare(A, deep, ["jaccard"], OverlapSettings(bins=2))
     assert result.alignment == "relative_depth(bins=2)"
     # A -> bins {0 (layer 0), 1 (layer 1)}; deep -> bins {0 (layer 0), 1 (layer 3)}: identical
     assert result.values["jaccard"] == 1.0
@@ -95,12 +96,15 @@ def test_matrix_and_cli(tmp_path, capsys):
         p.write_text(json.dumps({"heads": [list(h) for h in c.heads], "n_layers": 2, "n_heads": 3}))
         paths.append(str(p))
     m = overlap_matrix([A, B, EMPTY], ["jaccard"])
-    assert m["jaccard"][0][1] == m["jaccard"][1][0] == 0.4 and m["jaccard"][2][2] == 1.0
+    assert m.values["jaccard"][0][1] == m.values["jaccard"][1][0] == 0.4 and m.values["jaccard"][2][2] == 1.0
 
     code, stdout, _ = cli(capsys, "overlap", *paths, "--metric", "jaccard", "--json", "--plot", str(tmp_path / "o.png"))
     assert code == 0
     out = json.loads(stdout)
     assert out["labels"] == ["A", "B", "E"] and out["jaccard"][0][1] == 0.4
+    # the --json layout users' scripts read: the metrics share the top level with the other keys
+    assert list(out) == ["labels", "alignment", "jaccard", "null", "null_mean", "p_value", "skipped"]
+    assert out == json.loads(json.dumps(overlap_matrix([A, B, EMPTY], ["jaccard"]).to_json()))
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -125,6 +129,11 @@ def test_compare_runs_missing_units_then_prints_matrix(tmp_path, capsys):
     a = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")
     b = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_b.json")
     assert a.heads == b.heads == [(1, 0), (1, 1), (1, 2), (1, 3)] and jaccard(a, b) == 1.0
+    # without --metric: the same defaults as `overlap` (the units are resumed, not rerun)
+    code, out, _ = cli(capsys, "compare", "--model", "toy-induction-2l", "--tasks", "ind_a,ind_b", "--out",
+                       str(tmp_path / "res"), "--include-path", str(tasks), "-q", "--permutations", "20")
+    rows = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") == 5]
+    assert code == 0 and rows == ["jaccard", "overlap_coefficient", "hypergeometric_p", "spearman"]
 
 
 # Tie-aware rankings ------------------------------------------------------------------------------
@@ -224,7 +233,8 @@ def test_relative_depth_leaves_out_bins_a_model_has_no_layer_in():
     values = {"spearman": [], "kendall": [], "rbo": []}
     for seed in range(200):
         rng = np.random.default_rng(seed)
-        result = compare(_model(rng.normal(size=(2, 4))), _model(rng.normal(size=(4, 4))), list(values), bins=10)
+        result = compare(_model(rng.normal(size=(2, 4))), _model(rng.normal(size=(4, 4))), list(values),
+                         OverlapSettings(bins=10))
         for name in values:
             values[name].append(result.values[name])
     assert abs(np.mean(values["spearman"])) < 0.15 and abs(np.mean(values["kendall"])) < 0.15
@@ -243,7 +253,8 @@ def test_relative_depth_keeps_structure_both_models_share():
         a, b = rng.normal(size=(2, 4)), rng.normal(size=(4, 4))
         a[1] += 10
         b[2] += 10
-        result = compare(_model(a), _model(b), ["spearman", "kendall", "rbo", "top_n_overlap"], bins=10, top_n=1)
+        result = compare(_model(a), _model(b), ["spearman", "kendall", "rbo", "top_n_overlap"],
+                         OverlapSettings(bins=10, top_n=1))
         assert all(abs(v - 1.0) < 1e-12 for v in result.values.values()), result.values
 
 
@@ -252,7 +263,7 @@ def test_relative_depth_score_metrics_by_hand():
     # shallow 0 → 1, 5 → 3; deep 0 → 2, 2 → 9, 5 → 1, 7 → 5. Compared: bins 0 and 5 only.
     shallow = _model([[1, -1], [3, 3]])
     deep = _model([[2, 2], [9, -9], [1, 1], [5, 5]])
-    result = compare(shallow, deep, ["spearman", "kendall", "weighted_jaccard", "rbo"], bins=10)
+    result = compare(shallow, deep, ["spearman", "kendall", "weighted_jaccard", "rbo"], OverlapSettings(bins=10))
     # shallow (1, 3) / 3 = (1/3, 1), deep (2, 1) / 2 = (1, 1/2): Σ min / Σ max = (1/3 + 1/2) / (1 + 1)
     assert abs(result.values["weighted_jaccard"] - (1 / 3 + 1 / 2) / 2) < 1e-12
     assert abs(result.values["spearman"] + 1.0) < 1e-12 and result.values["kendall"] == -1.0
@@ -265,12 +276,13 @@ def test_relative_depth_hypergeometric_draws_from_the_bins_each_model_has():
     # shared with probability 1 / C(4, 2) (with 10 bins as the population it was 1 / C(10, 2))
     shallow = _model(np.ones((2, 4)), [(0, 0), (1, 0)])
     deep = _model(np.ones((4, 4)), [(0, 1), (2, 3)])
-    assert abs(compare(shallow, deep, ["hypergeometric_p"], bins=10).values["hypergeometric_p"] - 1 / 6) < 1e-12
+    assert abs(compare(shallow, deep, ["hypergeometric_p"], OverlapSettings(bins=10)).values["hypergeometric_p"]
+               - 1 / 6) < 1e-12
     # one head in layer 1 (bin 5) against layers 2 and 3 (bins 5, 7): the shallow bin is 0 or 5, and
     # the deep circuit holds a given bin with probability C(3, 1) / C(4, 2) = 1/2
     shallow = _model(np.ones((2, 4)), [(1, 2)])
     deep = _model(np.ones((4, 4)), [(2, 0), (3, 0)])
-    result = compare(shallow, deep, ["hypergeometric_p", "jaccard"], bins=10)
+    result = compare(shallow, deep, ["hypergeometric_p", "jaccard"], OverlapSettings(bins=10))
     assert abs(result.values["hypergeometric_p"] - 1 / 2) < 1e-12
     # set metrics count only bins a circuit holds: the deep head at 3/4 depth is an unshared head
     assert result.values["jaccard"] == 0.5
@@ -285,19 +297,16 @@ def test_relative_depth_hypergeometric_draws_from_the_bins_each_model_has():
     (lambda a, b: 1 / 0, "raised ZeroDivisionError at"),
 ])
 def test_a_plugin_metric_returns_one_finite_number_or_fails_naming_it(monkeypatch, returned, message):
-    from circuitbench.circuits.overlap import OVERLAP_METRICS
-
-    monkeypatch.setitem(OVERLAP_METRICS._items, "my_metric", returned)
+    monkeypatch.setitem(OVERLAP_METRICS._items, "my_metric", plugin_metric("my_metric", returned))
     with pytest.raises(CircuitbenchError, match=r"Overlap metric 'my_metric' \(a plugin\)") as err:
-        compare(A, B, ["my_metric"], permutations=0)
+        compare(A, B, ["my_metric"], OverlapSettings(permutations=0))
     assert message in str(err.value)
 
 
 def test_a_plugin_metric_of_numpy_scalars_is_kept_with_its_null(monkeypatch):
-    from circuitbench.circuits.overlap import OVERLAP_METRICS
-
-    monkeypatch.setitem(OVERLAP_METRICS._items, "my_count", lambda a, b: np.float32(len(set(a.heads) & set(b.heads))))
-    out = compare(A, B, ["my_count"], permutations=20)
+    monkeypatch.setitem(OVERLAP_METRICS._items, "my_count",
+                        plugin_metric("my_count", lambda a, b: np.float32(len(set(a.heads) & set(b.heads)))))
+    out = compare(A, B, ["my_count"], OverlapSettings(permutations=20))
     assert out.values == {"my_count": 2.0} and out.p_value["my_count"] is not None
 
 
@@ -305,7 +314,7 @@ def test_the_permutation_null_is_bounded_before_it_is_drawn():
     big = Circuit(heads=[(0, 0)], n_layers=512, n_heads=128, label="big")  # 65,536 heads: the most allowed
     with pytest.raises(CircuitbenchError, match=r"--permutations 2000: 2,000 shuffles of the 65,536 heads of 'big' "
                                                 r"would need about 3\.1 GB"):
-        compare(big, big, ["jaccard"], permutations=2000)
+        compare(big, big, ["jaccard"], OverlapSettings(permutations=2000))
 
 
 def test_circuit_files_with_shapes_beyond_any_model_are_refused_before_allocating(tmp_path):
@@ -344,3 +353,154 @@ def test_a_literal_path_with_brackets_is_read_as_given_not_as_a_glob(tmp_path, c
     assert code == 0, err
     code, out, err = cli(capsys, "overlap", str(tmp_path / "run[12].json"), str(other), "--permutations", "0")
     assert code == 2 and "no file matches" in err  # not a file: still a glob (matching nothing here)
+
+
+# ---- metrics as objects, settings, the typed matrix (issue 22) ------------------------------------
+
+def _random_circuit(rng, shape, label, ties=False) -> Circuit:
+    scores = rng.normal(size=shape)
+    if ties:  # zeros and a repeated value: tie spans in both rankings
+        scores[rng.random(shape) < 0.4] = 0.0
+        scores[0] = 0.5
+    cells = rng.choice(scores.size, size=max(1, scores.size // 3), replace=False)
+    heads = sorted((int(c) // shape[1], int(c) % shape[1]) for c in cells)
+    return Circuit(heads=heads, n_layers=shape[0], n_heads=shape[1], scores=scores.tolist(), label=label)
+
+
+BATCHED = ["jaccard", "overlap_coefficient", "directional", "hypergeometric_p", "weighted_jaccard", "spearman",
+           "kendall", "top_n_overlap", "rbo"]
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_the_batched_null_equals_the_generic_one(name):
+    from circuitbench.circuits.overlap import null_orders
+    from circuitbench.circuits.overlap_metrics import OverlapMetric
+
+    metric = OVERLAP_METRICS.get(name).configured(OverlapSettings(top_n=3, rbo_p=0.8))
+    assert type(metric).null_values is not OverlapMetric.null_values  # a real batched form, not the generic one
+    rng = np.random.default_rng(11)
+    pairs = [(_random_circuit(rng, (3, 4), "a"), _random_circuit(rng, (3, 4), "b")),
+             (_random_circuit(rng, (4, 5), "a", ties=True), _random_circuit(rng, (4, 5), "b", ties=True)),
+             # relative depth: only the bins both models occupy are compared and shuffled
+             (to_relative_depth(_random_circuit(rng, (2, 4), "a"), 10),
+              to_relative_depth(_random_circuit(rng, (6, 3), "b", ties=True), 10))]
+    for x, y in pairs:
+        for kind in ("within_layer", "all"):
+            orders = null_orders(y, 40, np.random.default_rng(5), kind)
+            batched = metric.null_values(x, y, orders)
+            generic = OverlapMetric.null_values(metric, x, y, orders)  # value() on each shuffled circuit
+            assert batched.shape == generic.shape == (40,)
+            np.testing.assert_allclose(batched, generic, rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_metrics_take_their_parameters_from_the_settings_not_from_their_names():
+    rng = np.random.default_rng(2)
+    a, b = _random_circuit(rng, (4, 4), "a", ties=True), _random_circuit(rng, (4, 4), "b")
+    settings = OverlapSettings(top_n=3, rbo_p=0.5)
+    assert OVERLAP_METRICS.get("top_n_overlap").configured(settings).value(a, b) == top_n_overlap(a, b, 3)
+    assert OVERLAP_METRICS.get("rbo").configured(settings).value(a, b) == rank_biased_overlap(a, b, 0.5)
+    assert OVERLAP_METRICS.get("jaccard").configured(settings) is OVERLAP_METRICS.get("jaccard")
+    values = compare(a, b, ["top_n_overlap", "rbo"], settings).values
+    assert values == {"top_n_overlap": top_n_overlap(a, b, 3), "rbo": rank_biased_overlap(a, b, 0.5)}
+    assert not OVERLAP_METRICS.get("hypergeometric_p").higher_is_better and OVERLAP_METRICS.get("rbo").higher_is_better
+    assert OVERLAP_METRICS.get("edge_rbo").compares_graph and not OVERLAP_METRICS.get("spearman").compares_graph
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("bins", 0, "relative depth needs at least 1 bin"), ("top_n", 0, "compare at least the top 1 head"),
+    ("rbo_p", 1.0, "strictly between 0 and 1"), ("permutations", -1, "give 0 (no null) or more"),
+    ("null", "uniform", "'within_layer' or 'all'"), ("alignment", "depth", "'auto', 'head' or 'relative_depth'"),
+    ("top_m", 3, "Extra inputs are not permitted")])
+def test_settings_are_checked_once_naming_the_field(field, value, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        OverlapSettings(**{field: value})
+    assert err.value.errors()[0]["loc"] == (field,) and message in str(err.value)
+
+
+def test_the_typed_matrix_holds_the_values_and_nulls_computed_independently():
+    from circuitbench.circuits.overlap import null_orders
+    from circuitbench.circuits.overlap_metrics import shuffled
+
+    rng = np.random.default_rng(4)
+    circuits = [_random_circuit(rng, (3, 4), label, ties=label == "c") for label in "abc"]
+    settings = OverlapSettings(permutations=30, seed=3, top_n=2)
+    m = overlap_matrix(circuits, ["jaccard", "hypergeometric_p", "top_n_overlap"], settings)
+    assert isinstance(m, OverlapMatrix) and m.settings == settings
+    assert m.labels == ["a", "b", "c"] and m.metrics == ["jaccard", "hypergeometric_p", "top_n_overlap"]
+    assert m.skipped == {} and m.alignment == [["head"] * 3] * 3
+    assert m.null == "30 shuffles of the second circuit's head scores within each layer"
+    by_hand = {"jaccard": lambda x, y: len(set(x.heads) & set(y.heads)) / len(set(x.heads) | set(y.heads)),
+               "hypergeometric_p": hypergeometric_p, "top_n_overlap": lambda x, y: top_n_overlap(x, y, 2)}
+    for name, fn in by_hand.items():
+        for i, a in enumerate(circuits):
+            for j, b in enumerate(circuits):
+                assert m.values[name][i][j] == pytest.approx(fn(a, b), abs=1e-12)
+                assert m.value(name, a.label, b.label) == m.values[name][i][j] == m.array(name)[i, j]
+                if i == j:
+                    assert m.null_mean[name][i][j] is None and m.p_value[name][i][j] is None
+                    continue
+                # the null by a naive loop: the metric against each within-layer shuffle of b, seeded per pair
+                orders = null_orders(b, 30, np.random.default_rng(3), "within_layer")
+                null = np.array([fn(a, shuffled(b, order)) for order in orders])
+                observed = fn(a, b)
+                tol = 1e-9 * max(1.0, abs(observed))
+                extreme = null <= observed + tol if name == "hypergeometric_p" else null >= observed - tol
+                assert m.null_mean[name][i][j] == pytest.approx(null.mean(), abs=1e-12)
+                assert m.p_value[name][i][j] == pytest.approx((1 + extreme.sum()) / 31, abs=1e-12)
+    frame = m.frame("jaccard", "p_value")
+    assert list(frame.index) == m.labels and np.isnan(frame.loc["a", "a"]) and frame.loc["a", "b"] == m.p_value[
+        "jaccard"][0][1]
+    with pytest.raises(CircuitbenchError, match="'spearman' is not in this matrix"):
+        m.array("spearman")
+
+
+def test_defaults_and_labels_are_decided_by_the_library():
+    bare = [Circuit(heads=[(9, 1), (10, 7)], label="x"), Circuit(heads=[(9, 1)], label="x"),
+            Circuit(heads=[(4, 4)], label="y")]
+    m = overlap_matrix(bare, settings=OverlapSettings(permutations=0))
+    # no shape, no scores: the default metrics that need them are skipped with the reason, not an error
+    assert m.metrics == ["jaccard", "overlap_coefficient"] and set(m.skipped) == {"hypergeometric_p", "spearman"}
+    assert "no model shape" in m.skipped["hypergeometric_p"] and "no head scores" in m.skipped["spearman"]
+    assert m.labels == ["x[0]", "x[1]", "y"]  # equal labels told apart
+    m = overlap_matrix(bare, ["jaccard"], OverlapSettings(permutations=0), sources=["runs/1/t.json", "runs/2/t.json",
+                                                                                     "y.json"])
+    assert m.labels == ["runs/1/t", "runs/2/t", "y"] and m.values["jaccard"][0][1] == 0.5
+    with pytest.raises(CircuitbenchError, match="no model shape"):  # a metric asked for by name must be computed
+        overlap_matrix(bare, ["hypergeometric_p"])
+    graph = Circuit(heads=[(0, 0)], mlps=[1], edges=["a0.h0->logits"], level="edge", n_layers=2, n_heads=2,
+                    edge_scores={"a0.h0->logits": 1.0})
+    m = overlap_matrix([graph, graph.model_copy(update={"label": "g2"})], settings=OverlapSettings(permutations=5))
+    assert m.metrics == ["jaccard", "overlap_coefficient", "hypergeometric_p", "node_jaccard", "edge_jaccard",
+                         "edge_weighted_jaccard", "edge_rbo"]
+    assert set(m.skipped) == {"spearman", "node_rbo"}
+    assert m.p_value["edge_jaccard"][0][1] is None and m.p_value["jaccard"][0][1] is not None  # no null by name
+
+
+def test_a_plugin_metric_registers_as_the_built_ins_do(monkeypatch):
+    from circuitbench.circuits.overlap_metrics import PluginMetric
+    from circuitbench.plugins import register_overlap_metric
+    from circuitbench.tables.listings import listing
+
+    OVERLAP_METRICS.names()  # built-ins and entry points loaded before the registry is copied
+    monkeypatch.setattr(OVERLAP_METRICS, "_items", dict(OVERLAP_METRICS._items))
+    monkeypatch.setattr(OVERLAP_METRICS, "_origins", dict(OVERLAP_METRICS._origins))
+
+    def shared_heads(a, b):
+        """Heads both circuits hold."""
+        return len(set(a.heads) & set(b.heads))
+
+    metric = register_overlap_metric("shared_heads", shared_heads)
+    assert isinstance(metric, PluginMetric) and OVERLAP_METRICS.get("shared_heads") is metric
+    assert metric.description == "Heads both circuits hold." and metric.higher_is_better
+    assert OVERLAP_METRICS.plugin_code("shared_heads") is not None  # known as a plugin's, with its code's hash
+    assert ("shared_heads", "Heads both circuits hold.") in listing("overlap-metrics").itertuples(index=False)
+    # a metric where smaller means more overlap: its p-value counts the other tail, so the same as jaccard's
+    register_overlap_metric("minus_jaccard", lambda a, b: -jaccard(a, b), higher_is_better=False)
+    rng = np.random.default_rng(8)
+    circuits = [_random_circuit(rng, (3, 4), label) for label in "ab"]
+    m = overlap_matrix(circuits, ["jaccard", "minus_jaccard", "shared_heads"], OverlapSettings(permutations=25))
+    assert m.p_value["minus_jaccard"] == m.p_value["jaccard"]
+    assert m.null_mean["minus_jaccard"][0][1] == pytest.approx(-m.null_mean["jaccard"][0][1])
+    assert m.values["shared_heads"][0][1] == len(set(circuits[0].heads) & set(circuits[1].heads))

@@ -110,7 +110,7 @@ def test_a_reference_outside_the_model_fails_before_any_method_runs(capsys, tmp_
     import circuitbench.pipeline.unit as unit
 
     scored = []
-    monkeypatch.setattr(unit, "score_heads", lambda *a, **k: scored.append(1) or pytest.fail("a method ran"))
+    monkeypatch.setattr(unit, "run_methods", lambda *a, **k: scored.append(1) or pytest.fail("a method ran"))
     ref = tmp_path / "ref.json"
     ref.write_text(json.dumps({"heads": [[7, 0], [1, 1]]}))
     code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--out", str(tmp_path),

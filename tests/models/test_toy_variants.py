@@ -84,11 +84,11 @@ def test_smeared_keys_record_and_run_through_train_and_load_model(tmp_path):
     assert "layers.0.attn.k.smear_logit" in load_file(str(tmp_path / "model.safetensors"))
     from circuitbench.pipeline.unit import run_unit
     from circuitbench.specs.catalog import load_task
-    from circuitbench.specs.options import RunOptions
+    from circuitbench.specs.options import TaskOverrides, effective_spec
 
     model = load_model(str(tmp_path), device="cpu")
-    result = run_unit(load_task(SMALL).model_copy(update={"methods": ["induction", "activation_patching"]}), model,
-                      RunOptions(n_prompts=4))
+    spec = effective_spec(load_task(SMALL), TaskOverrides(n_prompts=4, methods=["induction", "activation_patching"]))
+    result = run_unit(spec, model)
     assert set(result.head_scores) == {"induction", "activation_patching"}
     assert all(len(row) == 2 for row in result.head_scores["activation_patching"])
 

@@ -53,7 +53,7 @@ def test_crash_exits_1_keeps_the_traceback_and_resume_retries_only_the_failed_un
     crashed = load_result(tmp_path / "toy-induction-2l" / "induction.json")
     assert crashed.status == "failed" and not crashed.error.user_error
     assert crashed.error.type == "RuntimeError" and "flaky_method" in crashed.error.traceback
-    assert crashed.task.spec["methods"] == ["test_flaky"] and crashed.run.options["methods"] == ["test_flaky"]
+    assert crashed.task.spec["methods"] == ["test_flaky"] and crashed.run.overrides["methods"] == ["test_flaky"]
 
     FLAKY["fail"] = False
     code, _, _ = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--n", "8",

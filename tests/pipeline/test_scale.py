@@ -269,7 +269,7 @@ def test_patching_on_a_disk_offloaded_model_matches_and_keeps_accelerate_hooks(t
 
     from circuitbench.models.loading import load_model
     from circuitbench.prompts.encoding import encode_task
-    from circuitbench.scores.scoring import score_heads
+    from circuitbench.scores.scoring import MethodRun, run_methods
     from circuitbench.specs.catalog import load_task
 
     config = AutoConfig.for_model("gpt2", n_layer=3, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
@@ -292,9 +292,9 @@ def test_patching_on_a_disk_offloaded_model_matches_and_keeps_accelerate_hooks(t
     assert hasattr(hooked, "_hf_hook") and "forward" in hooked.__dict__
 
     data = encode_task(load_task("sorting").model_copy(update={"n_prompts": 8}), plain.vocab, plain.unk_id, plain.n_ctx)
-    expected = score_heads(plain, data, ["activation_patching"], 4)
-    got = score_heads(offloaded, data, ["activation_patching"], 4)
-    np.testing.assert_allclose(got["activation_patching"], expected["activation_patching"], atol=1e-5)
+    expected = run_methods(plain, data, ["activation_patching"], MethodRun(4))["activation_patching"]
+    got = run_methods(offloaded, data, ["activation_patching"], MethodRun(4))["activation_patching"]
+    np.testing.assert_allclose(got.heads, expected.heads, atol=1e-5)
     assert "forward" in hooked.__dict__  # the accelerate hook is back in place
     with torch.inference_mode():
         assert (bridge(data.tokens) - plain.bridge(data.tokens)).abs().max() < 1e-4

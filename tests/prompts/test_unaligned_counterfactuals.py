@@ -17,7 +17,7 @@ from circuitbench.pipeline.unit import run_unit
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.scoring import check_methods
 from circuitbench.specs.catalog import load_task
-from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.specs.options import ExecutionOptions, RunOptions, effective_spec
 
 NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Alice", "Paul", "Kate", "Anne"]
 # The counterfactual's template varies: as long as the clean prompt, longer, shorter.
@@ -120,7 +120,7 @@ def _alone(model, tokens: list[int], answer: int, distractor: int) -> float:
 def test_run_reads_each_corrupted_prompt_at_its_own_end(tmp_path, toy):
     extra = UNALIGNED + "circuit: {top_k: 3, ablation: mean_counterfactual, curve: false}\n"
     spec = load_task(str(write_task(tmp_path, extra, "[ablation, attention_to, previous_token]")))
-    results = [run_unit(spec, toy, RunOptions(batch_size=b, cache=False)) for b in (5, 24)]
+    results = [run_unit(spec, toy, ExecutionOptions(batch_size=b)) for b in (5, 24)]
     data = encode_task(spec, toy.vocab, toy.unk_id, toy.n_ctx)
     expected = []
     for i in range(len(data)):

@@ -77,7 +77,8 @@ def test_added_method_reuses_forwards_and_matches_uncached_run(tmp_path, base_fo
         opts = RunOptions(**{"n_prompts": 8, "batch_size": 4, "methods": methods, "cache_dir": str(tmp_path / "cache"),
                              **options})
         # no circuit here: its ablation sweep is not cached work (the sorting runs below check faithfulness)
-        return run_unit(effective_spec(load_task("induction"), opts).model_copy(update={"circuit": None}), model, opts)
+        return run_unit(effective_spec(load_task("induction"), opts).model_copy(update={"circuit": None}), model,
+                        opts.execution())
 
     first = unit(["activation_patching"])
     # evaluation and base runs computed once: 2 batches × (clean, corrupted) each
@@ -230,9 +231,9 @@ def test_cached_base_runs_equal_computed_ones_for_resample_ablation(tmp_path):
     lengths = encode_task(spec, model.vocab, model.unk_id, model.n_ctx).lengths
     assert len(set(lengths[:4].tolist())) > 1  # prompts of one batch differ in length: pads are read
     # filled in batches of 2, read in batches of 4: positions past a pair's own width are read too
-    assert run_unit(spec, model, options.model_copy(update={"batch_size": 2})).run.cache["misses"] > 0
-    cached = run_unit(spec, model, options)
-    uncached = run_unit(spec, model, options.model_copy(update={"cache": False}))
+    assert run_unit(spec, model, options.model_copy(update={"batch_size": 2}).execution()).run.cache["misses"] > 0
+    cached = run_unit(spec, model, options.execution())
+    uncached = run_unit(spec, model, options.model_copy(update={"cache": False}).execution())
     assert cached.run.cache["misses"] == 0
     diff = np.abs(np.array(cached.head_scores["ablation"]) - np.array(uncached.head_scores["ablation"])).max()
     assert diff < 1e-6

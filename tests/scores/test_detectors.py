@@ -4,7 +4,7 @@ import torch
 from circuitbench.models.loading import load_model
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.methods.detectors import duplicate_token_targets, induction_targets, previous_token_targets
-from circuitbench.scores.scoring import score_heads
+from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
 
@@ -23,8 +23,8 @@ def test_embedded_toy_has_induction_and_previous_token_heads():
     model = load_model("toy-induction-2l", device="cpu")
     spec = load_task("induction")
     data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
-    scores = score_heads(model, data, ["induction", "previous_token"], batch_size=32)
-    ind, prev = scores["induction"], scores["previous_token"]
+    outputs = run_methods(model, data, ["induction", "previous_token"], MethodRun(batch_size=32))
+    ind, prev = outputs["induction"].heads, outputs["previous_token"].heads
     top_layer, _ = np.unravel_index(ind.argmax(), ind.shape)
     assert top_layer == 1 and ind.max() > 0.5
     assert ind[1].max() > 3 * ind[0].max()

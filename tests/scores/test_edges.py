@@ -12,7 +12,7 @@ from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.edges import circuit_metric, node_outputs, output_deltas, patched_edge_metrics
 from circuitbench.scores.interventions import oriented_metric, record_base_run
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.scoring import score_heads
+from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
 
@@ -99,10 +99,10 @@ def test_exact_edge_patching_equals_one_forward_per_edge(tiny):
 def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
     model, data, batch, clean, corrupt, delta = tiny
     graph = model.component_graph()
-    edge_scores = {}
-    scores = score_heads(model, data, ["eap"], 4, metric="logit_diff", edge_scores=edge_scores)
-    assert scores == {}
-    eap = edge_scores["eap"].scores
+    output = run_methods(model, data, ["eap"], MethodRun(4, metric="logit_diff"))["eap"]
+    assert output.heads is None and output.mlps is None and output.traces is None  # edge scores only
+    assert output.settings == {"method": "eap", "ablation": "counterfactual"}
+    eap = output.edges.scores
     m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     by_hand = np.zeros_like(eap)
@@ -148,9 +148,7 @@ def test_eap_into_the_logits_is_the_closed_form_layernorm_gradient(tiny, tiny_di
     x_hat = (x - x.mean(-1, keepdim=True)) / sigma
     grad = (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True)) / sigma
     by_hand = -(delta[rows, end].double() * grad[:, None]).sum((0, 2)) / len(batch) / gap  # [n_src]
-    edge_scores = {}
-    score_heads(model, data, ["eap"], 4, metric="logit_diff", edge_scores=edge_scores)
-    column = edge_scores["eap"].scores[:, -1]
+    column = run_methods(model, data, ["eap"], MethodRun(4, metric="logit_diff"))["eap"].edges.scores[:, -1]
     assert np.abs(column - by_hand.numpy()).max() <= 1e-5 * np.abs(by_hand.numpy()).max()
     assert (by_hand[1:] != 0).all()  # every head and MLP reaches the logits (END is the same token in both)
 
@@ -200,7 +198,7 @@ def test_edges_on_every_architecture(tiny_models, arch):
     assert float((alone - unpatched).abs().max()) > 0
     if arch == "llama":
         with pytest.raises(CircuitbenchError, match="grouped-query attention"):
-            score_heads(model, data, ["eap"], 3, metric=metric)
+            run_methods(model, data, ["eap"], MethodRun(3, metric=metric))
         return
     replacement = node_outputs(model, corrupt)
     nothing = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
@@ -227,20 +225,17 @@ def test_eap_ig_step_points_and_variants(tiny):
     runs = {}
     for name, opts in {"published": {"steps": 3}, "midpoint": {"steps": 3, "points": "midpoint"},
                        "activations": {"steps": 2, "variant": "activations"}}.items():
-        edge_scores = {}
-        score_heads(model, data, ["eap_ig"], 4, metric="logit_diff", method_options={"eap_ig": opts},
-                    edge_scores=edge_scores)
-        runs[name] = edge_scores["eap_ig"]
-        assert np.isfinite(runs[name].scores).all() and runs[name].settings["steps"] == opts["steps"]
+        runs[name] = run_methods(model, data, ["eap_ig"], MethodRun(4, metric="logit_diff",
+                                                                    method_options={"eap_ig": opts}))["eap_ig"]
+        assert np.isfinite(runs[name].edges.scores).all() and runs[name].settings["steps"] == opts["steps"]
     assert runs["midpoint"].settings["alphas"] == [1 / 6, 0.5, 5 / 6]
-    assert not np.allclose(runs["published"].scores, runs["midpoint"].scores)
+    assert not np.allclose(runs["published"].edges.scores, runs["midpoint"].edges.scores)
     # one step of the inputs variant at α = 0 is EAP with the gradient taken on the counterfactual input
     from circuitbench.scores.edges import accumulate_edge_scores, input_gradients
 
     _, _, batch, clean, corrupt, delta = tiny
-    edge_scores = {}
-    score_heads(model, data, ["eap_ig", "eap"], 4, metric="logit_diff", method_options={"eap_ig": {"steps": 1}},
-                edge_scores=edge_scores)
+    outputs = run_methods(model, data, ["eap_ig", "eap"], MethodRun(4, metric="logit_diff",
+                                                                     method_options={"eap_ig": {"steps": 1}}))
     graph = model.component_graph()
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
     grads = input_gradients(model, batch, MethodContext(batch_size=4, metric="logit_diff"),
@@ -249,8 +244,8 @@ def test_eap_ig_step_points_and_variants(tiny):
     m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     expected = (-(total / 4) / (m_clean - m_corr)).numpy() * graph.real_edges
-    assert np.abs(edge_scores["eap_ig"].scores - expected).max() < 1e-6
-    assert not np.allclose(edge_scores["eap_ig"].scores, edge_scores["eap"].scores)
+    assert np.abs(outputs["eap_ig"].edges.scores - expected).max() < 1e-6
+    assert not np.allclose(outputs["eap_ig"].edges.scores, outputs["eap"].edges.scores)
 
 
 class _NoRoomCache:
@@ -281,5 +276,5 @@ def test_eap_ig_inputs_shares_the_alpha_zero_step_with_the_corrupted_run(tiny):
     finally:
         handle.remove()
     assert (shared_forwards, separate_forwards) == (3 + 1, 3 + 2)
-    assert np.abs(shared.scores - separate.scores).max() < 1e-6
-    assert np.abs(shared.scores).max() > 1e-3
+    assert np.abs(shared.edges.scores - separate.edges.scores).max() < 1e-6
+    assert np.abs(shared.edges.scores).max() > 1e-3

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.overlap import rank_correlation as spearman
+from circuitbench.circuits.overlap_metrics import rank_correlation as spearman
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loading import load_model
 from circuitbench.pipeline.unit import run_unit
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.interventions import naive_head_metrics, patched_node_metrics, position_mask, record_base_run
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.scoring import score_heads
+from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
-from circuitbench.specs.options import RunOptions
+from circuitbench.specs.options import ExecutionOptions
 from circuitbench.specs.task import CircuitRule, TaskSpec
 
 
@@ -92,10 +92,14 @@ def test_skipped_blocks_do_no_work(toy):
 
 def test_toy_methods_find_the_induction_circuit(toy):
     model, data = toy
-    scores = score_heads(model, data, ["induction", "previous_token", "activation_patching", "attribution_patching"],
-                         batch_size=12, metric="induction_loss")
-    ind, prev, exact, approx = (scores[k] for k in ("induction", "previous_token", "activation_patching",
-                                                    "attribution_patching"))
+    outputs = run_methods(model, data, ["induction", "previous_token", "activation_patching", "attribution_patching"],
+                          MethodRun(batch_size=12, metric="induction_loss"))
+    ind, prev, exact, approx = (outputs[k].heads for k in ("induction", "previous_token", "activation_patching",
+                                                           "attribution_patching"))
+    # node methods score nodes (this model has no MLPs: heads only), detectors heads
+    assert [outputs[k].nodes for k in outputs] == [False, False, True, True]
+    assert outputs["activation_patching"].node_scores() == {f"a{l}.h{h}": exact[l, h] for l in range(2)
+                                                             for h in range(4)}
     assert np.unravel_index(ind.argmax(), ind.shape)[0] == 1  # layer-1 induction head on top
     prev_head = np.unravel_index(prev.argmax(), prev.shape)
     assert prev_head[0] == 0 and prev.max() > 0.5  # layer-0 previous-token head
@@ -107,18 +111,19 @@ def test_toy_methods_find_the_induction_circuit(toy):
     assert spearman(exact, approx) > 0.5  # attribution agrees with exact patching
     # denoising (clean head output into the corrupted run): the layer-1 induction heads come out on top,
     # every one above every layer-0 head, the previous-token head included
-    restore = score_heads(model, data, ["activation_patching"], 12, metric="induction_loss",
-                          method_options={"activation_patching": {"direction": "denoising"}})["activation_patching"]
+    restore = run_methods(model, data, ["activation_patching"], MethodRun(
+        12, metric="induction_loss", method_options={"activation_patching": {"direction": "denoising"}})
+    )["activation_patching"].heads
     assert np.unravel_index(restore.argmax(), restore.shape)[0] == 1
     assert restore[1].min() > restore[0].max() and restore[1].min() > 0.03
 
 
 def test_ablation_kinds(toy):
     model, data = toy
-    zero = score_heads(model, data, ["ablation"], 12, metric="induction_loss",
-                       method_options={"ablation": {"kind": "zero"}})["ablation"]
-    resample = score_heads(model, data, ["ablation"], 12, metric="induction_loss",
-                           method_options={"ablation": {"kind": "resample"}})["ablation"]
+    zero = run_methods(model, data, ["ablation"], MethodRun(
+        12, metric="induction_loss", method_options={"ablation": {"kind": "zero"}}))["ablation"].heads
+    resample = run_methods(model, data, ["ablation"], MethodRun(
+        12, metric="induction_loss", method_options={"ablation": {"kind": "resample"}}))["ablation"].heads
     assert zero[1].mean() > 0 and resample[1].mean() > 0  # removing induction heads hurts
     assert not np.allclose(zero, resample)
 
@@ -136,7 +141,7 @@ def test_circuit_rules():
 def test_faithfulness_and_curve_on_toy(toy, tmp_path):
     model, _ = toy
     spec = load_task("induction").model_copy(update={"n_prompts": 16})
-    result = run_unit(spec, model, RunOptions(batch_size=8))
+    result = run_unit(spec, model, ExecutionOptions(batch_size=8))
     c = result.circuit
     assert c is not None and len(c.heads) == 5
     # f(C) recomputed from the stored metric values, and the curve's end points
@@ -158,22 +163,21 @@ def test_faithfulness_and_curve_on_toy(toy, tmp_path):
 
 def test_causal_tracing_maps(toy):
     model, data = toy
-    traces = {}
-    score_heads(model, data, ["causal_tracing"], 12, metric="induction_loss",
-                method_options={"causal_tracing": {"directions": ["restore", "noise"], "noise": "gaussian"}},
-                traces=traces)
-    resid = traces["causal_tracing/resid/restore"]
-    mean = np.array(resid["mean"])
-    assert mean.shape == (2, int(data.lengths.min()) - 1) and resid["positions"][-1] == "END"
+    output = run_methods(model, data, ["causal_tracing"], MethodRun(12, metric="induction_loss", method_options={
+        "causal_tracing": {"directions": ["restore", "noise"], "noise": "gaussian"}}))["causal_tracing"]
+    assert output.heads is None and output.edges is None
+    traces = output.traces
+    resid = traces["resid/restore"]
+    mean = np.array(resid.mean)
+    assert mean.shape == (2, int(data.lengths.min()) - 1) and resid.positions[-1] == "END"
     # restoring the whole last-layer residual at END restores that position's prediction only,
     # restoring it at layer 0 everywhere is what the noise broke: effects are finite, some positive
     assert np.isfinite(mean).all() and mean.max() > 0.05
-    assert "causal_tracing/attn/noise" in traces and "causal_tracing/mlp/restore" not in traces  # attention-only model
+    assert "attn/noise" in traces and "mlp/restore" not in traces  # attention-only model
     for noise in ("random_embeddings", "shuffled"):
-        t = {}
-        score_heads(model, data, ["causal_tracing"], 12, metric="induction_loss",
-                    method_options={"causal_tracing": {"noise": noise, "kinds": ["resid"]}}, traces=t)
-        assert np.isfinite(np.array(t["causal_tracing/resid/restore"]["mean"])).all()
+        t = run_methods(model, data, ["causal_tracing"], MethodRun(12, metric="induction_loss", method_options={
+            "causal_tracing": {"noise": noise, "kinds": ["resid"]}}))["causal_tracing"].traces
+        assert np.isfinite(np.array(t["resid/restore"].mean)).all()
 
 
 def test_method_options_and_positions_are_validated(toy):
@@ -183,29 +187,29 @@ def test_method_options_and_positions_are_validated(toy):
                                  "method_options": {"activation_patching": {"direction": "sideways"}}})
     model, data = toy
     with pytest.raises(CircuitbenchError, match="S2"):
-        score_heads(model, data, ["activation_patching"], 8, metric="induction_loss",
-                    method_options={"activation_patching": {"positions": ["S2"]}})
+        run_methods(model, data, ["activation_patching"], MethodRun(
+            8, metric="induction_loss", method_options={"activation_patching": {"positions": ["S2"]}}))
 
 
 def test_attention_to_matches_pattern_by_hand(tiny_models):
     model = load_model(str(tiny_models["gpt2"]), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
     options = {"attention_to": {"source": "END", "target": "IO"}}
-    scores = score_heads(model, data, ["attention_to"], 4, method_options=options)["attention_to"]
+    scores = run_methods(model, data, ["attention_to"], MethodRun(4, method_options=options))["attention_to"].heads
     _, cache = model.bridge.run_with_cache(data.tokens, names_filter=lambda n: n == "blocks.1.attn.hook_pattern")
     pattern = cache["blocks.1.attn.hook_pattern"]  # read through TransformerLens itself, not our facade
     rows = torch.arange(4)
     by_hand = pattern[rows, :, data.positions["END"], data.positions["IO"]].mean(0)
     assert torch.allclose(torch.tensor(scores[1]).float(), by_hand.float(), atol=1e-5)
     with pytest.raises(CircuitbenchError, match="REPEAT"):
-        score_heads(model, data, ["attention_to"], 4, method_options={"attention_to": {"source": "REPEAT"}})
+        run_methods(model, data, ["attention_to"], MethodRun(4, method_options={"attention_to": {"source": "REPEAT"}}))
 
 
 def test_resample_ablation_pairs_prompts_across_batches_and_ignores_batch_size(toy):
     """Resample partners come from a seeded derangement over the whole set within one length and
     template: the scores are the same at every batch size, and not zero at batch size 1 (where a
     partner from the prompt's own batch would be the prompt itself)."""
-    from circuitbench.scores.methods.ablation import resample_partners
+    from circuitbench.scores.interventions import resample_partners
 
     model, data = toy
     partners = resample_partners(data, seed=0)
@@ -217,7 +221,8 @@ def test_resample_ablation_pairs_prompts_across_batches_and_ignores_batch_size(t
     assert torch.equal(partners, resample_partners(data, seed=0)) and not torch.equal(partners, resample_partners(data,
                                                                                                                   1))
     options = {"ablation": {"kind": "resample"}}
-    by_batch = [score_heads(model, data, ["ablation"], bs, metric="induction_loss", method_options=options)["ablation"]
+    by_batch = [run_methods(model, data, ["ablation"], MethodRun(bs, metric="induction_loss",
+                                                                 method_options=options))["ablation"].heads
                 for bs in (1, 5, 24)]
     assert np.abs(by_batch[0]).max() > 0.01
     for other in by_batch[1:]:
@@ -231,16 +236,17 @@ def test_causal_tracing_rome_preset_records_its_settings(toy):
     model, data = toy
     small = data.subset(0, 6)
     with pytest.raises(CircuitbenchError, match="corrupts the subject"):
-        score_heads(model, small, ["causal_tracing"], 6, metric="induction_loss",
-                    method_options={"causal_tracing": {"preset": "rome"}})
+        run_methods(model, small, ["causal_tracing"], MethodRun(6, metric="induction_loss",
+                                                                method_options={"causal_tracing": {"preset": "rome"}}))
     from circuitbench.scores.methods.options import TracingOptions
 
     rome = TracingOptions(preset="rome", corrupt=["S1"]).resolved()
     assert (rome.samples, rome.window, rome.noise_scale, rome.noise_std_from) == (10, 10, 3.0, "corrupted_tokens")
-    traces = {}  # 2 samples here (explicit options win over the preset) to keep the test quick
+    # 2 samples here (explicit options win over the preset) to keep the test quick
     options = {"causal_tracing": {"preset": "rome", "samples": 2, "corrupt": ["REPEAT"], "kinds": ["attn", "resid"]}}
-    score_heads(model, small, ["causal_tracing"], 6, metric="induction_loss", method_options=options, traces=traces)
-    attn, resid = traces["causal_tracing/attn/restore"], traces["causal_tracing/resid/restore"]
+    traces = run_methods(model, small, ["causal_tracing"], MethodRun(6, metric="induction_loss",
+                                                                     method_options=options))["causal_tracing"].traces
+    attn, resid = traces["attn/restore"].model_dump(), traces["resid/restore"].model_dump()
     table = model.token_embeddings()
     subject = small.tokens[torch.arange(len(small)), small.positions["REPEAT"]]
     assert abs(attn["noise_std"] - 3 * float(table[subject].float().std())) < 1e-5

@@ -13,7 +13,7 @@ from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.interventions import oriented_metric, patched_node_metrics, position_mask, record_base_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.specs.catalog import load_task
-from circuitbench.specs.options import RunOptions
+from circuitbench.specs.options import ExecutionOptions
 from circuitbench.specs.task import CircuitRule
 
 TRACR = {"tracr-reverse": "tracr_reverse", "tracr-hist": "tracr_hist", "tracr-sort-unique": "tracr_sort_unique",
@@ -42,7 +42,7 @@ def test_mlp_patching_equals_a_naive_loop(tiny_models, arch):
 def test_mean_ablation_recovers_every_reference_node_of_the_tracr_zoo(name):
     model = load_model(name, device="cpu")
     spec = load_task(f"tasks/known_answers/{TRACR[name]}.yaml")
-    result = run_unit(spec, model, RunOptions(batch_size=32, cache=False))
+    result = run_unit(spec, model, ExecutionOptions(batch_size=32))
     assert result.reference is not None and result.reference.mlps  # every zoo circuit holds MLPs
     nodes = result.node_scores["ablation"]
     assert {f"m{l}" for l in range(model.n_layers)} <= set(nodes)  # MLPs are scored
@@ -54,7 +54,7 @@ def test_node_circuit_keeps_mlps_and_integrates_as_mib():
     model = load_model("tracr-detect-abc", device="cpu")
     spec = load_task("tasks/known_answers/tracr_detect_abc.yaml").model_copy(
         update={"circuit": CircuitRule(level="node", top_k=5, method="ablation")})
-    c = run_unit(spec, model, RunOptions(batch_size=32, cache=False)).circuit
+    c = run_unit(spec, model, ExecutionOptions(batch_size=32)).circuit
     assert c is not None and c.level == "node" and c.mlps == [0, 1, 2] and c.heads == [(1, 0), (1, 1)]
     assert c.faithfulness == pytest.approx(1.0, abs=1e-6)  # the known circuit does the task alone
     assert c.integration == "mib" and len(c.curve) == len(c.curve_signed) == 10

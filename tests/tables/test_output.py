@@ -19,6 +19,7 @@ import pytest
 from circuitbench.circuits.circuit import RANDOM_INIT, Circuit
 from circuitbench.circuits.faithfulness import NOISE_Z, paired_gap, undefined_reason
 from circuitbench.circuits.overlap import compare
+from circuitbench.circuits.overlap_metrics import OverlapSettings
 from circuitbench.models.toy import ZOO_DIR
 from circuitbench.results.store import load_result
 from circuitbench.scores.methods.context import MethodContext
@@ -150,14 +151,14 @@ def test_permutation_null_matches_the_exact_within_layer_distribution():
         return Circuit(heads=heads, n_layers=4, n_heads=8, scores=scores.tolist(), label="x")
 
     a, b = circuit([(0, 0), (0, 1), (0, 2), (0, 3)]), circuit([(0, 1), (0, 2), (0, 3), (0, 4)])
-    out = compare(a, b, ["jaccard", "hypergeometric_p"], permutations=4000, seed=1)
+    out = compare(a, b, ["jaccard", "hypergeometric_p"], OverlapSettings(permutations=4000, seed=1))
     pk = {k: comb(4, k) * comb(4, 4 - k) / comb(8, 4) for k in range(5)}
     assert out.values["hypergeometric_p"] == pytest.approx(113 / 35960)
     assert out.values["jaccard"] == pytest.approx(3 / 5)
     assert out.null_mean["jaccard"] == pytest.approx(sum(p * k / (8 - k) for k, p in pk.items()), abs=0.01)
     assert out.p_value["jaccard"] == pytest.approx(17 / 70, abs=0.02)
     assert out.p_value["hypergeometric_p"] == pytest.approx(17 / 70, abs=0.02)  # smaller p: more overlap
-    everywhere = compare(a, b, ["jaccard"], permutations=4000, seed=1, null="all")
+    everywhere = compare(a, b, ["jaccard"], OverlapSettings(permutations=4000, seed=1, null="all"))
     assert everywhere.p_value["jaccard"] < 0.01  # the uniform null calls it "shared"; within layers it is not
 
 

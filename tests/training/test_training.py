@@ -88,17 +88,17 @@ def test_text_tasks_train_on_train_split_only(tmp_path):
 def test_report_splits_put_train_and_test_side_by_side(tmp_path):
     """x2 reports train-split metrics beside test: each equals a separate run on that split."""
     from circuitbench.pipeline.unit import run_unit
-    from circuitbench.specs.options import RunOptions, effective_spec
+    from circuitbench.specs.options import ExecutionOptions, RunOptions, effective_spec
 
     config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=30, checkpoints=0, batch_size=16)
     train(config, tmp_path)
     model = load_model(str(tmp_path), device="cpu")
     spec = effective_spec(load_task("x2"), RunOptions(methods=[], n_prompts=12))
     assert spec.report_splits == ["train"]
-    result = run_unit(spec, model, RunOptions())
+    result = run_unit(spec, model, ExecutionOptions())
     train_spec = effective_spec(load_task("x2"), RunOptions(methods=[], n_prompts=12, split="train"))
     assert train_spec.report_splits == ["test"]
-    train_only = run_unit(train_spec, model, RunOptions())
+    train_only = run_unit(train_spec, model, ExecutionOptions())
     by_split = result.metrics_by_split
     assert set(by_split) == {"train", "test"}
     for name in ("logit_diff", "loss", "accuracy"):

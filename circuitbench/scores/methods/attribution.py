@@ -15,7 +15,7 @@ from circuitbench.prompts.encoding import Batch, EncodedPrompts
 from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, oriented_metric, record_scored_run
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttributionOptions
-from circuitbench.scores.methods.outputs import NodeScores
+from circuitbench.scores.methods.outputs import MethodOutput
 from circuitbench.specs.registries import METRICS
 
 
@@ -31,7 +31,7 @@ class _Pass:
     metric: torch.Tensor  # [batch]
 
 
-def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> NodeScores:
+def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     """score ≈ −(z_corr − z_clean) · ∂m/∂z summed over positions and d_head (an MLP: its output
     and d_model), normalised like noising activation patching. With ig_steps > 0 the gradient is
     averaged along the straight path between the corrupted and clean block-0 inputs.
@@ -81,7 +81,7 @@ def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCo
         raise CircuitbenchError(
             f"Clean and corrupted prompts give the same metric on '{model.name}': attribution scores are undefined.")
     heads = (-(total / n) / gap).numpy()
-    return NodeScores(heads, (-(total_mlp / n) / gap).numpy() if model.has_mlp else None)
+    return MethodOutput(heads=heads, mlps=(-(total_mlp / n) / gap).numpy() if model.has_mlp else None, nodes=True)
 
 
 def _runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,

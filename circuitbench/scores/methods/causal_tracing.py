@@ -27,6 +27,7 @@ from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.interventions import metric_per_copy, oriented_metric
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import TraceKind, TracingOptions
+from circuitbench.scores.methods.outputs import MethodOutput
 from circuitbench.specs.registries import METRICS
 
 # The state each trace kind restores: the residual stream out of a block, its attention or MLP output.
@@ -114,7 +115,7 @@ def _noise_std(model: LoadedModel, data: EncodedPrompts, opts: TracingOptions, t
     return float(table[ids.to(table.device)].float().std()) if len(ids) > 1 else float(table.float().std())
 
 
-def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> dict[str, TraceMap]:
+def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = TracingOptions.model_validate(ctx.options).resolved()
     assert opts.samples is not None and opts.window is not None and opts.noise_scale is not None
     metric = opts.metric or ("answer_prob" if data.has_answer else ctx.metric)
@@ -190,4 +191,4 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
             std=(stacked.std(0, unbiased=True) if len(stacked) > 1 else torch.zeros_like(stacked[0])).tolist(),
             baseline_clean=clean_mean, baseline_corrupted=corr_mean,
         )
-    return maps
+    return MethodOutput(traces=maps)

@@ -14,6 +14,7 @@ from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttentionToOptions
+from circuitbench.scores.methods.outputs import MethodOutput
 
 # target[b, q, k] = True where key k is a position query q "should" attend to.
 # Detectors read attention patterns only: unembed one position, not the whole vocabulary at every one.
@@ -74,19 +75,19 @@ def attention_score(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext
     return (total / count).numpy()
 
 
-def previous_token(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
-    return attention_score(model, data, ctx, previous_token_targets)
+def previous_token(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
+    return MethodOutput(heads=attention_score(model, data, ctx, previous_token_targets))
 
 
-def duplicate_token(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
-    return attention_score(model, data, ctx, duplicate_token_targets)
+def duplicate_token(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
+    return MethodOutput(heads=attention_score(model, data, ctx, duplicate_token_targets))
 
 
-def induction(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
-    return attention_score(model, data, ctx, induction_targets)
+def induction(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
+    return MethodOutput(heads=attention_score(model, data, ctx, induction_targets))
 
 
-def attention_to(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> np.ndarray:
+def attention_to(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     """Mean attention from one named position to another, e.g. END -> IO (name movers)."""
     opts = AttentionToOptions.model_validate(ctx.options)
     missing = [p for p in (opts.source, opts.target) if p not in data.positions]
@@ -113,5 +114,5 @@ def attention_to(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -
             total[layer] += (cache[site].float().cpu() * tgt[:, None]).sum((0, 2, 3)).double()
         ctx.advance(len(batch))
     total, n = ctx.sum_shards((total, len(data)))
-    return (total / n).numpy()
+    return MethodOutput(heads=(total / n).numpy())
 

@@ -37,7 +37,7 @@ from circuitbench.scores.edges import (
 from circuitbench.scores.interventions import BaseRun, base_runs
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import EapIgOptions, EdgePatchingOptions
-from circuitbench.scores.methods.outputs import EdgeScores
+from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
 
 
 def _normalised(model: LoadedModel, total: torch.Tensor, m_clean: float, m_corr: float, n: int,
@@ -58,7 +58,7 @@ def _delta(model: LoadedModel, batch, clean: BaseRun, corrupt: BaseRun) -> torch
     return output_deltas(model, clean, corrupt, valid_positions(batch, model.device))
 
 
-def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeScores:
+def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     check_edges(model, "eap", per_head_inputs=True)
     graph = model.component_graph()
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
@@ -71,8 +71,8 @@ def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeSco
         accumulate_edge_scores(model, graph, _delta(model, batch, grads.run, corrupt), grads, total)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
-    return EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True),
-                      {"method": "eap", "ablation": "counterfactual"})
+    return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True)),
+                        settings={"method": "eap", "ablation": "counterfactual"})
 
 
 def _alphas(opts: EapIgOptions) -> list[float]:
@@ -91,7 +91,7 @@ def _replace(site, value: torch.Tensor) -> Hook:
     return site, lambda x: value.to(x.dtype)
 
 
-def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeScores:
+def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = EapIgOptions.model_validate(ctx.options)
     check_edges(model, "eap_ig", per_head_inputs=True)
     graph = model.component_graph()
@@ -133,9 +133,9 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Edge
         accumulate_edge_scores(model, graph, delta, summed, total)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
-    return EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True),
-                      {"method": "eap_ig", "variant": opts.variant, "steps": opts.steps, "points": opts.points,
-                       "alphas": alphas, "ablation": "counterfactual"})
+    return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True)),
+                        settings={"method": "eap_ig", "variant": opts.variant, "steps": opts.steps,
+                                  "points": opts.points, "alphas": alphas, "ablation": "counterfactual"})
 
 
 def edge_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int) -> float:
@@ -147,7 +147,7 @@ def edge_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int
     return share * -(-len(data) // max(batch_size, 1))
 
 
-def edge_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> EdgeScores:
+def edge_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = EdgePatchingOptions.model_validate(ctx.options)
     check_edges(model, "edge_patching", per_head_inputs=False)
     graph = model.component_graph()
@@ -174,5 +174,6 @@ def edge_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) 
         total[rows, cols] += values
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
-    return EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, False),
-                      {"method": "edge_patching", "ablation": "counterfactual", "batch_forwards": round(cost, 1)})
+    return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, False)),
+                        settings={"method": "edge_patching", "ablation": "counterfactual",
+                                  "batch_forwards": round(cost, 1)})

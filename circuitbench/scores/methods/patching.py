@@ -16,7 +16,7 @@ from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.interventions import base_runs, check_positions, patched_node_metrics, position_mask
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import PatchingOptions
-from circuitbench.scores.methods.outputs import NodeScores
+from circuitbench.scores.methods.outputs import MethodOutput
 
 
 def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str,
@@ -33,7 +33,7 @@ def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, dire
     return ((patched - m_corr) / gap).numpy()
 
 
-def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> NodeScores:
+def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     """Exact patching scores of every head [n_layers, n_heads] and MLP [n_layers]."""
     opts = PatchingOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "activation_patching")
@@ -56,4 +56,4 @@ def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCon
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     scores = normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
-    return NodeScores(scores[:, : model.n_heads], scores[:, -1] if model.has_mlp else None)
+    return MethodOutput(heads=scores[:, : model.n_heads], mlps=scores[:, -1] if model.has_mlp else None, nodes=True)
