@@ -54,8 +54,20 @@ def result_file(tmp_path_factory) -> Path:
     return out / "toy-induction-2l" / "induction.json"
 
 
+@pytest.fixture(scope="module")
+def scored_result(tmp_path_factory) -> Path:
+    """A result scored against a reference circuit (what `recovery` reads)."""
+    out = tmp_path_factory.mktemp("scored")
+    (out / "ref.json").write_text('{"heads": [[1, 1], [1, 2]]}')
+    code = subprocess.run([sys.executable, "-m", "circuitbench", "run", "--task", "induction", "--model",
+                           "toy-induction-2l", "--n", "4", "--methods", "induction", "--out", str(out), "-q",
+                           "--no-cache", "--reference", str(out / "ref.json")], capture_output=True, text=True)
+    assert code.returncode == 0, code.stderr[-2000:]
+    return out / "toy-induction-2l" / "induction.json"
+
+
 @pytest.fixture
-def world(tmp_path, result_file, monkeypatch) -> Path:
+def world(tmp_path, result_file, scored_result, monkeypatch) -> Path:
     """A working directory with a user's own files and one result under r/."""
     (tmp_path / "notes.txt").write_text("my notes\n")
     (tmp_path / "paper").mkdir()
@@ -64,6 +76,7 @@ def world(tmp_path, result_file, monkeypatch) -> Path:
     (tmp_path / "graph.json").write_text(json.dumps({"cfg": {}, "nodes": {}, "edges": {}}))
     (tmp_path / "r" / "toy-induction-2l").mkdir(parents=True)
     shutil.copy(result_file, tmp_path / "r" / "toy-induction-2l" / "induction.json")
+    shutil.copy(scored_result, tmp_path / "scored.json")
     (tmp_path / "a.json").write_text('{"heads": [[0, 1], [1, 2]], "n_layers": 2, "n_heads": 4}\n')
     (tmp_path / "b.json").write_text('{"heads": [[0, 1], [1, 3]], "n_layers": 2, "n_heads": 4}\n')
     monkeypatch.chdir(tmp_path)
@@ -116,6 +129,8 @@ WRITERS = [
     (["overlap", "a.json", "b.json", "--metric", "jaccard", "--plot", "o.png"], {"o.png"}),
     (["circuit", "export", RESULT, "--out", "g.json"], {"g.json"}),
     (["schema", "--out", "s.json"], {"s.json"}),
+    (["recovery", "scored.json", "--markdown", "rec.md"], {"rec.md"}),
+    (["train-zoo", "toy-induction-2l", "--out", "z", "--steps", "2"], {"z/"}),
     (["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "4", "--methods", "induction", "--out",
       "r2", "-q", "--cache-dir", "cache"], {"r2/", "cache/"}),
 ]
