@@ -7,7 +7,7 @@ Notebook use mirrors the CLI (options are keyword arguments named as its flags):
                                 counterfactuals=[...])             # or cb.load_task("ioi")
     result = cb.run(task, "gpt2-small", init="random", n_prompts=8,
                     methods=["activation_patching"])               # out=None: nothing written
-    result.circuit.heads, result.scores("activation_patching")
+    result.circuit.heads, result.circuit.faithfulness.value, result.scores("activation_patching")
 
 Names are imported on first use, so `import circuitbench` (and the CLI's --help) stays fast.
 """
@@ -21,13 +21,17 @@ __version__ = "0.1.0"
 # public name -> module that defines it (an alias: "module:attribute")
 _EXPORTS = {
     "Circuit": "circuitbench.circuits.circuit",
+    "Faithfulness": "circuitbench.circuits.circuit",
+    "load_circuit": "circuitbench.results.store",
     "ExecutionOptions": "circuitbench.specs.options",
     "MethodOutput": "circuitbench.scores.methods.outputs",
     "OverlapMatrix": "circuitbench.circuits.overlap",
-    "OverlapSettings": "circuitbench.circuits.overlap_metrics",
+    "OverlapSettings": "circuitbench.circuits.overlap_settings",
     "overlap_matrix": "circuitbench.circuits.overlap",
     "generator": "circuitbench.specs.registries",
     "listing": "circuitbench.tables.listings",
+    "compare": "circuitbench.pipeline.compare",
+    "load_circuits": "circuitbench.results.circuit_files",
     "method": "circuitbench.specs.registries",
     "metric": "circuitbench.specs.registries",
     "validate_task": "circuitbench.pipeline.validation",
@@ -55,28 +59,31 @@ _EXPORTS = {
     "run_unit": "circuitbench.pipeline.unit",
 }
 __all__ = [
-    "Circuit", "CircuitbenchError", "ExecutionOptions", "GeneratorParams", "LoadedModel", "MethodOutput", "ModelSpec",
-    "OverlapMatrix", "OverlapSettings", "RunOptions", "RunResult", "Task", "TaskOverrides", "TaskSpec",
-    "effective_spec", "generator", "listing", "load_model", "load_plugins", "load_result", "load_task", "method",
-    "metric", "model_registry", "overlap_matrix", "register_generator", "register_method", "register_metric",
-    "register_overlap_metric", "run", "run_grid", "run_unit", "validate_task",
+    "Circuit", "CircuitbenchError", "ExecutionOptions", "Faithfulness", "GeneratorParams", "LoadedModel",
+    "MethodOutput", "ModelSpec", "OverlapMatrix", "OverlapSettings", "RunOptions", "RunResult", "Task",
+    "TaskOverrides", "TaskSpec", "compare", "effective_spec", "generator", "listing", "load_circuit", "load_circuits",
+    "load_model", "load_plugins", "load_result", "load_task", "method", "metric", "model_registry", "overlap_matrix",
+    "register_generator", "register_method", "register_metric", "register_overlap_metric", "run", "run_grid",
+    "run_unit", "validate_task",
 ]
 
 if TYPE_CHECKING:
-    from circuitbench.circuits.circuit import Circuit
+    from circuitbench.circuits.circuit import Circuit, Faithfulness
     from circuitbench.circuits.overlap import OverlapMatrix, overlap_matrix
-    from circuitbench.circuits.overlap_metrics import OverlapSettings
+    from circuitbench.circuits.overlap_settings import OverlapSettings
     from circuitbench.errors import CircuitbenchError
     from circuitbench.models.loaded import LoadedModel
     from circuitbench.models.loading import load_model
+    from circuitbench.pipeline.compare import compare
     from circuitbench.pipeline.grid import run as run_grid
     from circuitbench.pipeline.runner import run
     from circuitbench.pipeline.unit import run_unit
     from circuitbench.pipeline.validation import validate_task
     from circuitbench.plugins import register_generator, register_method, register_metric, register_overlap_metric
     from circuitbench.registry import load_plugins
+    from circuitbench.results.circuit_files import load_circuits
     from circuitbench.results.schema import RunResult
-    from circuitbench.results.store import load_result
+    from circuitbench.results.store import load_circuit, load_result
     from circuitbench.scores.methods.outputs import MethodOutput
     from circuitbench.specs.catalog import load_task, model_registry
     from circuitbench.specs.model import ModelSpec

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class CircuitbenchError(Exception):
@@ -29,6 +32,30 @@ def format_validation_error(err: ValidationError, source: str, kind: str = "spec
             msg = "unknown field (not allowed here; check the spelling)"
         parts.append(f"{loc}: {msg}")
     return f"{source}: invalid {kind}. " + "; ".join(parts)
+
+
+def options_error(err: ValidationError, flags: Mapping[str, str] | None = None) -> CircuitbenchError:
+    """One message naming each bad option by its flag: `flags` maps a field path ("noise.site") or
+    name to its flag where they differ ("--noise-site"), else a field `n_prompts` is `--n-prompts`;
+    a check across fields names no field (its message names them)."""
+    parts = []
+    for e in err.errors():
+        names = [str(x) for x in e["loc"] if isinstance(x, str)]
+        msg = e["msg"].removeprefix("Value error, ")
+        if not names:
+            parts.append(msg)
+            continue
+        flag = (flags or {}).get(".".join(names)) or (flags or {}).get(names[-1]) or f"--{names[-1].replace('_', '-')}"
+        parts.append(f"{flag}: {msg}")
+    return CircuitbenchError("Invalid option. " + "; ".join(parts))
+
+
+def validate_options(model: type[M], flags: Mapping[str, str] | None = None, **values: object) -> M:
+    """`model(**values)`, a bad value an error naming its flag (see `options_error`)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise options_error(e, flags) from None
 
 
 class Interrupted(BaseException):

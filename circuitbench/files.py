@@ -3,6 +3,7 @@ fsync, then rename over the target. Files get the mode any new file gets (0666 l
 umask), not the private 0600 of a temp file."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
@@ -17,6 +18,14 @@ def default_cache_dir() -> Path:
     """Where the activation cache lives unless told: $CIRCUITBENCH_CACHE, else ~/.cache/circuitbench."""
     env = os.environ.get(CACHE_ENV, "").strip()
     return Path(env).expanduser() if env else Path.home() / ".cache" / "circuitbench"
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """A file argument: the path itself when it exists as given (`run[1].json` is a file, not a
+    glob) or holds no glob character, else the files its glob matches, sorted (none: [])."""
+    if Path(pattern).exists() or not any(ch in pattern for ch in "*?["):
+        return [pattern]
+    return sorted(glob.glob(pattern))
 
 
 def current_umask() -> int:

@@ -153,6 +153,13 @@ def figure_written_by_us(path: Path) -> bool:
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+def check_figure_file(path: Path, flag: str, *, force: bool, inputs: Sequence[Path] = ()) -> None:
+    """Before any compute: a figure (PNG, SVG or PDF by its suffix) may be drawn at `path` (see
+    `check_output_file`; an existing file only if circuitbench drew it, else `force`)."""
+    check_output_file(path, flag, force=force, ours=figure_written_by_us, inputs=inputs,
+                      what="a figure circuitbench drew", suffixes=FIGURE_SUFFIXES)
+
+
 def save_figure(fig: object, path: Path, dpi: int = 110) -> None:
     """Save a matplotlib figure atomically, marked as circuitbench's (so a later run may replace it)."""
     kind = path.suffix.lower().lstrip(".") or "png"
@@ -238,6 +245,13 @@ def is_report_dir(folder: Path) -> bool:
 def is_checkpoint_dir(folder: Path) -> bool:
     """A folder `train` or `train-zoo` wrote: a toy checkpoint (its marker file) or a training log."""
     return (folder / "circuitbench_toy.json").is_file() or (folder / "training_log.json").is_file()
+
+
+def check_checkpoint_dir(path: Path, flag: str, *, force: bool) -> None:
+    """Before training: a checkpoint may be written into folder `path` (see `check_output_dir`: missing,
+    empty or an earlier checkpoint folder, else `force`)."""
+    check_output_dir(path, flag, force=force, ours=is_checkpoint_dir,
+                     what="a checkpoint folder `circuitbench train` wrote")
 
 
 # --- folders of committed files, shipped checkpoints --------------------------------------------

@@ -15,7 +15,7 @@ PACKAGE = Path(circuitbench.__file__).resolve().parent
 # Stages in the order data flows (DESIGN.md); infrastructure below them, entry points above.
 STAGES = ["specs", "prompts", "models", "scores", "circuits", "results", "pipeline", "tables", "training"]
 INFRASTRUCTURE = {"errors", "registry", "progress", "files", "output_paths", "environment", "parallel"}
-ENTRY_POINTS = {"cli", "plugins", "__init__", "__main__"}
+ENTRY_POINTS = {"cli", "cli_options", "entry", "plugins", "__init__", "__main__"}
 
 
 def module_name(path: Path) -> str:

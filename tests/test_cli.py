@@ -26,8 +26,8 @@ def test_run_toy_end_to_end_and_resume(capsys, tmp_path):
     # method auto: the most faithful candidate; on this toy, the previous-token head and the induction heads
     assert (0, 2) in heads and len(heads & {(1, h) for h in range(4)}) >= 3
     # method auto keeps the candidate whose faithfulness is closest to 1
-    assert abs(result.circuit.faithfulness - 1) == min(abs(k.faithfulness - 1) for k in result.circuit.candidates)
-    assert result.circuit.faithfulness is not None and result.circuit.cpr is not None
+    assert abs(result.circuit.faithfulness.value - 1) == min(abs(k.faithfulness - 1) for k in result.circuit.candidates)
+    assert result.circuit.faithfulness.value is not None and result.circuit.faithfulness.cpr is not None
     assert "induction_loss" in stdout
 
 
@@ -156,3 +156,10 @@ def test_method_needing_undefined_positions_fails_before_compute(capsys, tmp_pat
                     "methods: [activation_patching]\nmethod_options:\n  activation_patching: {positions: [S2]}\n")
     code, _, err = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path), "-q")
     assert code == 2 and "positions ['S2']" in err and "Traceback" not in err
+
+
+def test_version_is_printed(capsys):
+    import circuitbench
+
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and circuitbench.__version__ in out

@@ -438,3 +438,22 @@ def test_replace_dir_staged_failed_build_leaves_no_folder_behind(tmp_path):
         output_paths.replace_dir_staged(tmp_path / "new" / "deeper" / "out", broken, _own, "--out", force=False,
                                  what="ours")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- file modes: every file a command writes follows the umask ------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_files_are_written_with_the_umask(capsys, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        code, _, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--n", "4", "--out",
+                           str(tmp_path / "r"), "-q", "--methods", "induction")
+        assert code == 0, err
+        result = tmp_path / "r" / "toy-induction-2l" / "induction.json"
+        assert cli(capsys, "leaderboard", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "lb"))[0] == 0
+        assert cli(capsys, "report", str(result), "--out", str(tmp_path / "rep"))[0] == 0
+    finally:
+        os.umask(old)
+    written = [result, *(tmp_path / "lb").iterdir(), *(tmp_path / "rep").iterdir()]
+    assert len(written) >= 8
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(mode) for p in written}

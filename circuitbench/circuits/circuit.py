@@ -1,14 +1,23 @@
-"""Circuit: a set of heads (and MLPs, or edges) chosen from scores by a recorded rule, with JSON in/out."""
+"""Circuit: a set of heads (and MLPs, or edges) chosen from scores by a recorded rule, with its
+faithfulness record, read from any circuit file or straight from a RunResult (`Circuit.from_result`).
+
+One type serves everywhere: a RunResult's `circuit` is a Circuit, and overlap, recovery, export and
+reports take Circuits. Inside a RunResult the fields the result already holds elsewhere (scores,
+shape, label) are not written twice; the result fills them in when it is read."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.specs.task import CircuitRule
+
+if TYPE_CHECKING:
+    from circuitbench.results.schema import RunResult
 
 Head = tuple[int, int]
 RANDOM_INIT = "@random-init"  # the mark of a random-init model's name wherever it is shown (and its folder)
@@ -69,24 +78,133 @@ def ranked_heads(scores: np.ndarray, by: str = "abs") -> list[Head]:
     return [(int(l), int(h)) for l, h in sorted(np.ndindex(*scores.shape), key=lambda lh: (-values[lh], lh))]
 
 
+CurvePoint = tuple[int, float, float]  # (components kept, fraction, f)
+
+
+class Faithfulness(BaseModel):
+    """How faithful a circuit is, as MIB defines it: f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under the
+    rule's ablation (and the others computed), with the curve over circuit sizes (CPR, CMD)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: float | None = Field(description="f(C) under `ablation`; None when undefined (see `undefined`)")
+    undefined: str | None = Field(
+        None, description="why f is undefined: |m(M) − m(∅)| is 0 or below 2 standard errors of the paired "
+        "per-prompt difference (the components have no measurable effect); None when it is defined")
+    gap_stderr: float | None = Field(None, description="standard error of m(M) − m(∅) over prompts (paired)")
+    metric: str = Field(description="the metric m; m_circuit, m_full and m_empty are its own values")
+    m_circuit: float = Field(description="the metric with only the circuit's components kept")
+    m_full: float = Field(description="the metric of the full model, m(M)")
+    m_empty: float = Field(description="the metric with every component ablated, m(∅)")
+    ablation: str = Field(description="how components outside the circuit were removed")
+    by_ablation: dict[str, float | None] = Field(
+        default_factory=dict, description="f(C) under each ablation computed: the rule's and zero ablation "
+        "(None: undefined under it)")
+    integration: str | None = Field(None, description="the curve: mib (MIB's sizes 0.1 %…100 %, CPR on the signed "
+                                    "ranking, CMD on |score|, trapezoids between those points) or sizes (every size "
+                                    "from 0, the rule's ranking)")
+    curve: list[CurvePoint] = Field(default_factory=list, description="(components kept, fraction, f); mib: on the "
+                                    "|score| ranking")
+    curve_signed: list[CurvePoint] = Field(default_factory=list, description="mib: (components kept, fraction, f) on "
+                                           "the signed ranking")
+    cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
+    cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    by_method: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="MIB's integration: every candidate method's {faithfulness, cpr, cmd} at "
+        "this level, each on its own ranking (the leaderboards' per-method columns)")
+
+
+class CircuitCandidate(BaseModel):
+    """One method's circuit under the task's rule, as `circuit: {method: auto}` weighed it."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="the method whose scores the rule picked from")
+    heads: list[Head] = Field(description="[layer, head] pairs")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node level)")
+    n_edges: int | None = Field(None, description="edges in the circuit (edge level, after pruning)")
+    faithfulness: float | None = Field(description="f(C) under the rule's ablation (None: undefined, see the "
+                                       "circuit's faithfulness.undefined)")
+
+
+Verdict = Literal["robust", "counterfactual_specific", "unfaithful", "undefined"]
+
+
+class PanelEntry(BaseModel):
+    """The circuit's faithfulness under one ablation of everything outside it, with a bootstrap
+    interval over prompts (the prompts resampled with replacement; f recomputed from the same
+    resample of m(C), m(M) and m(∅))."""
+
+    model_config = ConfigDict(extra="forbid")
+    ablation: str = Field(description="how components outside the circuit were removed")
+    value: float | None = Field(description="f(C) under it; None: undefined (see `undefined`)")
+    ci: tuple[float, float] | None = Field(None, description="95 % bootstrap interval of f (percentiles 2.5, 97.5)")
+    undefined: str | None = Field(None, description="why f is undefined under this ablation (None: defined)")
+    n: int = Field(description="prompts it was measured on (resample: those with a partner)")
+
+
+class OutsideComponent(BaseModel):
+    """A component outside the circuit whose removal alone, from the full model, changes the metric
+    beyond noise and by a share of the full effect: the circuit leaves out something necessary."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: str = Field(description="the component: 'a0.h1' (a head) or 'm2' (an MLP)")
+    ablation: str = Field(description="how it alone was removed (mean over clean prompts, or zero)")
+    effect: float = Field(description="m(M without it) − m(M), in the metric's own units")
+    ci: tuple[float, float] = Field(description="95 % interval of the effect (± 1.96 standard errors, paired)")
+    share: float = Field(description="|effect| / |m(M) − m(∅)| under the same ablation")
+
+
+# Fields a RunResult holds elsewhere (head_scores, node_scores, its edge sidecar, model, task): not
+# written inside its circuit, filled in when the result is read (RunResult._circuit_from_result).
+FROM_RESULT = frozenset({"scores", "node_scores", "edge_scores", "n_layers", "n_heads", "label"})
+
+
 class Circuit(BaseModel):
     """Heads as [layer, head]; `scores` is the [n_layers, n_heads] array they were chosen from. A
     node-level circuit also holds MLPs (`mlps`: layers), an edge-level one its edges (names as the
-    component graph gives them, models/graph.py; `heads` and `mlps` are then the nodes they touch)."""
+    component graph gives them, models/graph.py; `heads` and `mlps` are then the nodes they touch).
+    A circuit a run chose carries its `faithfulness`, the `candidates` it was chosen among, and
+    what is surprising about it (`warnings`) or holds by construction (`notes`)."""
 
     model_config = ConfigDict(extra="forbid")
-    heads: list[Head]
-    mlps: list[int] = Field(default_factory=list)
-    edges: list[str] = Field(default_factory=list)
-    level: str = "head"
-    node_scores: dict[str, float] | None = None  # {node: score} when the method scored nodes
-    edge_scores: dict[str, float] | None = None  # {edge: score} when the method scored edges
-    n_layers: int | None = None
-    n_heads: int | None = None
-    scores: list[list[float]] | None = None
-    method: str | None = None
-    rule: dict[str, object] = Field(default_factory=dict)
-    label: str | None = None
+    heads: list[Head] = Field(description="[layer, head] pairs (edge level: the heads its edges touch)")
+    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node, edge level)")
+    edges: list[str] = Field(default_factory=list, description="edge names ('a0.h1->a2.h3<k>'), after pruning "
+                             "dangling nodes (edge level)")
+    level: Literal["head", "node", "edge"] = Field("head", description="heads, nodes (heads and MLPs) or edges")
+    method: str | None = Field(None, description="the method whose scores it was chosen from")
+    rule: dict[str, object] = Field(default_factory=dict, description="the circuit rule (method, top_k | threshold | "
+                                    "fraction, by, ablation)")
+    faithfulness: Faithfulness | None = Field(None, description="its faithfulness (a circuit a run chose)")
+    candidates: list[CircuitCandidate] = Field(
+        default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
+        "faithful: f closest to 1, then the smaller circuit)")
+    verdict: Verdict | None = Field(
+        None, description="how far to trust it: robust (f within the band, its interval included, under "
+        "counterfactual patching, mean and resample ablation; nothing necessary left out; every component patching "
+        "cannot see shown irrelevant by zero ablation), counterfactual_specific (only counterfactual patching gives f "
+        "in the band), unfaithful, or undefined (within noise)")
+    verdict_reasons: list[str] = Field(default_factory=list, description="why the verdict is not robust, one line "
+                                       "each (empty for robust)")
+    panel: dict[str, PanelEntry] = Field(default_factory=dict, description="f under each ablation, with its interval")
+    invisible: list[str] = Field(
+        default_factory=list, description="components whose output is the same in the clean and counterfactual run "
+        "on (almost) every prompt: their importance is unknown to patching (see the panel's zero ablation and "
+        "outside_necessary)")
+    outside_necessary: list[OutsideComponent] = Field(
+        default_factory=list, description="components outside the circuit whose removal alone changes the metric "
+        "beyond noise and by at least 10 % of the full effect (mean or zero ablation)")
+    warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
+    notes: list[str] = Field(default_factory=list, description="what holds by construction (e.g. a one-head model: "
+                             "every non-empty circuit is the whole model)")
+    node_scores: dict[str, float] | None = Field(None, description="{node: score} when the method scored nodes (in a "
+                                                 "RunResult: its node_scores)")
+    edge_scores: dict[str, float] | None = Field(None, description="{edge: score} when the method scored edges (in a "
+                                                 "RunResult: its sidecar file)")
+    n_layers: int | None = Field(None, description="the model's layers (in a RunResult: model.n_layers)")
+    n_heads: int | None = Field(None, description="heads per layer (in a RunResult: model.n_heads)")
+    scores: list[list[float]] | None = Field(None, description="the [n_layers][n_heads] head scores it was chosen "
+                                             "from (in a RunResult: head_scores[method])")
+    label: str | None = Field(None, description="how tables name it (in a RunResult: <model>/<task>)")
 
     @model_validator(mode="after")
     def _inside_the_model(self) -> "Circuit":
@@ -169,13 +287,27 @@ class Circuit(BaseModel):
                    rule=rule.model_dump(exclude_none=True))
 
     @classmethod
+    def from_result(cls, result: RunResult) -> "Circuit":
+        """The circuit a run chose, as the result holds it (scores, shape and label filled in from
+        the result; edge scores when the result's sidecar was attached or read with it)."""
+        if result.circuit is None:
+            why = (f"the unit failed ({result.error.message})" if result.error is not None
+                   else "its task has no circuit rule (give the task's YAML a `circuit:` rule)")
+            raise CircuitbenchError(f"{result.model.name}/{result.task.name}: no circuit in this result: {why}.")
+        c = result.circuit
+        if c.level == "edge" and c.edge_scores is None and c.method in result.edge_scores:
+            c.edge_scores = result.edge_score_arrays()[c.method].as_dict()
+        return c
+
+    @classmethod
     def load(cls, path: Path) -> "Circuit":
-        """Any JSON with "heads": [[layer, head], ...] or "nodes": ["a0.h1", "m2", ...] (a RunResult
-        qualifies: node and edge circuits too, edge scores read from its sidecar file), or an
-        EAP-IG / MIB graph file (cfg, nodes, edges: the edges and nodes `in_graph`, with scores).
-        Every field is checked: a shape beyond any real model, a non-finite score or a file of the
-        wrong form is an error naming the file and the field."""
-        from circuitbench.circuits.graph_files import check_head_bounds, is_graph_json, load_sidecar, read_graph_json
+        """A circuit file: any JSON with "heads": [[layer, head], ...] or "nodes": ["a0.h1", "m2", ...]
+        (optionally "n_layers", "n_heads", "scores", "method", "rule", "label"), or an EAP-IG / MIB
+        graph file (cfg, nodes, edges: the edges and nodes `in_graph`, with scores). A RunResult is
+        read by `circuitbench.load_circuit`, which checks it as a result. Every field is checked: a
+        shape beyond any real model, a non-finite score or a file of the wrong form is an error
+        naming the file and the field."""
+        from circuitbench.circuits.graph_files import check_head_bounds, is_graph_json, read_graph_json
 
         try:
             raw = json.loads(path.read_text())
@@ -193,51 +325,42 @@ class Circuit(BaseModel):
                        n_layers=g.graph.n_layers, n_heads=g.graph.n_heads, method=meta.get("method"),
                        node_scores=g.node_scores or None, edge_scores=g.scores or None,
                        label=str(meta.get("label") or path.stem))
-        source = raw.get("circuit") if isinstance(raw.get("circuit"), dict) else raw
-        if not isinstance(source, dict) or not ("heads" in source or "nodes" in source):
-            raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor \"nodes\", circuit.heads, "
-                                    "or an EAP-IG/MIB graph's cfg, nodes and edges).")
+        if "schema_version" in raw and "status" in raw:
+            raise CircuitbenchError(f"{path}: a RunResult, not a circuit file: read it with circuitbench.load_circuit "
+                                    "(or Circuit.from_result of the result).")
+        if not ("heads" in raw or "nodes" in raw):
+            raise CircuitbenchError(f"{path}: no \"heads\": [[layer, head], ...] field (nor \"nodes\", a "
+                                    "RunResult's circuit, or an EAP-IG/MIB graph's cfg, nodes and edges).")
         try:
-            heads = [(_index(l), _index(h)) for l, h in source.get("heads", [])]
-            named_heads, named_mlps = split_nodes([str(n) for n in source.get("nodes", [])])
+            heads = [(_index(l), _index(h)) for l, h in raw.get("heads", [])]
+            named_heads, named_mlps = split_nodes([str(n) for n in raw.get("nodes", [])])
             heads = sorted(set(heads) | set(named_heads))
-            mlps = sorted({_index(m) for m in source.get("mlps", [])} | set(named_mlps))
+            mlps = sorted({_index(m) for m in raw.get("mlps", [])} | set(named_mlps))
         except (TypeError, ValueError):
             raise CircuitbenchError(f"{path}: \"heads\" must be a list of [layer, head] pairs.") from None
-        model = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
-        task = raw.get("task", {}) if isinstance(raw.get("task"), dict) else {}
         shape = {}
         for field in ("n_layers", "n_heads"):
-            where, value = (f"model.{field}", model[field]) if field in model else (field, raw.get(field))
+            value = raw.get(field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise CircuitbenchError(f"{path}: {where}: {value!r} is not a positive whole number. Give the model's "
+                raise CircuitbenchError(f"{path}: {field}: {value!r} is not a positive whole number. Give the model's "
                                         "shape as integers, or leave it out.")
             shape[field] = value
         if shape["n_layers"] is not None and shape["n_heads"] is not None:
             check_head_bounds(shape["n_layers"], shape["n_heads"], str(path))
-        method = source.get("method")
-        # scores: the circuit's own, or (in a RunResult) the head scores it was chosen from
-        scores = source.get("scores") or (raw.get("head_scores") or {}).get(method)
-        node_scores = (raw.get("node_scores") or {}).get(method) if isinstance(raw.get("node_scores"), dict) else None
-        _check_finite(path, "scores" if source.get("scores") else f"head_scores.{method}", scores)
-        _check_finite(path, f"node_scores.{method}", node_scores)
-        edges = [str(e) for e in source.get("edges", [])]
-        edge_scores = None
-        sidecar = (raw.get("edge_scores") or {}).get(method) if isinstance(raw.get("edge_scores"), dict) else None
-        if isinstance(sidecar, dict) and (path.parent / str(sidecar.get("file"))).is_file():
-            edge_scores = load_sidecar(path.parent / str(sidecar["file"]), shape["n_layers"], shape["n_heads"],
-                                       str(method)).scores
-        name = model_label(str(model["name"]), model.get("init")) if model.get("name") else None
-        label = f"{name}/{task['name']}" if name and task.get("name") else path.stem
+        _check_finite(path, "scores", raw.get("scores"))
+        level = raw.get("level", "head")
         try:
-            return cls(heads=heads, mlps=mlps, edges=edges, level=str(source.get("level", "head")),
-                       n_layers=shape["n_layers"], n_heads=shape["n_heads"], scores=scores, method=method,
-                       rule=source.get("rule") or {}, label=raw.get("label", label), node_scores=node_scores,
-                       edge_scores=edge_scores)
+            return cls(heads=heads, mlps=mlps, edges=[str(e) for e in raw.get("edges", [])], level=level,
+                       n_layers=shape["n_layers"], n_heads=shape["n_heads"], scores=raw.get("scores"),
+                       method=raw.get("method"), rule=raw.get("rule") or {}, label=raw.get("label", path.stem))
         except ValidationError as e:
-            reasons = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
-                                if err["loc"] else err["msg"].removeprefix("Value error, ") for err in e.errors()[:3])
-            raise CircuitbenchError(f"{path}: not a usable circuit: {reasons}") from None
+            raise CircuitbenchError(f"{path}: not a usable circuit: {validation_reasons(e)}") from None
+
+
+def validation_reasons(e: ValidationError) -> str:
+    """A pydantic error as one line: 'field: reason; …' (at most three)."""
+    return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+                     if err["loc"] else err["msg"].removeprefix("Value error, ") for err in e.errors()[:3])
 
 
 def _index(value: object) -> int:

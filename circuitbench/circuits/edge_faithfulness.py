@@ -13,11 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from circuitbench.circuits.circuit import Circuit, split_nodes
+from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, split_nodes
 from circuitbench.circuits.faithfulness import (
     ALSO_UNDER,
-    Candidate,
-    FaithfulnessReport,
     assemble_report,
     curves,
     paired_gap,
@@ -92,6 +90,7 @@ class EdgeBaseline:
         full = torch.cat(clean_values).numpy() if clean_values else np.zeros(0)
         empty = self.values(np.zeros(self.graph.real_edges.shape, dtype=bool), "m(∅), the metric with every edge "
                             "patched")
+        self.full_values, self.empty_values = full, empty  # this process's prompts (the panel's bootstrap)
         self.m_full, self.m_empty, self.gap_stderr, self.n = paired_gap(full, empty, ctx)
 
     def values(self, keep: np.ndarray, quantity: str) -> np.ndarray:
@@ -152,7 +151,7 @@ def edge_order(scores: EdgeScores, by: str) -> list[str]:
 
 def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: EdgeScores,
                       rule: CircuitRule, ctx: MethodContext,
-                      baseline: EdgeBaseline | None = None) -> FaithfulnessReport:
+                      baseline: EdgeBaseline | None = None) -> Faithfulness:
     """The edge circuit's faithfulness under the rule's ablation (and zero ablation), with MIB's
     curve over edge fractions (or every size, integration: sizes)."""
     baseline = baseline or EdgeBaseline(model, data, parse_ablation(rule.ablation), ctx)
@@ -164,7 +163,7 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
 
 
 def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
-                        rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[Candidate], EdgeBaseline]:
+                        rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[CircuitCandidate], EdgeBaseline]:
     """Each edge method's circuit by the rule, and the one whose faithfulness is closest to 1 (ties:
     fewer edges, then the method listed first)."""
     methods = list(edge_scores) if rule.method in (None, "auto") else [rule.method]
@@ -181,8 +180,8 @@ def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: d
         key = tuple(sorted(c.edges))
         if key not in seen:
             seen[key] = baseline.f(list(key))
-        candidates.append(Candidate(method=method, heads=c.heads, mlps=c.mlps, n_edges=len(c.edges),
-                                    faithfulness=seen[key]))
+        candidates.append(CircuitCandidate(method=method, heads=c.heads, mlps=c.mlps, n_edges=len(c.edges),
+                                           faithfulness=seen[key]))
     best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
                                           0 if c.faithfulness is None else c.n_edges or 0, methods.index(c.method)))
     return circuits[best.method], candidates, baseline

@@ -25,9 +25,18 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from circuitbench.circuits.circuit import Circuit, Head, head_label, ranked_heads, ranked_nodes, split_nodes
+from circuitbench.circuits.circuit import (
+    Circuit,
+    CircuitCandidate,
+    CurvePoint,
+    Faithfulness,
+    Head,
+    head_label,
+    ranked_heads,
+    ranked_nodes,
+    split_nodes,
+)
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.ablations import Ablation, Zero, parse_ablation
@@ -41,7 +50,6 @@ CURVE_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 ALSO_UNDER: Ablation = Zero()  # the second ablation every circuit is reported under
 NOISE_Z = 2.0  # |m(M) − m(∅)| below NOISE_Z standard errors of the paired difference: f is undefined
-CurvePoint = tuple[int, float, float]  # (components kept, fraction, f)
 
 
 def paired_gap(full: np.ndarray, empty: np.ndarray, ctx: MethodContext) -> tuple[float, float, float | None, int]:
@@ -52,6 +60,8 @@ def paired_gap(full: np.ndarray, empty: np.ndarray, ctx: MethodContext) -> tuple
     diff = full - empty
     s_full, s_empty, s_diff, s_diff2, n = ctx.sum_shards(
         (float(full.sum()), float(empty.sum()), float(diff.sum()), float((diff**2).sum()), len(full)))
+    if n == 0:  # resample: no prompt had a partner (undefined_reason says so)
+        return 0.0, 0.0, None, 0
     if n < 2:
         return s_full / n, s_empty / n, None, int(n)
     variance = max(0.0, (s_diff2 - s_diff**2 / n) / (n - 1))
@@ -64,6 +74,8 @@ def undefined_reason(m_full: float, m_empty: float, gap_stderr: float | None, n:
     the metric by nothing, or by less than NOISE_Z standard errors of that change, or there is a
     single prompt, whose change cannot be told from noise."""
     gap = abs(m_full - m_empty)
+    if n == 0:
+        return f"no prompt could be measured with {what} (resample: no prompt has a partner of its template)"
     if gap < 1e-9:
         return f"{what} does not change {metric} ({shown_full:.4g})"
     if gap_stderr is None:
@@ -124,6 +136,7 @@ class Baseline:
         self.everything = everything
         full = self.values(heads, set(range(model.n_layers)), "m(M), the full model's metric")
         empty = self.values(set(), set(), f"m(∅), the metric with {everything} ablated")
+        self.full_values, self.empty_values = full, empty  # this process's prompts (the panel's bootstrap)
         self.m_full, self.m_empty, self.gap_stderr, self.n = paired_gap(full, empty, ctx)
 
     def _mlps(self, keep_mlps: set[int] | None) -> set[int] | None:
@@ -176,30 +189,9 @@ class Baseline:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
 
 
-class FaithfulnessReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    faithfulness: float | None = Field(description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)); None: undefined")
-    faithfulness_undefined: str | None = Field(None, description="why f is undefined (None: it is defined)")
-    gap_stderr: float | None = Field(None, description="standard error of m(M) − m(∅) over prompts (paired)")
-    metric: str = Field(description="the metric m, whose own values m_circuit / m_full / m_empty are")
-    m_circuit: float = Field(description="the metric with only the circuit's components kept")
-    m_full: float = Field(description="the metric of the full model, m(M)")
-    m_empty: float = Field(description="the metric with every component ablated, m(∅)")
-    ablation: str = Field(description="how components outside the circuit were removed")
-    by_ablation: dict[str, float | None] = Field(
-        default_factory=dict, description="f(C) under each ablation computed (None: undefined under it)")
-    integration: str | None = Field(None, description="the curve: mib (MIB's sizes and integration) or sizes")
-    curve: list[tuple[int, float, float]] = Field(
-        default_factory=list, description="(components kept, fraction, f) per size; mib: on the |score| ranking")
-    curve_signed: list[tuple[int, float, float]] = Field(
-        default_factory=list, description="mib: the same on the signed ranking (CPR's curve)")
-    cpr: float | None = Field(None, description="area under f over the fraction of components kept (higher better)")
-    cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
-
-
 def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of: Callable[[list[str]], float],
            by: str) -> dict[str, object]:
-    """The curve fields of a FaithfulnessReport: MIB's two curves, or every size on the rule's ranking."""
+    """The curve fields of a Faithfulness record: MIB's two curves, or every size on the rule's ranking."""
     if integration == "mib":
         sizes = mib_sizes(len(order_abs))
         seen: dict[tuple[str, ...], float] = {}
@@ -228,7 +220,7 @@ def ranked_names(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
 
 
 def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: np.ndarray | dict[str, float],
-                 rule: CircuitRule, ctx: MethodContext, baseline: Baseline | None = None) -> FaithfulnessReport:
+                 rule: CircuitRule, ctx: MethodContext, baseline: Baseline | None = None) -> Faithfulness:
     """The circuit's faithfulness under the rule's ablation (and zero ablation), with the curve of
     the top components by `scores` ([n_layers, n_heads] head scores, or {node: score}) when the
     rule asks for it and f is defined."""
@@ -259,7 +251,7 @@ class ReportBaseline(Protocol):
 
 
 def assemble_report(baseline: ReportBaseline, m_circuit: float, rule: CircuitRule, metric: str,
-                    also: Callable[[], float | None], curve: Callable[[], dict]) -> FaithfulnessReport:
+                    also: Callable[[], float | None], curve: Callable[[], dict]) -> Faithfulness:
     """The report of a circuit scoring m_circuit against a node or edge baseline: f under the rule's
     ablation, `also()` under ALSO_UNDER, and the curve's fields (`curve()`) when the rule asks for
     them and f is defined."""
@@ -267,26 +259,15 @@ def assemble_report(baseline: ReportBaseline, m_circuit: float, rule: CircuitRul
     by_ablation: dict[str, float | None] = {rule.ablation: f}
     if ALSO_UNDER != parse_ablation(rule.ablation):
         by_ablation[ALSO_UNDER.name] = also()
-    report = FaithfulnessReport(faithfulness=f, metric=metric, m_circuit=baseline.own_sign(m_circuit),
+    report = Faithfulness(value=f, metric=metric, m_circuit=baseline.own_sign(m_circuit),
                                 m_full=baseline.own_sign(baseline.m_full), m_empty=baseline.own_sign(baseline.m_empty),
                                 ablation=rule.ablation, by_ablation=by_ablation,
-                                faithfulness_undefined=baseline.undefined_reason, gap_stderr=baseline.gap_stderr)
+                                undefined=baseline.undefined_reason, gap_stderr=baseline.gap_stderr)
     return report.model_copy(update=curve()) if rule.curve and f is not None else report
 
 
-class Candidate(BaseModel):
-    """One method's circuit under the rule, and its faithfulness."""
-
-    model_config = ConfigDict(extra="forbid")
-    method: str
-    heads: list[Head]
-    mlps: list[int] = Field(default_factory=list)
-    n_edges: int | None = None
-    faithfulness: float | None  # None: undefined (the baseline's gap is within noise)
-
-
 def most_faithful(model: LoadedModel, data: EncodedPrompts, scores: dict[str, np.ndarray] | dict[str, dict[str, float]],
-                  rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[Candidate], Baseline]:
+                  rule: CircuitRule, ctx: MethodContext) -> tuple[Circuit, list[CircuitCandidate], Baseline]:
     """Each method's circuit by the rule (from head score arrays, or at node level from {node:
     score}), and the one whose faithfulness is closest to 1 (ties: the smaller circuit, then the
     method listed first; when f is undefined, the first method's). The baseline is shared by all
@@ -303,14 +284,14 @@ def most_faithful(model: LoadedModel, data: EncodedPrompts, scores: dict[str, np
         key = (tuple(sorted(map(tuple, c.heads))), tuple(c.mlps))
         if key not in seen:
             seen[key] = baseline.f(set(key[0]), set(key[1]))
-        candidates.append(Candidate(method=method, heads=c.heads, mlps=c.mlps, faithfulness=seen[key]))
+        candidates.append(CircuitCandidate(method=method, heads=c.heads, mlps=c.mlps, faithfulness=seen[key]))
     best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
                                           0 if c.faithfulness is None else len(c.heads) + len(c.mlps),
                                           methods.index(c.method)))
     return circuits[best.method], candidates, baseline
 
 
-def missing_from_ablations(report: FaithfulnessReport, missing: list[Head], missing_mlps: list[int] = ()) -> list[str]:
+def missing_from_ablations(report: Faithfulness, missing: list[Head], missing_mlps: list[int] = ()) -> list[str]:
     """Warnings for a circuit missing reference heads (or, at node level, MLPs): its faithfulness
     under each ablation, so a high f under one ablation cannot pass for a complete circuit."""
     if not missing and not missing_mlps:

@@ -22,11 +22,13 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Required, TypedDict
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph, node_of
+from circuitbench.scores.methods.outputs import EdgeScores
 
 UNITS = ("scores are normalised like noising patching: (m_clean − m_patched) / (m_clean − m_corrupted), mean over "
          "prompts, m the task's main metric oriented so higher is better")
@@ -182,6 +184,14 @@ class GraphFile:
                  node_scores: dict[str, float], meta: dict[str, object]) -> None:
         self.graph, self.scores, self.edges, self.nodes = graph, scores, edges, nodes
         self.node_scores, self.meta = node_scores, meta
+
+    def edge_scores(self) -> EdgeScores:
+        """The file's edge scores as the array a method returns ([n_sources, n_destinations], 0 where
+        there is no edge or the file gives no score)."""
+        matrix = np.zeros(self.graph.real_edges.shape)
+        for name, value in self.scores.items():
+            matrix[self.graph.edge_position(name)] = value
+        return EdgeScores(self.graph, matrix)
 
 
 def _field(loc: tuple) -> str:

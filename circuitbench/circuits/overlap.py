@@ -29,16 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.circuits.circuit import Circuit
 from circuitbench.circuits.overlap_metrics import (
-    DEFAULT_PERMUTATIONS,
     OVERLAP_METRICS,
     MissingInput,
-    NullKind,
     OverlapMetric,
-    OverlapSettings,
     RelativeDepthCircuit,
     same_shape,
     shape_of,
 )
+from circuitbench.circuits.overlap_settings import DEFAULT_PERMUTATIONS, NullKind, OverlapSettings
 from circuitbench.errors import CircuitbenchError
 
 # What overlap shows when no metric is named: these, plus NODE_METRICS for circuits with MLPs or node

@@ -26,6 +26,9 @@ from typing import Literal
 
 SiteKind = Literal["embed", "resid_pre", "q_in", "k_in", "v_in", "q", "k", "v", "z", "pattern", "attn_out",
                    "resid_mid", "mlp_in", "mlp_out", "resid_post", "unembed_in"]
+# Where a native toy model can take Gaussian noise while training (models/toy.py, output_modules): token
+# embeddings, each attention layer's output, the residual stream after each block.
+NativeSite = Literal["embed", "attn_out", "resid"]
 PER_LAYER: frozenset[str] = frozenset({"resid_pre", "q_in", "k_in", "v_in", "q", "k", "v", "z", "pattern", "attn_out",
                                        "resid_mid", "mlp_in", "mlp_out", "resid_post"})
 

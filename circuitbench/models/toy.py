@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -19,10 +19,10 @@ from transformer_lens.model_bridge.sources.native.model import NativeModel
 from transformers import PreTrainedTokenizerBase
 
 from circuitbench.files import write_atomic
+from circuitbench.models.hooks import NativeSite
 from circuitbench.models.smeared_keys import smear_keys
 from circuitbench.models.tokenizers import load_saved_tokenizer
 
-NativeSite = Literal["embed", "attn_out", "resid"]
 MARKER = "circuitbench_toy.json"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"  # the shipped toy checkpoints
 

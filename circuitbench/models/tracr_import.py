@@ -863,8 +863,21 @@ def _quiet_jax() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+DEFAULT_BOS = "BOS"  # tracr's compiler BOS
+DEFAULT_N_PROMPTS = 64
+
+
+def reproduce_command(program: str, vocab: str, max_seq_len: int, *, causal: bool = False, bos: str = DEFAULT_BOS,
+                      n_prompts: int = DEFAULT_N_PROMPTS) -> str:
+    """The `circuitbench import-tracr` command that makes a checkpoint again (recorded in its
+    tracr.json): `vocab` as typed, options at their defaults left out, the output folder as DIR."""
+    return (f"circuitbench import-tracr {program} --vocab {vocab} --max-seq-len {max_seq_len}"
+            + (" --causal" if causal else "") + (f" --bos {bos}" if bos != DEFAULT_BOS else "")
+            + (f" --n-prompts {n_prompts}" if n_prompts != DEFAULT_N_PROMPTS else "") + " --out DIR")
+
+
 def import_tracr(program: str, vocab: tuple[Any, ...], max_seq_len: int, out: Path, *, causal: bool = False,
-                 bos: str = "BOS", force: bool = False, n_prompts: int = 64, command: str = "",
+                 bos: str = DEFAULT_BOS, force: bool = False, n_prompts: int = DEFAULT_N_PROMPTS, command: str = "",
                  allow_large: bool = False) -> ImportReport:
     """Compile PROGRAM with tracr, convert it, check the conversion against tracr's forward and
     write the TL-format checkpoint with circuit.json, tracr.json and prompts.jsonl to `out`.

@@ -380,7 +380,9 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridR
         result.run.overrides = options.overrides().model_dump(exclude_none=True)  # applied to the spec by task_specs
         result.run.plugin_code = task_plugin_code(unit.spec)  # what --resume compares with the code loaded then
         if result.error is not None:
-            log.error("%s on %s failed: %s: %s", unit.spec.name, ref.name, result.error.type, result.error.message)
+            # said as it happens, briefly: the message itself is in the result and in the run's summary
+            log.error("%s on %s failed (%s); the message is in the summary and in %s", unit.spec.name, ref.name,
+                      result.error.type, unit.path.name)
         if processes.is_main:
             _save_or_keep(result, unit.path)
         outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))

@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from circuitbench.circuits.circuit import Circuit, head_label
+from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, head_label
 from circuitbench.circuits.edge_faithfulness import edge_faithfulness, edge_order, most_faithful_edges
 from circuitbench.circuits.faithfulness import (
-    Candidate,
-    FaithfulnessReport,
     curves,
     faithfulness,
     missing_from_ablations,
@@ -27,6 +25,7 @@ from circuitbench.circuits.faithfulness import (
     ranked_names,
 )
 from circuitbench.circuits.overlap_metrics import rank_correlation
+from circuitbench.circuits.panel import assess, edge_values_under, node_values_under
 from circuitbench.circuits.recovery import (
     Reference,
     check_reference,
@@ -44,8 +43,6 @@ from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts, encode_task
 from circuitbench.registry import exits_as_errors, loaded_plugins
 from circuitbench.results.schema import (
-    CircuitCandidate,
-    CircuitInfo,
     EdgeScoresInfo,
     ModelInfo,
     ReferenceInfo,
@@ -60,6 +57,7 @@ from circuitbench.scores.interventions import identical_head_outputs
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
 from circuitbench.scores.scoring import MethodRun, check_methods, run_methods
+from circuitbench.scores.visibility import invisible_nodes, visibility
 from circuitbench.specs.options import ExecutionOptions
 from circuitbench.specs.registries import METHODS
 from circuitbench.specs.task import CircuitRule, TaskSpec
@@ -154,10 +152,13 @@ def _run_unit(
     node_scores = {m: o.node_scores() for m, o in outputs.items() if o.nodes}
     edge_scores = {m: o.edges for m, o in outputs.items() if o.edges is not None}
     traces = {f"{m}/{key}": trace.model_dump() for m, o in outputs.items() for key, trace in (o.traces or {}).items()}
-    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry)
+    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry,
+                        gather_shards=lambda values: np.concatenate(processes.gather(values)))
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
-    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference)
+    shares = visibility(model, shard, ctx)
+    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference, shares)
     agreement, warnings = method_agreement(spec, head_scores)
+    warnings += visibility_warnings(data, shares)
     reference_info, recovered, recovered_nodes, recovered_edges = None, {}, {}, {}
     if reference is not None:
         invisible = identical_head_outputs(model, shard, ctx, reference.heads)
@@ -207,9 +208,37 @@ def _run_unit(
         node_recovery=recovered_nodes,
         edge_recovery=recovered_edges,
         warnings=warnings,
+        visibility=shares,
+        unknown_scores=unknown_scores(spec, shares),
     )
     result.attach_edge_scores(edge_scores)  # written next to the result by the store (RunResult.edge_files)
     return result
+
+
+def visibility_warnings(data: EncodedPrompts, shares: dict[str, float]) -> list[str]:
+    """What patching cannot see on these prompts: components whose output never changes under the
+    counterfactual, and a prompt set of one token length (length and position readers are constant)."""
+    out = []
+    if len(data) > 1 and int(data.lengths.min()) == int(data.lengths.max()):
+        out.append(f"every prompt has {int(data.lengths[0])} tokens: a component that reads the sequence length or "
+                   "an absolute position sees the same input on every prompt, and patching cannot tell its role (mix "
+                   "prompt lengths where the task allows)")
+    invisible = invisible_nodes(shares)
+    if invisible:
+        heads, mlps = sum(not n.startswith("m") for n in invisible), sum(n.startswith("m") for n in invisible)
+        what = " and ".join(f"{k} {word}{'s' if k != 1 else ''}" for k, word in ((heads, "head"), (mlps, "MLP")) if k)
+        shown = ", ".join(invisible[:8]) + (" …" if len(invisible) > 8 else "")
+        verb = "changes" if len(invisible) == 1 else "change"
+        out.append(f"{what} never {verb} under this counterfactual ({shown}): their importance is unknown to "
+                   "patching; see the ablation panel and circuit.outside_necessary")
+    return out
+
+
+def unknown_scores(spec: TaskSpec, shares: dict[str, float]) -> dict[str, list[str]]:
+    """Patching-style methods (they score the clean − counterfactual difference) -> the components
+    their scores cannot see: an exact 0 there means unknown, not unimportant."""
+    invisible = invisible_nodes(shares)
+    return {m: invisible for m in spec.methods if METHODS.get(m).aligns_positions and invisible}
 
 
 def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, EdgeScoresInfo]:
@@ -228,14 +257,14 @@ def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, E
 
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
              node_scores: dict[str, dict[str, float]], edge_scores: dict[str, EdgeScores], ctx: MethodContext,
-             reference: Reference | None) -> CircuitInfo | None:
+             reference: Reference | None, shares: dict[str, float]) -> Circuit | None:
     """The circuit the task's rule picks (method auto: every method's, the most faithful kept), with
     its faithfulness under the rule's ablation and zero ablation, and what is surprising about it."""
     rule = spec.circuit
     if rule is None:
         return None
     if rule.level == "edge":
-        return _edge_circuit(spec, model, data, edge_scores, ctx, reference)
+        return _edge_circuit(spec, model, data, edge_scores, ctx, reference, shares)
     if rule.level == "node":
         pool: dict = node_scores
         if rule.method not in (None, "auto") and rule.method not in node_scores:
@@ -264,13 +293,14 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
         ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by), pool)
-    return CircuitInfo(method=chosen.method, rule=chosen.rule, level=chosen.level, heads=chosen.heads,
-                       mlps=chosen.mlps, warnings=warnings, notes=notes, by_method=by_method,
-                       candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
+    chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
+                                       "candidates": candidates, "warnings": warnings, "notes": notes})
+    values_under = node_values_under(model, data, ctx, baseline, set(map(tuple, chosen.heads)), set(chosen.mlps))
+    return chosen.model_copy(update=assess(model, data, ctx, chosen, rule, values_under, shares, spec.seed))
 
 
 def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
-                  ctx: MethodContext, reference: Reference | None) -> CircuitInfo:
+                  ctx: MethodContext, reference: Reference | None, shares: dict[str, float]) -> Circuit:
     rule = spec.circuit
     assert rule is not None
     chosen, candidates, baseline = most_faithful_edges(model, data, edge_scores, rule, ctx)
@@ -288,21 +318,23 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
         edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f_defined, rule.by), edge_scores)
-    return CircuitInfo(method=chosen.method, rule=chosen.rule, level="edge", heads=chosen.heads, mlps=chosen.mlps,
-                       edges=chosen.edges, warnings=warnings, by_method=by_method,
-                       candidates=[CircuitCandidate(**c.model_dump()) for c in candidates], **faith.model_dump())
+    chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
+                                       "candidates": candidates, "warnings": warnings})
+    values_under = edge_values_under(model, data, ctx, baseline, chosen.edges)
+    return chosen.model_copy(update=assess(model, data, ctx, chosen, rule, values_under, shares, spec.seed))
 
 
-def _by_method(rule: CircuitRule, chosen: str, candidates: list[Candidate], faith: FaithfulnessReport,
+def _by_method(rule: CircuitRule, chosen: str, candidates: list[CircuitCandidate], faith: Faithfulness,
                mib_curve: Callable[[Any], dict], pool: dict) -> dict[str, dict[str, float | None]]:
     """Every candidate method's faithfulness with MIB's CPR and CMD of its own ranking (leaderboards
     compare methods at one level); empty unless the rule draws MIB's curve and f is defined."""
-    if not (rule.curve and rule.effective_integration == "mib" and faith.faithfulness is not None):
+    if not (rule.curve and rule.effective_integration == "mib" and faith.value is not None):
         return {}
     by_method: dict[str, dict[str, float | None]] = {}
     for c in candidates:
         own = c.method == chosen
-        fields = faith.model_dump() if own else {**mib_curve(pool[c.method]), "faithfulness": c.faithfulness}
+        fields = {**faith.model_dump(), "faithfulness": faith.value} if own else \
+            {**mib_curve(pool[c.method]), "faithfulness": c.faithfulness}
         by_method[c.method] = {k: fields[k] for k in ("faithfulness", "cpr", "cmd")}
     return by_method
 

@@ -36,6 +36,8 @@ def validate_task(task: str | TaskSpec, *, model: str | None = None, tokenizer: 
     encode them and count what would be dropped."""
     if model is not None and tokenizer is not None:
         raise CircuitbenchError("--model and --tokenizer both give the vocabulary: pass one.")
+    if n_prompts is not None and n_prompts < 1:
+        raise CircuitbenchError(f"--n-prompts {n_prompts}: give at least 1.")
     spec = task if isinstance(task, TaskSpec) else load_task(task, include_paths)
     spec = effective_spec(spec, TaskOverrides(n_prompts=n_prompts))
     prompts = generate_prompts(spec)

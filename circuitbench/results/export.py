@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
+from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.models.graph import ComponentGraph, node_of
@@ -30,7 +30,7 @@ def result_graph(result: RunResult) -> ComponentGraph:
                           d_model=m.d_model)
 
 
-def export_mib(result: RunResult, result_dir: Path, method: str | None = None) -> dict:
+def export_mib(result: RunResult, method: str | None = None) -> dict:
     """The graph JSON of the result's circuit (or, with `method`, of that edge method's scores and, if
     the circuit came from it, its circuit)."""
     c = result.circuit
@@ -39,8 +39,7 @@ def export_mib(result: RunResult, result_dir: Path, method: str | None = None) -
             "label": f"{result.model.name}/{result.task.name}"}
     edge_method = method or (c.method if c is not None and c.level == "edge" else None)
     if edge_method is not None and edge_method in result.edge_scores:
-        sidecar = result_dir / result.edge_scores[edge_method].file
-        scores = load_sidecar(sidecar, result.model.n_layers, result.model.n_heads, edge_method).scores
+        scores = result.edge_score_arrays()[edge_method].as_dict()  # the result reads its sidecar
         chosen = c.edges if c is not None and c.level == "edge" and c.method == edge_method else []
         return graph_json(graph, scores, chosen, meta={**meta, "method": edge_method,
                                                         "settings": result.edge_scores[edge_method].settings})
@@ -73,7 +72,7 @@ def write_export(result_path: Path, out: Path, method: str | None = None, force:
     sidecars = [result_path.parent / s.file for s in result.edge_scores.values()]
     check_output_file(out, "--out", force=force, ours=is_exported_graph, inputs=[result_path, *sidecars],
                       what="a graph file `circuitbench circuit export` wrote")
-    graph = export_mib(result, result_path.parent, method)
+    graph = export_mib(result, method)
     graph.setdefault("circuitbench", {})["written_by"] = EXPORTED_BY  # a later export may replace it
     write_atomic(out, json.dumps(graph) + "\n")
     return graph

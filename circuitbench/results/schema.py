@@ -3,18 +3,21 @@ provenance. `RunResult.model_json_schema()` is the documented schema (docs/resul
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
-from circuitbench.circuits.circuit import model_label
-from circuitbench.circuits.graph_files import UNITS, graph_json
+from circuitbench.circuits.circuit import FROM_RESULT, Circuit, model_label
+from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
 from circuitbench.circuits.recovery import RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
 from circuitbench.scores.methods.outputs import EdgeScores
 
-SCHEMA_VERSION = 3  # 3: run.options is what run_unit honours, run.overrides, metric_values, run.plugin_code
+SCHEMA_VERSION = 4  # 3: run.options is what run_unit honours, run.overrides, metric_values, run.plugin_code;
+# 4: circuit is a Circuit, its faithfulness one record (circuit.faithfulness.value, .undefined, .cpr …),
+# the circuit's panel, verdict, invisible and outside_necessary, visibility, unknown_scores
 
 
 class _Strict(BaseModel):
@@ -113,61 +116,6 @@ class RunInfo(_Strict):
                                 "model size: 1 under 20M parameters, then one per 150M up to every core)")
 
 
-class CircuitCandidate(_Strict):
-    """One method's circuit under the task's rule, as `circuit: {method: auto}` weighed it."""
-
-    method: str = Field(description="the method whose scores the rule picked from")
-    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs")
-    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node level)")
-    n_edges: int | None = Field(None, description="edges in the circuit (edge level, after pruning)")
-    faithfulness: float | None = Field(description="f(C) under the rule's ablation (None: undefined, see the "
-                                       "circuit's faithfulness_undefined)")
-
-
-class CircuitInfo(_Strict):
-    """The circuit chosen by the task's rule, with its faithfulness."""
-
-    method: str = Field(description="the scores it was chosen from")
-    rule: dict[str, object] = Field(description="the circuit rule (method, top_k | threshold | fraction, by, ablation)")
-    level: Literal["head", "node", "edge"] = Field("head", description="heads, nodes (heads and MLPs) or edges")
-    heads: list[tuple[int, int]] = Field(description="[layer, head] pairs (edge level: the heads its edges touch)")
-    mlps: list[int] = Field(default_factory=list, description="layers whose MLP is in the circuit (node, edge level)")
-    edges: list[str] = Field(default_factory=list, description="edge names ('a0.h1->a2.h3<k>'), after pruning "
-                             "dangling nodes (edge level)")
-    faithfulness: float | None = Field(None, description="f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) under `ablation`; "
-                                       "None when undefined (see faithfulness_undefined)")
-    faithfulness_undefined: str | None = Field(
-        None, description="why faithfulness is undefined: |m(M) − m(∅)| is 0 or below 2 standard errors of the "
-        "paired per-prompt difference (the components have no measurable effect); None when it is defined")
-    gap_stderr: float | None = Field(None, description="standard error of m(M) − m(∅) over prompts (paired)")
-    metric: str | None = Field(None, description="the metric m; m_circuit, m_full and m_empty are its own values")
-    m_circuit: float | None = Field(None, description="the metric with only the circuit's heads kept")
-    m_full: float | None = Field(None, description="the metric of the full model, m(M)")
-    m_empty: float | None = Field(None, description="the metric with every head ablated, m(∅)")
-    ablation: str | None = Field(None, description="how heads outside the circuit were removed")
-    by_ablation: dict[str, float | None] = Field(
-        default_factory=dict, description="f(C) under each ablation computed: the rule's and zero ablation")
-    integration: str | None = Field(None, description="the curve: mib (MIB's sizes 0.1 %…100 %, CPR on the signed "
-                                    "ranking, CMD on |score|, trapezoids between those points) or sizes (every size "
-                                    "from 0, the rule's ranking)")
-    curve: list[tuple[int, float, float]] = Field(default_factory=list, description="(components kept, fraction, f); "
-                                                  "mib: on the |score| ranking")
-    curve_signed: list[tuple[int, float, float]] = Field(default_factory=list,
-                                                         description="mib: (components kept, fraction, f) on the "
-                                                         "signed ranking")
-    cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
-    cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
-    by_method: dict[str, dict[str, float | None]] = Field(
-        default_factory=dict, description="MIB's integration: every candidate method's {faithfulness, cpr, cmd} at "
-        "this level, each on its own ranking (the leaderboards' per-method columns)")
-    candidates: list[CircuitCandidate] = Field(
-        default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
-        "faithful: f closest to 1, then the smaller circuit)")
-    warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
-    notes: list[str] = Field(default_factory=list, description="what holds by construction (e.g. a one-head model: "
-                             "every non-empty circuit is the whole model)")
-
-
 class EdgeScoresInfo(_Strict):
     """An edge method's scores: in a sidecar file next to the result (EAP-IG / MIB graph JSON)."""
 
@@ -220,7 +168,8 @@ class RunResult(_Strict):
     edge_scores: dict[str, EdgeScoresInfo] = Field(
         default_factory=dict, description="edge method -> its sidecar file of every edge's score, and the top edges")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
-    circuit: CircuitInfo | None = Field(None, description="the circuit the task's rule chose, with its faithfulness")
+    circuit: Circuit | None = Field(None, description="the circuit the task's rule chose, with its faithfulness "
+                                    "(scores, shape and label are not written in it: the result holds them)")
     reference: ReferenceInfo | None = Field(None, description="the known circuit, when there is one")
     recovery: dict[str, RecoveryScores] = Field(
         default_factory=dict, description="method -> precision, recall, F1 of its circuit and AUROC, average "
@@ -233,16 +182,42 @@ class RunResult(_Strict):
         "|reference| edges by |score|)")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
+    visibility: dict[str, float] = Field(
+        default_factory=dict, description="node ('a0.h1', 'm0') -> share of prompts on which its output differs "
+        "between the clean and counterfactual run (empty: no counterfactual prompts)")
+    unknown_scores: dict[str, list[str]] = Field(
+        default_factory=dict, description="patching-style method -> the nodes its scores cannot see (invisible on "
+        "almost every prompt): their score is unknown, not 0")
     # Each edge method's scores over the component graph, in memory (not part of the JSON): written
     # next to the result as the sidecar file edge_scores[method].file (edge_files()).
     _edges: dict[str, EdgeScores] = PrivateAttr(default_factory=dict)
+    _sidecar_dir: Path | None = PrivateAttr(None)  # where a result read from disk finds its sidecar files
 
     def attach_edge_scores(self, edges: Mapping[str, EdgeScores]) -> None:
-        """Keep each edge method's scores with this result (its edge_scores entries say where they go)."""
+        """Keep each edge method's scores with this result (its edge_scores entries say where they
+        go); an edge circuit gets the scores of the method it came from."""
         missing = sorted(set(edges) - set(self.edge_scores))
         if missing:
             raise ValueError(f"edge scores of {missing} have no edge_scores entry in this result")
         self._edges = dict(edges)
+        c = self.circuit
+        if c is not None and c.level == "edge" and c.method in edges:
+            c.edge_scores = edges[c.method].as_dict()
+
+    def sidecars_in(self, folder: Path) -> None:
+        """Where this result's sidecar files are (a result read from disk: its own folder)."""
+        self._sidecar_dir = folder
+
+    def edge_score_arrays(self) -> dict[str, EdgeScores]:
+        """Each edge method's scores over the component graph: attached by the run, or read (once,
+        when first asked) from the sidecar files next to a result read from disk. A missing or
+        unusable sidecar is an error naming the file."""
+        for method, info in self.edge_scores.items():
+            if method not in self._edges and self._sidecar_dir is not None:
+                graph_file = load_sidecar(self._sidecar_dir / info.file, self.model.n_layers, self.model.n_heads,
+                                          method)
+                self._edges[method] = graph_file.edge_scores()
+        return dict(self._edges)
 
     def edge_files(self) -> dict[str, dict]:
         """The sidecar files of this result, name -> content: each edge method's scores as EAP-IG /
@@ -264,6 +239,28 @@ class RunResult(_Strict):
             known = ", ".join(self.head_scores) or "none (a failed unit, or no head-scoring method ran)"
             raise KeyError(f"no head scores of method {method!r} in this result; it has {known}")
         return np.asarray(self.head_scores[method], dtype=float)
+
+    @field_serializer("circuit")
+    def _circuit_without_copies(self, circuit: Circuit | None) -> dict | None:
+        return None if circuit is None else circuit.model_dump(mode="json", exclude=set(FROM_RESULT))
+
+    @model_validator(mode="after")
+    def _circuit_from_result(self) -> "RunResult":
+        """The circuit as a Circuit of this result: its scores, shape and label filled in from the
+        result (checked against the model's shape)."""
+        c = self.circuit
+        if c is None:
+            return self
+        fill: dict[str, Any] = {"n_layers": self.model.n_layers, "n_heads": self.model.n_heads,
+                                "label": f"{model_label(self.model.name, self.model.init)}/{self.task.name}"}
+        if c.method in self.head_scores:
+            fill["scores"] = self.head_scores[c.method]
+        if c.method in self.node_scores:
+            fill["node_scores"] = self.node_scores[c.method]
+        fill = {k: v for k, v in fill.items() if getattr(c, k) is None}
+        if fill:
+            self.circuit = Circuit.model_validate({**c.model_dump(), **fill})
+        return self
 
     @model_validator(mode="after")
     def _status_fields(self) -> "RunResult":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from circuitbench.circuits.circuit import Circuit
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.results.schema import SCHEMA_VERSION, RunResult
@@ -66,7 +67,24 @@ def read_result(path: Path) -> RunResult:
         raw = json.loads(text)
     except ValueError as e:
         raise UnusableResult(path, f"not valid JSON ({e})", RERUN) from None
-    return parse_result(raw, path)
+    result = parse_result(raw, path)
+    result.sidecars_in(path.parent)  # its edge scores, read when asked (RunResult.edge_score_arrays)
+    return result
+
+
+def load_circuit(path: Path) -> Circuit:
+    """The circuit of any circuit file: a RunResult (checked as a result: its schema version, NaN,
+    a failed unit; edge scores from its sidecar), any JSON with heads / nodes, or an EAP-IG / MIB
+    graph file (Circuit.load)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = None  # Circuit.load names what is wrong
+    if isinstance(raw, dict) and "schema_version" in raw and "status" in raw:
+        result = parse_result(raw, path)
+        result.sidecars_in(path.parent)
+        return Circuit.from_result(result)
+    return Circuit.load(path)
 
 
 def parse_result(raw: object, path: Path) -> RunResult:

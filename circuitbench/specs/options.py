@@ -64,24 +64,28 @@ class RunOptions(BaseModel):
     """Options of one `run`. Stored in every result (`run.options`)."""
 
     model_config = ConfigDict(extra="forbid")
-    n_prompts: int | None = Field(None, ge=1, description="override the task's n_prompts (--n-prompts, --n)")
+    n_prompts: int | None = Field(None, ge=1, description="number of prompts (overrides the task's n_prompts)")
     seed: int | None = Field(None, ge=0, lt=2**63,
                              description="override the task's prompt seed (also the random-init seed)")
-    split: Split | None = Field(None, description="override the task's split")
+    split: Split | None = Field(None, description="train | val | test (overrides the task's split, test by default)")
     batch_size: int | Literal["auto"] = Field(32, description="prompts per forward pass, or 'auto' (fits free memory)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     device_map: Literal["auto"] | None = Field(
         None, description="'auto': accelerate spreads a HuggingFace model over the devices (model parallel)")
-    dtype: DType | None = Field(None, description="weights dtype (default: the model's)")
-    init: Literal["pretrained", "random"] = Field("pretrained", description="random: seeded random weights (baselines)")
-    methods: list[MethodName] | None = Field(None, description="override the task's methods")
+    dtype: DType | None = Field(None, description="float32 | bfloat16 | float16: the weights' dtype (default: the "
+                                "model's)")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="pretrained | random (seeded random weights, architecture from models.yaml)")
+    methods: list[MethodName] | None = Field(None, description="scoring methods, run instead of the task's (on the "
+                                              "command line comma-separated)")
     circuit_level: Literal["head", "node", "edge"] | None = Field(
         None, description="build the task's circuit at this level (--circuit-level): heads, nodes (heads and MLPs) or "
         "edges; a task without a rule gets top_k 10 (head, node) or fraction 0.05 (edge)")
     out: str = Field("results", description="results directory: OUT/<model>/<task>.json")
     resume: bool = Field(False, description="keep finished units whose result matches; rerun the rest")
     cache: bool = Field(True, description="reuse unpatched forwards from the activation cache")
-    cache_dir: str | None = Field(None, description="default: $CIRCUITBENCH_CACHE or ~/.cache/circuitbench")
+    cache_dir: str | None = Field(None, description="activation cache directory (default: $CIRCUITBENCH_CACHE or "
+                                  "~/.cache/circuitbench)")
     reference: str | None = Field(None, description="a known circuit (JSON file) to score recovery against; "
                                   "default: the task's reference_circuits, then the model directory's circuit.json")
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: by model size, 1 under "

@@ -78,6 +78,9 @@ class CircuitRule(BaseModel):
         "position-wise means over the counterfactual or clean prompts, zeros, or each prompt's own counterfactual "
         "(MIB's patching; the default for edge circuits)")
     curve: bool = Field(True, description="also compute the faithfulness curve over circuit sizes (CPR, CMD)")
+    panel: bool = Field(True, description="also measure the circuit under counterfactual patching, mean, zero and "
+                        "resample ablation with bootstrap intervals, remove every component outside it alone (mean "
+                        "and zero), and give a verdict (circuits/panel.py); false: the rule's ablation and zero only")
     integration: Literal["mib", "sizes"] | None = Field(
         None, exclude_if=lambda value: value is None,
         description="the curve: mib = MIB's sizes (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100 % of the components), "

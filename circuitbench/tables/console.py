@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, head_label, heads_text
+from circuitbench.circuits.circuit import RANDOM_INIT, Faithfulness, describe_rule, head_label, heads_text
 from circuitbench.progress import ProgressFn
 
 if TYPE_CHECKING:
@@ -141,17 +141,45 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
         err_console.print(table)
 
 
-def faithfulness_text(c: Any) -> str:
+def faithfulness_text(f: Faithfulness | None) -> str:
     """A circuit's faithfulness in words: the figure under its ablation (and the others), or
     'undefined' with the reason."""
-    if c.faithfulness is None:
-        return f"faithfulness undefined ({c.faithfulness_undefined or 'no measurable effect'})"
-    text = f"faithfulness {c.faithfulness:.2f} ({c.ablation} ablation"
-    text += "".join(f"; {k} ablation {'undefined' if v is None else f'{v:.2f}'}" for k, v in c.by_ablation.items()
-                    if k != c.ablation) + ")"
-    if c.cpr is not None and c.cmd is not None:
-        text += f" · CPR {c.cpr:.2f} · CMD {c.cmd:.2f}"
+    if f is None:
+        return "faithfulness not measured"
+    if f.value is None:
+        return f"faithfulness undefined ({f.undefined or 'no measurable effect'})"
+    text = f"faithfulness {f.value:.2f} ({f.ablation} ablation"
+    text += "".join(f"; {k} ablation {'undefined' if v is None else f'{v:.2f}'}" for k, v in f.by_ablation.items()
+                    if k != f.ablation) + ")"
+    if f.cpr is not None and f.cmd is not None:
+        text += f" · CPR {f.cpr:.2f} · CMD {f.cmd:.2f}"
     return text
+
+
+VERDICT_WORDS = {
+    "robust": "robust: f in [0.8, 1.2] under counterfactual patching, mean and resample ablation, nothing necessary "
+              "left out",
+    "counterfactual_specific": "counterfactual-specific: faithful under counterfactual patching only",
+    "unfaithful": "unfaithful",
+    "undefined": "undefined: no measurable effect to be faithful to",
+}
+
+
+def verdict_text(c: Any) -> str:
+    """The circuit's verdict first, then why it is not robust."""
+    if c.verdict is None:
+        return "verdict: not judged (circuit: {panel: false})"
+    text = f"verdict: {VERDICT_WORDS[c.verdict]}"
+    return text + (f" ({'; '.join(c.verdict_reasons)})" if c.verdict_reasons else "")
+
+
+def panel_text(c: Any) -> str:
+    """f under each ablation of the panel, with its 95 % interval."""
+    def one(name: str, e: Any) -> str:
+        if e.value is None:
+            return f"{name} undefined"
+        return f"{name} {e.value:.2f}" + (f" [{e.ci[0]:.2f}, {e.ci[1]:.2f}]" if e.ci else "")
+    return " · ".join(one(name, e) for name, e in c.panel.items())
 
 
 def _print_unit_figures(o: "UnitOutcome") -> None:
@@ -166,7 +194,16 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
                                                                    + [f"m{l}" for l in c.mlps])
         if c.level == "edge":
             members = f"{len(c.edges)} edges over {members}"
-        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {members} · {faithfulness_text(c)}")
+        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {members}")
+        say(verdict_text(c) + f" · {faithfulness_text(c.faithfulness)}")
+        if c.panel:
+            say("panel: " + panel_text(c))
+        for part in c.outside_necessary:
+            say(f"necessary outside the circuit: {part.node} ({part.ablation} ablation alone: {part.effect:+.3g}, "
+                f"{part.share:.0%} of the full effect)")
+        if c.invisible:
+            say(f"invisible to patching (same output under the counterfactual): {' '.join(c.invisible[:12])}"
+                + (" …" if len(c.invisible) > 12 else ""))
         if len(c.candidates) > 1:
             say("candidates (faithfulness): " + " · ".join(
                 f"{k.method} {'undefined' if k.faithfulness is None else f'{k.faithfulness:.2f}'}"

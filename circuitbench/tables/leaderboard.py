@@ -24,6 +24,9 @@ BASELINE_NOTE = (f"Sanity checks, not findings: `{RANDOM_INIT}` models have seed
                  "models.yaml) and have learned nothing. Their figures show what chance looks like on each task.")
 # Leaderboard columns beyond the metrics: id -> (label in tables, what it means)
 COLUMNS: dict[str, tuple[str, str]] = {
+    "verdict": ("verdict", "how far the circuit can be trusted: robust (f within [0.8, 1.2], interval included, under "
+                "counterfactual patching, mean and resample ablation, nothing necessary left out), "
+                "counterfactual_specific, unfaithful, or undefined (no measurable effect)"),
     "circuit_size": ("circuit size", "components in the circuit the task's rule chose (heads; heads and MLPs; "
                      "or edges, by its level)"),
     "faithfulness": ("faithfulness ↑", "f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) of the main metric m with every head "
@@ -110,10 +113,11 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
         if r.circuit is not None:
             c = r.circuit
             size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
-            row.update({"circuit_size": size, "faithfulness": c.faithfulness,
-                        "faithfulness_undefined": c.faithfulness_undefined,
-                        "cpr": c.cpr, "cmd": c.cmd, "circuit_method": c.method})
-            for method, figures in c.by_method.items():  # MIB's CPR / CMD of every method at the circuit's level
+            f = c.faithfulness
+            row.update({"circuit_size": size, "circuit_method": c.method, "faithfulness": f and f.value,
+                        "faithfulness_undefined": f and f.undefined, "cpr": f and f.cpr, "cmd": f and f.cmd})
+            # MIB's CPR / CMD of every method at the circuit's level
+            for method, figures in (f.by_method if f else {}).items():
                 row[f"cpr:{method}@{c.level}"] = figures.get("cpr")
                 row[f"cmd:{method}@{c.level}"] = figures.get("cmd")
         for pair, rho in r.method_agreement.items():
@@ -165,7 +169,8 @@ def _ordered(sub: pd.DataFrame) -> pd.DataFrame:
 
 def _faithfulness_text(row: pd.Series) -> str:
     if pd.notna(row.get("faithfulness")):
-        return f"{row['faithfulness']:.3f}"
+        ci = row.get("faithfulness_ci")
+        return f"{row['faithfulness']:.3f}" + (f" {ci}" if isinstance(ci, str) else "")
     return "undefined" if isinstance(row.get("faithfulness_undefined"), str) else ""
 
 
@@ -189,6 +194,8 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
         if col == "faithfulness" and col in sub and (sub[col].notna().any()
                                                      or sub.get("faithfulness_undefined", pd.Series()).notna().any()):
             out[label] = [_faithfulness_text(row) for _, row in sub.iterrows()]
+        elif col == "verdict" and col in sub and sub[col].notna().any():
+            out[label] = ["" if pd.isna(v) else str(v) for v in sub[col]]
         elif col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
             out[label] = ["" if pd.isna(v) else shown(v) for v in sub[col]]
@@ -229,7 +236,8 @@ def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[f"{metric_names[0]}_{split}_stderr"] = sub.get(f"{col}_se", sub[col] * float("nan")).to_list()
             out[f"n_{split}"] = sub.get(f"n_{split}", sub[col] * float("nan")).astype("Int64").to_list()
     undefined = "faithfulness_undefined" in sub and sub["faithfulness_undefined"].notna().any()
-    for col in ("circuit_size", "circuit_method", "faithfulness", "faithfulness_undefined", *list(COLUMNS)[2:]):
+    first = ("verdict", "circuit_size", "circuit_method", "faithfulness", "faithfulness_ci", "faithfulness_undefined")
+    for col in (*first, *[c for c in COLUMNS if c not in first]):
         # an all-undefined faithfulness column stays, empty, beside the reason
         if col in sub and (sub[col].notna().any() or col == "faithfulness" and undefined) and col not in out:
             out[col] = sub[col].astype("Int64").to_list() if col == "circuit_size" else sub[col].to_list()

@@ -21,6 +21,7 @@ from circuitbench.output_paths import HTML_GENERATOR, check_output_dir, is_repor
 from circuitbench.results.schema import RunResult
 from circuitbench.results.store import parse_result
 from circuitbench.specs.registries import METRICS
+from circuitbench.tables.console import panel_text, verdict_text
 from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
 # Scores normalised by the clean − corrupted gap: below this a head carries under 10 % of the gap,
@@ -75,22 +76,23 @@ def method_meaning(result: RunResult, method: str) -> tuple[str, str, float]:
 def faithfulness_curve(result: RunResult, path: Path) -> None:
     plt = pyplot()
     c = result.circuit
-    assert c is not None
-    xs = [p[1] for p in c.curve]
-    ys = [p[2] for p in c.curve]
+    assert c is not None and c.faithfulness is not None
+    f = c.faithfulness
+    xs = [p[1] for p in f.curve]
+    ys = [p[2] for p in f.curve]
     fig, ax = plt.subplots(figsize=(6, 4))
-    mib = c.integration == "mib"
+    mib = f.integration == "mib"
     what = {"edge": "edges", "node": "nodes"}.get(c.level, "heads")
     ax.plot(xs, ys, "o-", label=f"top-k {what} by |{c.method} score|" + (" (CMD)" if mib else ""))
-    if c.curve_signed:
-        ax.plot([p[1] for p in c.curve_signed], [p[2] for p in c.curve_signed], "s--", label="signed ranking (CPR)")
+    if f.curve_signed:
+        ax.plot([p[1] for p in f.curve_signed], [p[2] for p in f.curve_signed], "s--", label="signed ranking (CPR)")
     ax.axhline(1, color="grey", lw=0.8, ls="--")
-    total = c.curve[-1][0] if c.curve else result.model.n_layers * result.model.n_heads
+    total = f.curve[-1][0] if f.curve else result.model.n_layers * result.model.n_heads
     size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
     ax.axvline(size / max(total, 1), color="C3", lw=0.8, label=f"chosen circuit ({size} {what})")
-    ax.set(xlabel=f"fraction of {what} kept", ylabel=f"faithfulness f ({c.ablation} ablation)",
+    ax.set(xlabel=f"fraction of {what} kept", ylabel=f"faithfulness f ({f.ablation} ablation)",
            xscale="log" if mib else "symlog" if len(xs) > 12 else "linear",
-           title=f"faithfulness (CPR {c.cpr:.2f}, CMD {c.cmd:.2f}{', MIB' if mib else ''})")
+           title=f"faithfulness (CPR {f.cpr:.2f}, CMD {f.cmd:.2f}{', MIB' if mib else ''})")
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
@@ -132,17 +134,30 @@ def circuit_html(result: RunResult) -> str:
     parts = [f"<p><b>Circuit</b> ({where}): "
              f"{html.escape(describe_rule(c.rule, n_total))} of the <i>{html.escape(c.method)}</i> scores → "
              f"{html.escape(_members(c))} ({size}{of}).</p>"]
-    if c.faithfulness is None:
+    parts.append(f"<p class='verdict'><b>{html.escape(verdict_text(c))}</b></p>")
+    if c.panel:
+        parts.append(f"<p>Ablation panel (f, 95 % bootstrap interval): {html.escape(panel_text(c))}.</p>")
+    for o in c.outside_necessary:
+        parts.append(f"<p class='warning'>necessary outside the circuit: {html.escape(o.node)} "
+                     f"({html.escape(o.ablation)} ablation alone changes the metric by {o.effect:+.3g}, "
+                     f"{o.share:.0%} of the full effect)</p>")
+    if c.invisible:
+        parts.append("<p>Invisible to patching (same output in clean and counterfactual runs): "
+                     f"{html.escape(' '.join(c.invisible))}.</p>")
+    f = c.faithfulness
+    if f is None:
+        parts.append("<p>Faithfulness not measured.</p>")
+    elif f.value is None:
         parts.append("<p class='undefined'><b>Faithfulness undefined</b>: "
-                     f"{html.escape(c.faithfulness_undefined or '')} (m(M) = {c.m_full:.4g}, m(∅) = "
-                     f"{c.m_empty:.4g}, {html.escape(c.metric or '')}).</p>")
+                     f"{html.escape(f.undefined or '')} (m(M) = {f.m_full:.4g}, m(∅) = "
+                     f"{f.m_empty:.4g}, {html.escape(f.metric)}).</p>")
     else:
         others = "; ".join(f"{html.escape(k)} ablation {'undefined' if v is None else f'{v:.3f}'}"
-                           for k, v in c.by_ablation.items() if k != c.ablation)
+                           for k, v in f.by_ablation.items() if k != f.ablation)
         parts.append("<p><b>Faithfulness</b> f = (m(C) − m(∅)) / (m(M) − m(∅)) = "
-                     f"({c.m_circuit:.4g} − {c.m_empty:.4g}) / ({c.m_full:.4g} − {c.m_empty:.4g}) = "
-                     f"<b>{c.faithfulness:.3f}</b> under "
-                     f"{html.escape(c.ablation or '')} ablation of every component outside the circuit"
+                     f"({f.m_circuit:.4g} − {f.m_empty:.4g}) / ({f.m_full:.4g} − {f.m_empty:.4g}) = "
+                     f"<b>{f.value:.3f}</b> under "
+                     f"{html.escape(f.ablation)} ablation of every component outside the circuit"
                      + (f" ({others})" if others else "") + ".</p>")
     if len(c.candidates) > 1:
         parts.append("<p>Candidates (each method's circuit under the rule; the most faithful kept): " + " · ".join(
@@ -192,7 +207,7 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
         head_heatmap(scores, f"{label} · {result.task.name} · {method}", path, outlined, reference,
                      colorbar=colorbar, floor=floor, circuit_label=f"circuit: {rule}")
         figures.append((f"head scores: {method}", caption, path))
-    if result.circuit and result.circuit.curve:
+    if result.circuit and result.circuit.faithfulness and result.circuit.faithfulness.curve:
         path = out_dir / "faithfulness.png"
         faithfulness_curve(result, path)
         figures.append(("faithfulness curve", "f of the top-k heads for every k (CPR: area under it, higher better; "

@@ -21,9 +21,8 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.models.loading import load_model
 from circuitbench.output_paths import (
-    FIGURE_SUFFIXES,
+    check_figure_file,
     check_output_file,
-    figure_written_by_us,
     is_dynamics_record,
     path_component,
     save_figure,
@@ -188,8 +187,7 @@ def write_dynamics(run_dir: Path, task: str, n: int = 32, plot_path: Path | None
         check_output_file(record, "--model (dynamics are written next to the checkpoints)", force=force,
                           ours=is_dynamics_record, what="a record `circuitbench dynamics` wrote")
     if plot_path is not None or run_dir.is_dir():
-        check_output_file(png, "--plot", force=force, ours=figure_written_by_us, what="a figure circuitbench drew",
-                          suffixes=FIGURE_SUFFIXES)
+        check_figure_file(png, "--plot", force=force)
     weights = run_dir / "model.safetensors"  # float32 weights: 4 bytes a parameter
     n_params = weights.stat().st_size // 4 if weights.is_file() else None
     with torch_threads(threads_for(n_params, threads)):

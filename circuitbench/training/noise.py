@@ -11,17 +11,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from circuitbench.models.toy import NativeSite, output_modules
-
-
-class NoiseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    site: NativeSite = Field(description="embed: token embeddings; attn_out: each attention layer's output; "
-                                        "resid: the residual stream after each block")
-    scale: float = Field(gt=0, le=100, description="standard deviation of the Gaussian noise")
+from circuitbench.models.toy import output_modules
+from circuitbench.training.config import NoiseConfig
 
 
 def _noised(x: torch.Tensor, scale: float, gen: torch.Generator) -> torch.Tensor:

@@ -7,11 +7,11 @@ offsets (see training/zoo.py, induction_batch): repeated prompts of one fixed la
 shortcut instead. Checkpoints (log-spaced and linear in steps) are toy checkpoint directories
 that `--model` accepts; training is seeded with local generators and reproducible.
 
-Options from the seeds: smeared keys (ToyArch.smear_keys, see smeared_keys.py), Gaussian noise
-injection while training (TrainConfig.noise, see noise.py) and the loss positions: `all` is the
-seeds' GPT-2-like model's multi-position loss ((y0, y1, y2) -> (y1, y2, y3), a loss term at
-every position, the default); `answer` scores only what context determines (a text task's
-answer tokens, the induction stream's copied tokens).
+What is trained is a `TrainConfig` (training/config.py). Options from the seeds: smeared keys
+(ToyArch.smear_keys, see smeared_keys.py), Gaussian noise injection while training (TrainConfig.noise,
+see noise.py) and the loss positions: `all` is the seeds' GPT-2-like model's multi-position loss
+((y0, y1, y2) -> (y1, y2, y3), a loss term at every position, the default); `answer` scores only what
+context determines (a text task's answer tokens, the induction stream's copied tokens).
 """
 from __future__ import annotations
 
@@ -21,93 +21,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedTokenizerFast
 
 from circuitbench.environment import torch_threads
-from circuitbench.errors import CircuitbenchError, did_you_mean
+from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.models.tokenizers import word_level_tokenizer
-from circuitbench.models.toy import NativeVariant, build_native_model, native_config, save_checkpoint
+from circuitbench.models.toy import build_native_model, save_checkpoint
 from circuitbench.prompts.generate import generate_prompts
 from circuitbench.prompts.induction import InductionParams
 from circuitbench.specs.catalog import expand_task_names, load_task
 from circuitbench.specs.options import RunOptions, effective_spec
 from circuitbench.specs.registries import GENERATORS
-from circuitbench.training.noise import NoiseConfig, injected_noise
+from circuitbench.training.config import TrainConfig
+from circuitbench.training.noise import injected_noise
 from circuitbench.training.zoo import induction_batch
-
-
-class ToyArch(BaseModel):
-    """A small native transformer."""
-
-    model_config = ConfigDict(extra="forbid")
-    n_layers: int = Field(2, ge=1, le=12)
-    n_heads: int = Field(4, ge=1, le=16)
-    d_model: int = Field(64, ge=8, le=1024)
-    n_ctx: int = Field(64, ge=8, le=2048)
-    attn_only: bool = True
-    d_mlp: int | None = None
-    positional: Literal["standard", "rotary"] = Field(
-        "standard", description="learned absolute position embeddings, or rotary (relative) positions")
-    smear_keys: bool = Field(False, description="each key a learned per-head mix of its own and the previous key")
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "ToyArch":
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
-        if self.positional == "rotary" and (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"rotary positions need an even head size; d_model/n_heads = {self.d_model // self.n_heads}")
-        return self
-
-    def bridge_config(self, d_vocab: int) -> dict[str, object]:
-        """The TransformerBridge config dict of this architecture."""
-        return native_config(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
-                             d_head=self.d_model // self.n_heads, n_ctx=self.n_ctx, d_vocab=d_vocab,
-                             attn_only=self.attn_only, d_mlp=self.d_mlp, positional_embedding_type=self.positional)
-
-    def approx_params(self, d_vocab: int = 1000) -> int:
-        """About how many parameters the model has (attention 4·d², MLP 2·d·d_mlp per block, embed and
-        unembed): enough to choose torch threads by size."""
-        d_mlp = 0 if self.attn_only else (self.d_mlp or 4 * self.d_model)
-        return self.n_layers * (4 * self.d_model**2 + 2 * self.d_model * d_mlp) + 2 * d_vocab * self.d_model
-
-    def variant(self) -> NativeVariant:
-        return NativeVariant(smear_keys=self.smear_keys)
-
-
-ARCH_PRESETS: dict[str, ToyArch] = {
-    "attn-only-1l": ToyArch(n_layers=1),
-    "attn-only-2l": ToyArch(n_layers=2),
-    "gpt-2l": ToyArch(n_layers=2, attn_only=False, d_model=128),
-    "sort-1l1h": ToyArch(n_layers=1, n_heads=1, d_model=128, attn_only=False),
-}
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    arch: ToyArch
-    tasks: list[str] = Field(min_length=1)
-    steps: int = Field(1000, ge=1)
-    checkpoints: int = Field(8, ge=0, le=200)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    seed: int = 0
-    n_train: int = Field(4000, ge=1, description="train-split prompts drawn per text task (at most)")
-    loss_positions: Literal["all", "answer"] = Field(
-        "all", description="all: next-token loss at every position (the seeds' GPT-2-like model); "
-                           "answer: only at answer tokens (text) / copied tokens (induction stream)")
-    noise: NoiseConfig | None = Field(None, description="Gaussian noise injected while training only")
-    threads: int = Field(1, ge=1, le=256, description=(
-        "torch threads while training: toy models gain nothing from more, and on a shared CPU extra "
-        "threads stall (measured 30x slower with 2 threads on 2 busy cores)"))
-    induction_share: float = Field(0.5, gt=0, le=1,
-                                   description="fraction of steps on the induction stream when text tasks are mixed in")
 
 
 def checkpoint_steps(steps: int, k: int) -> list[int]:
@@ -285,13 +216,3 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
     write_atomic(out / "training_log.json", json.dumps({"config": config.model_dump(mode="json"), "loss": losses,
                                                         **summary}) + "\n")
     return summary
-
-
-def arch_from(name: str, **overrides: object) -> ToyArch:
-    """A preset with some fields overridden (None: keep the preset's), validated as a whole."""
-    if name not in ARCH_PRESETS:
-        raise CircuitbenchError(
-            f"Unknown --arch '{name}'.{did_you_mean(name, ARCH_PRESETS)} Known: {', '.join(ARCH_PRESETS)}.")
-    values = {k: v for k, v in overrides.items() if v is not None}
-    # model_copy(update=...) would skip validation: a bad override must fail here, not mid-training
-    return ToyArch.model_validate({**ARCH_PRESETS[name].model_dump(), **values})

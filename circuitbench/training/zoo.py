@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from circuitbench.environment import threads_for, torch_threads
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import word_level_tokenizer
-from circuitbench.models.toy import ZOO_DIR, build_native_model, native_config, save_checkpoint
+from circuitbench.models.toy import build_native_model, native_config, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class Recipe:
     default_steps: int
     description: str
     n_params: int  # the model's size (threads are chosen by it)
+
+    def total_steps(self, steps: int | None = None) -> int:
+        """The steps a training runs: `steps`, else the recipe's."""
+        return steps or self.default_steps
 
 
 def induction_batch(gen: torch.Generator, batch: int, n_symbols: int, min_len: int, max_len: int,
@@ -97,10 +102,19 @@ def recipe_of(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def zoo_output_dir(name: str, out: Path | None = None) -> Path:
+    """Where a retrained zoo model goes: `out`, else results/zoo/NAME (the shipped checkpoint,
+    ZOO_DIR/NAME, only when asked for)."""
+    return out or Path("results") / "zoo" / name
+
+
 def train_zoo_model(name: str, out: Path | None = None, steps: int | None = None, seed: int = 0,
-                    report: Callable[[int, float], None] = lambda step, loss: None) -> tuple[Path, dict[str, float]]:
-    """Train zoo model `name` by its recipe into `out` (default: the shipped checkpoint's folder)."""
+                    report: Callable[[int, float], None] = lambda step, loss: None,
+                    threads: int | None = None) -> tuple[Path, dict[str, float]]:
+    """Train zoo model `name` by its recipe into `out` (default: `zoo_output_dir`) with `threads`
+    torch threads (default: by the model's size)."""
     recipe = recipe_of(name)
-    target = out or ZOO_DIR / name
-    summary = recipe.train(target, TrainSettings(steps=steps or recipe.default_steps, seed=seed), report)
+    target = zoo_output_dir(name, out)
+    with torch_threads(threads_for(recipe.n_params, threads)):
+        summary = recipe.train(target, TrainSettings(steps=recipe.total_steps(steps), seed=seed), report)
     return target, summary

@@ -50,12 +50,13 @@ def _run_induction(out, methods: list[str], rule: CircuitRule):
 def test_edge_circuit_holds_the_k_composition_edge(toy_run):
     _, result = toy_run
     c = result.circuit
+    f = c.faithfulness
     assert c is not None and c.level == "edge" and 0 < len(c.edges) <= 10
     assert any(e.startswith(f"{PREVIOUS_TOKEN_HEAD}->a1.") and e.endswith("<k>") for e in c.edges)
     assert {k.method for k in c.candidates} == {"eap", "eap_ig", "edge_patching"}
-    assert c.integration == "mib" and [p[1] for p in c.curve] == list(MIB_FRACTIONS)
-    assert (c.cpr, c.cmd) == pytest.approx(mib_cpr_cmd([p[2] for p in c.curve_signed], [p[2] for p in c.curve]))
-    assert c.curve[-1][2] == 1.0 and c.ablation == "counterfactual"
+    assert f.integration == "mib" and [p[1] for p in f.curve] == list(MIB_FRACTIONS)
+    assert (f.cpr, f.cmd) == pytest.approx(mib_cpr_cmd([p[2] for p in f.curve_signed], [p[2] for p in f.curve]))
+    assert f.curve[-1][2] == 1.0 and f.ablation == "counterfactual"
     assert result.edge_scores["eap_ig"].settings["alphas"] == [1 / 3, 2 / 3, 1.0]  # activations: k = 1…m
 
 
@@ -94,13 +95,15 @@ def test_every_methods_cpr_and_cmd_are_its_own_circuits(toy_run, tmp_path):
     equal those of a run whose rule names that method (same prompts, same baseline)."""
     _, result = toy_run
     c = result.circuit
-    assert set(c.by_method) == {"eap", "eap_ig", "edge_patching"}
-    assert c.by_method[c.method] == {"faithfulness": c.faithfulness, "cpr": c.cpr, "cmd": c.cmd}
+    f = c.faithfulness
+    assert set(f.by_method) == {"eap", "eap_ig", "edge_patching"}
+    assert f.by_method[c.method] == {"faithfulness": f.value, "cpr": f.cpr, "cmd": f.cmd}
     other = next(m for m in ("eap", "eap_ig") if m != c.method)
     alone = load_result(_run_induction(tmp_path, [other], CircuitRule(level="edge", top_k=10, method=other))).circuit
     assert alone.method == other
-    for key in ("faithfulness", "cpr", "cmd"):
-        assert c.by_method[other][key] == pytest.approx(getattr(alone, key), abs=1e-6), key
+    figures = {"faithfulness": alone.faithfulness.value, "cpr": alone.faithfulness.cpr, "cmd": alone.faithfulness.cmd}
+    for key, value in figures.items():
+        assert f.by_method[other][key] == pytest.approx(value, abs=1e-6), key
 
 
 @pytest.mark.parametrize("ablation", [Counterfactual(), Resample(seed=0)], ids=lambda a: a.name)

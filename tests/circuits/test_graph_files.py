@@ -41,7 +41,7 @@ def test_run_report_export_and_overlap_of_edge_circuits(edge_result, tmp_path, c
     result = json.loads(edge_result.read_text())
     c = result["circuit"]
     # the task's rule (top_k 5) at edge level; an edge circuit patches each prompt's counterfactual
-    assert c["level"] == "edge" and c["rule"]["top_k"] == 5 and c["ablation"] == "counterfactual"
+    assert c["level"] == "edge" and c["rule"]["top_k"] == 5 and c["faithfulness"]["ablation"] == "counterfactual"
     assert set(result["edge_scores"]) == {"eap", "eap_ig"}
     for info in result["edge_scores"].values():
         assert (edge_result.parent / info["file"]).is_file()
@@ -72,7 +72,8 @@ def test_run_report_export_and_overlap_of_edge_circuits(edge_result, tmp_path, c
     code, out, err = cli(capsys, "circuit", "export", str(edge_result), "--format", "acdc", "--out", str(other))
     assert code == 2 and "mib" in err
     # leaderboards carry MIB's CPR and CMD of every method at the circuit's level
-    assert set(c["by_method"]) == {"eap", "eap_ig"} and c["by_method"][c["method"]]["cpr"] == c["cpr"]
+    f = c["faithfulness"]
+    assert set(f["by_method"]) == {"eap", "eap_ig"} and f["by_method"][c["method"]]["cpr"] == f["cpr"]
     code, out, err = cli(capsys, "leaderboard", "--results", str(edge_result.parent.parent), "--out",
                          str(tmp_path / "lb"))
     assert code == 0, err
@@ -171,7 +172,7 @@ def test_a_sidecar_without_scores_is_named(edge_result, tmp_path):
     import shutil
 
     from circuitbench.results.export import export_mib
-    from circuitbench.results.store import load_result
+    from circuitbench.results.store import load_circuit, load_result
 
     folder = tmp_path / "r"
     shutil.copytree(edge_result.parent, folder)
@@ -183,13 +184,13 @@ def test_a_sidecar_without_scores_is_named(edge_result, tmp_path):
     sidecar.write_text(json.dumps(raw))
     named = rf"{sidecar}: edges\['input->a0\.h0<q>'\]\.score: missing"
     with pytest.raises(CircuitbenchError, match=named):
-        export_mib(result, folder)  # the circuit's method: its scores
+        export_mib(result)  # the circuit's method: its scores, from the sidecar next to the result
     with pytest.raises(CircuitbenchError, match=named):
-        Circuit.load(folder / edge_result.name)
+        load_circuit(folder / edge_result.name)
     raw["cfg"]["n_layers"] = 3  # another model's scores
     sidecar.write_text(json.dumps(graph_json_of(raw)))
     with pytest.raises(CircuitbenchError, match="a graph of 3 layers × 4 heads, but the result's model has 2 × 4"):
-        Circuit.load(folder / edge_result.name)
+        load_circuit(folder / edge_result.name)
 
 
 def graph_json_of(raw):

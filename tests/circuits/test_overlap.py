@@ -22,6 +22,7 @@ from circuitbench.circuits.overlap_metrics import (
     weighted_jaccard,
 )
 from circuitbench.errors import CircuitbenchError
+from circuitbench.results.store import load_circuit
 
 from helpers import cli  # the in-process CLI runner
 
@@ -126,8 +127,8 @@ def test_compare_runs_missing_units_then_prints_matrix(tmp_path, capsys):
     assert "null mean" in out and "p (vs null)" in out and "shuffles of the second circuit" in out
     assert (tmp_path / "res" / "toy-induction-2l" / "ind_b.json").exists()
     # both circuits are the four layer-1 induction heads: Jaccard 1 off the diagonal
-    a = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")
-    b = Circuit.load(tmp_path / "res" / "toy-induction-2l" / "ind_b.json")
+    a = load_circuit(tmp_path / "res" / "toy-induction-2l" / "ind_a.json")
+    b = load_circuit(tmp_path / "res" / "toy-induction-2l" / "ind_b.json")
     assert a.heads == b.heads == [(1, 0), (1, 1), (1, 2), (1, 3)] and jaccard(a, b) == 1.0
     # without --metric: the same defaults as `overlap` (the units are resumed, not rerun)
     code, out, _ = cli(capsys, "compare", "--model", "toy-induction-2l", "--tasks", "ind_a,ind_b", "--out",
@@ -325,7 +326,7 @@ def test_circuit_files_with_shapes_beyond_any_model_are_refused_before_allocatin
         Circuit.load(path)
     for shape, field in (({"n_layers": "2", "n_heads": 4}, "n_layers: '2'"), ({"n_layers": 2, "n_heads": 0},
                                                                                "n_heads: 0"),
-                         ({"model": {"n_layers": 2, "n_heads": True}}, "model.n_heads: True")):
+                         ({"n_layers": 2, "n_heads": True}, "n_heads: True")):
         path.write_text(json.dumps({"heads": [[0, 0]], **shape}))
         with pytest.raises(CircuitbenchError, match=f"{field} is not a positive whole number"):
             Circuit.load(path)
@@ -504,3 +505,51 @@ def test_a_plugin_metric_registers_as_the_built_ins_do(monkeypatch):
     assert m.p_value["minus_jaccard"] == m.p_value["jaccard"]
     assert m.null_mean["minus_jaccard"][0][1] == pytest.approx(-m.null_mean["jaccard"][0][1])
     assert m.values["shared_heads"][0][1] == len(set(circuits[0].heads) & set(circuits[1].heads))
+
+
+# ---- the permutation null beside every figure (issue 16) ------------------------------------------
+
+def test_permutation_null_matches_the_exact_within_layer_distribution():
+    """Two circuits of 4 heads, both in layer 0 of a 4 × 8 model, sharing 3. Uniform over 32 heads
+    that is rare (hypergeometric p = 113/35960); shuffled within layer 0 the shared count K is
+    hypergeometric(8, 4, 4), so the null's mean Jaccard is E[K / (8 − K)] and p = P(K ≥ 3) = 17/70."""
+    from math import comb
+
+    def circuit(heads):
+        scores = np.zeros((4, 8))
+        for i, (l, h) in enumerate(heads):
+            scores[l, h] = 1.0 + i
+        return Circuit(heads=heads, n_layers=4, n_heads=8, scores=scores.tolist(), label="x")
+
+    a, b = circuit([(0, 0), (0, 1), (0, 2), (0, 3)]), circuit([(0, 1), (0, 2), (0, 3), (0, 4)])
+    out = compare(a, b, ["jaccard", "hypergeometric_p"], OverlapSettings(permutations=4000, seed=1))
+    pk = {k: comb(4, k) * comb(4, 4 - k) / comb(8, 4) for k in range(5)}
+    assert out.values["hypergeometric_p"] == pytest.approx(113 / 35960)
+    assert out.values["jaccard"] == pytest.approx(3 / 5)
+    assert out.null_mean["jaccard"] == pytest.approx(sum(p * k / (8 - k) for k, p in pk.items()), abs=0.01)
+    assert out.p_value["jaccard"] == pytest.approx(17 / 70, abs=0.02)
+    assert out.p_value["hypergeometric_p"] == pytest.approx(17 / 70, abs=0.02)  # smaller p: more overlap
+    everywhere = compare(a, b, ["jaccard"], OverlapSettings(permutations=4000, seed=1, null="all"))
+    assert everywhere.p_value["jaccard"] < 0.01  # the uniform null calls it "shared"; within layers it is not
+
+
+def test_overlap_output_shows_the_null_beside_every_figure(capsys, tmp_path):
+    import re
+
+    for name, heads in (("a", [[0, 0], [0, 1]]), ("b", [[0, 1], [0, 2]])):
+        scores = [[0.0] * 4 for _ in range(2)]
+        for i, (l, h) in enumerate(heads):
+            scores[l][h] = 1.0 + i
+        (tmp_path / f"{name}.json").write_text(json.dumps({"heads": heads, "scores": scores}))
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    code, out, err = cli(capsys, "overlap", *files, "--metric", "jaccard,spearman", "--shape", "2,4")
+    assert code == 0, err
+    assert "null mean" in out and "p (vs null)" in out and "200 shuffles" in out
+    rows = [line for line in out.splitlines() if line.lstrip("│ ").startswith(("jaccard", "spearman"))]
+    assert len(rows) == 2 and all(len(re.findall(r"-?\d\.\d+", row)) == 3 for row in rows)
+    matrix = overlap_matrix([load_circuit(tmp_path / "a.json").with_shape(2, 4),
+                             load_circuit(tmp_path / "b.json").with_shape(2, 4)], None,
+                            OverlapSettings(permutations=50), sources=files)
+    assert isinstance(matrix, OverlapMatrix)
+    assert matrix.p_value["jaccard"][0][1] is not None and matrix.null_mean["jaccard"][1][0] is not None
+    assert matrix.p_value["jaccard"][0][0] is None  # no null on the diagonal

@@ -9,8 +9,9 @@ from circuitbench.models.loading import load_model
 from circuitbench.models.smeared_keys import SmearedKeyProjection
 from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import NativeVariant, build_native_model, load_toy, read_checkpoint_meta, save_checkpoint
-from circuitbench.training.noise import NoiseConfig, injected_noise
-from circuitbench.training.trainer import TrainConfig, arch_from, text_rows, train
+from circuitbench.training.config import NoiseConfig, TrainConfig, arch_from
+from circuitbench.training.noise import injected_noise
+from circuitbench.training.trainer import text_rows, train
 from circuitbench.training.zoo import induction_batch
 
 from helpers import cli  # the in-process CLI runner

@@ -218,17 +218,19 @@ def tracr_reference(program, vocab: set, max_seq_len: int, causal: bool):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
-def test_import_matches_tracr_forward(capsys, tmp_path, causal):
-    """make_length (not shipped), imported by the CLI, against tracr's own model.apply: the
+def test_import_matches_tracr_forward(tmp_path, causal):
+    """make_length (not shipped), imported by `import_tracr`, against tracr's own model.apply: the
     output-space values (read here from tracr's residual directions "length:<n>") and the
     decoded outputs at every position."""
     pytest.importorskip("tracr")
     from tracr.compiler import lib
 
+    from circuitbench.models.tracr_import import ImportReport, import_tracr
+
     out = tmp_path / "length"
-    args = ["import-tracr", "length", "--vocab", "a,b", "--max-seq-len", "3", "--out", str(out), "--n-prompts", "0"]
-    code, stdout, stderr = cli(capsys, *(args + (["--causal"] if causal else [])))
-    assert code == 0, stderr
+    report = import_tracr("length", ("a", "b"), 3, out, causal=causal, n_prompts=0)
+    assert isinstance(report, ImportReport) and report.path == out and report.n_prompts == 0
+    assert report.verification.max_abs_diff_output < 1e-4
     assert {"cfg.json", "model.safetensors", "tokenizer.json", "circuit.json", "tracr.json"} <= {
         p.name for p in out.iterdir()}
     record = json.loads((out / "tracr.json").read_text())
@@ -252,22 +254,22 @@ def test_import_matches_tracr_forward(capsys, tmp_path, causal):
     assert worst < 1e-4
     truth = json.loads((out / "circuit.json").read_text())
     assert truth["heads"] == [[0, 0]] and truth["mlps"] == [0]  # selector width: one head, one MLP
+    assert report.circuit == truth
 
 
-def test_import_of_a_program_file_with_an_mlp_only(capsys, tmp_path):
+def test_import_of_a_program_file_with_an_mlp_only(tmp_path):
     """A program file whose program needs no attention: its one block's head is zero, so the true
     circuit is that block's MLP alone; padded batches give the unpadded answers."""
     pytest.importorskip("tracr")
+    from circuitbench.models.tracr_import import import_tracr
     program = tmp_path / "prog.py"
     program.write_text("from tracr.rasp import rasp\n\n"
                        "def vowel(vocab):\n"
                        "    return rasp.categorical(rasp.Map(lambda x: 'y' if x in 'ae' else 'n', rasp.tokens))\n")
     out = tmp_path / "vowel"
-    code, stdout, stderr = cli(capsys, "import-tracr", f"{program}:vowel", "--vocab", "a,b,e,f", "--max-seq-len", "4",
-                               "--out", str(out))
-    assert code == 0, stderr
+    report = import_tracr(f"{program}:vowel", ("a", "b", "e", "f"), 4, out)
     truth = json.loads((out / "circuit.json").read_text())
-    assert truth["heads"] == [] and truth["mlps"] == [0]
+    assert truth["heads"] == [] and truth["mlps"] == [0] and report.circuit == truth
     model = load_model(str(out), device="cpu")
     assert decoded(model, list("abef")) == ["y", "n", "y", "n"]
     tok = model.vocab.tokenizer
@@ -437,9 +439,11 @@ def test_import_force_replaces_its_own_earlier_output(capsys, tmp_path, user_fil
     assert sorted(p.name for p in project.iterdir()) == ["model", "neighbour.txt"]
 
 
-def test_a_failed_import_keeps_the_old_output_and_leaves_no_staging(capsys, tmp_path, user_files, monkeypatch):
+def test_a_failed_import_keeps_the_old_output_and_leaves_no_staging(tmp_path, user_files, monkeypatch):
     pytest.importorskip("tracr")
     from tracr.compiler import compiling
+
+    from circuitbench.models.tracr_import import import_tracr
 
     def broken(*args, **kwargs):
         raise RuntimeError("the compiler broke")
@@ -448,7 +452,7 @@ def test_a_failed_import_keeps_the_old_output_and_leaves_no_staging(capsys, tmp_
     shutil.copytree(ZOO_DIR / "tracr-hist", tmp_path / "model")
     before = tree(tmp_path)
     with pytest.raises(RuntimeError, match="the compiler broke"):
-        cli(capsys, *IMPORT_ARGS, "--out", str(tmp_path / "model"), "--force")
+        import_tracr("length", ("a", "b"), 2, tmp_path / "model", force=True, n_prompts=0)
     assert tree(tmp_path) == before
 
 
@@ -496,13 +500,24 @@ def test_import_bounds_n_prompts(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_import_stops_when_the_inputs_run_out(capsys, tmp_path):
+def test_import_stops_when_the_inputs_run_out(tmp_path):
     """hist over a,b up to length 2 has 6 distinct inputs: asking for 1,000 prompts takes each once
     (4 have a same-length input with another answer) and says so."""
     pytest.importorskip("tracr")
-    code, out, err = cli(capsys, "import-tracr", "hist", "--vocab", "a,b", "--max-seq-len", "2", "--n-prompts", "1000",
-                         "--out", str(tmp_path / "m"))
-    assert code == 0, err
+    from circuitbench.models.tracr_import import import_tracr
+
+    report = import_tracr("hist", ("a", "b"), 2, tmp_path / "m", n_prompts=1000)
+    assert report.n_prompts == 4 and report.n_distinct_inputs == 6
     records = [json.loads(line) for line in (tmp_path / "m" / "prompts.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"] for r in records) == ["a a", "a b", "b a", "b b"]
-    assert "4 prompts in prompts.jsonl (of 1000 asked: only 6 distinct inputs of length 1-2 exist" in out
+    assert "4 prompts in prompts.jsonl (of 1000 asked: only 6 distinct inputs of length 1-2 exist" in report.summary(
+        1000, 2)
+
+
+def test_the_reproducing_command_leaves_default_options_out():
+    from circuitbench.models.tracr_import import reproduce_command
+
+    assert reproduce_command("hist", "a,b,c", 5) == (
+        "circuitbench import-tracr hist --vocab a,b,c --max-seq-len 5 --out DIR")
+    assert reproduce_command("make_hist", "1, 2", 4, causal=True, bos="B", n_prompts=8) == (
+        "circuitbench import-tracr make_hist --vocab 1, 2 --max-seq-len 4 --causal --bos B --n-prompts 8 --out DIR")

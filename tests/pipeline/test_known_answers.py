@@ -26,7 +26,7 @@ def test_some_default_method_recovers_every_tracr_circuit(capsys, tmp_path, task
     assert result.recovery and max(r.recall for r in result.recovery.values()) == 1.0
     kept = result.recovery[result.circuit.method]
     assert kept.recall == 1.0 and kept.precision == 1.0  # the most faithful circuit is the known one
-    assert set(result.circuit.by_ablation) == {"mean_counterfactual", "zero"}
+    assert set(result.circuit.faithfulness.by_ablation) == {"mean_counterfactual", "zero"}
     assert "recovery of the reference" in out
     # node level: the MLPs are scored and some method ranks every reference node (heads and MLPs) first
     nodes = len(result.reference.heads) + len(result.reference.mlps)
@@ -44,7 +44,8 @@ def test_a_head_that_reads_only_the_length_is_found_and_what_patching_misses_is_
     assert result.recovery["activation_patching"].recall == 0.5 and result.recovery["ablation"].recall == 1.0
     assert result.circuit.method == "ablation" and (0, 0) in map(tuple, result.circuit.heads)
     patching = next(c for c in result.circuit.candidates if c.method == "activation_patching")
-    assert patching.faithfulness < 0.99 < result.circuit.faithfulness  # the incomplete circuit is not called faithful
+    # the incomplete circuit is not called faithful
+    assert patching.faithfulness < 0.99 < result.circuit.faithfulness.value
 
 
 def test_imported_program_then_a_file_task_gives_recovery(capsys, tmp_path):

@@ -77,10 +77,11 @@ def assert_same_result(single: RunResult, parallel: RunResult) -> None:
         assert parallel.circuit is None
     else:
         assert parallel.circuit is not None and parallel.circuit.heads == single.circuit.heads
-        for name in ("faithfulness", "m_circuit", "m_full", "m_empty", "cpr", "cmd"):
-            a, b = getattr(single.circuit, name), getattr(parallel.circuit, name)
+        f_single, f_parallel = single.circuit.faithfulness, parallel.circuit.faithfulness
+        for name in ("value", "m_circuit", "m_full", "m_empty", "cpr", "cmd"):
+            a, b = getattr(f_single, name), getattr(f_parallel, name)
             assert (a is None and b is None) or abs(a - b) < TOL, (name, a, b)
-        np.testing.assert_allclose(parallel.circuit.curve, single.circuit.curve, atol=TOL, rtol=0)
+        np.testing.assert_allclose(f_parallel.curve, f_single.curve, atol=TOL, rtol=0)
 
 
 def compare_runs(tmp_path: Path, tasks: str, model: str, n: int, batch_size: int, methods: str) -> list[RunResult]:
@@ -148,7 +149,7 @@ def test_two_processes_match_one_process_induction(tmp_path, one_thread):
     ablation: the means are summed across shards)."""
     [result] = compare_runs(tmp_path, "induction", "toy-induction-2l", n=24, batch_size=8,
                             methods="activation_patching,attribution_patching,previous_token,induction")
-    assert result.task.n_prompts == 24 and result.circuit is not None and result.circuit.curve
+    assert result.task.n_prompts == 24 and result.circuit is not None and result.circuit.faithfulness.curve
 
 
 def test_two_processes_match_one_process_sorting(tmp_path, one_thread):

@@ -130,10 +130,10 @@ def test_run_reads_each_corrupted_prompt_at_its_own_end(tmp_path, toy):
         assert result.status == "complete" and result.task.n_prompts == 24 and result.task.n_dropped == 0
         assert math.isclose(result.metrics_corrupted["logit_diff"], sum(expected) / len(expected), abs_tol=1e-4)
         assert set(result.head_scores) == {"ablation", "attention_to", "previous_token"}
-        assert result.circuit is not None and math.isfinite(result.circuit.faithfulness)
+        assert result.circuit is not None and math.isfinite(result.circuit.faithfulness.value)
     a, b = (r.head_scores["ablation"] for r in results)
     assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4)
-    assert math.isclose(results[0].circuit.faithfulness, results[1].circuit.faithfulness, abs_tol=1e-4)
+    assert math.isclose(results[0].circuit.faithfulness.value, results[1].circuit.faithfulness.value, abs_tol=1e-4)
 
 
 def test_counterfactual_means_count_each_corrupted_prompt_up_to_its_own_length(tmp_path, toy):

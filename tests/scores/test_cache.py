@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import circuitbench
 from circuitbench.pipeline.grid import run
 from circuitbench.results.schema import RunInfo
 from circuitbench.scores.activation_cache import ActivationCache, cache_key, tokens_hash
@@ -62,7 +63,8 @@ def assert_same_numbers(a, b, tol: float = 1e-6) -> None:
         assert np.abs(np.array(a.head_scores[method]) - np.array(b.head_scores[method])).max() < tol
     assert (a.circuit is None) == (b.circuit is None)
     if a.circuit is not None:
-        assert a.circuit.heads == b.circuit.heads and abs(a.circuit.faithfulness - b.circuit.faithfulness) < tol
+        assert a.circuit.heads == b.circuit.heads
+        assert abs(a.circuit.faithfulness.value - b.circuit.faithfulness.value) < tol
 
 
 def test_added_method_reuses_forwards_and_matches_uncached_run(tmp_path, base_forwards):
@@ -89,7 +91,8 @@ def test_added_method_reuses_forwards_and_matches_uncached_run(tmp_path, base_fo
     # adding a method, at another batch size: not one unpatched forward is recomputed
     second = unit(["activation_patching", "attribution_patching"], batch_size=5)
     assert base_forwards == {"evaluate": 0, "base_runs": 0}
-    assert second.run.cache == {"hits": 6, "misses": 0}  # metrics + 2 methods' base runs, clean and corrupted
+    # metrics + the base runs of 2 methods and of visibility (scores/visibility.py), clean and corrupted
+    assert second.run.cache == {"hits": 8, "misses": 0}
 
     uncached = unit(["activation_patching", "attribution_patching"], cache=False)
     assert base_forwards["evaluate"] == 4 and base_forwards["base_runs"] > 0
@@ -162,7 +165,9 @@ def test_damaged_entry_is_recomputed_without_error(tmp_path, base_forwards):
     base_forwards.update(evaluate=0, base_runs=0)
     again = run_toy(tmp_path, "again", SORT, methods=["activation_patching"], n_prompts=8)
     assert again.run.cache["misses"] == 1  # only the damaged file was recomputed...
-    assert base_forwards == {"evaluate": 0, "base_runs": 2}  # ...2 clean batches, no corrupted ones
+    # ...2 clean batches, no corrupted ones; and the panel's resample ablation runs its partners' batches for
+    # m(M), m(∅) and m(C) (2 batches each: resample reads other prompts' runs, not cached work)
+    assert base_forwards == {"evaluate": 0, "base_runs": 2 + 3 * 2}
     assert target.stat().st_size == good_size
     assert_same_numbers(reference, again)
 
@@ -176,11 +181,10 @@ def test_damaged_entry_is_recomputed_without_error(tmp_path, base_forwards):
 
 def test_cache_ls_and_clear(tmp_path, capsys):
     cache_dir = str(tmp_path / "cache")
-    args = ["run", "--task", "sorting", "--model", SORT, "--n", "8", "--methods", "activation_patching",
-            "--out", str(tmp_path / "res"), "--cache-dir", cache_dir, "-q"]
-    assert cli(capsys, *args)[0] == 0
-    assert cli(capsys, *args[:-3], "--no-cache", "-q")[0] == 0
-    (entry,) = ActivationCache(cache_dir).entries()  # --no-cache added nothing
+    options = dict(out=tmp_path / "res", n_prompts=8, methods=["activation_patching"])
+    assert circuitbench.run("sorting", SORT, cache_dir=cache_dir, **options).run.cache["misses"] > 0
+    assert circuitbench.run("sorting", SORT, cache=False, **options).run.cache == {}
+    (entry,) = ActivationCache(cache_dir).entries()  # cache=False added nothing
     manifest = entry.manifest
     assert manifest is not None and manifest.hits >= 1
     manifest_bytes = len((entry.path / "manifest.json").read_bytes())

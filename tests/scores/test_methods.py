@@ -143,22 +143,23 @@ def test_faithfulness_and_curve_on_toy(toy, tmp_path):
     spec = load_task("induction").model_copy(update={"n_prompts": 16})
     result = run_unit(spec, model, ExecutionOptions(batch_size=8))
     c = result.circuit
+    f = c.faithfulness
     assert c is not None and len(c.heads) == 5
     # f(C) recomputed from the stored metric values, and the curve's end points
-    assert abs(c.faithfulness - (c.m_circuit - c.m_empty) / (c.m_full - c.m_empty)) < 1e-9
-    assert c.curve[0][2] == 0.0 and c.curve[-1][2] == 1.0 and len(c.curve) == 9
-    xs, ys = np.array([p[1] for p in c.curve]), np.array([p[2] for p in c.curve])
-    assert abs(c.cpr - np.trapezoid(ys, xs)) < 1e-9 and abs(c.cmd - np.trapezoid(np.abs(1 - ys), xs)) < 1e-9
+    assert abs(f.value - (f.m_circuit - f.m_empty) / (f.m_full - f.m_empty)) < 1e-9
+    assert f.curve[0][2] == 0.0 and f.curve[-1][2] == 1.0 and len(f.curve) == 9
+    xs, ys = np.array([p[1] for p in f.curve]), np.array([p[2] for p in f.curve])
+    assert abs(f.cpr - np.trapezoid(ys, xs)) < 1e-9 and abs(f.cmd - np.trapezoid(np.abs(1 - ys), xs)) < 1e-9
     # stored in the metric's own sign, labelled: a loss is lower for the full model than for the all-ablated one
-    assert c.metric == "induction_loss" and c.m_full < c.m_empty
+    assert f.metric == "induction_loss" and f.m_full < f.m_empty
     # like with like, and said: attribution patching approximates noising patching
     assert "spearman(activation_patching[noising], attribution_patching[noising])" in result.method_agreement
-    assert {k.method for k in c.candidates} == set(result.head_scores) and c.by_ablation.keys() == {
+    assert {k.method for k in c.candidates} == set(result.head_scores) and f.by_ablation.keys() == {
         "mean_counterfactual", "zero"}
     best = min(c.candidates, key=lambda k: abs(1 - k.faithfulness))
-    assert c.method == best.method and abs(c.faithfulness - best.faithfulness) < 1e-9  # auto keeps the most faithful
+    assert c.method == best.method and abs(f.value - best.faithfulness) < 1e-9  # auto keeps the most faithful
     # the 5-head circuit keeps more than the 5 worst heads would
-    assert c.faithfulness > c.curve[3][2]
+    assert f.value > f.curve[3][2]
 
 
 def test_causal_tracing_maps(toy):

@@ -114,9 +114,10 @@ def test_one_prompt_has_no_standard_error_and_no_faithfulness(capsys, tmp_path):
     raw = json.loads(path.read_text())
     assert raw["metrics_stderr"] == {"induction_loss": None, "sequence_loss": None}
     circuit = raw["circuit"]
-    assert circuit["faithfulness"] is None and circuit["gap_stderr"] is None
-    assert set(circuit["by_ablation"].values()) == {None} and circuit["cpr"] is None
-    assert "1 prompt" in circuit["faithfulness_undefined"]
+    faithfulness = circuit["faithfulness"]
+    assert faithfulness["value"] is None and faithfulness["gap_stderr"] is None
+    assert set(faithfulness["by_ablation"].values()) == {None} and faithfulness["cpr"] is None
+    assert "1 prompt" in faithfulness["undefined"]
     assert all(c["faithfulness"] is None for c in circuit["candidates"])
     assert "± n/a" in out and "± 0.000" not in out and "faithfulness undefined" in out
     code, _, err = cli(capsys, "report", str(path), "--out", str(tmp_path / "report"))
@@ -130,5 +131,6 @@ def test_two_prompts_have_a_standard_error(capsys, tmp_path):
     assert code == 0, err
     result = load_result(tmp_path / "toy-induction-2l" / "induction.json")
     assert all(isinstance(v, float) and v > 0 for v in result.metrics_stderr.values())
-    assert result.circuit.gap_stderr is not None and result.circuit.gap_stderr > 0
-    assert (result.circuit.faithfulness is None) == (result.circuit.faithfulness_undefined is not None)
+    f = result.circuit.faithfulness
+    assert f.gap_stderr is not None and f.gap_stderr > 0
+    assert (f.value is None) == (f.undefined is not None)

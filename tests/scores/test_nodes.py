@@ -55,13 +55,14 @@ def test_node_circuit_keeps_mlps_and_integrates_as_mib():
     spec = load_task("tasks/known_answers/tracr_detect_abc.yaml").model_copy(
         update={"circuit": CircuitRule(level="node", top_k=5, method="ablation")})
     c = run_unit(spec, model, ExecutionOptions(batch_size=32)).circuit
+    f = c.faithfulness
     assert c is not None and c.level == "node" and c.mlps == [0, 1, 2] and c.heads == [(1, 0), (1, 1)]
-    assert c.faithfulness == pytest.approx(1.0, abs=1e-6)  # the known circuit does the task alone
-    assert c.integration == "mib" and len(c.curve) == len(c.curve_signed) == 10
+    assert f.value == pytest.approx(1.0, abs=1e-6)  # the known circuit does the task alone
+    assert f.integration == "mib" and len(f.curve) == len(f.curve_signed) == 10
     n_nodes = 3 * (2 + 1)
-    assert [p[0] for p in c.curve] == mib_sizes(n_nodes) and [p[1] for p in c.curve] == list(MIB_FRACTIONS)
-    cpr, cmd = mib_cpr_cmd([p[2] for p in c.curve_signed], [p[2] for p in c.curve])
-    assert (c.cpr, c.cmd) == (pytest.approx(cpr), pytest.approx(cmd))
+    assert [p[0] for p in f.curve] == mib_sizes(n_nodes) and [p[1] for p in f.curve] == list(MIB_FRACTIONS)
+    cpr, cmd = mib_cpr_cmd([p[2] for p in f.curve_signed], [p[2] for p in f.curve])
+    assert (f.cpr, f.cmd) == (pytest.approx(cpr), pytest.approx(cmd))
 
 
 def test_mib_integration_by_hand():

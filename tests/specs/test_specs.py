@@ -118,3 +118,22 @@ def test_suite_expands_to_every_catalog_task_in_name_order():
     assert len(known) >= 4 and known <= set(task_files()) and not known & set(names)
     both = expand_task_names(["x2", "suite"])
     assert both[:2] == ["x2", names[0]] and len(both) == len(names) + 1
+
+
+SHIPPED = {"toy-tasks": 8, "toy-induction-2l": 8}  # heads of the shipped toys the suite tasks default to
+
+
+@pytest.mark.parametrize("task", ["ioi", "seq_digits", "seq_numwords", "seq_months", "seq_days", "seq_letters",
+                                  "seq_sentence", "x2", "arith_k", "fibonacci", "sorting", "induction"])
+def test_shipped_rules_pick_some_but_not_all_heads_of_the_shipped_toys(task):
+    import numpy as np
+
+    from circuitbench.circuits.circuit import Circuit
+
+    rule = load_task(task).circuit
+    assert rule is not None and rule.threshold is None
+    for heads in SHIPPED.values():
+        expected = min(rule.top_k, heads) if rule.top_k is not None else max(1, round(rule.fraction * heads))
+        assert 0 < expected < heads
+        scores = np.random.default_rng(0).normal(size=(2, heads // 2))
+        assert len(Circuit.from_scores(scores, rule, "m").heads) == expected

@@ -18,8 +18,9 @@ from circuitbench.models.loading import load_model
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.options import RunOptions, effective_spec
+from circuitbench.training.config import TrainConfig, arch_from
 from circuitbench.training.dynamics import analyse
-from circuitbench.training.trainer import TrainConfig, arch_from, train
+from circuitbench.training.trainer import train
 
 SMALL = "tasks/examples/induction_small.yaml"  # 16 symbols, |A| = 8..14
 N_EVAL = 32

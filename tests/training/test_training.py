@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from circuitbench.models.loading import load_model
 from circuitbench.specs.catalog import load_task
+from circuitbench.training.config import TrainConfig, arch_from
 from circuitbench.training.dynamics import analyse, fastest_change, plot
-from circuitbench.training.trainer import TrainConfig, arch_from, checkpoint_steps, train
+from circuitbench.training.trainer import checkpoint_steps, train
 
 from helpers import cli
 

@@ -26,5 +26,8 @@ class MethodContext:
     # Adds this process's partial sums to every other process's (parallel.Processes.sum); the
     # identity in a one-process run.
     sum_shards: Callable[[Any], Any] = field(default=lambda value: value)
+    # Every process's per-prompt array joined in prompt order (bootstrap intervals need all prompts);
+    # the identity in a one-process run.
+    gather_shards: Callable[[Any], Any] = field(default=lambda values: values)
     # Where unpatched clean/corrupted runs are read from or stored (None: computed per batch).
     cache_entry: "CacheEntry | None" = None

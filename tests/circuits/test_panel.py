@@ -1,0 +1,90 @@
+"""How far a circuit can be trusted (circuits/panel.py): bootstrap intervals against a naive loop,
+the verdict rules, and, on compiled tracr programs whose true circuit is known, that a circuit
+missing a reference node is never called robust and names what it misses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import circuitbench as cb
+from circuitbench.circuits.circuit import OutsideComponent, PanelEntry
+from circuitbench.circuits.panel import PanelValues, bootstrap_interval, f_of, judge
+
+TRACR = [("reverse", "tracr-reverse"), ("hist", "tracr-hist"), ("sort_unique", "tracr-sort-unique"),
+         ("detect_abc", "tracr-detect-abc")]
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_a_naive_loop():
+    rng = np.random.default_rng(1)
+    full, empty = rng.normal(2.0, 0.3, 40), rng.normal(0.0, 0.3, 40)
+    circuit = 0.9 * full + 0.1 * empty + rng.normal(0, 0.05, 40)
+    values = PanelValues(full, empty, circuit, None)
+    draws = np.random.default_rng(7).integers(0, 40, size=(200, 40))
+    naive = [(circuit[r].mean() - empty[r].mean()) / (full[r].mean() - empty[r].mean()) for r in draws]
+    low, high = bootstrap_interval(values, seed=7, n_resamples=200)
+    assert (low, high) == pytest.approx(tuple(np.percentile(naive, [2.5, 97.5])))
+    assert low < f_of(full, empty, circuit) < high
+    assert bootstrap_interval(PanelValues(full[:1], empty[:1], circuit[:1], None), seed=0) is None
+
+
+def _entry(name, value, ci):
+    return PanelEntry(ablation=name, value=value, ci=ci, n=32)
+
+
+GOOD = (0.95, 1.05)
+
+
+@pytest.mark.parametrize("panel, outside, verdict", [
+    ({"counterfactual": _entry("counterfactual", 1.0, GOOD), "mean_clean": _entry("mean_clean", 1.0, GOOD),
+      "resample": _entry("resample", 1.0, GOOD), "zero": _entry("zero", 0.2, (0.1, 0.3))}, [], "robust"),
+    # the interval must lie inside the band, not only the value
+    ({"counterfactual": _entry("counterfactual", 1.0, GOOD), "mean_clean": _entry("mean_clean", 0.9, (0.7, 1.1)),
+      "resample": _entry("resample", 1.0, GOOD)}, [], "counterfactual_specific"),
+    ({"counterfactual": _entry("counterfactual", 1.0, GOOD), "mean_clean": _entry("mean_clean", 1.0, GOOD),
+      "resample": _entry("resample", 1.0, GOOD)},
+     [OutsideComponent(node="a0.h0", ablation="zero", effect=-1.0, ci=(-1.2, -0.8), share=0.5)],
+     "counterfactual_specific"),
+    ({"counterfactual": _entry("counterfactual", 0.5, (0.4, 0.6)), "mean_clean": _entry("mean_clean", 1.0, GOOD),
+      "resample": _entry("resample", 1.0, GOOD)}, [], "unfaithful"),
+    ({"counterfactual": PanelEntry(ablation="counterfactual", value=None, undefined="within noise", n=8)}, [],
+     "undefined"),
+])
+def test_verdict_rules(panel, outside, verdict):
+    got, reasons = judge(panel, "counterfactual", outside, [])
+    assert got == verdict and (reasons == []) == (verdict == "robust")
+    if outside:
+        assert any("a0.h0" in r for r in reasons)
+
+
+@pytest.mark.parametrize("program, model", TRACR)
+@pytest.mark.parametrize("level, methods", [("node", ["ablation", "activation_patching"]),
+                                            ("edge", ["eap", "edge_patching"])])
+def test_a_circuit_missing_a_reference_node_is_never_robust_and_names_it(program, model, level, methods):
+    """top_k 2 nodes / 4 edges is smaller than most true circuits: whatever it keeps, a missing
+    reference node (often invisible to the counterfactual) is listed as necessary outside it."""
+    task = cb.load_task(f"tasks/known_answers/tracr_{program}.yaml")
+    rule = task.circuit.model_copy(update={"level": level, "top_k": 2 if level == "node" else 4,
+                                           "ablation": "counterfactual" if level == "edge" else task.circuit.ablation})
+    result = cb.run(task.model_copy(update={"circuit": rule}), model, methods=methods)
+    c = result.circuit
+    reference = {f"a{l}.h{h}" for l, h in result.reference.heads} | {f"m{l}" for l in result.reference.mlps}
+    missing = reference - set(c.nodes)
+    assert c.verdict is not None and set(c.panel) >= {"counterfactual", "mean_clean", "zero"}
+    if missing:
+        assert c.verdict != "robust" and c.verdict_reasons
+        assert missing <= {o.node for o in c.outside_necessary}, (missing, c.outside_necessary)
+    for entry in c.panel.values():
+        assert entry.value is None or entry.ci is None or entry.ci[0] <= entry.value <= entry.ci[1] + 1e-9
+
+
+def test_the_previous_token_head_left_out_of_a_patching_circuit_is_named():
+    """toy-induction-2l's default counterfactual keeps the first half of the sequence, so the previous-
+    token head's output at the keys the induction heads read is the same in both runs: a circuit from
+    exact patching alone may leave it out, and ablating it alone from the full model must say so."""
+    result = cb.run("induction", "toy-induction-2l", n_prompts=16, methods=["activation_patching"])
+    c = result.circuit
+    assert "a0.h2" in c.nodes or "a0.h2" in {o.node for o in c.outside_necessary}
+    assert c.verdict in ("robust", "counterfactual_specific", "unfaithful")
+    if "a0.h2" not in c.nodes:
+        assert c.verdict != "robust"
+
