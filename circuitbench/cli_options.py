@@ -69,30 +69,27 @@ def _without_flag_types(params: list[Any]) -> None:
             param.metavar = ""
 
 
-class Command(TyperCommand):
-    """A command whose --help shows flags (--help among them) without a value type."""
+class _FlagsWithoutTypes:
+    """Mixed into typer's command classes: --help shows flags (--help among them) without a value type."""
+
+    params: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _without_flag_types(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
-        help_option = super().get_help_option(ctx)
+        help_option = super().get_help_option(ctx)  # type: ignore[misc]
         _without_flag_types([help_option] if help_option is not None else [])
         return help_option
 
 
-class Group(TyperGroup):
+class Command(_FlagsWithoutTypes, TyperCommand):
+    """A command whose --help shows flags without a value type."""
+
+
+class Group(_FlagsWithoutTypes, TyperGroup):
     """A command group whose --help shows flags (--help, --version) without a value type."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _without_flag_types(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        help_option = super().get_help_option(ctx)
-        _without_flag_types([help_option] if help_option is not None else [])
-        return help_option
 
 
 class App(typer.Typer):

@@ -123,6 +123,10 @@ class CircuitCandidate(BaseModel):
     n_edges: int | None = Field(None, description="edges in the circuit (edge level, after pruning)")
     faithfulness: float | None = Field(description="f(C) under the rule's ablation (None: undefined, see the "
                                        "circuit's faithfulness.undefined)")
+    worst_case: float | None = Field(None, description="the largest |1 − f| over the rule's ablation, counterfactual "
+                                     "patching, mean and resample ablation (auto keeps the smallest; None: f undefined "
+                                     "under one of them, or no panel)")
+    worst_ablation: str | None = Field(None, description="the ablation where that worst case falls")
 
 
 Verdict = Literal["robust", "counterfactual_specific", "unfaithful", "undefined"]
@@ -177,7 +181,7 @@ class Circuit(BaseModel):
     faithfulness: Faithfulness | None = Field(None, description="its faithfulness (a circuit a run chose)")
     candidates: list[CircuitCandidate] = Field(
         default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
-        "faithful: f closest to 1, then the smaller circuit)")
+        "faithful: the smallest worst case over the panel, then the smaller circuit)")
     verdict: Verdict | None = Field(
         None, description="how far to trust it: robust (f within the band, its interval included, under "
         "counterfactual patching, mean and resample ablation; nothing necessary left out; every component patching "
@@ -185,6 +189,7 @@ class Circuit(BaseModel):
         "in the band), unfaithful, or undefined (within noise)")
     verdict_reasons: list[str] = Field(default_factory=list, description="why the verdict is not robust, one line "
                                        "each (empty for robust)")
+    choice: str | None = Field(None, description="why method: auto kept this candidate, in words")
     panel: dict[str, PanelEntry] = Field(default_factory=dict, description="f under each ablation, with its interval")
     invisible: list[str] = Field(
         default_factory=list, description="components whose output is the same in the clean and counterfactual run "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuitbench.circuits.circuit import Circuit, OutsideComponent, PanelEntry, Verdict
+from circuitbench.circuits.circuit import Circuit, CircuitCandidate, OutsideComponent, PanelEntry, Verdict
 from circuitbench.circuits.edge_faithfulness import EdgeBaseline
 from circuitbench.circuits.faithfulness import Baseline
 from circuitbench.errors import CircuitbenchError
@@ -176,31 +176,77 @@ def judge(panel: dict[str, PanelEntry], rule_ablation: str, outside: list[Outsid
     return ("counterfactual_specific" if in_band(counterfactual) else "unfaithful"), reasons
 
 
-def node_values_under(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, rule_baseline: Baseline,
-                      keep: set[tuple[int, int]], keep_mlps: set[int]) -> Callable[[Ablation], PanelValues]:
-    """The panel's values of a head or node circuit: a Baseline per ablation (the rule's reused)."""
-    def values(ablation: Ablation) -> PanelValues:
-        baseline = rule_baseline if ablation == rule_baseline.ablation else Baseline(model, data, ablation, ctx,
-                                                                                     rule_baseline.level)
-        circuit = baseline.values(keep, keep_mlps, "m(C), the circuit's metric")
-        return PanelValues(ctx.gather_shards(baseline.full_values), ctx.gather_shards(baseline.empty_values),
-                           ctx.gather_shards(circuit), baseline.undefined_reason)
-    return values
+class PanelBaselines:
+    """One baseline per ablation (m(M), m(∅) and their per-prompt values), built when first asked and
+    shared by every circuit measured on the panel: the candidates `auto` weighs and the one it keeps."""
+
+    def __init__(self, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
+                 rule_baseline: Baseline | EdgeBaseline) -> None:
+        self.model, self.data, self.ctx = model, data, ctx
+        self.edges = isinstance(rule_baseline, EdgeBaseline)
+        self.level = "edge" if isinstance(rule_baseline, EdgeBaseline) else rule_baseline.level
+        self.kept: dict[str, Baseline | EdgeBaseline] = {rule_baseline.ablation.name: rule_baseline}
+
+    def baseline(self, ablation: Ablation) -> Baseline | EdgeBaseline:
+        if ablation.name not in self.kept:
+            self.kept[ablation.name] = (EdgeBaseline(self.model, self.data, ablation, self.ctx) if self.edges
+                                        else Baseline(self.model, self.data, ablation, self.ctx, self.level))
+        return self.kept[ablation.name]
+
+    def values_under(self, circuit: Circuit) -> Callable[[Ablation], PanelValues]:
+        """The panel's values of `circuit` (its heads and MLPs, or its edges) under any ablation."""
+        def values(ablation: Ablation) -> PanelValues:
+            baseline = self.baseline(ablation)
+            if isinstance(baseline, EdgeBaseline):
+                kept = baseline.values(baseline.keep_of(circuit.edges), "m(C), the circuit's metric")
+            else:
+                kept = baseline.values(set(map(tuple, circuit.heads)), set(circuit.mlps), "m(C), the circuit's metric")
+            gather = self.ctx.gather_shards
+            return PanelValues(gather(baseline.full_values), gather(baseline.empty_values), gather(kept),
+                               baseline.undefined_reason)
+        return values
 
 
-def edge_values_under(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, rule_baseline: EdgeBaseline,
-                      edges: list[str]) -> Callable[[Ablation], PanelValues]:
-    """The panel's values of an edge circuit: an EdgeBaseline per ablation (the rule's reused)."""
-    def values(ablation: Ablation) -> PanelValues:
-        baseline = rule_baseline if ablation == rule_baseline.ablation else EdgeBaseline(model, data, ablation, ctx)
-        circuit = baseline.values(baseline.keep_of(edges), "m(C), the circuit's metric")
-        return PanelValues(ctx.gather_shards(baseline.full_values), ctx.gather_shards(baseline.empty_values),
-                           ctx.gather_shards(circuit), baseline.undefined_reason)
-    return values
+def worst_case(panel: dict[str, PanelEntry], rule_ablation: str) -> tuple[float, str]:
+    """(the largest |1 − f| over the rule's ablation and the ones `robust` needs, where it falls);
+    an undefined f counts as infinitely far."""
+    worst, where = 0.0, rule_ablation
+    for name in (rule_ablation, *REQUIRED):
+        entry = panel.get(name)
+        if entry is None:
+            continue
+        distance = float("inf") if entry.value is None else abs(1 - entry.value)
+        if distance > worst:
+            worst, where = distance, name
+    return worst, where
+
+
+def choose_by_panel(circuits: dict[str, Circuit], candidates: list[CircuitCandidate], baselines: PanelBaselines,
+                    rule_ablation: Ablation, seed: int) -> tuple[str, list[CircuitCandidate], str]:
+    """`auto` by the panel: each candidate's worst case |1 − f| over the rule's ablation,
+    counterfactual patching, mean and resample ablation (point values, no intervals), the smallest
+    kept (ties: the smaller circuit, then the method listed first). Returns the method kept, the
+    candidates with their worst case, and why, in words."""
+    order = list(circuits)
+    scored = []
+    for candidate in candidates:
+        panel = ablation_panel(baselines.values_under(circuits[candidate.method]), rule_ablation, seed,
+                               [a for a in PANEL_ABLATIONS if a.name in REQUIRED])
+        worst, where = worst_case(panel, rule_ablation.name)
+        scored.append(candidate.model_copy(update={"worst_case": None if worst == float("inf") else worst,
+                                                   "worst_ablation": where}))
+    size = {m: len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps) for m, c in circuits.items()}
+    best = min(scored, key=lambda c: (float("inf") if c.worst_case is None else c.worst_case, size[c.method],
+                                      order.index(c.method)))
+    shown = " · ".join(f"{c.method} {'undefined' if c.worst_case is None else f'{c.worst_case:.2f}'} "
+                       f"({c.worst_ablation})" for c in scored)
+    why = (f"auto kept {best.method}: the smallest worst case |1 − f| over the rule's ablation, counterfactual "
+           f"patching, mean and resample ablation ({shown})")
+    return best.method, scored, why
 
 
 def assess(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, circuit: Circuit, rule: CircuitRule,
-           values_under: Callable[[Ablation], PanelValues], shares: dict[str, float], seed: int) -> dict[str, object]:
+           baselines: PanelBaselines, shares: dict[str, float], seed: int) -> dict[str, object]:
     """The circuit's trust fields (Circuit.panel, outside_necessary, invisible, verdict,
     verdict_reasons) as an update: `shares` is each component's visibility (scores/visibility.py)."""
     inside = set(circuit.nodes)
@@ -211,7 +257,7 @@ def assess(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, circuit
     if f is not None and f.value is None:  # within noise: nothing to be faithful to, nothing to weigh against
         return {"invisible": invisible, "verdict": "undefined",
                 "verdict_reasons": [f"faithfulness is undefined under {rule.ablation} ablation ({f.undefined})"]}
-    panel = ablation_panel(values_under, parse_ablation(rule.ablation), seed)
+    panel = ablation_panel(baselines.values_under(circuit), parse_ablation(rule.ablation), seed)
     outside = outside_necessary(model, data, ctx, inside, rule.level)
     verdict, reasons = judge(panel, rule.ablation, outside, [n for n in invisible if n not in inside])
     return {"panel": panel, "outside_necessary": outside, "invisible": invisible, "verdict": verdict,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, head_label
-from circuitbench.circuits.edge_faithfulness import edge_faithfulness, edge_order, most_faithful_edges
+from circuitbench.circuits.edge_faithfulness import edge_circuit, edge_faithfulness, edge_order, most_faithful_edges
 from circuitbench.circuits.faithfulness import (
     curves,
     faithfulness,
@@ -25,7 +25,7 @@ from circuitbench.circuits.faithfulness import (
     ranked_names,
 )
 from circuitbench.circuits.overlap_metrics import rank_correlation
-from circuitbench.circuits.panel import assess, edge_values_under, node_values_under
+from circuitbench.circuits.panel import PanelBaselines, assess, choose_by_panel
 from circuitbench.circuits.recovery import (
     Reference,
     check_reference,
@@ -50,6 +50,7 @@ from circuitbench.results.schema import (
     RunResult,
     TaskInfo,
 )
+from circuitbench.scores.ablations import parse_ablation
 from circuitbench.scores.activation_cache import metrics_through_cache, open_run_cache
 from circuitbench.scores.edges import check_edges
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
@@ -258,8 +259,9 @@ def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, E
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
              node_scores: dict[str, dict[str, float]], edge_scores: dict[str, EdgeScores], ctx: MethodContext,
              reference: Reference | None, shares: dict[str, float]) -> Circuit | None:
-    """The circuit the task's rule picks (method auto: every method's, the most faithful kept), with
-    its faithfulness under the rule's ablation and zero ablation, and what is surprising about it."""
+    """The circuit the task's rule picks (method auto: every method's; the one with the smallest worst
+    case over the ablation panel kept, or without the panel the one closest to f = 1 under the rule's
+    ablation), with its faithfulness, its panel and verdict, and what is surprising about it."""
     rule = spec.circuit
     if rule is None:
         return None
@@ -275,6 +277,10 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     if not pool:
         return None
     chosen, candidates, baseline = most_faithful(model, data, pool, rule, ctx)
+    baselines = PanelBaselines(model, data, ctx, baseline)
+    shape = (model.n_layers, model.n_heads)
+    chosen, candidates, choice = _by_panel(spec, chosen, candidates, baselines, lambda m: Circuit.from_scores(
+        pool[m], rule, m) if isinstance(pool[m], np.ndarray) else Circuit.from_node_scores(pool[m], rule, m, shape))
     assert chosen.method is not None
     scores = pool[chosen.method]
     faith = faithfulness(model, data, chosen, scores, rule, ctx, baseline)
@@ -295,8 +301,10 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
         ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by), pool)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings, "notes": notes})
-    values_under = node_values_under(model, data, ctx, baseline, set(map(tuple, chosen.heads)), set(chosen.mlps))
-    return chosen.model_copy(update=assess(model, data, ctx, chosen, rule, values_under, shares, spec.seed))
+    if reference is not None:
+        chosen.warnings += unseen_reference(candidates, pool, reference, rule.level)
+    return chosen.model_copy(update={"choice": choice,
+                                     **assess(model, data, ctx, chosen, rule, baselines, shares, spec.seed)})
 
 
 def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
@@ -304,6 +312,9 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
     rule = spec.circuit
     assert rule is not None
     chosen, candidates, baseline = most_faithful_edges(model, data, edge_scores, rule, ctx)
+    baselines = PanelBaselines(model, data, ctx, baseline)
+    chosen, candidates, choice = _by_panel(spec, chosen, candidates, baselines,
+                                           lambda m: edge_circuit(edge_scores[m], rule, m))
     assert chosen.method is not None
     scores = edge_scores[chosen.method]
     faith = edge_faithfulness(model, data, chosen, scores, rule, ctx, baseline)
@@ -320,8 +331,43 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
         edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f_defined, rule.by), edge_scores)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings})
-    values_under = edge_values_under(model, data, ctx, baseline, chosen.edges)
-    return chosen.model_copy(update=assess(model, data, ctx, chosen, rule, values_under, shares, spec.seed))
+    return chosen.model_copy(update={"choice": choice,
+                                     **assess(model, data, ctx, chosen, rule, baselines, shares, spec.seed)})
+
+
+def _by_panel(spec: TaskSpec, chosen: Circuit, candidates: list[CircuitCandidate], baselines: PanelBaselines,
+              circuit_of: Callable[[str], Circuit]) -> tuple[Circuit, list[CircuitCandidate], str | None]:
+    """method: auto with the panel on and several candidates: keep the one whose worst case over the
+    panel is smallest (circuits/panel.py choose_by_panel), and say why; otherwise what the rule's
+    ablation chose."""
+    rule = spec.circuit
+    assert rule is not None
+    if not rule.panel or rule.method not in (None, "auto") or len(candidates) < 2 \
+            or all(c.faithfulness is None for c in candidates):
+        return chosen, candidates, None
+    circuits = {c.method: circuit_of(c.method) for c in candidates}
+    method, candidates, why = choose_by_panel(circuits, candidates, baselines, parse_ablation(rule.ablation),
+                                              spec.seed)
+    return circuits[method], candidates, why
+
+
+def unseen_reference(candidates: list[CircuitCandidate], pool: dict, reference: Reference, level: str) -> list[str]:
+    """A warning per candidate method that scored reference components exactly 0 (unknown to it, not
+    unimportant), or all of them."""
+    wanted = [f"a{l}.h{h}" for l, h in reference.heads] + ([f"m{l}" for l in reference.mlps] if level == "node"
+                                                           else [])
+    out = []
+    for c in candidates:
+        scores = pool[c.method]
+        values = ({f"a{l}.h{h}": float(scores[l, h]) for l in range(scores.shape[0]) for h in range(scores.shape[1])}
+                  if isinstance(scores, np.ndarray) else scores)
+        zero = [n for n in wanted if values.get(n, 0.0) == 0.0]
+        if zero and len(zero) == len(wanted):
+            out.append(f"candidate {c.method} scored every reference component exactly 0: it saw none of them")
+        elif zero:
+            out.append(f"candidate {c.method} scored reference {', '.join(zero)} exactly 0: unknown to it, not "
+                       "unimportant")
+    return out
 
 
 def _by_method(rule: CircuitRule, chosen: str, candidates: list[CircuitCandidate], faith: Faithfulness,

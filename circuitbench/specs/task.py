@@ -63,7 +63,8 @@ class CircuitRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: str = Field("auto", description="which method's scores make the circuit; auto: every method's "
-                        "circuit by this rule, the most faithful kept (all recorded as candidates)")
+                        "circuit by this rule, the one with the smallest worst case |1 − f| over the ablation panel "
+                        "kept (all recorded as candidates)")
     level: Literal["head", "node", "edge"] = Field(
         "head", exclude_if=lambda level: level == "head",
         description="what the circuit is made of: heads (node methods' head scores), nodes (heads and MLPs), or "

@@ -159,7 +159,8 @@ def faithfulness_text(f: Faithfulness | None) -> str:
 VERDICT_WORDS = {
     "robust": "robust: f in [0.8, 1.2] under counterfactual patching, mean and resample ablation, nothing necessary "
               "left out",
-    "counterfactual_specific": "counterfactual-specific: faithful under counterfactual patching only",
+    "counterfactual_specific": "counterfactual-specific: faithful under counterfactual patching, not under every "
+                               "check",
     "unfaithful": "unfaithful",
     "undefined": "undefined: no measurable effect to be faithful to",
 }
@@ -171,6 +172,14 @@ def verdict_text(c: Any) -> str:
         return "verdict: not judged (circuit: {panel: false})"
     text = f"verdict: {VERDICT_WORDS[c.verdict]}"
     return text + (f" ({'; '.join(c.verdict_reasons)})" if c.verdict_reasons else "")
+
+
+def outside_text(parts: Sequence[Any]) -> str:
+    """Components necessary outside the circuit, one entry per component with each ablation's effect."""
+    by_node: dict[str, list[str]] = {}
+    for part in parts:
+        by_node.setdefault(part.node, []).append(f"{part.ablation} {part.effect:+.3g} ({part.share:.0%})")
+    return " · ".join(f"{node}: {', '.join(effects)}" for node, effects in by_node.items())
 
 
 def panel_text(c: Any) -> str:
@@ -198,9 +207,8 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         say(verdict_text(c) + f" · {faithfulness_text(c.faithfulness)}")
         if c.panel:
             say("panel: " + panel_text(c))
-        for part in c.outside_necessary:
-            say(f"necessary outside the circuit: {part.node} ({part.ablation} ablation alone: {part.effect:+.3g}, "
-                f"{part.share:.0%} of the full effect)")
+        if c.outside_necessary:
+            say("necessary outside the circuit (alone, from the full model): " + outside_text(c.outside_necessary))
         if c.invisible:
             say(f"invisible to patching (same output under the counterfactual): {' '.join(c.invisible[:12])}"
                 + (" …" if len(c.invisible) > 12 else ""))

@@ -21,7 +21,7 @@ from circuitbench.output_paths import HTML_GENERATOR, check_output_dir, is_repor
 from circuitbench.results.schema import RunResult
 from circuitbench.results.store import parse_result
 from circuitbench.specs.registries import METRICS
-from circuitbench.tables.console import panel_text, verdict_text
+from circuitbench.tables.console import outside_text, panel_text, verdict_text
 from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
 # Scores normalised by the clean − corrupted gap: below this a head carries under 10 % of the gap,
@@ -137,10 +137,10 @@ def circuit_html(result: RunResult) -> str:
     parts.append(f"<p class='verdict'><b>{html.escape(verdict_text(c))}</b></p>")
     if c.panel:
         parts.append(f"<p>Ablation panel (f, 95 % bootstrap interval): {html.escape(panel_text(c))}.</p>")
-    for o in c.outside_necessary:
-        parts.append(f"<p class='warning'>necessary outside the circuit: {html.escape(o.node)} "
-                     f"({html.escape(o.ablation)} ablation alone changes the metric by {o.effect:+.3g}, "
-                     f"{o.share:.0%} of the full effect)</p>")
+    if c.outside_necessary:
+        shown = html.escape(outside_text(c.outside_necessary))
+        parts.append("<p class='warning'>necessary outside the circuit (each removed alone from the full model: "
+                     f"change of the metric, share of the full effect): {shown}</p>")
     if c.invisible:
         parts.append("<p>Invisible to patching (same output in clean and counterfactual runs): "
                      f"{html.escape(' '.join(c.invisible))}.</p>")

@@ -88,3 +88,37 @@ def test_the_previous_token_head_left_out_of_a_patching_circuit_is_named():
     if "a0.h2" not in c.nodes:
         assert c.verdict != "robust"
 
+
+
+def test_the_known_circuit_of_hist_is_robust_and_one_prompt_length_is_warned(tmp_path):
+    """tracr's hist keeps its one head and MLP: robust (the README's example); its prompts of one
+    length only are warned about (a length reader is constant on them)."""
+    import json
+    import shutil
+
+    result = cb.run(cb.load_task("tasks/known_answers/tracr_hist.yaml"), "tracr-hist")
+    assert result.circuit.verdict == "robust" and result.circuit.verdict_reasons == []
+    assert not any("every prompt has" in w for w in result.warnings)
+    rows = [json.loads(line) for line in open("tasks/known_answers/tracr_hist.jsonl")]
+    one_length = [r for r in rows if len(r["prompt"].split()) == 4]
+    (tmp_path / "tracr_hist.jsonl").write_text("".join(json.dumps(r) + "\n" for r in one_length))
+    shutil.copy("tasks/known_answers/tracr_hist.yaml", tmp_path / "tracr_hist.yaml")
+    same = cb.run(cb.load_task(str(tmp_path / "tracr_hist.yaml")), "tracr-hist")
+    assert 1 < same.task.n_prompts <= len(one_length)  # the test split of them
+    assert any(w.startswith("every prompt has") for w in same.warnings)
+
+
+def test_auto_says_why_and_which_candidates_could_not_see_the_reference():
+    """tracr reverse's L0H0 has the same output under its counterfactual: patching scores it exactly 0.
+    auto keeps the candidate with the smallest worst case over the panel (ablation, which sees L0H0),
+    says so, and names the candidates that scored the reference head 0."""
+    result = cb.run(cb.load_task("tasks/known_answers/tracr_reverse.yaml"), "tracr-reverse")
+    c = result.circuit
+    assert result.scores("activation_patching")[0, 0] == 0.0
+    assert "a0.h0" in result.unknown_scores["activation_patching"]
+    worst = {k.method: k.worst_case for k in c.candidates}
+    assert c.method == min(worst, key=worst.get) and (0, 0) in map(tuple, c.heads)
+    assert c.choice is not None and c.method in c.choice
+    for method in ("activation_patching", "attribution_patching"):
+        assert f"candidate {method} scored reference a0.h0 exactly 0" in " ".join(c.warnings)
+    assert "ablation" not in result.unknown_scores  # ablation is not a patching method: it sees L0H0
