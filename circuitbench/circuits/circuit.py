@@ -108,6 +108,9 @@ class Faithfulness(BaseModel):
                                            "the signed ranking")
     cpr: float | None = Field(None, description="area under the faithfulness curve (higher better)")
     cmd: float | None = Field(None, description="area under |1 − f| (lower better)")
+    cpr_ci: tuple[float, float] | None = Field(None, description="95 % bootstrap interval of CPR (prompts resampled, "
+                                               "every point of the curve recomputed)")
+    cmd_ci: tuple[float, float] | None = Field(None, description="95 % bootstrap interval of CMD")
     by_method: dict[str, dict[str, float | None]] = Field(
         default_factory=dict, description="MIB's integration: every candidate method's {faithfulness, cpr, cmd} at "
         "this level, each on its own ranking (the leaderboards' per-method columns)")

@@ -16,6 +16,7 @@ import torch
 from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, split_nodes
 from circuitbench.circuits.faithfulness import (
     ALSO_UNDER,
+    CurveValues,
     assemble_report,
     curves,
     paired_gap,
@@ -137,6 +138,11 @@ class EdgeBaseline:
         assert f is not None
         return f
 
+    def curve_values(self) -> CurveValues:
+        """f of edge lists for the curve, keeping their per-prompt values (CPR / CMD intervals)."""
+        return CurveValues(lambda edges: self.values(self.keep_of(edges), "m(C) of a point of the faithfulness curve"),
+                           self, self.ctx)
+
     def own_sign(self, value: float) -> float:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
 
@@ -159,7 +165,7 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
         baseline, baseline.metric(baseline.keep_of(circuit.edges)), rule, ctx.metric,
         also=lambda: EdgeBaseline(model, data, ALSO_UNDER, ctx).f(circuit.edges),
         curve=lambda: curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration,
-                             baseline.f_defined, rule.by))
+                             baseline.curve_values(), rule.by))
 
 
 def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],

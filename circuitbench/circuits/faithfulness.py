@@ -185,13 +185,66 @@ class Baseline:
         assert f is not None
         return f
 
+    def curve_values(self) -> CurveValues:
+        """f of node lists for the curve, keeping their per-prompt values (CPR / CMD intervals)."""
+        def values_of(nodes: list[str]) -> np.ndarray:
+            heads, mlps = split_nodes(nodes)
+            return self.values(set(heads), set(mlps), "m(C) of a point of the faithfulness curve")
+        return CurveValues(values_of, self, self.ctx)
+
     def own_sign(self, value: float) -> float:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
 
 
+class CurveValues:
+    """f of a set of components for the curve (`values_of(items)`: this process's per-prompt metric
+    with only them kept), computed as the baseline computes f, keeping every point's per-prompt
+    values of all prompts: the bootstrap intervals of CPR and CMD resample them."""
+
+    def __init__(self, values_of: Callable[[list[str]], np.ndarray], baseline: ReportBaseline,
+                 ctx: MethodContext) -> None:
+        self.values_of, self.baseline, self.ctx = values_of, baseline, ctx
+        self.kept: dict[tuple[str, ...], np.ndarray] = {}
+
+    def __call__(self, items: list[str]) -> float:
+        shard = self.values_of(items)
+        total, n = self.ctx.sum_shards((float(shard.sum()), len(shard)))
+        self.kept[tuple(sorted(items))] = self.ctx.gather_shards(shard)
+        b = self.baseline
+        return (total / n - b.m_empty) / (b.m_full - b.m_empty)
+
+    def resampled(self, order: list[str], sizes: list[int], rows: np.ndarray) -> np.ndarray:
+        """[resamples, sizes] f of the top-k of `order` for each k, on each resample of the prompts
+        (rows: [resamples, n] prompt indices); NaN where a resample has no effect to divide by."""
+        full = self.ctx.gather_shards(self.baseline.full_values)[rows].mean(axis=1)
+        empty = self.ctx.gather_shards(self.baseline.empty_values)[rows].mean(axis=1)
+        gap = np.where(np.abs(full - empty) > 1e-12, full - empty, np.nan)
+        columns = []
+        for k in sizes:
+            if k == 0 or k >= len(order):
+                columns.append(np.full(len(rows), 0.0 if k == 0 else 1.0))
+            else:
+                columns.append((self.kept[tuple(sorted(order[:k]))][rows].mean(axis=1) - empty) / gap)
+        return np.stack(columns, axis=1)
+
+
+CURVE_RESAMPLES = 1000
+
+
+def _interval(samples: np.ndarray) -> tuple[float, float] | None:
+    """The 95 % percentile interval of finite samples (None when over 5 % are not finite)."""
+    finite = samples[np.isfinite(samples)]
+    if len(samples) == 0 or len(finite) < 0.95 * len(samples):
+        return None
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of: Callable[[list[str]], float],
-           by: str) -> dict[str, object]:
-    """The curve fields of a Faithfulness record: MIB's two curves, or every size on the rule's ranking."""
+           by: str, seed: int = 0) -> dict[str, object]:
+    """The curve fields of a Faithfulness record: MIB's two curves, or every size on the rule's
+    ranking; with `f_of` a CurveValues, also CPR's and CMD's 95 % bootstrap intervals (the prompts
+    resampled with replacement, every point of the curve recomputed from the same resample)."""
     if integration == "mib":
         sizes = mib_sizes(len(order_abs))
         seen: dict[tuple[str, ...], float] = {}
@@ -205,12 +258,31 @@ def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of
         by_abs = curve(order_abs, sizes, cached, MIB_FRACTIONS)
         signed = curve(order_signed, sizes, cached, MIB_FRACTIONS)
         cpr, cmd = mib_cpr_cmd([p[2] for p in signed], [p[2] for p in by_abs])
-        return {"integration": "mib", "curve": by_abs, "curve_signed": signed, "cpr": cpr, "cmd": cmd}
+        fields: dict[str, object] = {"integration": "mib", "curve": by_abs, "curve_signed": signed, "cpr": cpr,
+                                     "cmd": cmd}
+        if isinstance(f_of, CurveValues) and (rows := _rows(f_of, seed)) is not None:
+            f_signed, f_abs = f_of.resampled(order_signed, sizes, rows), f_of.resampled(order_abs, sizes, rows)
+            xs = np.array(MIB_FRACTIONS)
+            fields["cpr_ci"] = _interval(np.trapezoid(f_signed, xs, axis=1))
+            fields["cmd_ci"] = _interval(np.trapezoid(np.abs(1 - f_abs), xs, axis=1))
+        return fields
     order = order_abs if by == "abs" else order_signed
-    points = curve(order, curve_sizes(len(order)), f_of)
+    sizes = curve_sizes(len(order))
+    points = curve(order, sizes, f_of)
     xs, ys = np.array([p[1] for p in points]), np.array([p[2] for p in points])
-    return {"integration": "sizes", "curve": points, "cpr": float(np.trapezoid(ys, xs)),
-            "cmd": float(np.trapezoid(np.abs(1 - ys), xs))}
+    fields = {"integration": "sizes", "curve": points, "cpr": float(np.trapezoid(ys, xs)),
+              "cmd": float(np.trapezoid(np.abs(1 - ys), xs))}
+    if isinstance(f_of, CurveValues) and (rows := _rows(f_of, seed)) is not None:
+        f = f_of.resampled(order, sizes, rows)
+        fields["cpr_ci"] = _interval(np.trapezoid(f, xs, axis=1))
+        fields["cmd_ci"] = _interval(np.trapezoid(np.abs(1 - f), xs, axis=1))
+    return fields
+
+
+def _rows(values: CurveValues, seed: int) -> np.ndarray | None:
+    """[CURVE_RESAMPLES, n] seeded resamples of the prompt indices (None under 2 prompts)."""
+    n = len(values.ctx.gather_shards(values.baseline.full_values))
+    return None if n < 2 else np.random.default_rng(seed).integers(0, n, size=(CURVE_RESAMPLES, n))
 
 
 def ranked_names(scores: np.ndarray | dict[str, float], by: str) -> list[str]:
@@ -231,7 +303,7 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
         baseline, baseline.metric(keep, keep_mlps), rule, ctx.metric,
         also=lambda: Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps),
         curve=lambda: curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
-                             baseline.f_nodes, rule.by))
+                             baseline.curve_values(), rule.by))
 
 
 class ReportBaseline(Protocol):
@@ -240,6 +312,8 @@ class ReportBaseline(Protocol):
     m_full: float
     m_empty: float
     gap_stderr: float | None
+    full_values: np.ndarray  # [prompts] this process's
+    empty_values: np.ndarray  # [prompts] this process's
 
     @property
     def defined(self) -> bool: ...

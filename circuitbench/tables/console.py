@@ -141,6 +141,10 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
         err_console.print(table)
 
 
+def _ci(interval: tuple[float, float] | None) -> str:
+    return "" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def faithfulness_text(f: Faithfulness | None) -> str:
     """A circuit's faithfulness in words: the figure under its ablation (and the others), or
     'undefined' with the reason."""
@@ -152,7 +156,7 @@ def faithfulness_text(f: Faithfulness | None) -> str:
     text += "".join(f"; {k} ablation {'undefined' if v is None else f'{v:.2f}'}" for k, v in f.by_ablation.items()
                     if k != f.ablation) + ")"
     if f.cpr is not None and f.cmd is not None:
-        text += f" · CPR {f.cpr:.2f} · CMD {f.cmd:.2f}"
+        text += f" · CPR {f.cpr:.2f}{_ci(f.cpr_ci)} · CMD {f.cmd:.2f}{_ci(f.cmd_ci)}"
     return text
 
 

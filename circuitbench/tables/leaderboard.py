@@ -115,7 +115,8 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             size = len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps)
             f = c.faithfulness
             row.update({"circuit_size": size, "circuit_method": c.method, "faithfulness": f and f.value,
-                        "faithfulness_undefined": f and f.undefined, "cpr": f and f.cpr, "cmd": f and f.cmd})
+                        "faithfulness_undefined": f and f.undefined, "cpr": f and f.cpr, "cmd": f and f.cmd,
+                        "cpr_ci": _ci_text(f.cpr_ci) if f else None, "cmd_ci": _ci_text(f.cmd_ci) if f else None})
             # MIB's CPR / CMD of every method at the circuit's level
             for method, figures in (f.by_method if f else {}).items():
                 row[f"cpr:{method}@{c.level}"] = figures.get("cpr")
@@ -167,6 +168,11 @@ def _ordered(sub: pd.DataFrame) -> pd.DataFrame:
     return sub.assign(_baseline=sub["init"] == "random").sort_values(["_baseline", "model_label"])
 
 
+def _ci_text(interval: tuple[float, float] | None) -> str | None:
+    """A 95 % interval as the tables show it: [low, high]."""
+    return None if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def _faithfulness_text(row: pd.Series) -> str:
     if pd.notna(row.get("faithfulness")):
         ci = row.get("faithfulness_ci")
@@ -198,7 +204,9 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[label] = ["" if pd.isna(v) else str(v) for v in sub[col]]
         elif col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
-            out[label] = ["" if pd.isna(v) else shown(v) for v in sub[col]]
+            intervals = sub[f"{col}_ci"].to_list() if f"{col}_ci" in sub else [None] * len(sub)  # CPR, CMD
+            out[label] = ["" if pd.isna(v) else shown(v) + (f" {ci}" if isinstance(ci, str) else "")
+                          for v, ci in zip(sub[col], intervals)]
     for col in _by_method_columns(sub):
         out[by_method_label(col)] = ["" if pd.isna(v) else f"{v:.3f}" for v in sub[col]]
     out["n"] = [f"{n}" + (f" (−{d})" if d else "") for n, d in zip(sub["n"], sub["dropped"])]
@@ -236,7 +244,8 @@ def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[f"{metric_names[0]}_{split}_stderr"] = sub.get(f"{col}_se", sub[col] * float("nan")).to_list()
             out[f"n_{split}"] = sub.get(f"n_{split}", sub[col] * float("nan")).astype("Int64").to_list()
     undefined = "faithfulness_undefined" in sub and sub["faithfulness_undefined"].notna().any()
-    first = ("verdict", "circuit_size", "circuit_method", "faithfulness", "faithfulness_ci", "faithfulness_undefined")
+    first = ("verdict", "circuit_size", "circuit_method", "faithfulness", "faithfulness_ci", "faithfulness_undefined",
+             "cpr", "cpr_ci", "cmd", "cmd_ci")
     for col in (*first, *[c for c in COLUMNS if c not in first]):
         # an all-undefined faithfulness column stays, empty, beside the reason
         if col in sub and (sub[col].notna().any() or col == "faithfulness" and undefined) and col not in out:

@@ -58,3 +58,49 @@ def test_a_run_stores_null_faithfulness_exactly_when_the_gap_is_within_noise(cap
         (f.m_circuit - f.m_empty) / (f.m_full - f.m_empty))
     print_run_summary([UnitOutcome(result.model.label, "ioi", path, result, False)])
     assert bool(NUMBER.search(capsys.readouterr().out)) != within
+
+
+def test_cpr_and_cmd_intervals_are_a_naive_bootstrap_of_the_whole_curve():
+    """CurveValues keeps every point's per-prompt values; the intervals of CPR and CMD equal a loop
+    that resamples the prompts and recomputes every point of both curves, then integrates as MIB."""
+    from types import SimpleNamespace
+
+    from circuitbench.circuits.faithfulness import (
+        CURVE_RESAMPLES,
+        MIB_FRACTIONS,
+        CurveValues,
+        curves,
+        mib_sizes,
+    )
+    from circuitbench.scores.methods.context import MethodContext
+
+    rng = np.random.default_rng(3)
+    n, names = 12, [f"a0.h{h}" for h in range(20)]
+    weight = {name: w for name, w in zip(names, rng.uniform(0, 1, 20))}
+    noise = rng.normal(0, 0.1, (n, 20))
+    full, empty = 1 + rng.normal(0, 0.1, n), rng.normal(0, 0.1, n)
+
+    def values_of(items):  # per-prompt metric with only `items` kept: their share of the full effect, noisy
+        share = sum(weight[i] for i in items) / sum(weight.values())
+        return empty + share * (full - empty) + noise[:, [names.index(i) for i in items]].mean(axis=1)
+
+    baseline = SimpleNamespace(full_values=full, empty_values=empty, m_full=full.mean(), m_empty=empty.mean())
+    order_abs = sorted(names, key=lambda x: -weight[x])
+    order_signed = list(reversed(order_abs))
+    fields = curves(order_abs, order_signed, "mib", CurveValues(values_of, baseline, MethodContext(batch_size=1)),
+                    "abs", seed=5)
+    rows = np.random.default_rng(5).integers(0, n, size=(CURVE_RESAMPLES, n))
+    sizes = mib_sizes(len(names))
+    cprs, cmds = [], []
+    for r in rows:
+        def f(order, k):
+            if k == 0 or k >= len(order):
+                return float(k > 0)
+            return (values_of(order[:k])[r].mean() - empty[r].mean()) / (full[r].mean() - empty[r].mean())
+        signed = [f(order_signed, k) for k in sizes]
+        by_abs = [f(order_abs, k) for k in sizes]
+        cprs.append(np.trapezoid(signed, MIB_FRACTIONS))
+        cmds.append(np.trapezoid([abs(1 - v) for v in by_abs], MIB_FRACTIONS))
+    assert fields["cpr_ci"] == pytest.approx(tuple(np.percentile(cprs, [2.5, 97.5])))
+    assert fields["cmd_ci"] == pytest.approx(tuple(np.percentile(cmds, [2.5, 97.5])))
+    assert fields["cpr_ci"][0] <= fields["cpr"] <= fields["cpr_ci"][1]
