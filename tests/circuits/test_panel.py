@@ -122,3 +122,30 @@ def test_auto_says_why_and_which_candidates_could_not_see_the_reference():
     for method in ("activation_patching", "attribution_patching"):
         assert f"candidate {method} scored reference a0.h0 exactly 0" in " ".join(c.warnings)
     assert "ablation" not in result.unknown_scores  # ablation is not a patching method: it sees L0H0
+
+
+def test_a_freshly_trained_induction_models_previous_token_head_is_never_silently_left_out(tmp_path):
+    """A 2-layer attention-only model trained here (not shipped). The default counterfactual keeps
+    the first half, where the previous-token head's output feeds the induction heads' keys; exact
+    patching scores what changes. Whatever circuit patching keeps, its layer-0 previous-token head (the
+    one the detector ranks first) is in it or named as necessary outside it, and then not robust."""
+    from circuitbench.environment import torch_threads
+    from circuitbench.specs.task import CircuitRule
+    from circuitbench.training.config import TrainConfig, arch_from
+    from circuitbench.training.trainer import train
+
+    small = "tasks/examples/induction_small.yaml"
+    config = TrainConfig(arch=arch_from("attn-only-2l", d_model=32, n_heads=2, positional="rotary"), tasks=[small],
+                         steps=400, checkpoints=0, batch_size=32, lr=1e-2, seed=1, loss_positions="answer")
+    with torch_threads(1):
+        train(config, tmp_path / "model")
+    task = cb.load_task(small).model_copy(update={"circuit": CircuitRule(top_k=2, method="activation_patching")})
+    result = cb.run(task, str(tmp_path / "model"), methods=["activation_patching", "previous_token"])
+    assert result.metrics["induction_loss"] < 1.0  # it learned induction
+    detector = result.scores("previous_token")
+    previous_token_head = f"a0.h{int(np.argmax(detector[0]))}"
+    c = result.circuit
+    named = set(c.nodes) | {o.node for o in c.outside_necessary}
+    assert previous_token_head in named, (c.nodes, c.outside_necessary)
+    if previous_token_head not in c.nodes:
+        assert c.verdict != "robust"
