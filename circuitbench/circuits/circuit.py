@@ -186,10 +186,11 @@ class Circuit(BaseModel):
         default_factory=list, description="every method's circuit and faithfulness (method: auto keeps the most "
         "faithful: the smallest worst case over the panel, then the smaller circuit)")
     verdict: Verdict | None = Field(
-        None, description="how far to trust it: robust (f within the band, its interval included, under "
-        "counterfactual patching, mean and resample ablation; nothing necessary left out; every component patching "
-        "cannot see shown irrelevant by zero ablation), counterfactual_specific (only counterfactual patching gives f "
-        "in the band), unfaithful, or undefined (within noise)")
+        None, description="how far to trust it: robust (f within the band, its interval included, under the "
+        "rule's ablation, counterfactual patching, mean and resample ablation; nothing necessary left out; every "
+        "component patching cannot see shown irrelevant by zero ablation), counterfactual_specific (counterfactual "
+        "patching, or where it is undefined the rule's ablation, gives f in the band), unfaithful, or undefined "
+        "(within noise)")
     verdict_reasons: list[str] = Field(default_factory=list, description="why the verdict is not robust, one line "
                                        "each (empty for robust)")
     choice: str | None = Field(None, description="why method: auto kept this candidate, in words")

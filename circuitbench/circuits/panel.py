@@ -10,11 +10,12 @@ every component outside it is removed alone from the full model (mean and zero a
 that change the metric beyond noise and by at least NECESSARY_SHARE of the full effect are listed.
 
 Verdicts:
-- robust: f within BAND, the whole interval included, under counterfactual patching, mean and
-  resample ablation; nothing necessary outside the circuit (zero ablation included, so every
+- robust: f within BAND, the whole interval included, under the rule's ablation, counterfactual
+  patching, mean and resample ablation; nothing necessary outside the circuit (zero ablation included, so every
   component patching cannot see has been checked by an ablation that changes it);
-- counterfactual_specific: f within BAND under counterfactual patching, but not every check holds;
-- unfaithful: f outside BAND under counterfactual patching (or the rule's ablation);
+- counterfactual_specific: f within BAND under counterfactual patching (where f is undefined under it,
+  under the rule's ablation), but not every check holds;
+- unfaithful: f outside BAND there;
 - undefined: f is undefined under the rule's ablation (its effect is within noise)."""
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def judge(panel: dict[str, PanelEntry], rule_ablation: str, outside: list[Outsid
         return "undefined", [f"faithfulness is undefined under {rule_ablation} ablation"
                              + (f" ({rule.undefined})" if rule is not None and rule.undefined else "")]
     reasons = []
-    for name in REQUIRED:
+    for name in dict.fromkeys((rule_ablation, *REQUIRED)):  # the rule's own ablation too, first
         entry = panel.get(name)
         if entry is None:
             continue  # e.g. no counterfactual prompts
@@ -172,8 +173,11 @@ def judge(panel: dict[str, PanelEntry], rule_ablation: str, outside: list[Outsid
         reasons.append(f"{len(unchecked)} components patching cannot see were not checked by zero ablation")
     if not reasons:
         return "robust", []
+    # faithful where patching measures it: counterfactual patching, or, where ablating everything changes
+    # nothing under it (components invisible to the counterfactual), the rule's own ablation
     counterfactual = panel.get("counterfactual")
-    return ("counterfactual_specific" if in_band(counterfactual) else "unfaithful"), reasons
+    primary = counterfactual if counterfactual is not None and counterfactual.value is not None else rule
+    return ("counterfactual_specific" if in_band(primary) else "unfaithful"), reasons
 
 
 class PanelBaselines:

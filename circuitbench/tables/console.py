@@ -161,8 +161,8 @@ def faithfulness_text(f: Faithfulness | None) -> str:
 
 
 VERDICT_WORDS = {
-    "robust": "robust: f in [0.8, 1.2] under counterfactual patching, mean and resample ablation, nothing necessary "
-              "left out",
+    "robust": "robust: f in [0.8, 1.2] under the rule's ablation, counterfactual patching, mean and resample "
+              "ablation, nothing necessary left out",
     "counterfactual_specific": "counterfactual-specific: faithful under counterfactual patching, not under every "
                                "check",
     "unfaithful": "unfaithful",

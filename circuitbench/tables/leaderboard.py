@@ -24,8 +24,9 @@ BASELINE_NOTE = (f"Sanity checks, not findings: `{RANDOM_INIT}` models have seed
                  "models.yaml) and have learned nothing. Their figures show what chance looks like on each task.")
 # Leaderboard columns beyond the metrics: id -> (label in tables, what it means)
 COLUMNS: dict[str, tuple[str, str]] = {
-    "verdict": ("verdict", "how far the circuit can be trusted: robust (f within [0.8, 1.2], interval included, under "
-                "counterfactual patching, mean and resample ablation, nothing necessary left out), "
+    "verdict": ("verdict", "how far the circuit can be trusted: robust (f within [0.8, 1.2], interval included, "
+                "under the rule's ablation, counterfactual patching, mean and resample ablation, nothing necessary "
+                "left out), "
                 "counterfactual_specific, unfaithful, or undefined (no measurable effect)"),
     "circuit_size": ("circuit size", "components in the circuit the task's rule chose (heads; heads and MLPs; "
                      "or edges, by its level)"),

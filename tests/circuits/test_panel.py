@@ -149,3 +149,15 @@ def test_a_freshly_trained_induction_models_previous_token_head_is_never_silentl
     assert previous_token_head in named, (c.nodes, c.outside_necessary)
     if previous_token_head not in c.nodes:
         assert c.verdict != "robust"
+
+
+def test_a_circuit_patching_cannot_measure_is_judged_by_the_rules_ablation():
+    """Counterfactual patching undefined (ablating everything with it changes nothing): the verdict
+    falls back to the rule's ablation instead of calling a faithful circuit unfaithful."""
+    panel = {"mean_counterfactual": _entry("mean_counterfactual", 1.0, GOOD),
+             "counterfactual": PanelEntry(ablation="counterfactual", value=None, undefined="no change", n=32),
+             "mean_clean": _entry("mean_clean", 1.0, GOOD), "resample": _entry("resample", 1.0, GOOD)}
+    verdict, reasons = judge(panel, "mean_counterfactual", [], [])
+    assert verdict == "counterfactual_specific" and any("counterfactual ablation is undefined" in r for r in reasons)
+    panel["mean_counterfactual"] = _entry("mean_counterfactual", 0.5, (0.4, 0.6))
+    assert judge(panel, "mean_counterfactual", [], [])[0] == "unfaithful"
