@@ -132,12 +132,6 @@ class EdgeBaseline:
             return None
         return (self.metric(self.keep_of(edges)) - self.m_empty) / (self.m_full - self.m_empty)
 
-    def f_defined(self, edges: list[str]) -> float:
-        """f for the curve, which is only drawn when f is defined."""
-        f = self.f(edges)
-        assert f is not None
-        return f
-
     def curve_values(self) -> CurveValues:
         """f of edge lists for the curve, keeping their per-prompt values (CPR / CMD intervals)."""
         return CurveValues(lambda edges: self.values(self.keep_of(edges), "m(C) of a point of the faithfulness curve"),

@@ -178,13 +178,6 @@ class Baseline:
             return None
         return (self.metric(keep, keep_mlps) - self.m_empty) / (self.m_full - self.m_empty)
 
-    def f_nodes(self, nodes: list[str]) -> float:
-        """f of a list of node names, for the curve (only drawn when f is defined)."""
-        heads, mlps = split_nodes(nodes)
-        f = self.f(set(heads), set(mlps))
-        assert f is not None
-        return f
-
     def curve_values(self) -> CurveValues:
         """f of node lists for the curve, keeping their per-prompt values (CPR / CMD intervals)."""
         def values_of(nodes: list[str]) -> np.ndarray:

@@ -33,7 +33,7 @@ from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.ablations import Ablation, Counterfactual, Mean, Resample, Zero, parse_ablation
 from circuitbench.scores.interventions import ablated_nodes_values, single_node_ablations
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.visibility import invisible_nodes
+from circuitbench.scores.visibility import invisible_nodes, node_names
 from circuitbench.specs.registries import METRICS
 from circuitbench.specs.task import CircuitRule
 
@@ -113,7 +113,7 @@ def outside_necessary(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
     copy per component in stacked forwards that resume at its layer (scores/interventions.py
     single_node_ablations), as exact patching runs."""
     with_mlps = level != "head" and model.has_mlp
-    outside = [node for node in _nodes(model, with_mlps) if node not in inside]
+    outside = [node for node in node_names(model, with_mlps) if node not in inside]
     sign = 1.0 if METRICS.get(ctx.metric).higher_is_better else -1.0
     found: list[OutsideComponent] = []
     for ablation in ablations:
@@ -136,12 +136,6 @@ def outside_necessary(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
                                                                sign * (effect + 1.96 * stderr)))),
                                               share=abs(effect) / total))
     return found
-
-
-def _nodes(model: LoadedModel, with_mlps: bool) -> list[str]:
-    """Heads (and MLPs) in forward order."""
-    return [node for l in range(model.n_layers)
-            for node in [f"a{l}.h{h}" for h in range(model.n_heads)] + ([f"m{l}"] if with_mlps else [])]
 
 
 def in_band(entry: PanelEntry | None) -> bool:

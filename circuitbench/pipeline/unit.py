@@ -298,7 +298,7 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
-        ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.f_nodes, rule.by), pool)
+        ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.curve_values(), rule.by), pool)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings, "notes": notes})
     if reference is not None:
@@ -328,7 +328,7 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
-        edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.f_defined, rule.by), edge_scores)
+        edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.curve_values(), rule.by), edge_scores)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings})
     return chosen.model_copy(update={"choice": choice,

@@ -25,6 +25,12 @@ def _changed(clean: torch.Tensor, corrupt: torch.Tensor, valid: torch.Tensor, to
     return gap.amax(dim=1) > tol * (1 + scale)
 
 
+def node_names(model: LoadedModel, with_mlps: bool) -> list[str]:
+    """Every head ('a0.h1') and, with `with_mlps`, MLP ('m0') of the model, in forward order."""
+    return [name for l in range(model.n_layers)
+            for name in [f"a{l}.h{h}" for h in range(model.n_heads)] + ([f"m{l}"] if with_mlps else [])]
+
+
 def visibility(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
                tol: float = VISIBLE_TOL) -> dict[str, float]:
     """{node: share of prompts on which its output differs between the clean and counterfactual
@@ -32,8 +38,7 @@ def visibility(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
     may be one process's shard: counts go through ctx.sum_shards."""
     if data.corrupted is None:
         return {}
-    names = [name for l in range(model.n_layers)
-             for name in [f"a{l}.h{h}" for h in range(model.n_heads)] + ([f"m{l}"] if model.has_mlp else [])]
+    names = node_names(model, model.has_mlp)
     index = {name: i for i, name in enumerate(names)}
     counts = torch.zeros(len(names), dtype=torch.float64)
     for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
