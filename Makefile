@@ -73,11 +73,14 @@ test-all: lint
 schema: setup
 	$(CB) schema --out docs/result.schema.json --force
 
-# Every method on the tracr zoo (models with known circuits) and the recovery table (README, "Known answers")
+# Every method on the tracr zoo and the planted-circuit models (models with known circuits; planted ones have
+# active, causally irrelevant distractors), then the recovery table with bootstrap intervals (README, "Known answers")
 KNOWN := reverse:tracr-reverse hist:tracr-hist sort_unique:tracr-sort-unique detect_abc:tracr-detect-abc
+PLANTED := reverse:planted-reverse hist:planted-hist detect_abc:planted-detect-abc
 known-answers: setup
 	rm -rf results/known
 	for pair in $(KNOWN); do $(CB) run --task tracr_$${pair%%:*} --model $${pair##*:} --out results/known -q || exit 1; done
+	for pair in $(PLANTED); do $(CB) run --task planted_$${pair%%:*} --model $${pair##*:} --out results/known -q || exit 1; done
 	$(CB) recovery "results/known/*/*.json" --markdown results/known/recovery.md
 
 bench: setup

@@ -216,9 +216,10 @@ def recovery(
 
     paths = [Path(p) for pattern in files for p in expand_glob(pattern)]
     heads, nodes = recovery_tables(paths, Path(markdown) if markdown else None, force)
-    print_table(list(heads.columns), shown(heads).values.tolist(), title="recovery of known circuits")
+    heads, nodes = shown(heads), shown(nodes)  # intervals folded in beside their figures
+    print_table(list(heads.columns), heads.values.tolist(), title="recovery of known circuits")
     if not nodes.empty:
-        print_table(list(nodes.columns), shown(nodes).values.tolist(),
+        print_table(list(nodes.columns), nodes.values.tolist(),
                     title="recovery of known circuits' nodes (heads and MLPs)")
 
 

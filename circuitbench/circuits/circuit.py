@@ -160,6 +160,32 @@ class OutsideComponent(BaseModel):
     share: float = Field(description="|effect| / |m(M) − m(∅)| under the same ablation")
 
 
+class Completeness(BaseModel):
+    """Wang et al.'s completeness: incompleteness(K) = |m(C \\ K) − m(M \\ K)| / |m(M) − m(∅)| over
+    subsets K of the circuit (circuits/completeness.py); 0: the circuit and the model respond alike."""
+
+    model_config = ConfigDict(extra="forbid")
+    ablation: str = Field(description="how knocked-out components were removed (the rule's ablation)")
+    subsets: int = Field(description="subsets K tried: each component alone (small circuits) and random halves")
+    max_incompleteness: float = Field(description="the largest incompleteness over the subsets tried")
+    mean_incompleteness: float = Field(description="the mean over the subsets tried")
+    worst_subset: list[str] = Field(description="the K with the largest incompleteness")
+
+
+class Stability(BaseModel):
+    """How much the chosen set depends on the prompts: the kept method rerun on half-samples of the
+    prompts (without replacement; under every counterfactual of the task, combined), the rule applied
+    to each, and the circuits compared."""
+
+    model_config = ConfigDict(extra="forbid")
+    jaccard: float = Field(description="mean Jaccard of the circuits of every pair of half-samples (1: the same set "
+                           "on any half of the prompts)")
+    range: tuple[float, float] = Field(description="the smallest and largest Jaccard over those pairs")
+    with_chosen: float = Field(description="mean Jaccard of each half-sample's circuit with the circuit kept")
+    resamples: int = Field(description="half-samples drawn")
+    prompts: int = Field(description="prompts in each half-sample")
+
+
 # Fields a RunResult holds elsewhere (head_scores, node_scores, its edge sidecar, model, task): not
 # written inside its circuit, filled in when the result is read (RunResult._circuit_from_result).
 FROM_RESULT = frozenset({"scores", "node_scores", "edge_scores", "n_layers", "n_heads", "label"})
@@ -202,6 +228,10 @@ class Circuit(BaseModel):
     outside_necessary: list[OutsideComponent] = Field(
         default_factory=list, description="components outside the circuit whose removal alone changes the metric "
         "beyond noise and by at least 10 % of the full effect (mean or zero ablation)")
+    completeness: Completeness | None = Field(None, description="Wang et al.'s incompleteness over subsets of the "
+                                              "circuit (None: not measured: panel off, or f undefined)")
+    stability: Stability | None = Field(None, description="how much the chosen set depends on the prompts (None: not "
+                                        "measured: circuit.stability_resamples 0, or fewer than 8 prompts)")
     warnings: list[str] = Field(default_factory=list, description="what the rule made of the circuit, when surprising")
     notes: list[str] = Field(default_factory=list, description="what holds by construction (e.g. a one-head model: "
                              "every non-empty circuit is the whole model)")

@@ -11,7 +11,8 @@ that change the metric beyond noise and by at least NECESSARY_SHARE of the full 
 
 Verdicts:
 - robust: f within BAND, the whole interval included, under the rule's ablation, counterfactual
-  patching, mean and resample ablation; nothing necessary outside the circuit (zero ablation included, so every
+  patching (every counterfactual of the task), mean and resample ablation (and zero ablation where the
+  rule says `require_zero`); nothing necessary outside the circuit (zero ablation included, so every
   component patching cannot see has been checked by an ablation that changes it);
 - counterfactual_specific: f within BAND under counterfactual patching (where f is undefined under it,
   under the rule's ablation), but not every check holds;
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit, CircuitCandidate, OutsideComponent, PanelEntry, Verdict
+from circuitbench.circuits.completeness import INCOMPLETE, completeness
 from circuitbench.circuits.edge_faithfulness import EdgeBaseline
 from circuitbench.circuits.faithfulness import Baseline
 from circuitbench.errors import CircuitbenchError
@@ -144,14 +146,14 @@ def in_band(entry: PanelEntry | None) -> bool:
 
 
 def judge(panel: dict[str, PanelEntry], rule_ablation: str, outside: list[OutsideComponent],
-          invisible_outside: list[str]) -> tuple[Verdict, list[str]]:
+          invisible_outside: list[str], require_zero: bool = False) -> tuple[Verdict, list[str]]:
     """The verdict and, unless robust, why (one line per failed check)."""
     rule = panel.get(rule_ablation)
     if rule is None or rule.value is None:
         return "undefined", [f"faithfulness is undefined under {rule_ablation} ablation"
                              + (f" ({rule.undefined})" if rule is not None and rule.undefined else "")]
     reasons = []
-    for name in dict.fromkeys((rule_ablation, *REQUIRED)):  # the rule's own ablation too, first
+    for name in required(panel, rule_ablation, require_zero):
         entry = panel.get(name)
         if entry is None:
             continue  # e.g. no counterfactual prompts
@@ -179,11 +181,28 @@ class PanelBaselines:
     shared by every circuit measured on the panel: the candidates `auto` weighs and the one it keeps."""
 
     def __init__(self, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
-                 rule_baseline: Baseline | EdgeBaseline) -> None:
+                 rule_baseline: Baseline | EdgeBaseline | None, level: str | None = None) -> None:
         self.model, self.data, self.ctx = model, data, ctx
-        self.edges = isinstance(rule_baseline, EdgeBaseline)
-        self.level = "edge" if isinstance(rule_baseline, EdgeBaseline) else rule_baseline.level
-        self.kept: dict[str, Baseline | EdgeBaseline] = {rule_baseline.ablation.name: rule_baseline}
+        self.level = level or ("edge" if isinstance(rule_baseline, EdgeBaseline) else rule_baseline.level)  # type: ignore[union-attr]
+        self.edges = self.level == "edge"
+        self.kept: dict[str, Baseline | EdgeBaseline] = {} if rule_baseline is None else {
+            rule_baseline.ablation.name: rule_baseline}
+        # other counterfactuals of the task (TaskSpec.counterfactuals): their patching joins the panel
+        self.others: dict[str, PanelBaselines] = {}
+
+    def add_counterfactual(self, name: str, data: EncodedPrompts, ctx: MethodContext) -> None:
+        """Measure circuits under patching with another counterfactual too (panel entry 'counterfactual:NAME')."""
+        self.others[name] = PanelBaselines(self.model, data, ctx, None, self.level)
+
+    def panel(self, circuit: Circuit, rule_ablation: Ablation, seed: int,
+              ablations: Sequence[Ablation] = PANEL_ABLATIONS) -> dict[str, PanelEntry]:
+        """`circuit`'s panel: the rule's ablation and `ablations`, then patching with each other
+        counterfactual."""
+        panel = ablation_panel(self.values_under(circuit), rule_ablation, seed, ablations)
+        for name, other in self.others.items():
+            key = f"counterfactual:{name}"
+            panel[key] = panel_entry(key, other.values_under(circuit)(Counterfactual()), seed)
+        return panel
 
     def baseline(self, ablation: Ablation) -> Baseline | EdgeBaseline:
         if ablation.name not in self.kept:
@@ -205,11 +224,18 @@ class PanelBaselines:
         return values
 
 
-def worst_case(panel: dict[str, PanelEntry], rule_ablation: str) -> tuple[float, str]:
+def required(panel: dict[str, PanelEntry], rule_ablation: str, require_zero: bool = False) -> list[str]:
+    """The panel entries `robust` needs in the band: the rule's ablation first, REQUIRED, patching
+    with every other counterfactual of the task, and zero ablation where the task requires it."""
+    others = [name for name in panel if name.startswith("counterfactual:")]
+    return list(dict.fromkeys((rule_ablation, *REQUIRED, *others, *(["zero"] if require_zero else []))))
+
+
+def worst_case(panel: dict[str, PanelEntry], rule_ablation: str, require_zero: bool = False) -> tuple[float, str]:
     """(the largest |1 − f| over the rule's ablation and the ones `robust` needs, where it falls);
     an undefined f counts as infinitely far."""
     worst, where = 0.0, rule_ablation
-    for name in (rule_ablation, *REQUIRED):
+    for name in required(panel, rule_ablation, require_zero):
         entry = panel.get(name)
         if entry is None:
             continue
@@ -220,7 +246,8 @@ def worst_case(panel: dict[str, PanelEntry], rule_ablation: str) -> tuple[float,
 
 
 def choose_by_panel(circuits: dict[str, Circuit], candidates: list[CircuitCandidate], baselines: PanelBaselines,
-                    rule_ablation: Ablation, seed: int) -> tuple[str, list[CircuitCandidate], str]:
+                    rule_ablation: Ablation, seed: int,
+                    require_zero: bool = False) -> tuple[str, list[CircuitCandidate], str]:
     """`auto` by the panel: each candidate's worst case |1 − f| over the rule's ablation,
     counterfactual patching, mean and resample ablation (point values, no intervals), the smallest
     kept (ties: the smaller circuit, then the method listed first). Returns the method kept, the
@@ -228,9 +255,9 @@ def choose_by_panel(circuits: dict[str, Circuit], candidates: list[CircuitCandid
     order = list(circuits)
     scored = []
     for candidate in candidates:
-        panel = ablation_panel(baselines.values_under(circuits[candidate.method]), rule_ablation, seed,
-                               [a for a in PANEL_ABLATIONS if a.name in REQUIRED])
-        worst, where = worst_case(panel, rule_ablation.name)
+        panel = baselines.panel(circuits[candidate.method], rule_ablation, seed,
+                                [a for a in PANEL_ABLATIONS if a.name in REQUIRED or require_zero and a.name == "zero"])
+        worst, where = worst_case(panel, rule_ablation.name, require_zero)
         scored.append(candidate.model_copy(update={"worst_case": None if worst == float("inf") else worst,
                                                    "worst_ablation": where}))
     size = {m: len(c.edges) if c.level == "edge" else len(c.heads) + len(c.mlps) for m, c in circuits.items()}
@@ -238,8 +265,10 @@ def choose_by_panel(circuits: dict[str, Circuit], candidates: list[CircuitCandid
                                       order.index(c.method)))
     shown = " · ".join(f"{c.method} {'undefined' if c.worst_case is None else f'{c.worst_case:.2f}'} "
                        f"({c.worst_ablation})" for c in scored)
+    others = "".join(f", patching with {name}" for name in baselines.others)
+    zero = ", zero" if require_zero else ""
     why = (f"auto kept {best.method}: the smallest worst case |1 − f| over the rule's ablation, counterfactual "
-           f"patching, mean and resample ablation ({shown})")
+           f"patching{others}, mean{zero} and resample ablation ({shown})")
     return best.method, scored, why
 
 
@@ -255,8 +284,15 @@ def assess(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, circuit
     if f is not None and f.value is None:  # within noise: nothing to be faithful to, nothing to weigh against
         return {"invisible": invisible, "verdict": "undefined",
                 "verdict_reasons": [f"faithfulness is undefined under {rule.ablation} ablation ({f.undefined})"]}
-    panel = ablation_panel(baselines.values_under(circuit), parse_ablation(rule.ablation), seed)
+    panel = baselines.panel(circuit, parse_ablation(rule.ablation), seed)
     outside = outside_necessary(model, data, ctx, inside, rule.level)
-    verdict, reasons = judge(panel, rule.ablation, outside, [n for n in invisible if n not in inside])
+    invisible_outside = [n for n in invisible if n not in inside]
+    verdict, reasons = judge(panel, rule.ablation, outside, invisible_outside, rule.require_zero)
+    complete = completeness(circuit, baselines.baseline(parse_ablation(rule.ablation)), seed)
+    warnings = list(circuit.warnings)
+    if complete is not None and complete.max_incompleteness > INCOMPLETE:
+        warnings.append(f"incomplete (Wang et al.): knocking {', '.join(complete.worst_subset[:6])} out of the circuit "
+                        f"and out of the full model differs by {complete.max_incompleteness:.2f} of the full effect: "
+                        "the model has something the circuit lacks (e.g. a backup) that compensates")
     return {"panel": panel, "outside_necessary": outside, "invisible": invisible, "verdict": verdict,
-            "verdict_reasons": reasons}
+            "verdict_reasons": reasons, "completeness": complete, "warnings": warnings}

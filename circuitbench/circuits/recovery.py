@@ -145,6 +145,24 @@ class RecoveryScores(BaseModel):
     n_circuit: int = Field(description="heads in the method's circuit")
 
 
+Interval = tuple[float, float]
+QUANTITIES = ("precision", "recall", "f1", "auroc", "average_precision")
+
+
+class RecoveryInterval(BaseModel):
+    """95 % bootstrap intervals over prompts of one method's recovery scores (None: the quantity was
+    undefined on every resample); computed by recovery_intervals.py."""
+
+    model_config = ConfigDict(extra="forbid")
+    precision: Interval | None = Field(description="interval of the precision of the rule's circuit")
+    recall: Interval | None = Field(description="interval of its recall")
+    f1: Interval | None = Field(description="interval of its F1")
+    auroc: Interval | None = Field(description="interval of the AUROC of the |score| ranking")
+    average_precision: Interval | None = Field(description="interval of the average precision of the ranking")
+    n_resamples: int = Field(description="resamples of the prompts (each a full run of the method)")
+    seed: int = Field(description="seed of the resample draws")
+
+
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """Probability that a random positive outscores a random negative (ties count one half)."""
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())

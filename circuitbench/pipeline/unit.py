@@ -10,14 +10,22 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, head_label
-from circuitbench.circuits.edge_faithfulness import edge_circuit, edge_faithfulness, edge_order, most_faithful_edges
+from circuitbench.circuits.edge_faithfulness import (
+    EdgeBaseline,
+    edge_circuit,
+    edge_faithfulness,
+    edge_order,
+    most_faithful_edges,
+)
 from circuitbench.circuits.faithfulness import (
+    Baseline,
     curves,
     faithfulness,
     missing_from_ablations,
@@ -34,11 +42,22 @@ from circuitbench.circuits.recovery import (
     ranked_recovery,
     recovery,
 )
+from circuitbench.circuits.recovery_intervals import recovery_intervals
+from circuitbench.circuits.recovery_intervals import wanted as intervals_wanted
+from circuitbench.circuits.stability import chosen_set_stability
 from circuitbench.environment import current_threads, git_commit, peak_memory_mb, run_versions, torch_threads
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.memory import auto_batch_size
 from circuitbench.parallel import ONE_PROCESS, Processes
+from circuitbench.pipeline.counterfactuals import (
+    CounterfactualScores,
+    combined,
+    combined_visibility,
+    primary_scores,
+    score_other_counterfactuals,
+)
+from circuitbench.pipeline.counterfactuals import agreement as counterfactual_agreement
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts, encode_task
 from circuitbench.registry import exits_as_errors, loaded_plugins
@@ -52,9 +71,9 @@ from circuitbench.results.schema import (
 )
 from circuitbench.scores.ablations import parse_ablation
 from circuitbench.scores.activation_cache import metrics_through_cache, open_run_cache
+from circuitbench.scores.combination import COMBINATION
 from circuitbench.scores.edges import check_edges
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
-from circuitbench.scores.interventions import identical_head_outputs
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
 from circuitbench.scores.scoring import MethodRun, check_methods, run_methods
@@ -146,23 +165,36 @@ def _run_unit(
     by_split = evaluate_report_splits(spec, model, batch_size, progress, processes)
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
-    outputs = run_methods(model, data, spec.methods, MethodRun(
-        batch_size, metric=spec.metric, method_options=spec.method_options, processes=processes,
-        cache_entry=cache_entry, progress=progress))
+    method_run = MethodRun(batch_size, metric=spec.metric, method_options=spec.method_options, processes=processes,
+                           cache_entry=cache_entry, progress=progress)
+    outputs = run_methods(model, data, spec.methods, method_run)
+    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry,
+                        gather_shards=lambda values: np.concatenate(processes.gather(values)))
+    shard_of = lambda prompts: prompts.subset(*processes.shard_bounds(len(prompts), batch_size))  # noqa: E731
+    shard = shard_of(data)
+    shares = visibility(model, shard, ctx)
+    runs: list[CounterfactualScores] = []
+    if len(spec.counterfactuals) > 1:  # score under each, build from the combination (pipeline/counterfactuals.py)
+        others = score_other_counterfactuals(spec, model, method_run, ctx, shard_of)
+        runs = [primary_scores(spec, data, shard, outputs, shares, metrics_corrupted), *others]
+        outputs, shares = combined(outputs, others), combined_visibility(runs[0], others)
     head_scores = {m: o.heads for m, o in outputs.items() if o.heads is not None}
     node_scores = {m: o.node_scores() for m, o in outputs.items() if o.nodes}
     edge_scores = {m: o.edges for m, o in outputs.items() if o.edges is not None}
     traces = {f"{m}/{key}": trace.model_dump() for m, o in outputs.items() for key, trace in (o.traces or {}).items()}
-    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry,
-                        gather_shards=lambda values: np.concatenate(processes.gather(values)))
-    shard = data.subset(*processes.shard_bounds(len(data), batch_size))
-    shares = visibility(model, shard, ctx)
-    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference, shares)
+    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference, shares, runs[1:])
+    if circuit is not None and circuit.method is not None and spec.circuit is not None:
+        circuit = with_stability(circuit, model, [data, *(run.data for run in runs[1:])], spec.circuit, method_run,
+                                 spec.seed)
     agreement, warnings = method_agreement(spec, head_scores)
-    warnings += visibility_warnings(data, shares)
+    cf_agreement, cf_warnings = counterfactual_agreement(runs, spec.circuit, (model.n_layers, model.n_heads)) \
+        if runs else ({}, [])
+    warnings += cf_warnings + visibility_warnings(data, shares)
     reference_info, recovered, recovered_nodes, recovered_edges = None, {}, {}, {}
+    recovered_ci, recovered_nodes_ci = {}, {}
     if reference is not None:
-        invisible = identical_head_outputs(model, shard, ctx, reference.heads)
+        # identical clean and counterfactual outputs on every prompt (under every counterfactual)
+        invisible = [(l, h) for l, h in reference.heads if shares and shares[f"a{l}.h{h}"] == 0.0]
         reference_info = ReferenceInfo(source=reference.source, heads=reference.heads, mlps=reference.mlps,
                                        edges=reference.edges, invisible=invisible)
         if invisible:
@@ -177,6 +209,10 @@ def _run_unit(
         if reference.edges:
             recovered_edges = {m: ranked_recovery(e.as_dict(), reference.edges, "edges", reference.source)
                                for m, e in edge_scores.items()}
+        if not runs and intervals_wanted(model.n_params, len(data), processes.world_size):  # reruns per resample
+            recovered_ci, recovered_nodes_ci = recovery_intervals(
+                model, data, spec.methods, reference, head_rule, method_run, seed=spec.seed,
+                nodes=bool(recovered_nodes))
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     edge_infos = _edge_infos(spec, outputs)
@@ -208,9 +244,14 @@ def _run_unit(
         recovery=recovered,
         node_recovery=recovered_nodes,
         edge_recovery=recovered_edges,
+        recovery_ci=recovered_ci,
+        node_recovery_ci=recovered_nodes_ci,
         warnings=warnings,
         visibility=shares,
         unknown_scores=unknown_scores(spec, shares),
+        counterfactuals=[run.record() for run in runs],
+        score_combination=COMBINATION if runs else None,
+        counterfactual_agreement=cf_agreement,
     )
     result.attach_edge_scores(edge_scores)  # written next to the result by the store (RunResult.edge_files)
     return result
@@ -258,7 +299,8 @@ def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, E
 
 def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scores: dict[str, np.ndarray],
              node_scores: dict[str, dict[str, float]], edge_scores: dict[str, EdgeScores], ctx: MethodContext,
-             reference: Reference | None, shares: dict[str, float]) -> Circuit | None:
+             reference: Reference | None, shares: dict[str, float],
+             others: list[CounterfactualScores]) -> Circuit | None:
     """The circuit the task's rule picks (method auto: every method's; the one with the smallest worst
     case over the ablation panel kept, or without the panel the one closest to f = 1 under the rule's
     ablation), with its faithfulness, its panel and verdict, and what is surprising about it."""
@@ -266,7 +308,7 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     if rule is None:
         return None
     if rule.level == "edge":
-        return _edge_circuit(spec, model, data, edge_scores, ctx, reference, shares)
+        return _edge_circuit(spec, model, data, edge_scores, ctx, reference, shares, others)
     if rule.level == "node":
         pool: dict = node_scores
         if rule.method not in (None, "auto") and rule.method not in node_scores:
@@ -277,7 +319,7 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     if not pool:
         return None
     chosen, candidates, baseline = most_faithful(model, data, pool, rule, ctx)
-    baselines = PanelBaselines(model, data, ctx, baseline)
+    baselines = panel_baselines(model, data, ctx, baseline, others)
     shape = (model.n_layers, model.n_heads)
     chosen, candidates, choice = _by_panel(spec, chosen, candidates, baselines, lambda m: Circuit.from_scores(
         pool[m], rule, m) if isinstance(pool[m], np.ndarray) else Circuit.from_node_scores(pool[m], rule, m, shape))
@@ -308,11 +350,12 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
 
 
 def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge_scores: dict[str, EdgeScores],
-                  ctx: MethodContext, reference: Reference | None, shares: dict[str, float]) -> Circuit:
+                  ctx: MethodContext, reference: Reference | None, shares: dict[str, float],
+                  others: list[CounterfactualScores]) -> Circuit:
     rule = spec.circuit
     assert rule is not None
     chosen, candidates, baseline = most_faithful_edges(model, data, edge_scores, rule, ctx)
-    baselines = PanelBaselines(model, data, ctx, baseline)
+    baselines = panel_baselines(model, data, ctx, baseline, others)
     chosen, candidates, choice = _by_panel(spec, chosen, candidates, baselines,
                                            lambda m: edge_circuit(edge_scores[m], rule, m))
     assert chosen.method is not None
@@ -335,6 +378,33 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
                                      **assess(model, data, ctx, chosen, rule, baselines, shares, spec.seed)})
 
 
+UNSTABLE = 0.5  # a chosen set whose half-sample circuits share less than this (mean Jaccard) is flagged
+
+
+def with_stability(circuit: Circuit, model: LoadedModel, datasets: list[EncodedPrompts], rule: CircuitRule,
+                   run: MethodRun, seed: int) -> Circuit:
+    """`circuit` with its stability over half-samples of the prompts (circuits/stability.py), and a
+    warning when it is low."""
+    assert circuit.method is not None
+    members = set(circuit.edges) if circuit.level == "edge" else set(circuit.nodes)
+    stability = chosen_set_stability(model, datasets, circuit.method, rule, members, run, seed)
+    warnings = list(circuit.warnings)
+    if stability is not None and stability.jaccard < UNSTABLE:
+        warnings.append(f"the chosen set depends on the prompts: circuits of {circuit.method} on half the prompts "
+                        f"share {stability.jaccard:.2f} of their components on average (Jaccard over "
+                        f"{stability.resamples} half-samples); use more prompts before reading single components")
+    return circuit.model_copy(update={"stability": stability, "warnings": warnings})
+
+
+def panel_baselines(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, baseline: Baseline | EdgeBaseline,
+                    others: list[CounterfactualScores]) -> PanelBaselines:
+    """The panel's baselines on the task's prompts, with patching under every other counterfactual."""
+    baselines = PanelBaselines(model, data, ctx, baseline)
+    for other in others:
+        baselines.add_counterfactual(other.name, other.shard, replace(ctx, cache_entry=None))
+    return baselines
+
+
 def _by_panel(spec: TaskSpec, chosen: Circuit, candidates: list[CircuitCandidate], baselines: PanelBaselines,
               circuit_of: Callable[[str], Circuit]) -> tuple[Circuit, list[CircuitCandidate], str | None]:
     """method: auto with the panel on and several candidates: keep the one whose worst case over the
@@ -347,7 +417,7 @@ def _by_panel(spec: TaskSpec, chosen: Circuit, candidates: list[CircuitCandidate
         return chosen, candidates, None
     circuits = {c.method: circuit_of(c.method) for c in candidates}
     method, candidates, why = choose_by_panel(circuits, candidates, baselines, parse_ablation(rule.ablation),
-                                              spec.seed)
+                                              spec.seed, rule.require_zero)
     return circuits[method], candidates, why
 
 

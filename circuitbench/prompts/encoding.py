@@ -227,6 +227,31 @@ class EncodedPrompts:
         )
 
 
+    def take(self, rows: "torch.Tensor | list[int]") -> "EncodedPrompts":
+        """A resample of this set: prompts `rows` (repeats allowed, any order) as a set of its own,
+        not a shard (methods that pair prompts across the set pair them within it). Its prompt hash
+        names the rows, so nothing cached for the whole set is read for it."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        if index.dim() != 1 or (len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self))):
+            raise IndexError(f"rows must be indices 0..{len(self) - 1} of the prompt set")
+        picked = index.tolist()
+        digest = hashlib.sha256((self.prompt_hash + ":" + ",".join(map(str, picked))).encode()).hexdigest()
+        return EncodedPrompts(
+            texts=[self.texts[i] for i in picked],
+            tokens=self.tokens[index],
+            corrupted=None if self.corrupted is None else self.corrupted[index],
+            lengths=self.lengths[index],
+            answer=self.answer[index],
+            distractor=self.distractor[index],
+            positions={k: v[index] for k, v in self.positions.items()},
+            score_mask=self.score_mask[index],
+            has_answer=self.has_answer,
+            report=self.report,
+            prompt_hash=digest,
+            corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[index],
+        )
+
+
 class _Drop(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -1,7 +1,10 @@
 """Sequence continuation, one generator for every ordered family: digits/numbers, number words,
 months, days, letters, or a custom item list. List form ("January February March" -> " April")
 or the sentence form of the literature ("Anne was born in one. Anne was born in two. Anne was
-born in" -> " three"). Counterfactual: the same items in another order (same tokens, aligned).
+born in" -> " three"). Counterfactuals (`counterfactual:`): `shuffled` (default), the same items
+in another order (same tokens, aligned; order is what changes); `offset`, an in-order run of the
+same length starting elsewhere in the family (order kept, which items changes; a prompt whose run
+tokenizes to another length is dropped and counted). The clean prompts are the same for both.
 Wrap-around (December -> January) is explicit: `wrap: false` excludes sequences that would cross
 the end of the family."""
 from __future__ import annotations
@@ -39,7 +42,9 @@ class SequenceParams(GeneratorParams):
     form: Literal["list", "sentence"] = "list"
     sentence: str = Field("{name} was born in {item}.", description="sentence form, with {name} and {item}")
     names: list[str] = Field(default_factory=lambda: ["Anne", "John", "Mary", "Tom", "Kate", "Paul", "Lisa", "Mark"])
-    counterfactual: Literal["shuffled"] = "shuffled"
+    counterfactual: Literal["shuffled", "offset"] = Field(
+        "shuffled", description="shuffled: the shown items after the first in another order; offset: an in-order run "
+        "of the same length starting elsewhere in the family")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SequenceParams":
@@ -81,6 +86,14 @@ def _sentence_segments(items: list[str], sentence: str, name: str) -> list[Segme
     return segs
 
 
+def _offset_run(ordered: list[str], start: int, length: int, last_start: int) -> list[str]:
+    """`length` consecutive items from another start (its own RNG, seeded by the prompt; a start
+    the clean prompt could have had, so wrapping follows the family's rule)."""
+    rng = random.Random(f"offset:{start}:{length}")
+    other = rng.choice([s for s in range(last_start + 1) if s != start])
+    return [ordered[(other + i) % len(ordered)] for i in range(length)]
+
+
 def generate(params: SequenceParams, n: int, seed: int, split: Split) -> list[Prompt]:
     ordered = params.ordered()
     size = len(ordered)
@@ -91,7 +104,9 @@ def generate(params: SequenceParams, n: int, seed: int, split: Split) -> list[Pr
         start = rng.randint(0, last_start)
         seq = [ordered[(start + i) % size] for i in range(length + 1)]
         shown, answer = seq[:-1], seq[-1]
-        corrupted = shuffled_unlike(shown, rng)
+        corrupted = shuffled_unlike(shown, rng)  # drawn for every counterfactual: the clean prompts stay the same
+        if params.counterfactual == "offset":
+            corrupted = _offset_run(ordered, start, length, last_start)
         if params.form == "list":
             clean_segs, corrupt_segs, key_extra = _list_segments(shown), _list_segments(corrupted), ""
         else:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 
 from circuitbench.circuits.circuit import FROM_RESULT, Circuit, model_label
 from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
-from circuitbench.circuits.recovery import RecoveryScores
+from circuitbench.circuits.recovery import RecoveryInterval, RecoveryScores
 from circuitbench.scores.evaluation import SplitMetrics
 from circuitbench.scores.methods.outputs import EdgeScores
 
@@ -137,6 +137,24 @@ class ReferenceInfo(_Strict):
         "patching with this counterfactual cannot see them")
 
 
+class CounterfactualRun(_Strict):
+    """What one counterfactual of a task with several showed (TaskSpec.counterfactuals)."""
+
+    name: str = Field(description="the counterfactual (a value of the generator's `counterfactual` parameter)")
+    n_prompts: int = Field(description="prompts kept with this counterfactual (its own drops counted)")
+    n_dropped: int = Field(0, description="prompts dropped because this counterfactual could not be encoded")
+    metrics_corrupted: dict[str, float] = Field(default_factory=dict,
+                                                description="metric id -> mean on this counterfactual's prompts")
+    head_scores: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="method -> [n_layers][n_heads] scores under this counterfactual (methods "
+        "that use the counterfactual)")
+    node_scores: dict[str, dict[str, float]] = Field(default_factory=dict,
+                                                     description="method -> {node: score} under this counterfactual")
+    visibility: dict[str, float] = Field(default_factory=dict,
+                                         description="node -> share of prompts this counterfactual changes it on")
+    invisible: list[str] = Field(default_factory=list, description="nodes this counterfactual never changes")
+
+
 class RunResult(_Strict):
     """One (model, task) unit: complete with its numbers, or failed with the error."""
 
@@ -180,6 +198,11 @@ class RunResult(_Strict):
     edge_recovery: dict[str, RecoveryScores] = Field(
         default_factory=dict, description="edge method -> the same over edges against the reference's edges (top "
         "|reference| edges by |score|)")
+    recovery_ci: dict[str, RecoveryInterval] = Field(
+        default_factory=dict, description="method -> 95 % bootstrap intervals over prompts of its recovery scores "
+        "(every method rerun per resample; small models only, circuits/recovery_intervals.py)")
+    node_recovery_ci: dict[str, RecoveryInterval] = Field(
+        default_factory=dict, description="method -> the same for node_recovery")
     warnings: list[str] = Field(default_factory=list, description="what the reader should know: e.g. methods that "
                                 "disagree, reference heads invisible to the counterfactual")
     visibility: dict[str, float] = Field(
@@ -188,6 +211,13 @@ class RunResult(_Strict):
     unknown_scores: dict[str, list[str]] = Field(
         default_factory=dict, description="patching-style method -> the nodes its scores cannot see (invisible on "
         "almost every prompt): their score is unknown, not 0")
+    counterfactuals: list[CounterfactualRun] = Field(
+        default_factory=list, description="a task with several counterfactuals: each one's scores and visibility, the "
+        "primary first; head_scores, node_scores, edge scores and visibility above are their combination")
+    score_combination: str | None = Field(None, description="how several counterfactuals' scores were combined")
+    counterfactual_agreement: dict[str, float | None] = Field(
+        default_factory=dict, description="'method: jaccard(a, b)' -> Jaccard of the circuits the rule picks from "
+        "method's scores under counterfactual a alone and b alone (None: both empty)")
     # Each edge method's scores over the component graph, in memory (not part of the JSON): written
     # next to the result as the sidecar file edge_scores[method].file (edge_files()).
     _edges: dict[str, EdgeScores] = PrivateAttr(default_factory=dict)

@@ -644,23 +644,3 @@ def single_node_ablations(
                 alone[f"m{layer}" if item == MLP else f"a{layer}.h{item}"].append(row)
     empty = torch.zeros(0, dtype=torch.float64)
     return (torch.cat(full) if full else empty), {n: torch.cat(v) if v else empty for n, v in alone.items()}
-
-
-def identical_head_outputs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
-                           heads: list[tuple[int, int]], tol: float = 1e-6) -> list[tuple[int, int]]:
-    """The `heads` whose outputs are the same on every clean prompt and its counterfactual (up to
-    `tol` relative): invisible to patching, attribution and mean-counterfactual ablation with this
-    counterfactual, whatever their role (e.g. a head that reads only the sequence length)."""
-    if data.corrupted is None or not heads:
-        return []
-    diff = torch.zeros(len(heads), dtype=torch.float64)
-    scale = torch.zeros(len(heads), dtype=torch.float64)
-    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
-        valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
-        for i, (l, h) in enumerate(heads):
-            clean, corrupt = runs["clean"].z[l][:, :, h].double(), runs["corrupted"].z[l][:, :, h].double()
-            gap = ((clean - corrupt).abs() * valid[..., None]).max()
-            diff[i] = max(diff[i], float(gap))
-            scale[i] = max(scale[i], float((clean.abs() * valid[..., None]).max()))
-    diff, scale = ctx.sum_shards((diff, scale))  # (a max would be exact; a sum only ever flags fewer heads)
-    return [head for i, head in enumerate(heads) if diff[i] <= tol * (1 + scale[i])]

@@ -30,6 +30,7 @@ from circuitbench.specs.registries import GENERATORS, METHODS, METRICS, Generato
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 SNAKE = r"^[a-z][a-z0-9_]*$"
+STABILITY_RESAMPLES = 4  # half-samples: the kept method reruns on half the prompts this often (2x its cost)
 
 
 def registered(registry: Registry) -> AfterValidator:
@@ -82,6 +83,14 @@ class CircuitRule(BaseModel):
     panel: bool = Field(True, description="also measure the circuit under counterfactual patching, mean, zero and "
                         "resample ablation with bootstrap intervals, remove every component outside it alone (mean "
                         "and zero), and give a verdict (circuits/panel.py); false: the rule's ablation and zero only")
+    stability_resamples: int = Field(
+        STABILITY_RESAMPLES, ge=0, le=100, exclude_if=lambda n: n == STABILITY_RESAMPLES,
+        description="half-samples of the prompts the kept method is rerun on to measure how stable the chosen set is "
+        "(circuit.stability: mean Jaccard); 0: not measured")
+    require_zero: bool = Field(
+        False, exclude_if=lambda required: not required,
+        description="robust also needs f within [0.8, 1.2] under zero ablation (for tasks where a component that "
+        "writes a constant, e.g. reads BOS or position, must be in the circuit)")
     integration: Literal["mib", "sizes"] | None = Field(
         None, exclude_if=lambda value: value is None,
         description="the curve: mib = MIB's sizes (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100 % of the components), "
@@ -142,6 +151,13 @@ class TaskSpec(BaseModel):
         True, exclude_if=lambda aligned: aligned,
         description="false: keep prompts whose counterfactual has another token length or other named positions "
         "(dropped and counted otherwise); methods that patch position by position are then refused")
+
+    counterfactuals: list[str] = Field(
+        default_factory=list, exclude_if=lambda names: not names,
+        description="several counterfactuals: values of the generator's `counterfactual` parameter (file tasks: "
+        "columns holding corrupted prompts), the first the primary one. Patching-style methods score under each, the "
+        "circuit is built from their combination (per component, the score of largest magnitude), every "
+        "counterfactual's patching joins the ablation panel, and disagreement is flagged")
 
     @classmethod
     def from_prompts(
@@ -222,7 +238,41 @@ class TaskSpec(BaseModel):
             raise ValueError(f"report_splits lists '{self.split}', the split the task already runs on")
         if not self.aligned_counterfactual:
             self._check_unaligned()
+        if self.counterfactuals:
+            self._check_counterfactuals()
         return self
+
+    def _check_counterfactuals(self) -> None:
+        """Each name is a value the generator's `counterfactual` parameter takes; the generator then
+        draws the first (the primary counterfactual: metrics_corrupted, mean_counterfactual ablation)."""
+        params = self.generator
+        if "counterfactual" not in type(params).model_fields:
+            raise ValueError(f"counterfactuals: generator '{params.name}' has no `counterfactual` parameter to choose "
+                             "from; remove counterfactuals")
+        names = list(dict.fromkeys(self.counterfactuals))
+        if len(names) != len(self.counterfactuals):
+            raise ValueError(f"counterfactuals lists a name twice: {self.counterfactuals}")
+        if "counterfactual" in params.model_fields_set and params.counterfactual != names[0]:  # type: ignore[attr-defined]
+            raise ValueError(f"generator.counterfactual is '{params.counterfactual}' but counterfactuals starts with "  # type: ignore[attr-defined]
+                             f"'{names[0]}': the first of counterfactuals is the primary one; give it once")
+        for name in names:
+            self.generator_with(name)
+        self.generator = self.generator_with(names[0])
+
+    def generator_with(self, counterfactual: str) -> GeneratorParams:
+        """The generator's params drawing `counterfactual` (checked by the generator's own model)."""
+        params = self.generator
+        try:
+            return type(params).model_validate({**params.model_dump(), "counterfactual": counterfactual})
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ValueError(f"counterfactuals: '{counterfactual}' is not a counterfactual of generator "
+                             f"'{params.name}' ({first['msg']})") from None
+
+    def with_counterfactual(self, counterfactual: str) -> "TaskSpec":
+        """This task drawing `counterfactual` as its only one (the clean prompts are the same: a
+        generator draws them independently of its counterfactual)."""
+        return self.model_copy(update={"generator": self.generator_with(counterfactual), "counterfactuals": []})
 
     def _check_unaligned(self) -> None:
         """Counterfactuals of another length: nothing may compare them with the clean prompt position by position."""
@@ -275,4 +325,4 @@ class TaskSpec(BaseModel):
         """Hash of what makes two results comparable: the task's version, prompt distribution and
         metrics, not how many prompts or which methods a run used."""
         return self._hashed({"name", "version", "generator", "split", "metrics", "main_metric",
-                             "aligned_counterfactual"})
+                             "aligned_counterfactual", "counterfactuals"})

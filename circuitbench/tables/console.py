@@ -207,14 +207,26 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
                                                                    + [f"m{l}" for l in c.mlps])
         if c.level == "edge":
             members = f"{len(c.edges)} edges over {members}"
-        say(f"circuit from {c.method} scores, {describe_rule(c.rule, n_total)}: {members}")
+        combined = o.result.counterfactuals
+        over = (f" combined over counterfactuals {', '.join(r.name for r in combined)} (largest |score|)"
+                if combined else "")
+        say(f"circuit from {c.method} scores{over}, {describe_rule(c.rule, n_total)}: {members}")
         say(verdict_text(c) + f" · {faithfulness_text(c.faithfulness)}")
         if c.panel:
             say("panel: " + panel_text(c))
+        if c.stability is not None:
+            st = c.stability
+            say(f"stability of the chosen set: Jaccard {st.jaccard:.2f} [{st.range[0]:.2f}, {st.range[1]:.2f}] over "
+                f"{st.resamples} half-samples of {st.prompts} prompts ({st.with_chosen:.2f} with the circuit kept)")
+        if c.completeness is not None:
+            k = c.completeness
+            say(f"incompleteness (Wang et al., {k.ablation}): max {k.max_incompleteness:.2f} · mean "
+                f"{k.mean_incompleteness:.2f} over {k.subsets} subsets K (worst: {' '.join(k.worst_subset[:6])})")
         if c.outside_necessary:
             say("necessary outside the circuit (alone, from the full model): " + outside_text(c.outside_necessary))
         if c.invisible:
-            say(f"invisible to patching (same output under the counterfactual): {' '.join(c.invisible[:12])}"
+            under = "every counterfactual" if o.result.counterfactuals else "the counterfactual"
+            say(f"invisible to patching (same output under {under}): {' '.join(c.invisible[:12])}"
                 + (" …" if len(c.invisible) > 12 else ""))
         if len(c.candidates) > 1:
             say("candidates (faithfulness): " + " · ".join(

@@ -33,6 +33,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "faithfulness": ("faithfulness ↑", "f(C) = (m(C) − m(∅)) / (m(M) − m(∅)) of the main metric m with every head "
                      "outside the circuit ablated (1: the circuit alone does what the model does); 'undefined' when "
                      "ablating every head changes m by less than 2 standard errors (no measurable effect)"),
+    "stability": ("stability ↑", "mean Jaccard of the circuits the kept method gives on half-samples of the prompts "
+                  "(1: the same set on any half), with the smallest and largest pair"),
+    "incompleteness": ("incompleteness ↓", "Wang et al.: the largest |m(C \\ K) − m(M \\ K)| / |m(M) − m(∅)| over "
+                       "subsets K of the circuit (0: knocking any part out of the circuit or the model does the same)"),
     "cpr": ("CPR ↑", "area under the faithfulness curve over circuit sizes (MIB)"),
     "cmd": ("CMD ↓", "area under |1 − f| over circuit sizes (MIB)"),
     "agreement_spearman": ("exact vs attribution ρ ↑", "Spearman correlation of exact and attribution patching "
@@ -117,7 +121,10 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             f = c.faithfulness
             row.update({"circuit_size": size, "circuit_method": c.method, "faithfulness": f and f.value,
                         "faithfulness_undefined": f and f.undefined, "cpr": f and f.cpr, "cmd": f and f.cmd,
-                        "cpr_ci": _ci_text(f.cpr_ci) if f else None, "cmd_ci": _ci_text(f.cmd_ci) if f else None})
+                        "cpr_ci": _ci_text(f.cpr_ci) if f else None, "cmd_ci": _ci_text(f.cmd_ci) if f else None,
+                        "stability": c.stability.jaccard if c.stability else None,
+                        "incompleteness": c.completeness.max_incompleteness if c.completeness else None,
+                        "stability_ci": _ci_text(c.stability.range) if c.stability else None})
             # MIB's CPR / CMD of every method at the circuit's level
             for method, figures in (f.by_method if f else {}).items():
                 row[f"cpr:{method}@{c.level}"] = figures.get("cpr")
@@ -205,7 +212,7 @@ def task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[label] = ["" if pd.isna(v) else str(v) for v in sub[col]]
         elif col in sub and sub[col].notna().any():
             shown = lambda v, _col=col: f"{int(v)}" if _col == "circuit_size" else f"{v:.3f}"  # noqa: E731
-            intervals = sub[f"{col}_ci"].to_list() if f"{col}_ci" in sub else [None] * len(sub)  # CPR, CMD
+            intervals = sub[f"{col}_ci"].to_list() if f"{col}_ci" in sub else [None] * len(sub)  # CPR, CMD, stability
             out[label] = ["" if pd.isna(v) else shown(v) + (f" {ci}" if isinstance(ci, str) else "")
                           for v, ci in zip(sub[col], intervals)]
     for col in _by_method_columns(sub):
@@ -246,7 +253,7 @@ def task_numbers(df: pd.DataFrame, task: str) -> pd.DataFrame:
             out[f"n_{split}"] = sub.get(f"n_{split}", sub[col] * float("nan")).astype("Int64").to_list()
     undefined = "faithfulness_undefined" in sub and sub["faithfulness_undefined"].notna().any()
     first = ("verdict", "circuit_size", "circuit_method", "faithfulness", "faithfulness_ci", "faithfulness_undefined",
-             "cpr", "cpr_ci", "cmd", "cmd_ci")
+             "stability", "stability_ci", "incompleteness", "cpr", "cpr_ci", "cmd", "cmd_ci")
     for col in (*first, *[c for c in COLUMNS if c not in first]):
         # an all-undefined faithfulness column stays, empty, beside the reason
         if col in sub and (sub[col].notna().any() or col == "faithfulness" and undefined) and col not in out:

@@ -137,6 +137,16 @@ def circuit_html(result: RunResult) -> str:
     parts.append(f"<p class='verdict'><b>{html.escape(verdict_text(c))}</b></p>")
     if c.panel:
         parts.append(f"<p>Ablation panel (f, 95 % bootstrap interval): {html.escape(panel_text(c))}.</p>")
+    if c.stability is not None:
+        st = c.stability
+        parts.append(f"<p>Stability of the chosen set: mean Jaccard {st.jaccard:.2f} [{st.range[0]:.2f}, "
+                     f"{st.range[1]:.2f}] between the circuits of {st.resamples} half-samples of {st.prompts} prompts "
+                     f"({st.with_chosen:.2f} with the circuit kept).</p>")
+    if c.completeness is not None:
+        k = c.completeness
+        parts.append(f"<p>Incompleteness (Wang et al.: |m(C \\ K) − m(M \\ K)| / |m(M) − m(∅)| under {k.ablation} "
+                     f"ablation): max {k.max_incompleteness:.2f}, mean {k.mean_incompleteness:.2f} over {k.subsets} "
+                     f"subsets K of the circuit; worst K: {html.escape(' '.join(k.worst_subset))}.</p>")
     if c.outside_necessary:
         shown = html.escape(outside_text(c.outside_necessary))
         parts.append("<p class='warning'>necessary outside the circuit (each removed alone from the full model: "
@@ -144,6 +154,14 @@ def circuit_html(result: RunResult) -> str:
     if c.invisible:
         parts.append("<p>Invisible to patching (same output in clean and counterfactual runs): "
                      f"{html.escape(' '.join(c.invisible))}.</p>")
+    if result.counterfactuals:
+        each = "; ".join(f"{run.name}: {run.n_prompts} prompts, {len(run.invisible)} components never changed"
+                         for run in result.counterfactuals)
+        agree = "; ".join(f"{k} = {'n/a' if v is None else f'{v:.2f}'}" for k, v in
+                          result.counterfactual_agreement.items())
+        parts.append(f"<p>Counterfactuals ({html.escape(each)}). Scores combined: "
+                     f"{html.escape(result.score_combination or '')}. Agreement of their circuits: "
+                     f"{html.escape(agree or 'n/a')}.</p>")
     f = c.faithfulness
     if f is None:
         parts.append("<p>Faithfulness not measured.</p>")

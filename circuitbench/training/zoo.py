@@ -18,6 +18,7 @@ from circuitbench.environment import threads_for, torch_threads
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.tokenizers import word_level_tokenizer
 from circuitbench.models.toy import build_native_model, native_config, save_checkpoint
+from circuitbench.training.planted import PLANTED, zoo_trainer
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def train_induction_2l(out: Path, settings: TrainSettings, report: Callable[[int
 
 RECIPES: dict[str, Recipe] = {
     "toy-induction-2l": Recipe(train_induction_2l, 4000, "2-layer attention-only, repeated random tokens", 46336),
+    # planted-circuit models: a tracr program plus trained, causally irrelevant distractors (training/planted.py)
+    **{name: Recipe(zoo_trainer(name), r.steps, r.description, r.n_params) for name, r in PLANTED.items()},
 }
 
 

@@ -41,7 +41,7 @@ def _run_induction(out, methods: list[str], rule: CircuitRule):
         "n_prompts": 16, "methods": methods,
         "method_options": {"eap_ig": {"variant": "activations", "steps": 3}},
         "generator": spec.generator.model_copy(update={"counterfactual": "permuted_positions"}),
-        "circuit": rule})
+        "counterfactuals": [], "circuit": rule})
     path = out / "induction.yaml"
     path.write_text(json.dumps(spec.model_dump(mode="json")))
     return cb.run_grid(str(path), "toy-induction-2l", cb.RunOptions(batch_size=16, out=str(out), cache=False))[0].path

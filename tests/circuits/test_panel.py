@@ -8,7 +8,7 @@ import pytest
 
 import circuitbench as cb
 from circuitbench.circuits.circuit import OutsideComponent, PanelEntry
-from circuitbench.circuits.panel import PanelValues, bootstrap_interval, f_of, judge
+from circuitbench.circuits.panel import PanelValues, bootstrap_interval, f_of, judge, worst_case
 
 TRACR = [("reverse", "tracr-reverse"), ("hist", "tracr-hist"), ("sort_unique", "tracr-sort-unique"),
          ("detect_abc", "tracr-detect-abc")]
@@ -54,6 +54,22 @@ def test_verdict_rules(panel, outside, verdict):
     assert got == verdict and (reasons == []) == (verdict == "robust")
     if outside:
         assert any("a0.h0" in r for r in reasons)
+
+
+def test_every_counterfactual_and_a_required_zero_ablation_count_for_robust():
+    """Patching with a second counterfactual joins what robust needs; zero ablation does only when the task
+    requires it; and the worst case auto weighs follows the same list."""
+    panel = {"counterfactual": _entry("counterfactual", 1.0, GOOD), "mean_clean": _entry("mean_clean", 1.0, GOOD),
+             "resample": _entry("resample", 1.0, GOOD), "zero": _entry("zero", 0.3, (0.2, 0.4))}
+    assert judge(panel, "counterfactual", [], [])[0] == "robust"
+    verdict, reasons = judge(panel, "counterfactual", [], [], require_zero=True)
+    assert verdict == "counterfactual_specific" and any("zero ablation is 0.30" in r for r in reasons)
+    assert worst_case(panel, "counterfactual") == (0.0, "counterfactual")
+    assert worst_case(panel, "counterfactual", require_zero=True) == pytest.approx((0.7, "zero"))
+    panel["counterfactual:offset"] = _entry("counterfactual:offset", 0.5, (0.4, 0.6))
+    verdict, reasons = judge(panel, "counterfactual", [], [])
+    assert verdict == "counterfactual_specific" and any("counterfactual:offset" in r for r in reasons)
+    assert worst_case(panel, "counterfactual") == pytest.approx((0.5, "counterfactual:offset"))
 
 
 @pytest.mark.parametrize("program, model", TRACR)
@@ -149,6 +165,21 @@ def test_a_freshly_trained_induction_models_previous_token_head_is_never_silentl
     assert previous_token_head in named, (c.nodes, c.outside_necessary)
     if previous_token_head not in c.nodes:
         assert c.verdict != "robust"
+
+    # A second counterfactual that moves every position (permuted_positions) changes what the previous-token
+    # head writes at the keys: it scores that head higher than the default one, and the circuit built from both
+    # holds it (issue 23 point 4).
+    both = type(task).model_validate({**task.model_dump(), "methods": ["activation_patching", "previous_token"],
+                                      "counterfactuals": ["fresh_random", "permuted_positions"]})
+    combined = cb.run(both, str(tmp_path / "model"))
+    runs = {run.name: run for run in combined.counterfactuals}
+    layer, head = 0, int(previous_token_head.split(".h")[1])
+    under = {name: abs(run.head_scores["activation_patching"][layer][head]) for name, run in runs.items()}
+    assert under["permuted_positions"] > under["fresh_random"], under
+    combined_scores = combined.scores("activation_patching")
+    assert abs(combined_scores[layer, head]) == max(under.values())  # largest magnitude over the counterfactuals
+    assert previous_token_head in combined.circuit.nodes, combined.circuit.nodes
+    assert "counterfactual:permuted_positions" in combined.circuit.panel
 
 
 def test_a_circuit_patching_cannot_measure_is_judged_by_the_rules_ablation():

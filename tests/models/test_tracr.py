@@ -329,6 +329,8 @@ def test_registry_entries_match_their_checkpoints():
         assert (model.n_params, model.n_layers, model.n_heads, model.d_model, model.d_head, model.n_ctx,
                 model.d_vocab) == (spec.n_params, spec.n_layers, spec.n_heads, spec.d_model, spec.d_head, spec.n_ctx,
                                    spec.d_vocab), name
+        if name.startswith("planted-"):  # built by train-zoo, recorded in planted.json (tests/training/test_planted.py)
+            continue
         record = json.loads((ZOO_DIR / spec.path / "tracr.json").read_text())
         assert spec.train_command == record["command"], name
         assert record["verification"]["max_abs_diff_output"] < 1e-4 and record["verification"]["n_positions_compared"]

@@ -13,6 +13,7 @@ from circuitbench.prompts.induction import InductionParams, bigrams
 from circuitbench.prompts.ioi import IOIParams
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.registries import GENERATORS
+from circuitbench.specs.task import TaskSpec
 
 INDUCTION = ("fresh_random", "shuffled_first_half", "permuted_positions")
 
@@ -99,8 +100,8 @@ def test_ioi_params_accept_both_counterfactuals():
 # (spec hash, prompt-set hash) of the shipped tasks: the prompt hashes from before counterfactuals became a
 # choice; the spec hashes since the tasks' circuits became `method: auto` with ablation among their methods
 # (ioi's since its rule became `fraction: 0.25`, a non-trivial circuit on the 8-head toys; both since circuit
-# rules gained `panel`, issue 23; same prompts).
-PINNED = {"induction": ("2eb3112d8ae6d45a", "c6b86ce3db5740d6"), "ioi": ("b359375db4a64a4d", "1c864438d69bf92b")}
+# rules gained `panel`, and since both list a second counterfactual, issue 23; same prompts).
+PINNED = {"induction": ("854a3ead8c1335ec", "c6b86ce3db5740d6"), "ioi": ("441246ef81a01196", "1c864438d69bf92b")}
 
 
 @pytest.mark.parametrize("task", sorted(PINNED))
@@ -108,3 +109,51 @@ def test_default_counterfactual_leaves_the_shipped_tasks_unchanged(task):
     spec = load_task(task)
     prompts = generate_prompts(spec)
     assert (spec.spec_hash(), hashlib.sha256(prompts.model_dump_json().encode()).hexdigest()[:16]) == PINNED[task]
+
+
+SEVERAL = ["induction", "ioi", "seq_days", "seq_digits", "seq_letters", "seq_months", "seq_sentence"]
+
+
+@pytest.mark.parametrize("task", SEVERAL)
+def test_every_counterfactual_of_a_shipped_task_draws_the_same_clean_prompts_and_changes_them(task):
+    """Several counterfactuals compare one clean prompt set with each: the generator must draw the clean
+    prompts, answers and split keys independently of the counterfactual, and every counterfactual must differ
+    from its clean prompt."""
+    spec = load_task(task)
+    assert len(spec.counterfactuals) >= 2
+    sets = {name: generate_prompts(spec.with_counterfactual(name)).prompts for name in spec.counterfactuals}
+    first = sets[spec.counterfactuals[0]]
+    for name, prompts in sets.items():
+        assert [(p.text, p.answer, p.split_key) for p in prompts] == [(p.text, p.answer, p.split_key) for p in first]
+        assert all((p.corrupted_text or str(p.corrupted_symbols)) != (p.text if p.segments else str(p.symbols))
+                   for p in prompts), name
+    a, b = (sets[n] for n in spec.counterfactuals[:2])
+    assert sum(x.corrupted_text != y.corrupted_text or x.corrupted_symbols != y.corrupted_symbols
+               for x, y in zip(a, b)) == len(a)  # the two counterfactuals differ on every prompt
+
+
+def test_the_offset_counterfactual_is_an_in_order_run_of_the_family_starting_elsewhere():
+    from circuitbench.prompts.sequence import FAMILIES
+
+    spec = load_task("seq_months").with_counterfactual("offset")
+    months = FAMILIES["months"]
+    for p in generate_prompts(spec).prompts:
+        items = p.corrupted_text.split(" ")
+        start = months.index(items[0])
+        assert items == [months[(start + i) % 12] for i in range(len(items))]
+        assert start != p.meta["start"]
+
+
+def test_counterfactuals_name_values_of_the_generators_parameter():
+    base = load_task("seq_months").model_dump()
+    with pytest.raises(ValueError, match="'sideways' is not a counterfactual of generator 'sequence'"):
+        type(load_task("seq_months")).model_validate({**base, "counterfactuals": ["shuffled", "sideways"]})
+    with pytest.raises(ValueError, match="lists a name twice"):
+        type(load_task("seq_months")).model_validate({**base, "counterfactuals": ["shuffled", "shuffled"]})
+    with pytest.raises(ValueError, match="counterfactuals starts with"):
+        type(load_task("seq_months")).model_validate({**base, "generator": {**base["generator"],
+                                                                           "counterfactual": "offset"}})
+    with pytest.raises(ValueError, match="has no `counterfactual` parameter"):
+        TaskSpec.model_validate({"name": "t", "generator": {"name": "records", "records": [
+            {"prompt": "a b", "corrupted": "b a", "answer": " c"}]}, "metrics": ["loss"],
+            "counterfactuals": ["x", "y"]})

@@ -1,0 +1,90 @@
+"""Completeness as Wang et al. (2022, IOI, section 4) define it: a complete circuit and the full
+model respond alike when the same part K of the circuit is knocked out of both.
+
+incompleteness(K) = |m(C \\ K) − m(M \\ K)| / |m(M) − m(∅)|, under the rule's ablation, for
+subsets K of the circuit: every single component (up to SINGLES of them) and RANDOM_SUBSETS random
+halves (each component in with probability 1/2, seeded). A circuit that leaves out a backup of
+something it holds is incomplete: knocking out its part changes the circuit alone far more than it
+changes the full model, where the backup takes over."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from circuitbench.circuits.circuit import Circuit, Completeness, split_nodes
+from circuitbench.circuits.edge_faithfulness import EdgeBaseline
+from circuitbench.circuits.faithfulness import Baseline
+
+SINGLES = 8  # each component alone as K, for circuits up to this size
+RANDOM_SUBSETS = 8
+INCOMPLETE = 0.2  # a larger incompleteness is warned about
+
+
+def subsets_of(members: list[str], seed: int) -> list[list[str]]:
+    """The K tried: each member alone (circuits of up to SINGLES members), then RANDOM_SUBSETS random
+    non-empty halves, no K twice, never the whole circuit twice."""
+    out: list[list[str]] = [[m] for m in members] if len(members) <= SINGLES else []
+    rng = np.random.default_rng([seed, len(members), 7])
+    seen = {tuple(k) for k in out}
+    for _ in range(4 * RANDOM_SUBSETS):
+        if len(out) >= (len(members) if len(members) <= SINGLES else 0) + RANDOM_SUBSETS:
+            break
+        pick = [m for m in members if rng.random() < 0.5]
+        if pick and tuple(pick) not in seen:
+            seen.add(tuple(pick))
+            out.append(pick)
+    return out
+
+
+def completeness(circuit: Circuit, baseline: Baseline | EdgeBaseline, seed: int) -> Completeness | None:
+    """The circuit's incompleteness over subsets of it (see the module docstring), under `baseline`'s
+    ablation; None for an empty circuit or where f is undefined (no effect to compare against)."""
+    gather = baseline.ctx.gather_shards
+    full, empty = gather(baseline.full_values), gather(baseline.empty_values)
+    if baseline.undefined_reason is not None or len(full) == 0:
+        return None
+    scale = abs(float(full.mean() - empty.mean()))
+    if isinstance(baseline, EdgeBaseline):
+        members = list(circuit.edges)
+
+        graph = baseline.graph
+
+        def mask(names: list[str], value: bool) -> np.ndarray:
+            keep = graph.real_edges.copy() if not value else np.zeros(graph.real_edges.shape, dtype=bool)
+            for name in names:
+                keep[graph.edge_position(name)] = value
+            return keep
+
+        # C \ K and M \ K as they are, neither pruned of dangling edges: pruning one and not the other
+        # would differ even for C = M
+        def kept(names: list[str]) -> np.ndarray:
+            return gather(baseline.values(mask(names, True), "m(C \\ K), for completeness"))
+
+        def all_but(names: list[str]) -> np.ndarray:
+            return gather(baseline.values(mask(names, False), "m(M \\ K), for completeness"))
+    else:
+        members = circuit.nodes
+        with_mlps = baseline.level == "node" and baseline.model.has_mlp
+        every = [f"a{l}.h{h}" for l in range(baseline.model.n_layers) for h in range(baseline.model.n_heads)] + \
+            ([f"m{l}" for l in range(baseline.model.n_layers)] if with_mlps else [])
+        node_values: Callable[[list[str]], np.ndarray] = lambda names: gather(baseline.values(  # noqa: E731
+            *_sets(names, with_mlps), "m(C \\ K) or m(M \\ K), for completeness"))
+        kept = node_values
+
+        def all_but(names: list[str]) -> np.ndarray:
+            return node_values([n for n in every if n not in set(names)])
+    if not members:
+        return None
+    values = []
+    for subset in subsets_of(members, seed):
+        left = [m for m in members if m not in set(subset)]
+        values.append((abs(float(kept(left).mean() - all_but(subset).mean())) / scale, subset))
+    worst, worst_k = max(values, key=lambda v: v[0])
+    return Completeness(ablation=baseline.ablation.name, subsets=len(values), max_incompleteness=worst,
+                        mean_incompleteness=float(np.mean([v for v, _ in values])), worst_subset=worst_k)
+
+
+def _sets(nodes: list[str], with_mlps: bool) -> tuple[set, set | None]:
+    heads, mlps = split_nodes(nodes)
+    return set(heads), (set(mlps) if with_mlps else None)
