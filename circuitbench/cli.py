@@ -294,6 +294,11 @@ def train_cmd(
     noise_scale: float | None = option(NoiseConfig, "scale", "--noise-scale", default=None),
     threads: int | None = option(TrainConfig, "threads", "--threads", default=None, min=1),
     induction_share: float = option(TrainConfig, "induction_share", "--induction-share"),
+    weight_decay: float = option(TrainConfig, "weight_decay", "--weight-decay"),
+    warmup_steps: int = option(TrainConfig, "warmup_steps", "--warmup-steps"),
+    lr_schedule: str = option(TrainConfig, "lr_schedule", "--lr-schedule"),
+    task_weights: str = option(TrainConfig, "task_weights", "--task-weights", default=""),
+    number_prior: bool = option(TrainConfig, "number_prior", "--number-prior"),
     force: bool = Force, plugin: list[str] = Plugin,
 ) -> None:
     """Train a toy model on tasks' train splits, saving checkpoints `--model` accepts."""
@@ -304,7 +309,8 @@ def train_cmd(
         _names(task), arch=arch, n_layers=layers, n_heads=heads, d_model=d_model, positional=positional,
         smear_keys=smear_keys, noise_site=noise_site, noise_scale=noise_scale, threads=threads, steps=steps,
         checkpoints=checkpoints, batch_size=batch_size, lr=lr, seed=seed, n_train=n_train,
-        loss_positions=loss_positions, induction_share=induction_share)
+        loss_positions=loss_positions, induction_share=induction_share, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, lr_schedule=lr_schedule, task_weights=task_weights, number_prior=number_prior)
     outputs.check_checkpoint_dir(Path(out), "--out", force=force)
     with progress_bars() as progress:
         summary = train(config, Path(out), lambda step, loss: progress(f"training · loss {loss:.3f}", step, steps))

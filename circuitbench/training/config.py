@@ -7,6 +7,7 @@ as the CLI names them become a config through `TrainConfig.from_options`, which 
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -93,6 +94,21 @@ TRAIN_FLAGS = {"n_layers": "--layers", "n_heads": "--heads", "noise.site": "--no
                "noise.scale": "--noise-scale", "tasks": "--task"}
 
 
+def parse_task_weights(text: str) -> dict[str, float]:
+    """`--task-weights fibonacci=3,x2=2` as {task: weight}; '' is no weights."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        task, _, value = (x.strip() for x in part.partition("="))
+        try:
+            weights[task] = float(value)
+        except ValueError:
+            weights[task] = 0.0
+        if not task or not weights[task] > 0:
+            raise CircuitbenchError(f"--task-weights {part!r}: expected task=weight with a positive weight, "
+                                    "e.g. --task-weights fibonacci=3,x2=2.")
+    return weights
+
+
 class TrainConfig(BaseModel):
     """One training run of a toy model on tasks' train splits."""
 
@@ -116,16 +132,46 @@ class TrainConfig(BaseModel):
         "busy cores)"))
     induction_share: float = Field(0.5, gt=0, le=1,
                                    description="fraction of steps on the induction stream when text tasks are mixed in")
+    weight_decay: float = Field(0.01, ge=0, le=10, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="steps over which the learning rate rises linearly from 0 to lr")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant | cosine: after warmup, lr as is, or cosine-decayed to 0 at the last step")
+    number_prior: bool = Field(
+        False, description="integer tokens start with sinusoids of their value (periods 2 to 1000) in the "
+        "first dimensions of their embedding and unembedding rows, the rest random: a sense of number, as a "
+        "pretrained LM's number tokens have, that lets arithmetic tasks generalise to held-out numbers")
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="task -> how often its rows are drawn relative to the other text tasks "
+        "(1 for a task not named; on the command line task=weight, comma-separated)")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "TrainConfig":
+        bad = {t: w for t, w in self.task_weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"task weights must be positive: {bad}")
+        if self.warmup_steps >= self.steps and self.warmup_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (1-based) under warmup and the schedule."""
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            done = (step - 1 - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+            return self.lr * 0.5 * (1 + math.cos(math.pi * done))
+        return self.lr
 
     @classmethod
     def from_options(cls, tasks: list[str], *, arch: str = DEFAULT_ARCH, n_layers: int | None = None,
                      n_heads: int | None = None, d_model: int | None = None, positional: str | None = None,
                      smear_keys: bool = False, noise_site: str | None = None, noise_scale: float | None = None,
-                     threads: int | None = None, **fields: Any) -> "TrainConfig":
+                     threads: int | None = None, task_weights: str | dict[str, float] | None = None,
+                     **fields: Any) -> "TrainConfig":
         """A config from flat options as `circuitbench train` takes them: the `arch` preset with the
         given architecture fields (None, and smear_keys False: the preset's), noise as a site and a
-        scale given together, threads by model size when not given, any other field as is. A bad value
-        is an error naming its flag (TRAIN_FLAGS)."""
+        scale given together, threads by model size when not given, task weights as `parse_task_weights`
+        reads them (or a dict), any other field as is. A bad value is an error naming its flag (TRAIN_FLAGS)."""
         if (noise_site is None) != (noise_scale is None):
             raise CircuitbenchError(
                 "--noise-site and --noise-scale go together, e.g. --noise-site resid --noise-scale 0.1.")
@@ -137,6 +183,10 @@ class TrainConfig(BaseModel):
 
                 threads = threads_for(toy.approx_params())
             noise = {"site": noise_site, "scale": noise_scale} if noise_site is not None else None
+            if isinstance(task_weights, str):
+                task_weights = parse_task_weights(task_weights)
+            if task_weights:
+                fields["task_weights"] = task_weights
             return cls.model_validate({"arch": toy, "tasks": tasks, "noise": noise, "threads": threads, **fields})
         except ValidationError as e:
             raise options_error(e, TRAIN_FLAGS) from None

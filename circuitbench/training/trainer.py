@@ -90,6 +90,29 @@ def text_rows(examples: list[tuple[str, str]], vocab: dict[str, int], bos: int, 
     return data, answers
 
 
+# periods of the number prior's sinusoids: small coprime ones single out a value (their product exceeds any
+# number in the tasks), large ones give magnitude
+NUMBER_PERIODS = (2, 3, 5, 7, 10, 11, 13, 30, 100, 300, 1000)
+
+
+def seed_number_embeddings(model: torch.nn.Module, vocab: dict[str, int]) -> int:
+    """Write cos/sin(2π·n/P) for P in NUMBER_PERIODS into the first 2·len(NUMBER_PERIODS) dimensions of
+    the embedding and unembedding rows of every token that is an integer n, scaled to the rows' mean
+    norm (TrainConfig.number_prior); returns how many tokens got them."""
+    numbers = {tok: int(word) for word, tok in vocab.items() if word.isdigit()}
+    if not numbers:
+        return 0
+    ids = torch.tensor(list(numbers))
+    angles = 2 * math.pi * torch.tensor(list(numbers.values()), dtype=torch.float)[:, None] / torch.tensor(
+        NUMBER_PERIODS, dtype=torch.float)
+    features = torch.cat([angles.cos(), angles.sin()], dim=1)  # [n_numbers, 2 * n_periods], row norm sqrt(n_periods)
+    with torch.no_grad():
+        for weight in (model.tok_embed.weight, model.head.weight):  # [d_vocab, d_model] both
+            scale = float(weight.norm(dim=1).mean()) / math.sqrt(len(NUMBER_PERIODS))
+            weight[ids, : features.shape[1]] = features * scale
+    return len(numbers)
+
+
 def train(config: TrainConfig, out: Path,
           report: Callable[[int, float], None] = lambda step, loss: None) -> dict[str, object]:
     with torch_threads(config.threads):
@@ -154,11 +177,17 @@ def training_data(config: TrainConfig) -> TrainingData:
         examples += e
         words |= w
         row_task += [i] * len(e)
-    # every task equally often, however many distinct prompts its train split holds
+    unknown = sorted(set(config.task_weights) - set(text_tasks))
+    if unknown:
+        raise CircuitbenchError(f"train: --task-weights names {', '.join(unknown)}, not among the text tasks trained "
+                                f"on ({', '.join(text_tasks) or 'none'}). Name tasks given to --task.")
+    # every task equally often (times its weight), however many distinct prompts its train split holds
     row_weights = None
     if row_task:
         task_sizes = torch.bincount(torch.tensor(row_task, dtype=torch.long), minlength=len(text_tasks))
-        row_weights = (1.0 / task_sizes[torch.tensor(row_task)]).double()
+        # float32 as before weights existed: unweighted draws stay those the shipped toys were trained with
+        task_share = torch.tensor([config.task_weights.get(t, 1.0) for t in text_tasks], dtype=torch.float)
+        row_weights = (task_share / task_sizes)[torch.tensor(row_task)].double()
     symbols = [f"t{i}" for i in range(induction.n_symbols)] if induction else []
     tokenizer = word_level_tokenizer(sorted(words | set(symbols)))
     vocab = tokenizer.get_vocab()
@@ -180,10 +209,12 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
     cfg = config.arch.bridge_config(len(data.tokenizer))
     variant = config.arch.variant()
     model = build_native_model(cfg, config.seed, variant)
+    if config.number_prior:
+        seed_number_embeddings(model, data.tokenizer.get_vocab())
     gen = torch.Generator().manual_seed(config.seed)
     # noise draws from its own generator: switching noise on leaves the data batches as they were
     noise_gen = torch.Generator().manual_seed(config.seed + 10_000)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     saves = set(checkpoint_steps(config.steps, config.checkpoints))
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -195,6 +226,8 @@ def _train(config: TrainConfig, out: Path, report: Callable[[int, float], None])
     with injected_noise(model, config.noise, noise_gen):
         model.train()
         for step in range(1, config.steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step)
             batch, targets_mask = data.batch(step, gen, config)
             logits = model(batch)
             nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),

@@ -2,6 +2,7 @@
 `TrainConfig.from_options` (flat options as the CLI names them; errors name the flags)."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -47,3 +48,26 @@ def test_a_bad_option_names_its_flag(options, message):
 def test_no_task_names_the_task_flag():
     with pytest.raises(CircuitbenchError, match="--task: List should have at least 1 item"):
         TrainConfig.from_options([])
+
+
+def test_the_defaults_keep_a_constant_rate_and_the_schedule_warms_up_then_decays():
+    steady = TrainConfig.from_options(["x2"], steps=100, lr=1e-3)
+    assert (steady.weight_decay, steady.warmup_steps, steady.lr_schedule, steady.task_weights) == (
+        0.01, 0, "constant", {})
+    assert {steady.lr_at(s) for s in range(1, 101)} == {1e-3}
+    cosine = TrainConfig.from_options(["x2"], steps=110, lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    assert [cosine.lr_at(s) for s in (1, 5, 10)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    # after warmup: the first step at lr, half way at lr/2, the last just above 0
+    last = 1e-3 * (1 + math.cos(0.99 * math.pi)) / 2
+    assert [cosine.lr_at(s) for s in (11, 61, 110)] == pytest.approx([1e-3, 5e-4, last])
+
+
+def test_task_weights_from_the_command_line_and_their_errors():
+    config = TrainConfig.from_options(["x2", "fibonacci"], task_weights="fibonacci=3, x2=0.5")
+    assert config.task_weights == {"fibonacci": 3.0, "x2": 0.5}
+    assert TrainConfig.from_options(["x2"], task_weights="").task_weights == {}
+    for bad in ("fibonacci", "fibonacci=0", "=2", "fibonacci=many"):
+        with pytest.raises(CircuitbenchError, match=r"--task-weights .*expected task=weight"):
+            TrainConfig.from_options(["fibonacci"], task_weights=bad)
+    with pytest.raises(CircuitbenchError, match="--warmup-steps|warmup_steps=5 must be below steps=5"):
+        TrainConfig.from_options(["x2"], steps=5, warmup_steps=5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loading import load_model
 from circuitbench.specs.catalog import load_task
 from circuitbench.training.config import TrainConfig, arch_from
@@ -143,3 +144,41 @@ def test_train_weights_and_checkpoints_honour_the_umask(capsys, tmp_path, umask)
     assert any(p.name == "model.safetensors" for p in written) and any(p.is_dir() for p in written)
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "t", *written]}
     assert modes == {k: (0o777 if (tmp_path / k).is_dir() else 0o666) & ~umask for k in modes}
+
+
+def test_task_weights_set_how_often_each_task_is_drawn():
+    """seq_days (18 train prompts) and seq_digits (hundreds) weighted 3:1: per step about 3 days rows to 1
+    digits row, whatever the tasks' sizes; a weight for a task not trained on is an error."""
+    from circuitbench.training.trainer import training_data
+
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["seq_days", "seq_digits"], steps=1,
+                         task_weights={"seq_days": 3})
+    data = training_data(config)
+    vocab = data.tokenizer.get_vocab()
+    days = torch.tensor([vocab[d] for d in ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+                                            "Sunday")])
+    batch, _ = data.batch(1, torch.Generator().manual_seed(0), config.model_copy(update={"batch_size": 4000}))
+    assert abs(float(torch.isin(batch[:, 1], days).float().mean()) - 0.75) < 0.03  # a row's first word: its task
+    with pytest.raises(CircuitbenchError, match="--task-weights names x2, not among the text tasks"):
+        training_data(config.model_copy(update={"task_weights": {"x2": 2.0}}))
+
+
+def test_the_number_prior_writes_each_numbers_value_into_its_rows(tmp_path):
+    """With number_prior the embedding and unembedding rows of an integer token n start as cos/sin(2πn/P):
+    computed here for the token '12' and P = 10; a word's rows stay random; without it nothing is written."""
+    from circuitbench.models.toy import build_native_model
+    from circuitbench.training.trainer import NUMBER_PERIODS, seed_number_embeddings, training_data
+
+    config = TrainConfig(arch=arch_from("gpt-2l", d_model=32), tasks=["x2"], steps=1, number_prior=True)
+    vocab = training_data(config).tokenizer.get_vocab()
+    model = build_native_model(config.arch.bridge_config(len(vocab)), 0)
+    before = model.tok_embed.weight.detach().clone()
+    assert seed_number_embeddings(model, vocab) == sum(w.isdigit() for w in vocab) > 50
+    k, n = len(NUMBER_PERIODS), NUMBER_PERIODS.index(10)
+    for weight in (model.tok_embed.weight, model.head.weight):
+        row = weight[vocab["12"], : 2 * k].detach()
+        scale = float(row[:k].pow(2).sum().add(row[k:].pow(2).sum()).sqrt()) / k**0.5  # cos² + sin² = 1 per P
+        assert row[n] == pytest.approx(scale * np.cos(2 * np.pi * 12 / 10), abs=1e-6)
+        assert row[k + n] == pytest.approx(scale * np.sin(2 * np.pi * 12 / 10), abs=1e-6)
+    assert torch.equal(model.tok_embed.weight[vocab[","]], before[vocab[","]])
+    assert not torch.equal(model.tok_embed.weight[vocab["12"]], before[vocab["12"]])
