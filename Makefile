@@ -52,7 +52,10 @@ leaderboards: setup
 	$(CB) run --task suite --model toy-tasks --out results/committed -q
 	$(CB) run --task induction --model toy-induction-2l --out results/committed -q
 	$(CB) run --task sorting --model toy-sort-1l --out results/committed -q
+	$(CB) run --task seq_days,seq_digits,seq_letters,seq_months,seq_numwords,seq_sentence --model toy-sequences \
+		--out results/committed -q
 	for pair in $(KNOWN); do $(CB) run --task tracr_$${pair%%:*} --model $${pair##*:} --out results/committed -q || exit 1; done
+	for pair in $(PLANTED); do $(CB) run --task planted_$${pair%%:*} --model $${pair##*:} --out results/committed -q || exit 1; done
 	$(CB) run --task suite --model $(BASELINES) --init random --n 24 \
 		--methods attribution_patching,previous_token,induction --out results/committed -q
 	$(CB) leaderboard --results results/committed --out leaderboards --force

@@ -11,6 +11,9 @@ record per row; empty cells count as absent), told apart by the extension (.json
     distractor           the token logit_diff compares against; every record or none (without
                          one, metrics that need it, logit_diff, are refused when the task loads)
     corrupted            the counterfactual prompt; every record or none
+    corrupted_NAME       further counterfactual prompts, one column each (corrupted_swapped, …):
+                         every record or none; `counterfactual: NAME` in the generator picks one
+                         (default: corrupted), a task's `counterfactuals: [corrupted, swapped]` uses several
     split                train | val | test; absent: a hash of `key` decides, as for every generator
     key                  the split key (default: the prompt text); unique over the file
     positions            named positions: {"IO": " Mary", "S2": {"text": " John", "occurrence": -1}}
@@ -80,9 +83,20 @@ class Record(BaseModel):
     key: str | int | None = None
     positions: dict[str, PositionRef] = Field(default_factory=dict)
     corrupted_positions: dict[str, PositionRef] = Field(default_factory=dict)
+    counterfactuals: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="further counterfactual prompts by name (columns corrupted_NAME)")
 
 
-FIELDS = tuple(Record.model_fields)
+FIELDS = tuple(f for f in Record.model_fields if f != "counterfactuals")
+NAMED_COUNTERFACTUAL = re.compile(r"^corrupted_(?!positions$)([A-Za-z0-9_]+)$")  # a corrupted_NAME column
+
+
+def _named_counterfactuals(obj: dict[str, Any]) -> dict[str, Any]:
+    """A record with its corrupted_NAME columns gathered under `counterfactuals`."""
+    named = {m.group(1): obj[k] for k in obj if (m := NAMED_COUNTERFACTUAL.match(k))}
+    if not named:
+        return obj
+    return {**{k: v for k, v in obj.items() if not NAMED_COUNTERFACTUAL.match(k)}, "counterfactuals": named}
 
 
 def _record_error(err: ValidationError) -> str:
@@ -91,7 +105,8 @@ def _record_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{loc}'.{did_you_mean(loc, FIELDS)} Fields: {', '.join(FIELDS)}")
+            parts.append(f"unknown field '{loc}'.{did_you_mean(loc, FIELDS)} Fields: {', '.join(FIELDS)}, "
+                         "corrupted_NAME")
         else:
             parts.append(f"{loc}: {e['msg']}")
     return "; ".join(parts)
@@ -115,7 +130,7 @@ def _csv_objects(text: str, where: str) -> list[tuple[int, Any]]:
     if not header:
         raise DataFileError(f"{where}: empty; a CSV data file starts with a header row ({', '.join(FIELDS)})")
     for column in header:
-        if column not in FIELDS:
+        if column not in FIELDS and not NAMED_COUNTERFACTUAL.match(column):
             raise DataFileError(f"{where} line 1: unknown column '{column}'.{did_you_mean(column, FIELDS)} "
                                 f"Columns: {', '.join(FIELDS)}")
     if len(set(header)) != len(header):
@@ -189,6 +204,13 @@ def check_together(rows: list[tuple[int, Record]], where: str, what: str = "line
         if set(r.positions) != set(first.positions):
             raise DataFileError(f"{where} {what} {line}: positions {sorted(r.positions)} differ from {what} "
                                 f"{first_line}'s {sorted(first.positions)}; every record names the same positions")
+        if set(r.counterfactuals) != set(first.counterfactuals):
+            raise DataFileError(f"{where} {what} {line}: counterfactual columns {sorted(r.counterfactuals)} differ "
+                                f"from {what} {first_line}'s {sorted(first.counterfactuals)}; give every record the "
+                                "same corrupted_NAME columns")
+        if r.counterfactuals and r.corrupted is None:
+            raise DataFileError(f"{where} {what} {line}: corrupted_{next(iter(r.counterfactuals))} without a corrupted "
+                                "prompt (the primary counterfactual)")
         if r.corrupted_positions and set(r.corrupted_positions) != set(r.positions):
             raise DataFileError(f"{where} {what} {line}: corrupted_positions {sorted(r.corrupted_positions)} must name "
                                 f"the positions {sorted(r.positions)}")
@@ -202,12 +224,16 @@ def check_together(rows: list[tuple[int, Record]], where: str, what: str = "line
         seen[key] = line
 
 
-def record_prompt(line: int, r: Record, where: str, what: str = "line") -> tuple[Prompt, Split]:
-    """One record as a Prompt and the split it belongs to (its own, or its key's hash)."""
+def record_prompt(line: int, r: Record, where: str, what: str = "line",
+                  counterfactual: str = "corrupted") -> tuple[Prompt, Split]:
+    """One record as a Prompt (its counterfactual: `corrupted`, or the corrupted_NAME column named)
+    and the split it belongs to (its own, or its key's hash)."""
     at = f"{where} {what} {line}"
     key = r.prompt if r.key is None else str(r.key)
     corrupted = None
-    if r.corrupted is not None:
+    if counterfactual != "corrupted":
+        corrupted = [Segment(text=r.counterfactuals[counterfactual])]
+    elif r.corrupted is not None:
         corrupted = segments_of(r.corrupted, r.corrupted_positions, f"{at}, corrupted") if r.corrupted_positions \
             else [Segment(text=r.corrupted)]
     prompt = Prompt(segments=segments_of(r.prompt, r.positions, at), corrupted_segments=corrupted, answer=r.answer,
@@ -215,9 +241,9 @@ def record_prompt(line: int, r: Record, where: str, what: str = "line") -> tuple
     return prompt, r.split or split_of(key)
 
 
-def parse(data: bytes, fmt: str, where: str) -> list[tuple[Prompt, Split]]:
-    """Every record of a data file as (prompt, split), in file order; DataFileError naming the
-    line at the first mistake."""
+def parse(data: bytes, fmt: str, where: str, counterfactual: str = "corrupted") -> list[tuple[Prompt, Split]]:
+    """Every record of a data file as (prompt, split), in file order, with the counterfactual named
+    (`corrupted` or a corrupted_NAME column); DataFileError naming the line at the first mistake."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -230,11 +256,15 @@ def parse(data: bytes, fmt: str, where: str) -> list[tuple[Prompt, Split]]:
         if not isinstance(obj, dict):
             raise DataFileError(f"{where} line {line}: a record is a JSON object, got {type(obj).__name__}")
         try:
-            rows.append((line, Record.model_validate(obj)))
+            rows.append((line, Record.model_validate(_named_counterfactuals(obj))))
         except ValidationError as e:
             raise DataFileError(f"{where} line {line}: {_record_error(e)}") from None
     check_together(rows, where)
-    return [record_prompt(line, r, where) for line, r in rows]
+    if counterfactual != "corrupted" and counterfactual not in rows[0][1].counterfactuals:
+        known = ", ".join(["corrupted", *(f"corrupted_{n}" for n in rows[0][1].counterfactuals)])
+        raise DataFileError(f"{where}: counterfactual '{counterfactual}' has no column corrupted_{counterfactual} "
+                            f"(counterfactual columns: {known})")
+    return [record_prompt(line, r, where, counterfactual=counterfactual) for line, r in rows]
 
 
 class FileParams(GeneratorParams):
@@ -243,6 +273,9 @@ class FileParams(GeneratorParams):
                       "(stored resolved)")
     format: Literal["jsonl", "csv"] | None = Field(
         None, description="default: from the extension (.jsonl, .ndjson: jsonl; .csv: csv)")
+    counterfactual: str = Field(
+        "corrupted", exclude_if=lambda name: name == "corrupted",
+        description="which column holds the counterfactual: corrupted, or NAME of a corrupted_NAME column")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="the data's sha256, filled in when the task loads; give it to pin the data "
                                "(loading fails if the file differs)")
@@ -268,7 +301,7 @@ class FileParams(GeneratorParams):
         if self.sha256 is not None and self.sha256 != digest:
             raise ValueError(f"{path} has sha256 {digest}, but the task pins sha256: {self.sha256} (the data changed: "
                              "restore it, or update the pin)")
-        prompts = [p for p, _ in parse(data, fmt, str(path))]
+        prompts = [p for p, _ in parse(data, fmt, str(path), self.counterfactual)]
         self.path, self.format, self.sha256 = str(path), fmt, digest
         self._answers = (prompts[0].answer is not None, prompts[0].distractor is not None)
         return self
@@ -298,7 +331,7 @@ def generate(params: FileParams, n: int | None, seed: int, split: Split) -> list
                                 "load the task again")
     assert params.format is not None  # set when the params were validated
     try:
-        records = parse(data, params.format, str(path))
+        records = parse(data, params.format, str(path), params.counterfactual)
     except DataFileError as e:
         raise CircuitbenchError(str(e)) from None
     chosen = [p for p, s in records if s == split]

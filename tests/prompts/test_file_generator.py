@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -342,3 +343,51 @@ def test_a_task_path_that_is_no_regular_file_is_one_clear_error(tmp_path, kind, 
                           capture_output=True, text=True, timeout=120, cwd=REPO,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", COLUMNS="200"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_several_counterfactual_columns_feed_a_task_with_several_counterfactuals(tmp_path, toy_vocab):
+    """A data file with `corrupted` (ABC names) and `corrupted_swapped` (IO and S exchanged): the
+    generator draws either as the task's counterfactual, the clean prompts the same; a task listing
+    both scores under each (JSONL and CSV alike)."""
+    records = [{**r, "corrupted_swapped": r["prompt"].replace(r["answer"], " @").replace(r["distractor"], r["answer"])
+                .replace(" @", r["distractor"])} for r in ioi_records()]
+    write_jsonl(tmp_path / "ioi.jsonl", records)
+    path = task(tmp_path, "ioi.jsonl", "counterfactuals: [corrupted, swapped]\nmethods: [activation_patching]\n"
+                                       "circuit: {top_k: 2, method: activation_patching}\n")
+    spec = load_task(str(path))
+    abc, swapped = (generate_prompts(spec.with_counterfactual(name)).prompts for name in ("corrupted", "swapped"))
+    test = [r for r in records if split_of(r["key"]) == "test"]
+    assert [p.text for p in abc] == [p.text for p in swapped] and len(abc) == len(test)
+    by_text = {r["prompt"]: r for r in test}
+    assert all(p.corrupted_text == by_text[p.text]["corrupted"] for p in abc)
+    assert all(p.corrupted_text == by_text[p.text]["corrupted_swapped"] for p in swapped)
+    data = encode_task(spec.with_counterfactual("swapped"), *toy_vocab)
+    assert len(data) == len(test) and data.report.n_dropped == 0
+
+    import circuitbench as cb
+    result = cb.run(str(path), "toy-tasks")
+    assert [run.name for run in result.counterfactuals] == ["corrupted", "swapped"]
+    assert "counterfactual:swapped" in result.circuit.panel
+
+    csv_records = [{k: v for k, v in r.items() if k != "corrupted_swapped"} for r in records]
+    write_csv(tmp_path / "ioi.csv", csv_records)
+    lines = (tmp_path / "ioi.csv").read_text().splitlines()
+    lines[0] += ",corrupted_swapped"
+    lines[1:] = [line + "," + json.dumps(r["corrupted_swapped"]) for line, r in zip(lines[1:], records)]
+    (tmp_path / "ioi.csv").write_text("\n".join(lines) + "\n")
+    from_csv = load_task(str(task(tmp_path, "ioi.csv", "counterfactuals: [corrupted, swapped]\n", name="from_csv")))
+    assert [p.corrupted_text for p in generate_prompts(from_csv.with_counterfactual("swapped")).prompts] == \
+        [p.corrupted_text for p in swapped]
+
+
+@pytest.mark.parametrize("records, extra, message", [
+    ([{"prompt": "a b", "corrupted": "b a", "corrupted_x": "a a"}, {"prompt": "a c", "corrupted": "c a"}], "",
+     "line 2: counterfactual columns [] differ from line 1's ['x']"),
+    ([{"prompt": "a b", "corrupted_x": "a a"}], "", "corrupted_x without a corrupted prompt"),
+    ([{"prompt": "a b", "corrupted": "b a", "corrupted_x": "a a"}], "counterfactuals: [corrupted, y]\n",
+     "counterfactual 'y' has no column corrupted_y (counterfactual columns: corrupted, corrupted_x)"),
+])
+def test_counterfactual_column_mistakes_name_the_line_and_the_columns(tmp_path, records, extra, message):
+    write_jsonl(tmp_path / "d.jsonl", records)
+    with pytest.raises(CircuitbenchError, match=re.escape(message)):
+        load_task(str(task(tmp_path, "d.jsonl", extra, metrics="[sequence_loss]")))
