@@ -189,7 +189,7 @@ def _run_unit(
     agreement, warnings = method_agreement(spec, head_scores)
     cf_agreement, cf_warnings = counterfactual_agreement(runs, spec.circuit, (model.n_layers, model.n_heads)) \
         if runs else ({}, [])
-    warnings += cf_warnings + visibility_warnings(data, shares)
+    warnings += cf_warnings + visibility_warnings(data, shares, len(runs)) + competence_warnings(metrics)
     reference_info, recovered, recovered_nodes, recovered_edges = None, {}, {}, {}
     recovered_ci, recovered_nodes_ci = {}, {}
     if reference is not None:
@@ -257,9 +257,23 @@ def _run_unit(
     return result
 
 
-def visibility_warnings(data: EncodedPrompts, shares: dict[str, float]) -> list[str]:
+CAPABLE = 0.5  # below this top-1 accuracy the model mostly fails the task: its circuit is mostly one of failures
+
+
+def competence_warnings(metrics: dict[str, float]) -> list[str]:
+    """A model that cannot do the task has a circuit of noise: say so when its accuracy is low."""
+    accuracy = metrics.get("accuracy")
+    if accuracy is None or accuracy >= CAPABLE:
+        return []
+    return [f"the model answers {accuracy:.0%} of these prompts right (accuracy below {CAPABLE:.0%}): it mostly "
+            "cannot do this task, so its circuit is mostly a circuit of failures; check the task on a model that does "
+            "it"]
+
+
+def visibility_warnings(data: EncodedPrompts, shares: dict[str, float], n_counterfactuals: int = 1) -> list[str]:
     """What patching cannot see on these prompts: components whose output never changes under the
-    counterfactual, and a prompt set of one token length (length and position readers are constant)."""
+    counterfactual (under any of several), and a prompt set of one token length (length and position
+    readers are constant)."""
     out = []
     if len(data) > 1 and int(data.lengths.min()) == int(data.lengths.max()):
         out.append(f"every prompt has {int(data.lengths[0])} tokens: a component that reads the sequence length or "
@@ -271,7 +285,8 @@ def visibility_warnings(data: EncodedPrompts, shares: dict[str, float]) -> list[
         what = " and ".join(f"{k} {word}{'s' if k != 1 else ''}" for k, word in ((heads, "head"), (mlps, "MLP")) if k)
         shown = ", ".join(invisible[:8]) + (" …" if len(invisible) > 8 else "")
         verb = "changes" if len(invisible) == 1 else "change"
-        out.append(f"{what} never {verb} under this counterfactual ({shown}): their importance is unknown to "
+        under = f"any of the {n_counterfactuals} counterfactuals" if n_counterfactuals > 1 else "this counterfactual"
+        out.append(f"{what} never {verb} under {under} ({shown}): their importance is unknown to "
                    "patching; see the ablation panel and circuit.outside_necessary")
     return out
 

@@ -122,6 +122,8 @@ def collect(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tuple[pd.
             row.update({"circuit_size": size, "circuit_method": c.method, "faithfulness": f and f.value,
                         "faithfulness_undefined": f and f.undefined, "cpr": f and f.cpr, "cmd": f and f.cmd,
                         "cpr_ci": _ci_text(f.cpr_ci) if f else None, "cmd_ci": _ci_text(f.cmd_ci) if f else None,
+                        "verdict": c.verdict,
+                        "faithfulness_ci": _ci_text(c.panel[f.ablation].ci) if f and f.ablation in c.panel else None,
                         "stability": c.stability.jaccard if c.stability else None,
                         "incompleteness": c.completeness.max_incompleteness if c.completeness else None,
                         "stability_ci": _ci_text(c.stability.range) if c.stability else None})

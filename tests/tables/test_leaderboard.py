@@ -31,8 +31,15 @@ def test_leaderboard_tables_hold_the_results(results, tmp_path):
     md = (tmp_path / "induction.md").read_text()
     assert f"{result.metrics['induction_loss']:.3f} ± {result.metrics_stderr['induction_loss']:.3f}" in md
     assert f"{result.circuit.faithfulness.value:.3f}" in md and "induction_loss ↓" in md
+    # the verdict first, f with its interval, the stability of the chosen set with its range
+    c = result.circuit
+    low, high = c.panel[c.faithfulness.ablation].ci
+    assert f"| {c.verdict} " in md and f"{c.faithfulness.value:.3f} [{low:.3f}, {high:.3f}]" in md
+    assert md.index("verdict") < md.index("faithfulness ↑")
+    if c.stability is not None:
+        assert f"{c.stability.jaccard:.3f} [{c.stability.range[0]:.3f}, {c.stability.range[1]:.3f}]" in md
     csv = (tmp_path / "induction.csv").read_text()
-    assert csv.splitlines()[0].startswith("model,")
+    assert csv.splitlines()[0].startswith("model,verdict,") or ",verdict," in csv.splitlines()[0]
     overview = (tmp_path / "README.md").read_text()
     assert "toy-induction-2l" in overview and f"{result.metrics['induction_loss']:.3f}" in overview
     page = (tmp_path / "index.html").read_text()
