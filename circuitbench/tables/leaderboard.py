@@ -456,27 +456,3 @@ def _write_board(df: pd.DataFrame, flagged: pd.DataFrame, out_dir: Path, include
     write_atomic(out_dir / "README.md", "\n".join(lines))
     write_atomic(out_dir / "index.html", _page(title, "".join(body)))
     return {"tasks": written, "models": sorted(df["model_label"].unique()), "flagged": len(flagged)}
-
-
-def node_recovery_table(results: list[RunResult]) -> pd.DataFrame:
-    """One row per (model, method) of every result with node recovery: the reference's nodes (heads
-    and MLPs) against the method's top nodes of that count, AUROC and AP of its node scores."""
-    rows = []
-    for r in results:
-        for method, s in r.node_recovery.items():
-            rows.append({"model": r.model.name, "method": method, "reference nodes": s.n_reference,
-                         "recall at |reference|": s.recall, "AUROC": s.auroc, "AP": s.average_precision})
-    return pd.DataFrame(rows)
-
-
-def recovery_table(results: list[RunResult]) -> pd.DataFrame:
-    """One row per (model, method) of every result with a reference: precision, recall and F1 of the
-    method's circuit, AUROC and average precision of its scores, and whether its circuit was kept."""
-    rows = []
-    for r in results:
-        for method, s in r.recovery.items():
-            rows.append({"model": r.model.label, "method": method,
-                         "reference heads": s.n_reference, "precision": s.precision, "recall": s.recall, "F1": s.f1,
-                         "AUROC": s.auroc, "AP": s.average_precision,
-                         "kept": "✓" if r.circuit is not None and r.circuit.method == method else ""})
-    return pd.DataFrame(rows)

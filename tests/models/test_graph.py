@@ -28,6 +28,24 @@ def test_graph_names_and_counts_match_eap_ig():
         gpt2.edge_position("a0.h0->a1.h0")
 
 
+@pytest.mark.parametrize("model, n_layers, n_heads, n_edges", [
+    ("gpt2-small", 12, 12, 32_491),
+    ("Qwen2.5-0.5B", 24, 14, 179_749),
+    ("Gemma-2-2B", 26, 8, 74_218),
+    ("Llama-3.1-8B (ungrouped)", 32, 32, 1_592_881),
+])
+def test_edge_counts_are_eap_igs_on_real_configs(model, n_layers, n_heads, n_edges):
+    """Golden values needing no weights (issue 24): EAP-IG's edge count, every head's q/k/v input from
+    every upstream node (input, earlier heads and MLPs), every MLP from upstream and its own layer's
+    heads, the logits from everything; grouped-query models counted ungrouped, one query head each."""
+    graph = ComponentGraph(n_layers, n_heads)
+    assert graph.n_edges == n_edges, model
+    per_layer = n_heads + 1
+    by_formula = sum(3 * n_heads * (1 + per_layer * l) + (1 + per_layer * l + n_heads) for l in range(n_layers)) \
+        + 1 + n_layers * per_layer
+    assert by_formula == n_edges
+
+
 def test_prune_removes_dangling_nodes_as_eap_ig_does():
     g = ComponentGraph(2, 2)
     keep = np.zeros(g.real_edges.shape, dtype=bool)
