@@ -8,13 +8,12 @@ something it holds is incomplete: knocking out its part changes the circuit alon
 changes the full model, where the backup takes over."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from circuitbench.circuits.circuit import Circuit, Completeness, split_nodes
 from circuitbench.circuits.edge_faithfulness import EdgeBaseline
 from circuitbench.circuits.faithfulness import Baseline
+from circuitbench.scores.visibility import node_names
 
 SINGLES = 8  # each component alone as K, for circuits up to this size
 RANDOM_SUBSETS = 8
@@ -65,15 +64,14 @@ def completeness(circuit: Circuit, baseline: Baseline | EdgeBaseline, seed: int)
             return gather(baseline.values(mask(names, False), "m(M \\ K), for completeness"))
     else:
         members = circuit.nodes
-        with_mlps = baseline.level == "node" and baseline.model.has_mlp
-        every = [f"a{l}.h{h}" for l in range(baseline.model.n_layers) for h in range(baseline.model.n_heads)] + \
-            ([f"m{l}" for l in range(baseline.model.n_layers)] if with_mlps else [])
-        node_values: Callable[[list[str]], np.ndarray] = lambda names: gather(baseline.values(  # noqa: E731
-            *_sets(names, with_mlps), "m(C \\ K) or m(M \\ K), for completeness"))
-        kept = node_values
+        every = node_names(baseline.model, baseline.level == "node" and baseline.model.has_mlp)
+
+        def kept(names: list[str]) -> np.ndarray:
+            heads, mlps = split_nodes(names)  # MLPs count only at node level (Baseline.values)
+            return gather(baseline.values(set(heads), set(mlps), "m(C \\ K) or m(M \\ K), for completeness"))
 
         def all_but(names: list[str]) -> np.ndarray:
-            return node_values([n for n in every if n not in set(names)])
+            return kept([n for n in every if n not in set(names)])
     if not members:
         return None
     values = []
@@ -84,7 +82,3 @@ def completeness(circuit: Circuit, baseline: Baseline | EdgeBaseline, seed: int)
     return Completeness(ablation=baseline.ablation.name, subsets=len(values), max_incompleteness=worst,
                         mean_incompleteness=float(np.mean([v for v, _ in values])), worst_subset=worst_k)
 
-
-def _sets(nodes: list[str], with_mlps: bool) -> tuple[set, set | None]:
-    heads, mlps = split_nodes(nodes)
-    return set(heads), (set(mlps) if with_mlps else None)

@@ -62,7 +62,8 @@ def score_other_counterfactuals(spec: TaskSpec, model: LoadedModel, run: MethodR
     other_ctx = replace(ctx, cache_entry=None)
     for name in spec.counterfactuals[1:]:
         data = encode_task(spec.with_counterfactual(name), model.vocab, model.unk_id, model.n_ctx)
-        _, corrupted = evaluate(model, data, [spec.metric], run.batch_size, run.progress, run.processes)
+        _, corrupted = evaluate(model, data, [spec.metric], run.batch_size, run.progress, run.processes,
+                                clean=False)  # the clean prompts are the primary's
         means = summarise(corrupted, model, data.corrupted[:4], f"'{name}' counterfactual")[0] if corrupted else {}
         shard = shard_of(data)
         outputs = run_methods(model, data, methods, other_run)

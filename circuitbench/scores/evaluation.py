@@ -34,17 +34,19 @@ class SplitMetrics(BaseModel):
 
 def evaluate(
     model: LoadedModel, data: EncodedPrompts, metric_names: list[str], batch_size: int,
-    progress: ProgressFn = no_progress, processes: Processes = ONE_PROCESS,
+    progress: ProgressFn = no_progress, processes: Processes = ONE_PROCESS, clean: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per-prompt metric values [n] on clean and (if defined) corrupted prompts."""
+    """Per-prompt metric values [n] on clean (unless `clean` is false: then {}, no clean forward) and
+    (if defined) corrupted prompts."""
     shard = data.subset(*processes.shard_bounds(len(data), batch_size))
-    clean: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
+    clean_values: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
     corrupt: dict[str, list[torch.Tensor]] = {m: [] for m in metric_names}
     steps = Steps(progress, "metrics", len(shard))
     for start, batch in zip(range(0, len(shard), batch_size), shard.batches(batch_size)):
-        logits = model.run(batch.tokens)
-        for m in metric_names:
-            clean[m].append(_metric_values(m, logits, batch, shard, start, "clean"))
+        if clean:
+            logits = model.run(batch.tokens)
+            for m in metric_names:
+                clean_values[m].append(_metric_values(m, logits, batch, shard, start, "clean"))
         if batch.corrupted is not None:
             cb = batch.as_corrupted()
             logits_c = model.run(cb.tokens)
@@ -52,10 +54,10 @@ def evaluate(
                 corrupt[m].append(_metric_values(m, logits_c, cb, shard, start, "corrupted"))
         steps.advance(len(batch))
     joined = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a shard may be empty)
-    clean_values = processes.concat({m: joined(v) for m, v in clean.items()})
+    clean_joined = processes.concat({m: joined(v) for m, v in clean_values.items()}) if clean else {}
     if data.corrupted is None:
-        return clean_values, {}
-    return clean_values, processes.concat({m: joined(v) for m, v in corrupt.items()})
+        return clean_joined, {}
+    return clean_joined, processes.concat({m: joined(v) for m, v in corrupt.items()})
 
 
 def _metric_values(name: str, logits: torch.Tensor, batch: Batch, shard: EncodedPrompts, start: int,
