@@ -77,14 +77,27 @@ schema: setup
 	$(CB) schema --out docs/result.schema.json --force
 
 # Every method on the tracr zoo and the planted-circuit models (models with known circuits; planted ones have
-# active, causally irrelevant distractors), then the recovery table with bootstrap intervals (README, "Known answers")
+# active, causally irrelevant distractors): the tasks' own runs, then every registered node and edge method one
+# unit each (benchmarks/method_leaderboard.py), then the recovery table with bootstrap intervals (README, "Known answers")
 KNOWN := reverse:tracr-reverse hist:tracr-hist sort_unique:tracr-sort-unique detect_abc:tracr-detect-abc
 PLANTED := reverse:planted-reverse hist:planted-hist detect_abc:planted-detect-abc
 known-answers: setup
 	rm -rf results/known
 	for pair in $(KNOWN); do $(CB) run --task tracr_$${pair%%:*} --model $${pair##*:} --out results/known -q || exit 1; done
 	for pair in $(PLANTED); do $(CB) run --task planted_$${pair%%:*} --model $${pair##*:} --out results/known -q || exit 1; done
-	$(CB) recovery "results/known/*/*.json" --markdown results/known/recovery.md
+	$(PY) benchmarks/method_leaderboard.py --out results/known/methods $(foreach p,$(KNOWN),tracr_$(p)) \
+		$(foreach p,$(PLANTED),planted_$(p))
+	$(CB) recovery "results/known/*/*.json" "results/known/methods/*/*/*.json" --markdown results/known/recovery.md
+
+# The method leaderboard (leaderboards/methods.md, .html): every registered node and edge method, read from the
+# registry when it runs, on the tracr zoo and the planted models; one unit per method, so that a method its own
+# max_forwards guard refuses is listed with the reason and the others stand (benchmarks/method_leaderboard.py)
+.PHONY: method-leaderboard
+method-leaderboard: setup
+	rm -rf results/methods
+	$(PY) benchmarks/method_leaderboard.py --out results/methods $(foreach p,$(KNOWN),tracr_$(p)) \
+		$(foreach p,$(PLANTED),planted_$(p))
+	$(CB) leaderboard --by method --results results/methods --out leaderboards --force
 
 bench: setup
 	$(PY) benchmarks/run.py --with-neo

@@ -188,19 +188,34 @@ def overlap(
 def leaderboard(
     results: str = typer.Option("results", "--results", help="Directory of RunResults (<model>/<task>.json)."),
     out: str = typer.Option("results/leaderboard", "--out",
-                            help="Where to write <task>.md/.csv/.html, README.md, index.html (a folder of committed "
-                                 "files only with --force)."),
-    title: str = typer.Option("circuitbench leaderboard", "--title", help="Heading of README.md and index.html."),
+                            help="Where to write <task>.md/.csv/.html, README.md, index.html (--by method: "
+                                 "methods.md, methods.html; a folder of committed files only with --force)."),
+    title: str | None = typer.Option(None, "--title", help="Heading of the pages (default: circuitbench leaderboard, "
+                                     "or circuitbench method leaderboard with --by method)."),
+    by: str = typer.Option("task", "--by", help="task: models × tasks, a page per task (README.md, index.html, "
+                           "<task>.*); method: every node and edge method per task and model, ranked (methods.md, "
+                           ".html: recall and AUROC of known circuits, CPR, CMD, faithfulness, cost)."),
     force: bool = Force,
     include_path: list[str] = IncludePath, plugin: list[str] = Plugin,
 ) -> None:
     """Aggregate results into leaderboard tables (Markdown, CSV, HTML pages); failed units apart."""
+    if by not in ("task", "method"):
+        raise CircuitbenchError(f"--by {by!r}: give task (the leaderboard) or method (the method leaderboard).")
     load_plugins(plugin)
-    from circuitbench.tables.leaderboard import build
-
     outputs.check_output_dir(Path(out), "--out", force=force, ours=outputs.is_leaderboard_dir,
                              what="a leaderboard circuitbench wrote")
-    summary = build(Path(results), Path(out), tuple(include_path), title=title)
+    if by == "method":
+        from circuitbench.tables.method_leaderboard import TITLE, build_methods, console_tables
+
+        board = build_methods(Path(results), Path(out), tuple(include_path), title=title or TITLE)
+        for heading, table in console_tables(board["rows"]):
+            print_table(list(table.columns), table.values.tolist(), title=heading)
+        plain(f"method leaderboard: {board['rows']['method'].nunique()} methods × {len(board['units'])} task/model "
+              f"pairs → {out}/methods.md, .html ({len(board['flagged'])} results flagged, listed apart)")
+        return
+    from circuitbench.tables.leaderboard import build
+
+    summary = build(Path(results), Path(out), tuple(include_path), title=title or "circuitbench leaderboard")
     plain(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
           f"({summary['flagged']} results flagged, listed apart)")
 
@@ -390,7 +405,10 @@ def import_tracr_cmd(
 @circuit_app.command("export")
 def circuit_export(
     result: str = typer.Argument(..., help="A RunResult JSON."),
-    fmt: str = typer.Option("mib", "--format", help="mib: the EAP-IG graph JSON MIB's circuit track reads."),
+    fmt: str = typer.Option("mib", "--format", help="mib: the EAP-IG graph JSON MIB's circuit track reads; "
+                            "auto-circuit: an edge method's scores as auto-circuit prune scores (.pt); edge-pruning: "
+                            "the edge circuit as Edge Pruning's edges list (.json). The last two say what they hold "
+                            "in a sidecar <file>.circuitbench.json."),
     out: str = typer.Option(..., "--out", help="The file to write."),
     method: str | None = typer.Option(None, "--method", help="An edge method's scores (and its circuit, if the "
                                       "result's came from it); default: the result's circuit."),
@@ -400,10 +418,66 @@ def circuit_export(
     from circuitbench.results.export import write_export
 
     if fmt != "mib":
-        raise CircuitbenchError(f"--format {fmt!r}: the one format is mib (EAP-IG's graph JSON).")
+        from circuitbench.results.export_formats import write_foreign_export
+
+        plain(write_foreign_export(Path(result), Path(out), fmt, method, force))
+        return
     graph = write_export(Path(result), Path(out), method, force)
     in_graph = sum(1 for e in graph["edges"].values() if e["in_graph"])
     plain(f"wrote {out}: {len(graph['edges'])} edges, {in_graph} in the circuit")
+
+
+@app.command("export-mib")
+def export_mib(
+    results: list[str] = typer.Argument(..., help="RunResult JSONs with edge scores (globs too)."),
+    out: str = typer.Option(..., "--out", help="The submission folder: <method>_<ablation>_edge/<task>_<model>/"
+                            "importances.json inside (new, empty, or an earlier export-mib folder)."),
+    method: str | None = typer.Option(None, "--method", help="Comma-separated edge methods (default: every edge "
+                                      "method in the results)."),
+    name: list[str] = typer.Option([], "--name", metavar="OURS=MIB", help="A task or model name as MIB spells it, "
+                                   "e.g. --name my-gpt2=gpt2 (repeatable; MIB's models are named already)."),
+    force: bool = Force,
+) -> None:
+    """Package results as a MIB circuit-localization submission (one importance-score file per task and
+    model, one folder per method), then check it as `validate-mib` does."""
+    from circuitbench.results.mib_submission import package_mib
+
+    rename: dict[str, str] = {}
+    for given in name:
+        ours, _, theirs = (x.strip() for x in given.partition("="))
+        if not ours or not theirs:
+            raise CircuitbenchError(f"--name {given!r}: give OURS=MIB, e.g. --name my-gpt2=gpt2.")
+        rename[ours] = theirs
+    paths = [p for pattern in results for p in expand_glob(pattern)]
+    package = package_mib(paths, Path(out), _names(method), rename, force)
+    sizes = (("method", package.methods), ("task", package.tasks), ("model", package.models))
+    counts = [f"{len(v)} {k}{'s' if len(v) != 1 else ''}" for k, v in sizes]
+    plain(f"wrote {len(package.files)} importance files to {out}/: {' × '.join(counts)} ({', '.join(package.methods)})")
+    if package.skipped:
+        plain(f"skipped {len(package.skipped)} edge-score files among the results (read through their results)")
+    for problem in package.problems:
+        plain(f"problem: {problem}", stderr=True)
+    if package.problems:
+        raise typer.Exit(1)
+
+
+@app.command("validate-mib")
+def validate_mib(
+    folder: str = typer.Argument(..., help="A MIB submission folder (<task>_<model> folders) or a folder of them."),
+    leaderboard: bool = typer.Option(False, "--leaderboard", help="Also require MIB's own tasks and models (ioi_gpt2, "
+                                     "mcqa_llama3, …) and their models' shapes."),
+) -> None:
+    """Check a folder as MIB's submission checker would: folder names, one importance file or 9 sized
+    circuits each, files MIB's loaders read, at least 2 models and 2 tasks. Exit 1 on any problem."""
+    from circuitbench.results.mib_submission import validate_mib as check
+
+    problems = check(Path(folder), leaderboard=leaderboard)
+    for problem in problems:
+        plain(f"problem: {problem}")
+    plain(f"{folder}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"
+          + ("" if problems else "; a valid MIB submission"))
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()

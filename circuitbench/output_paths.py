@@ -235,7 +235,9 @@ def is_dynamics_record(path: Path) -> bool:
 
 
 def is_leaderboard_dir(folder: Path) -> bool:
-    return html_written_by(folder / "index.html", "leaderboard")
+    """A folder `leaderboard` wrote: the task board (index.html) or the method board (methods.html)."""
+    return html_written_by(folder / "index.html", "leaderboard") or html_written_by(folder / "methods.html",
+                                                                                     "leaderboard")
 
 
 def is_report_dir(folder: Path) -> bool:

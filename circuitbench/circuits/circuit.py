@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.models.graph import INPUT
 from circuitbench.specs.task import CircuitRule
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def describe_rule(rule: dict[str, object], n_total: int | None = None) -> str:
         text = f"the top {rule['top_k']} {unit} by {by}"
     elif rule.get("fraction") is not None:
         fraction = float(rule["fraction"])  # type: ignore[arg-type]
-        count = f" ({max(1, round(fraction * n_total))} of {n_total})" if n_total else ""
+        count = f" ({fraction_count(fraction, n_total)} of {n_total})" if n_total else ""
         text = f"the top {fraction:.0%} of {unit} by {by}{count}"
     else:
         text = f"every one of the {unit} with {by} ≥ {rule.get('threshold')}"
@@ -57,6 +58,12 @@ def ranked_nodes(scores: dict[str, float], by: str = "abs") -> list[str]:
     """Node names, largest score first (|score| or signed); ties keep the given (forward) order."""
     order = {name: i for i, name in enumerate(scores)}
     return sorted(scores, key=lambda n: (-(abs(scores[n]) if by == "abs" else scores[n]), order[n]))
+
+
+def fraction_count(fraction: float, n_total: int) -> int:
+    """How many of n_total components a `fraction` rule keeps: ⌊fraction · n⌋ as MIB's curve counts
+    them (int(), float quirks included), at least 1."""
+    return max(1, int(fraction * n_total))
 
 
 def split_nodes(nodes: list[str]) -> tuple[list[Head], list[int]]:
@@ -204,6 +211,9 @@ class Circuit(BaseModel):
     edges: list[str] = Field(default_factory=list, description="edge names ('a0.h1->a2.h3<k>'), after pruning "
                              "dangling nodes (edge level)")
     level: Literal["head", "node", "edge"] = Field("head", description="heads, nodes (heads and MLPs) or edges")
+    input: bool = Field(True, exclude_if=lambda kept: kept,
+                        description="node level: whether the input embedding (MIB's input node) is in the circuit; "
+                        "false only when the method scored it and the rule left it out (unscored, it is always in)")
     method: str | None = Field(None, description="the method whose scores it was chosen from")
     rule: dict[str, object] = Field(default_factory=dict, description="the circuit rule (method, top_k | threshold | "
                                     "fraction, by, ablation)")
@@ -285,7 +295,7 @@ class Circuit(BaseModel):
         if rule.top_k is not None:
             chosen = order[: rule.top_k]
         elif rule.fraction is not None:
-            chosen = order[: max(1, round(rule.fraction * scores.size))]
+            chosen = order[: fraction_count(rule.fraction, scores.size)]
         else:
             assert rule.threshold is not None
             chosen = [lh for lh in order if values[lh] >= rule.threshold]
@@ -310,20 +320,21 @@ class Circuit(BaseModel):
     @classmethod
     def from_node_scores(cls, scores: dict[str, float], rule: CircuitRule, method: str,
                          shape: tuple[int, int]) -> "Circuit":
-        """Pick nodes (heads and MLPs) by the rule, as from_scores picks heads (a node scoring
-        exactly 0 is never picked by top_k or fraction)."""
+        """Pick nodes (heads and MLPs, and the input when the method scored it) by the rule, as
+        from_scores picks heads (a node scoring exactly 0 is never picked by top_k or fraction). An
+        input the method did not score stays in the circuit and out of the count, as MIB does."""
         order = [n for n in ranked_nodes(scores, rule.by) if scores[n] != 0]
         values = {n: abs(v) if rule.by == "abs" else v for n, v in scores.items()}
         if rule.top_k is not None:
             chosen = order[: rule.top_k]
         elif rule.fraction is not None:
-            chosen = order[: max(1, round(rule.fraction * len(scores)))]
+            chosen = order[: fraction_count(rule.fraction, len(scores))]
         else:
             assert rule.threshold is not None
             chosen = [n for n in order if values[n] >= rule.threshold]
         heads, mlps = split_nodes(chosen)
         return cls(heads=heads, mlps=mlps, n_layers=shape[0], n_heads=shape[1], method=method, level="node",
-                   rule=rule.model_dump(exclude_none=True))
+                   input=INPUT not in scores or INPUT in chosen, rule=rule.model_dump(exclude_none=True))
 
     @classmethod
     def from_result(cls, result: RunResult) -> "Circuit":

@@ -66,12 +66,13 @@ def completeness(circuit: Circuit, baseline: Baseline | EdgeBaseline, seed: int)
         members = circuit.nodes
         every = node_names(baseline.model, baseline.level == "node" and baseline.model.has_mlp)
 
-        def kept(names: list[str]) -> np.ndarray:
+        def kept(names: list[str], keep_input: bool = circuit.input) -> np.ndarray:
             heads, mlps = split_nodes(names)  # MLPs count only at node level (Baseline.values)
-            return gather(baseline.values(set(heads), set(mlps), "m(C \\ K) or m(M \\ K), for completeness"))
+            return gather(baseline.values(set(heads), set(mlps), "m(C \\ K) or m(M \\ K), for completeness",
+                                          keep_input=keep_input))
 
         def all_but(names: list[str]) -> np.ndarray:
-            return kept([n for n in every if n not in set(names)])
+            return kept([n for n in every if n not in set(names)], keep_input=True)
     if not members:
         return None
     values = []

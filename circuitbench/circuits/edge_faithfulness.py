@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, split_nodes
+from circuitbench.circuits.circuit import Circuit, CircuitCandidate, Faithfulness, fraction_count, split_nodes
 from circuitbench.circuits.faithfulness import (
     ALSO_UNDER,
     CurveValues,
@@ -22,6 +22,7 @@ from circuitbench.circuits.faithfulness import (
     paired_gap,
     undefined_reason,
 )
+from circuitbench.circuits.selection import greedy_edges, optimal_edges
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.loaded import LoadedModel
@@ -41,6 +42,11 @@ def edge_circuit(scores: EdgeScores, rule: CircuitRule, method: str) -> Circuit:
     exactly 0 is never picked by top_k or fraction), pruned of dangling nodes; heads and MLPs are
     the nodes left."""
     graph = scores.graph
+    if rule.selection != "top":
+        budget = rule.top_k if rule.top_k is not None else fraction_count(float(rule.fraction or 0), graph.n_edges)
+        picked = greedy_edges(graph, scores.scores, budget, rule.by) if rule.selection == "greedy" else \
+            optimal_edges(graph, scores.scores, budget, rule.by)
+        return circuit_of(graph, picked, method, rule.model_dump(exclude_none=True))
     values = scores.scores if rule.by == "signed" else np.abs(scores.scores)
     names = graph.edges
     flat = np.array([values[graph.edge_position(e)] for e in names])
@@ -49,7 +55,7 @@ def edge_circuit(scores: EdgeScores, rule: CircuitRule, method: str) -> Circuit:
     if rule.top_k is not None:
         chosen = order[: rule.top_k]
     elif rule.fraction is not None:
-        chosen = order[: max(1, round(rule.fraction * len(names)))]
+        chosen = order[: fraction_count(rule.fraction, len(names))]
     else:
         chosen = [k for k in order if flat[k] >= rule.threshold]
     return circuit_of(graph, [names[k] for k in chosen], method, rule.model_dump(exclude_none=True))
@@ -141,12 +147,19 @@ class EdgeBaseline:
         return value if METRICS.get(self.ctx.metric).higher_is_better else -value
 
 
-def edge_order(scores: EdgeScores, by: str) -> list[str]:
-    """Every edge, largest first (ties: the graph's order)."""
+def edge_order(scores: EdgeScores, by: str, selection: str = "top") -> list[str]:
+    """Every edge, largest first (ties: the graph's order); under greedy selection in the order
+    greedy adds them (its first k are its circuit of k edges, as MIB's curve with apply_greedy), the
+    edges it never reaches after them in score order."""
     names = scores.graph.edges
     values = np.array([scores.scores[scores.graph.edge_position(e)] for e in names])
     key = np.abs(values) if by == "abs" else values
-    return [names[k] for k in np.argsort(-key, kind="stable")]
+    ranked = [names[k] for k in np.argsort(-key, kind="stable")]
+    if selection != "greedy":
+        return ranked
+    grown = greedy_edges(scores.graph, scores.scores, len(names), by)  # type: ignore[arg-type]
+    reached = set(grown)
+    return grown + [e for e in ranked if e not in reached]
 
 
 def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, scores: EdgeScores,
@@ -158,7 +171,8 @@ def edge_faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit
     return assemble_report(
         baseline, baseline.metric(baseline.keep_of(circuit.edges)), rule, ctx.metric,
         also=lambda: EdgeBaseline(model, data, ALSO_UNDER, ctx).f(circuit.edges),
-        curve=lambda: curves(edge_order(scores, "abs"), edge_order(scores, "signed"), rule.effective_integration,
+        curve=lambda: curves(edge_order(scores, "abs", rule.selection), edge_order(scores, "signed", rule.selection),
+                             rule.effective_integration,
                              baseline.curve_values(), rule.by))
 
 

@@ -37,6 +37,7 @@ from circuitbench.circuits.circuit import (
     ranked_nodes,
     split_nodes,
 )
+from circuitbench.models.graph import INPUT
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.ablations import Ablation, Zero, parse_ablation
@@ -132,28 +133,32 @@ class Baseline:
                  level: str = "head") -> None:
         self.model, self.data, self.ablation, self.ctx, self.level = model, data, ablation, ctx, level
         heads = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
-        everything = "every head and MLP" if level == "node" and model.has_mlp else "every head"
+        everything = ("the input, every head and MLP" if model.has_mlp else "the input and every head") \
+            if level == "node" else "every head"
         self.everything = everything
         full = self.values(heads, set(range(model.n_layers)), "m(M), the full model's metric")
-        empty = self.values(set(), set(), f"m(∅), the metric with {everything} ablated")
+        # node level: MIB's empty circuit has no node at all, the input embedding's node included
+        empty = self.values(set(), set(), f"m(∅), the metric with {everything} ablated", keep_input=level != "node")
         self.full_values, self.empty_values = full, empty  # this process's prompts (the panel's bootstrap)
         self.m_full, self.m_empty, self.gap_stderr, self.n = paired_gap(full, empty, ctx)
 
     def _mlps(self, keep_mlps: set[int] | None) -> set[int] | None:
         return None if self.level == "head" else (keep_mlps or set())
 
-    def values(self, keep: set[Head], keep_mlps: set[int] | None, quantity: str) -> np.ndarray:
-        """Per-prompt metric (this process's prompts) with everything outside the kept set ablated."""
+    def values(self, keep: set[Head], keep_mlps: set[int] | None, quantity: str, keep_input: bool = True) -> np.ndarray:
+        """Per-prompt metric (this process's prompts) with everything outside the kept set ablated
+        (the input embedding too unless `keep_input`)."""
         values = ablated_nodes_values(self.model, self.data, keep, self._mlps(keep_mlps), self.ablation,
-                                      self.ctx).numpy()
+                                      self.ctx, keep_input).numpy()
         if not np.isfinite(values).all():
             raise nonfinite_error(f"Faithfulness ({self.ablation.name} ablation): {quantity}", self.model,
                                   self.data.tokens[:4])
         return values
 
     def metric(self, keep: set[Head], keep_mlps: set[int] | None = None,
-               quantity: str = "m(C), the circuit's metric") -> float:
-        value = ablated_nodes_metric(self.model, self.data, keep, self._mlps(keep_mlps), self.ablation, self.ctx)
+               quantity: str = "m(C), the circuit's metric", keep_input: bool = True) -> float:
+        value = ablated_nodes_metric(self.model, self.data, keep, self._mlps(keep_mlps), self.ablation, self.ctx,
+                                     keep_input)
         if not np.isfinite(value):
             raise nonfinite_error(f"Faithfulness ({self.ablation.name} ablation): {quantity}", self.model,
                                   self.data.tokens[:4])
@@ -171,18 +176,20 @@ class Baseline:
     def defined(self) -> bool:
         return self.undefined_reason is None
 
-    def f(self, keep: set[Head], keep_mlps: set[int] | None = None) -> float | None:
-        """f(C) of the circuit keeping `keep` (and `keep_mlps`); None when f is undefined (see
-        undefined_reason)."""
+    def f(self, keep: set[Head], keep_mlps: set[int] | None = None, keep_input: bool = True) -> float | None:
+        """f(C) of the circuit keeping `keep` (and `keep_mlps`, and the input unless `keep_input` is
+        False); None when f is undefined (see undefined_reason)."""
         if not self.defined:
             return None
-        return (self.metric(keep, keep_mlps) - self.m_empty) / (self.m_full - self.m_empty)
+        return (self.metric(keep, keep_mlps, keep_input=keep_input) - self.m_empty) / (self.m_full - self.m_empty)
 
-    def curve_values(self) -> CurveValues:
-        """f of node lists for the curve, keeping their per-prompt values (CPR / CMD intervals)."""
+    def curve_values(self, input_scored: bool = False) -> CurveValues:
+        """f of node lists for the curve, keeping their per-prompt values (CPR / CMD intervals); the
+        input is kept when listed, or always when the method did not score it (`input_scored`)."""
         def values_of(nodes: list[str]) -> np.ndarray:
             heads, mlps = split_nodes(nodes)
-            return self.values(set(heads), set(mlps), "m(C) of a point of the faithfulness curve")
+            return self.values(set(heads), set(mlps), "m(C) of a point of the faithfulness curve",
+                               keep_input=not input_scored or INPUT in nodes)
         return CurveValues(values_of, self, self.ctx)
 
     def own_sign(self, value: float) -> float:
@@ -293,10 +300,15 @@ def faithfulness(model: LoadedModel, data: EncodedPrompts, circuit: Circuit, sco
     baseline = baseline or Baseline(model, data, parse_ablation(rule.ablation), ctx, level)
     keep, keep_mlps = set(map(tuple, circuit.heads)), set(circuit.mlps)
     return assemble_report(
-        baseline, baseline.metric(keep, keep_mlps), rule, ctx.metric,
-        also=lambda: Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps),
+        baseline, baseline.metric(keep, keep_mlps, keep_input=circuit.input), rule, ctx.metric,
+        also=lambda: Baseline(model, data, ALSO_UNDER, ctx, level).f(keep, keep_mlps, circuit.input),
         curve=lambda: curves(ranked_names(scores, "abs"), ranked_names(scores, "signed"), rule.effective_integration,
-                             baseline.curve_values(), rule.by))
+                             baseline.curve_values(input_scored(scores)), rule.by))
+
+
+def input_scored(scores: np.ndarray | dict[str, float]) -> bool:
+    """Whether a method's scores rank the input embedding as a node (node methods like nap)."""
+    return isinstance(scores, dict) and INPUT in scores
 
 
 class ReportBaseline(Protocol):
@@ -348,9 +360,9 @@ def most_faithful(model: LoadedModel, data: EncodedPrompts, scores: dict[str, np
     seen: dict[tuple, float | None] = {}
     candidates = []
     for method, c in circuits.items():
-        key = (tuple(sorted(map(tuple, c.heads))), tuple(c.mlps))
+        key = (tuple(sorted(map(tuple, c.heads))), tuple(c.mlps), c.input)
         if key not in seen:
-            seen[key] = baseline.f(set(key[0]), set(key[1]))
+            seen[key] = baseline.f(set(key[0]), set(key[1]), c.input)
         candidates.append(CircuitCandidate(method=method, heads=c.heads, mlps=c.mlps, faithfulness=seen[key]))
     best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
                                           0 if c.faithfulness is None else len(c.heads) + len(c.mlps),

@@ -30,7 +30,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph, node_of
 from circuitbench.scores.methods.outputs import EdgeScores
 
-UNITS = ("scores are normalised like noising patching: (m_clean − m_patched) / (m_clean − m_corrupted), mean over "
+UNITS = ("scores are normalised like noising patching: (m_clean − m_patched) / |m_clean − m_corrupted|, mean over "
          "prompts, m the task's main metric oriented so higher is better")
 # The largest graph a file is read as: ~6× the edges of Llama-3-8B (1.6 M); its cfg is refused beyond.
 MAX_GRAPH_EDGES = 10_000_000

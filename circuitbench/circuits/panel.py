@@ -121,7 +121,7 @@ def outside_necessary(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
     for ablation in ablations:
         try:
             empty = ctx.gather_shards(ablated_nodes_values(model, data, set(), set() if with_mlps else None, ablation,
-                                                           ctx).numpy())
+                                                           ctx, keep_input=level == "head").numpy())
             full_shard, alone = single_node_ablations(model, data, ablation, ctx, outside)
         except CircuitbenchError:
             continue
@@ -217,7 +217,8 @@ class PanelBaselines:
             if isinstance(baseline, EdgeBaseline):
                 kept = baseline.values(baseline.keep_of(circuit.edges), "m(C), the circuit's metric")
             else:
-                kept = baseline.values(set(map(tuple, circuit.heads)), set(circuit.mlps), "m(C), the circuit's metric")
+                kept = baseline.values(set(map(tuple, circuit.heads)), set(circuit.mlps), "m(C), the circuit's metric",
+                                       keep_input=circuit.input)
             gather = self.ctx.gather_shards
             return PanelValues(gather(baseline.full_values), gather(baseline.empty_values), gather(kept),
                                baseline.undefined_reason)

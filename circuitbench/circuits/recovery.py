@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from circuitbench.circuits.circuit import Head, head_label
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.graph import EDGE, ComponentGraph
+from circuitbench.models.graph import EDGE, INPUT, ComponentGraph
 
 HEAD_NODE = re.compile(r"^a(\d+)\.h(\d+)$")
 MLP_NODE = re.compile(r"^m(\d+)$")
@@ -190,8 +190,10 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 def node_recovery(scores: dict[str, float], reference: Reference) -> RecoveryScores:
     """A method's {node: score} (heads and MLPs) against the reference's nodes; its circuit is the
-    top |reference| nodes by |score| (a node scoring exactly 0 is never picked)."""
-    return ranked_recovery(scores, reference.nodes, "nodes", reference.source)
+    top |reference| nodes by |score| (a node scoring exactly 0 is never picked). The input
+    embedding's score (nap) is left out: a reference names heads and MLPs only."""
+    return ranked_recovery({n: v for n, v in scores.items() if n != INPUT}, reference.nodes, "nodes",
+                           reference.source)
 
 
 def ranked_recovery(scores: dict[str, float], positives: list[str], what: str, source: str) -> RecoveryScores:

@@ -29,6 +29,7 @@ from circuitbench.models.loaded import LoadedModel
 from circuitbench.progress import no_progress
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.scores.scoring import MethodRun, run_methods
+from circuitbench.specs.registries import METHODS
 from circuitbench.specs.task import CircuitRule
 
 N_RESAMPLES = 30
@@ -68,6 +69,7 @@ def recovery_intervals(model: LoadedModel, data: EncodedPrompts, methods: Sequen
     level) picks from each resample's scores; node recovery (with `nodes`, for methods that score
     nodes) the top |reference| nodes."""
     head_rule = rule.model_copy(update={"level": "head"})
+    methods = [m for m in methods if METHODS.get(m).produces != "edge_scores"]  # edge scores give no head recovery
     run = replace(run, cache_entry=None, progress=no_progress)  # resamples are sets of their own: nothing to cache
     heads: dict[str, list[RecoveryScores]] = {}
     node_runs: dict[str, list[RecoveryScores]] = {}

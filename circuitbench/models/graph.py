@@ -28,6 +28,7 @@ from functools import cached_property
 import numpy as np
 
 QKV = ("q", "k", "v")
+INPUT = "input"  # the input embedding's node
 HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 MLP = re.compile(r"^m(\d+)$")
 DESTINATION = re.compile(r"^(a\d+\.h\d+)<([qkv])>$|^(m\d+|logits)$")
@@ -48,7 +49,7 @@ class ComponentGraph:
     @cached_property
     def sources(self) -> list[str]:
         """Nodes whose output enters the residual stream, in forward order (EAP-IG's forward index)."""
-        out = ["input"]
+        out = [INPUT]
         for layer in range(self.n_layers):
             out += [f"a{layer}.h{h}" for h in range(self.n_heads)]
             if self.has_mlp:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from circuitbench.models.forward_meter import ForwardMeter
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.hooks import Site, attn_out, embed, mlp_out, resid_post, resid_pre, tl_hook_name
 from circuitbench.models.prefix import KeyValuePrefix, cache_reaches_attention, record_prefix
@@ -23,6 +24,8 @@ from circuitbench.models.smeared_keys import SmearedKeyProjection
 from circuitbench.prompts.encoding import Vocabulary
 
 logger = logging.getLogger(__name__)
+# The prefix self-check's long sequence: past the 256-token local-attention window of GPT-Neo's blocks
+PREFIX_CHECK_LENGTH = 320
 Init = Literal["pretrained", "random"]
 DeviceMap = Literal["auto"]
 # A hook sees the activation at its site and returns its replacement (None: keep it as it is).
@@ -89,6 +92,7 @@ class LoadedModel:
     _formats: list[BlockFormat] | None = field(default=None, repr=False)
     _attention: dict[int, AttentionWeights] = field(default_factory=dict, repr=False)
     _prefix_ok: bool | None = field(default=None, repr=False)
+    _meter: ForwardMeter | None = field(default=None, repr=False)  # metered(): the forwards being counted
 
     # --- shape -----------------------------------------------------------------------------
     @property
@@ -187,6 +191,7 @@ class LoadedModel:
     # --- forward passes --------------------------------------------------------------------
     def run(self, tokens: torch.Tensor) -> torch.Tensor:
         """[batch, pos, d_vocab] logits of a plain forward (no gradients)."""
+        self._count(tokens)
         with torch.inference_mode():
             return self.bridge(tokens.to(self.device))
 
@@ -217,34 +222,44 @@ class LoadedModel:
         if prefix is not None:
             extra["past_key_values"] = prefix.cache(tokens.shape[0] // prefix.batch)
             cached = cache_reaches_attention(self.bridge)
+        self._count(tokens, 1.0 if resume is None else (self.n_layers - resume[0]) / self.n_layers, grad)
         with (nullcontext() if grad else torch.inference_mode()), skip, cached:
             return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=tl_hooks, **extra)
 
     def key_value_prefix(self, tokens: torch.Tensor) -> KeyValuePrefix:
         """Every block's keys and values on `tokens` [batch, length], for forwards of the positions
         after them (run_with_hooks's `prefix`)."""
+        self._count(tokens)
         return record_prefix(self.bridge, tokens.to(self.device))
 
     def prefix_forwards(self) -> bool:
         """Whether forwards from a key/value prefix reproduce this model's full forward (checked once
-        on random tokens, resuming at block 1 as exact patching does): true for causal attention
+        on random tokens, resuming at block 0 and at block 1 as exact patching does, on a short
+        sequence and on a long one that outlasts local-attention windows): true for causal attention
         whose cache the bridge honours (HF models); false where the bridge keeps no cache (the native
         toys, TransformerLens-format checkpoints) and for attention that also looks ahead."""
         if self._prefix_ok is None:
             generator = torch.Generator().manual_seed(0)
-            tokens = torch.randint(0, max(1, min(self.d_vocab, 1000)), (2, 6), generator=generator)
-            layer = min(1, self.n_layers - 1)
+            long = max(8, min(self.n_ctx or PREFIX_CHECK_LENGTH, PREFIX_CHECK_LENGTH))
+            cases = [(6, 3), (long, long - 3)]  # (sequence length, prefix length)
             try:
-                full, cache = self.run_with_cache(tokens, [resid_pre(layer)])
-                part = self.run_with_hooks(tokens[:, 3:], resume=(layer, cache[resid_pre(layer)][:, 3:]),
-                                           prefix=self.key_value_prefix(tokens[:, :3]))
-                scale = 1.0 + float(full.abs().max())
-                self._prefix_ok = bool(torch.isfinite(full).all()) and part.shape == full[:, 3:].shape and \
-                    float((part - full[:, 3:]).abs().max()) <= 1e-4 * scale
+                with self.unmetered():  # the self-check is no method's work
+                    self._prefix_ok = all(self._prefix_reproduces(layer, length, cut, generator) for length, cut
+                                          in cases for layer in sorted({0, min(1, self.n_layers - 1)}))
             except Exception as exc:  # noqa: BLE001 - any failure means: compute every position
                 logger.debug("key/value prefixes disabled on %s: %s", self.name, exc)
                 self._prefix_ok = False
         return self._prefix_ok
+
+    def _prefix_reproduces(self, layer: int, length: int, cut: int, generator: torch.Generator) -> bool:
+        """Whether resuming at `layer` after a `cut`-token prefix gives the full forward's logits."""
+        tokens = torch.randint(0, max(1, min(self.d_vocab, 1000)), (2, length), generator=generator)
+        full, cache = self.run_with_cache(tokens, [resid_pre(layer)])
+        part = self.run_with_hooks(tokens[:, cut:], resume=(layer, cache[resid_pre(layer)][:, cut:]),
+                                   prefix=self.key_value_prefix(tokens[:, :cut]))
+        scale = 1.0 + float(full.abs().max())
+        return bool(torch.isfinite(full).all()) and part.shape == full[:, cut:].shape and \
+            float((part - full[:, cut:]).abs().max()) <= 1e-4 * scale
 
     def run_with_cache(
         self, tokens: torch.Tensor, sites: Iterable[Site], hooks: Sequence[Hook] = ()
@@ -282,6 +297,33 @@ class LoadedModel:
         if self._formats is None:
             self._formats = block_output_formats(self.bridge, self.device)
         return self._formats
+
+    # --- counting the work of forwards (models/forward_meter.py) ---------------------------------
+    @contextmanager
+    def metered(self) -> Iterator[ForwardMeter]:
+        """A meter of every forward this model runs inside the block (scoring.run_methods wraps each
+        method in one); a meter already on gets the inner one's totals too."""
+        outer, meter = self._meter, ForwardMeter()
+        self._meter = meter
+        try:
+            yield meter
+        finally:
+            self._meter = outer
+            if outer is not None:
+                outer.absorb(meter)
+
+    @contextmanager
+    def unmetered(self) -> Iterator[None]:
+        """Forwards inside the block are not counted (the harness's own checks)."""
+        meter, self._meter = self._meter, None
+        try:
+            yield
+        finally:
+            self._meter = meter
+
+    def _count(self, tokens: torch.Tensor, share: float = 1.0, backward: bool = False) -> None:
+        if self._meter is not None and tokens.dim() == 2:
+            self._meter.add(int(tokens.shape[0]), int(tokens.shape[1]), share, backward)
 
     @contextmanager
     def frozen_weights(self) -> Iterator[None]:

@@ -28,6 +28,7 @@ from circuitbench.circuits.faithfulness import (
     Baseline,
     curves,
     faithfulness,
+    input_scored,
     missing_from_ablations,
     most_faithful,
     ranked_names,
@@ -168,6 +169,7 @@ def _run_unit(
     method_run = MethodRun(batch_size, metric=spec.metric, method_options=spec.method_options, processes=processes,
                            cache_entry=cache_entry, progress=progress)
     outputs = run_methods(model, data, spec.methods, method_run)
+    method_costs = {m: o.cost for m, o in outputs.items() if o.cost is not None}  # before any combination
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry,
                         gather_shards=lambda values: np.concatenate(processes.gather(values)))
     shard_of = lambda prompts: prompts.subset(*processes.shard_bounds(len(prompts), batch_size))  # noqa: E731
@@ -238,6 +240,7 @@ def _run_unit(
         node_scores=node_scores,
         method_agreement=agreement,
         traces=traces,
+        method_costs=method_costs,
         circuit=circuit,
         reference=reference_info,
         edge_scores=edge_infos,
@@ -355,7 +358,8 @@ def _circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, head_scor
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
-        ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.curve_values(), rule.by), pool)
+        ranked_names(s, "abs"), ranked_names(s, "signed"), "mib", baseline.curve_values(input_scored(s)), rule.by),
+        pool)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings, "notes": notes})
     if reference is not None:
@@ -386,7 +390,8 @@ def _edge_circuit(spec: TaskSpec, model: LoadedModel, data: EncodedPrompts, edge
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
     by_method = _by_method(rule, chosen.method, candidates, faith, lambda s: curves(
-        edge_order(s, "abs"), edge_order(s, "signed"), "mib", baseline.curve_values(), rule.by), edge_scores)
+        edge_order(s, "abs", rule.selection), edge_order(s, "signed", rule.selection), "mib", baseline.curve_values(),
+        rule.by), edge_scores)
     chosen = chosen.model_copy(update={"faithfulness": faith.model_copy(update={"by_method": by_method}),
                                        "candidates": candidates, "warnings": warnings})
     return chosen.model_copy(update={"choice": choice,

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
 from circuitbench.circuits.circuit import FROM_RESULT, Circuit, model_label
 from circuitbench.circuits.graph_files import UNITS, graph_json, load_sidecar
 from circuitbench.circuits.recovery import RecoveryInterval, RecoveryScores
+from circuitbench.scores.cost import MethodCost
 from circuitbench.scores.evaluation import SplitMetrics
 from circuitbench.scores.methods.outputs import EdgeScores
 
@@ -186,6 +187,9 @@ class RunResult(_Strict):
     edge_scores: dict[str, EdgeScoresInfo] = Field(
         default_factory=dict, description="edge method -> its sidecar file of every edge's score, and the top edges")
     traces: dict[str, dict[str, object]] = Field(default_factory=dict, description="causal tracing maps (TraceMap)")
+    method_costs: dict[str, MethodCost] = Field(
+        default_factory=dict, description="method -> what its run cost: seconds and forward-equivalents (under several "
+        "counterfactuals: the primary one's run; empty in results made before costs were recorded)")
     circuit: Circuit | None = Field(None, description="the circuit the task's rule chose, with its faithfulness "
                                     "(scores, shape and label are not written in it: the result holds them)")
     reference: ReferenceInfo | None = Field(None, description="the known circuit, when there is one")

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from circuitbench.scores.methods.options import (
     AblationOptions,
+    AcdcOptions,
     AttentionToOptions,
     AttributionOptions,
     EapIgOptions,
     EdgePatchingOptions,
+    EdgePruningOptions,
+    IfrOptions,
+    NapIgOptions,
     PatchingOptions,
     TracingOptions,
 )
@@ -39,6 +43,12 @@ method("ablation", description="metric drop when a head is zero/mean/resample ab
 method("attribution_patching", description="gradient approximation of noising patching (optional IG)",
        options=AttributionOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="node_scores")(f"{_METHODS}.attribution:attribution_patching")
+method("nap", description="node attribution patching as MIB: attribution_patching with the input embedding scored "
+       "as a node", needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="node_scores")(f"{_METHODS}.attribution:nap")
+method("nap_ig", description="NAP with integrated gradients along the input embeddings (α = k/m, k = 1…m)",
+       options=NapIgOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="node_scores")(f"{_METHODS}.attribution:nap_ig")
 method("previous_token", description="attention to the previous token",
        shardable=True)(f"{_METHODS}.detectors:previous_token")
 method("duplicate_token", description="attention to earlier copies of the token",
@@ -62,3 +72,13 @@ method("eap_ig", description="EAP with integrated gradients (inputs or activatio
 method("edge_patching", description="exact: each edge's counterfactual output patched into its destination alone",
        options=EdgePatchingOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="edge_scores")(f"{_METHODS}.edges:edge_patching")
+# One clean forward, no counterfactual and no metric: each edge's share of its destination's input.
+method("ifr", description="information flow routes: proximity of each source's output to its destination's input",
+       options=IfrOptions, shardable=True, produces="edge_scores")(f"{_METHODS}.ifr:ifr")
+# Every decision reads the loss over all prompts: each shard's sum goes through ctx.sum_shards per circuit tried.
+method("acdc", description="ACDC: edges pruned from the logits backwards while KL (or the task metric) moves < τ",
+       options=AcdcOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="edge_scores")(f"{_METHODS}.acdc:acdc")
+# Trained on all prompts in the main process: every step's gradient would need every shard's.
+method("edge_pruning", description="learned hard-concrete edge masks (Edge Pruning): P(mask > 0) per edge",
+       options=EdgePruningOptions, produces="edge_scores")(f"{_METHODS}.edge_pruning:edge_pruning")

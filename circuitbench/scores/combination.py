@@ -35,8 +35,9 @@ def combine_outputs(outputs: Sequence[MethodOutput]) -> MethodOutput:
     mlps = None if first.mlps is None else largest_magnitude([o.mlps for o in outputs])  # type: ignore[misc]
     edges = None if first.edges is None else EdgeScores(
         first.edges.graph, largest_magnitude([o.edges.scores for o in outputs]))  # type: ignore[union-attr]
-    return MethodOutput(heads=heads, mlps=mlps, nodes=first.nodes, edges=edges, traces=first.traces,
-                        settings=first.settings)
+    scored_input = None if first.input is None else float(largest_magnitude([np.array(o.input) for o in outputs]))
+    return MethodOutput(heads=heads, mlps=mlps, nodes=first.nodes, input=scored_input, edges=edges,
+                        traces=first.traces, settings=first.settings)
 
 
 def combine_visibility(shares: Sequence[dict[str, float]]) -> dict[str, float]:

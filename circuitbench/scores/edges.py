@@ -25,7 +25,8 @@ edges non-linear.
   (or mean, or zero) output of its source, every edge inside it the source's output in this very
   run: each head's queries, keys and values are rebuilt from its own input with the block's norm
   and its projection weights (as split q/k/v inputs do in TransformerLens), which grouped-query
-  attention cannot take (each query head would need its own keys) and is refused.
+  attention cannot take (each query head would need its own keys) and is refused. `masked_logits`
+  runs it under a soft mask in [0, 1] per edge, differentiably (edge_pruning trains one).
 """
 from __future__ import annotations
 
@@ -282,6 +283,29 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
     """[batch] the metric with every edge marked in `outside` ([n_src, n_dst] bool) carrying its
     source's `replacement` output ([batch, pos, n_src, d_model]: the counterfactual run's, a mean,
     zeros) and every other edge its source's output in this run."""
+    logits, scored = circuit_logits(model, graph, batch, outside, replacement, ctx)
+    return oriented_metric(ctx.metric, logits, scored)
+
+
+def masked_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, mask: torch.Tensor,
+                  replacement: torch.Tensor, ctx: MethodContext) -> tuple[torch.Tensor, Batch]:
+    """The circuit forward under a soft edge mask ([n_src, n_dst] floats in [0, 1], entries off the
+    graph's edges ignored): destination v reads Σ_u mask_uv·a_u + (1 − mask_uv)·a'_u, a_u the
+    source's output in this run, a'_u its `replacement`; differentiable in `mask` when it requires a
+    gradient (the weights get none). A 0/1 mask is the edge circuit of its ones (circuit_metric). Returns (logits, the
+    batch they are scored on), as `circuit_logits`."""
+    real = torch.from_numpy(graph.real_edges).to(mask.device, mask.dtype)
+    with model.frozen_weights(), torch.enable_grad():
+        return circuit_logits(model, graph, batch, real * (1 - mask), replacement, ctx, grad=True)
+
+
+def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outside: torch.Tensor,
+                   replacement: torch.Tensor, ctx: MethodContext, grad: bool = False) -> tuple[torch.Tensor, Batch]:
+    """(logits, the batch they are scored on) of the circuit forward (circuit_metric): for answer
+    metrics only END is unembedded ([batch, 1, d_vocab], the batch re-indexed: end_only_logits).
+    `outside` may hold weights w in [0, 1] instead of bools: destination v then reads x_v +
+    Σ_u w_uv·(replacement_u − live_u) (masked_logits); `grad`: the differentiable path, which keeps
+    the autograd graph when `outside` requires a gradient."""
     n, H = model.n_layers, model.n_heads
     per_layer = 3 * H + int(model.has_mlp)
     out_mask = outside.to(model.device)
@@ -289,25 +313,56 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
     resid_in: dict[int, torch.Tensor] = {}
     dtype = replacement.dtype
 
+    diffs: dict[int, torch.Tensor] = {}  # replacement − live over the sources so far: a block's q, k, v share it
+    # With `grad` the differences are kept source-major, one piece per block as its outputs appear, and
+    # contracted piece by piece: re-stacking every source at every block (and that stack's backward)
+    # was ~90 % of a trained-mask step on GPT-2 small.
+    pieces: list[torch.Tensor] = []  # [k, batch·pos·d_model] replacement − live of the next k sources
+    blocks: dict[int, torch.Tensor | None] = {}  # grad: a block's q, k, v shifts, [batch, pos, 3·n_heads, d]
+
+    def add(outputs: torch.Tensor) -> None:
+        """The next sources' outputs in this run, [batch, pos, k, d_model]."""
+        start = len(live)
+        live.extend(outputs[:, :, i] for i in range(outputs.shape[2]))
+        if grad:
+            new = replacement[:, :, start:len(live)] - outputs.to(dtype)
+            pieces.append(new.permute(2, 0, 1, 3).reshape(len(live) - start, -1))
+
     def shift(j0: int, j1: int) -> torch.Tensor | None:
         """Σ_u outside[u, j] · (replacement_u − live_u) for destinations j0..j1: [batch, pos, j1 − j0, d]."""
         mask = out_mask[: len(live), j0:j1].to(dtype)
-        if not bool(mask.any()):
+        if not mask.requires_grad and not bool(mask.any()):  # a trained mask keeps its gradient at 1
             return None
-        diff = replacement[:, :, : len(live)] - torch.stack(live, 2).to(dtype)
-        return torch.einsum("bpud,uj->bpjd", diff, mask)
+        if grad:
+            b, p, _, d = replacement.shape
+            moved, start = mask[: len(pieces[0])].T @ pieces[0], len(pieces[0])
+            for piece in pieces[1:]:
+                moved = torch.addmm(moved, mask[start:start + len(piece)].T, piece)
+                start += len(piece)
+            return moved.view(j1 - j0, b, p, d).permute(1, 2, 0, 3)
+        if len(live) not in diffs:
+            diffs.clear()
+            diffs[len(live)] = replacement[:, :, : len(live)] - torch.stack(live, 2).to(dtype)
+        return torch.einsum("bpud,uj->bpjd", diffs[len(live)], mask)
 
     def on_resid_pre(layer: int) -> Callable[[torch.Tensor], None]:
         def record(x: torch.Tensor) -> None:
             resid_in[layer] = x
             if layer == 0:
-                live.append(x)
+                add(x[:, :, None])
         return record
 
     def on_projection(layer: int, kind: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def rebuild(q: torch.Tensor) -> torch.Tensor | None:  # q: [batch, pos, n_heads, d_head]
             j0 = layer * per_layer + QKV.index(kind) * H
-            moved = shift(j0, j0 + H)
+            if grad:  # one contraction for the block's queries, keys and values, read by all three
+                if layer not in blocks:
+                    blocks.clear()
+                    blocks[layer] = shift(layer * per_layer, layer * per_layer + 3 * H)
+                moved = blocks[layer]
+                moved = None if moved is None else moved[:, :, QKV.index(kind) * H:(QKV.index(kind) + 1) * H]
+            else:
+                moved = shift(j0, j0 + H)
             if moved is None:
                 return None
             x = resid_in[layer][:, :, None].to(dtype) + moved
@@ -317,8 +372,7 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
 
     def on_z(layer: int) -> Callable[[torch.Tensor], None]:
         def record(z: torch.Tensor) -> None:
-            heads = model.attention_weights(layer).head_results(z)
-            live.extend(heads[:, :, h] for h in range(H))
+            add(model.attention_weights(layer).head_results(z))
         return record
 
     def on_mlp_read(layer: int) -> Callable[[torch.Tensor], None]:
@@ -338,7 +392,7 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
         return rebuild
 
     def on_mlp_out(x: torch.Tensor) -> None:
-        live.append(x)
+        add(x[:, :, None])
 
     def on_final(x: torch.Tensor) -> torch.Tensor | None:
         moved = shift(out_mask.shape[1] - 1, out_mask.shape[1])
@@ -355,5 +409,4 @@ def circuit_metric(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
             edits += [(hooks.mlp_in(l), on_mlp_in(l)), (hooks.mlp_out(l), on_mlp_out)]
     edits.append((hooks.resid_post(n - 1), on_final))
     unembed, scored = end_only_logits(ctx.metric, batch)
-    logits = model.run_with_hooks(batch.tokens, edits + unembed)
-    return oriented_metric(ctx.metric, logits, scored)
+    return model.run_with_hooks(batch.tokens, edits + unembed, grad=grad and out_mask.requires_grad), scored

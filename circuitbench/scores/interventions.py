@@ -401,6 +401,12 @@ def node_view(run: BaseRun) -> list[torch.Tensor]:
     return [*run.z, *(run.mlp or [])]
 
 
+def input_and_node_view(run: BaseRun) -> list[torch.Tensor]:
+    """node_view with the input embedding (block 0's input [batch, pos, d_model]) first: what node
+    ablation replaces when the input node is out of the circuit."""
+    return [run.resid[0], *node_view(run)]
+
+
 def node_parts(model: LoadedModel, values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """node_view's tensors apart: (per-layer head outputs, per-layer MLP outputs or None)."""
     n = model.n_layers
@@ -563,19 +569,19 @@ def ablated_batches(ablation: Ablation, model: LoadedModel, data: EncodedPrompts
 
 def ablated_nodes_metric(
     model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], keep_mlps: set[int] | None,
-    ablation: Ablation, ctx: MethodContext,
+    ablation: Ablation, ctx: MethodContext, keep_input: bool = True,
 ) -> float:
     """Mean (higher-is-better) main metric with every head not in `keep` (and, unless `keep_mlps`
-    is None, every MLP whose layer is not in it) replaced as `ablation` says (ablated_batches).
-    `data` may be one process's shard."""
-    values = ablated_nodes_values(model, data, keep, keep_mlps, ablation, ctx)
+    is None, every MLP whose layer is not in it; unless `keep_input`, the input embedding) replaced
+    as `ablation` says (ablated_batches). `data` may be one process's shard."""
+    values = ablated_nodes_values(model, data, keep, keep_mlps, ablation, ctx, keep_input)
     total, n = ctx.sum_shards((float(values.sum()), len(values)))
     return total / n
 
 
 def ablated_nodes_values(
     model: LoadedModel, data: EncodedPrompts, keep: set[tuple[int, int]], keep_mlps: set[int] | None,
-    ablation: Ablation, ctx: MethodContext,
+    ablation: Ablation, ctx: MethodContext, keep_input: bool = True,
 ) -> torch.Tensor:
     """[prompts] float64 per-prompt values of `ablated_nodes_metric`, on this process's prompts (all
     of them; Resample: those with a partner), in order (the paired per-prompt differences give
@@ -584,11 +590,15 @@ def ablated_nodes_values(
     drop_mlps = [] if keep_mlps is None or not model.has_mlp else [l for l in range(model.n_layers)
                                                                    if l not in keep_mlps]
     values = []
-    for ablated in ablated_batches(ablation, model, data, ctx):
+    view = node_view if keep_input else input_and_node_view
+    for ablated in ablated_batches(ablation, model, data, ctx, view=view):
         if not len(ablated.batch):
             continue
-        fill_z, fill_mlp = node_parts(model, ablated.values)
+        fill_z, fill_mlp = node_parts(model, ablated.values[int(not keep_input):])
         edits: list[Hook] = []
+        if not keep_input:  # every block reads the replaced embedding, as when all of the input's edges are patched
+            edits.append((hooks.resid_pre(0), lambda x, _fill=ablated.values[0]: _fill[:, : x.shape[1]].to(
+                x.dtype).expand_as(x).clone()))
         for layer, heads in drop.items():
             if not heads:
                 continue

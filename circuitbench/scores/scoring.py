@@ -3,8 +3,9 @@ then each method on this process's shard (or on the main process), its MethodOut
 against what it declares."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
@@ -14,6 +15,7 @@ from circuitbench.progress import ProgressFn, Steps, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.registry import entry_label, exits_as_errors
 from circuitbench.scores.activation_cache import CacheEntry
+from circuitbench.scores.cost import method_cost
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.outputs import MethodOutput, NonFiniteScores, as_output
@@ -79,7 +81,8 @@ class MethodRun:
 def run_methods(model: LoadedModel, data: EncodedPrompts, methods: list[str],
                 run: MethodRun) -> dict[str, MethodOutput]:
     """Each method's output, in the order given, checked against what the method declares
-    (`produces`) and against the model: shapes, every score finite.
+    (`produces`) and against the model: shapes, every score finite; with what it cost (`cost`:
+    seconds and forward-equivalents on the prompts it ran on, scores/cost.py).
 
     With several processes, shardable methods run on this process's shard and add their sums
     across processes; the others run on all prompts on the main process, which hands the result
@@ -100,18 +103,21 @@ def run_methods(model: LoadedModel, data: EncodedPrompts, methods: list[str],
             advance, advance_heads = steps.advance, (lambda n: None)
         ctx = MethodContext(batch_size=batch_size, metric=run.metric, options=dict(run.method_options.get(name, {})),
                             advance=advance, advance_heads=advance_heads, cache_entry=run.cache_entry)
-        with exits_as_errors(entry_label("method", name, method.fn)):  # sys.exit: this unit fails, not the grid
+        started = time.perf_counter()
+        # sys.exit in a method: this unit fails, not the grid; the meter counts the method's forwards
+        with exits_as_errors(entry_label("method", name, method.fn)), model.metered() as meter:
             if method.shardable:
                 ctx.sum_shards = processes.sum
                 returned = method.run(model, shard, ctx)
             else:
                 returned = processes.from_main(_runner(method.run, model, data, ctx))
+        cost = method_cost(meter, own, batch_size, time.perf_counter() - started, run.cache_entry is not None)
         output = as_output(name, returned)  # a plugin's bare [n_layers, n_heads] array: head scores
         try:
             output.check(name, method.produces, model)
         except NonFiniteScores as e:
             raise nonfinite_error(e.quantity, model, data.tokens[:4]) from None
-        outputs[name] = output
+        outputs[name] = replace(output, cost=cost)
     return outputs
 
 

@@ -75,10 +75,16 @@ class CircuitRule(BaseModel):
                                     description="every component whose score is at least this")
     fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all components, largest first")
     by: Literal["abs", "signed"] = Field("abs", description="rank by |score| or by the signed score")
+    selection: Literal["top", "greedy", "optimal"] = Field(
+        "top", exclude_if=lambda selection: selection == "top",
+        description="edge circuits: top = the best-ranked edges (then pruned); greedy = grown from the logits "
+        "backwards, the best edge into the circuit each time (MIB's rule for information flow routes; the curve too); "
+        "optimal = the connected set of top_k (or fraction) edges with the largest total score, a mixed-integer "
+        "program (circuits/selection.py; the curve stays top)")
     ablation: Literal["mean_counterfactual", "mean_clean", "zero", "counterfactual"] = Field(
         "mean_counterfactual", description="how components outside the circuit are removed for faithfulness: "
         "position-wise means over the counterfactual or clean prompts, zeros, or each prompt's own counterfactual "
-        "(MIB's patching; the default for edge circuits)")
+        "(MIB's patching; the default for node and edge circuits)")
     curve: bool = Field(True, description="also compute the faithfulness curve over circuit sizes (CPR, CMD)")
     panel: bool = Field(True, description="also measure the circuit under counterfactual patching, mean, zero and "
                         "resample ablation with bootstrap intervals, remove every component outside it alone (mean "
@@ -101,8 +107,9 @@ class CircuitRule(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _edge_default_ablation(cls, value: Any) -> Any:
-        """Edge circuits patch each prompt's own counterfactual (MIB's default) unless told otherwise."""
-        if isinstance(value, dict) and value.get("level") == "edge" and "ablation" not in value:
+        """Node and edge circuits patch each prompt's own counterfactual (MIB's default) unless told
+        otherwise."""
+        if isinstance(value, dict) and value.get("level") in ("node", "edge") and "ablation" not in value:
             return {**value, "ablation": "counterfactual"}
         return value
 
@@ -111,6 +118,9 @@ class CircuitRule(BaseModel):
         given = [k for k in ("top_k", "threshold", "fraction") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of top_k, threshold, fraction (got {given or 'none'})")
+        if self.selection != "top" and (self.level != "edge" or self.threshold is not None):
+            raise ValueError(f"selection: {self.selection} picks edges under a size budget: it needs level: edge and "
+                             "top_k or fraction")
         return self
 
     @property

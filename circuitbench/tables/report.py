@@ -39,9 +39,9 @@ def method_meaning(result: RunResult, method: str) -> tuple[str, str, float]:
     if method == "activation_patching":
         direction = options.get("direction", "noising")
         how = ("the corrupted output patched into the clean run (noising): (m_clean − m_patched) / "
-               "(m_clean − m_corrupted)" if direction == "noising" else
+               "|m_clean − m_corrupted|" if direction == "noising" else
                "the clean output patched into the corrupted run (denoising): (m_patched − m_corrupted) / "
-               "(m_clean − m_corrupted)")
+               "|m_clean − m_corrupted|")
         return (f"share of the clean−corrupted {metric} gap ({direction})",
                 f"Exact activation patching, {direction}: each head's output {how}, at positions "
                 f"{options.get('positions', 'all')}. 1: the head alone carries the whole gap.", GAP_FLOOR)

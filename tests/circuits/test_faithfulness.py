@@ -104,3 +104,57 @@ def test_cpr_and_cmd_intervals_are_a_naive_bootstrap_of_the_whole_curve():
     assert fields["cpr_ci"] == pytest.approx(tuple(np.percentile(cprs, [2.5, 97.5])))
     assert fields["cmd_ci"] == pytest.approx(tuple(np.percentile(cmds, [2.5, 97.5])))
     assert fields["cpr_ci"][0] <= fields["cpr"] <= fields["cpr_ci"][1]
+
+
+def test_mib_integration_of_a_curve_flat_at_zero_until_the_whole_graph():
+    """A random ranking keeps almost no complete path until the whole graph (pruned, its top edges
+    are nearly empty): f ≈ 0 on MIB's grid except f(100 %) = 1, so CPR = the last trapezoid,
+    (1 − 0.5) · (0 + 1) / 2 = 0.25, and CMD = (1 − 0.001) − 0.25 = 0.749, MIB's random baseline.
+    The x axis is the nominal fraction (not log, not the point's index)."""
+    from circuitbench.circuits.faithfulness import MIB_FRACTIONS, mib_cpr_cmd, mib_sizes
+
+    flat = [0.0] * 9 + [1.0]
+    cpr, cmd = mib_cpr_cmd(flat, flat)
+    assert cpr == pytest.approx(0.25, abs=1e-12) and cmd == pytest.approx(0.749, abs=1e-12)
+    linear = list(MIB_FRACTIONS)  # f = x: the area under the diagonal from 0.001 to 1
+    assert mib_cpr_cmd(linear, linear)[0] == pytest.approx((1 - 0.001**2) / 2, abs=1e-12)
+    # n_k = ⌊k · N⌋ as MIB counts (int()), on GPT-2 small's 32,491 edges
+    assert mib_sizes(32491) == [32, 64, 162, 324, 649, 1624, 3249, 6498, 16245, 32491]
+
+
+def test_the_empty_node_circuit_is_mibs_the_counterfactual_run(tiny_models):
+    """Node level removes the input embedding too (MIB's input node): under counterfactual patching
+    m(∅) is the counterfactual run's metric exactly."""
+    from circuitbench.circuits.faithfulness import Baseline
+    from circuitbench.models.loading import load_model
+    from circuitbench.prompts.encoding import encode_task
+    from circuitbench.scores.ablations import Counterfactual
+    from circuitbench.scores.evaluation import evaluate
+    from circuitbench.specs.catalog import load_task
+
+    model = load_model(str(tiny_models["gpt2"]), device="cpu")
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 6}), model.vocab, model.unk_id, model.n_ctx)
+    ctx = _ctx()
+    _, corrupted = evaluate(model, data, ["logit_diff"], 8)
+    node = Baseline(model, data, Counterfactual(), ctx, "node")
+    assert node.m_empty == pytest.approx(float(corrupted["logit_diff"].double().mean()), abs=1e-5)
+    # every head and MLP without the input recompute from the counterfactual embedding: the counterfactual run
+    every = {(l, h) for l in range(model.n_layers) for h in range(model.n_heads)}
+    assert node.metric(every, set(range(model.n_layers)), keep_input=True) == pytest.approx(node.m_full, abs=1e-5)
+    without_input = node.metric(every, set(range(model.n_layers)), keep_input=False)
+    assert without_input == pytest.approx(node.m_empty, abs=1e-5) and abs(without_input - node.m_full) > 1e-4
+
+
+def test_nap_node_circuits_may_leave_the_input_out():
+    from circuitbench.circuits.circuit import Circuit
+    from circuitbench.specs.task import CircuitRule
+
+    rule = CircuitRule(level="node", top_k=2)
+    scores = {"input": 0.1, "a0.h0": 0.9, "a0.h1": -0.5, "m0": 0.05}
+    left_out = Circuit.from_node_scores(scores, rule, "nap", (1, 2))
+    assert not left_out.input and left_out.heads == [(0, 0), (0, 1)]
+    kept = Circuit.from_node_scores({**scores, "input": 2.0}, rule, "nap", (1, 2))
+    assert kept.input and kept.heads == [(0, 0)]
+    unscored = Circuit.from_node_scores({k: v for k, v in scores.items() if k != "input"}, rule, "ablation", (1, 2))
+    assert unscored.input  # a method that does not score the input keeps it, as MIB re-adds unscored nodes
+    assert rule.ablation == "counterfactual"  # node circuits patch counterfactuals by default, as MIB

@@ -31,3 +31,41 @@ def test_models_that_cannot_resume_from_a_prefix_compute_every_position(name):
     """The shipped toys and TransformerLens-format checkpoints (the tracr zoo) run on the bridge's
     native path, which keeps no key/value cache: they say so, and methods run every position."""
     assert not load_model(name, device="cpu").prefix_forwards()
+
+
+def test_the_self_check_covers_block_0_and_a_sequence_longer_than_local_attention(tiny_models, monkeypatch):
+    """The check that enables prefix forwards resumes at block 0 and block 1, on a short sequence and
+    on one longer than GPT-Neo's local-attention window (16 in the tiny config, 256 in the real one)."""
+    from circuitbench.models.loaded import PREFIX_CHECK_LENGTH, LoadedModel
+
+    model = load_model(str(tiny_models["gpt_neo"]), device="cpu")
+    seen = []
+    real = LoadedModel._prefix_reproduces
+
+    def spy(self, layer, length, cut, generator):
+        seen.append((layer, length, cut))
+        return real(self, layer, length, cut, generator)
+
+    monkeypatch.setattr(LoadedModel, "_prefix_reproduces", spy)
+    assert model.prefix_forwards()
+    long = min(model.n_ctx, PREFIX_CHECK_LENGTH)
+    assert sorted(seen) == sorted([(0, 6, 3), (1, 6, 3), (0, long, long - 3), (1, long, long - 3)])
+    assert long - 3 > 16 and PREFIX_CHECK_LENGTH > 256
+
+
+def test_a_prefix_that_breaks_past_a_window_is_caught(tiny_models, monkeypatch):
+    """A forward that is right on short sequences and wrong past position 16 (as a cache that drops
+    old keys would be) disables prefix forwards: the long sequence catches it."""
+    from circuitbench.models.loaded import LoadedModel
+
+    model = load_model(str(tiny_models["gpt2"]), device="cpu")
+    real = LoadedModel.run_with_hooks
+
+    def broken(self, tokens, hooks=(), *, resume=None, grad=False, prefix=None):
+        logits = real(self, tokens, hooks, resume=resume, grad=grad, prefix=prefix)
+        if prefix is not None and prefix.length > 16:
+            logits = logits + 1.0
+        return logits
+
+    monkeypatch.setattr(LoadedModel, "run_with_hooks", broken)
+    assert not model.prefix_forwards()

@@ -1,6 +1,13 @@
 """Attribution patching of heads and MLPs: a gradient approximation of noising activation
 patching, optionally with integrated gradients along the path from the corrupted to the clean
-block-0 input (midpoints k + 1/2 of N steps; the edge method `eap_ig` follows the published rule)."""
+block-0 input.
+
+- `attribution_patching`: heads and MLPs; `ig_steps: m` averages the gradients over α = k/m,
+  k = 1…m (EAP-IG's node rule, get_scores_eap_ig), or the midpoints (k + ½)/m with
+  `points: midpoint`.
+- `nap` / `nap_ig`: node attribution patching as MIB evaluates it (EAP-IG's attribute_node with
+  'EAP' / 'EAP-IG-inputs'): the same scores, with the input embedding scored as a node of its own
+  (−Δembedding · ∂m/∂embedding), so node circuits may leave it out, as MIB's do."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,7 +21,7 @@ from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
 from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, oriented_metric, record_scored_run
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.options import AttributionOptions
+from circuitbench.scores.methods.options import AttributionOptions, NapIgOptions
 from circuitbench.scores.methods.outputs import MethodOutput
 from circuitbench.specs.registries import METRICS
 
@@ -22,13 +29,24 @@ from circuitbench.specs.registries import METRICS
 @dataclass
 class _Pass:
     """One forward and backward on the clean prompts: the head outputs z and MLP outputs it ran
-    with, their gradients, and its metric (higher is better)."""
+    with, their gradients, the gradient at the block-0 input, and its metric (higher is better)."""
 
     z: list[torch.Tensor]  # [n_layers] x [batch, pos, n_heads, d_head]
     mlp: list[torch.Tensor]  # [n_layers] x [batch, pos, d_model] (empty: no MLPs)
     z_grads: list[torch.Tensor]
     mlp_grads: list[torch.Tensor]
+    input: torch.Tensor  # [batch, pos, d_model] the block-0 input it ran with
+    input_grad: torch.Tensor  # [batch, pos, d_model] (zeros when not asked for)
     metric: torch.Tensor  # [batch]
+
+
+def alphas_of(steps: int, points: str) -> list[float]:
+    """The integration points: none (plain attribution: the clean run itself, α = 1), EAP-IG's node
+    rule α = k/m for k = 1…m, or the midpoints (k + ½)/m."""
+    if steps == 0:
+        return [1.0]
+    return [(k + 0.5) / steps for k in range(steps)] if points == "midpoint" else [k / steps
+                                                                                  for k in range(1, steps + 1)]
 
 
 def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
@@ -40,33 +58,61 @@ def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCo
     forward with its backward: the clean base run is the gradient pass itself (its z and MLP
     outputs are recorded on the way), and answer metrics unembed END only."""
     opts = AttributionOptions.model_validate(ctx.options)
+    return attribution(model, data, ctx, alphas_of(opts.ig_steps, opts.points), score_input=False)
+
+
+def nap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
+    """Node attribution patching (MIB's NAP): attribution patching with the input scored as a node."""
+    return attribution(model, data, ctx, [1.0], score_input=True)
+
+
+def nap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
+    """MIB's NAP-IG: integrated gradients along the input embeddings, α = k/m for k = 1…m."""
+    opts = NapIgOptions.model_validate(ctx.options)
+    alphas = alphas_of(opts.steps, opts.points)
+    output = attribution(model, data, ctx, alphas, score_input=True)
+    return MethodOutput(heads=output.heads, mlps=output.mlps, nodes=True, input=output.input,
+                        settings={"steps": opts.steps, "points": opts.points, "alphas": alphas})
+
+
+def attribution(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, alphas: list[float],
+                score_input: bool) -> MethodOutput:
+    """−(a_corr − a_clean) · ∂m/∂a per node, the gradient averaged over `alphas` (the block-0 input
+    at corr + α·(clean − corr); [1.0]: the clean run), normalised by |m_clean − m_corr|."""
     n_layers = model.n_layers
     total = torch.zeros(n_layers, model.n_heads, dtype=torch.float64)
     total_mlp = torch.zeros(n_layers, dtype=torch.float64)
+    total_input = torch.zeros((), dtype=torch.float64)
     m_clean = m_corr = 0.0
-    one_pass = opts.ig_steps == 0 and ctx.cache_entry is None
+    one_pass = alphas == [1.0] and ctx.cache_entry is None
     with model.frozen_weights():
         for batch, runs in _runs(model, data, ctx, one_pass):
             corrupt_run = runs["corrupted"]
             m_corr += float(corrupt_run.metric.double().sum())
             if one_pass:
-                clean = _gradients(model, batch, None, None, 1.0, ctx)
+                clean = _gradients(model, batch, None, None, 1.0, ctx, score_input)
                 clean_z, clean_mlp, grads, mlp_grads = clean.z, clean.mlp, clean.z_grads, clean.mlp_grads
+                input_grad = clean.input_grad.double()
                 m_clean += float(clean.metric.double().sum())
             else:
                 clean_run = runs["clean"]
                 clean_z, clean_mlp = clean_run.z, clean_run.mlp or []
                 m_clean += float(clean_run.metric.double().sum())
-                alphas = [1.0] if opts.ig_steps == 0 else [(k + 0.5) / opts.ig_steps for k in range(opts.ig_steps)]
                 grads = [torch.zeros_like(z, dtype=torch.float64) for z in clean_z]
                 mlp_grads = [torch.zeros_like(m, dtype=torch.float64) for m in clean_mlp]
+                input_grad = torch.zeros_like(clean_run.resid[0], dtype=torch.float64)
                 for alpha in alphas:
                     step = _gradients(model, batch, clean_run.resid[0], corrupt_run.resid[0], alpha, ctx)
                     for l, g in enumerate(step.z_grads):
                         grads[l] += g.double() / len(alphas)
                     for l, g in enumerate(step.mlp_grads):
                         mlp_grads[l] += g.double() / len(alphas)
+                    input_grad += step.input_grad.double() / len(alphas)
             valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
+            if score_input:
+                embedded = clean.input if one_pass else runs["clean"].resid[0]
+                delta = (corrupt_run.resid[0] - embedded).double() * valid[:, :, None]
+                total_input += float((delta * input_grad).sum())
             for l in range(n_layers):
                 delta = (corrupt_run.z[l] - clean_z[l]).to(grads[l].dtype) * valid[:, :, None, None]
                 total[l] += (delta * grads[l]).double().sum((0, 1, 3)).cpu()
@@ -75,13 +121,15 @@ def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCo
                     delta = (corrupt_run.mlp[l] - clean_mlp[l]).to(mlp_grads[l].dtype) * valid[:, :, None]
                     total_mlp[l] += float((delta * mlp_grads[l]).double().sum())
             ctx.advance(len(batch))
-    total, total_mlp, m_clean, m_corr, n = ctx.sum_shards((total, total_mlp, m_clean, m_corr, len(data)))
-    gap = (m_clean - m_corr) / n
-    if abs(gap) < 1e-9:
+    total, total_mlp, total_input, m_clean, m_corr, n = ctx.sum_shards(
+        (total, total_mlp, total_input, m_clean, m_corr, len(data)))
+    gap = abs(m_clean - m_corr) / n  # |gap|: the score's sign is the effect's own (patching.normalised_effect)
+    if gap < 1e-9:
         raise CircuitbenchError(
             f"Clean and corrupted prompts give the same metric on '{model.name}': attribution scores are undefined.")
     heads = (-(total / n) / gap).numpy()
-    return MethodOutput(heads=heads, mlps=(-(total_mlp / n) / gap).numpy() if model.has_mlp else None, nodes=True)
+    return MethodOutput(heads=heads, mlps=(-(total_mlp / n) / gap).numpy() if model.has_mlp else None, nodes=True,
+                        input=float(-(total_input / n) / gap) if score_input else None)
 
 
 def _runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
@@ -98,18 +146,25 @@ def _runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
 
 
 def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor | None, resid_corr: torch.Tensor | None,
-               alpha: float, ctx: MethodContext) -> _Pass:
+               alpha: float, ctx: MethodContext, score_input: bool = False) -> _Pass:
     """∂(sum of the metric)/∂z per layer [batch, pos, n_heads, d_head] and ∂/∂(MLP output) per
-    layer [batch, pos, d_model], on the clean prompts with the block-0 input set to corr +
+    layer [batch, pos, d_model] (and ∂/∂(block-0 input) with IG or `score_input`), on the clean
+    prompts with the block-0 input set to corr +
     alpha·(clean − corr) (resid_clean None: the clean run itself, whose z and MLP outputs are
     then the clean ones)."""
     kept: list[torch.Tensor] = []
     kept_mlp: list[torch.Tensor] = []
+    kept_input: list[torch.Tensor] = []
 
     def start(x: torch.Tensor) -> torch.Tensor:
         assert resid_clean is not None and resid_corr is not None
         mixed = resid_corr + alpha * (resid_clean - resid_corr)
-        return mixed.detach().clone().to(x.dtype).requires_grad_(True)
+        kept_input.append(mixed.detach().clone().to(x.dtype).requires_grad_(True))
+        return kept_input[0]
+
+    def clean_input(x: torch.Tensor) -> torch.Tensor:  # the clean run's own input, as a leaf: its gradient
+        kept_input.append(x.detach().clone().requires_grad_(True))
+        return kept_input[0]
 
     def keeper(into: list[torch.Tensor]):
         def keep(x: torch.Tensor) -> torch.Tensor:
@@ -127,10 +182,15 @@ def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor | Non
     unembed_hooks, scored = end_only_logits(ctx.metric, batch, model, [site for site, _ in edits])
     if resid_clean is not None:
         edits.insert(0, (hooks.resid_pre(0), start))
+    elif score_input:
+        edits.insert(0, (hooks.resid_pre(0), clean_input))
     with torch.enable_grad():
         logits = model.run_with_hooks(batch.tokens, edits + unembed_hooks, grad=True)
         oriented = oriented_metric(ctx.metric, logits, scored)
         oriented.sum().backward()
     grad = lambda xs: [x.grad.detach() if x.grad is not None else torch.zeros_like(x) for x in xs]  # noqa: E731
+    if not kept_input:  # the input's gradient was not asked for
+        kept_input.append(torch.zeros(*batch.tokens.shape, model.d_model, device=model.device))
     return _Pass(z=[z.detach() for z in kept], mlp=[m.detach() for m in kept_mlp], z_grads=grad(kept),
-                 mlp_grads=grad(kept_mlp), metric=oriented.detach())
+                 mlp_grads=grad(kept_mlp), input=kept_input[0].detach(), input_grad=grad(kept_input)[0],
+                 metric=oriented.detach())

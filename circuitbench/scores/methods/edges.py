@@ -1,5 +1,5 @@
 """Edge methods: scores of every edge of the component graph (models/graph.py), normalised like
-noising patching, (m_clean − m_patched) / (m_clean − m_corrupted), averaged over prompts.
+noising patching, (m_clean − m_patched) / |m_clean − m_corrupted|, averaged over prompts.
 
 - `eap`: edge attribution patching (Syed et al. 2023, as EAP-IG computes it): −Σ (a_u' − a_u) ·
   ∂m/∂x_v over positions, a_u the source's clean output, a_u' its counterfactual one, the gradient
@@ -42,9 +42,11 @@ from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
 
 def _normalised(model: LoadedModel, total: torch.Tensor, m_clean: float, m_corr: float, n: int,
                 attribution: bool) -> np.ndarray:
-    """Per-edge (m_clean − m_patched) / (m_clean − m_corr): from the attribution sum −Σ Δ·∇m, or
-    from the patched metric sums."""
-    gap = (m_clean - m_corr) / n
+    """Per-edge (m_clean − m_patched) / |m_clean − m_corr|: from the attribution sum −Σ Δ·∇m, or
+    from the patched metric sums. The denominator's absolute value keeps each score's sign the
+    effect's own (positive: patching the edge lowers the metric), so a signed ranking is MIB's even
+    when the clean run scores below the counterfactual one."""
+    gap = abs(m_clean - m_corr) / n
     if abs(gap) < 1e-9:
         raise CircuitbenchError(f"Clean and corrupted prompts give the same metric on '{model.name}': edge scores "
                                 "are undefined.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Positions = Literal["all"] | list[str]
 
@@ -26,6 +26,17 @@ class AblationOptions(BaseModel):
 class AttributionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ig_steps: int = Field(0, ge=0, le=256, description="0: plain attribution patching; >0: integrated gradients")
+    points: Literal["published", "midpoint"] = Field(
+        "published", exclude_if=lambda points: points == "published",
+        description="integration points: published = α = k/m, k = 1…m (EAP-IG's node rule); midpoint = (k + ½)/m")
+
+
+class NapIgOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(5, ge=1, le=256, description="integration steps m (MIB: 5)")
+    points: Literal["published", "midpoint"] = Field(
+        "published", description="published: α = k/m, k = 1…m, as EAP-IG's attribute_node computes them; "
+        "midpoint: α = (k + ½)/m")
 
 
 class EapIgOptions(BaseModel):
@@ -44,6 +55,75 @@ class EdgePatchingOptions(BaseModel):
     max_forwards: int = Field(
         5000, ge=1, description="refuse a run estimated above this many batch forwards (edges × the share of the "
         "model each patched forward runs × batches); exact patching is one forward per edge")
+
+
+class IfrOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    heads: Literal["same_position", "attention"] = Field(
+        "same_position", description="same_position: an edge into a head's query, key or value input is scored at "
+        "the head's own position like every other edge (MIB's information-flow-routes); attention: its key and value "
+        "edges are weighted over the positions the head reads by each one's share of the head's output (the paper's "
+        "decomposition of attention through its pattern)")
+
+
+class AcdcOptions(BaseModel):
+    """ACDC (Conmy et al. 2023): edges pruned from the logits backwards while the loss rises by less
+    than τ; run for every τ of `thresholds`, an edge scores the largest τ at which it is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    loss: Literal["kl", "task"] = Field(
+        "kl", description="ACDC's metric. kl: KL(full model ‖ circuit) at END (every position for sequence "
+        "metrics), ACDC's default; task: minus the task's main metric")
+    tau: float | None = Field(None, gt=0, allow_inf_nan=False, description="one threshold: the scores are τ on "
+                              "ACDC's circuit at τ and 0 elsewhere (overrides thresholds)")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0], min_length=1, max_length=100,
+        description="the τ grid (each > 0) ACDC runs at; an edge's score is the largest τ at which it is kept")
+    abs_value_threshold: bool = Field(
+        False, description="remove an edge when |Δloss| < τ (ACDC's abs_value_threshold); default Δloss < τ, signed")
+    tau_units: Literal["relative", "raw"] = Field(
+        "relative", description="relative: τ as a fraction of the empty circuit's loss (KL(full ‖ counterfactual) for "
+        "kl, |m_clean − m_corrupted| for task); raw: in the loss's own units (nats, metric units), as ACDC")
+    max_forwards: int = Field(
+        20000, ge=1, description="refuse a run estimated above this many batch forwards (thresholds × (edges + 1) "
+        "circuit forwards × batches, an upper bound)")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not all(0 < t < float("inf") for t in v):
+            raise ValueError("every threshold must be a finite number > 0")
+        return v
+
+
+class EdgePruningOptions(BaseModel):
+    """Learned edge masks (Bhaskar et al. 2024, Edge Pruning): hard-concrete masks trained with Adam to
+    keep the model's output at a price per expected edge (UGS-style), or with Edge Pruning's Lagrangian
+    towards a target sparsity."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(300, ge=1, le=100_000, description="optimisation steps, each one forward and backward of one "
+                       "batch (batches taken in turn)")
+    lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate of the masks' log alpha")
+    l0_lambda: float = Field(1.0, ge=0, description="price of the edges: loss = D + l0_lambda · E[#edges] / #edges, "
+                             "D the faithfulness loss as a share of its value with every edge ablated; an edge stays "
+                             "when removing it costs more than l0_lambda / #edges of that")
+    target_sparsity: float | None = Field(
+        None, ge=0, le=2, description="instead of the price: Edge Pruning's Lagrangian towards this share of edges "
+        "removed (above 1 keeps pushing, as its tracr runs do)")
+    warmup: float = Field(0.5, ge=0, le=1, description="target_sparsity: share of the steps over which the target "
+                          "rises linearly from 0 (Edge Pruning's sparsity warmup)")
+    lambda_lr: float = Field(0.1, gt=0, le=10, description="target_sparsity: Adam learning rate of the two Lagrange "
+                             "multipliers (gradient ascent)")
+    init: float = Field(3.0, ge=-10, le=20, description="initial log alpha of every edge (± 0.01 noise; Edge "
+                        "Pruning: 10)")
+    objective: Literal["kl", "task"] = Field(
+        "kl", description="kl: KL(full model ‖ masked model) at the positions the task metric reads (Edge Pruning); "
+        "task: |m(full) − m(masked)| of the task metric, as a share of |m(full) − m(every edge ablated)|")
+    ablation: Literal["counterfactual", "mean_counterfactual", "mean_clean", "zero"] = Field(
+        "counterfactual", description="what a masked-off edge carries: its source's counterfactual output (MIB's "
+        "patching), its position-wise mean, or zero")
+    seed: int = Field(0, ge=0, description="seed of the mask noise and the initial log alpha (a local generator)")
 
 
 class AttentionToOptions(BaseModel):

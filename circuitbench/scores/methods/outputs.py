@@ -12,10 +12,11 @@ import numpy as np
 from pydantic import BaseModel
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.graph import ComponentGraph, head_node, mlp_node
+from circuitbench.models.graph import INPUT, ComponentGraph, head_node, mlp_node
 
 if TYPE_CHECKING:
     from circuitbench.models.loaded import LoadedModel
+    from circuitbench.scores.cost import MethodCost
     from circuitbench.specs.registries import Produces
 
 
@@ -58,6 +59,8 @@ class MethodOutput:
     - `mlps` [n_layers]: MLP scores of a node method on a model with MLPs (None otherwise);
     - `nodes`: True for a node method (it scores every node, heads and MLPs: recorded as node
       scores even on an attention-only model, where `mlps` is None);
+    - `input`: the input embedding's score, for node methods that score it as a node (MIB's input
+      node: nap, nap_ig); None otherwise, and node circuits then always keep the input;
     - `edges`: scores of every edge of the component graph (edge methods);
     - `traces`: named maps, pydantic models (causal tracing's TraceMap per kind/direction);
     - `settings`: what ran beyond the task's method options (an edge method's integration
@@ -67,9 +70,11 @@ class MethodOutput:
     heads: np.ndarray | None = None
     mlps: np.ndarray | None = None
     nodes: bool = False
+    input: float | None = None
     edges: EdgeScores | None = None
     traces: dict[str, BaseModel] | None = None
     settings: Mapping[str, object] = field(default_factory=dict)
+    cost: MethodCost | None = None  # filled by scoring.run_methods (seconds, forward-equivalents), not the method
 
     def __post_init__(self) -> None:  # scores as float64, whatever float type the method summed in
         for name in ("heads", "mlps"):
@@ -90,10 +95,11 @@ class MethodOutput:
         return " and ".join(kinds) or "nothing"
 
     def node_scores(self) -> dict[str, float]:
-        """{node: score}: every head ('a{L}.h{H}') and MLP ('m{L}') scored, in forward order."""
+        """{node: score}: the input when scored, every head ('a{L}.h{H}') and MLP ('m{L}'), in forward
+        order."""
         if self.heads is None:
             return {}
-        out: dict[str, float] = {}
+        out: dict[str, float] = {} if self.input is None else {INPUT: float(self.input)}
         for layer in range(self.heads.shape[0]):
             out.update({head_node(layer, h): float(v) for h, v in enumerate(self.heads[layer])})
             if self.mlps is not None:
@@ -130,6 +136,9 @@ class MethodOutput:
             _check_array(method, "MLP scores", self.mlps, (model.n_layers,), f"[n_layers] of model '{model.name}'")
             if not np.isfinite(self.mlps).all():
                 raise NonFiniteScores(f"Method '{method}' MLP scores")
+        if self.input is not None and (not self.nodes or not np.isfinite(self.input)):
+            raise (NonFiniteScores(f"Method '{method}' input score") if self.nodes else CircuitbenchError(
+                f"Method '{method}' returned an input score without node scores: set nodes=True."))
         if self.edges is not None:
             graph = model.component_graph()
             if self.edges.graph != graph or np.shape(self.edges.scores) != graph.real_edges.shape:

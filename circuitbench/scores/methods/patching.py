@@ -2,8 +2,11 @@
 
 Scores are normalised so that 1 means "this head alone carries the whole clean-vs-corrupted
 difference": noising (corrupted head output into the clean run) scores (m_clean − m_patched) /
-(m_clean − m_corrupted); denoising (clean into the corrupted run) scores (m_patched −
-m_corrupted) / (m_clean − m_corrupted).
+|m_clean − m_corrupted|; denoising (clean into the corrupted run) scores (m_patched −
+m_corrupted) / |m_clean − m_corrupted|. The denominator's absolute value keeps the sign the
+effect's own (noising: positive when patching lowers the metric), which is what a signed ranking
+ranks (MIB ranks raw effects): dividing by a negative gap, when the clean run scores below the
+counterfactual one, would turn that ranking upside down.
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from circuitbench.scores.methods.outputs import MethodOutput
 def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str,
                       model_name: str) -> np.ndarray:
     """Patched metric means as a fraction of the clean-vs-corrupted gap (see the module docstring)."""
-    gap = m_clean - m_corr
-    if abs(gap) < 1e-9:
+    gap = abs(m_clean - m_corr)
+    if gap < 1e-9:
         raise CircuitbenchError(
             f"Clean and corrupted prompts give the same metric on '{model_name}' ({m_clean:.4g}): patching "
             "scores are undefined. The model may not do the task at all; check the metrics first."
