@@ -102,8 +102,17 @@ def mib_sizes(n_total: int) -> list[int]:
 
 
 def trapezoid_area(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Σ (x₂ − x₁)·(y₁ + y₂)/2 over consecutive points (MIB's integration)."""
-    return float(sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))
+    """Σ (x₂ − x₁)·(y₁ + y₂)/2 over consecutive points (MIB's integration, summed in its order)."""
+    return float(trapezoid_areas(xs, np.asarray(ys, dtype=np.float64)[None, :])[0])
+
+
+def trapezoid_areas(xs: Sequence[float], ys: np.ndarray) -> np.ndarray:
+    """[rows] trapezoid_area of each row of ys [rows, points], summed left to right as MIB sums, so a
+    curve's interval endpoints are computed exactly as its own area (no last-digit disagreement)."""
+    total = np.zeros(ys.shape[0])
+    for i in range(len(xs) - 1):
+        total = total + (xs[i + 1] - xs[i]) * (ys[:, i] + ys[:, i + 1]) / 2
+    return total
 
 
 def mib_cpr_cmd(f_signed: Sequence[float], f_abs: Sequence[float]) -> tuple[float, float]:
@@ -262,20 +271,19 @@ def curves(order_abs: list[str], order_signed: list[str], integration: str, f_of
                                      "cmd": cmd}
         if isinstance(f_of, CurveValues) and (rows := _rows(f_of, seed)) is not None:
             f_signed, f_abs = f_of.resampled(order_signed, sizes, rows), f_of.resampled(order_abs, sizes, rows)
-            xs = np.array(MIB_FRACTIONS)
-            fields["cpr_ci"] = _interval(np.trapezoid(f_signed, xs, axis=1))
-            fields["cmd_ci"] = _interval(np.trapezoid(np.abs(1 - f_abs), xs, axis=1))
+            fields["cpr_ci"] = _interval(trapezoid_areas(MIB_FRACTIONS, f_signed))
+            fields["cmd_ci"] = _interval(trapezoid_areas(MIB_FRACTIONS, np.abs(1 - f_abs)))
         return fields
     order = order_abs if by == "abs" else order_signed
     sizes = curve_sizes(len(order))
     points = curve(order, sizes, f_of)
     xs, ys = np.array([p[1] for p in points]), np.array([p[2] for p in points])
-    fields = {"integration": "sizes", "curve": points, "cpr": float(np.trapezoid(ys, xs)),
-              "cmd": float(np.trapezoid(np.abs(1 - ys), xs))}
+    fields = {"integration": "sizes", "curve": points, "cpr": trapezoid_area(list(xs), ys),
+              "cmd": trapezoid_area(list(xs), np.abs(1 - ys))}
     if isinstance(f_of, CurveValues) and (rows := _rows(f_of, seed)) is not None:
         f = f_of.resampled(order, sizes, rows)
-        fields["cpr_ci"] = _interval(np.trapezoid(f, xs, axis=1))
-        fields["cmd_ci"] = _interval(np.trapezoid(np.abs(1 - f), xs, axis=1))
+        fields["cpr_ci"] = _interval(trapezoid_areas(list(xs), f))
+        fields["cmd_ci"] = _interval(trapezoid_areas(list(xs), np.abs(1 - f)))
     return fields
 
 

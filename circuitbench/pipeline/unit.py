@@ -532,7 +532,13 @@ def rule_warnings(rule: CircuitRule, chosen: int, total: int, nonzero: int, what
                    f"{chosen}")
     elif chosen == total:
         out.append(f"the circuit rule selects every one of the {total} {what}: faithfulness is 1 by construction")
-    if chosen == 0:
+    if chosen == 0 and rule.threshold is not None:
         out.append(f"the circuit rule selects no {one} (threshold {rule.threshold} is above every score): "
                    "faithfulness is 0 by construction")
+    elif chosen == 0 and what == "edges":
+        out.append("the edges the rule picks form no path from the input to the logits, so pruning dangling nodes "
+                   "leaves an empty circuit: faithfulness is 0 by construction (pick more edges, or circuit.selection: "
+                   "greedy, which grows a circuit from the logits)")
+    elif chosen == 0 and not out:
+        out.append(f"the circuit rule selects no {one} (every score is exactly 0): faithfulness is 0 by construction")
     return out

@@ -16,6 +16,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
 from circuitbench.models.graph import ComponentGraph, node_of
 from circuitbench.output_paths import EXPORTED_BY, check_output_file, is_exported_graph
+from circuitbench.results.edge_score_meaning import score_meaning
 from circuitbench.results.schema import RunResult
 from circuitbench.results.store import read_result
 
@@ -41,15 +42,18 @@ def export_mib(result: RunResult, method: str | None = None) -> dict:
     if edge_method is not None and edge_method in result.edge_scores:
         scores = result.edge_score_arrays()[edge_method].as_dict()  # the result reads its sidecar
         chosen = c.edges if c is not None and c.level == "edge" and c.method == edge_method else []
-        return graph_json(graph, scores, chosen, meta={**meta, "method": edge_method,
-                                                        "settings": result.edge_scores[edge_method].settings})
+        return graph_json(graph, scores, chosen, meta={
+            **meta, "method": edge_method, "units": score_meaning(result, edge_method).units,
+            "settings": result.edge_scores[edge_method].settings,
+            "scores": score_meaning(result, edge_method).model_dump(mode="json")})
     if method is not None and method not in result.head_scores and method not in result.node_scores:
         known = sorted(set(result.edge_scores) | set(result.head_scores) | set(result.node_scores))
         raise CircuitbenchError(f"--method {method}: the result holds no scores of it (it has {', '.join(known)}).")
     if c is None:
         raise CircuitbenchError("the result holds no circuit (its task has no circuit rule): give --method of an edge "
                                 f"method ({', '.join(result.edge_scores) or 'none ran'}) or rerun with a rule.")
-    nodes = {"input", "logits"} | {f"a{l}.h{h}" for l, h in c.heads} | {f"m{l}" for l in c.mlps}
+    nodes = {"logits"} | ({"input"} if c.input else set()) | {f"a{l}.h{h}" for l, h in c.heads} | \
+        {f"m{l}" for l in c.mlps}
     keep = np.zeros(graph.real_edges.shape, dtype=bool)
     for j, dst in enumerate(graph.destinations):
         if node_of(dst) in nodes:

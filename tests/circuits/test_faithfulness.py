@@ -158,3 +158,15 @@ def test_nap_node_circuits_may_leave_the_input_out():
     unscored = Circuit.from_node_scores({k: v for k, v in scores.items() if k != "input"}, rule, "ablation", (1, 2))
     assert unscored.input  # a method that does not score the input keeps it, as MIB re-adds unscored nodes
     assert rule.ablation == "counterfactual"  # node circuits patch counterfactuals by default, as MIB
+
+
+def test_a_curves_interval_is_summed_as_its_area_so_a_constant_resample_contains_it():
+    """tracr's deterministic curves resample to one value: the interval must be that very number
+    (summed in another order it was 0.9650000000000001 around a CPR of 0.965, shown [0.97, 0.97]
+    beside 0.96)."""
+    from circuitbench.circuits.faithfulness import MIB_FRACTIONS, _interval, trapezoid_area, trapezoid_areas
+
+    f = [0.0] * 5 + [1.0] * 5
+    point = trapezoid_area(MIB_FRACTIONS, f)
+    low, high = _interval(trapezoid_areas(MIB_FRACTIONS, np.tile(f, (50, 1))))
+    assert low == point == high == 0.965

@@ -56,6 +56,9 @@ def test_run_report_export_and_overlap_of_edge_circuits(edge_result, tmp_path, c
     raw = json.loads(mib.read_text())
     assert raw["cfg"]["n_layers"] == 2 and sorted(e for e, v in raw["edges"].items() if v["in_graph"]) == sorted(
         c["edges"])
+    meaning = raw["circuitbench"]["scores"]  # the file says what its scores mean
+    assert meaning["method"] == c["method"] and meaning["signed"] and meaning["higher_is_more_important"]
+    assert meaning["ablation"] == "counterfactual" and "|m_clean − m_corrupted|" in meaning["units"]
     circuit = Circuit.load(mib)
     assert circuit.level == "edge" and sorted(circuit.edges) == sorted(c["edges"]) and circuit.edge_scores
     code, out, err = cli(capsys, "report", str(mib), "--out", str(tmp_path / "mibrep"))

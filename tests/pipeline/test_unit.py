@@ -22,3 +22,23 @@ def test_competence_needs_an_accuracy_metric():
     assert competence_warnings({"induction_loss": 9.0}) == []
     assert competence_warnings({"accuracy": CAPABLE}) == []
     assert "answers 20% of these prompts right" in competence_warnings({"accuracy": 0.2})[0]
+
+
+def test_an_empty_circuit_is_explained_by_what_emptied_it():
+    """Edges pruned away (no path from the input to the logits) are not a threshold above every score."""
+    from circuitbench.circuits.edge_faithfulness import edge_circuit
+    from circuitbench.models.graph import ComponentGraph
+    from circuitbench.pipeline.unit import rule_warnings
+    from circuitbench.scores.methods.outputs import EdgeScores
+    from circuitbench.specs.task import CircuitRule
+
+    graph = ComponentGraph(2, 1, has_mlp=False)
+    scores = graph.real_edges.astype(float) * 0.01
+    scores[graph.edge_position("a0.h0->a1.h0<v>")] = 1.0  # the best edge reaches the logits through nothing
+    rule = CircuitRule(level="edge", top_k=1)
+    circuit = edge_circuit(EdgeScores(graph, scores), rule, "eap")
+    assert circuit.edges == []
+    (warning,) = rule_warnings(rule, len(circuit.edges), graph.n_edges, graph.n_edges, "edges")
+    assert "no path from the input to the logits" in warning and "threshold" not in warning
+    (warning,) = rule_warnings(CircuitRule(top_k=1), 0, 4, 0, "heads")
+    assert "only 0 heads score other than exactly 0" in warning and "threshold" not in warning
