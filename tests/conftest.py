@@ -41,6 +41,21 @@ def gpt2_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
+    """A random-init GPT-2 of 2 layers × 2 heads with MLPs (d_model 32), saved with save_pretrained:
+    small enough for naive one-forward-per-edge references (46 edges)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2_2x2")
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        GPT2LMHeadModel(config).save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, gpt2_tokenizer) -> dict[str, Path]:
     """Random-init tiny HF models of four architectures, saved with save_pretrained (weights and
     GPT-2 BPE tokenizer), as a user would save a model for offline use."""

@@ -3,7 +3,6 @@ heads, MLPs): the forward-equivalents run_methods records equal what is counted 
 method's definition, and the meter counts partial forwards, backwards and prefixes by their share."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitbench.models import hooks
 from circuitbench.models.loading import load_model
@@ -14,14 +13,8 @@ from circuitbench.specs.catalog import load_task
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("gpt2_2x2_cost")
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        GPT2LMHeadModel(config).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    model = load_model(str(path), device="cpu")
+def tiny(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 6}), model.vocab, model.unk_id, model.n_ctx)
     return model, data
 

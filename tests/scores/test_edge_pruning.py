@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from circuitbench.circuits.edge_faithfulness import circuit_of
 from circuitbench.models.loading import load_model
@@ -25,14 +24,8 @@ from circuitbench.specs.catalog import load_task
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("gpt2_2x2_ep")
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        GPT2LMHeadModel(config).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    model = load_model(str(path), device="cpu")
+def tiny(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
     batch = data.batch(0, 4)
     (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)

@@ -4,7 +4,7 @@ computed destination by destination, and the forward of an edge circuit against 
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from circuitbench.models import hooks
 from circuitbench.models.loading import load_model
@@ -17,14 +17,8 @@ from circuitbench.specs.catalog import load_task
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, gpt2_tokenizer):
-    path = tmp_path_factory.mktemp("gpt2_2x2")
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        GPT2LMHeadModel(config).save_pretrained(path)
-    gpt2_tokenizer.save_pretrained(path)
-    return path
+def tiny_dir(tiny_gpt2_dir):
+    return tiny_gpt2_dir
 
 
 @pytest.fixture(scope="module")
