@@ -96,6 +96,9 @@ def run(
     include_path: list[str] = IncludePath, plugin: list[str] = Plugin,
     threads: int | None = Threads,
     quiet: bool = Quiet,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only: per (model, task) and method the "
+                                 "estimated forwards and time (one forward measured on the loaded model); nothing is "
+                                 "computed or written."),
 ) -> None:
     """Run task(s) on model(s) and write one RunResult JSON per (model, task).
 
@@ -111,6 +114,12 @@ def run(
         device_map=device_map, dtype=dtype, init=init, methods=_names(methods), circuit_level=circuit_level, out=out,
         resume=resume, cache=cache, cache_dir=cache_dir, reference=reference, threads=threads)
     console.show_logs(logging.WARNING if quiet else logging.INFO)
+    if dry_run:
+        from circuitbench.pipeline.plan import plan_run
+        from circuitbench.tables.plan_view import print_plan
+
+        print_plan(plan_run(_names(task), _names(model), options, include_paths=tuple(include_path)))
+        return
     with progress_bars(not quiet and is_main_process()) as progress:
         outcomes = run_grid(_names(task), _names(model), options, include_paths=tuple(include_path), progress=progress,
                             command=" ".join(["circuitbench", *sys.argv[1:]]))

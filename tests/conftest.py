@@ -31,6 +31,21 @@ TINY_CONFIGS = {
     "llama": dict(model_type="llama", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   hidden_size=64, intermediate_size=128, max_position_embeddings=128, vocab_size=50257),
 }
+# More architectures (tests/models/test_architectures.py), built only when a test asks for one: Qwen2 (q/k/v
+# biases), Gemma-2 (post-attention / post-MLP norms, soft-capping), Mistral (sliding window) with grouped-query
+# attention, Phi (parallel attention + MLP sharing one LayerNorm, partial rotary).
+MORE_TINY_CONFIGS = {
+    "qwen2": dict(model_type="qwen2", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  hidden_size=64, intermediate_size=128, max_position_embeddings=128, vocab_size=50257),
+    "gemma2": dict(model_type="gemma2", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   hidden_size=64, head_dim=16, intermediate_size=128, max_position_embeddings=128,
+                   vocab_size=50257, sliding_window=16),
+    "mistral": dict(model_type="mistral", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    hidden_size=64, intermediate_size=128, max_position_embeddings=128, vocab_size=50257,
+                    sliding_window=16),
+    "phi": dict(model_type="phi", num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128,
+                max_position_embeddings=128, vocab_size=50257, partial_rotary_factor=0.5),
+}
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +89,32 @@ def tiny_models(tmp_path_factory, gpt2_tokenizer) -> dict[str, Path]:
         gpt2_tokenizer.save_pretrained(path)
         out[name] = path
     return out
+
+
+def _save_tiny(path: Path, cfg: dict, tokenizer) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(cfg)
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def more_tiny_models(tmp_path_factory, gpt2_tokenizer):
+    """name -> directory of a random-init tiny model of MORE_TINY_CONFIGS, saved on first use."""
+    root = tmp_path_factory.mktemp("more_tiny_models")
+    made: dict[str, Path] = {}
+
+    def directory(name: str) -> Path:
+        if name not in made:
+            made[name] = _save_tiny(root / name, MORE_TINY_CONFIGS[name], gpt2_tokenizer)
+        return made[name]
+    return directory
 
 
 @pytest.fixture(autouse=True)

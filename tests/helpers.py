@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from circuitbench.cli import main
+from circuitbench.models import hooks
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -54,3 +55,29 @@ def with_undefined_faithfulness(result):  # RunResult -> RunResult (annotations 
     candidates = [k.model_copy(update={"faithfulness": None}) for k in result.circuit.candidates]
     c = result.circuit.model_copy(update={"faithfulness": f, "candidates": candidates})
     return result.model_copy(update={"circuit": c})
+
+
+def destination_hooks(model, clean, dst, replace):
+    """Hooks that make destination input `dst` read replace(its live pre-norm input), in a full forward: a
+    head's q/k/v projection input is rebuilt with the block's norm and only that head keeps its new output
+    (under grouped-query attention the group's other heads keep their clean ones); an MLP reads the stream
+    after attention (the block input in parallel blocks)."""
+    n = model.n_layers
+    if dst == "logits":
+        return [(hooks.resid_post(n - 1), replace)]
+    live = {}
+    if dst.startswith("a"):
+        layer, head, kind = int(dst[1]), int(dst.split(".h")[1][0]), dst[-2]
+
+        def keep_head(z):
+            out = clean.z[layer].clone() if not z.requires_grad else z.detach().clone()
+            out[:, :, head] = z[:, :, head]
+            return out
+        return [(hooks.resid_pre(layer), lambda x: live.__setitem__("x", x)),
+                (hooks.projection_input(kind, layer),
+                 lambda y: model.normalize_attention_input(layer, replace(live["x"]))),
+                (hooks.head_outputs(layer), keep_head)]
+    layer = int(dst[1:])
+    read = hooks.resid_pre(layer) if model.parallel_attn_mlp else hooks.resid_mid(layer)
+    return [(read, lambda x: live.__setitem__("x", x)),
+            (hooks.mlp_in(layer), lambda y: model.normalize_mlp_input(layer, replace(live["x"])))]

@@ -26,6 +26,8 @@ from circuitbench.prompts.encoding import Vocabulary
 logger = logging.getLogger(__name__)
 # The prefix self-check's long sequence: past the 256-token local-attention window of GPT-Neo's blocks
 PREFIX_CHECK_LENGTH = 320
+# Bridge names of norms applied to a block's attention / MLP output before the residual add (Gemma-2/3)
+POST_NORMS = ("ln1_post", "ln2_post")
 Init = Literal["pretrained", "random"]
 DeviceMap = Literal["auto"]
 # A hook sees the activation at its site and returns its replacement (None: keep it as it is).
@@ -142,10 +144,29 @@ class LoadedModel:
         return ComponentGraph(self.n_layers, self.n_heads, has_mlp=self.has_mlp,
                               parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model)
 
+    def residual_support(self) -> str | None:
+        """Why this model's node outputs do not enter the residual stream as one term each (None:
+        they do), which every edge computation assumes (a node input is the sum of its sources'
+        outputs). Gemma-2/3 normalise each attention and MLP output before adding it
+        (post-attention / post-feedforward RMSNorm): the stream gets norm(Σ_h z_h·W_O[h] + b_O), not
+        a sum of per-head terms, so no head's output is one term of it."""
+        for block in self.bridge.blocks:
+            post = [name for name in POST_NORMS if getattr(block, name, None) is not None]
+            if post:
+                return (f"its blocks normalise the attention and MLP outputs before adding them to the residual "
+                        f"stream (post-norms {', '.join(post)}, as Gemma-2), so a head's or MLP's output is not one "
+                        "term of a later node's input; node methods (e.g. activation_patching, attribution_patching, "
+                        "nap, ablation) run on it")
+        return None
+
     def edge_support(self) -> str | None:
-        """Why edge-level computations cannot run on this model (None: they can). They rebuild each
-        head's queries, keys and values from its own input with the block's norm and projection
-        weights, which a key projection that mixes positions (smeared keys) does not fit."""
+        """Why edge-level computations cannot run on this model (None: they can): node outputs that
+        are no terms of the residual stream (residual_support), or key projections that mix
+        positions (smeared keys), which the rebuild of each head's queries, keys and values from its
+        own input with the block's norm and projection weights does not fit."""
+        reason = self.residual_support()
+        if reason is not None:
+            return reason
         for block in self.bridge.blocks:
             if isinstance(getattr(block.attn.k, "original_component", None), SmearedKeyProjection):
                 return "its key projections smear keys over positions (not one linear map per position)"
@@ -181,8 +202,11 @@ class LoadedModel:
 
     def normalize_mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """What block `layer`'s MLP reads, given its residual input `x` (the block input in parallel
-        blocks, the stream after attention otherwise): the block's second norm applied to it."""
-        return _norm(self.bridge.blocks[layer], "ln2", x)
+        blocks, the stream after attention otherwise): the block's second norm applied to it. A
+        parallel block with one norm (Phi, GPT-J) feeds its attention and MLP the same normed input."""
+        block = self.bridge.blocks[layer]
+        shared = self.parallel_attn_mlp and getattr(block, "ln2", None) is None
+        return _norm(block, "ln1" if shared else "ln2", x)
 
     def token_embeddings(self) -> torch.Tensor:
         """[d_vocab, d_model] the token embedding matrix (detached)."""

@@ -27,6 +27,7 @@ from circuitbench.models.loading import load_model
 from circuitbench.models.resolve import ModelRef, resolve_device, resolve_model
 from circuitbench.output_paths import inside
 from circuitbench.parallel import Processes, current_processes, launched_world_size
+from circuitbench.pipeline.plan import announce
 from circuitbench.pipeline.unit import model_info, run_unit, task_info
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.generate import generate_prompts, shortfall
@@ -367,6 +368,8 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridR
             error: Exception | None = None
             try:
                 reference = load_reference(Path(options.reference)) if options.reference is not None else None
+                if processes.is_main:  # the unit's time estimate, said before it starts (pipeline/plan.py)
+                    announce(unit.spec, model, grid.execution)
                 result = run_unit(unit.spec, model, grid.execution, reference=reference, progress=grid.progress,
                                   command=grid.command, processes=processes)
                 if bad := nonfinite_fields(result.model_dump()):  # never a null in place of a number

@@ -35,50 +35,67 @@ for name, description, higher_is_better, needs_answer in (
 
 # Every built-in method but causal tracing sums over prompts through ctx.sum_shards: shardable.
 _METHODS = "circuitbench.scores.methods"
-method("activation_patching", description="exact head patching (noising/denoising), normalised",
+_COSTS = "circuitbench.scores.estimates"  # each method's forward-equivalents before it runs (the run planner)
+method("activation_patching", cost=f"{_COSTS}:activation_patching_cost",
+       description="exact head patching (noising/denoising), normalised",
        options=PatchingOptions, needs_corrupted=True, aligns_positions=True, shardable=True, progress="heads",
        produces="node_scores")(f"{_METHODS}.patching:activation_patching")
-method("ablation", description="metric drop when a head is zero/mean/resample ablated", options=AblationOptions,
+method("ablation", cost=f"{_COSTS}:ablation_cost",
+       description="metric drop when a head is zero/mean/resample ablated", options=AblationOptions,
        shardable=True, progress="heads", produces="node_scores")(f"{_METHODS}.ablation:ablation")
-method("attribution_patching", description="gradient approximation of noising patching (optional IG)",
+method("attribution_patching", cost=f"{_COSTS}:attribution_patching_cost",
+       description="gradient approximation of noising patching (optional IG)",
        options=AttributionOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="node_scores")(f"{_METHODS}.attribution:attribution_patching")
-method("nap", description="node attribution patching as MIB: attribution_patching with the input embedding scored "
+method("nap", cost=f"{_COSTS}:gradient_cost",
+       description="node attribution patching as MIB: attribution_patching with the input embedding scored "
        "as a node", needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="node_scores")(f"{_METHODS}.attribution:nap")
-method("nap_ig", description="NAP with integrated gradients along the input embeddings (α = k/m, k = 1…m)",
+method("nap_ig", cost=f"{_COSTS}:nap_ig_cost",
+       description="NAP with integrated gradients along the input embeddings (α = k/m, k = 1…m)",
        options=NapIgOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="node_scores")(f"{_METHODS}.attribution:nap_ig")
-method("previous_token", description="attention to the previous token",
+method("previous_token", cost=f"{_COSTS}:detector_cost",
+       description="attention to the previous token",
        shardable=True)(f"{_METHODS}.detectors:previous_token")
-method("duplicate_token", description="attention to earlier copies of the token",
+method("duplicate_token", cost=f"{_COSTS}:detector_cost",
+       description="attention to earlier copies of the token",
        shardable=True)(f"{_METHODS}.detectors:duplicate_token")
-method("induction", description="prefix matching: attention to the token after an earlier copy",
+method("induction", cost=f"{_COSTS}:detector_cost",
+       description="prefix matching: attention to the token after an earlier copy",
        shardable=True)(f"{_METHODS}.detectors:induction")
-method("attention_to", description="attention from one named position to another (e.g. END -> IO)",
+method("attention_to", cost=f"{_COSTS}:detector_cost",
+       description="attention from one named position to another (e.g. END -> IO)",
        options=AttentionToOptions, shardable=True)(f"{_METHODS}.detectors:attention_to")
 # Noise on the clean prompt's own embeddings, no counterfactual prompt: it aligns nothing with one.
 # Not split across data-parallel processes (the default): the noise comes from one generator drawn
 # batch after batch, the position columns follow the shortest prompt of the whole set, and the maps
 # carry a std over prompts; the main process runs it on all prompts.
-method("causal_tracing", description="ROME-style noise + restore map per (layer, position)", options=TracingOptions,
+method("causal_tracing", cost=f"{_COSTS}:causal_tracing_cost",
+       description="ROME-style noise + restore map per (layer, position)", options=TracingOptions,
        produces="traces")(f"{_METHODS}.causal_tracing:causal_tracing")
 # Edge methods: scores of every edge of the component graph, written to a sidecar file (edge_scores).
-method("eap", description="edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
+method("eap", cost=f"{_COSTS}:gradient_cost",
+       description="edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
        needs_corrupted=True, aligns_positions=True, shardable=True, produces="edge_scores")(f"{_METHODS}.edges:eap")
-method("eap_ig", description="EAP with integrated gradients (inputs or activations, k/m step points)",
+method("eap_ig", cost=f"{_COSTS}:eap_ig_cost",
+       description="EAP with integrated gradients (inputs or activations, k/m step points)",
        options=EapIgOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="edge_scores")(f"{_METHODS}.edges:eap_ig")
-method("edge_patching", description="exact: each edge's counterfactual output patched into its destination alone",
+method("edge_patching", cost=f"{_COSTS}:edge_patching_cost",
+       description="exact: each edge's counterfactual output patched into its destination alone",
        options=EdgePatchingOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="edge_scores")(f"{_METHODS}.edges:edge_patching")
 # One clean forward, no counterfactual and no metric: each edge's share of its destination's input.
-method("ifr", description="information flow routes: proximity of each source's output to its destination's input",
+method("ifr", cost=f"{_COSTS}:detector_cost",
+       description="information flow routes: proximity of each source's output to its destination's input",
        options=IfrOptions, shardable=True, produces="edge_scores")(f"{_METHODS}.ifr:ifr")
 # Every decision reads the loss over all prompts: each shard's sum goes through ctx.sum_shards per circuit tried.
-method("acdc", description="ACDC: edges pruned from the logits backwards while KL (or the task metric) moves < τ",
+method("acdc", cost=f"{_COSTS}:acdc_cost",
+       description="ACDC: edges pruned from the logits backwards while KL (or the task metric) moves < τ",
        options=AcdcOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
        produces="edge_scores")(f"{_METHODS}.acdc:acdc")
 # Trained on all prompts in the main process: every step's gradient would need every shard's.
-method("edge_pruning", description="learned hard-concrete edge masks (Edge Pruning): P(mask > 0) per edge",
+method("edge_pruning", cost=f"{_COSTS}:edge_pruning_cost",
+       description="learned hard-concrete edge masks (Edge Pruning): P(mask > 0) per edge",
        options=EdgePruningOptions, produces="edge_scores")(f"{_METHODS}.edge_pruning:edge_pruning")

@@ -121,6 +121,9 @@ class Method:
     shardable: bool = False
     aligns_positions: bool = False
     progress: Progress = "prompts"
+    # estimate(model, data, batch_size, metric, options) -> forward-equivalents (scores/estimates.py);
+    # None: the run planner shows the method's cost as unknown
+    cost: "Implementation[Callable[..., Any]] | None" = None
 
     def run(self, model: "LoadedModel", data: "EncodedPrompts", ctx: "MethodContext") -> Any:
         """What the implementation (imported on first use) returns: a MethodOutput, or a plugin's bare array."""
@@ -163,10 +166,13 @@ def metric(name: str, *, higher_is_better: bool, needs_answer: bool, needs_distr
 
 def method(name: str, *, description: str = "", options: type[BaseModel] | None = None, needs_corrupted: bool = False,
            needs_answer: bool = False, shardable: bool = False, progress: Progress = "prompts",
-           produces: Produces = "head_scores", aligns_positions: bool = False) -> Callable[[F], F]:
+           produces: Produces = "head_scores", aligns_positions: bool = False,
+           cost: "Implementation[Callable[..., Any]] | None" = None) -> Callable[[F], F]:
     """Register a scoring method usable in `methods:`, by decorating `fn(model, prompts, ctx)` (or
     calling the result on a "module:function" reference). See `Method` for what each declaration
-    means; `produces` is what its output is checked against after it runs."""
+    means; `produces` is what its output is checked against after it runs; `cost` (optional, a
+    callable or "module:function") estimates its forward-equivalents before it runs, for the run
+    planner: `cost(model, data, batch_size, metric, options) -> float` (scores/estimates.py)."""
     for field, value, allowed in (("produces", produces, get_args(Produces)),
                                   ("progress", progress, get_args(Progress))):
         if value not in allowed:
@@ -178,7 +184,7 @@ def method(name: str, *, description: str = "", options: type[BaseModel] | None 
     def register(fn: F) -> F:
         METHODS.add(name, Method(fn=fn, description=description, needs_corrupted=needs_corrupted,  # type: ignore
                                  needs_answer=needs_answer, options=options, produces=produces, shardable=shardable,
-                                 aligns_positions=aligns_positions, progress=progress))
+                                 aligns_positions=aligns_positions, progress=progress, cost=cost))
         return fn
     return register
 

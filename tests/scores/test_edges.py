@@ -15,6 +15,8 @@ from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
+from helpers import destination_hooks
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_gpt2_dir):
@@ -43,28 +45,6 @@ def test_output_deltas_are_the_difference_of_node_outputs(tiny):
     assert torch.allclose(output_deltas(model, clean, corrupt, valid), source_major(delta), atol=1e-6)
 
 
-def _destination_hooks(model, clean, dst, replace):
-    """Hooks that make destination input `dst` read replace(its live pre-norm input), a full forward."""
-    n = model.n_layers
-    if dst == "logits":
-        return [(hooks.resid_post(n - 1), replace)]
-    live = {}
-    if dst.startswith("a"):
-        layer, head, kind = int(dst[1]), int(dst.split(".h")[1][0]), dst[-2]
-
-        def keep_head(z):
-            out = clean.z[layer].clone() if not z.requires_grad else z.detach().clone()
-            out[:, :, head] = z[:, :, head]
-            return out
-        return [(hooks.resid_pre(layer), lambda x: live.__setitem__("x", x)),
-                (hooks.projection_input(kind, layer),
-                 lambda y: model.normalize_attention_input(layer, replace(live["x"]))),
-                (hooks.head_outputs(layer), keep_head)]
-    layer = int(dst[1:])
-    return [(hooks.resid_mid(layer), lambda x: live.__setitem__("x", x)),
-            (hooks.mlp_in(layer), lambda y: model.normalize_mlp_input(layer, replace(live["x"])))]
-
-
 def test_graph_of_the_tiny_model(tiny):
     model = tiny[0]
     graph = model.component_graph()
@@ -81,7 +61,7 @@ def test_exact_edge_patching_equals_one_forward_per_edge(tiny):
     naive = torch.zeros(len(edges), dtype=torch.float64)
     for k, (i, j) in enumerate(edges):
         step = delta[:, :, i]
-        logits = model.run_with_hooks(batch.tokens, _destination_hooks(model, clean, graph.destinations[j],
+        logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, graph.destinations[j],
                                                                        lambda x, _s=step: x + _s))
         naive[k] = oriented_metric("logit_diff", logits, batch).double().sum()
     base = float(clean.metric.double().sum()) if clean.metric is not None else float(
@@ -108,7 +88,7 @@ def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
             return x + probe["p"]
 
         with model.frozen_weights(), torch.enable_grad():
-            logits = model.run_with_hooks(batch.tokens, _destination_hooks(model, clean, dst, add_probe), grad=True)
+            logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, dst, add_probe), grad=True)
             (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
         for i in range(graph.n_upstream(dst)):  # EAP: Σ (a_u' − a_u) · ∂m/∂x_v, normalised like noising
             by_hand[i, j] = -float((delta[:, :, i] * grad).sum()) / len(batch) / (m_clean - m_corr)

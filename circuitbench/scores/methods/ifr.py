@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.loaded import LoadedModel
@@ -159,6 +160,9 @@ def batch_importance(model: LoadedModel, graph: ComponentGraph, run: IfrRun, val
 
 def ifr(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = IfrOptions.model_validate(ctx.options)
+    reason = model.residual_support()  # the proximities take each source's output as one term of x_v
+    if reason is not None:
+        raise CircuitbenchError(f"ifr cannot run on '{model.name}': {reason}.")
     graph = model.component_graph()
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
     batch: Batch
