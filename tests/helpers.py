@@ -81,3 +81,20 @@ def destination_hooks(model, clean, dst, replace):
     read = hooks.resid_pre(layer) if model.parallel_attn_mlp else hooks.resid_mid(layer)
     return [(read, lambda x: live.__setitem__("x", x)),
             (hooks.mlp_in(layer), lambda y: model.normalize_mlp_input(layer, replace(live["x"])))]
+
+
+def naive_edge_metrics(model, graph, batch, clean, delta, edges):
+    """[len(edges)] the summed oriented logit_diff with each edge (i, j) patched alone, one full
+    forward per edge: destination j reads its live input plus delta[:, :, i] (source i's
+    counterfactual − clean output, [batch, pos, n_src, d_model])."""
+    import torch
+
+    from circuitbench.scores.interventions import oriented_metric
+
+    naive = torch.zeros(len(edges), dtype=torch.float64)
+    for k, (i, j) in enumerate(edges):
+        step = delta[:, :, i]
+        logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, graph.destinations[j],
+                                                                       lambda x, _s=step: x + _s))
+        naive[k] = oriented_metric("logit_diff", logits, batch).double().sum()
+    return naive

@@ -42,10 +42,10 @@ def export_mib(result: RunResult, method: str | None = None) -> dict:
     if edge_method is not None and edge_method in result.edge_scores:
         scores = result.edge_score_arrays()[edge_method].as_dict()  # the result reads its sidecar
         chosen = c.edges if c is not None and c.level == "edge" and c.method == edge_method else []
+        meaning = score_meaning(result, edge_method)
         return graph_json(graph, scores, chosen, meta={
-            **meta, "method": edge_method, "units": score_meaning(result, edge_method).units,
-            "settings": result.edge_scores[edge_method].settings,
-            "scores": score_meaning(result, edge_method).model_dump(mode="json")})
+            **meta, "method": edge_method, "units": meaning.units, "settings": result.edge_scores[edge_method].settings,
+            "scores": meaning.model_dump(mode="json")})
     if method is not None and method not in result.head_scores and method not in result.node_scores:
         known = sorted(set(result.edge_scores) | set(result.head_scores) | set(result.node_scores))
         raise CircuitbenchError(f"--method {method}: the result holds no scores of it (it has {', '.join(known)}).")

@@ -24,7 +24,7 @@ from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks
+from helpers import destination_hooks, naive_edge_metrics
 
 ARCHS = ["gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "gemma2", "mistral", "phi"]
 GQA = {"llama", "qwen2", "gemma2", "mistral"}  # 4 query heads over 2 key-value heads
@@ -145,12 +145,7 @@ def test_exact_edge_patching_equals_one_forward_per_edge(arch_model):
     edges = _some_edges(graph)
     ctx = MethodContext(batch_size=4, metric="logit_diff")
     fast = patched_edge_metrics(model, graph, batch, clean, delta.permute(2, 0, 1, 3).contiguous(), edges, ctx)
-    naive = torch.zeros(len(edges), dtype=torch.float64)
-    for k, (i, j) in enumerate(edges):
-        step = delta[:, :, i]
-        logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, graph.destinations[j],
-                                                                       lambda x, _s=step: x + _s))
-        naive[k] = oriented_metric("logit_diff", logits, batch).double().sum()
+    naive = naive_edge_metrics(model, graph, batch, clean, delta, edges)
     base = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().sum())
     assert float((fast - naive).abs().max()) <= 1e-4 * max(1.0, float(naive.abs().max()))
     assert float((naive - base).abs().max()) > 1e-3  # the edges do move the metric

@@ -27,13 +27,8 @@ SENDERS = ["m1", "a1.h0", "a1.h1", "m0", "a0.h0", "a0.h1", "input"]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tiny_gpt2_dir):
-    return tiny_gpt2_dir
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    model = load_model(str(tiny_dir), device="cpu")
+def tiny(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
     return model, data
 
@@ -195,11 +190,11 @@ def _two_ranks(models, data, options):
     return outputs
 
 
-def test_data_parallel_ranks_take_the_one_process_decisions(tiny, tiny_dir):
+def test_data_parallel_ranks_take_the_one_process_decisions(tiny, tiny_gpt2_dir):
     model, data = tiny
     options = {"loss": "task", "thresholds": [1e-3, 0.1]}
     one = acdc(model, data, MethodContext(batch_size=2, metric="logit_diff", options=options))
-    ranks = _two_ranks([model, load_model(str(tiny_dir), device="cpu")], data, options)
+    ranks = _two_ranks([model, load_model(str(tiny_gpt2_dir), device="cpu")], data, options)
     for out in ranks:
         assert np.array_equal(out.edges.scores, one.edges.scores)
         assert out.settings == one.settings

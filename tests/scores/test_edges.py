@@ -15,17 +15,12 @@ from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks
+from helpers import destination_hooks, naive_edge_metrics
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tiny_gpt2_dir):
-    return tiny_gpt2_dir
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    model = load_model(str(tiny_dir), device="cpu")
+def tiny(tiny_gpt2_dir):
+    model = load_model(str(tiny_gpt2_dir), device="cpu")
     data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), model.vocab, model.unk_id, model.n_ctx)
     batch = data.batch(0, 4)
     (_, clean), (_, corrupt) = record_base_run(model, batch.tokens), record_base_run(model, batch.as_corrupted().tokens)
@@ -58,12 +53,7 @@ def test_exact_edge_patching_equals_one_forward_per_edge(tiny):
     edges = [(int(i), int(j)) for j, i in zip(*np.nonzero(graph.real_edges.T))]
     ctx = MethodContext(batch_size=4, metric="logit_diff")
     fast = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
-    naive = torch.zeros(len(edges), dtype=torch.float64)
-    for k, (i, j) in enumerate(edges):
-        step = delta[:, :, i]
-        logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, graph.destinations[j],
-                                                                       lambda x, _s=step: x + _s))
-        naive[k] = oriented_metric("logit_diff", logits, batch).double().sum()
+    naive = naive_edge_metrics(model, graph, batch, clean, delta, edges)
     base = float(clean.metric.double().sum()) if clean.metric is not None else float(
         oriented_metric("logit_diff", model.run(batch.tokens), batch).double().sum())
     assert float((fast - naive).abs().max()) <= 1e-5
@@ -96,13 +86,13 @@ def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
     assert np.abs(by_hand).max() > 1e-3 and (eap[~graph.real_edges] == 0).all()
 
 
-def test_eap_into_the_logits_is_the_closed_form_layernorm_gradient(tiny, tiny_dir):
+def test_eap_into_the_logits_is_the_closed_form_layernorm_gradient(tiny, tiny_gpt2_dir):
     """The u -> logits column of EAP against a formula derived by hand, with weights read from the
     HF checkpoint (not through the bridge): logit_diff = LN_f(x)·w at END, w = W_U[answer] −
     W_U[distractor], so ∂m/∂x = (g − mean g − x̂·mean(g ⊙ x̂)) / σ with g = γ ⊙ w, σ = √(var x + ε),
     x̂ = (x − mean x) / σ; the score is −Σ_prompts Δ_u(END)·∂m/∂x / n / (m_clean − m_corrupted)."""
     model, data, batch, clean, corrupt, delta = tiny
-    hf = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+    hf = GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).eval()
     seen = {}
     hf.transformer.ln_f.register_forward_hook(lambda module, args, out: seen.__setitem__("x", args[0].detach()))
     rows, end = torch.arange(len(batch)), batch.end

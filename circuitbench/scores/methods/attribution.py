@@ -11,7 +11,7 @@ block-0 input.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,13 +40,15 @@ class _Pass:
     metric: torch.Tensor  # [batch]
 
 
-def alphas_of(steps: int, points: str) -> list[float]:
-    """The integration points: none (plain attribution: the clean run itself, α = 1), EAP-IG's node
-    rule α = k/m for k = 1…m, or the midpoints (k + ½)/m."""
+def alphas_of(steps: int, points: str, first: int = 1) -> list[float]:
+    """The integration points: none (plain attribution: the clean run itself, α = 1), EAP-IG's
+    published α = k/m for k = first…first + m − 1 (nodes and ig_activations: k = 1…m; eap_ig's
+    inputs: k = 0…m−1), or the midpoints (k + ½)/m."""
     if steps == 0:
         return [1.0]
-    return [(k + 0.5) / steps for k in range(steps)] if points == "midpoint" else [k / steps
-                                                                                  for k in range(1, steps + 1)]
+    if points == "midpoint":
+        return [(k + 0.5) / steps for k in range(steps)]
+    return [k / steps for k in range(first, first + steps)]
 
 
 def attribution_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
@@ -70,9 +72,8 @@ def nap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Meth
     """MIB's NAP-IG: integrated gradients along the input embeddings, α = k/m for k = 1…m."""
     opts = NapIgOptions.model_validate(ctx.options)
     alphas = alphas_of(opts.steps, opts.points)
-    output = attribution(model, data, ctx, alphas, score_input=True)
-    return MethodOutput(heads=output.heads, mlps=output.mlps, nodes=True, input=output.input,
-                        settings={"steps": opts.steps, "points": opts.points, "alphas": alphas})
+    return replace(attribution(model, data, ctx, alphas, score_input=True),
+                   settings={"steps": opts.steps, "points": opts.points, "alphas": alphas})
 
 
 def attribution(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, alphas: list[float],

@@ -35,6 +35,7 @@ from circuitbench.scores.edges import (
     valid_positions,
 )
 from circuitbench.scores.interventions import BaseRun, base_runs
+from circuitbench.scores.methods.attribution import alphas_of
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import EapIgOptions, EdgePatchingOptions
 from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
@@ -78,10 +79,7 @@ def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodO
 
 
 def _alphas(opts: EapIgOptions) -> list[float]:
-    m = opts.steps
-    if opts.points == "midpoint":
-        return [(k + 0.5) / m for k in range(m)]
-    return [k / m for k in range(m)] if opts.variant == "inputs" else [k / m for k in range(1, m + 1)]
+    return alphas_of(opts.steps, opts.points, first=0 if opts.variant == "inputs" else 1)
 
 
 def _interpolate(site, clean: torch.Tensor, corrupt: torch.Tensor, alpha: float) -> Hook:
