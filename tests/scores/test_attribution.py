@@ -13,7 +13,6 @@ from circuitbench.models.loading import load_model
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.interventions import oriented_metric, record_base_run
 from circuitbench.scores.methods.attribution import alphas_of
-from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
@@ -123,7 +122,3 @@ def test_sign_of_normalised_scores_is_the_raw_effects(tiny):
     heads, _, _, gap = naive(model, data, [1.0])
     out = scores(model, data, ["attribution_patching"])["attribution_patching"]
     np.testing.assert_allclose(out.heads * abs(gap), heads, rtol=1e-4, atol=1e-7)
-
-
-def test_context_is_unchanged():  # MethodContext keeps its defaults: nap takes no hidden options
-    assert MethodContext(batch_size=1).options == {}
