@@ -20,7 +20,7 @@ $(VENV)/.torch-installed: | $(PY)
 	touch $@
 
 $(VENV)/.deps-installed: pyproject.toml $(VENV)/.torch-installed
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,ray]"
 	touch $@
 
 setup: $(VENV)/.deps-installed
@@ -63,14 +63,15 @@ leaderboards: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Two pytest workers (pytest-xdist): the suite is CPU-bound single-threaded work, so it takes about half the time on 2 cores
+# Two pytest workers (pytest-xdist): the suite is CPU-bound single-threaded work, so it takes about half the time on 2 cores.
+# loadgroup: tests marked xdist_group(name) share one worker (tests/pipeline/test_executors.py: one Ray cluster).
 TEST_WORKERS ?= 2
 
 test: lint
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 test-all: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # docs/result.schema.json from the RunResult models (a test checks it is current)
 schema: setup
@@ -102,6 +103,7 @@ method-leaderboard: setup
 bench: setup
 	$(PY) benchmarks/run.py --with-neo
 	$(PY) benchmarks/edges.py
+	$(PY) benchmarks/memory.py
 	@if [ -f $(PEERS)/.deps-installed ]; then $(MAKE) --no-print-directory bench-peers; \
 	else echo "(peer table skipped: \`make bench-peers\` builds the peers' environment and runs it)"; fi
 

@@ -5,8 +5,9 @@ process, written as the same JSON record as the peers' scripts (benchmarks/peers
 
 WORK: bare (a bare HF forward of the clean batch, and forward + backward to the activations),
 eval (circuitbench's plain evaluation and bare HF forwards, interleaved), exact
-(activation_patching), attribution (attribution_patching), the edge methods eap and eap_ig (5
-steps) over all edges, and edge_patching: exact patching of the edges in DIR/edges.json.
+(activation_patching of the heads, `mlps: false`), attribution (attribution_patching), the edge
+methods eap and eap_ig (5 steps) over all edges, and edge_patching: exact patching of the edges in
+DIR/edges.json.
 
 Values are in the peers' units: exact -> mean patched logit difference per head (recovered from
 the normalised score: m_clean - score * (m_clean - m_corr)); attribution -> mean over prompts of
@@ -112,9 +113,11 @@ def head_method(root: Path, method: str) -> dict:
     model, data = load(root)
     m_clean, m_corr = base_metrics(model, data)
     model.block_formats()  # recorded once per model, not part of the timing
-    run_methods(model, data.subset(0, 2), [method], MethodRun(2))  # warm-up (not timed)
-    scores, seconds = timed(lambda: run_methods(model, data, [method], MethodRun(len(data), metric="logit_diff"))[
-        method].heads)
+    # exact: heads only (`mlps: false`), as the peers' per-head loops patch them
+    options = {method: {"mlps": False}} if method == "activation_patching" else {}
+    run_methods(model, data.subset(0, 2), [method], MethodRun(2, method_options=options))  # warm-up (not timed)
+    scores, seconds = timed(lambda: run_methods(model, data, [method], MethodRun(
+        len(data), metric="logit_diff", method_options=options))[method].heads)
     gap = m_clean - m_corr
     values = m_clean - scores * gap if method == "activation_patching" else -scores * gap
     key = "patched" if method == "activation_patching" else "attribution"

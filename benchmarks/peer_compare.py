@@ -206,7 +206,7 @@ def report(res: Results, meta: dict, threads: int) -> tuple[str, list[dict]]:
     rule = "|---|---|---|---|---|---|"
     lines += ["", header, rule]
     row("exact patching, all heads:exact", CB, agree=f"{n_heads_total} heads" if n_heads_total else "",
-        base=(CB, "exact"))
+        note=" (activation_patching with `mlps: false`: heads only, as the per-head loops)", base=(CB, "exact"))
     row("exact patching, all heads:exact", TL2, agree=agree_heads("patched", res.values(TL2, "exact")),
         note=" (per-head loop, one full forward per head)", base=(CB, "exact"))
     if res.has(AC, "exact_heads") and n_heads_total:

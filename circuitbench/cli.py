@@ -15,7 +15,7 @@ import typer
 
 from circuitbench import output_paths as outputs
 from circuitbench.circuits.overlap_settings import OverlapSettings
-from circuitbench.cli_options import App, int_or_auto, option
+from circuitbench.cli_options import App, byte_size, int_or_auto, option
 from circuitbench.entry import exit_for_failures, run_app
 from circuitbench.errors import CircuitbenchError, validate_options
 from circuitbench.files import expand_glob, write_atomic
@@ -84,6 +84,7 @@ def run(
     batch_size: str = option(RunOptions, "batch_size", "--batch-size", parser=int_or_auto("--batch-size")),
     device: str = option(RunOptions, "device", "--device"),
     device_map: str | None = option(RunOptions, "device_map", "--device-map"),
+    kv_graph: str = option(RunOptions, "kv_graph", "--kv-graph"),
     dtype: str | None = option(RunOptions, "dtype", "--dtype"),
     init: str = option(RunOptions, "init", "--init"),
     methods: str | None = option(RunOptions, "methods", "--methods"),
@@ -95,10 +96,20 @@ def run(
     reference: str | None = option(RunOptions, "reference", "--reference"),
     include_path: list[str] = IncludePath, plugin: list[str] = Plugin,
     threads: int | None = Threads,
+    max_memory: int | None = option(RunOptions, "max_memory", "--max-memory", parser=byte_size("--max-memory"),
+                                    metavar="SIZE"),
     quiet: bool = Quiet,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only: per (model, task) and method the "
                                  "estimated forwards and time (one forward measured on the loaded model); nothing is "
                                  "computed or written."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where the units run: local (this process) | ray (each (model, task) unit a task "
+        "on a Ray cluster with its GPU and memory; this process writes every result, --resume reuses results across "
+        "executors; needs the ray extra) | a plugin's. Data parallel inside a unit stays on torchrun / accelerate "
+        "launch."),
+    address: str | None = typer.Option(
+        None, "--address", help="--executor ray: the cluster ('auto', HOST:PORT or ray://HOST:10001); default: a "
+        "local cluster on this machine. Its workers need circuitbench installed and the model paths this run names."),
 ) -> None:
     """Run task(s) on model(s) and write one RunResult JSON per (model, task).
 
@@ -112,7 +123,8 @@ def run(
     options = validate_options(
         RunOptions, n_prompts=n_prompts, seed=seed, split=split, batch_size=batch_size, device=device,
         device_map=device_map, dtype=dtype, init=init, methods=_names(methods), circuit_level=circuit_level, out=out,
-        resume=resume, cache=cache, cache_dir=cache_dir, reference=reference, threads=threads)
+        kv_graph=kv_graph, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference, threads=threads,
+        max_memory=max_memory)
     console.show_logs(logging.WARNING if quiet else logging.INFO)
     if dry_run:
         from circuitbench.pipeline.plan import plan_run
@@ -120,9 +132,12 @@ def run(
 
         print_plan(plan_run(_names(task), _names(model), options, include_paths=tuple(include_path)))
         return
+    from circuitbench.pipeline.executors import executor_named
+
+    runs_on = executor_named(executor, address)  # a missing extra is said before any work
     with progress_bars(not quiet and is_main_process()) as progress:
         outcomes = run_grid(_names(task), _names(model), options, include_paths=tuple(include_path), progress=progress,
-                            command=" ".join(["circuitbench", *sys.argv[1:]]))
+                            command=" ".join(["circuitbench", *sys.argv[1:]]), executor=runs_on)
     if is_main_process():  # other data-parallel processes hold the same results and stay quiet
         console.print_run_summary(outcomes)
     exit_for_failures(outcomes)

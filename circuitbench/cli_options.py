@@ -4,7 +4,8 @@
   field's (its default and description), so a default lives in one place, the library's model;
 - `App`: a typer app whose --help shows no value type beside flags (they take none), by its own
   command and group classes (nothing of typer is patched);
-- `int_or_auto`: the parser of options that take a positive integer or 'auto' (--batch-size).
+- `int_or_auto`: the parser of options that take a positive integer or 'auto' (--batch-size);
+- `byte_size`: the parser of memory sizes such as 4GB, 512MB, 1.5GiB (--max-memory).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from typer.core import TyperCommand, TyperGroup
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.specs.byte_size import parse_byte_size
 
 _FIELD_DEFAULT: Any = object()
 
@@ -58,6 +60,15 @@ def int_or_auto(flag: str) -> Callable[[str], int | str]:
             return int(value)
         except ValueError:
             raise CircuitbenchError(f"{flag} {value!r}: expected a positive integer or 'auto'.") from None
+
+    return parse
+
+
+def byte_size(flag: str) -> Callable[[str], int]:
+    """A parser for `flag`: a memory size ("4GB", "512MB", "1.5GiB") in bytes; one clear error otherwise."""
+
+    def parse(value: str) -> int:
+        return parse_byte_size(value, flag)
 
     return parse
 

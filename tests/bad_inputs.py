@@ -33,8 +33,8 @@ FILES: dict[str, str] = {
     "tracing_answer_metric.yaml": GOOD_TASK.format(name="tracing_answer_metric") + "methods: [causal_tracing]\n"
                                   "method_options:\n  causal_tracing: {metric: logit_diff}\n",
     "zero_prompts.yaml": GOOD_TASK.format(name="zero_prompts") + "n_prompts: 0\n",
-    "unaligned_patching.yaml": "name: unaligned_patching\ngenerator: {name: ioi}\nmetrics: [logit_diff]\n"
-                               "aligned_counterfactual: false\n",
+    "unaligned_sequence.yaml": "name: unaligned_sequence\ngenerator: {name: ioi}\n"
+                               "metrics: [logit_diff, sequence_loss]\naligned_counterfactual: false\n",
     "main_metric.yaml": GOOD_TASK.format(name="main_metric") + "main_metric: sequence_loss\n",
     "report_split.yaml": GOOD_TASK.format(name="report_split") + "report_splits: [test]\n",
     "bad_name.yaml": GOOD_TASK.format(name="Bad-Name"),
@@ -259,9 +259,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("yaml-undefined-position", [*RUN, "--task", "{tmp}/undefined_position.yaml", *TOY], "positions ['S2']"),
     ("yaml-tracing-answer-metric", [*RUN, "--task", "{tmp}/tracing_answer_metric.yaml", *TOY],
      "metric='logit_diff' needs an answer token"),
-    ("yaml-unaligned-patching", [*RUN, "--task", "{tmp}/unaligned_patching.yaml", "--model", "toy-tasks", "--methods",
-                                 "ablation,activation_patching"], "methods ['activation_patching'] patch clean and "
-                                                                  "corrupted activations position by position"),
+    # (position-by-position methods on unaligned prompts without spans: tests/prompts/test_unaligned_counterfactuals.py)
+    ("yaml-unaligned-sequence", [*RUN, "--task", "{tmp}/unaligned_sequence.yaml", *TOY],
+     "metrics ['sequence_loss'] score a corrupted run against the clean tokens position by position"),
     ("yaml-zero-prompts", [*RUN, "--task", "{tmp}/zero_prompts.yaml", *TOY], "n_prompts"),
     ("yaml-main-metric", [*RUN, "--task", "{tmp}/main_metric.yaml", *TOY], "main_metric"),
     ("yaml-report-split", [*RUN, "--task", "{tmp}/report_split.yaml", *TOY], "report_splits"),

@@ -60,18 +60,25 @@ def with_undefined_faithfulness(result):  # RunResult -> RunResult (annotations 
 def destination_hooks(model, clean, dst, replace):
     """Hooks that make destination input `dst` read replace(its live pre-norm input), in a full forward: a
     head's q/k/v projection input is rebuilt with the block's norm and only that head keeps its new output
-    (under grouped-query attention the group's other heads keep their clean ones); an MLP reads the stream
-    after attention (the block input in parallel blocks)."""
+    (a key-value group's input `a{L}.kv{G}<k|v>`: the group's r = n_heads / n_kv_heads heads G·r … G·r + r − 1
+    keep theirs); an MLP reads the stream after attention (the block input in parallel blocks)."""
     n = model.n_layers
     if dst == "logits":
         return [(hooks.resid_post(n - 1), replace)]
     live = {}
     if dst.startswith("a"):
-        layer, head, kind = int(dst[1]), int(dst.split(".h")[1][0]), dst[-2]
+        node, kind = dst.split("<")[0], dst[-2]
+        layer = int(node[1:].split(".")[0])
+        if ".kv" in node:
+            per_group = model.n_heads // model.n_kv_heads
+            group = int(node.split(".kv")[1])
+            heads = list(range(group * per_group, (group + 1) * per_group))
+        else:
+            heads = [int(node.split(".h")[1])]
 
         def keep_head(z):
             out = clean.z[layer].clone() if not z.requires_grad else z.detach().clone()
-            out[:, :, head] = z[:, :, head]
+            out[:, :, heads] = z[:, :, heads]
             return out
         return [(hooks.resid_pre(layer), lambda x: live.__setitem__("x", x)),
                 (hooks.projection_input(kind, layer),

@@ -41,7 +41,8 @@ def test_fibonacci_on_toy_vocab_is_refused_with_counts(capsys, tmp_path):
     failed = load_result(tmp_path / "toy-induction-2l" / "fibonacci.json")
     assert failed.status == "failed" and failed.error.user_error and "would be dropped" in failed.error.message
     assert failed.metrics == {} and failed.task.spec["name"] == "fibonacci"
-    assert set(failed.run.options) == {"batch_size", "cache_dir", "threads"} and failed.run.overrides == {}
+    assert set(failed.run.options) == {"batch_size", "cache_dir", "threads", "max_memory"}
+    assert failed.run.overrides == {}
 
 
 def test_resume_skips_finished_units_byte_identical(capsys, tmp_path):

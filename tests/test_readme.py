@@ -44,6 +44,9 @@ SKIPPED: dict[str, str] = {
     "circuitbench import-tracr count_less_freq --vocab a,b,c --max-seq-len 4 --out models/count": TRACR,
     "cat > count.yaml <<'YAML'": TRACR,
     "circuitbench run --task count.yaml --model models/count": TRACR,
+    "circuitbench run --task ioi,seq_months,seq_digits --model toy-tasks --n-prompts 8 --executor ray --out runs/ray":
+        "starts a Ray cluster (about 20 s); tests/pipeline/test_executors.py runs a 3-unit grid on one and compares it "
+        "with the local run",
 }
 # Long commands run with these arguments appended (later flags win): same code path, fewer steps.
 SMALLER: dict[str, list[str]] = {

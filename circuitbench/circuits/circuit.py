@@ -368,7 +368,8 @@ class Circuit(BaseModel):
                                     f"not a {type(raw).__name__}.")
         if is_graph_json(raw):
             g = read_graph_json(raw, str(path))
-            nodes = g.nodes or sorted({n for e in g.edges for n in (e.split("->")[0], e.split("->")[1].split("<")[0])})
+            nodes = g.nodes or sorted({n for e in g.edges for n in (e.split("->")[0],
+                                                                    *g.graph.destination_nodes(e.split("->")[1]))})
             heads, mlps = split_nodes(nodes)
             meta = g.meta
             return cls(heads=heads, mlps=mlps, edges=g.edges, level="edge" if g.edges else "node",

@@ -47,13 +47,12 @@ def completeness(circuit: Circuit, baseline: Baseline | EdgeBaseline, seed: int)
     if isinstance(baseline, EdgeBaseline):
         members = list(circuit.edges)
 
-        graph = baseline.graph
+        edge_baseline = baseline
 
         def mask(names: list[str], value: bool) -> np.ndarray:
-            keep = graph.real_edges.copy() if not value else np.zeros(graph.real_edges.shape, dtype=bool)
-            for name in names:
-                keep[graph.edge_position(name)] = value
-            return keep
+            """The members named (value True), or every edge but them (per span where the circuit is)."""
+            chosen = edge_baseline.members_mask(names)
+            return chosen if value else np.broadcast_to(edge_baseline.graph.real_edges, chosen.shape) & ~chosen
 
         # C \ K and M \ K as they are, neither pruned of dangling edges: pruning one and not the other
         # would differ even for C = M

@@ -79,7 +79,7 @@ class EdgeBaseline:
     with a partner count."""
 
     def __init__(self, model: LoadedModel, data: EncodedPrompts, ablation: Ablation, ctx: MethodContext) -> None:
-        check_edges(model, "an edge circuit's faithfulness", per_head_inputs=True)
+        check_edges(model, "an edge circuit's faithfulness")
         self.model, self.data, self.ablation, self.ctx = model, data, ablation, ctx
         self.graph = model.component_graph()
 
@@ -126,11 +126,16 @@ class EdgeBaseline:
     def defined(self) -> bool:
         return self.undefined_reason is None
 
-    def keep_of(self, edges: list[str]) -> np.ndarray:
+    def members_mask(self, edges: list[str]) -> np.ndarray:
+        """[n_src, n_dst] the edges named, as they are (not pruned)."""
         keep = np.zeros(self.graph.real_edges.shape, dtype=bool)
         for name in edges:
             keep[self.graph.edge_position(name)] = True
-        return self.graph.prune(keep)[0]
+        return keep
+
+    def keep_of(self, edges: list[str]) -> np.ndarray:
+        """The circuit of `edges`: pruned of dangling edges, as EAP-IG prunes."""
+        return self.graph.prune(self.members_mask(edges))[0]
 
     def f(self, edges: list[str]) -> float | None:
         """f of the edge circuit; None when f is undefined (see undefined_reason)."""

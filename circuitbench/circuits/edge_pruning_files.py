@@ -34,7 +34,7 @@ from circuitbench.circuits.graph_files import read_json
 from circuitbench.circuits.score_meaning import ScoreMeaning, Sidecar, read_sidecar, sidecar_path, write_sidecar
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
-from circuitbench.models.graph import ComponentGraph, node_of
+from circuitbench.models.graph import ComponentGraph
 
 FORMAT = "Edge Pruning edges"
 GPT2_EMBEDDINGS = ("tok_embeds", "pos_embeds")  # modeling_fpt2 with embedding nodes
@@ -137,7 +137,8 @@ def circuit_from_edge_pruning(raw: object, graph: ComponentGraph, where: str,
     implicit = embeddings == "auto" and not embedded
     if implicit:
         nodes = {name.split("->")[0] for name in chosen} | {"logits"}
-        chosen |= {f"input->{dst}" for dst in graph.destinations if node_of(dst) in nodes}
+        chosen |= {f"input->{dst}" for dst in graph.destinations
+                   if dst == "logits" or any(node in nodes for node in graph.destination_nodes(dst))}
     positions = sorted((graph.edge_position(n) for n in chosen), key=lambda p: (p[1], p[0]))
     return [f"{graph.sources[i]}->{graph.destinations[j]}" for i, j in positions], implicit
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Required, TypedDict
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.graph import ComponentGraph, node_of
+from circuitbench.models.graph import ComponentGraph
 from circuitbench.scores.methods.outputs import EdgeScores
 
 UNITS = ("scores are normalised like noising patching: (m_clean − m_patched) / |m_clean − m_corrupted|, mean over "
@@ -96,6 +96,15 @@ class GraphConfig(BaseModel):
     parallel_attn_mlp: bool = Field(False, strict=True, description="each MLP reads the block input (GPT-NeoX)")
     d_model: Count | None = Field(None, description="residual stream width")
     attn_only: bool = Field(False, strict=True, description="no MLP nodes (circuitbench's attention-only toys)")
+    n_key_value_heads: Count | None = Field(
+        None, description="circuitbench's grouped graph of a grouped-query model: key and value inputs per group "
+        "(a{L}.kv{G}<k>); absent in EAP-IG's files, whose graphs give every head its own")
+
+    @model_validator(mode="after")
+    def _groups_divide_heads(self) -> "GraphConfig":
+        if self.n_key_value_heads is not None and self.n_heads % self.n_key_value_heads:
+            raise ValueError(f"n_key_value_heads {self.n_key_value_heads} does not divide n_heads {self.n_heads}")
+        return self
 
 
 def _nan_is_unscored(value: object) -> object:
@@ -163,7 +172,7 @@ def graph_json(graph: ComponentGraph, scores: dict[str, float] | None = None, ci
     used = {graph.sources[0], "logits"} if chosen else set()
     for name in chosen:
         src, dst = name.split("->")
-        used |= {src, node_of(dst)}
+        used |= {src, *graph.destination_nodes(dst)}
     nodes: dict[str, dict[str, object]] = {}
     for name in graph.nodes:
         entry: dict[str, object] = {"in_graph": name in used or name == "logits"}
@@ -241,8 +250,7 @@ def read_graph_json(raw: object, where: str, fix: str = "Fix the file or export 
         parsed = GraphJson.model_validate(raw)
     except ValidationError as e:
         raise CircuitbenchError(f"{where}: {_problems(e.errors())}. {fix}") from None
-    graph = ComponentGraph(cfg.n_layers, cfg.n_heads, has_mlp=not cfg.attn_only,
-                           parallel_attn_mlp=cfg.parallel_attn_mlp, d_model=cfg.d_model)
+    graph = ComponentGraph.from_config(cfg)
     known = set(graph.nodes)
     for name in parsed.nodes:
         if name not in known:

@@ -181,8 +181,11 @@ class PanelBaselines:
     shared by every circuit measured on the panel: the candidates `auto` weighs and the one it keeps."""
 
     def __init__(self, model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
-                 rule_baseline: Baseline | EdgeBaseline | None, level: str | None = None) -> None:
+                 rule_baseline: Baseline | EdgeBaseline | None, level: str | None = None,
+                 edge_baseline: Callable[[Ablation], EdgeBaseline] | None = None) -> None:
         self.model, self.data, self.ctx = model, data, ctx
+        # how an edge baseline is built (per-span circuits: circuits/span_circuits.py SpanEdgeBaseline)
+        self.edge_baseline = edge_baseline or (lambda ablation: EdgeBaseline(model, data, ablation, ctx))
         self.level = level or ("edge" if isinstance(rule_baseline, EdgeBaseline) else rule_baseline.level)  # type: ignore[union-attr]
         self.edges = self.level == "edge"
         self.kept: dict[str, Baseline | EdgeBaseline] = {} if rule_baseline is None else {
@@ -206,7 +209,7 @@ class PanelBaselines:
 
     def baseline(self, ablation: Ablation) -> Baseline | EdgeBaseline:
         if ablation.name not in self.kept:
-            self.kept[ablation.name] = (EdgeBaseline(self.model, self.data, ablation, self.ctx) if self.edges
+            self.kept[ablation.name] = (self.edge_baseline(ablation) if self.edges
                                         else Baseline(self.model, self.data, ablation, self.ctx, self.level))
         return self.kept[ablation.name]
 

@@ -66,8 +66,7 @@ class Sidecar(BaseModel):
             raise CircuitbenchError(f"{where}: cfg.{'.'.join(map(str, first['loc']))}: {first['msg']}. Remove the "
                                     "sidecar, or write the file again with circuitbench.") from None
         check_graph_bounds(cfg.n_layers, cfg.n_heads, where, not cfg.attn_only, cfg.parallel_attn_mlp)
-        return ComponentGraph(cfg.n_layers, cfg.n_heads, has_mlp=not cfg.attn_only,
-                              parallel_attn_mlp=cfg.parallel_attn_mlp, d_model=cfg.d_model)
+        return ComponentGraph.from_config(cfg)
 
 
 def sidecar_path(path: Path) -> Path:

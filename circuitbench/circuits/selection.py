@@ -62,19 +62,21 @@ def greedy_edges(graph: ComponentGraph, scores: np.ndarray, k: int, by: By = "ab
     largest budget gives every smaller one."""
     _check_budget(k)
     src, dst, value, raw = _edge_arrays(graph, scores, by)
-    owner = graph.destination_owner[dst]  # the node each edge enters (-1: the logits)
+    readers = graph.destination_readers[dst]  # [n_edges, n_src] the nodes each edge enters (none: the logits)
     incoming: dict[int, list[int]] = {}
-    for e, node in enumerate(owner):
-        incoming.setdefault(int(node), []).append(e)
+    for e, node in zip(*np.nonzero(readers)):  # a key-value group's input enters each of its heads
+        incoming.setdefault(int(node), []).append(int(e))
     names = graph.edges
-    heap = [(-value[e], e) for e in incoming.get(-1, [])]
+    heap = [(-value[e], int(e)) for e in np.flatnonzero(~readers.any(1))]
     heapq.heapify(heap)
     in_circuit = np.zeros(len(graph.sources), dtype=bool)
     chosen: list[str] = []
+    offered = np.zeros(len(src), dtype=bool)  # an edge into a key-value group is offered once, by its first head
     while heap and len(chosen) < k:
         _, e = heapq.heappop(heap)
-        if raw[e] == 0:
+        if raw[e] == 0 or offered[e]:
             continue
+        offered[e] = True
         chosen.append(names[e])
         u = int(src[e])
         if not in_circuit[u]:
@@ -171,7 +173,7 @@ def _connected_program(graph: ComponentGraph, src: np.ndarray, dst: np.ndarray, 
     (graph.sources order): at most k edges; a kept edge's destination and source nodes are in the
     circuit; a node in it has an outgoing kept edge and, but for the input, an incoming one."""
     n_e, n_s = len(src), len(graph.sources)
-    owner = graph.destination_owner[dst]
+    into_edge, into_reader = np.nonzero(graph.destination_readers[dst])  # (edge, node it enters): a group's heads
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
@@ -188,18 +190,19 @@ def _connected_program(graph: ComponentGraph, src: np.ndarray, dst: np.ndarray, 
 
     edges = np.arange(n_e)
     add(np.zeros(n_e, dtype=int), edges, np.ones(n_e), np.array([float(k)]))  # Σ x ≤ k
-    into_node = np.flatnonzero(owner >= 0)  # x_e ≤ y_dst
-    m = len(into_node)
-    add(np.repeat(np.arange(m), 2), np.stack([into_node, n_e + owner[into_node]], 1).ravel(),
-        np.tile([1.0, -1.0], m), np.zeros(m))
+    into_node = np.unique(into_edge)  # x_e ≤ Σ y over the nodes reading e's destination (one, or a group's heads)
+    row_of = np.full(n_e, -1)
+    row_of[into_node] = np.arange(len(into_node))
+    add(np.concatenate([row_of[into_node], row_of[into_edge]]), np.concatenate([into_node, n_e + into_reader]),
+        np.concatenate([np.ones(len(into_node)), -np.ones(len(into_edge))]), np.zeros(len(into_node)))
     add(np.repeat(edges, 2), np.stack([edges, n_e + src], 1).ravel(), np.tile([1.0, -1.0], n_e),
         np.zeros(n_e))  # x_e ≤ y_src
     nodes = np.arange(n_s)  # y_n ≤ Σ outgoing x: every node reaches the logits (the graph is acyclic)
     add(np.concatenate([nodes, src]), np.concatenate([n_e + nodes, edges]),
         np.concatenate([np.ones(n_s), -np.ones(n_e)]), np.zeros(n_s))
-    inner = nodes[1:]  # y_n ≤ Σ incoming x for every node but the input (owners are never the input)
-    add(np.concatenate([inner - 1, owner[into_node] - 1]), np.concatenate([n_e + inner, into_node]),
-        np.concatenate([np.ones(n_s - 1), -np.ones(m)]), np.zeros(n_s - 1))
+    inner = nodes[1:]  # y_n ≤ Σ incoming x for every node but the input (readers are never the input)
+    add(np.concatenate([inner - 1, into_reader - 1]), np.concatenate([n_e + inner, into_edge]),
+        np.concatenate([np.ones(n_s - 1), -np.ones(len(into_edge))]), np.zeros(n_s - 1))
     matrix = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(n_rows, n_e + n_s)).tocsr()
     return matrix, np.concatenate(upper)

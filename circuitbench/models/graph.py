@@ -15,9 +15,17 @@ architecture decides: attention-only models have no `m` nodes, and in parallel-a
 (GPT-NeoX, Pythia, GPT-J) the MLP reads the block input, so `a{L}.h*->m{L}` edges do not exist.
 
 Attention output biases (b_O) belong to no node: they are the same in every run, part of every
-later input, and never patched. In grouped-query attention the query heads of a group share key
-and value projections; the graph still gives each query head its own k and v input (EAP-IG's
-"ungrouped" convention), which is what patching one edge into one head means.
+later input, and never patched.
+
+Grouped-query attention (Llama-3, Qwen2, Mistral, Gemma-2: the query heads of a group share one key
+and one value head). The model computes one key and one value per group, so the graph's key and
+value inputs are per group (`n_kv_heads` given): `a{L}.kv{G}<k>`, `a{L}.kv{G}<v>`, read by every
+query head of group G (heads G·r … G·r + r − 1, r = n_heads / n_kv_heads); queries stay per head.
+Per block: n_heads query inputs, then n_kv_heads key inputs, then n_kv_heads value inputs, then
+the MLP. The "ungrouped" graph (`n_kv_heads` None) gives each query head its own k and v input:
+EAP-IG's count on TransformerLens's `ungroup_grouped_query_attention` (MIB's Llama and Qwen
+numbers), which the model then computes with per-query-head copies of its keys and values
+(LoadedModel, `kv_graph="ungrouped"`).
 """
 from __future__ import annotations
 
@@ -30,9 +38,10 @@ import numpy as np
 QKV = ("q", "k", "v")
 INPUT = "input"  # the input embedding's node
 HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
+KV_GROUP = re.compile(r"^a(\d+)\.kv(\d+)$")  # a key-value group's inputs under grouped-query attention
 MLP = re.compile(r"^m(\d+)$")
-DESTINATION = re.compile(r"^(a\d+\.h\d+)<([qkv])>$|^(m\d+|logits)$")
-EDGE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+<[qkv]>|m\d+|logits)$")
+DESTINATION = re.compile(r"^(a\d+\.h\d+)<([qkv])>$|^(a\d+\.kv\d+)<([kv])>$|^(m\d+|logits)$")
+EDGE = re.compile(r"^(input|a\d+\.h\d+|m\d+)->(a\d+\.h\d+<[qkv]>|a\d+\.kv\d+<[kv]>|m\d+|logits)$")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,51 @@ class ComponentGraph:
     has_mlp: bool = True
     parallel_attn_mlp: bool = False
     d_model: int | None = None
+    n_kv_heads: int | None = None  # grouped-query attention: key and value inputs per group (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, object] | object) -> ComponentGraph:
+        """The graph of a `config()` dict (or an object with those attributes: a graph file's cfg)."""
+        get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+        kv = get("n_key_value_heads", None)
+        return cls(int(get("n_layers")), int(get("n_heads")), has_mlp=not get("attn_only", False),
+                   parallel_attn_mlp=bool(get("parallel_attn_mlp", False)), d_model=get("d_model", None),
+                   n_kv_heads=None if kv is None else int(kv))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether key and value inputs are per key-value group (fewer groups than heads)."""
+        return self.n_kv_heads is not None and self.n_kv_heads != self.n_heads
+
+    @property
+    def kv_inputs(self) -> int:
+        """Key (and value) inputs per block: one per group, or one per head."""
+        return self.n_kv_heads if self.grouped else self.n_heads  # type: ignore[return-value]
+
+    @property
+    def per_block(self) -> int:
+        """Destinations per block: query, key and value inputs, then the MLP."""
+        return self.n_heads + 2 * self.kv_inputs + int(self.has_mlp)
+
+    def block_destinations(self, layer: int, kind: str | None = None) -> slice:
+        """The destination indices of block `layer` (kind "q", "k" or "v": of those inputs only; "mlp")."""
+        start = layer * self.per_block
+        if kind is None:
+            return slice(start, start + self.per_block)
+        offsets = {"q": (0, self.n_heads), "k": (self.n_heads, self.kv_inputs),
+                   "v": (self.n_heads + self.kv_inputs, self.kv_inputs),
+                   "mlp": (self.n_heads + 2 * self.kv_inputs, int(self.has_mlp))}
+        first, count = offsets[kind]
+        return slice(start + first, start + first + count)
+
+    def group_heads(self, group: int) -> range:
+        """The query heads that read key-value group `group`'s keys and values."""
+        per = self.n_heads // self.kv_inputs
+        return range(group * per, (group + 1) * per)
 
     # --- nodes ---------------------------------------------------------------------------
     @cached_property
@@ -62,10 +116,15 @@ class ComponentGraph:
 
     @cached_property
     def destinations(self) -> list[str]:
-        """Node inputs, in EAP-IG's backward order: `a{L}.h{H}<q|k|v>`, `m{L}`, `logits`."""
+        """Node inputs, in EAP-IG's backward order: `a{L}.h{H}<q|k|v>` (grouped: `a{L}.h{H}<q>`,
+        `a{L}.kv{G}<k|v>`), `m{L}`, `logits`."""
         out = []
         for layer in range(self.n_layers):
-            out += [f"a{layer}.h{h}<{x}>" for x in QKV for h in range(self.n_heads)]
+            out += [f"a{layer}.h{h}<q>" for h in range(self.n_heads)]
+            if self.grouped:
+                out += [f"a{layer}.kv{g}<{x}>" for x in "kv" for g in range(self.kv_inputs)]
+            else:
+                out += [f"a{layer}.h{h}<{x}>" for x in "kv" for h in range(self.n_heads)]
             if self.has_mlp:
                 out.append(f"m{layer}")
         return [*out, "logits"]
@@ -132,32 +191,46 @@ class ComponentGraph:
         repeatedly drop nodes without an incoming edge (the input always has one) or without an
         outgoing one, and edges whose source or destination node was dropped (logits always stay)."""
         edges = in_graph & self.real_edges
-        owner = self.destination_owner
+        readers = self.destination_readers  # [n_dst, n_src]
+        logits = ~readers.any(1)
         while True:
             outgoing = edges.any(1)
-            incoming = np.zeros(len(self.sources), dtype=bool)
-            np.logical_or.at(incoming, owner[owner >= 0], edges.any(0)[owner >= 0])
+            incoming = (edges.any(0)[:, None] & readers).any(0)  # a key-value group's input feeds its heads
             incoming[0] = True
             nodes = outgoing & incoming
-            dst_alive = np.where(owner >= 0, nodes[np.maximum(owner, 0)], True)
+            dst_alive = logits | (readers & nodes[None, :]).any(1)  # alive while one of its readers is
             pruned = edges & nodes[:, None] & dst_alive[None, :]
             if (pruned == edges).all():
                 return pruned, nodes
             edges = pruned
 
     @cached_property
-    def destination_owner(self) -> np.ndarray:
-        """[n_dst] the source index of the node each input belongs to (-1: logits)."""
-        owner = np.full(len(self.destinations), -1)
+    def destination_readers(self) -> np.ndarray:
+        """[n_dst, n_src] bool: the nodes that read each input (one head or MLP; every query head of
+        a key-value group for the group's inputs; none for the logits)."""
+        readers = np.zeros((len(self.destinations), len(self.sources)), dtype=bool)
         for j, dst in enumerate(self.destinations):
-            if dst != "logits":
-                owner[j] = self.source_index[node_of(dst)]
-        return owner
+            for node in self.destination_nodes(dst):
+                readers[j, self.source_index[node]] = True
+        return readers
+
+    def destination_nodes(self, destination: str) -> list[str]:
+        """The nodes that read an input: 'a1.h2<k>' -> ['a1.h2'], 'a1.kv0<k>' -> its group's heads
+        ['a1.h0', 'a1.h1'], 'm3' -> ['m3'], 'logits' -> []."""
+        if destination == "logits":
+            return []
+        node = node_of(destination)
+        group = KV_GROUP.match(node)
+        if group:
+            layer, g = int(group.group(1)), int(group.group(2))
+            return [head_node(layer, h) for h in self.group_heads(g)]
+        return [node]
 
     def describe(self) -> str:
         kind = "attention-only" if not self.has_mlp else "parallel attention+MLP" if self.parallel_attn_mlp else \
             "attention then MLP"
-        return f"{self.n_layers} layers × {self.n_heads} heads, {kind}"
+        grouped = f" ({self.n_kv_heads} key-value groups)" if self.grouped else ""
+        return f"{self.n_layers} layers × {self.n_heads} heads{grouped}, {kind}"
 
     def config(self) -> dict[str, object]:
         """The `cfg` EAP-IG's Graph.from_json reads (n_layers, n_heads, parallel_attn_mlp, d_model)."""
@@ -165,6 +238,8 @@ class ComponentGraph:
                                   "parallel_attn_mlp": self.parallel_attn_mlp, "d_model": self.d_model}
         if not self.has_mlp:
             cfg["attn_only"] = True
+        if self.grouped:
+            cfg["n_key_value_heads"] = self.n_kv_heads
         return cfg
 
 
@@ -175,7 +250,7 @@ def node_of(destination: str) -> str:
 
 def destination_layer(destination: str) -> int:
     node = node_of(destination)
-    m = HEAD.match(node) or MLP.match(node)
+    m = HEAD.match(node) or KV_GROUP.match(node) or MLP.match(node)
     if not m:
         raise ValueError(f"'{destination}' is not a head or MLP input")
     return int(m.group(1))

@@ -30,6 +30,7 @@ PREFIX_CHECK_LENGTH = 320
 POST_NORMS = ("ln1_post", "ln2_post")
 Init = Literal["pretrained", "random"]
 DeviceMap = Literal["auto"]
+KvGraph = Literal["grouped", "ungrouped"]
 # A hook sees the activation at its site and returns its replacement (None: keep it as it is).
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 Hook = tuple[Site, HookFn]
@@ -59,16 +60,23 @@ class AttentionWeights:
         """[batch, pos, n_heads, d_model] each head's term in the residual stream, z_h · W_O[h] (no bias)."""
         return torch.einsum("bphe,hed->bphd", z, self.output.to(z.dtype))
 
-    def project(self, kind: str, normed: torch.Tensor) -> torch.Tensor:
-        """[batch, pos, n_heads, d_head] queries / keys / values of each head from its own (normed)
-        input [batch, pos, n_heads, d_model]."""
+    def _for(self, kind: str, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projection for `heads` heads on the head axis: every query head's, or, with fewer
+        (grouped-query keys / values: one per group), each group's (its heads share one copy)."""
         w, b = self.projection(kind)
+        step = w.shape[0] // heads
+        return (w, b) if step == 1 else (w[::step], b[::step])
+
+    def project(self, kind: str, normed: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, heads, d_head] queries / keys / values of each head (or key-value group)
+        from its own (normed) input [batch, pos, heads, d_model]."""
+        w, b = self._for(kind, normed.shape[2])
         return torch.einsum("bphd,hde->bphe", normed, w.to(normed.dtype)) + b.to(normed.dtype)
 
     def project_back(self, kind: str, grad: torch.Tensor) -> torch.Tensor:
-        """[batch, pos, n_heads, d_model] a gradient at each head's queries / keys / values
-        [batch, pos, n_heads, d_head] taken back to that head's (normed) input."""
-        w, _ = self.projection(kind)
+        """[batch, pos, heads, d_model] a gradient at each head's (or key-value group's) queries /
+        keys / values [batch, pos, heads, d_head] taken back to its (normed) input."""
+        w, _ = self._for(kind, grad.shape[2])
         return torch.einsum("bphe,hde->bphd", grad.to(w.dtype), w)
 
 
@@ -91,6 +99,9 @@ class LoadedModel:
     device_map: DeviceMap | None = None  # "auto": accelerate spread the HF model over the devices
     init_seed: int | None = None  # the weights' seed under --init random (part of their identity)
     fingerprint: str = ""  # models/fingerprint.py: what identifies the weights beyond the name
+    # grouped-query attention: "ungrouped" computes keys and values per query head (models/ungrouped.py),
+    # so the component graph gives each query head its own k and v input (EAP-IG's, MIB's edge counts)
+    kv_graph: KvGraph = "grouped"
     _formats: list[BlockFormat] | None = field(default=None, repr=False)
     _attention: dict[int, AttentionWeights] = field(default_factory=dict, repr=False)
     _prefix_ok: bool | None = field(default=None, repr=False)
@@ -140,9 +151,13 @@ class LoadedModel:
         return self.has_site(mlp_out(0))
 
     def component_graph(self) -> ComponentGraph:
-        """Nodes (input, heads, MLPs, logits) and edges of this model's forward (models/graph.py)."""
+        """Nodes (input, heads, MLPs, logits) and edges of this model's forward (models/graph.py):
+        under grouped-query attention key and value inputs per group, unless the model was loaded
+        with kv_graph="ungrouped" (its keys and values then computed per query head)."""
+        kv = self.n_kv_heads
         return ComponentGraph(self.n_layers, self.n_heads, has_mlp=self.has_mlp,
-                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model)
+                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model,
+                              n_kv_heads=kv if kv != self.n_heads else None)
 
     def residual_support(self) -> str | None:
         """Why this model's node outputs do not enter the residual stream as one term each (None:
@@ -176,11 +191,9 @@ class LoadedModel:
         """Block `layer`'s attention weights per head (detached; see AttentionWeights)."""
         if layer not in self._attention:
             attn = self.bridge.blocks[layer].attn
-            per_group = self.n_heads // self.n_kv_heads
-
-            def heads(w: torch.Tensor) -> torch.Tensor:
+            def heads(w: torch.Tensor) -> torch.Tensor:  # a key-value head's weights repeated for its query heads
                 w = w.detach()
-                return w.repeat_interleave(per_group, dim=0) if w.shape[0] != self.n_heads else w
+                return w.repeat_interleave(self.n_heads // w.shape[0], dim=0) if w.shape[0] != self.n_heads else w
 
             def bias(b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
                 return torch.zeros(like.shape[0], like.shape[2], dtype=like.dtype, device=like.device) if b is None \

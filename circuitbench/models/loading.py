@@ -13,12 +13,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.models.fingerprint import weights_fingerprint
-from circuitbench.models.loaded import DeviceMap, LoadedModel
+from circuitbench.models.loaded import DeviceMap, KvGraph, LoadedModel
 from circuitbench.models.memory import check_fits
 from circuitbench.models.resolve import Init, ModelRef, resolve_device, resolve_model
 from circuitbench.models.tl_format import load_tl, load_tl_tokenizer, read_tl_config, read_tracr_record
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer, load_saved_tokenizer
 from circuitbench.models.toy import load_toy, read_checkpoint_meta
+from circuitbench.models.ungrouped import ungroup_key_values
 from circuitbench.prompts.encoding import Vocabulary
 from circuitbench.specs.catalog import model_registry
 
@@ -172,8 +173,12 @@ def load_model(
     device: str = "auto",
     seed: int = 0,
     device_map: DeviceMap | None = None,
+    kv_graph: KvGraph = "grouped",
 ) -> LoadedModel:
     """Load `name` behind a TransformerBridge; see resolve_model for what `name` may be.
+
+    `kv_graph="ungrouped"`: a grouped-query-attention model computes keys and values per query
+    head (models/ungrouped.py), so its component graph is EAP-IG's; toys have no grouped attention.
 
     `device_map="auto"` lets accelerate spread a HuggingFace model over the available devices
     (model parallel) before the bridge wraps it; toy models are small and ignore it."""
@@ -231,6 +236,8 @@ def load_model(
         raise CircuitbenchError(f"Model '{ref.name}' with --device-map {device_map}: the bridge cannot wrap the "
                                 f"placement accelerate chose ({e}). Try --dtype bfloat16, or more GPUs.") from None
     bridge.eval()
+    if kv_graph == "ungrouped":
+        ungroup_key_values(bridge, ref.name)
     if device_map:
         dev = torch.device(bridge.cfg.device)  # inputs go where the token embedding is
     vocab, unk = _vocabulary(tok, int(bridge.cfg.d_vocab))
@@ -238,7 +245,8 @@ def load_model(
     kept_revision = revision if init == "pretrained" and ref.kind != "local_hf" else None
     return LoadedModel(bridge, vocab, unk, ref.name, ref.location, kept_revision, init, dtype_name, n_params,
                        tok_source, dev, load_seconds=round(time.perf_counter() - t0, 3), device_map=device_map,
-                       init_seed=seed if init == "random" else None, fingerprint=weights_fingerprint(ref, init, seed))
+                       init_seed=seed if init == "random" else None, fingerprint=weights_fingerprint(ref, init, seed),
+                       kv_graph=kv_graph)
 
 
 def load_vocabulary(name: str, init: Init = "pretrained") -> tuple[Vocabulary, int | None, int, str]:

@@ -15,6 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from circuitbench.circuits.recovery import Reference, find_reference, load_reference
@@ -26,12 +27,13 @@ from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.loading import load_model
 from circuitbench.models.resolve import ModelRef, resolve_device, resolve_model
 from circuitbench.output_paths import inside
-from circuitbench.parallel import Processes, current_processes, launched_world_size
+from circuitbench.parallel import ONE_PROCESS, Processes, current_processes, launched_world_size
+from circuitbench.pipeline.executors import Computed, Executor, GridWork, LocalExecutor, UnitJob
 from circuitbench.pipeline.plan import announce
 from circuitbench.pipeline.unit import model_info, run_unit, task_info
 from circuitbench.progress import ProgressFn, no_progress
 from circuitbench.prompts.generate import generate_prompts, shortfall
-from circuitbench.registry import loaded_plugins
+from circuitbench.registry import load_plugins, loaded_plugins
 from circuitbench.results.schema import ErrorInfo, ModelInfo, PluginCode, RunInfo, RunResult
 from circuitbench.results.store import load_result, nonfinite_fields, save_result
 from circuitbench.scores.activation_cache import check_cache_dir, fingerprint_memo_dir
@@ -91,7 +93,7 @@ def expected_model(ref: ModelRef, options: RunOptions) -> ModelInfo:
     hub_revision = ref.spec.revision if ref.spec and options.init == "pretrained" and not shipped else None
     fingerprint = weights_fingerprint(ref, options.init, seed, memo_dir=fingerprint_memo_dir(options))
     return ModelInfo(name=ref.name, source=ref.location, revision=hub_revision, fingerprint=fingerprint,
-                     init=options.init, init_seed=seed if options.init == "random" else None,
+                     init=options.init, init_seed=seed if options.init == "random" else None, kv_graph=options.kv_graph,
                      dtype=ref.dtype(options.dtype))
 
 
@@ -143,7 +145,7 @@ def why_not_reusable(existing: RunResult | None, unit: Unit, expected: ModelInfo
     if existing.task.spec_hash != unit.spec.spec_hash():
         return f"the task spec changed (spec hash {existing.task.spec_hash} ≠ {unit.spec.spec_hash()})"
     stored = existing.model
-    for field in ("source", "fingerprint", "revision", "init", "init_seed", "dtype"):
+    for field in ("source", "fingerprint", "revision", "init", "init_seed", "dtype", "kv_graph"):
         if getattr(stored, field) != getattr(expected, field):
             was, now = getattr(stored, field), getattr(expected, field)
             return f"the stored result is of another model ({field} {was} ≠ {now})"
@@ -255,6 +257,7 @@ def run(
     progress: ProgressFn = no_progress,
     command: str | None = None,
     fail_on_error: bool = False,
+    executor: Executor | None = None,
 ) -> list[UnitOutcome]:
     """Run every (model, task) unit, writing `out/<model folder>/<task>.json` for each.
 
@@ -265,6 +268,8 @@ def run(
     (`fail_on_error`: the original exception is raised once its failed record is written).
     Ctrl-C or SIGTERM raise `Interrupted`, saying what finished. Under a launcher every process
     calls this; the prompts are split between them, and only the main process writes the files.
+    `executor` computes the pending units elsewhere (pipeline/executors.py, e.g. on Ray); this
+    process still writes every result and --resume reads the same store (default: in this process).
     """
     options = options or RunOptions()
     specs = task_specs(tasks, include_paths, options.overrides())
@@ -300,9 +305,9 @@ def run(
     check_cache_dir(options)
     grid = GridRun(options, options.execution(), processes, progress, command, fail_on_error)
     outcomes: list[UnitOutcome] = []
+    executor = executor or LocalExecutor()
     try:
-        for i, (model_arg, ref) in enumerate(zip(model_names, refs)):
-            _run_model_units(model_arg, ref, units_of[i], grid, outcomes)
+        executor.run(_grid_work(model_names, refs, units_of, grid, outcomes))
     except (KeyboardInterrupt, Interrupted) as stop:
         name, code = ("SIGINT", 130) if isinstance(stop, KeyboardInterrupt) else (stop.signal_name, stop.exit_code)
         done = [o for o in outcomes if not o.skipped]
@@ -310,14 +315,95 @@ def run(
         finished = (f"{len(done)} of {total} units written under {out}/" if done
                     else f"no unit finished (none written under {out}/)")
         raise Interrupted(name, code, f"{finished}; rerun the same command with --resume to continue") from None
+    if executor.name != "local":  # units end in any order elsewhere: listed in the grid's order
+        order = {unit.path: k for k, unit in enumerate(u for i in range(len(refs)) for u in units_of[i])}
+        outcomes.sort(key=lambda o: order[o.path])
     return outcomes
+
+
+def _grid_work(model_names: list[str], refs: list[ModelRef], units_of: dict[int, list[Unit]], grid: GridRun,
+               outcomes: list[UnitOutcome]) -> GridWork:
+    """The checked grid as an executor receives it (pipeline/executors.py)."""
+
+    def run_here() -> None:
+        for i, (model_arg, ref) in enumerate(zip(model_names, refs)):
+            _run_model_units(model_arg, ref, units_of[i], grid, outcomes)
+
+    def pending(device_type: str) -> list[UnitJob]:
+        return [UnitJob(model_arg, ref, unit.spec, unit.path)
+                for i, (model_arg, ref) in enumerate(zip(model_names, refs))
+                for unit in _pending_units(ref, units_of[i], grid, outcomes, device_type)]
+
+    def record(job: UnitJob, computed: Computed) -> None:
+        _record(job, computed, grid, outcomes)
+
+    settings = WorkerSettings(grid.options, grid.execution, grid.command, tuple(loaded_plugins()))
+    return GridWork(options=grid.options, world_size=grid.processes.world_size, run_here=run_here, pending=pending,
+                    compute=partial(compute_unit, settings), record=record, progress=grid.progress)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every unit of a grid computed by an executor elsewhere shares (picklable)."""
+
+    options: RunOptions
+    execution: ExecutionOptions
+    command: str | None
+    plugins: tuple[str, ...]  # loaded there too: the task's plugin generators, metrics, methods
+
+
+def compute_unit(settings: WorkerSettings, job: UnitJob) -> RunResult:
+    """One unit computed where an executor runs it (a Ray worker, maybe another machine): the model
+    loaded by its --model name, the unit run as a local run runs it, its result returned (a failure
+    recorded in it, not raised); nothing is written there."""
+    load_plugins(settings.plugins)
+    grid = GridRun(settings.options, settings.execution, ONE_PROCESS, no_progress, settings.command, False)
+    outcomes: list[UnitOutcome] = []
+    n_params = job.ref.spec.n_params if job.ref.spec is not None else None
+    with torch_threads(threads_for(n_params, settings.options.threads)):
+        _run_pending(job.model, job.ref, [Unit(job.spec, job.path)], grid, outcomes, save=False)
+    return outcomes[0].result
+
+
+def _record(job: UnitJob, computed: Computed, grid: GridRun, outcomes: list[UnitOutcome]) -> None:
+    """On the driver: a unit computed elsewhere written atomically and recorded, as a local one is."""
+    unit = Unit(job.spec, job.path)
+    if isinstance(computed, RunResult):
+        result = computed
+    else:  # no result came back (the worker could not load the task's code, a lost node, ...)
+        if not isinstance(computed, Exception):  # e.g. SystemExit inside a worker: still one failed unit
+            computed = RuntimeError(f"{type(computed).__name__}: {computed}")
+        result = failed_result(unit, job.ref, grid, computed, datetime.now(timezone.utc), 0.0)
+        result.run.overrides = grid.options.overrides().model_dump(exclude_none=True)
+        result.run.plugin_code = task_plugin_code(unit.spec)
+    if result.error is not None:
+        log.error("%s on %s failed (%s); the message is in the summary and in %s", unit.spec.name, job.ref.name,
+                  result.error.type, unit.path.name)
+    _save_or_keep(result, unit.path)
+    outcomes.append(UnitOutcome(job.ref.name, unit.spec.name, unit.path, result, False))
+    if result.error is not None and grid.fail_on_error:
+        if isinstance(computed, Exception):
+            raise computed
+        error = result.error
+        raise (CircuitbenchError(error.message) if error.user_error
+               else RuntimeError(f"{error.type}: {error.message}\n{error.traceback or ''}"))
 
 
 def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], grid: GridRun,
                      outcomes: list[UnitOutcome]) -> None:
     """Keep what --resume may keep, then load the model and run its pending units."""
+    device_type = resolve_device(_launch_device(grid.options, grid.processes)).type
+    pending = _pending_units(ref, units, grid, outcomes, device_type)
+    if pending:
+        n_params = ref.spec.n_params if ref.spec is not None else None
+        with torch_threads(threads_for(n_params, grid.options.threads)):
+            _run_pending(model_arg, ref, pending, grid, outcomes)
+
+
+def _pending_units(ref: ModelRef, units: list[Unit], grid: GridRun, outcomes: list[UnitOutcome],
+                   device_type: str) -> list[Unit]:
+    """The units to compute for results made on `device_type`; those --resume keeps are recorded as kept."""
     options, processes = grid.options, grid.processes
-    device_type = resolve_device(_launch_device(options, processes)).type
     expected = expected_model(ref, options)
 
     def reason(unit: Unit) -> str | None:
@@ -339,15 +425,13 @@ def _run_model_units(model_arg: str, ref: ModelRef, units: list[Unit], grid: Gri
         if options.resume and unit.path.exists() and why != "no readable result":
             log.warning("recomputing %s on %s: %s", unit.spec.name, ref.name, why)
         pending.append(unit)
-    if pending:
-        n_params = ref.spec.n_params if ref.spec is not None else None
-        with torch_threads(threads_for(n_params, options.threads)):
-            _run_pending(model_arg, ref, pending, grid, outcomes)
+    return pending
 
 
 def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridRun,
-                 outcomes: list[UnitOutcome]) -> None:
-    """Load one model and run its pending units; a failed load fails each of them."""
+                 outcomes: list[UnitOutcome], save: bool = True) -> None:
+    """Load one model and run its pending units; a failed load fails each of them (`save`: write
+    each result; an executor's worker leaves that to the driver)."""
     options, processes = grid.options, grid.processes
     log.info("loading model %s (%s)", ref.name, options.init)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
@@ -355,7 +439,7 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridR
     load_error: Exception | None = None
     try:
         model = load_model(model_arg, init=options.init, dtype=options.dtype, device=_launch_device(options, processes),
-                           seed=options.seed or 0, device_map=options.device_map)
+                           seed=options.seed or 0, device_map=options.device_map, kv_graph=options.kv_graph)
     except Exception as e:  # noqa: BLE001  (recorded per unit; Ctrl-C is no Exception and stops the grid)
         load_error = e
     if load_error is None and isinstance(model, LoadedModel) and ref.spec is None:  # size known only now
@@ -386,7 +470,7 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridR
             # said as it happens, briefly: the message itself is in the result and in the run's summary
             log.error("%s on %s failed (%s); the message is in the summary and in %s", unit.spec.name, ref.name,
                       result.error.type, unit.path.name)
-        if processes.is_main:
+        if processes.is_main and save:
             _save_or_keep(result, unit.path)
         outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))
         if error is not None and grid.fail_on_error:

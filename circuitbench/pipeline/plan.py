@@ -182,7 +182,7 @@ def plan_run(tasks: str | TaskSpec | list[str | TaskSpec], models: str | list[st
     units = []
     for name in [models] if isinstance(models, str) else list(models):
         model = load_model(name, init=options.init, dtype=options.dtype, device=options.device,
-                           seed=options.seed or 0, device_map=options.device_map)
+                           seed=options.seed or 0, device_map=options.device_map, kv_graph=options.kv_graph)
         with torch_threads(threads_for(model.n_params, options.threads)):
             units += [plan_unit(spec, model, execution) for spec in specs]
     return RunPlan(units=units)
@@ -238,4 +238,28 @@ def announce(spec: TaskSpec, model: LoadedModel, options: ExecutionOptions) -> U
     log.info(unit_line(plan))
     if (advice := advice_line(plan)) is not None:
         log.info(advice)
+    for line in memory_lines(spec, model, options, plan.batch_size):
+        log.info(line)
     return plan
+
+
+def memory_lines(spec: TaskSpec, model: LoadedModel, options: ExecutionOptions, batch_size: int) -> list[str]:
+    """One line per edge method of the unit: its memory plan under --max-memory (or the default from the
+    free memory), as scores/memory_plan.py picks it; a method the budget cannot hold says so (it will refuse)."""
+    from circuitbench.errors import CircuitbenchError
+    from circuitbench.scores.chunking import plan_for
+    from circuitbench.scores.memory_plan import PLANNED
+    from circuitbench.scores.methods.context import MethodContext
+
+    planned = [m for m in spec.methods if m in PLANNED]
+    if not planned:
+        return []
+    data = encode_task(spec, model.vocab, model.unk_id, model.n_ctx)
+    ctx = MethodContext(batch_size=batch_size, metric=spec.metric, memory_budget=options.max_memory)
+    lines = []
+    for method in planned:
+        try:
+            lines.append("memory " + plan_for(method, model, data, ctx).line(min(batch_size, len(data))))
+        except CircuitbenchError as e:
+            lines.append(f"memory {method}: {e}")
+    return lines

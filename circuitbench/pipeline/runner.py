@@ -77,7 +77,7 @@ def _in_memory(tasks: list[TaskArg], models: list[ModelArg], opts: RunOptions, i
                progress: ProgressFn, fail_on_error: bool) -> list[RunResult]:
     """Every unit computed in memory: no result file, no cache unless cache_dir was given."""
     specs = task_specs(tasks, include_paths, opts.overrides())
-    execution = ExecutionOptions(batch_size=opts.batch_size, threads=opts.threads,
+    execution = ExecutionOptions(batch_size=opts.batch_size, threads=opts.threads, max_memory=opts.max_memory,
                                  cache_dir=opts.cache_dir if opts.cache and opts.cache_dir else None)
     grid = GridRun(opts, execution, ONE_PROCESS, progress, None, fail_on_error)
     reference = load_reference(Path(opts.reference)) if opts.reference is not None else None
@@ -85,7 +85,7 @@ def _in_memory(tasks: list[TaskArg], models: list[ModelArg], opts: RunOptions, i
     for given in models:
         loaded = given if isinstance(given, LoadedModel) else load_model(
             given, init=opts.init, dtype=opts.dtype, device=opts.device, seed=opts.seed or 0,
-            device_map=opts.device_map)
+            device_map=opts.device_map, kv_graph=opts.kv_graph)
         with torch_threads(threads_for(loaded.n_params, opts.threads)):
             for spec in specs:
                 started, t0 = datetime.now(timezone.utc), time.perf_counter()

@@ -45,6 +45,7 @@ from circuitbench.circuits.recovery import (
 )
 from circuitbench.circuits.recovery_intervals import recovery_intervals
 from circuitbench.circuits.recovery_intervals import wanted as intervals_wanted
+from circuitbench.circuits.span_circuits import per_span_circuit, span_scores_info
 from circuitbench.circuits.stability import chosen_set_stability
 from circuitbench.environment import current_threads, git_commit, peak_memory_mb, run_versions, torch_threads
 from circuitbench.errors import CircuitbenchError
@@ -76,7 +77,7 @@ from circuitbench.scores.combination import COMBINATION
 from circuitbench.scores.edges import check_edges
 from circuitbench.scores.evaluation import SplitMetrics, evaluate, evaluate_report_splits, summarise
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
+from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput, SpanEdgeScores
 from circuitbench.scores.scoring import MethodRun, check_methods, run_methods
 from circuitbench.scores.visibility import invisible_nodes, visibility
 from circuitbench.specs.options import ExecutionOptions
@@ -104,7 +105,8 @@ def model_info(model: LoadedModel) -> ModelInfo:
     return ModelInfo(name=model.name, source=model.source, revision=model.revision, fingerprint=model.fingerprint,
                      init=model.init, init_seed=model.init_seed, dtype=model.dtype, n_layers=model.n_layers,
                      n_heads=model.n_heads, n_params=model.n_params, d_model=model.d_model, has_mlp=model.has_mlp,
-                     parallel_attn_mlp=model.parallel_attn_mlp, tokenizer=model.tokenizer_source)
+                     parallel_attn_mlp=model.parallel_attn_mlp, tokenizer=model.tokenizer_source,
+                     n_key_value_heads=model.component_graph().n_kv_heads, kv_graph=model.kv_graph)
 
 
 def choose_batch_size(options: ExecutionOptions, model: LoadedModel, data: EncodedPrompts,
@@ -153,7 +155,7 @@ def _run_unit(
         if not any(METHODS.get(m).produces == "edge_scores" for m in spec.methods):
             raise CircuitbenchError(f"Task '{spec.name}': circuit level edge needs an edge method among its methods "
                                     f"({', '.join(spec.methods) or 'none'}): add eap, eap_ig or edge_patching.")
-        check_edges(model, "An edge circuit", per_head_inputs=True)
+        check_edges(model, "An edge circuit")
     batch_size = choose_batch_size(options, model, data, processes)
 
     # The cache holds whole prompt sets; data-parallel processes see shards, so they bypass it (as does --no-cache).
@@ -167,8 +169,9 @@ def _run_unit(
     if by_split:
         by_split[spec.split] = SplitMetrics(n_prompts=len(data), metrics=metrics, metrics_stderr=stderr)
     method_run = MethodRun(batch_size, metric=spec.metric, method_options=spec.method_options, processes=processes,
-                           cache_entry=cache_entry, progress=progress)
+                           cache_entry=cache_entry, progress=progress, memory_budget=options.max_memory)
     outputs = run_methods(model, data, spec.methods, method_run)
+    span_scores = {m: o.span_edges for m, o in outputs.items() if o.span_edges is not None}  # the primary's
     method_costs = {m: o.cost for m, o in outputs.items() if o.cost is not None}  # before any combination
     ctx = MethodContext(batch_size=batch_size, metric=spec.metric, sum_shards=processes.sum, cache_entry=cache_entry,
                         gather_shards=lambda values: np.concatenate(processes.gather(values)))
@@ -184,8 +187,11 @@ def _run_unit(
     node_scores = {m: o.node_scores() for m, o in outputs.items() if o.nodes}
     edge_scores = {m: o.edges for m, o in outputs.items() if o.edges is not None}
     traces = {f"{m}/{key}": trace.model_dump() for m, o in outputs.items() for key, trace in (o.traces or {}).items()}
-    circuit = _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference, shares, runs[1:])
-    if circuit is not None and circuit.method is not None and spec.circuit is not None:
+    circuit = per_span_circuit(model, shard, span_scores, spec.circuit, ctx, shares, spec.seed) \
+        if spec.circuit is not None and spec.circuit.positions == "per_span" else \
+        _circuit(spec, model, shard, head_scores, node_scores, edge_scores, ctx, reference, shares, runs[1:])
+    if circuit is not None and circuit.method is not None and spec.circuit is not None and \
+            spec.circuit.positions == "all":  # per-span circuits: stability not measured yet
         circuit = with_stability(circuit, model, [data, *(run.data for run in runs[1:])], spec.circuit, method_run,
                                  spec.seed)
     agreement, warnings = method_agreement(spec, head_scores)
@@ -217,7 +223,7 @@ def _run_unit(
                 nodes=bool(recovered_nodes))
     for warning in warnings:
         log.warning("%s on %s: %s", spec.name, model.name, warning)
-    edge_infos = _edge_infos(spec, outputs)
+    edge_infos = _edge_infos(spec, outputs, span_scores)
 
     result = RunResult(
         status="complete",
@@ -301,7 +307,8 @@ def unknown_scores(spec: TaskSpec, shares: dict[str, float]) -> dict[str, list[s
     return {m: invisible for m in spec.methods if METHODS.get(m).aligns_positions and invisible}
 
 
-def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, EdgeScoresInfo]:
+def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput],
+                span_scores: dict[str, SpanEdgeScores]) -> dict[str, EdgeScoresInfo]:
     """Each edge method's entry in the result: its sidecar file's name (the store writes the file,
     RunResult.edge_files), what ran and its top edges."""
     infos = {}
@@ -311,7 +318,8 @@ def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput]) -> dict[str, E
         values = output.edges.as_dict()
         top = sorted(values, key=lambda e: -abs(values[e]))[:20]
         infos[method] = EdgeScoresInfo(file=f"{spec.name}.{method}.edges.json", n_edges=len(values),
-                                       settings=dict(output.settings), top=[(e, values[e]) for e in top])
+                                       settings=dict(output.settings), top=[(e, values[e]) for e in top],
+                                       **span_scores_info(span_scores.get(method)))
     return infos
 
 

@@ -10,8 +10,13 @@ A task that declares `aligned_counterfactual: false` keeps prompts whose corrupt
 another token length (or other named positions): clean and corrupted tokens still share one
 right-padded [n, pos] layout, `corrupted_lengths` holds the corrupted lengths, and a corrupted
 batch's END is its own last token. Only END is named on a corrupted prompt then; methods that
-patch clean and corrupted activations position by position are refused (see specs/registries.py,
+patch clean and corrupted activations position by position align them span by span instead
+(scores/alignment.py), or are refused when the prompts have no spans (see specs/registries.py,
 Method.aligns_positions).
+
+Spans (prompts/spans.py): every token of a text prompt carries the id of its span in
+`EncodedPrompts.span_names` (`spans`, `corrupted_spans`: [n, pos], -1 at padding); symbol prompts
+have none.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch
 from circuitbench.errors import CircuitbenchError
 from circuitbench.prompts.base import Prompt, PromptSet, excerpt
 from circuitbench.prompts.generate import generate_prompts
+from circuitbench.prompts.spans import shared_span_names, structure, token_span_names
 from circuitbench.specs.registries import GENERATORS
 from circuitbench.specs.task import TaskSpec
 
@@ -82,6 +88,11 @@ class Batch:
     # [batch] lengths of the corrupted prompts when they may differ from the clean ones
     # (aligned_counterfactual: false); None: the clean lengths and positions hold for both.
     corrupted_lengths: torch.Tensor | None = None
+    # [batch, pos] int64 span of every clean token (an index into EncodedPrompts.span_names), -1 at
+    # padding; None: the task has no spans (symbol prompts). prompts/spans.py names them.
+    spans: torch.Tensor | None = None
+    # [batch, pos] the same for the corrupted tokens (the very `spans` tensor when aligned).
+    corrupted_spans: torch.Tensor | None = None
 
     @property
     def target_tokens(self) -> torch.Tensor:
@@ -92,15 +103,19 @@ class Batch:
 
         Unaligned (corrupted_lengths given): the corrupted prompts' own lengths, END at their last
         token and no other named position; sequence losses score the corrupted tokens themselves
-        (a task with unaligned counterfactuals refuses sequence metrics)."""
+        (a task with unaligned counterfactuals refuses sequence metrics). Spans swap with the
+        tokens (and, unaligned, so do the lengths: corrupted_lengths holds the clean ones)."""
         assert self.corrupted is not None
         if self.corrupted_lengths is None:
             return Batch(self.corrupted, None, self.lengths, self.answer, self.distractor, self.positions,
-                         self.score_mask, targets=self.target_tokens)
+                         self.score_mask, targets=self.target_tokens, spans=self.corrupted_spans,
+                         corrupted_spans=self.spans)
         lengths = self.corrupted_lengths
         columns = torch.arange(self.corrupted.shape[1])[None, :]
+        # the clean prompts are this batch's counterfactuals now: their lengths, their spans
         return Batch(self.corrupted, None, lengths, self.answer, self.distractor, {"END": lengths - 1},
-                     (columns >= 1) & (columns < lengths[:, None]))
+                     (columns >= 1) & (columns < lengths[:, None]), corrupted_lengths=self.lengths,
+                     spans=self.corrupted_spans, corrupted_spans=self.spans)
 
     @property
     def end(self) -> torch.Tensor:
@@ -109,24 +124,32 @@ class Batch:
     def select(self, rows: torch.Tensor) -> "Batch":
         """The prompts at `rows` (indices or a bool mask), trimmed to their own longest prompt."""
         lengths = self.lengths[rows]
+        corrupted_lengths = None if self.corrupted_lengths is None else self.corrupted_lengths[rows]
         width = int(lengths.max()) if len(lengths) else 0
+        if corrupted_lengths is not None and len(corrupted_lengths):  # an unaligned counterfactual may be longer
+            width = max(width, int(corrupted_lengths.max()))
         cut = lambda t: t[rows][:, :width]  # noqa: E731
+        opt = lambda t: None if t is None else cut(t)  # noqa: E731
         return Batch(
-            tokens=cut(self.tokens), corrupted=None if self.corrupted is None else cut(self.corrupted),
+            tokens=cut(self.tokens), corrupted=opt(self.corrupted),
             lengths=lengths, answer=self.answer[rows], distractor=self.distractor[rows],
             positions={k: v[rows] for k, v in self.positions.items()}, score_mask=cut(self.score_mask),
-            targets=None if self.targets is None else cut(self.targets),
+            targets=opt(self.targets), corrupted_lengths=corrupted_lengths,
+            spans=opt(self.spans), corrupted_spans=opt(self.corrupted_spans),
         )
 
     def suffix(self, rows: torch.Tensor, start: int) -> "Batch":
         """The prompts at `rows` from position `start` on, positions renumbered (lengths and named
         positions less `start`): what a forward resuming after a shared prefix of `start` tokens sees."""
         cut = lambda t: t[rows][:, start:]  # noqa: E731
+        opt = lambda t: None if t is None else cut(t)  # noqa: E731
         return Batch(
-            tokens=cut(self.tokens), corrupted=None if self.corrupted is None else cut(self.corrupted),
+            tokens=cut(self.tokens), corrupted=opt(self.corrupted),
             lengths=self.lengths[rows] - start, answer=self.answer[rows], distractor=self.distractor[rows],
             positions={k: v[rows] - start for k, v in self.positions.items()}, score_mask=cut(self.score_mask),
-            targets=None if self.targets is None else cut(self.targets),
+            targets=opt(self.targets),
+            corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[rows] - start,
+            spans=opt(self.spans), corrupted_spans=opt(self.corrupted_spans),
         )
 
     def first_difference(self) -> torch.Tensor:
@@ -145,6 +168,8 @@ class Batch:
             positions={k: rep(v) for k, v in self.positions.items()}, score_mask=rep(self.score_mask),
             targets=None if self.targets is None else rep(self.targets),
             corrupted_lengths=None if self.corrupted_lengths is None else rep(self.corrupted_lengths),
+            spans=None if self.spans is None else rep(self.spans),
+            corrupted_spans=None if self.corrupted_spans is None else rep(self.corrupted_spans),
         )
 
     def __len__(self) -> int:
@@ -175,6 +200,10 @@ class EncodedPrompts:
     def full_set(self) -> "EncodedPrompts":
         return self if self.whole is None else self.whole
     corrupted_lengths: torch.Tensor | None = None  # [n] when counterfactuals may have other lengths (unaligned)
+    # The task's spans in prompt order, one tuple for the whole set (prompts/spans.py); () without spans.
+    span_names: tuple[str, ...] = ()
+    spans: torch.Tensor | None = None  # [n, pos] int64 index into span_names of every clean token, -1 at padding
+    corrupted_spans: torch.Tensor | None = None  # [n, pos] the same for the corrupted tokens (`spans` when aligned)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -197,6 +226,8 @@ class EncodedPrompts:
             positions={k: v[start:stop] for k, v in self.positions.items()},
             score_mask=self.score_mask[start:stop, :width],
             corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[start:stop],
+            spans=None if self.spans is None else self.spans[start:stop, :width],
+            corrupted_spans=None if self.corrupted_spans is None else self.corrupted_spans[start:stop, :width],
         )
 
     def batches(self, batch_size: int) -> list[Batch]:
@@ -204,7 +235,7 @@ class EncodedPrompts:
 
     def without_corrupted(self) -> "EncodedPrompts":
         """The same prompts with no counterfactuals (metrics on clean prompts only)."""
-        return replace(self, corrupted=None, corrupted_lengths=None)
+        return replace(self, corrupted=None, corrupted_lengths=None, corrupted_spans=None)
 
     def subset(self, start: int, stop: int) -> "EncodedPrompts":
         """Prompts start..stop-1 as a shard of this set: the padded width, drop report and prompt
@@ -224,6 +255,9 @@ class EncodedPrompts:
             whole=self.full_set,
             offset=self.offset + start,
             corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[start:stop],
+            span_names=self.span_names,
+            spans=None if self.spans is None else self.spans[start:stop],
+            corrupted_spans=None if self.corrupted_spans is None else self.corrupted_spans[start:stop],
         )
 
 
@@ -249,6 +283,9 @@ class EncodedPrompts:
             report=self.report,
             prompt_hash=digest,
             corrupted_lengths=None if self.corrupted_lengths is None else self.corrupted_lengths[index],
+            span_names=self.span_names,
+            spans=None if self.spans is None else self.spans[index],
+            corrupted_spans=None if self.corrupted_spans is None else self.corrupted_spans[index],
         )
 
 
@@ -264,13 +301,18 @@ def _single_token(vocab: Vocabulary, text: str, what: str) -> int:
     return ids[0]
 
 
-def _encode_segments(vocab: Vocabulary, prompt: Prompt, corrupted: bool) -> tuple[list[int], dict[str, int]]:
+def _encode_segments(vocab: Vocabulary, prompt: Prompt,
+                     corrupted: bool) -> tuple[list[int], dict[str, int], list[str]]:
+    """(ids, named positions, the span name of every token: prompts/spans.py)."""
     segments = prompt.corrupted_segments if corrupted else prompt.segments
     assert segments is not None
     ids: list[int] = [] if vocab.bos_id is None else [vocab.bos_id]
     positions: dict[str, int] = {}
+    counts: list[int] = []
     for seg in segments:
-        ids.extend(vocab.tokenizer.encode(seg.text, add_special_tokens=False))
+        part = vocab.tokenizer.encode(seg.text, add_special_tokens=False)
+        ids.extend(part)
+        counts.append(len(part))
         if seg.label is not None:
             positions[seg.label] = len(ids) - 1
     whole = vocab.tokenizer.encode("".join(s.text for s in segments), add_special_tokens=False)
@@ -278,7 +320,7 @@ def _encode_segments(vocab: Vocabulary, prompt: Prompt, corrupted: bool) -> tupl
     if ids[offset:] != whole:
         # Segment-wise tokenization must equal the real one, or named positions would lie.
         raise _Drop("segments tokenize differently from the whole prompt")
-    return ids, positions
+    return ids, positions, token_span_names(vocab.bos_id is not None, [s.label for s in segments], counts)
 
 
 def _encode_symbols(vocab: Vocabulary, symbols: list[int], named: dict[str, int]) -> tuple[list[int], dict[str, int]]:
@@ -303,34 +345,48 @@ class _Row:
     distractor: int
     positions: dict[str, int]
     score_from: int  # sequence losses score the tokens from here on
+    span_names: list[str] | None = None  # per token (None: symbol prompts, no spans)
+    corrupted_span_names: list[str] | None = None
 
 
-def _prompt_ids(vocab: Vocabulary, prompt: Prompt,
-                aligned: bool = True) -> tuple[list[int], list[int] | None, dict[str, int]]:
-    """(clean ids, corrupted ids, named positions); raises _Drop when they do not line up (and
-    must: `aligned`)."""
+@dataclass
+class _Encoded:
+    """One prompt's clean and corrupted ids, named positions and per-token span names."""
+
+    ids: list[int]
+    corrupted_ids: list[int] | None
+    positions: dict[str, int]
+    span_names: list[str] | None = None
+    corrupted_span_names: list[str] | None = None
+
+
+def _prompt_ids(vocab: Vocabulary, prompt: Prompt, aligned: bool = True) -> _Encoded:
+    """The prompt's ids, named positions and spans; raises _Drop when clean and corrupted do not
+    line up (and must: `aligned`)."""
     if prompt.symbols is not None:
         ids, pos = _encode_symbols(vocab, prompt.symbols, prompt.symbol_positions)
         if prompt.corrupted_symbols is None:
-            return ids, None, pos
-        return ids, _encode_symbols(vocab, prompt.corrupted_symbols, prompt.symbol_positions)[0], pos
-    ids, pos = _encode_segments(vocab, prompt, corrupted=False)
+            return _Encoded(ids, None, pos)
+        return _Encoded(ids, _encode_symbols(vocab, prompt.corrupted_symbols, prompt.symbol_positions)[0], pos)
+    ids, pos, spans = _encode_segments(vocab, prompt, corrupted=False)
     if prompt.corrupted_segments is None:
-        return ids, None, pos
-    cids, cpos = _encode_segments(vocab, prompt, corrupted=True)
+        return _Encoded(ids, None, pos, spans)
+    cids, cpos, cspans = _encode_segments(vocab, prompt, corrupted=True)
     if not aligned:
-        return ids, cids, pos
+        return _Encoded(ids, cids, pos, spans, cspans)
     if len(cids) != len(ids):
         raise _Drop("clean and corrupted prompts differ in token length")
     # A corrupted prompt without labels (a data file's, by default) shares the clean positions.
     if cpos and cpos != pos:
         raise _Drop("named positions of the clean and corrupted prompts differ")
-    return ids, cids, pos
+    # Aligned: token i of the counterfactual stands in for token i of the clean prompt, spans included.
+    return _Encoded(ids, cids, pos, spans, spans)
 
 
 def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int, unk_id: int | None,
                 aligned: bool = True) -> _Row:
-    ids, cids, pos = _prompt_ids(vocab, prompt, aligned)
+    encoded = _prompt_ids(vocab, prompt, aligned)
+    ids, cids, pos = encoded.ids, encoded.corrupted_ids, encoded.positions
     if unk_id is not None and (unk_id in ids or (cids is not None and unk_id in cids)):
         raise _Drop("prompt has tokens outside the model's vocabulary")
     if max(len(ids), len(cids or [])) > n_ctx:
@@ -346,7 +402,8 @@ def _encode_row(vocab: Vocabulary, prompt: Prompt, has_answer: bool, n_ctx: int,
     pos["END"] = len(ids) - 1
     # Sequence losses score the tokens strictly after `score_from` (default: after BOS).
     score_from = pos[prompt.score_from] + 1 if prompt.score_from else 1
-    return _Row(prompt.text, ids, cids, answer, distractor, pos, score_from)
+    return _Row(prompt.text, ids, cids, answer, distractor, pos, score_from, encoded.span_names,
+                encoded.corrupted_span_names)
 
 
 def _check_drops(report: DropReport, task: str, max_drop_fraction: float) -> None:
@@ -401,6 +458,7 @@ def encode_prompts(
         score_mask[i, row.score_from : len(row.ids)] = True
         for name in names:
             positions[name][i] = row.positions[name]
+    span_names, spans, corrupted_spans = _span_tensors(rows, width, corrupted is not None, aligned)
     return EncodedPrompts(
         texts=[r.text for r in rows],
         tokens=tokens,
@@ -415,7 +473,33 @@ def encode_prompts(
         prompt_hash=hashlib.sha256(prompt_set.model_dump_json().encode()).hexdigest()[:16],
         corrupted_lengths=None if aligned or corrupted is None else torch.tensor([len(r.corrupted_ids or [])
                                                                                   for r in rows]),
+        span_names=span_names,
+        spans=spans,
+        corrupted_spans=corrupted_spans,
     )
+
+
+def _span_tensors(rows: list[_Row], width: int, has_corrupted: bool,
+                  aligned: bool) -> tuple[tuple[str, ...], torch.Tensor | None, torch.Tensor | None]:
+    """(the set's span names, [n, width] clean and corrupted span ids, -1 at padding): no spans
+    unless every prompt has them (symbol prompts have none)."""
+    if any(r.span_names is None for r in rows):
+        return (), None, None
+    both = [r.span_names for r in rows] + ([r.corrupted_span_names for r in rows] if has_corrupted else [])
+    names = shared_span_names(structure(s) for s in both if s is not None)
+    index = {name: i for i, name in enumerate(names)}
+
+    def ids_of(per_row: list[list[str] | None]) -> torch.Tensor:
+        out = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, row_names in enumerate(per_row):
+            if row_names:
+                out[i, : len(row_names)] = torch.tensor([index[n] for n in row_names])
+        return out
+
+    spans = ids_of([r.span_names for r in rows])
+    if not has_corrupted:
+        return names, spans, None
+    return names, spans, spans if aligned else ids_of([r.corrupted_span_names for r in rows])
 
 
 def encode_task(spec: TaskSpec, vocab: Vocabulary, unk_id: int | None, n_ctx: int,

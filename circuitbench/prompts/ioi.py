@@ -10,7 +10,13 @@ IO, S1, S2 (the subject's two mentions) and END. Counterfactual (`counterfactual
   *which* name is the indirect object, not just that names are there.
 
 Both keep every position in place (IO, S1, S2 name the same slots), and the clean prompts of a
-seed are the same for either."""
+seed are the same for either.
+
+`corrupted_names` (abc only): the pool the three unrelated names are drawn from instead of `names`
+(a local RNG per prompt: the clean prompts stay the same). Names that tokenize to other lengths
+("Bartholomew" is three GPT-2 tokens) give counterfactuals of another length: with
+`aligned_counterfactual: false` they are kept and patched span by span (prompts/spans.py,
+scores/alignment.py); otherwise such prompts are dropped and counted."""
 from __future__ import annotations
 
 import random
@@ -53,6 +59,11 @@ class IOIParams(GeneratorParams):
     orders: list[Literal["ABBA", "BABA"]] = Field(default_factory=lambda: ["ABBA", "BABA"], min_length=1)
     counterfactual: Literal["abc", "swapped_names"] = Field(
         "abc", description="abc: three unrelated names; swapped_names: IO and S exchanged everywhere")
+    # Left out of the dump (and so of every hash) when not given: IOI tasks hash as they did.
+    corrupted_names: list[str] | None = Field(
+        None, min_length=5, exclude_if=lambda names: names is None,
+        description="abc: draw the three unrelated names from this pool (default: names); names of another token "
+        "length make counterfactuals of another length (keep them with aligned_counterfactual: false)")
 
     @field_validator("templates")
     @classmethod
@@ -72,6 +83,12 @@ class IOIParams(GeneratorParams):
     def _distinct_names(self) -> "IOIParams":
         if len(set(self.names)) != len(self.names):
             raise ValueError("names must be distinct")
+        if self.corrupted_names is not None:
+            if len(set(self.corrupted_names)) != len(self.corrupted_names):
+                raise ValueError("corrupted_names must be distinct")
+            if self.counterfactual != "abc":
+                raise ValueError(f"corrupted_names is the pool of the abc counterfactual; counterfactual is "
+                                 f"'{self.counterfactual}': remove corrupted_names or use counterfactual: abc")
         return self
 
 
@@ -103,6 +120,10 @@ def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]
         a, b = (io, s) if order == "ABBA" else (s, io)
         labels = {"A": "IO" if order == "ABBA" else "S1", "B": "S1" if order == "ABBA" else "IO", "S": "S2"}
         clean = _segments(template, {"A": a, "B": b, "S": s, "PLACE": place, "OBJECT": obj}, labels)
+        key = f"{t_index}|{order}|{io}|{s}|{place}|{obj}"
+        if params.corrupted_names is not None:  # its own RNG: the clean prompts do not change
+            pool = [n for n in params.corrupted_names if n not in (io, s)]
+            c1, c2, c3 = random.Random(f"ioi-corrupted:{key}").sample(pool, 3)
         other = {"A": c1, "B": c2, "S": c3} if params.counterfactual == "abc" else {"A": b, "B": a, "S": io}
         corrupted = _segments(template, {**other, "PLACE": place, "OBJECT": obj}, labels)
         return Prompt(
@@ -110,7 +131,7 @@ def generate(params: IOIParams, n: int, seed: int, split: Split) -> list[Prompt]
             corrupted_segments=corrupted,
             answer=f" {io}",
             distractor=f" {s}",
-            split_key=f"{t_index}|{order}|{io}|{s}|{place}|{obj}",
+            split_key=key,
             meta={"template": t_index, "order": order},
         )
 

@@ -14,7 +14,7 @@ import numpy as np
 from circuitbench.circuits.graph_files import UNITS, graph_json
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
-from circuitbench.models.graph import ComponentGraph, node_of
+from circuitbench.models.graph import ComponentGraph
 from circuitbench.output_paths import EXPORTED_BY, check_output_file, is_exported_graph
 from circuitbench.results.edge_score_meaning import score_meaning
 from circuitbench.results.schema import RunResult
@@ -28,7 +28,17 @@ def result_graph(result: RunResult) -> ComponentGraph:
     has_mlp = m.has_mlp if m.has_mlp is not None else any(k.startswith("m") for s in result.node_scores.values()
                                                           for k in s)
     return ComponentGraph(m.n_layers, m.n_heads, has_mlp=has_mlp, parallel_attn_mlp=bool(m.parallel_attn_mlp),
-                          d_model=m.d_model)
+                          d_model=m.d_model, n_kv_heads=m.n_key_value_heads)
+
+
+def check_ungrouped(graph: ComponentGraph, result: RunResult, fmt: str) -> None:
+    """Refuse to write a grouped graph (key and value inputs per key-value group) in a format whose
+    graphs give every query head its own (EAP-IG / MIB, auto-circuit, Edge Pruning)."""
+    if graph.grouped:
+        raise CircuitbenchError(
+            f"{result.model.name}: {fmt} files give every query head its own key and value input, and this result's "
+            f"edges enter {graph.n_kv_heads} key-value groups per block (grouped-query attention). Run it again with "
+            "--kv-graph ungrouped (EAP-IG's and MIB's graph) to export it in this format.")
 
 
 def export_mib(result: RunResult, method: str | None = None) -> dict:
@@ -36,6 +46,7 @@ def export_mib(result: RunResult, method: str | None = None) -> dict:
     the circuit came from it, its circuit)."""
     c = result.circuit
     graph = result_graph(result)
+    check_ungrouped(graph, result, "MIB (EAP-IG)")
     meta = {"task": result.task.name, "model": result.model.name, "metric": result.task.main_metric, "units": UNITS,
             "label": f"{result.model.name}/{result.task.name}"}
     edge_method = method or (c.method if c is not None and c.level == "edge" else None)
@@ -56,7 +67,7 @@ def export_mib(result: RunResult, method: str | None = None) -> dict:
         {f"m{l}" for l in c.mlps}
     keep = np.zeros(graph.real_edges.shape, dtype=bool)
     for j, dst in enumerate(graph.destinations):
-        if node_of(dst) in nodes:
+        if any(node in nodes for node in graph.destination_nodes(dst)) or dst == "logits":
             for i in range(graph.n_upstream(dst)):
                 keep[i, j] = graph.sources[i] in nodes
     pruned, _ = graph.prune(keep)

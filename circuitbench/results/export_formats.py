@@ -67,18 +67,21 @@ def write_foreign_export(result_path: Path, out: Path, fmt: str, method: str | N
     check_output_file(sidecar_path(out), "--out (its sidecar)", force=force, ours=_is_our_sidecar, inputs=inputs,
                       what="the sidecar of a file `circuitbench circuit export` wrote")
     chosen = edge_method_of(result, method)
+    from circuitbench.results.export import check_ungrouped, result_graph
+
     if fmt == "auto-circuit":
         from circuitbench.circuits.autocircuit_files import write_prune_scores
 
         meaning = score_meaning(result, chosen)  # first: names the edge methods the result has
         edges = result.edge_score_arrays()[chosen]
+        check_ungrouped(edges.graph, result, "auto-circuit")
         write_prune_scores(out, edges, meaning, EXPORTED_BY)
         return f"wrote {out}: auto-circuit prune scores of {chosen} over {edges.graph.n_edges} edges " \
                f"(meaning in {sidecar_path(out).name})"
     from circuitbench.circuits.edge_pruning_files import write_edge_pruning
-    from circuitbench.results.export import result_graph
 
     c = result.circuit
+    check_ungrouped(result_graph(result), result, "Edge Pruning")
     if c is None or c.level != "edge" or c.method != chosen:
         raise CircuitbenchError(f"{result_path}: no edge circuit of {chosen} (Edge Pruning's file holds a circuit, "
                                 "not scores). Run the task with --circuit-level edge"

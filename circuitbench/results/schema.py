@@ -67,6 +67,12 @@ class ModelInfo(_Strict):
     d_model: int | None = Field(None, description="residual stream width")
     has_mlp: bool | None = Field(None, description="whether its blocks have MLPs (attention-only toys do not)")
     parallel_attn_mlp: bool | None = Field(None, description="whether each MLP reads the block input (GPT-NeoX)")
+    n_key_value_heads: int | None = Field(
+        None, description="grouped-query attention, grouped graph: the key-value groups whose key and value inputs "
+        "are the graph's (None: one per head)")
+    kv_graph: Literal["grouped", "ungrouped"] = Field(
+        "grouped", exclude_if=lambda kv: kv == "grouped",
+        description="ungrouped: a grouped-query model's keys and values computed per query head (--kv-graph)")
     tokenizer: str | None = Field(None, description="where the tokenizer came from")
 
     @property
@@ -124,6 +130,11 @@ class EdgeScoresInfo(_Strict):
     n_edges: int = Field(description="edges scored (every edge of the component graph)")
     settings: dict[str, object] = Field(default_factory=dict, description="what ran (variant, steps, step points …)")
     top: list[tuple[str, float]] = Field(default_factory=list, description="the 20 edges of largest |score|")
+    spans: list[str] | None = Field(None, exclude_if=lambda spans: spans is None,
+                                    description="positions: per_span: the spans the edges were also scored per")
+    top_spans: list[tuple[str, float]] = Field(
+        default_factory=list, exclude_if=lambda top: not top,
+        description="positions: per_span: the 20 (edge, span) pairs of largest |score|, named 'u->v@SPAN'")
 
 
 class ReferenceInfo(_Strict):
@@ -262,6 +273,7 @@ class RunResult(_Strict):
             info = self.edge_scores[method]
             chosen = circuit.edges if circuit is not None and circuit.level == "edge" and circuit.method == method \
                 else []
+            chosen = list(dict.fromkeys(e.split("@")[0] for e in chosen))  # a per-span circuit: its edges
             files[info.file] = graph_json(scores.graph, scores.as_dict(), chosen, meta={
                 "method": method, "settings": info.settings, "task": self.task.name, "model": self.model.name,
                 "metric": self.task.main_metric, "units": UNITS})

@@ -10,6 +10,7 @@ from circuitbench.scores.methods.options import (
     AttentionToOptions,
     AttributionOptions,
     EapIgOptions,
+    EapOptions,
     EdgePatchingOptions,
     EdgePruningOptions,
     IfrOptions,
@@ -77,7 +78,8 @@ method("causal_tracing", cost=f"{_COSTS}:causal_tracing_cost",
 # Edge methods: scores of every edge of the component graph, written to a sidecar file (edge_scores).
 method("eap", cost=f"{_COSTS}:gradient_cost",
        description="edge attribution patching: −Δa_u · ∂m/∂x_v for every edge u -> v",
-       needs_corrupted=True, aligns_positions=True, shardable=True, produces="edge_scores")(f"{_METHODS}.edges:eap")
+       options=EapOptions, needs_corrupted=True, aligns_positions=True, shardable=True,
+       produces="edge_scores")(f"{_METHODS}.edges:eap")
 method("eap_ig", cost=f"{_COSTS}:eap_ig_cost",
        description="EAP with integrated gradients (inputs or activations, k/m step points)",
        options=EapIgOptions, needs_corrupted=True, aligns_positions=True, shardable=True,

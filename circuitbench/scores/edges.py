@@ -19,13 +19,13 @@ edges non-linear.
 - Exact patching (`patched_edge_metrics`): the batch re-run from the destination's block once per
   edge (copies stacked on the batch axis): the patched input goes into the head's query, key or
   value projection (the block's norm applied to it), and every other head of that block keeps its
-  unpatched output, so only head h reads the patched input (in grouped-query attention too: the
-  group's other heads keep theirs).
+  unpatched output, so only the input's readers see it: head h, or under grouped-query attention
+  every head of the key-value group whose key or value input it is.
 - Circuit forward (`circuit_metric`): every edge outside a circuit carries the counterfactual
   (or mean, or zero) output of its source, every edge inside it the source's output in this very
-  run: each head's queries, keys and values are rebuilt from its own input with the block's norm
-  and its projection weights (as split q/k/v inputs do in TransformerLens), which grouped-query
-  attention cannot take (each query head would need its own keys) and is refused. `masked_logits`
+  run: each head's queries, and each key-value group's keys and values (each head's, in an
+  ungrouped graph), are rebuilt from its own input with the block's norm and its projection
+  weights (as split q/k/v inputs do in TransformerLens). `masked_logits`
   runs it under a soft mask in [0, 1] per edge, differentiably (edge_pruning trains one).
 """
 from __future__ import annotations
@@ -41,18 +41,21 @@ from circuitbench.models.graph import ComponentGraph
 from circuitbench.models.hooks import Site
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch
-from circuitbench.scores.interventions import BaseRun, end_only_logits, metric_per_copy, oriented_metric
+from circuitbench.scores.interventions import (
+    BaseRun,
+    changed_suffix_groups,
+    end_only_logits,
+    metric_per_copy,
+    oriented_metric,
+)
 from circuitbench.scores.methods.context import MethodContext
 
 QKV = ("q", "k", "v")
 
 
-def check_edges(model: LoadedModel, what: str, per_head_inputs: bool) -> None:
+def check_edges(model: LoadedModel, what: str) -> None:
     """Refuse edge computations this model cannot run (before any compute)."""
     reason = model.edge_support()
-    if reason is None and per_head_inputs and model.n_kv_heads != model.n_heads:
-        reason = (f"it uses grouped-query attention ({model.n_heads} query heads share {model.n_kv_heads} key-value "
-                  "heads), and each query head would need keys and values of its own; edge_patching runs on it")
     if reason is not None:
         raise CircuitbenchError(f"{what} cannot run on '{model.name}': {reason}.")
 
@@ -72,23 +75,34 @@ def node_outputs(model: LoadedModel, run: BaseRun) -> torch.Tensor:
     return torch.cat(parts, 2)
 
 
-def output_deltas(model: LoadedModel, clean: BaseRun, corrupt: BaseRun, valid: torch.Tensor) -> torch.Tensor:
+def output_deltas(model: LoadedModel, clean: BaseRun, corrupt: BaseRun, valid: torch.Tensor,
+                  sources: slice | None = None) -> torch.Tensor:
     """[n_sources, batch, pos, d_model] every source's counterfactual minus clean output, 0 where
     `valid` [batch, pos] is 0 (padding). Source-major, so each source's slice is contiguous: the
     edge-score contraction is then one matrix product per block with no copy of this (large:
-    ~280 MB for GPT-2 small at 32 × 18 tokens) tensor, and exact patching reads one slice per edge."""
+    ~280 MB for GPT-2 small at 32 × 18 tokens) tensor, and exact patching reads one slice per edge.
+    `sources` (a step-1 slice of the graph's sources): only those rows, [len, batch, pos, d_model]
+    (scores/chunking.py bounds memory with it)."""
     first = clean.resid[0]
-    out = first.new_empty((len(model.component_graph().sources), *first.shape))
+    start, stop, _ = (sources or slice(None)).indices(len(model.component_graph().sources))
+    out = first.new_empty((max(stop - start, 0), *first.shape))
     mask = valid[:, :, None].to(out.dtype)
-    out[0] = (corrupt.resid[0] - clean.resid[0]) * mask
+
+    def put(row: int, count: int, value: Callable[[], torch.Tensor]) -> None:
+        """Rows row..row+count of the full layout, those inside the slice, computed only when needed."""
+        lo, hi = max(row, start), min(row + count, stop)
+        if lo < hi:
+            out[lo - start:hi - start] = value()[lo - row:hi - row]
+
+    put(0, 1, lambda: ((corrupt.resid[0] - clean.resid[0]) * mask)[None])
     row = 1
     for layer in range(model.n_layers):
         # a head's output is linear in z (no bias), so the difference of outputs is the output of the difference
-        heads = model.attention_weights(layer).head_results(corrupt.z[layer] - clean.z[layer])
-        out[row:row + model.n_heads] = (heads * mask[:, :, None]).permute(2, 0, 1, 3)
+        put(row, model.n_heads, lambda _l=layer: (model.attention_weights(_l).head_results(
+            corrupt.z[_l] - clean.z[_l]) * mask[:, :, None]).permute(2, 0, 1, 3))
         row += model.n_heads
         if clean.mlp is not None and corrupt.mlp is not None:
-            out[row] = (corrupt.mlp[layer] - clean.mlp[layer]) * mask
+            put(row, 1, lambda _l=layer: ((corrupt.mlp[_l] - clean.mlp[_l]) * mask)[None])
             row += 1
     return out
 
@@ -168,8 +182,9 @@ def _norm_vjp(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, gra
 
 
 def layer_input_gradients(model: LoadedModel, grads: InputGradients, layer: int) -> torch.Tensor:
-    """[3·n_heads (+1), batch, pos, d_model] ∂m/∂x_v for block `layer`'s destinations, in the
-    graph's order (every head's q input, then k, then v, then the MLP's input). Destination-major,
+    """[per_block, batch, pos, d_model] ∂m/∂x_v for block `layer`'s destinations, in the graph's
+    order (every head's q input, then k, then v — per key-value group under grouped-query attention,
+    whose keys and values come per group — then the MLP's input). Destination-major,
     so `accumulate_edge_scores` contracts it against the source-major deltas without a copy."""
     w = model.attention_weights(layer)
     post = torch.cat([w.project_back(kind, g[layer]).permute(2, 0, 1, 3)
@@ -197,32 +212,37 @@ class DestinationGradients:
     def add(self, model: LoadedModel, grads: InputGradients, weight: float = 1.0) -> None:
         """self += weight · (grads assembled per destination). The scores are linear in ∂m/∂x_v,
         so summing these first lets the steps share one contraction with the source outputs."""
-        layers = [weight * layer_input_gradients(model, grads, l) for l in range(model.n_layers)]
         if not self.per_layer:
-            self.per_layer, self.final = layers, weight * grads.final
+            self.per_layer = [weight * layer_input_gradients(model, grads, l) for l in range(model.n_layers)]
+            self.final = weight * grads.final
             return
-        for acc, g in zip(self.per_layer, layers):
-            acc += g
+        for l, acc in enumerate(self.per_layer):  # one block's assembly alive at a time (bounded memory)
+            acc += weight * layer_input_gradients(model, grads, l)
         self.final = self.final + weight * grads.final
 
 
 def accumulate_edge_scores(model: LoadedModel, graph: ComponentGraph, delta: torch.Tensor,
                            grads: InputGradients | DestinationGradients, scores: torch.Tensor,
-                           weight: float = 1.0) -> None:
+                           weight: float = 1.0, first_source: int = 0) -> None:
     """scores[u, v] += weight · Σ_{batch, pos} delta[u] · ∂m/∂x_v, block by block (only the sources
     upstream of each block are multiplied). `delta` is source-major (`output_deltas`): each block is
     one [upstream, batch·pos·d] × [batch·pos·d, destinations] product in the model's dtype (EAP-IG's
-    einsum precision; the sum over batches is kept in float64)."""
-    per_layer = 3 * model.n_heads + int(model.has_mlp)
+    einsum precision; the sum over batches is kept in float64). `delta` may hold a slice of the
+    sources, from `first_source` on (output_deltas(sources=...)); blocks no source of it reaches are skipped."""
+    per_layer = graph.per_block
     flat = delta.reshape(delta.shape[0], -1)  # a view: delta is contiguous
+    last = first_source + flat.shape[0]
     for layer in range(model.n_layers):
+        upstream = max(graph.n_upstream(dst) for dst in graph.destinations[layer * per_layer:(layer + 1) * per_layer])
+        if min(upstream, last) <= first_source:
+            continue
         g = grads.per_layer[layer] if isinstance(grads, DestinationGradients) else \
             layer_input_gradients(model, grads, layer)
         g = g.reshape(g.shape[0], -1).to(flat.dtype)  # [dst, batch·pos·d], a view
-        upstream = max(graph.n_upstream(dst) for dst in graph.destinations[layer * per_layer:(layer + 1) * per_layer])
-        block = flat[:upstream] @ g.T
-        scores[:upstream, layer * per_layer:(layer + 1) * per_layer] += weight * block.double().cpu()
-    scores[:, -1] += weight * (flat @ grads.final.reshape(-1).to(flat.dtype)).double().cpu()
+        block = flat[:min(upstream, last) - first_source] @ g.T
+        scores[first_source:min(upstream, last), layer * per_layer:(layer + 1) * per_layer] += \
+            weight * block.double().cpu()
+    scores[first_source:last, -1] += weight * (flat @ grads.final.reshape(-1).to(flat.dtype)).double().cpu()
 
 
 # --- exact edge patching ------------------------------------------------------------------------
@@ -233,47 +253,56 @@ def edge_layer(graph: ComponentGraph, j: int, n_layers: int) -> int:
 
 
 def patched_edge_metrics(model: LoadedModel, graph: ComponentGraph, batch: Batch, base: BaseRun,
-                         delta: torch.Tensor, edges: list[tuple[int, int]], ctx: MethodContext) -> torch.Tensor:
+                         delta: torch.Tensor, edges: list[tuple[int, int]], ctx: MethodContext,
+                         first_source: int = 0) -> torch.Tensor:
     """[len(edges)] sum over the batch's prompts of the metric when only the edge (source index,
     destination index) carries `delta[source]` (`output_deltas`: the source's counterfactual minus
-    its output) on top of the unpatched run `base`. Edges into one block share forwards that start at that block."""
+    its output) on top of the unpatched run `base`. Edges into one block share forwards that start at that block.
+    `delta` may hold a slice of the sources from `first_source` on (every edge's source inside it)."""
     out = torch.zeros(len(edges), dtype=torch.float64)
     by_layer: dict[int, list[tuple[int, int, int]]] = {}
     for k, (i, j) in enumerate(edges):
         by_layer.setdefault(edge_layer(graph, j, model.n_layers), []).append((k, i, j))
     parallel = model.parallel_attn_mlp
+    # forwards start where the first of these edges' deltas is not zero (a counterfactual's shared prefix)
+    parts = changed_suffix_groups(model, batch, (delta[i - first_source] for i in {i for i, _ in edges}), ctx.metric)
     for layer, items in sorted(by_layer.items()):
-        resid, z_base = base.resid[layer], base.z[layer]
-        mids: dict[int, torch.Tensor] = {}
+        for part in parts:
+            resid, z_base = part.cut(base.resid[layer]), part.cut(base.z[layer])
+            mids: dict[int, torch.Tensor] = {}
 
-        def edit(x: torch.Tensor, item, site: Site, _layer=layer, _resid=resid, _z=z_base, _mids=mids) -> None:
-            k, i, j = item
-            dst = graph.destinations[j]
-            if dst == "logits":
-                if site.kind == "resid_post":
-                    x += delta[i].to(x.dtype)
-            elif dst.startswith("a"):
-                head, kind = int(dst.split(".h")[1].split("<")[0]), dst[-2]
-                if site.kind == f"{kind}_in":
-                    x[:] = model.normalize_attention_input(_layer, _resid + delta[i]).to(x.dtype)
-                elif site.kind == "z":  # only head h reads the patched input
-                    mine = x[:, :, head].clone()
-                    x[:] = _z.to(x.dtype)
-                    x[:, :, head] = mine
-            elif site.kind == "resid_mid":
-                _mids[k] = x.clone()
-            elif site.kind == "mlp_in":
-                pre = _resid if parallel else _mids[k]
-                x[:] = model.normalize_mlp_input(_layer, pre + delta[i].to(pre.dtype)).to(x.dtype)
+            def edit(x: torch.Tensor, item, site: Site, _layer=layer, _resid=resid, _z=z_base, _mids=mids,
+                     _cut=part.cut) -> None:
+                k, i, j = item
+                i -= first_source
+                dst = graph.destinations[j]
+                d = _cut(delta[i])
+                if dst == "logits":
+                    if site.kind == "resid_post":
+                        x += d.to(x.dtype)
+                elif dst.startswith("a"):
+                    kind, readers = dst[-2], [int(node.split(".h")[1]) for node in graph.destination_nodes(dst)]
+                    if site.kind == f"{kind}_in":
+                        x[:] = model.normalize_attention_input(_layer, _resid + d).to(x.dtype)
+                    elif site.kind == "z":  # only its readers (head h, or a key-value group's heads) read it
+                        mine = x[:, :, readers].clone()
+                        x[:] = _z.to(x.dtype)
+                        x[:, :, readers] = mine
+                elif site.kind == "resid_mid":
+                    _mids[k] = x.clone()
+                elif site.kind == "mlp_in":
+                    pre = _resid if parallel else _mids.pop(k)  # popped: one copy alive per edge in flight
+                    x[:] = model.normalize_mlp_input(_layer, pre + d.to(pre.dtype)).to(x.dtype)
 
-        sites = [hooks.projection_input(x, layer) for x in QKV] + [hooks.head_outputs(layer)]
-        if model.has_mlp:
-            sites += ([] if parallel else [hooks.resid_mid(layer)]) + [hooks.mlp_in(layer)]
-        if layer == model.n_layers - 1:
-            sites.append(hooks.resid_post(layer))
-        values = metric_per_copy(model, batch, ctx.metric, layer, resid, sites, items, edit)
-        for row, (k, _, _) in enumerate(items):
-            out[k] = values[row].sum()
+            sites = [hooks.projection_input(x, layer) for x in QKV] + [hooks.head_outputs(layer)]
+            if model.has_mlp:
+                sites += ([] if parallel else [hooks.resid_mid(layer)]) + [hooks.mlp_in(layer)]
+            if layer == model.n_layers - 1:
+                sites.append(hooks.resid_post(layer))
+            values = metric_per_copy(model, part.batch, ctx.metric, layer, resid, sites, items, edit,
+                                     prefix=part.prefix)
+            for row, (k, _, _) in enumerate(items):
+                out[k] += values[row].sum()
     return out
 
 
@@ -300,14 +329,18 @@ def masked_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, mask:
 
 
 def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outside: torch.Tensor,
-                   replacement: torch.Tensor, ctx: MethodContext, grad: bool = False) -> tuple[torch.Tensor, Batch]:
+                   replacement: torch.Tensor, ctx: MethodContext, grad: bool = False,
+                   spans: torch.Tensor | None = None) -> tuple[torch.Tensor, Batch]:
     """(logits, the batch they are scored on) of the circuit forward (circuit_metric): for answer
     metrics only END is unembedded ([batch, 1, d_vocab], the batch re-indexed: end_only_logits).
     `outside` may hold weights w in [0, 1] instead of bools: destination v then reads x_v +
     Σ_u w_uv·(replacement_u − live_u) (masked_logits); `grad`: the differentiable path, which keeps
-    the autograd graph when `outside` requires a gradient."""
-    n, H = model.n_layers, model.n_heads
-    per_layer = 3 * H + int(model.has_mlp)
+    the autograd graph when `outside` requires a gradient. With `spans` ([batch, pos] span index of
+    every token, −1 at padding) `outside` is [n_spans, n_src, n_dst]: a destination at a position of
+    span s reads outside[s] (per-span edge circuits, circuits/span_circuits.py)."""
+    assert spans is None or not grad, "per-span circuits have no differentiable path"
+    n = model.n_layers
+    per_layer = graph.per_block
     out_mask = outside.to(model.device)
     live: list[torch.Tensor] = []  # this run's source outputs so far, [batch, pos, d_model] each
     resid_in: dict[int, torch.Tensor] = {}
@@ -330,7 +363,7 @@ def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
 
     def shift(j0: int, j1: int) -> torch.Tensor | None:
         """Σ_u outside[u, j] · (replacement_u − live_u) for destinations j0..j1: [batch, pos, j1 − j0, d]."""
-        mask = out_mask[: len(live), j0:j1].to(dtype)
+        mask = out_mask[..., : len(live), j0:j1].to(dtype)
         if not mask.requires_grad and not bool(mask.any()):  # a trained mask keeps its gradient at 1
             return None
         if grad:
@@ -343,6 +376,9 @@ def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
         if len(live) not in diffs:
             diffs.clear()
             diffs[len(live)] = replacement[:, :, : len(live)] - torch.stack(live, 2).to(dtype)
+        if spans is not None:  # each position reads its own span's mask
+            return sum(torch.einsum("bpud,uj->bpjd", diffs[len(live)], mask[s])
+                       * (spans == s).to(mask.device, dtype)[:, :, None, None] for s in range(mask.shape[0]))
         return torch.einsum("bpud,uj->bpjd", diffs[len(live)], mask)
 
     def on_resid_pre(layer: int) -> Callable[[torch.Tensor], None]:
@@ -354,15 +390,17 @@ def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
 
     def on_projection(layer: int, kind: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def rebuild(q: torch.Tensor) -> torch.Tensor | None:  # q: [batch, pos, n_heads, d_head]
-            j0 = layer * per_layer + QKV.index(kind) * H
+            mine = graph.block_destinations(layer, kind)  # each head's (grouped keys, values: each group's) input
             if grad:  # one contraction for the block's queries, keys and values, read by all three
                 if layer not in blocks:
                     blocks.clear()
-                    blocks[layer] = shift(layer * per_layer, layer * per_layer + 3 * H)
+                    block = graph.block_destinations(layer)
+                    blocks[layer] = shift(block.start, graph.block_destinations(layer, "v").stop)
                 moved = blocks[layer]
-                moved = None if moved is None else moved[:, :, QKV.index(kind) * H:(QKV.index(kind) + 1) * H]
+                offset = mine.start - layer * per_layer
+                moved = None if moved is None else moved[:, :, offset:offset + mine.stop - mine.start]
             else:
-                moved = shift(j0, j0 + H)
+                moved = shift(mine.start, mine.stop)
             if moved is None:
                 return None
             x = resid_in[layer][:, :, None].to(dtype) + moved
@@ -382,7 +420,7 @@ def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
 
     def on_mlp_in(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def rebuild(y: torch.Tensor) -> torch.Tensor | None:
-            j = layer * per_layer + 3 * H
+            j = graph.block_destinations(layer, "mlp").start
             upstream = graph.n_upstream(graph.destinations[j])
             moved = shift(j, j + 1) if len(live) >= upstream else None
             if moved is None:
@@ -395,7 +433,7 @@ def circuit_logits(model: LoadedModel, graph: ComponentGraph, batch: Batch, outs
         add(x[:, :, None])
 
     def on_final(x: torch.Tensor) -> torch.Tensor | None:
-        moved = shift(out_mask.shape[1] - 1, out_mask.shape[1])
+        moved = shift(out_mask.shape[-1] - 1, out_mask.shape[-1])
         return None if moved is None else x + moved[:, :, 0].to(x.dtype)
 
     edits: list[Hook] = []

@@ -24,6 +24,7 @@ from circuitbench.scores.methods.options import (
     AcdcOptions,
     AttributionOptions,
     EapIgOptions,
+    EdgePatchingOptions,
     EdgePruningOptions,
     NapIgOptions,
     PatchingOptions,
@@ -54,9 +55,10 @@ def _blocks_after(model: LoadedModel, copies_per_layer: int) -> float:
     return copies_per_layer * sum((n - layer) / n for layer in range(n))
 
 
-def _node_copies(model: LoadedModel) -> int:
-    """Copies per layer of patched_node_metrics (scores/interventions.py): each head, and the MLP."""
-    return model.n_heads + int(model.has_mlp)
+def _node_copies(model: LoadedModel, mlps: bool = True) -> int:
+    """Copies per layer of patched_node_metrics (scores/interventions.py): each head, and the MLP
+    (unless `mlps` is false: heads only)."""
+    return model.n_heads + int(model.has_mlp and mlps)
 
 
 def detector_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int, metric: str,
@@ -99,14 +101,16 @@ def eap_ig_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int, metri
 
 
 def _suffix_share(model: LoadedModel, data: EncodedPrompts, batch_size: int, positions: Any,
-                  metric_reads_end: bool) -> tuple[float, float]:
+                  metric_reads_end: bool, span: int | None = None) -> tuple[float, float]:
     """(share of the positions the patched forwards run, prefix positions run once per batch), both in
     units of the prompts' positions: interventions._suffixes skips what precedes the first position a
     patch can change (the first difference between clean and counterfactual, at or after a patched
-    position), given a metric read at END and a model that can resume from a key/value prefix."""
+    position), given a metric read at END and a model that can resume from a key/value prefix.
+    `span`: the patched positions are that span's (scores/span_edges.py)."""
     import torch
 
     from circuitbench.scores.interventions import position_mask  # torch: imported when a plan is made
+    from circuitbench.scores.span_edges import SpanLayout
 
     total = suffix = prefix = 0.0
     resumable = metric_reads_end and data.corrupted_lengths is None and model.prefix_forwards()
@@ -116,7 +120,7 @@ def _suffix_share(model: LoadedModel, data: EncodedPrompts, batch_size: int, pos
         if not resumable:
             suffix += rows * width
             continue
-        mask = position_mask(batch, positions)
+        mask = position_mask(batch, positions) if span is None else SpanLayout.of(data.full_set).spans(batch) == span
         columns = torch.arange(width)[None, :]
         can_change = mask & (columns >= batch.first_difference()[:, None])
         first = [int(c.nonzero()[0]) if bool(c.any()) else int(e) for c, e in zip(can_change, batch.end)]
@@ -134,7 +138,7 @@ def activation_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_siz
 
     opts = PatchingOptions.model_validate(options)
     suffix, prefix = _suffix_share(model, data, batch_size, opts.positions, METRICS.get(metric).needs_answer)
-    return 2.0 + prefix + suffix * _blocks_after(model, _node_copies(model))
+    return 2.0 + prefix + suffix * _blocks_after(model, _node_copies(model, opts.mlps))
 
 
 def ablation_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int, metric: str,
@@ -158,15 +162,49 @@ def causal_tracing_cost(model: LoadedModel, data: EncodedPrompts, batch_size: in
     for kind in opts.kinds:  # a kind the model lacks (no MLP) is skipped by the method: an overestimate then
         size = 1 if kind == "resid" else opts.window
         per_layer += sum((n - max(0, min(layer - size // 2, n - size))) / n for layer in range(n))
-    return 1.0 + opts.samples * (1.0 + len(opts.directions) * columns * per_layer)
+    suffix, prefix = _noised_suffix_share(model, data, batch_size, opts.corrupt, metric)
+    return 1.0 + prefix + opts.samples * (1.0 + len(opts.directions) * columns * per_layer * suffix)
+
+
+def _noised_suffix_share(model: LoadedModel, data: EncodedPrompts, batch_size: int, corrupt: Any,
+                         metric: str) -> tuple[float, float]:
+    """(share of the positions causal tracing's patched forwards run, prefix positions run once per
+    batch): they start at each prompt's first noised position (interventions.suffix_groups)."""
+    import torch
+
+    from circuitbench.scores.methods.causal_tracing import _corrupt_mask
+    from circuitbench.specs.registries import METRICS
+
+    if not METRICS.get(metric).needs_answer or not model.prefix_forwards():
+        return 1.0, 0.0
+    total = suffix = prefix = 0.0
+    for batch in data.batches(max(batch_size, 1)):
+        mask = _corrupt_mask(batch, corrupt)
+        rows, width = batch.tokens.shape
+        first = torch.where(mask.any(1), mask.to(torch.int8).argmax(1), batch.lengths)
+        starts = torch.minimum(first, batch.end)
+        total += rows * width
+        suffix += float((width - starts).sum())
+        prefix += float(starts.sum())
+    return suffix / max(total, 1.0), prefix / max(total, 1.0)
 
 
 def edge_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int, metric: str,
                 options: dict[str, Any]) -> float:
-    """edges.py edge_patching: the two base runs, then one forward per edge from its destination's block."""
+    """edges.py edge_patching: the two base runs, then one forward per edge from its destination's
+    block (`positions: per_span`: and one per (edge, span) besides)."""
     from circuitbench.scores.methods.edges import edge_patching_cost as batch_forwards
+    from circuitbench.scores.span_edges import SpanLayout
+    from circuitbench.specs.registries import METRICS
 
-    return 2.0 + batch_forwards(model, data, batch_size) / _n_batches(data, batch_size)
+    opts = EdgePatchingOptions.model_validate(options)
+    per_batch = batch_forwards(model, data, batch_size) / _n_batches(data, batch_size)
+    spans = [None, *range(len(SpanLayout.of(data.full_set)))] if opts.positions == "per_span" else [None]
+    total = 2.0
+    for span in spans:  # forwards resume at the first position the (span's) patch changes: patched_edge_metrics
+        suffix, prefix = _suffix_share(model, data, batch_size, "all", METRICS.get(metric).needs_answer, span)
+        total += prefix + suffix * per_batch
+    return total
 
 
 def acdc_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int, metric: str,

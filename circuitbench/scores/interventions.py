@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -29,11 +30,15 @@ import torch
 
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
+from circuitbench.models.answer_logits import answer_columns, answer_columns_reproduce
+from circuitbench.models.end_queries import end_attention, end_queries_reproduce, last_attention_sites
 from circuitbench.models.hooks import Site
+from circuitbench.models.known_attention import attention_from_heads, known_attention, known_heads_attention
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.models.prefix import KeyValuePrefix
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
 from circuitbench.scores.ablations import Ablation, Counterfactual, Mean, Resample, Zero
+from circuitbench.scores.alignment import align_counterfactual, gather_positions
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import Positions
 from circuitbench.specs.registries import METRICS
@@ -44,6 +49,8 @@ MAX_ROWS = 64
 MAX_ROWS_END_ONLY = 256
 MAX_TOKENS_CPU = 512  # see rows_per_forward
 Input = Literal["clean", "corrupted"]
+Layout = Literal["clean", "corrupted", "own"]  # whose positions base_runs gives the runs in (see there)
+ANSWER_COLUMN_METRICS = frozenset({"logit_diff"})  # metrics that read only the answer and distractor logits
 BASE_RUNS = "base_runs"  # activation-cache group: resid_pre.L, z.L, mlp_out.L and metric.<id> of every prompt
 log = logging.getLogger(__name__)
 
@@ -210,14 +217,24 @@ def _stored_base_runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodConte
 
 
 def base_runs(
-    model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, inputs: tuple[Input, ...]
+    model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, inputs: tuple[Input, ...],
+    layout: Layout = "clean",
 ) -> Iterator[tuple[Batch, dict[Input, BaseRun]]]:
     """Per batch of `ctx.batch_size`: the batch and its unpatched runs on each of `inputs`.
 
     With an activation cache entry (ctx.cache_entry) every prompt's runs are read from it, or
     computed once and stored, so a second method (or run) does no base forwards; without one
-    they are computed batch by batch."""
+    they are computed batch by batch.
+
+    Counterfactuals of another length with spans (unaligned): `layout` "clean" gives the corrupted
+    run re-indexed into the clean prompt's positions, span to span (scores/alignment.py), so that
+    methods combining the runs position by position work unchanged; "corrupted" the clean run in
+    the corrupted prompt's positions (denoising); "own" each run as it ran. A run's metric is
+    always its own forward's (the corrupted prompt's own END). Aligned prompts: every layout is "own"."""
     stored = {which: _stored_base_runs(model, data, ctx, which) for which in inputs}
+    moved: Input | None = {"clean": "corrupted", "corrupted": "clean", "own": None}[layout]
+    if data.aligned or data.spans is None:
+        moved = None  # nothing to align (prompts without spans are refused by the methods that need it)
     higher = METRICS.get(ctx.metric).higher_is_better
     start = 0
     for batch in data.batches(ctx.batch_size):
@@ -237,8 +254,43 @@ def base_runs(
                                   metric=metric if higher else -metric,
                                   mlp=[rows(hooks.mlp_out(l)) for l in range(model.n_layers)] if model.has_mlp
                                   else None)
+        if moved is not None and moved in runs:
+            into = batch if moved == "corrupted" else batch.as_corrupted()
+            runs[moved] = in_layout(into, runs[moved], span_names=data.span_names, texts=data.texts[start:stop],
+                                    first=data.offset + start)
         yield batch, runs
         start = stop
+
+
+def in_layout(batch: Batch, run: BaseRun, **naming) -> BaseRun:
+    """`run` of `batch`'s counterfactuals re-indexed into `batch`'s own positions along
+    align_counterfactual (block inputs, head and MLP outputs gathered along pos; the metric kept):
+    the same run when the batch is aligned. `naming`: align_counterfactual's error-naming args."""
+    if batch.corrupted_lengths is None:
+        return run
+    index = align_counterfactual(batch, **naming)
+    return BaseRun(resid=[gather_positions(r, index) for r in run.resid], z=[gather_positions(z, index) for z in run.z],
+                   metric=run.metric, mlp=None if run.mlp is None else [gather_positions(m, index) for m in run.mlp])
+
+
+def _end_queries(model: LoadedModel, batch: Batch, metric: str, sites: list[Site]) -> bool:
+    """Whether forwards of `batch` may compute the last block's query at END only
+    (models/end_queries.py): an answer metric, END the last column of every row, no edit inside
+    the last block's attention, and a model where that reproduces the full forward."""
+    return (METRICS.get(metric).needs_answer and len(batch) > 0
+            and bool((batch.end == batch.tokens.shape[1] - 1).all())
+            and not set(sites) & last_attention_sites(model) and end_queries_reproduce(model))
+
+
+def _answer_columns(model: LoadedModel, batch: Batch, metric: str, sites: list[Site]) -> torch.Tensor | None:
+    """The vocabulary columns forwards of `batch` need to unembed (models/answer_logits.py): the
+    answers' and distractors' for a metric that reads only those (the logit difference), when no
+    edit touches the unembedding's input and the model reproduces its logits so; None: all."""
+    if metric not in ANSWER_COLUMN_METRICS or not len(batch) or hooks.unembed_in() in sites:
+        return None
+    if bool((batch.answer < 0).any()) or bool((batch.distractor < 0).any()) or not answer_columns_reproduce(model):
+        return None
+    return torch.unique(torch.cat([batch.answer, batch.distractor]))
 
 
 def metric_per_copy(
@@ -251,6 +303,7 @@ def metric_per_copy(
     items: list,
     edit: Callable[[torch.Tensor, object, Site], None],
     prefix: KeyValuePrefix | None = None,
+    attention: Callable[[list], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """[len(items), batch] higher-is-better metric of the batch re-run once per item, resuming at
     block `layer` from `resid` (the base run's block input, [batch, pos, d_model]) with
@@ -259,9 +312,16 @@ def metric_per_copy(
 
     Copies are stacked along the batch axis, as many per forward as `rows_per_forward` allows,
     and blocks before `layer` are skipped: this is what makes exact patching fast. With `prefix`
-    (LoadedModel.prefix_forwards), `batch` and `resid` are the positions after it (Batch.suffix)."""
+    (LoadedModel.prefix_forwards), `batch` and `resid` are the positions after it (Batch.suffix).
+    `attention(chunk)` [len(chunk) * batch, pos, d_model], when given: block `layer`'s attention
+    output in each copy of `chunk` (copy-major), known beforehand, so that attention is not
+    computed (models/known_attention.py; `site` then holds no head-output site of that block)."""
     sites = [site] if isinstance(site, Site) else list(site)
     b = len(batch)
+    # the last block's queries at END only (unless its attention is given whole)
+    end_queries = _end_queries(model, batch, metric, sites) and not (attention is not None
+                                                                     and layer == model.n_layers - 1)
+    columns = _answer_columns(model, batch, metric, sites)
     group = max(1, min(len(items), rows_per_forward(metric, model.device, batch.tokens.shape[1]) // max(b, 1)))
     group = -(-len(items) // -(-len(items) // group))  # as many forwards, evenly filled (13 items: 5 4 4, not 6 6 1)
     out = torch.zeros(len(items), b, dtype=torch.float64)
@@ -280,8 +340,15 @@ def metric_per_copy(
 
         unembed_hooks, scored = end_only_logits(metric, rep, model, sites)
         edits: list[Hook] = [(at, patch_at(at)) for at in sites]
-        logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks], resume=(layer, resid.repeat(g, 1, 1)),
-                                      prefix=prefix)
+        given = nullcontext() if attention is None else known_attention(model, layer, attention(chunk))
+        unembed = nullcontext()
+        if columns is not None:  # only the answer's and distractor's logits at END
+            unembed = answer_columns(model, rep.end, columns)
+            scored = replace(scored, answer=torch.searchsorted(columns, rep.answer),
+                             distractor=torch.searchsorted(columns, rep.distractor))
+        with given, end_attention(model) if end_queries else nullcontext(), unembed:
+            logits = model.run_with_hooks(rep.tokens, [*edits, *unembed_hooks],
+                                          resume=(layer, resid.repeat(g, 1, 1)), prefix=prefix)
         out[first : first + g] = oriented_metric(metric, logits, scored).double().cpu().view(g, b)
     return out
 
@@ -292,7 +359,7 @@ MLP = "mlp"  # the item that patches a block's MLP output (heads are their index
 
 
 @dataclass
-class _Suffix:
+class SuffixGroup:
     """Prompts of a batch whose patched forwards start at position `start` (0: every position),
     with the keys and values of the positions before it."""
 
@@ -306,14 +373,14 @@ class _Suffix:
         return x[self.rows.to(x.device)][:, self.start:]
 
 
-def _suffixes(model: LoadedModel, batch: Batch, mask: torch.Tensor, unchanged_before: torch.Tensor | None,
-              metric: str) -> list[_Suffix]:
+def suffix_groups(model: LoadedModel, batch: Batch, mask: torch.Tensor, unchanged_before: torch.Tensor | None,
+                  metric: str) -> list[SuffixGroup]:
     """The batch's prompts grouped by the first position a patch can change: the first `mask`
     position at or after `unchanged_before` (or END, when there is none). Positions before it keep
     their base-run activations in every patched forward (causal attention), so those forwards run
     only the positions after it, from the prefix's keys and values. One group at position 0 when the
     caller knows of no unchanged prefix, the metric reads more than END, or the model cannot."""
-    everything = [_Suffix(torch.arange(len(batch)), 0, batch, None)]
+    everything = [SuffixGroup(torch.arange(len(batch)), 0, batch, None)]
     if unchanged_before is None or not METRICS.get(metric).needs_answer or not model.prefix_forwards():
         return everything
     columns = torch.arange(batch.tokens.shape[1])[None, :]
@@ -324,8 +391,19 @@ def _suffixes(model: LoadedModel, batch: Batch, mask: torch.Tensor, unchanged_be
     for s in sorted(set(start.tolist())):
         rows = torch.nonzero(start == s).flatten()
         prefix = model.key_value_prefix(batch.tokens[rows, :s]) if s > 0 else None
-        groups.append(_Suffix(rows, s, batch.suffix(rows, s), prefix))
+        groups.append(SuffixGroup(rows, s, batch.suffix(rows, s), prefix))
     return groups
+
+
+def changed_suffix_groups(model: LoadedModel, batch: Batch, changes: Iterable[torch.Tensor],
+                          metric: str) -> list[SuffixGroup]:
+    """suffix_groups for patches that add `changes` (each [batch, pos, ...], e.g. an edge's delta):
+    each prompt's forwards start at the first position where one of them is not zero (a
+    counterfactual's shared prefix gives exact zeros), so nothing before it can differ."""
+    changed = torch.zeros(batch.tokens.shape, dtype=torch.bool)
+    for change in changes:
+        changed |= change.ne(0).flatten(2).any(-1).cpu()
+    return suffix_groups(model, batch, changed, torch.zeros(len(batch), dtype=torch.long), metric)
 
 
 def _node_edit(src: torch.Tensor, src_mlp: torch.Tensor | None,
@@ -343,6 +421,24 @@ def _node_edit(src: torch.Tensor, src_mlp: torch.Tensor | None,
     return edit
 
 
+def _given_attention(model: LoadedModel, layer: int, base_z: torch.Tensor, src_z: torch.Tensor,
+                     mask: torch.Tensor) -> Callable[[list], torch.Tensor]:
+    """metric_per_copy's `attention` for patching heads of block `layer`: the base run's attention
+    output, plus in a copy of head h that head's change (src − base at `mask` positions) through
+    its output projection; MLP copies keep the base run's attention. base_z, src_z [batch, pos, n_heads, d_head]."""
+    w_o = model.attention_weights(layer).output.to(base_z.dtype)  # [n_heads, d_head, d_model]
+    base = attention_from_heads(model, layer, base_z)  # [batch, pos, d_model]
+    change = torch.where(mask[:, :, None, None], src_z.to(base_z.dtype) - base_z, 0)
+
+    def given(chunk: list) -> torch.Tensor:
+        out = base.repeat(len(chunk), 1, 1).view(len(chunk), *base.shape)
+        for c, item in enumerate(chunk):
+            if item != MLP:
+                out[c] += change[:, :, item] @ w_o[item]
+        return out.view(-1, *base.shape[1:])
+    return given
+
+
 def patched_node_metrics(
     model: LoadedModel, batch: Batch, base: BaseRun, source_z: ZSource, source_mlp: MlpSource | None,
     mask: torch.Tensor, ctx: MethodContext, unchanged_before: torch.Tensor | None = None,
@@ -353,23 +449,27 @@ def patched_node_metrics(
 
     `unchanged_before` [batch]: positions before which the sources equal the base run (e.g. where
     a counterfactual's tokens still match, `Batch.first_difference`); the forwards then skip them
-    (see _suffixes)."""
-    parts = _suffixes(model, batch, mask, unchanged_before, ctx.metric)
+    (see suffix_groups). Where the model allows (models/known_attention.py), the patched block's own
+    attention is not recomputed: its output is the base run's with the one head's term changed."""
+    parts = suffix_groups(model, batch, mask, unchanged_before, ctx.metric)
+    given = known_heads_attention(model)
     rows = []
     for layer in range(model.n_layers):
         src = source_z(layer)
         src_mlp = source_mlp(layer) if source_mlp is not None else None
         items: list = list(range(model.n_heads))
-        sites = [hooks.head_outputs(layer)]
+        sites = [] if given else [hooks.head_outputs(layer)]
         if src_mlp is not None:
             items.append(MLP)
             sites.append(hooks.mlp_out(layer))
         total = torch.zeros(len(items), dtype=torch.float64)
         for part in parts:
-            edit = _node_edit(part.cut(src), None if src_mlp is None else part.cut(src_mlp),
-                              part.cut(mask.to(model.device)))
+            cut_mask = part.cut(mask.to(model.device))
+            edit = _node_edit(part.cut(src), None if src_mlp is None else part.cut(src_mlp), cut_mask)
+            attention = _given_attention(model, layer, part.cut(base.z[layer]), part.cut(src), cut_mask) if given \
+                else None
             total += metric_per_copy(model, part.batch, ctx.metric, layer, part.cut(base.resid[layer]), sites, items,
-                                     edit, prefix=part.prefix).sum(1)
+                                     edit, prefix=part.prefix, attention=attention).sum(1)
         rows.append(total)
         ctx.advance_heads(model.n_heads)
     return torch.stack(rows)
@@ -433,7 +533,7 @@ def position_means(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
     width = data.tokens.shape[1]
     sums: list[torch.Tensor] = []
     counts = torch.zeros(width, dtype=torch.float64)
-    for batch, runs in base_runs(model, data, ctx, (over,)):
+    for batch, runs in base_runs(model, data, ctx, (over,), layout="own"):  # means by absolute position
         p = batch.tokens.shape[1]
         lengths = _input_batch(batch, over).lengths  # a counterfactual may have another length
         valid = (torch.arange(p)[None, :] < lengths[:, None]).double()
@@ -527,10 +627,10 @@ def ablated_batches(ablation: Ablation, model: LoadedModel, data: EncodedPrompts
                 return [m[:w].unsqueeze(0).expand(len(batch), w, *m.shape[1:]) for m in means]
         case Counterfactual():
             _needs_corrupted(ablation, data)
-            if not data.aligned:
+            if not data.aligned and data.spans is None:
                 raise CircuitbenchError("circuit.ablation counterfactual patches each prompt's counterfactual position "
-                                        "by position; this task's counterfactuals may have another token length. Use "
-                                        "mean_counterfactual.")
+                                        "by position; this task's counterfactuals may have another token length and "
+                                        "have no spans to align them by. Use mean_counterfactual.")
             inputs += ("corrupted",)
 
             def fill(batch, runs, _partners):

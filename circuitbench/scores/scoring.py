@@ -15,6 +15,7 @@ from circuitbench.progress import ProgressFn, Steps, no_progress
 from circuitbench.prompts.encoding import EncodedPrompts
 from circuitbench.registry import entry_label, exits_as_errors
 from circuitbench.scores.activation_cache import CacheEntry
+from circuitbench.scores.alignment import check_alignment
 from circuitbench.scores.cost import method_cost
 from circuitbench.scores.evaluation import nonfinite_error
 from circuitbench.scores.methods.context import MethodContext
@@ -35,9 +36,15 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
         if method.needs_answer and not data.has_answer:
             raise CircuitbenchError(f"Method '{name}' needs an answer token; task '{spec.name}' has none.")
         if method.aligns_positions and not data.aligned:
-            raise CircuitbenchError(f"Method '{name}' patches clean and corrupted activations position by position; "
-                                    f"the counterfactuals of task '{spec.name}' may have another token length "
-                                    "(aligned_counterfactual: false). Use ablation or the attention detectors.")
+            if data.spans is None:
+                raise CircuitbenchError(f"Method '{name}' patches clean and corrupted activations position by "
+                                        f"position; the counterfactuals of task '{spec.name}' may have another token "
+                                        "length (aligned_counterfactual: false) and its prompts have no named spans to "
+                                        "align them by. Use ablation or the attention detectors.")
+            try:  # span to span (scores/alignment.py): every prompt's counterfactual must have its spans
+                check_alignment(data)
+            except CircuitbenchError as e:
+                raise CircuitbenchError(f"Method '{name}' on task '{spec.name}': {e}") from None
         if method.options is None:
             continue
         opts = method.options.model_validate(spec.options_of(name))
@@ -55,7 +62,8 @@ def check_methods(spec: TaskSpec, data: EncodedPrompts) -> None:
                                         f"task '{spec.name}' have none. Use answer_prob, accuracy or loss.")
         for option in POSITION_OPTIONS:
             value = getattr(opts, option, None)
-            named = [value] if isinstance(value, str) and value != "all" else value if isinstance(value, list) else []
+            named = [value] if isinstance(value, str) and value not in ("all", "per_span") else \
+                value if isinstance(value, list) else []  # per_span: edge methods' spans (scores/span_edges.py)
             missing = [p for p in named if p not in data.positions]
             if missing:
                 raise CircuitbenchError(
@@ -76,6 +84,7 @@ class MethodRun:
     processes: Processes = ONE_PROCESS
     cache_entry: CacheEntry | None = None
     progress: ProgressFn = no_progress
+    memory_budget: int | None = None  # bytes (--max-memory): edge methods chunk under it (scores/memory_plan.py)
 
 
 def run_methods(model: LoadedModel, data: EncodedPrompts, methods: list[str],
@@ -102,7 +111,8 @@ def run_methods(model: LoadedModel, data: EncodedPrompts, methods: list[str],
             steps = Steps(run.progress, name, len(own))
             advance, advance_heads = steps.advance, (lambda n: None)
         ctx = MethodContext(batch_size=batch_size, metric=run.metric, options=dict(run.method_options.get(name, {})),
-                            advance=advance, advance_heads=advance_heads, cache_entry=run.cache_entry)
+                            advance=advance, advance_heads=advance_heads, cache_entry=run.cache_entry,
+                            memory_budget=run.memory_budget)
         started = time.perf_counter()
         # sys.exit in a method: this unit fails, not the grid; the meter counts the method's forwards
         with exits_as_errors(entry_label("method", name, method.fn)), model.metered() as meter:

@@ -10,7 +10,8 @@ import torch
 
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
-from circuitbench.scores.interventions import base_runs
+from circuitbench.scores.alignment import aligns
+from circuitbench.scores.interventions import Layout, base_runs
 from circuitbench.scores.methods.context import MethodContext
 
 VISIBLE_TOL = 1e-6  # relative: |clean − counterfactual| above VISIBLE_TOL × (1 + max |clean|) at some position
@@ -41,7 +42,9 @@ def visibility(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
     names = node_names(model, model.has_mlp)
     index = {name: i for i, name in enumerate(names)}
     counts = torch.zeros(len(names), dtype=torch.float64)
-    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+    # counterfactuals of another length: compared span to span where they align (scores/alignment.py)
+    layout: Layout = "clean" if aligns(data) else "own"
+    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted"), layout=layout):
         clean, corrupt = runs["clean"], runs["corrupted"]
         valid = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).to(model.device)
         for l in range(model.n_layers):

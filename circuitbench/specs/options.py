@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from circuitbench.errors import CircuitbenchError, format_validation_error
 from circuitbench.files import default_cache_dir
+from circuitbench.specs.byte_size import parse_byte_size
 from circuitbench.specs.model import DType
 from circuitbench.specs.task import SPLITS, CircuitRule, MethodName, Split, TaskSpec
 
@@ -53,6 +54,9 @@ class ExecutionOptions(BaseModel):
                                   "cache, nothing written")
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads while the unit runs (None: leave the "
                                 "process's setting)")
+    max_memory: int | None = Field(None, ge=1, description="bytes the weights and an edge method's tensors may "
+                                   "take (eap, eap_ig, edge_patching plan their chunks under it); None: the weights "
+                                   "plus half the free memory")
 
     @field_validator("batch_size")
     @classmethod
@@ -76,6 +80,10 @@ class RunOptions(BaseModel):
                                 "model's)")
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="pretrained | random (seeded random weights, architecture from models.yaml)")
+    kv_graph: Literal["grouped", "ungrouped"] = Field(
+        "grouped", description="grouped-query attention models: grouped = edges into each key-value group's key and "
+        "value inputs (what the model computes); ungrouped = keys and values per query head, EAP-IG's and MIB's "
+        "edge count")
     methods: list[MethodName] | None = Field(None, description="scoring methods, run instead of the task's (on the "
                                               "command line comma-separated)")
     circuit_level: Literal["head", "node", "edge"] | None = Field(
@@ -90,6 +98,14 @@ class RunOptions(BaseModel):
                                   "default: the task's reference_circuits, then the model directory's circuit.json")
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads (default: by model size, 1 under "
                                 "20M parameters, then one per 150M up to every core); recorded as run.threads")
+    max_memory: int | None = Field(None, description="memory budget, e.g. 4GB, 512MB, 1.5GiB: the weights and an edge "
+                                   "method's tensors together (eap, eap_ig and edge_patching pick sub-batches and "
+                                   "source chunks under it); default: the weights plus half the free memory")
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> int | None:
+        return None if v is None else parse_byte_size(v)  # type: ignore[arg-type]
 
     @field_validator("batch_size")
     @classmethod
@@ -111,7 +127,8 @@ class RunOptions(BaseModel):
     def execution(self) -> ExecutionOptions:
         """The part run_unit honours; the cache resolved to a directory (None with --no-cache)."""
         cache_dir = (self.cache_dir or str(default_cache_dir())) if self.cache else None
-        return ExecutionOptions(batch_size=self.batch_size, cache_dir=cache_dir, threads=self.threads)
+        return ExecutionOptions(batch_size=self.batch_size, cache_dir=cache_dir, threads=self.threads,
+                                max_memory=self.max_memory)
 
 
 def effective_spec(spec: TaskSpec, options: TaskOverrides | RunOptions) -> TaskSpec:

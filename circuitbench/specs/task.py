@@ -75,6 +75,11 @@ class CircuitRule(BaseModel):
                                     description="every component whose score is at least this")
     fraction: float | None = Field(None, gt=0, le=1, description="this fraction of all components, largest first")
     by: Literal["abs", "signed"] = Field("abs", description="rank by |score| or by the signed score")
+    positions: Literal["all", "per_span"] = Field(
+        "all", exclude_if=lambda positions: positions == "all",
+        description="edge circuits: all = edges over every position; per_span = (edge, span) pairs, each edge kept "
+        "or patched at the positions of one span (the task's spans, or each named position and the rest; PEAP), "
+        "members named 'u->v@SPAN'; the edge methods then also score per span (circuits/span_circuits.py)")
     selection: Literal["top", "greedy", "optimal"] = Field(
         "top", exclude_if=lambda selection: selection == "top",
         description="edge circuits: top = the best-ranked edges (then pruned); greedy = grown from the logits "
@@ -121,6 +126,9 @@ class CircuitRule(BaseModel):
         if self.selection != "top" and (self.level != "edge" or self.threshold is not None):
             raise ValueError(f"selection: {self.selection} picks edges under a size budget: it needs level: edge and "
                              "top_k or fraction")
+        if self.positions == "per_span" and (self.level != "edge" or self.selection != "top"):
+            raise ValueError("positions: per_span picks (edge, span) pairs by top_k, fraction or threshold: it needs "
+                             "level: edge and selection: top (greedy and optimal are position-blind for now)")
         return self
 
     @property
@@ -160,7 +168,8 @@ class TaskSpec(BaseModel):
     aligned_counterfactual: bool = Field(
         True, exclude_if=lambda aligned: aligned,
         description="false: keep prompts whose counterfactual has another token length or other named positions "
-        "(dropped and counted otherwise); methods that patch position by position are then refused")
+        "(dropped and counted otherwise); methods that patch position by position then align each counterfactual "
+        "with its clean prompt span by span (named segments: IOI's names), and are refused for prompts without spans")
 
     counterfactuals: list[str] = Field(
         default_factory=list, exclude_if=lambda names: not names,
@@ -242,6 +251,8 @@ class TaskSpec(BaseModel):
             raise ValueError(f"main_metric '{self.main_metric}' is not in metrics {self.metrics}")
         for name, opts in self.method_options.items():
             self._check_method_options(name, opts)
+        if self.circuit is not None and self.circuit.positions == "per_span":
+            self._per_span_options()
         if self.circuit and self.circuit.method != "auto" and self.circuit.method not in self.methods:
             raise ValueError(f"circuit.method '{self.circuit.method}' is not in methods {self.methods} (or use auto)")
         if self.split in self.report_splits:
@@ -251,6 +262,20 @@ class TaskSpec(BaseModel):
         if self.counterfactuals:
             self._check_counterfactuals()
         return self
+
+    def _per_span_options(self) -> None:
+        """circuit positions: per_span: every edge method that scores per span does so
+        (method_options.<method>.positions: per_span, filled in; the result records it)."""
+        for name in self.methods:
+            method = METHODS.get(name)
+            if method.produces != "edge_scores" or method.options is None or \
+                    "positions" not in method.options.model_fields:
+                continue
+            given = self.method_options.get(name, {})
+            if given.get("positions", "per_span") != "per_span":
+                raise ValueError(f"method_options.{name}.positions is '{given['positions']}' but circuit.positions is "
+                                 "per_span, which needs its per-span scores: remove the option")
+            self.method_options[name] = {**given, "positions": "per_span"}
 
     def _check_counterfactuals(self) -> None:
         """Each name is a value the generator's `counterfactual` parameter takes; the generator then
@@ -285,13 +310,10 @@ class TaskSpec(BaseModel):
         return self.model_copy(update={"generator": self.generator_with(counterfactual), "counterfactuals": []})
 
     def _check_unaligned(self) -> None:
-        """Counterfactuals of another length: nothing may compare them with the clean prompt position by position."""
-        patching = [m for m in self.methods if METHODS.get(m).aligns_positions]
-        if patching:
-            raise ValueError(
-                f"methods {patching} patch clean and corrupted activations position by position, which needs "
-                "counterfactuals of the clean prompt's token length: remove them, or drop aligned_counterfactual: "
-                "false (prompts whose counterfactual has another length are then dropped and counted)")
+        """Counterfactuals of another length: no sequence metric compares them with the clean tokens position
+        by position. Methods that patch position by position align them span by span (scores/alignment.py);
+        whether the prompts have spans and every counterfactual has its clean prompt's spans is known only once
+        they are encoded, so those methods are refused then, before any compute (scores/scoring.check_methods)."""
         sequence = [m for m in self.metrics if not METRICS.get(m).needs_answer]
         if sequence:
             raise ValueError(

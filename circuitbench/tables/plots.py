@@ -11,6 +11,7 @@ from circuitbench.output_paths import save_figure
 
 if TYPE_CHECKING:
     from circuitbench.circuits.overlap import OverlapMatrix
+    from circuitbench.models.graph import ComponentGraph
 
 
 def pyplot():
@@ -106,24 +107,26 @@ def _node_position(name: str, n_layers: int, n_heads: int, parallel: bool) -> tu
     return (head + 0.5) / n_heads, 2.0 * layer + 1
 
 
-def circuit_graph(edges: list[str], scores: dict[str, float], n_layers: int, n_heads: int, title: str, path: Path,
-                  parallel: bool = False) -> None:
+def circuit_graph(edges: list[str], scores: dict[str, float], graph: ComponentGraph, title: str, path: Path) -> None:
     """An edge circuit drawn as a layered graph: edge width ∝ |score|, colour the head input it enters
-    (q blue, k green, v red; MLP and logits inputs grey), negative scores dashed."""
+    (q blue, k green, v red; MLP and logits inputs grey), negative scores dashed. An edge into a
+    key-value group's input (grouped-query attention) is drawn into each head of the group."""
     plt = pyplot()
+    n_layers, n_heads, parallel = graph.n_layers, graph.n_heads, graph.parallel_attn_mlp
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * n_heads + 3), max(4, 0.9 * n_layers + 2)))
     biggest = max([abs(scores.get(e, 0.0)) for e in edges] + [1e-12])
     used: set[str] = set()
     for name in edges:
         src, dst = name.split("->")
-        node = dst.split("<")[0]
-        used |= {src, node}
-        (x0, y0), (x1, y1) = (_node_position(n, n_layers, n_heads, parallel) for n in (src, node))
         score = scores.get(name, 0.0)
         color = QKV_COLORS.get(dst[-2], "grey") if dst.endswith(">") else "grey"
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
-            arrowstyle="-|>", color=color, alpha=0.75, lw=0.5 + 4.5 * abs(score) / biggest,
-            ls="--" if score < 0 else "-", shrinkA=6, shrinkB=6, connectionstyle=f"arc3,rad={BEND.get(dst[-2], 0.06)}"))
+        for node in graph.destination_nodes(dst) or ["logits"]:
+            used |= {src, node}
+            (x0, y0), (x1, y1) = (_node_position(n, n_layers, n_heads, parallel) for n in (src, node))
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
+                arrowstyle="-|>", color=color, alpha=0.75, lw=0.5 + 4.5 * abs(score) / biggest,
+                ls="--" if score < 0 else "-", shrinkA=6, shrinkB=6,
+                connectionstyle=f"arc3,rad={BEND.get(dst[-2], 0.06)}"))
     for node in used:
         x, y = _node_position(node, n_layers, n_heads, parallel)
         ax.text(x, y, node, ha="center", va="center", fontsize=7,

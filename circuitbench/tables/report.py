@@ -204,9 +204,8 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
         if sidecar.is_file():
             graph_file = load_sidecar(sidecar, result.model.n_layers, result.model.n_heads, c.method)
             path = out_dir / "circuit_graph.png"
-            circuit_graph(c.edges, graph_file.scores, result.model.n_layers or 0, result.model.n_heads or 0,
-                          f"{result.model.label} · {result.task.name} · {c.method}", path,
-                          graph_file.graph.parallel_attn_mlp)
+            circuit_graph(c.edges, graph_file.scores, graph_file.graph,
+                          f"{result.model.label} · {result.task.name} · {c.method}", path)
             figures.append(("edge circuit", f"The {len(c.edges)} edges the rule kept from {c.method}'s edge scores, "
                             "layer by layer.", path))
     if any(k.startswith("m") for s in result.node_scores.values() for k in s):
@@ -271,7 +270,7 @@ def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list
     g = graph_file.graph
     edges = graph_file.edges or sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
     path = out_dir / "circuit_graph.png"
-    circuit_graph(edges, graph_file.scores, g.n_layers, g.n_heads, label, path, g.parallel_attn_mlp)
+    circuit_graph(edges, graph_file.scores, g, label, path)
     top = sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
     rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{graph_file.scores[e]:.4g}</td><td>{'✓' if e in edges else ''}"
                    "</td></tr>" for e in top)

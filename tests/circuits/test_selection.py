@@ -11,7 +11,18 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph, node_of
 
 GRAPHS = [ComponentGraph(1, 1), ComponentGraph(2, 1), ComponentGraph(2, 2), ComponentGraph(3, 2, has_mlp=False),
-          ComponentGraph(2, 2, parallel_attn_mlp=True)]
+          ComponentGraph(2, 2, parallel_attn_mlp=True), ComponentGraph(2, 4, n_kv_heads=2)]
+
+
+def readers(graph, dst):
+    """The nodes reading a destination, parsed here: a key-value group 'a1.kv1<k>' of a graph with r query heads
+    per group is read by heads r·1 … r·1 + r − 1 of block 1; 'logits' by none."""
+    node = node_of(dst)
+    if ".kv" not in node:
+        return [] if node == "logits" else [node]
+    layer, group = node[1:].split(".kv")
+    per = graph.n_heads // graph.n_kv_heads
+    return [f"a{layer}.h{h}" for h in range(int(group) * per, (int(group) + 1) * per)]
 
 
 def random_scores(graph, seed, zeros=0.0):
@@ -32,7 +43,8 @@ def naive_greedy(graph, scores, k, by="abs"):
         for name in graph.edges:
             src, dst = name.split("->")
             i, j = graph.edge_position(name)
-            if name in taken or node_of(dst) not in in_circuit or scores[i, j] == 0:
+            entered = readers(graph, dst) or ["logits"]
+            if name in taken or not in_circuit.intersection(entered) or scores[i, j] == 0:
                 continue
             if best is None or values[i, j] > best[0]:
                 best = (values[i, j], name, src)
@@ -65,14 +77,16 @@ def reaches_logits(graph, edges):
     parents: dict[str, list[str]] = {}
     for e in edges:
         src, dst = e.split("->")
-        parents.setdefault(node_of(dst), []).append(src)
+        for node in readers(graph, dst) or ["logits"]:
+            parents.setdefault(node, []).append(src)
     while frontier:
         for src in parents.get(frontier.pop(), []):
             if src not in reached:
                 reached.add(src)
                 frontier.append(src)
-    touched = {e.split("->")[0] for e in edges} | {node_of(e.split("->")[1]) for e in edges}
-    return touched <= reached
+    # an edge into a key-value group needs one of its heads to reach the logits
+    into = all(set(readers(graph, e.split("->")[1]) or ["logits"]) & reached for e in edges)
+    return {e.split("->")[0] for e in edges} <= reached and into
 
 
 @pytest.mark.parametrize("graph", GRAPHS, ids=lambda g: g.describe())
@@ -110,8 +124,9 @@ def brute_force(graph, scores, k_max, by):
     return best
 
 
-@pytest.mark.parametrize("graph,k_max,seeds", [(ComponentGraph(1, 1), 8, 3), (ComponentGraph(2, 1), 4, 3),
-                                               (ComponentGraph(2, 2), 3, 1)], ids=["1x1", "2x1", "2x2"])
+@pytest.mark.parametrize("graph,k_max,seeds", [
+    (ComponentGraph(1, 1), 8, 3), (ComponentGraph(2, 1), 4, 3), (ComponentGraph(2, 2), 3, 1),
+    (ComponentGraph(1, 2, n_kv_heads=1), 5, 2)], ids=["1x1", "2x1", "2x2", "1x2-grouped"])
 def test_optimal_equals_brute_force_over_every_subset(graph, k_max, seeds):
     """(The three ways optimal_edges ends are all taken here: the relaxation already integral,
     variables fixed by reduced cost, the full program.)"""

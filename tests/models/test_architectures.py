@@ -12,7 +12,7 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loading import load_model
 from circuitbench.prompts.encoding import encode_task
-from circuitbench.scores.edges import node_outputs, patched_edge_metrics
+from circuitbench.scores.edges import circuit_metric, node_outputs, patched_edge_metrics
 from circuitbench.scores.interventions import (
     naive_head_metrics,
     oriented_metric,
@@ -32,18 +32,20 @@ PARALLEL = {"gpt_neox", "phi"}
 METHODS = ["activation_patching", "attribution_patching", "ablation", "nap", "eap", "eap_ig", "edge_patching", "ifr",
            "acdc", "edge_pruning"]
 OPTIONS = {"acdc": {"tau": 0.05}, "edge_pruning": {"steps": 3}, "eap_ig": {"steps": 2}}
-# Edge methods that rebuild each query head's own q, k, v input: refused under grouped-query attention today.
-PER_HEAD_INPUTS = {"eap", "eap_ig", "acdc", "edge_pruning"}
-EDGE_METHODS = PER_HEAD_INPUTS | {"edge_patching", "ifr"}
+EDGE_METHODS = {"eap", "eap_ig", "acdc", "edge_pruning", "edge_patching", "ifr"}
 
 
 def expected_refusal(arch: str, method: str) -> str | None:
     """The words the refusal must contain (None: the method runs)."""
     if arch == "gemma2" and method in EDGE_METHODS:
         return "post-norms"
-    if arch in GQA and method in PER_HEAD_INPUTS:
-        return "grouped-query attention"
     return None
+
+
+def kv_inputs(arch: str) -> int:
+    """Key (and value) inputs per block in the component graph: one per key-value group under grouped-query
+    attention (2 groups of 2 query heads here), one per head otherwise."""
+    return 2 if arch in GQA else 4
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +75,11 @@ def _runs(model, batch):
 
 
 def _some_edges(graph):
-    """A handful of edges: every kind of destination (q, k, v of heads in both key-value groups, each
-    MLP, the logits) from the input, a head and an MLP where they feed it."""
+    """A handful of edges: every kind of destination (q, k, v of heads or key-value groups, each MLP, the
+    logits) from the input, a head and an MLP where they feed it."""
     out = []
-    for dst in ["a0.h1<q>", "a1.h0<q>", "a1.h3<k>", "a1.h2<v>", "m0", "m1", "logits"]:
+    k, v = ("a1.kv1<k>", "a1.kv0<v>") if graph.grouped else ("a1.h3<k>", "a1.h2<v>")
+    for dst in ["a0.h1<q>", "a1.h0<q>", k, v, "m0", "m1", "logits"]:
         j = graph.destination_index[dst]
         upstream = graph.n_upstream(dst)
         for i in sorted({0, upstream // 2, upstream - 1}):
@@ -94,10 +97,11 @@ def test_graph_and_node_outputs_sum_to_the_residual_stream(arch_model):
     assert (graph.n_layers, graph.n_heads, graph.has_mlp) == (2, 4, True)
     assert graph.parallel_attn_mlp == (arch in PARALLEL)
     assert model.n_kv_heads == (2 if arch in GQA else 4)
-    # edges counted by hand: per layer 3·4 head inputs read 1 + 5·layer sources, the MLP one more layer's heads
-    # (not in parallel blocks), the logits all 11 sources
+    # edges counted by hand: per layer 4 query inputs and the key and value inputs (per head, or per key-value
+    # group) read 1 + 5·layer sources, the MLP one more layer's heads (not in parallel blocks), the logits all 11
     mlp_reads = [1 + 5 * layer + (0 if arch in PARALLEL else 4) for layer in range(2)]
-    assert graph.n_edges == sum(12 * (1 + 5 * layer) for layer in range(2)) + sum(mlp_reads) + 11
+    head_inputs = 4 + 2 * kv_inputs(arch)
+    assert graph.n_edges == sum(head_inputs * (1 + 5 * layer) for layer in range(2)) + sum(mlp_reads) + 11
     sites = [hooks.resid_post(1)] + [site(layer) for layer in range(2) for site in (
         hooks.resid_pre, hooks.resid_mid, hooks.mlp_in, lambda layer: hooks.projection_input("k", layer))]
     logits, cache = model.run_with_cache(batch.tokens, [s for s in sites if model.has_site(s)])
@@ -133,7 +137,8 @@ def test_every_method_runs_or_refuses_with_a_reason(arch_model):
             continue
         output = run_methods(model, data, [method], run)[method]
         scores = output.edges.scores if method in EDGE_METHODS else output.heads
-        assert scores.shape == ((11, 27) if method in EDGE_METHODS else (2, 4)), method
+        edge_shape = (11, 2 * (5 + 2 * kv_inputs(arch)) + 1)
+        assert scores.shape == (edge_shape if method in EDGE_METHODS else (2, 4)), method
         assert np.isfinite(scores).all() and np.abs(scores).max() > 0, method
 
 
@@ -151,7 +156,7 @@ def test_exact_edge_patching_equals_one_forward_per_edge(arch_model):
     assert float((naive - base).abs().max()) > 1e-3  # the edges do move the metric
 
 
-@pytest.mark.parametrize("arch_model", [a for a in ARCHS if a not in GQA], indirect=True)
+@pytest.mark.parametrize("arch_model", [a for a in ARCHS if a != "gemma2"], indirect=True)
 def test_eap_equals_the_gradient_formula(arch_model):
     """EAP's score of u -> v is −Σ (a_u' − a_u)·∂m/∂x_v / |m_clean − m_corr| / n, the gradient taken at a
     probe added to v's own pre-norm input in a full forward."""
@@ -190,3 +195,68 @@ def test_fast_head_patching_equals_one_forward_per_head(arch_model):
     fast = patched_node_metrics(model, batch, clean, lambda l: corrupt.z[l], None, mask, ctx)
     slow = naive_head_metrics(model, batch, lambda l: corrupt.z[l], mask, ctx)
     assert float((fast - slow).abs().max()) < 1e-4 and float(slow.abs().max()) > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_ungrouped_graph_is_eap_igs_and_sums_to_the_grouped_one(arch, tiny_models, more_tiny_models):
+    """--kv-graph ungrouped: keys and values computed per query head (the forward unchanged), EAP-IG's edge
+    count (every head its own k and v input: 12 per block here, as without grouped-query attention), exact
+    edge patching into one head's key equal to one forward per edge, and EAP's score of an edge into a group's
+    key or value input the sum of its scores into the group's heads' copies (the gradient at a shared input is
+    the sum of the gradients at its copies)."""
+    path = tiny_models[arch] if arch in tiny_models else more_tiny_models(arch)
+    grouped, ungrouped = (load_model(str(path), device="cpu", kv_graph=kv) for kv in ("grouped", "ungrouped"))
+    data = encode_task(load_task("ioi").model_copy(update={"n_prompts": 4}), grouped.vocab, grouped.unk_id,
+                       grouped.n_ctx)
+    batch = data.batch(0, 4)
+    assert torch.allclose(grouped.run(batch.tokens), ungrouped.run(batch.tokens), atol=1e-5)
+    g, u = grouped.component_graph(), ungrouped.component_graph()
+    assert (g.grouped, u.grouped, g.n_kv_heads) == (True, False, 2)
+    assert u.n_edges == sum(12 * (1 + 5 * layer) for layer in range(2)) + (1 + 4) + (6 + 4) + 11
+
+    clean, _, delta = _runs(ungrouped, batch)
+    edges = _some_edges(u)
+    fast = patched_edge_metrics(ungrouped, u, batch, clean, delta.permute(2, 0, 1, 3).contiguous(), edges,
+                                MethodContext(batch_size=4, metric="logit_diff"))
+    naive = naive_edge_metrics(ungrouped, u, batch, clean, delta, edges)
+    assert float((fast - naive).abs().max()) <= 1e-4 * max(1.0, float(naive.abs().max()))
+
+    run = MethodRun(4, metric="logit_diff")
+    eap_g = run_methods(grouped, data, ["eap"], run)["eap"].edges.scores
+    eap_u = run_methods(ungrouped, data, ["eap"], run)["eap"].edges.scores
+    for layer in range(2):
+        for kind in "kv":
+            for group, heads in ((0, (0, 1)), (1, (2, 3))):
+                j = g.destination_index[f"a{layer}.kv{group}<{kind}>"]
+                summed = sum(eap_u[:, u.destination_index[f"a{layer}.h{h}<{kind}>"]] for h in heads)
+                assert np.allclose(eap_g[:, j], summed, atol=1e-5 * max(1.0, np.abs(summed).max()))
+        for h in range(4):  # queries are per head in both
+            assert np.allclose(eap_g[:, g.destination_index[f"a{layer}.h{h}<q>"]],
+                               eap_u[:, u.destination_index[f"a{layer}.h{h}<q>"]], atol=1e-5)
+    assert np.abs(eap_g).max() > 1e-3
+
+
+@pytest.mark.parametrize("arch_model", [a for a in ARCHS if a != "gemma2"], indirect=True)
+def test_circuit_forward_without_one_edge_is_that_edge_patched(arch_model):
+    """The circuit forward (each head's queries and each key-value group's keys and values rebuilt from their
+    own inputs) with every edge inside but one equals exact patching of that one edge (two separate engines),
+    the whole graph equals the clean run and the empty one the counterfactual run."""
+    model, _, batch, _ = arch_model
+    graph = model.component_graph()
+    clean, corrupt, delta = _runs(model, batch)
+    ctx = MethodContext(batch_size=4, metric="logit_diff")
+    replacement = node_outputs(model, corrupt)
+    edges = _some_edges(graph)
+    patched = patched_edge_metrics(model, graph, batch, clean, delta.permute(2, 0, 1, 3).contiguous(), edges, ctx)
+    for (i, j), want in zip(edges, patched):
+        outside = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
+        outside[i, j] = True
+        got = circuit_metric(model, graph, batch, outside, replacement, ctx).double().sum()
+        assert abs(float(got - want)) <= 1e-4 * max(1.0, abs(float(want))), graph.edges[0]
+    nothing = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
+    everything = torch.from_numpy(graph.real_edges)
+    metric = lambda logits: oriented_metric("logit_diff", logits, batch)  # noqa: E731
+    assert torch.allclose(circuit_metric(model, graph, batch, nothing, replacement, ctx),
+                          metric(model.run(batch.tokens)), atol=1e-4)
+    assert torch.allclose(circuit_metric(model, graph, batch, everything, replacement, ctx),
+                          metric(model.run(batch.as_corrupted().tokens)), atol=1e-4)

@@ -96,3 +96,36 @@ def test_every_node_input_is_the_sum_of_its_upstream_outputs(tiny_models, arch):
             outputs[f"m{l}"] = cache[hooks.mlp_out(l)]
     assert list(outputs) == graph.sources
     assert torch.allclose(sum(outputs.values()) + bias, cache[hooks.resid_post(n - 1)], atol=1e-4)
+
+
+def test_grouped_graph_has_key_and_value_inputs_per_group():
+    """Llama-3.1-8B's shape (32 layers × 32 query heads over 8 key-value heads): per block 32 query inputs and
+    8 key and 8 value inputs, each read by its group's 4 heads; counted here by formula."""
+    g = ComponentGraph(32, 32, n_kv_heads=8)
+    per_layer = 32 + 1
+    by_formula = sum((32 + 2 * 8) * (1 + per_layer * l) + (1 + per_layer * l + 32) for l in range(32)) \
+        + 1 + 32 * per_layer
+    assert g.n_edges == by_formula == 1_592_881 - 2 * 24 * sum(1 + per_layer * l for l in range(32))
+    assert g.destinations[32:34] == ["a0.kv0<k>", "a0.kv1<k>"] and g.destinations[40] == "a0.kv0<v>"
+    assert g.destination_nodes("a3.kv2<v>") == ["a3.h8", "a3.h9", "a3.h10", "a3.h11"]
+    assert g.edge_position("a0.h5->a1.kv7<k>") == (6, g.destination_index["a1.kv7<k>"])
+    with pytest.raises(ValueError, match="no edge"):
+        g.edge_position("a1.h0->a1.kv0<k>")
+    with pytest.raises(ValueError, match="not an edge name"):
+        g.edge_position("a0.h0->a1.kv0<q>")
+    assert ComponentGraph.from_config(g.config()) == g and g.config()["n_key_value_heads"] == 8
+    assert ComponentGraph.from_config(ComponentGraph(2, 4).config()) == ComponentGraph(2, 4)
+    with pytest.raises(ValueError, match="does not divide"):
+        ComponentGraph(2, 4, n_kv_heads=3)
+
+
+def test_prune_keeps_a_key_value_input_while_one_head_of_its_group_lives():
+    g = ComponentGraph(2, 4, n_kv_heads=2)  # groups: heads 0, 1 and heads 2, 3
+    keep = np.zeros(g.real_edges.shape, dtype=bool)
+    for name in ["input->a0.kv0<k>", "input->a0.h1<q>", "a0.h1->logits",  # h1 lives: its group's key stays
+                 "input->a0.kv1<v>", "a0.h2->m0"]:  # h2 reaches nothing that reaches the logits: kv1's input goes
+        keep[g.edge_position(name)] = True
+    edges, nodes = g.prune(keep)
+    assert {name for name, v in g.as_dict(edges.astype(float)).items() if v} == {
+        "input->a0.kv0<k>", "input->a0.h1<q>", "a0.h1->logits"}
+    assert [g.sources[i] for i in np.flatnonzero(nodes)] == ["input", "a0.h1"]

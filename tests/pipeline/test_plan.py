@@ -113,3 +113,18 @@ def test_methods_that_patch_are_counted_once_per_counterfactual(tiny_gpt2_dir):
     one = {m.method: m.forwards for m in plan_unit(spec.model_copy(update={"counterfactuals": []}), model,
                                                    forward_seconds=1.0).methods}
     assert both["eap"] == 2 * one["eap"] == 8 and both["ifr"] == one["ifr"] == 1
+
+
+def test_estimates_follow_heads_only_patching_and_per_span_edges(tiny_gpt2_dir):
+    """`mlps: false` drops the MLP copies from the estimate, `positions: per_span` adds one forward per
+    (edge, span): both still equal the meter."""
+    model, data = _unit(str(tiny_gpt2_dir))
+    options = {"activation_patching": {"mlps": False}, "edge_patching": {"positions": "per_span"}}
+    outputs = run_methods(model, data, list(options), MethodRun(4, metric="logit_diff", method_options=options))
+    for name, opts in options.items():  # per span: within 5 % (spans a prompt lacks start their forwards at END)
+        estimate = estimate_method(name, model, data, 4, "logit_diff", opts)
+        assert estimate.forwards == pytest.approx(outputs[name].cost.forwards, rel=1e-3 if "mlps" in opts else 0.05)
+    full = estimate_method("activation_patching", model, data, 4, "logit_diff", {})
+    blind = estimate_method("edge_patching", model, data, 4, "logit_diff", {})
+    assert full.forwards > outputs["activation_patching"].cost.forwards
+    assert outputs["edge_patching"].cost.forwards > 5 * blind.forwards

@@ -38,7 +38,8 @@ def test_every_override_is_applied_to_the_spec_and_recorded_as_what_ran(toy):
     for method in result.head_scores:
         np.testing.assert_array_equal(result.scores(method), direct.scores(method))
     assert result.metric_values == direct.metric_values and result.circuit == direct.circuit
-    assert result.run.options == {"batch_size": 3, "cache_dir": None, "threads": None} == direct.run.options
+    options = {"batch_size": 3, "cache_dir": None, "threads": None, "max_memory": None}
+    assert result.run.options == options == direct.run.options
     assert result.run.overrides == OVERRIDES and direct.run.overrides == {}
     # the per-prompt values are the metrics' own numbers
     for name, values in result.metric_values.items():

@@ -34,13 +34,20 @@ def test_exact_edge_patching_costs_one_forward_per_edge_from_its_destination_blo
     """Two base runs, then per edge one forward from its destination's block: into block 0 (6 head
     inputs from the input, MLP 0 from input, a0.h0, a0.h1) the whole model, into block 1 (6 head
     inputs × 4 sources, MLP 1 × 6) and the logits (7 sources; patched at the last block's output,
-    so that block runs) half of it: 2 + 9 + (24 + 6 + 7) / 2."""
+    so that block runs) half of it: 2 + 9 + (24 + 6 + 7) / 2 — with every forward over all positions
+    (no key/value prefix); from the first position the counterfactual changes it costs less."""
     model, data = tiny
     assert model.component_graph().n_edges == 46
     outputs = run_methods(model, data, ["edge_patching", "eap"], MethodRun(4))
-    exact, eap = outputs["edge_patching"].cost, outputs["eap"].cost
+    with_prefix, eap = outputs["edge_patching"].cost, outputs["eap"].cost
+    was, model._prefix_ok = model._prefix_ok, False  # forwards over every position
+    try:
+        exact = run_methods(model, data, ["edge_patching"], MethodRun(4))["edge_patching"].cost
+    finally:
+        model._prefix_ok = was
     assert exact.forwards == pytest.approx(2 + 9 + (24 + 6 + 7) / 2)
     assert exact.backwards == 0 and exact.forwards > 7 * eap.forwards
+    assert was and with_prefix.forwards < exact.forwards
 
 
 def test_the_meter_counts_shares_backwards_prefixes_and_not_the_prefix_self_check(tiny):

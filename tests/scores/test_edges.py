@@ -65,7 +65,8 @@ def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
     graph = model.component_graph()
     output = run_methods(model, data, ["eap"], MethodRun(4, metric="logit_diff"))["eap"]
     assert output.heads is None and output.mlps is None and output.traces is None  # edge scores only
-    assert output.settings == {"method": "eap", "ablation": "counterfactual"}
+    settings = {k: v for k, v in output.settings.items() if k != "memory"}  # memory: the plan (test_chunking.py)
+    assert settings == {"method": "eap", "ablation": "counterfactual"}
     eap = output.edges.scores
     m_clean = float(oriented_metric("logit_diff", model.run(batch.tokens), batch).double().mean())
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
@@ -140,9 +141,7 @@ def test_circuit_forward_patches_exactly_the_edges_outside(tiny):
 @pytest.mark.parametrize("arch", ["gpt_neo", "gpt_neox", "llama", "toy-induction-2l"])
 def test_edges_on_every_architecture(tiny_models, arch):
     """The circuit forward meets both ends (nothing patched: clean; everything: the counterfactual) and
-    agrees with exact patching of single edges; grouped-query attention runs exact patching only."""
-    from circuitbench.errors import CircuitbenchError
-
+    agrees with exact patching of single edges (grouped-query attention: edges into key-value groups)."""
     model = load_model(str(tiny_models[arch]) if arch in tiny_models else arch, device="cpu")
     task = "induction" if arch.startswith("toy") else "ioi"
     metric = "induction_loss" if arch.startswith("toy") else "logit_diff"
@@ -160,10 +159,6 @@ def test_edges_on_every_architecture(tiny_models, arch):
     alone = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
     unpatched = float(oriented_metric(metric, model.run(batch.tokens), batch).double().sum())
     assert float((alone - unpatched).abs().max()) > 0
-    if arch == "llama":
-        with pytest.raises(CircuitbenchError, match="grouped-query attention"):
-            run_methods(model, data, ["eap"], MethodRun(3, metric=metric))
-        return
     replacement = node_outputs(model, corrupt)
     nothing = torch.zeros(graph.real_edges.shape, dtype=torch.bool)
     clean_m = oriented_metric(metric, model.run(batch.tokens), batch)
@@ -242,3 +237,21 @@ def test_eap_ig_inputs_shares_the_alpha_zero_step_with_the_corrupted_run(tiny):
     assert (shared_forwards, separate_forwards) == (3 + 1, 3 + 2)
     assert np.abs(shared.edges.scores - separate.edges.scores).max() < 1e-6
     assert np.abs(shared.edges.scores).max() > 1e-3
+
+
+def test_edge_patching_from_the_first_difference_equals_every_position(tiny, monkeypatch):
+    """Forwards that start where the deltas stop being zero (the counterfactual's shared prefix),
+    from the keys and values before it, give the numbers of forwards over every position."""
+    model, data, batch, clean, corrupt, delta = tiny
+    graph = model.component_graph()
+    edges = [(int(i), int(j)) for j, i in zip(*np.nonzero(graph.real_edges.T))]
+    ctx = MethodContext(batch_size=4, metric="logit_diff")
+    starts = []
+    record = model.key_value_prefix
+    monkeypatch.setattr(model, "key_value_prefix", lambda tokens: starts.append(tokens.shape[1]) or record(tokens))
+    from_prefix = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
+    assert starts and min(starts) > 0 and sorted(set(starts)) == sorted(set(batch.first_difference().tolist()))
+    monkeypatch.setattr(model, "prefix_forwards", lambda: False)
+    everywhere = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
+    assert float((from_prefix - everywhere).abs().max()) <= 1e-5
+    assert float(everywhere.abs().max()) > 0

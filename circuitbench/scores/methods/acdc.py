@@ -90,9 +90,9 @@ def acdc_sweep(graph: ComponentGraph, loss: Loss, tau: float, abs_value_threshol
     measuring each circuit tried (it is called once on the full graph, then once per edge tried)."""
     present = graph.real_edges.copy()
     current = loss(present)
-    owner = graph.destination_owner
+    readers = graph.destination_readers  # [n_dst, n_src]; a key-value group's input: every head of the group
     for j in reversed(range(len(graph.destinations))):
-        if owner[j] >= 0 and not present[owner[j]].any():  # the node reaches no destination: dangling
+        if readers[j].any() and not present[readers[j]].any():  # no reader reaches a destination: dangling
             present[:, j] = False
             continue
         for i in trial_order(graph, j):
@@ -218,7 +218,7 @@ def _refuse(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext, opts: 
 
 def acdc(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = AcdcOptions.model_validate(ctx.options)
-    check_edges(model, "acdc", per_head_inputs=True)
+    check_edges(model, "acdc")
     graph = model.component_graph()
     thresholds = [opts.tau] if opts.tau is not None else sorted(set(opts.thresholds))
     n_prompts = int(ctx.sum_shards(len(data)))

@@ -19,7 +19,14 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
-from circuitbench.scores.interventions import BaseRun, base_runs, end_only_logits, oriented_metric, record_scored_run
+from circuitbench.scores.interventions import (
+    BaseRun,
+    base_runs,
+    end_only_logits,
+    in_layout,
+    oriented_metric,
+    record_scored_run,
+)
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import AttributionOptions, NapIgOptions
 from circuitbench.scores.methods.outputs import MethodOutput
@@ -143,7 +150,7 @@ def _runs(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext,
     for batch in data.batches(ctx.batch_size):
         raw, run = record_scored_run(model, batch.as_corrupted(), ctx.metric)
         run.metric = raw if higher else -raw
-        yield batch, {"corrupted": run}
+        yield batch, {"corrupted": in_layout(batch, run)}  # unaligned: span to span into the clean positions
 
 
 def _gradients(model: LoadedModel, batch: Batch, resid_clean: torch.Tensor | None, resid_corr: torch.Tensor | None,

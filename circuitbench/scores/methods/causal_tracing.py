@@ -24,7 +24,7 @@ from circuitbench.models.hooks import Site
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import Batch, EncodedPrompts
 from circuitbench.scores.evaluation import nonfinite_error
-from circuitbench.scores.interventions import metric_per_copy, oriented_metric
+from circuitbench.scores.interventions import SuffixGroup, metric_per_copy, oriented_metric, suffix_groups
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import TraceKind, TracingOptions
 from circuitbench.scores.methods.outputs import MethodOutput
@@ -115,6 +115,27 @@ def _noise_std(model: LoadedModel, data: EncodedPrompts, opts: TracingOptions, t
     return float(table[ids.to(table.device)].float().std()) if len(ids) > 1 else float(table.float().std())
 
 
+def _first_noised(batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+    """[batch] each prompt's first noised position (its length when none is): the clean and noised
+    runs agree on every position before it (causal attention)."""
+    return torch.where(mask.any(1), mask.to(torch.int8).argmax(1), batch.lengths)
+
+
+def _restore_edit(source: dict[Site, torch.Tensor], group: SuffixGroup, ends: torch.Tensor,
+                  width: int) -> Callable[[torch.Tensor, object, Site], None]:
+    """metric_per_copy's edit for `group`'s forwards (positions from group.start on): copy `col`
+    puts `source`'s state at column `col` (END − (width − 1 − col)) in place. A column before the
+    group's start is a no-op: source and base agree there."""
+    rows = torch.arange(len(group.rows))
+    own_ends = ends[group.rows]
+
+    def edit(x: torch.Tensor, col, at: Site) -> None:  # x: [rows, pos - start, d_model]
+        pos = own_ends - (width - 1 - col)
+        kept = pos >= group.start
+        x[rows[kept], pos[kept] - group.start] = source[at][group.rows[kept], pos[kept]].to(x.dtype)
+    return edit
+
+
 def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = TracingOptions.model_validate(ctx.options).resolved()
     assert opts.samples is not None and opts.window is not None and opts.noise_scale is not None
@@ -144,9 +165,12 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
     states |= {hooks.resid_pre(l) for l in range(n_layers)}  # block inputs, to resume part-way
     for batch in data.batches(ctx.batch_size):
         mask = _corrupt_mask(batch, opts.corrupt)
+        # patched forwards start at the first noised position, from the keys and values before it
+        groups = suffix_groups(model, batch, torch.ones(batch.tokens.shape, dtype=torch.bool),
+                               _first_noised(batch, mask), metric)
         clean_logits, clean_cache = model.run_with_cache(batch.tokens, states | {hooks.embed()})
         m_clean = oriented_metric(metric, clean_logits, batch).cpu()
-        rows, ends = torch.arange(len(batch)), batch.end
+        ends = batch.end
         totals = {key: torch.zeros(len(batch), n_layers, width) for key in effects}
         m_corr_total = torch.zeros(len(batch))
         for _ in range(opts.samples):
@@ -159,15 +183,14 @@ def causal_tracing(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext)
                 # restore: corrupted run, clean states put back; noise: clean run, corrupted states put in
                 source, base = (clean_cache, corr_cache) if direction == "restore" else (corr_cache, clean_cache)
                 baseline = m_corr if direction == "restore" else m_clean
-
-                def edit(x: torch.Tensor, col, at: Site, _src=source) -> None:  # x: [batch, pos, d_model]
-                    pos = ends - (width - 1 - col)
-                    x[rows, pos] = _src[at][rows, pos].to(x.dtype)
-
+                edits = [_restore_edit(source, group, ends, width) for group in groups]
                 for layer in range(n_layers):
                     window = _window(layer, n_layers, 1 if kind == "resid" else opts.window)
-                    values = metric_per_copy(model, batch, metric, window[0], base[hooks.resid_pre(window[0])],
-                                             [STATE_SITES[kind](l) for l in window], list(range(width)), edit)
+                    values = torch.zeros(width, len(batch), dtype=torch.float64)
+                    for group, edit in zip(groups, edits):
+                        values[:, group.rows] = metric_per_copy(
+                            model, group.batch, metric, window[0], group.cut(base[hooks.resid_pre(window[0])]),
+                            [STATE_SITES[kind](l) for l in window], list(range(width)), edit, prefix=group.prefix)
                     totals[(kind, direction)][:, layer, :] += (values.float() - baseline[None, :]).T
         for key, total in totals.items():
             effects[key].append(total / opts.samples)

@@ -31,3 +31,6 @@ class MethodContext:
     gather_shards: Callable[[Any], Any] = field(default=lambda values: values)
     # Where unpatched clean/corrupted runs are read from or stored (None: computed per batch).
     cache_entry: "CacheEntry | None" = None
+    # Bytes the weights and a method's tensors may take together (--max-memory); None: a default from the free
+    # memory. The edge methods plan sub-batches and source chunks under it (scores/memory_plan.py).
+    memory_budget: int | None = None

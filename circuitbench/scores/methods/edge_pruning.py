@@ -181,7 +181,7 @@ def _circuit_loss(model: LoadedModel, graph: ComponentGraph, prepared: list[Prep
 
 def edge_pruning(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = EdgePruningOptions.model_validate(ctx.options)
-    check_edges(model, "edge_pruning", per_head_inputs=True)
+    check_edges(model, "edge_pruning")
     if opts.ablation in ("counterfactual", "mean_counterfactual") and data.corrupted is None:
         raise CircuitbenchError(f"edge_pruning: method_options.edge_pruning.ablation = {opts.ablation} needs "
                                 "counterfactual prompts, and this task has none. Use ablation: mean_clean or zero.")

@@ -24,8 +24,8 @@ from circuitbench.errors import CircuitbenchError
 from circuitbench.models import hooks
 from circuitbench.models.loaded import Hook, LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
+from circuitbench.scores.chunking import Chunks, StepSum, add_attribution, patched_edges, plan_for, sub_batched
 from circuitbench.scores.edges import (
-    DestinationGradients,
     accumulate_edge_scores,
     check_edges,
     edge_layer,
@@ -34,11 +34,12 @@ from circuitbench.scores.edges import (
     patched_edge_metrics,
     valid_positions,
 )
-from circuitbench.scores.interventions import BaseRun, base_runs
+from circuitbench.scores.interventions import BaseRun, Input, base_runs
 from circuitbench.scores.methods.attribution import alphas_of
 from circuitbench.scores.methods.context import MethodContext
-from circuitbench.scores.methods.options import EapIgOptions, EdgePatchingOptions
-from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput
+from circuitbench.scores.methods.options import EapIgOptions, EapOptions, EdgePatchingOptions
+from circuitbench.scores.methods.outputs import EdgeScores, MethodOutput, SpanEdgeScores
+from circuitbench.scores.span_edges import SpanTotals, assembled
 
 
 def _normalised(model: LoadedModel, total: torch.Tensor, m_clean: float, m_corr: float, n: int,
@@ -62,20 +63,45 @@ def _delta(model: LoadedModel, batch, clean: BaseRun, corrupt: BaseRun) -> torch
 
 
 def eap(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
-    check_edges(model, "eap", per_head_inputs=True)
+    check_edges(model, "eap")
     graph = model.component_graph()
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
+    spans = SpanTotals.start(data, graph, EapOptions.model_validate(ctx.options).positions)
+    plan = plan_for("eap", model, data, ctx, whole_sources=spans is not None)  # bounded memory (scores/chunking.py)
+    chunks = Chunks.of(plan)
     m_clean = m_corr = 0.0
-    for batch, runs in base_runs(model, data, ctx, ("corrupted",)):
+    for batch, runs in base_runs(model, data, sub_batched(ctx, chunks), ("corrupted",)):
         corrupt = runs["corrupted"]
         grads = input_gradients(model, batch, ctx)  # the clean run, with gradients: its outputs are a_u
         m_clean += float(grads.metric.double().sum())
         m_corr += float(corrupt.metric.double().sum())
-        accumulate_edge_scores(model, graph, _delta(model, batch, grads.run, corrupt), grads, total)
+        if spans is not None:  # positions: per_span (scores/span_edges.py)
+            delta = _delta(model, batch, grads.run, corrupt)
+            grads = assembled(model, grads)
+            spans.add_attribution(model, graph, batch, delta, grads)
+            accumulate_edge_scores(model, graph, delta, grads, total)
+        else:
+            add_attribution(model, graph, batch, grads.run, corrupt, grads, total, chunks)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True)),
-                        settings={"method": "eap", "ablation": "counterfactual"})
+                        span_edges=_span_scores(model, graph, spans, ctx, m_clean, m_corr, n, True),
+                        settings={"method": "eap", "ablation": "counterfactual", **_span_settings(spans),
+                                  "memory": plan.model_dump()})
+
+
+def _span_scores(model: LoadedModel, graph, spans: SpanTotals | None, ctx: MethodContext, m_clean: float,
+                 m_corr: float, n: int, attribution: bool) -> SpanEdgeScores | None:
+    """Per-span scores normalised span by span as the position-blind ones (None: positions all)."""
+    if spans is None:
+        return None
+    total = ctx.sum_shards(spans.total)
+    values = [_normalised(model, total[s], m_clean, m_corr, n, attribution) for s in range(len(total))]
+    return SpanEdgeScores(graph, spans.layout.names, np.stack(values))
+
+
+def _span_settings(spans: SpanTotals | None) -> dict[str, object]:
+    return {} if spans is None else spans.settings()
 
 
 def _alphas(opts: EapIgOptions) -> list[float]:
@@ -93,30 +119,36 @@ def _replace(site, value: torch.Tensor) -> Hook:
 
 def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = EapIgOptions.model_validate(ctx.options)
-    check_edges(model, "eap_ig", per_head_inputs=True)
+    check_edges(model, "eap_ig")
     graph = model.component_graph()
     alphas = _alphas(opts)
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
+    spans = SpanTotals.start(data, graph, opts.positions)
+    memory = plan_for("eap_ig", model, data, ctx, steps=len(alphas), whole_sources=spans is not None)
+    chunks = Chunks.of(memory) if spans is None else Chunks(memory.batch_size, memory.source_chunk, sum_steps=True)
     m_clean = m_corr = 0.0
     # The inputs variant's α = 0 step runs the counterfactual input itself: its forward is the
     # corrupted base run, so that run is not made separately (one forward fewer per batch), unless
     # the activation cache holds it already or the counterfactual has its own lengths.
     shared = opts.variant == "inputs" and alphas[0] == 0.0 and ctx.cache_entry is None \
         and data.corrupted_lengths is None
-    for batch, runs in base_runs(model, data, ctx, ("clean",) if shared else ("clean", "corrupted")):
+    inputs: tuple[Input, ...] = ("clean",) if shared else ("clean", "corrupted")
+    for batch, runs in base_runs(model, data, sub_batched(ctx, chunks), inputs):
         clean = runs["clean"]
-        summed = DestinationGradients.zeros()  # the steps' gradients, contracted with delta once
         if shared:
             assert batch.corrupted is not None
             step = input_gradients(model, batch, ctx, first=_replace(hooks.resid_pre(0),
                                                                      model.embeddings(batch.corrupted)))
-            summed.add(model, step, 1.0 / len(alphas))
             corrupt, alphas_left = step.run, alphas[1:]
         else:
             corrupt, alphas_left = runs["corrupted"], alphas
+        # the steps' gradients, summed and contracted with the deltas once (or step by step: scores/chunking.py)
+        summed = StepSum(model, graph, batch, clean, corrupt, total, chunks)
+        if shared:
+            summed.add(step, 1.0 / len(alphas))
+            del step
         m_clean += float(clean.metric.double().sum())
         m_corr += float(corrupt.metric.double().sum())
-        delta = _delta(model, batch, clean, corrupt)
         if opts.variant == "inputs":
             plans = [[_interpolate(hooks.resid_pre(0), clean.resid[0], corrupt.resid[0], a)] for a in alphas_left]
         else:
@@ -128,14 +160,17 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Meth
             plans = [[_interpolate(site, c, k, a) for site, c, k in group] for group in groups for a in alphas]
         for plan in plans:
             first, extra = (plan[0], plan[1:]) if opts.variant == "inputs" else (None, plan)
-            summed.add(model, input_gradients(model, batch, ctx, first=first, extra=extra),
-                       1.0 / (len(plans) + int(shared)))
-        accumulate_edge_scores(model, graph, delta, summed, total)
+            summed.add(input_gradients(model, batch, ctx, first=first, extra=extra), 1.0 / (len(plans) + int(shared)))
+        if spans is not None and summed.summed is not None:  # positions: per_span (scores/span_edges.py)
+            spans.add_attribution(model, graph, batch, _delta(model, batch, clean, corrupt), summed.summed)
+        summed.finish()
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True)),
+                        span_edges=_span_scores(model, graph, spans, ctx, m_clean, m_corr, n, True),
                         settings={"method": "eap_ig", "variant": opts.variant, "steps": opts.steps,
-                                  "points": opts.points, "alphas": alphas, "ablation": "counterfactual"})
+                                  "points": opts.points, "alphas": alphas, "ablation": "counterfactual",
+                                  **_span_settings(spans), "memory": memory.model_dump()})
 
 
 def edge_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int) -> float:
@@ -149,9 +184,10 @@ def edge_patching_cost(model: LoadedModel, data: EncodedPrompts, batch_size: int
 
 def edge_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
     opts = EdgePatchingOptions.model_validate(ctx.options)
-    check_edges(model, "edge_patching", per_head_inputs=False)
+    check_edges(model, "edge_patching")
     graph = model.component_graph()
-    cost = edge_patching_cost(model, data, ctx.batch_size)
+    spans = SpanTotals.start(data, graph, opts.positions)
+    cost = edge_patching_cost(model, data, ctx.batch_size) * (1 + (0 if spans is None else len(spans.layout)))
     if cost > opts.max_forwards:
         first = data.batch(0, min(len(data), ctx.batch_size))
         started = time.perf_counter()
@@ -166,14 +202,22 @@ def edge_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) 
     total = torch.zeros(graph.real_edges.shape, dtype=torch.float64)
     m_clean = m_corr = 0.0
     rows, cols = (torch.tensor([e[k] for e in edges]) for k in (0, 1))
-    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+    memory = plan_for("edge_patching", model, data, ctx, whole_sources=spans is not None)
+    chunks = Chunks.of(memory)
+    for batch, runs in base_runs(model, data, sub_batched(ctx, chunks), ("clean", "corrupted")):
         clean, corrupt = runs["clean"], runs["corrupted"]
         m_clean += float(clean.metric.double().sum())
         m_corr += float(corrupt.metric.double().sum())
-        values = patched_edge_metrics(model, graph, batch, clean, _delta(model, batch, clean, corrupt), edges, ctx)
-        total[rows, cols] += values
+        if spans is not None:  # positions: per_span, one forward per (edge, span) (scores/span_edges.py)
+            delta = _delta(model, batch, clean, corrupt)
+            total[rows, cols] += patched_edge_metrics(model, graph, batch, clean, delta, edges, ctx)
+            spans.add_patching(model, graph, batch, clean, delta, edges, ctx)
+        else:  # a slice of sources at a time under the memory plan (scores/chunking.py)
+            total[rows, cols] += patched_edges(model, graph, batch, clean, corrupt, edges, ctx, chunks)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, False)),
+                        span_edges=_span_scores(model, graph, spans, ctx, m_clean, m_corr, n, False),
                         settings={"method": "edge_patching", "ablation": "counterfactual",
-                                  "batch_forwards": round(cost, 1)})
+                                  "batch_forwards": round(cost, 1), **_span_settings(spans),
+                                  "memory": memory.model_dump()})

@@ -137,19 +137,19 @@ def batch_importance(model: LoadedModel, graph: ComponentGraph, run: IfrRun, val
     def per_prompt_mean(imp: torch.Tensor) -> torch.Tensor:  # [batch, pos, upstream] -> [upstream]
         return torch.einsum("bpu,bp->u", imp.to(torch.float64), weight).cpu()
 
-    H, index = model.n_heads, graph.destination_index
+    index = graph.destination_index
     for layer in range(model.n_layers):
         upstream = graph.n_upstream(f"a{layer}.h0<q>")
         imp = source_shares(run.outputs, run.attention_inputs[layer], upstream)
-        same = per_prompt_mean(imp)
-        for h in range(H):
-            for kind in "qkv":
-                out[:upstream, index[f"a{layer}.h{h}<{kind}>"]] = same
-            if heads == "attention":
-                routed = torch.einsum("bqk,bku->bqu", key_value_shares(model, run, layer, h).to(imp.dtype), imp)
-                mixed = per_prompt_mean(routed)
-                out[:upstream, index[f"a{layer}.h{h}<k>"]] = mixed
-                out[:upstream, index[f"a{layer}.h{h}<v>"]] = mixed
+        out[:upstream, graph.block_destinations(layer, "q").start:graph.block_destinations(layer, "v").stop] = \
+            per_prompt_mean(imp)[:, None]  # every query, key and value input reads the block input
+        if heads == "attention":
+            mixed = [per_prompt_mean(torch.einsum("bqk,bku->bqu", key_value_shares(model, run, layer, h).to(imp.dtype),
+                                                  imp)) for h in range(model.n_heads)]
+            for kind in "kv":  # a key-value group's input: the mean over the query heads that read it
+                for j in range(graph.block_destinations(layer, kind).start, graph.block_destinations(layer, kind).stop):
+                    readers = [int(node.split(".h")[1]) for node in graph.destination_nodes(graph.destinations[j])]
+                    out[:upstream, j] = torch.stack([mixed[h] for h in readers]).mean(0)
         if model.has_mlp:
             upstream = graph.n_upstream(f"m{layer}")
             out[:upstream, index[f"m{layer}"]] = per_prompt_mean(

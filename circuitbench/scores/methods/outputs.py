@@ -33,6 +33,22 @@ class EdgeScores:
         return self.graph.as_dict(self.scores)
 
 
+@dataclass(frozen=True, eq=False)
+class SpanEdgeScores:
+    """Position-aware edge scores (PEAP's edges within a position, Haklay et al. 2025): `scores`
+    [n_spans, n_sources, n_destinations], span s holding the edge's effect through the destination's
+    positions in span `span_names[s]` (scores/span_edges.py)."""
+
+    graph: ComponentGraph
+    span_names: tuple[str, ...]
+    scores: np.ndarray
+
+    def as_dict(self) -> dict[str, float]:
+        """{edge@span: score} for every (edge, span) pair, named 'u->v@SPAN', span by span."""
+        return {f"{edge}@{span}": value for span, matrix in zip(self.span_names, self.scores)
+                for edge, value in self.graph.as_dict(matrix).items()}
+
+
 class NonFiniteScores(CircuitbenchError):
     """Scores holding NaN or inf; `quantity` names them (scoring.run_methods says where the model's
     activations first go non-finite)."""
@@ -49,6 +65,9 @@ PRODUCES_WORDS: dict[str, str] = {
     "edge_scores": "edge scores over the component graph",
     "traces": "named maps (traces)",
 }
+# settings key of a node method's output told to score heads only (activation_patching `mlps: false`):
+# head scores then fulfil its node_scores declaration
+HEADS_ONLY = "heads_only"
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +81,7 @@ class MethodOutput:
     - `input`: the input embedding's score, for node methods that score it as a node (MIB's input
       node: nap, nap_ig); None otherwise, and node circuits then always keep the input;
     - `edges`: scores of every edge of the component graph (edge methods);
+    - `span_edges`: with `positions: per_span`, the same edges' scores per span (SpanEdgeScores);
     - `traces`: named maps, pydantic models (causal tracing's TraceMap per kind/direction);
     - `settings`: what ran beyond the task's method options (an edge method's integration
       points, its estimated forwards), recorded with the scores.
@@ -72,6 +92,7 @@ class MethodOutput:
     nodes: bool = False
     input: float | None = None
     edges: EdgeScores | None = None
+    span_edges: SpanEdgeScores | None = None
     traces: dict[str, BaseModel] | None = None
     settings: Mapping[str, object] = field(default_factory=dict)
     cost: MethodCost | None = None  # filled by scoring.run_methods (seconds, forward-equivalents), not the method
@@ -110,6 +131,8 @@ class MethodOutput:
         """Raise CircuitbenchError naming `method` unless this output is what it declares
         (`declared`), with the shapes of `model`; NonFiniteScores if a score is NaN or infinite."""
         got = self.produced()
+        if got == "head_scores" and declared == "node_scores" and self.settings.get(HEADS_ONLY):
+            declared = "head_scores"
         if got != declared:
             raise CircuitbenchError(
                 f"Method '{method}' is declared to produce {PRODUCES_WORDS[declared]} (produces={declared!r}) but "
@@ -148,6 +171,14 @@ class MethodOutput:
                     f"scores of shape {list(graph.real_edges.shape)}.")
             if not np.isfinite(self.edges.scores).all():
                 raise NonFiniteScores(f"Method '{method}' edge scores")
+        if self.span_edges is not None:
+            spans = self.span_edges
+            if self.edges is None or spans.scores.shape != (len(spans.span_names), *self.edges.scores.shape):
+                raise CircuitbenchError(f"Method '{method}' returned per-span edge scores of shape "
+                                        f"{list(spans.scores.shape)}; expected [n_spans, n_sources, n_destinations] "
+                                        "beside its edge scores (edges=).")
+            if not np.isfinite(spans.scores).all():
+                raise NonFiniteScores(f"Method '{method}' per-span edge scores")
 
 
 # How a MethodOutput holds each declaration, for error messages.

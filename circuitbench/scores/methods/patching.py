@@ -16,10 +16,10 @@ import torch
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.prompts.encoding import EncodedPrompts
-from circuitbench.scores.interventions import base_runs, check_positions, patched_node_metrics, position_mask
+from circuitbench.scores.interventions import Layout, base_runs, check_positions, patched_node_metrics, position_mask
 from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.methods.options import PatchingOptions
-from circuitbench.scores.methods.outputs import MethodOutput
+from circuitbench.scores.methods.outputs import HEADS_ONLY, MethodOutput
 
 
 def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, direction: str,
@@ -37,12 +37,16 @@ def normalised_effect(patched: torch.Tensor, m_clean: float, m_corr: float, dire
 
 
 def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> MethodOutput:
-    """Exact patching scores of every head [n_layers, n_heads] and MLP [n_layers]."""
+    """Exact patching scores of every head [n_layers, n_heads] and MLP [n_layers] (`mlps: false`:
+    heads only, as head scores)."""
     opts = PatchingOptions.model_validate(ctx.options)
     check_positions(data, opts.positions, "activation_patching")
-    total = torch.zeros(model.n_layers, model.n_heads + int(model.has_mlp), dtype=torch.float64)
+    mlps = model.has_mlp and opts.mlps
+    total = torch.zeros(model.n_layers, model.n_heads + int(mlps), dtype=torch.float64)
     m_clean = m_corr = 0.0
-    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted")):
+    # unaligned counterfactuals: the source run re-indexed span to span into the base run's positions
+    layout: Layout = "clean" if opts.direction == "noising" else "corrupted"
+    for batch, runs in base_runs(model, data, ctx, ("clean", "corrupted"), layout=layout):
         clean_run, corrupt_run = runs["clean"], runs["corrupted"]
         m_clean += float(clean_run.metric.double().sum())
         m_corr += float(corrupt_run.metric.double().sum())
@@ -50,8 +54,8 @@ def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCon
             base_batch, base, source = batch, clean_run, corrupt_run
         else:
             base_batch, base, source = batch.as_corrupted(), corrupt_run, clean_run
-        mask = position_mask(batch, opts.positions)
-        mlp = (lambda l, s=source: s.mlp[l]) if source.mlp is not None else None
+        mask = position_mask(base_batch, opts.positions)  # the base run's positions (the same when aligned)
+        mlp = (lambda l, s=source: s.mlp[l]) if source.mlp is not None and mlps else None
         # the two runs agree before the first token they differ in: forwards start there
         total += patched_node_metrics(model, base_batch, base, lambda l, s=source: s.z[l], mlp, mask, ctx,
                                       unchanged_before=batch.first_difference() if batch.corrupted_lengths is None
@@ -59,4 +63,6 @@ def activation_patching(model: LoadedModel, data: EncodedPrompts, ctx: MethodCon
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     scores = normalised_effect(total / n, m_clean / n, m_corr / n, opts.direction, model.name)
-    return MethodOutput(heads=scores[:, : model.n_heads], mlps=scores[:, -1] if model.has_mlp else None, nodes=True)
+    if model.has_mlp and not opts.mlps:  # the MLPs were not patched: head scores, not node scores
+        return MethodOutput(heads=scores, settings={HEADS_ONLY: True})
+    return MethodOutput(heads=scores[:, : model.n_heads], mlps=scores[:, -1] if mlps else None, nodes=True)
