@@ -90,6 +90,25 @@ def destination_hooks(model, clean, dst, replace):
             (hooks.mlp_in(layer), lambda y: model.normalize_mlp_input(layer, replace(live["x"])))]
 
 
+def destination_gradient(model, clean, batch, dst, metric="logit_diff"):
+    """[batch, pos, d_model] ∂(Σ metric)/∂x_v at destination `dst`'s own pre-norm input, from a probe added to
+    it in a full forward (destination_hooks): the gradient EAP's formula multiplies by each source's delta."""
+    import torch
+
+    from circuitbench.scores.interventions import oriented_metric
+
+    probe = {}
+
+    def add_probe(x):
+        probe["p"] = torch.zeros_like(x, requires_grad=True)
+        return x + probe["p"]
+
+    with model.frozen_weights(), torch.enable_grad():
+        logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, dst, add_probe), grad=True)
+        (grad,) = torch.autograd.grad(oriented_metric(metric, logits, batch).sum(), probe["p"])
+    return grad
+
+
 def naive_edge_metrics(model, graph, batch, clean, delta, edges):
     """[len(edges)] the summed oriented logit_diff with each edge (i, j) patched alone, one full
     forward per edge: destination j reads its live input plus delta[:, :, i] (source i's

@@ -193,6 +193,13 @@ def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: d
                                 "eap_ig or edge_patching to methods.")
     baseline = EdgeBaseline(model, data, parse_ablation(rule.ablation), ctx)
     circuits = {m: edge_circuit(edge_scores[m], rule, m) for m in methods}
+    best, candidates = closest_to_one(circuits, baseline)
+    return circuits[best], candidates, baseline
+
+
+def closest_to_one(circuits: dict[str, Circuit], baseline: EdgeBaseline) -> tuple[str, list[CircuitCandidate]]:
+    """(the method whose edge circuit's f under `baseline` is closest to 1 — ties: fewer edges, then
+    the method listed first —, every method's candidate); circuits with the same edges are measured once."""
     seen: dict[tuple[str, ...], float | None] = {}
     candidates = []
     for method, c in circuits.items():
@@ -201,6 +208,7 @@ def most_faithful_edges(model: LoadedModel, data: EncodedPrompts, edge_scores: d
             seen[key] = baseline.f(list(key))
         candidates.append(CircuitCandidate(method=method, heads=c.heads, mlps=c.mlps, n_edges=len(c.edges),
                                            faithfulness=seen[key]))
+    order = list(circuits)
     best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
-                                          0 if c.faithfulness is None else c.n_edges or 0, methods.index(c.method)))
-    return circuits[best.method], candidates, baseline
+                                          0 if c.faithfulness is None else c.n_edges or 0, order.index(c.method)))
+    return best.method, candidates

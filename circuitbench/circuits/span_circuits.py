@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from circuitbench.circuits.circuit import Circuit, CircuitCandidate, fraction_count, split_nodes
-from circuitbench.circuits.edge_faithfulness import EdgeBaseline
+from circuitbench.circuits.circuit import Circuit, fraction_count, split_nodes
+from circuitbench.circuits.edge_faithfulness import EdgeBaseline, closest_to_one
 from circuitbench.circuits.faithfulness import ALSO_UNDER, assemble_report
 from circuitbench.circuits.panel import PanelBaselines, assess
 from circuitbench.errors import CircuitbenchError
@@ -184,17 +184,8 @@ def per_span_circuit(model: LoadedModel, data: EncodedPrompts, span_scores: dict
                                     f"these prompts have {layout.names}.")
     baseline = SpanEdgeBaseline(model, data, parse_ablation(rule.ablation), ctx, layout)
     circuits = {m: span_edge_circuit(span_scores[m], rule, m) for m in methods}
-    seen: dict[tuple[str, ...], float | None] = {}
-    candidates = []
-    for method, c in circuits.items():
-        key = tuple(sorted(c.edges))
-        if key not in seen:
-            seen[key] = baseline.f(list(key))
-        candidates.append(CircuitCandidate(method=method, heads=c.heads, mlps=c.mlps, n_edges=len(c.edges),
-                                           faithfulness=seen[key]))
-    best = min(candidates, key=lambda c: (0.0 if c.faithfulness is None else abs(1 - c.faithfulness),
-                                          0 if c.faithfulness is None else c.n_edges or 0, methods.index(c.method)))
-    chosen = circuits[best.method]
+    best, candidates = closest_to_one(circuits, baseline)
+    chosen = circuits[best]
     faith = assemble_report(baseline, baseline.metric(baseline.keep_of(chosen.edges)), rule, ctx.metric,
                             also=lambda: SpanEdgeBaseline(model, data, ALSO_UNDER, ctx, layout).f(chosen.edges),
                             curve=lambda: {})

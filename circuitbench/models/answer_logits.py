@@ -19,6 +19,7 @@ from weakref import WeakKeyDictionary
 import torch
 
 from circuitbench.models.loaded import LoadedModel
+from circuitbench.models.replaced_forward import replaced_forward
 
 logger = logging.getLogger(__name__)
 _CHECKED: WeakKeyDictionary[torch.nn.Module, bool] = WeakKeyDictionary()  # bridge -> the self-check's verdict
@@ -42,15 +43,8 @@ def answer_columns(model: LoadedModel, positions: torch.Tensor, columns: torch.T
         picked = x[rows, positions.to(x.device)]
         return torch.addmm(bias.to(x.dtype), picked, weight.to(x.dtype))[:, None]
 
-    own = unembed.__dict__.get("forward")  # the bridge's __setattr__ would hand `forward` to the HF module
-    object.__setattr__(unembed, "forward", given)
-    try:
+    with replaced_forward(unembed, given):
         yield calls
-    finally:
-        if own is None:
-            del unembed.__dict__["forward"]
-        else:
-            object.__setattr__(unembed, "forward", own)
 
 
 def answer_columns_reproduce(model: LoadedModel) -> bool:

@@ -20,6 +20,7 @@ import torch
 
 from circuitbench.models.hooks import head_outputs, resid_pre
 from circuitbench.models.loaded import LoadedModel
+from circuitbench.models.replaced_forward import replaced_forward
 
 logger = logging.getLogger(__name__)
 _CHECKED: WeakKeyDictionary[torch.nn.Module, bool] = WeakKeyDictionary()  # bridge -> the self-check's verdict
@@ -65,16 +66,8 @@ def replaced_attention(model: LoadedModel, layer: int,
         output = compute(*args, **kwargs)
         return output if size == 0 else (output,) + (None,) * (size - 1)
 
-    # the bridge's own __setattr__ would hand `forward` to the wrapped HF module: set it on the wrapper
-    own = attention.__dict__.get("forward")  # an instance forward (accelerate's hooks): put it back after
-    object.__setattr__(attention, "forward", given)
-    try:
+    with replaced_forward(attention, given):
         yield calls
-    finally:
-        if own is None:
-            del attention.__dict__["forward"]
-        else:
-            object.__setattr__(attention, "forward", own)
 
 
 def known_attention(model: LoadedModel, layer: int, output: torch.Tensor) -> AbstractContextManager[list[int]]:

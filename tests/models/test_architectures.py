@@ -24,7 +24,7 @@ from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks, naive_edge_metrics
+from helpers import destination_gradient, naive_edge_metrics
 
 ARCHS = ["gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "gemma2", "mistral", "phi"]
 GQA = {"llama", "qwen2", "gemma2", "mistral"}  # 4 query heads over 2 key-value heads
@@ -168,16 +168,7 @@ def test_eap_equals_the_gradient_formula(arch_model):
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     checked = []
     for i, j in _some_edges(graph):
-        probe = {}
-
-        def add_probe(x):
-            probe["p"] = torch.zeros_like(x, requires_grad=True)
-            return x + probe["p"]
-
-        with model.frozen_weights(), torch.enable_grad():
-            logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, graph.destinations[j],
-                                                                           add_probe), grad=True)
-            (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
+        grad = destination_gradient(model, clean, batch, graph.destinations[j])
         by_hand = -float((delta[:, :, i] * grad).sum()) / len(batch) / abs(m_clean - m_corr)
         checked.append((eap[i, j], by_hand))
     got, want = np.array(checked).T

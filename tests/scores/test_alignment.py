@@ -25,7 +25,7 @@ from circuitbench.scores.methods.patching import activation_patching
 from circuitbench.scores.scoring import check_methods
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks
+from helpers import destination_gradient
 
 LONG = str(Path(__file__).parents[2] / "tasks" / "examples" / "ioi_long_names.yaml")
 
@@ -195,15 +195,7 @@ def test_unequal_length_eap_equals_the_gradient_formula_with_hand_aligned_output
     gap = abs(m_clean - m_corr) / len(data)
     by_hand = np.zeros_like(scores)
     for j, dst in enumerate(graph.destinations):
-        probe = {}
-
-        def add_probe(x):
-            probe["p"] = torch.zeros_like(x, requires_grad=True)
-            return x + probe["p"]
-
-        with model.frozen_weights(), torch.enable_grad():
-            logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, dst, add_probe), grad=True)
-            (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
+        grad = destination_gradient(model, clean, batch, dst)
         for i in range(graph.n_upstream(dst)):
             by_hand[i, j] = -float((delta[:, :, i] * grad).sum()) / len(data) / gap
     assert np.abs(scores - by_hand).max() <= 1e-5 * max(1.0, np.abs(by_hand).max())

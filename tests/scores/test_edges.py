@@ -15,7 +15,7 @@ from circuitbench.scores.methods.context import MethodContext
 from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks, naive_edge_metrics
+from helpers import destination_gradient, naive_edge_metrics
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +72,7 @@ def test_eap_equals_the_gradient_formula_destination_by_destination(tiny):
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     by_hand = np.zeros_like(eap)
     for j, dst in enumerate(graph.destinations):
-        probe = {}
-
-        def add_probe(x):
-            probe["p"] = torch.zeros_like(x, requires_grad=True)
-            return x + probe["p"]
-
-        with model.frozen_weights(), torch.enable_grad():
-            logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, dst, add_probe), grad=True)
-            (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
+        grad = destination_gradient(model, clean, batch, dst)
         for i in range(graph.n_upstream(dst)):  # EAP: Σ (a_u' − a_u) · ∂m/∂x_v, normalised like noising
             by_hand[i, j] = -float((delta[:, :, i] * grad).sum()) / len(batch) / (m_clean - m_corr)
     assert np.abs(eap - by_hand).max() <= 1e-5 * max(1.0, np.abs(by_hand).max())

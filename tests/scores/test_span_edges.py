@@ -17,7 +17,7 @@ from circuitbench.scores.scoring import MethodRun, run_methods
 from circuitbench.scores.span_edges import OTHER, SpanLayout, patched_span_edge_metrics, span_circuit_metric
 from circuitbench.specs.catalog import load_task
 
-from helpers import destination_hooks, naive_edge_metrics
+from helpers import destination_gradient, naive_edge_metrics
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,7 @@ def test_eap_per_span_is_the_gradient_formula_span_by_span_and_sums_to_eap(tiny)
     m_corr = float(oriented_metric("logit_diff", model.run(batch.as_corrupted().tokens), batch).double().mean())
     by_hand = np.zeros_like(per_span)
     for j, dst in enumerate(graph.destinations):
-        probe = {}
-
-        def add_probe(x):
-            probe["p"] = torch.zeros_like(x, requires_grad=True)
-            return x + probe["p"]
-
-        with model.frozen_weights(), torch.enable_grad():
-            logits = model.run_with_hooks(batch.tokens, destination_hooks(model, clean, dst, add_probe), grad=True)
-            (grad,) = torch.autograd.grad(oriented_metric("logit_diff", logits, batch).sum(), probe["p"])
+        grad = destination_gradient(model, clean, batch, dst)
         for s in range(len(layout)):
             for i in range(graph.n_upstream(dst)):
                 by_hand[s, i, j] = -float((masked(delta, spans, s)[:, :, i] * grad).sum()) / 4 / (m_clean - m_corr)
