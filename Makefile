@@ -134,5 +134,10 @@ SCALE_ARGS ?=  # --full: GPT-2 large, Pythia-410m and exact patching of 256 prom
 bench-scale: setup
 	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
+# Every method on the GPU (float32, bfloat16) against CPU float32; without one, CPU bf16 against float32
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) results build dist

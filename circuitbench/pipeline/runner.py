@@ -27,6 +27,7 @@ from circuitbench.errors import CircuitbenchError, format_validation_error
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.loading import load_model
 from circuitbench.parallel import ONE_PROCESS
+from circuitbench.pipeline.executors import Executor, executor_named
 from circuitbench.pipeline.grid import GridRun, Unit, failed_result, task_specs
 from circuitbench.pipeline.grid import run as run_grid
 from circuitbench.pipeline.unit import run_unit
@@ -42,14 +43,16 @@ ModelArg = str | LoadedModel
 def run(
     task: TaskArg | Sequence[TaskArg], model: ModelArg | Sequence[ModelArg], *, out: str | Path | None = None,
     fail_on_error: bool = True, include_paths: Sequence[str] = (), progress: ProgressFn = no_progress,
-    **options: Any,
+    executor: str | Executor = "local", address: str | None = None, **options: Any,
 ) -> RunResult | list[RunResult]:
     """Run task(s) on model(s). One task and one model give one RunResult; lists give a list,
     models outer, tasks inner. `task`: a catalog name, a YAML path, 'suite' or a TaskSpec;
     `model`: a registry name, HF id, local directory, or an already loaded model (`load_model`).
     `options`: n_prompts, seed, split, methods, circuit_level (they change the task: applied to
     its spec before it runs), batch_size, cache_dir, threads (how it runs), init, dtype, device,
-    device_map, reference, and with `out` resume and cache."""
+    device_map, reference, and with `out` resume and cache. `executor` (with `out`): where the
+    units run, 'local', 'ray' (at `address`, or a local cluster) or an Executor
+    (pipeline/executors.py); results are written here either way."""
     if "out" in options or not isinstance(fail_on_error, bool):
         raise TypeError("out and fail_on_error are keyword arguments of their own")
     try:
@@ -63,12 +66,16 @@ def run(
         if any(isinstance(m, LoadedModel) for m in models):
             raise CircuitbenchError("out=DIR writes results named by the model: give model names, not loaded models "
                                     "(or out=None to run in memory).")
+        runs_on = executor_named(executor, address) if isinstance(executor, str) else executor
         outcomes = run_grid(tasks, [str(m) for m in models], opts, include_paths=tuple(include_paths),
-                            progress=progress, fail_on_error=fail_on_error)
+                            progress=progress, fail_on_error=fail_on_error, executor=runs_on)
         results = [o.result for o in outcomes]
     else:
         if opts.resume:
             raise CircuitbenchError("resume=True keeps results written under out=DIR: give out too.")
+        if executor != "local" or address is not None:
+            raise CircuitbenchError("executor= computes units elsewhere and writes their results under out=DIR: "
+                                    "give out too.")
         results = _in_memory(tasks, models, opts, tuple(include_paths), progress, fail_on_error)
     return results[0] if single else results
 

@@ -86,8 +86,8 @@ def per_prompt_values(name: str, values: object, n: int) -> torch.Tensor:
         except (TypeError, ValueError, RuntimeError):
             raise CircuitbenchError(f"Metric '{name}' returned a {type(values).__name__}, expected a tensor of shape "
                                     f"[{n}]: {CONTRACT}.") from None
-    if values.dtype == torch.bool:
-        values = values.float()
+    if values.dtype == torch.bool or values.dtype in (torch.bfloat16, torch.float16):
+        values = values.float()  # a metric computed in the model's half precision: means and sums in float32+
     if tuple(values.shape) != (n,) or values.is_complex():
         raise CircuitbenchError(f"Metric '{name}' returned shape {list(values.shape)} ({values.dtype}) for a batch of "
                                 f"{n} prompts, expected shape [{n}]: {CONTRACT} (reduce any other dimension inside "

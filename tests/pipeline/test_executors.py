@@ -108,6 +108,14 @@ def test_resume_reuses_results_across_executors(grids, monkeypatch):
         outcomes = run(TASKS, MODEL, RunOptions(out=str(out), resume=True, **OPTIONS), executor=executor)
         assert [o.skipped for o in outcomes] == [True] * len(TASKS)
         assert files(out) == before
+    # the library's run takes an executor by name too (results written here, so out= is needed)
+    import circuitbench as cb
+
+    before = files(root / "local")
+    results = cb.run(TASKS, [MODEL], out=root / "local", executor="ray", resume=True, **OPTIONS)
+    assert [r.task.name for r in results] == TASKS and files(root / "local") == before
+    with pytest.raises(CircuitbenchError, match="give out too"):
+        cb.run(TASKS[0], MODEL, executor="ray", **OPTIONS)
 
 
 def test_resume_never_reuses_a_result_for_another_model(grids, tmp_path, monkeypatch):

@@ -239,6 +239,7 @@ def test_edge_patching_from_the_first_difference_equals_every_position(tiny, mon
     edges = [(int(i), int(j)) for j, i in zip(*np.nonzero(graph.real_edges.T))]
     ctx = MethodContext(batch_size=4, metric="logit_diff")
     starts = []
+    assert model.prefix_forwards()  # its self-check first: its own prefixes are not the ones counted here
     record = model.key_value_prefix
     monkeypatch.setattr(model, "key_value_prefix", lambda tokens: starts.append(tokens.shape[1]) or record(tokens))
     from_prefix = patched_edge_metrics(model, graph, batch, clean, source_major(delta), edges, ctx)
