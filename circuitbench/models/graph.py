@@ -214,6 +214,13 @@ class ComponentGraph:
                 readers[j, self.source_index[node]] = True
         return readers
 
+    @cached_property
+    def destination_heads(self) -> list[list[int]]:
+        """Per destination, the heads (numbers within their block) that read it: one for a head's
+        input, a group's heads for a key-value group's, none for an MLP or the logits."""
+        return [[int(m.group(2)) for m in map(HEAD.match, self.destination_nodes(dst)) if m]
+                for dst in self.destinations]
+
     def destination_nodes(self, destination: str) -> list[str]:
         """The nodes that read an input: 'a1.h2<k>' -> ['a1.h2'], 'a1.kv0<k>' -> its group's heads
         ['a1.h0', 'a1.h1'], 'm3' -> ['m3'], 'logits' -> []."""

@@ -113,12 +113,9 @@ class StepSum:
         add_attribution(self.model, self.graph, self.batch, self.clean, self.corrupt, grads, self.scores,
                         self.chunks, weight, self.delta)
 
-    def finish(self) -> None:
+    def finish(self, delta: torch.Tensor | None = None) -> None:
+        """Contract the summed steps (`delta`: every source's deltas, when the caller holds them already)."""
         if self.summed is not None:
-            delta = None
-            if self.chunks.source_chunk >= len(self.graph.sources):
-                delta = output_deltas(self.model, self.clean, self.corrupt, valid_positions(self.batch,
-                                                                                           self.model.device))
             add_attribution(self.model, self.graph, self.batch, self.clean, self.corrupt, self.summed, self.scores,
                             self.chunks, 1.0, delta)
         self.summed = self.delta = None

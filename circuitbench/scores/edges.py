@@ -281,10 +281,11 @@ def patched_edge_metrics(model: LoadedModel, graph: ComponentGraph, batch: Batch
                     if site.kind == "resid_post":
                         x += d.to(x.dtype)
                 elif dst.startswith("a"):
-                    kind, readers = dst[-2], [int(node.split(".h")[1]) for node in graph.destination_nodes(dst)]
+                    kind = dst[-2]
                     if site.kind == f"{kind}_in":
                         x[:] = model.normalize_attention_input(_layer, _resid + d).to(x.dtype)
                     elif site.kind == "z":  # only its readers (head h, or a key-value group's heads) read it
+                        readers = graph.destination_heads[j]
                         mine = x[:, :, readers].clone()
                         x[:] = _z.to(x.dtype)
                         x[:, :, readers] = mine

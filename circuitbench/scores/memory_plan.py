@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from circuitbench.errors import CircuitbenchError
+from circuitbench.models.graph import ComponentGraph
 from circuitbench.specs.byte_size import format_bytes
+from circuitbench.specs.model import BYTES_PER_PARAM
 
 if TYPE_CHECKING:
     from circuitbench.models.loaded import LoadedModel
 
 EdgeMethod = Literal["eap", "eap_ig", "edge_patching"]
 PLANNED: tuple[str, ...] = ("eap", "eap_ig", "edge_patching")
-DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 # The default budget: the weights plus this share of the memory free once they are loaded.
 FREE_SHARE = 0.5
 # Phase coefficients (bytes per element of the model's dtype, per token unless said), fitted to
@@ -65,7 +66,7 @@ class ModelShape:
 
     @property
     def element(self) -> int:
-        return DTYPE_BYTES.get(self.dtype, 4)
+        return BYTES_PER_PARAM.get(self.dtype, 4)
 
     @property
     def weight_bytes(self) -> int:
@@ -77,16 +78,17 @@ class ModelShape:
         d_mlp = 4 * model.d_model if model.has_mlp else 0  # the usual width (LoadedModel does not say it)
         return cls(n_layers=model.n_layers, n_heads=model.n_heads, d_model=model.d_model, d_head=model.d_head,
                    d_mlp=d_mlp, d_vocab=model.d_vocab, n_params=model.n_params, dtype=model.dtype,
-                   n_sources=len(graph.sources), destinations_per_layer=(len(graph.destinations) - 1) // model.n_layers)
+                   n_sources=len(graph.sources), destinations_per_layer=graph.per_block)
 
     @classmethod
     def of_config(cls, n_layers: int, n_heads: int, d_model: int, d_vocab: int, n_params: int, dtype: str = "float32",
                   d_mlp: int | None = None, has_mlp: bool = True) -> ModelShape:
         """From config numbers (models.yaml, a HF config): heads of d_model / n_heads, d_mlp 4·d_model."""
         mlp = (d_mlp or 4 * d_model) if has_mlp else 0
+        graph = ComponentGraph(n_layers, n_heads, has_mlp=has_mlp)
         return cls(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_model // n_heads, d_mlp=mlp,
-                   d_vocab=d_vocab, n_params=n_params, dtype=dtype, n_sources=1 + n_layers * (n_heads + int(has_mlp)),
-                   destinations_per_layer=3 * n_heads + int(has_mlp))
+                   d_vocab=d_vocab, n_params=n_params, dtype=dtype, n_sources=len(graph.sources),
+                   destinations_per_layer=graph.per_block)
 
 
 class MemoryPlan(BaseModel):
@@ -261,4 +263,4 @@ def default_budget(model: LoadedModel) -> int:
     """The weights plus FREE_SHARE of the memory free now (on the model's device)."""
     from circuitbench.models.memory import available_memory_bytes
 
-    return model.n_params * DTYPE_BYTES.get(model.dtype, 4) + int(FREE_SHARE * available_memory_bytes(model.device))
+    return model.n_params * BYTES_PER_PARAM.get(model.dtype, 4) + int(FREE_SHARE * available_memory_bytes(model.device))

@@ -161,9 +161,11 @@ def eap_ig(model: LoadedModel, data: EncodedPrompts, ctx: MethodContext) -> Meth
         for plan in plans:
             first, extra = (plan[0], plan[1:]) if opts.variant == "inputs" else (None, plan)
             summed.add(input_gradients(model, batch, ctx, first=first, extra=extra), 1.0 / (len(plans) + int(shared)))
+        delta = None
         if spans is not None and summed.summed is not None:  # positions: per_span (scores/span_edges.py)
-            spans.add_attribution(model, graph, batch, _delta(model, batch, clean, corrupt), summed.summed)
-        summed.finish()
+            delta = _delta(model, batch, clean, corrupt)
+            spans.add_attribution(model, graph, batch, delta, summed.summed)
+        summed.finish(delta)
         ctx.advance(len(batch))
     total, m_clean, m_corr, n = ctx.sum_shards((total, m_clean, m_corr, len(data)))
     return MethodOutput(edges=EdgeScores(graph, _normalised(model, total, m_clean, m_corr, n, True)),

@@ -148,8 +148,7 @@ def batch_importance(model: LoadedModel, graph: ComponentGraph, run: IfrRun, val
                                                   imp)) for h in range(model.n_heads)]
             for kind in "kv":  # a key-value group's input: the mean over the query heads that read it
                 for j in range(graph.block_destinations(layer, kind).start, graph.block_destinations(layer, kind).stop):
-                    readers = [int(node.split(".h")[1]) for node in graph.destination_nodes(graph.destinations[j])]
-                    out[:upstream, j] = torch.stack([mixed[h] for h in readers]).mean(0)
+                    out[:upstream, j] = torch.stack([mixed[h] for h in graph.destination_heads[j]]).mean(0)
         if model.has_mlp:
             upstream = graph.n_upstream(f"m{layer}")
             out[:upstream, index[f"m{layer}"]] = per_prompt_mean(
