@@ -26,7 +26,8 @@ $(VENV)/.deps-installed: pyproject.toml $(VENV)/.torch-installed
 setup: $(VENV)/.deps-installed
 
 # The main job on the shipped toys (no download), then a random-init baseline whose faithfulness
-# is reported undefined: its heads have no measurable effect. About 2 minutes on 2 busy cores.
+# is reported undefined: its heads have no measurable effect; the leaderboard writes a report per
+# unit. About 2 minutes on 2 busy cores.
 demo: setup
 	$(CB) run --task suite --model toy-tasks --out results
 	$(CB) run --task induction --model toy-induction-2l --out results
@@ -34,13 +35,22 @@ demo: setup
 	$(CB) run --task ioi --model gpt2-small --init random --n 16 --methods attribution_patching,previous_token \
 		--out results
 	$(CB) leaderboard --results results --out results/leaderboard
-	$(CB) report results/toy-induction-2l/induction.json
-	$(CB) report results/toy-tasks/ioi.json
+	@echo
+	@echo "Done: results in results/. Open first:"
+	@echo "  1. results/leaderboard/index.html                              every model x task: circuit, verdict, faithfulness"
+	@echo "  2. results/leaderboard/reports/toy-tasks/ioi/report.html       one unit: its circuit, how far to trust it, heatmaps"
+	@echo "  3. results/leaderboard/reports/toy-induction-2l/induction/report.html   induction heads on a 2-layer toy"
+	@echo "  4. results/overlap_toy-tasks.png                               how much the toy's task circuits overlap"
+	@echo "A report of any result: $(CB) report results/<model>/<task>.json"
 
-# Every command shown in README.md, run (the skipped ones listed with their reason in the test)
-.PHONY: readme-check
-readme-check: setup
-	$(PY) -m pytest -q tests/test_readme.py
+# Every command shown in README.md and docs/, run (the skipped ones listed with their reason in the test)
+.PHONY: docs-check docs
+docs-check: setup
+	$(PY) -m pytest -q tests/test_docs.py
+
+# The documentation site (mkdocs-material; API reference from the docstrings) into site/, warnings as errors
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The committed tables in leaderboards/: the shipped toys on every task they do, the tracr zoo on
 # its known-answer tasks, and a random-init baseline (a section of their own; the smallest
@@ -140,4 +150,4 @@ gpu-check: setup
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) results build dist
+	rm -rf $(VENV) results build dist site

@@ -99,6 +99,8 @@ def run(
     max_memory: int | None = option(RunOptions, "max_memory", "--max-memory", parser=byte_size("--max-memory"),
                                     metavar="SIZE"),
     quiet: bool = Quiet,
+    details: bool = typer.Option(False, "--details", "-v", help="Also print every unit's metrics, top heads and "
+                                 "circuit figures (default: one summary table per model; the reports hold the rest)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only: per (model, task) and method the "
                                  "estimated forwards and time (one forward measured on the loaded model); nothing is "
                                  "computed or written."),
@@ -117,29 +119,32 @@ def run(
     splits the prompts over N processes; the main one writes the results. A unit that fails is
     written with status "failed" and the rest go on; the exit code is then 2 (user mistakes) or 1."""
     load_plugins(plugin)
-    from circuitbench.parallel import is_main_process
-    from circuitbench.pipeline.grid import run as run_grid
-
     options = validate_options(
         RunOptions, n_prompts=n_prompts, seed=seed, split=split, batch_size=batch_size, device=device,
         device_map=device_map, dtype=dtype, init=init, methods=_names(methods), circuit_level=circuit_level, out=out,
         kv_graph=kv_graph, resume=resume, cache=cache, cache_dir=cache_dir, reference=reference, threads=threads,
         max_memory=max_memory)
     console.show_logs(logging.WARNING if quiet else logging.INFO)
+    if executor == "local":  # a hub model neither cached nor reachable fails now, before the heavy imports below
+        from circuitbench.pipeline.preflight import preflight
+
+        preflight(_names(task) or [], _names(model) or [], options.init, tuple(include_path))
     if dry_run:
         from circuitbench.pipeline.plan import plan_run
         from circuitbench.tables.plan_view import print_plan
 
         print_plan(plan_run(_names(task), _names(model), options, include_paths=tuple(include_path)))
         return
+    from circuitbench.parallel import is_main_process
     from circuitbench.pipeline.executors import executor_named
+    from circuitbench.pipeline.grid import run as run_grid
 
     runs_on = executor_named(executor, address)  # a missing extra is said before any work
     with progress_bars(not quiet and is_main_process()) as progress:
         outcomes = run_grid(_names(task), _names(model), options, include_paths=tuple(include_path), progress=progress,
                             command=" ".join(["circuitbench", *sys.argv[1:]]), executor=runs_on)
     if is_main_process():  # other data-parallel processes hold the same results and stay quiet
-        console.print_run_summary(outcomes)
+        console.print_run_summary(outcomes, details)
     exit_for_failures(outcomes)
 
 
@@ -148,10 +153,17 @@ def ls(what: str = typer.Argument(..., help="tasks | models | methods | metrics 
        include_path: list[str] = IncludePath, plugin: list[str] = Plugin) -> None:
     """List registered tasks, models, methods, metrics, generators or overlap metrics."""
     load_plugins(plugin)
-    from circuitbench.tables.listings import listing
+    from circuitbench.tables.listings import LIST_COLUMNS, NAME_COLUMNS, listing
 
     table = listing(what, tuple(include_path))
-    print_table(list(table.columns), table.values.tolist())
+    if what == "models":
+        print_table(list(table.columns), table.values.tolist())
+    elif what == "tasks":  # metrics and methods under the description: one column of text wraps in 80
+        rows = [[task, generator, n, f"{description}\nmetrics: {metrics}\nmethods: {methods}"]
+                for task, generator, n, metrics, methods, description in table.values.tolist()]
+        print_table(["task", "generator", "n", "description"], rows, names=NAME_COLUMNS)
+    else:
+        print_table(list(table.columns), table.values.tolist(), names=NAME_COLUMNS, lists=LIST_COLUMNS)
 
 
 @app.command()
@@ -220,6 +232,9 @@ def leaderboard(
                            "<task>.*); method: every node and edge method per task and model, ranked (methods.md, "
                            ".html: recall and AUROC of known circuits, CPR, CMD, faithfulness, cost)."),
     force: bool = Force,
+    compare_logits: bool = typer.Option(False, "--compare-logits", help="Compare logit-unit metrics (logit_diff, "
+                                        "losses) across models with different tokenizers too (default: only "
+                                        "probability, accuracy and rank are compared across vocabularies)."),
     include_path: list[str] = IncludePath, plugin: list[str] = Plugin,
 ) -> None:
     """Aggregate results into leaderboard tables (Markdown, CSV, HTML pages); failed units apart."""
@@ -239,7 +254,8 @@ def leaderboard(
         return
     from circuitbench.tables.leaderboard import build
 
-    summary = build(Path(results), Path(out), tuple(include_path), title=title or "circuitbench leaderboard")
+    summary = build(Path(results), Path(out), tuple(include_path), title=title or "circuitbench leaderboard",
+                    compare_logits=compare_logits)
     plain(f"leaderboard: {len(summary['tasks'])} tasks × {len(summary['models'])} models → {out}/ "
           f"({summary['flagged']} results flagged, listed apart)")
 

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from circuitbench.errors import CircuitbenchError, Interrupted
+from circuitbench.models.library_noise import quiet_model_libraries
 from circuitbench.tables.console import err_console, plain, show_logs
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def run_app(app: typer.Typer) -> NoReturn:
     """Run `app` on sys.argv and exit with its code (see the module docstring)."""
+    quiet_model_libraries()  # third-party log lines and warnings are not for a CLI user
     show_logs()
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -417,7 +417,7 @@ CASES: list[tuple[str, list[str], str]] = [
                          ("text", "Overlap metric 'broken_text' (a plugin) returned a str ('high'), not a number"),
                          ("nan", "Overlap metric 'broken_nan' (a plugin) returned nan"))],
     ("run-reference-outside-model", [*RUN, *IND, *TOY, "--reference", "{tmp}/ref_outside.json", "--no-cache"],
-     "ref_outside.json: heads: L7H0 lie outside toy-induction-2l (2 layers × 4 heads"),
+     "ref_outside.json: heads: a7.h0 lie outside toy-induction-2l (2 layers × 4 heads"),
     # --- issue 21, import-tracr: reserved and split vocabulary values, sizes bounded before compute ---
     *[(f"import-tracr-vocab-{case}", ["import-tracr", "reverse", "--vocab", vocab, "--max-seq-len", "3", "--out",
                                       "{tmp}/tracr_vocab"], text)

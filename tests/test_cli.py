@@ -45,6 +45,17 @@ def test_fibonacci_on_toy_vocab_is_refused_with_counts(capsys, tmp_path):
     assert failed.run.overrides == {}
 
 
+def test_a_failed_units_message_is_printed_once(capsys, tmp_path):
+    """Not as a log line and again in the summary: once, in the summary's table of failed units."""
+    code, out, err = cli(capsys, "run", "--task", "fibonacci,induction", "--model", "toy-induction-2l", "--n", "6",
+                         "--methods", "previous_token", "--out", str(tmp_path))
+    failed = load_result(tmp_path / "toy-induction-2l" / "fibonacci.json")
+    assert code == 2 and "would be dropped" in failed.error.message
+    printed = " ".join((out + err).split())  # the table wraps the message over lines
+    assert printed.count("would be dropped") == 1 and "ERROR" not in err
+    assert "1 of 2 units failed" in printed
+
+
 def test_resume_skips_finished_units_byte_identical(capsys, tmp_path):
     args = ["run", "--task", "induction", "--model", "toy-induction-2l", "--n", "8", "--out", str(tmp_path), "-q"]
     assert cli(capsys, *args)[0] == 0

@@ -454,6 +454,9 @@ def test_files_are_written_with_the_umask(capsys, tmp_path, umask, mode):
         assert cli(capsys, "report", str(result), "--out", str(tmp_path / "rep"))[0] == 0
     finally:
         os.umask(old)
-    written = [result, *(tmp_path / "lb").iterdir(), *(tmp_path / "rep").iterdir()]
+    trees = [*(tmp_path / "lb").rglob("*"), *(tmp_path / "rep").rglob("*")]  # the leaderboard's reports/ too
+    written = [result, *(p for p in trees if p.is_file())]
     assert len(written) >= 8
-    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(mode) for p in written}
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in written} == {str(p): oct(mode) for p in written}
+    folders = [p for p in trees if p.is_dir()]  # and its folders as mkdir makes them: 0o777 less the umask
+    assert folders and {oct(p.stat().st_mode & 0o777) for p in folders} == {oct(0o777 & ~umask)}

@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PLUGINS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "plugins.md"
 
 
-def readme_block(first_line: str) -> str:
-    """The README's fenced code block that starts with `first_line` (the worked plugin example)."""
-    for block in re.findall(r"```\w*\n(.*?)```", README.read_text(), re.S):
+def page_block(first_line: str) -> str:
+    """The plugins page's fenced code block that starts with `first_line` (the worked plugin example)."""
+    for block in re.findall(r"```\w*\n(.*?)```", PLUGINS_PAGE.read_text(), re.S):
         if block.startswith(first_line + "\n"):
             return block.split("\n", 1)[1]
-    raise AssertionError(f"README has no code block starting with {first_line!r}")
+    raise AssertionError(f"{PLUGINS_PAGE} has no code block starting with {first_line!r}")
 
 
-PLUGIN = readme_block("# copy_plugin.py")
-TASK = readme_block("# copy_task.yaml")
+PLUGIN = page_block("# copy_plugin.py")
+TASK = page_block("# copy_task.yaml")
 
 
 def child_env(*paths: Path) -> dict[str, str]:

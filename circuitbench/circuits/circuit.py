@@ -25,8 +25,9 @@ RANDOM_INIT = "@random-init"  # the mark of a random-init model's name wherever 
 
 
 def head_label(layer: int, head: int) -> str:
-    """A head in text: L1H3 (layer 1, head 3); '1.3' reads like a decimal."""
-    return f"L{layer}H{head}"
+    """A head in text: a1.h3 (layer 1, head 3), its node name in the component graph, so head,
+    node and edge circuits name it alike ('1.3' would read like a decimal)."""
+    return f"a{layer}.h{head}"
 
 
 def heads_text(heads: list[Head] | list[tuple[int, int]]) -> str:

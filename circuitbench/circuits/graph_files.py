@@ -289,6 +289,22 @@ def load_graph_file(path: Path) -> GraphFile:
     return read_graph_json(raw, str(path))
 
 
+EDGE_SCORES_SUFFIX = ".edges.json"  # <task>.<method>.edges.json: a result's edge scores, beside it
+
+
+def edge_scores_name(task: str, method: str) -> str:
+    """The file name of a result's edge scores for one method, in the result's folder."""
+    return f"{task}.{method}{EDGE_SCORES_SUFFIX}"
+
+
+def edge_scores_owner(path: Path) -> Path | None:
+    """The result (<task>.json beside it) whose edge scores `path` holds, judged by its name (task
+    names have no dots); None for any other file."""
+    if not path.name.endswith(EDGE_SCORES_SUFFIX) or path.name.count(".") < 3:
+        return None
+    return path.with_name(path.name.split(".", 1)[0] + ".json")
+
+
 def load_sidecar(path: Path, n_layers: int | None, n_heads: int | None, method: str) -> GraphFile:
     """A result's edge-score file (<task>.<method>.edges.json): a graph file with every edge's score,
     of the result's model (n_layers × n_heads)."""

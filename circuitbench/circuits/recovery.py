@@ -118,7 +118,7 @@ def check_reference(reference: Reference, model: str, n_layers: int, n_heads: in
     outside = [head_label(l, h) for l, h in reference.heads if not (l < n_layers and h < n_heads)]
     if outside:
         raise CircuitbenchError(f"{reference.source}: heads: {', '.join(outside[:5])} lie outside {model} ({shape}: "
-                                f"L0H0 … L{n_layers - 1}H{n_heads - 1}). {fix}")
+                                f"a0.h0 … a{n_layers - 1}.h{n_heads - 1}). {fix}")
     bad_mlps = [f"m{l}" for l in reference.mlps if not has_mlp or l >= n_layers]
     if bad_mlps:
         raise CircuitbenchError(f"{reference.source}: mlps: {', '.join(bad_mlps[:5])} are not MLPs of {model} "

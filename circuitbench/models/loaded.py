@@ -21,7 +21,7 @@ from circuitbench.models.hooks import Site, attn_out, embed, mlp_out, resid_post
 from circuitbench.models.prefix import KeyValuePrefix, cache_reaches_attention, record_prefix
 from circuitbench.models.resume import BlockFormat, block_output_formats, skip_blocks_before
 from circuitbench.models.smeared_keys import SmearedKeyProjection
-from circuitbench.prompts.encoding import Vocabulary
+from circuitbench.prompts.tokenization import Vocabulary
 
 logger = logging.getLogger(__name__)
 # The prefix self-check's long sequence: past the 256-token local-attention window of GPT-Neo's blocks

@@ -25,7 +25,7 @@ from circuitbench.files import check_writable_dir
 from circuitbench.models.fingerprint import weights_fingerprint
 from circuitbench.models.loaded import LoadedModel
 from circuitbench.models.loading import load_model
-from circuitbench.models.resolve import ModelRef, resolve_device, resolve_model
+from circuitbench.models.resolve import ModelRef, check_available, resolve_device, resolve_model
 from circuitbench.output_paths import inside
 from circuitbench.parallel import ONE_PROCESS, Processes, current_processes, launched_world_size
 from circuitbench.pipeline.executors import Computed, Executor, GridWork, LocalExecutor, UnitJob
@@ -286,6 +286,9 @@ def run(
             "to run one copy of the model per process."
         )
     refs = [resolve_model(name) for name in model_names]  # unknown names and broken files fail here
+    if executor is None or executor.name == "local":  # (another executor's workers may hold what this machine lacks)
+        for ref in refs:  # a hub model neither cached nor reachable: one message, nothing written
+            check_available(ref, options.init)
     if options.reference is not None:
         load_reference(Path(options.reference))  # a broken reference file fails here, not after the compute
     out = Path(options.out)
@@ -376,9 +379,8 @@ def _record(job: UnitJob, computed: Computed, grid: GridRun, outcomes: list[Unit
         result = failed_result(unit, job.ref, grid, computed, datetime.now(timezone.utc), 0.0)
         result.run.overrides = grid.options.overrides().model_dump(exclude_none=True)
         result.run.plugin_code = task_plugin_code(unit.spec)
-    if result.error is not None:
-        log.error("%s on %s failed (%s); the message is in the summary and in %s", unit.spec.name, job.ref.name,
-                  result.error.type, unit.path.name)
+    if result.error is not None:  # the message itself is printed once, in the run's summary
+        log.debug("%s on %s failed (%s): %s", unit.spec.name, job.ref.name, result.error.type, result.error.message)
     _save_or_keep(result, unit.path)
     outcomes.append(UnitOutcome(job.ref.name, unit.spec.name, unit.path, result, False))
     if result.error is not None and grid.fail_on_error:
@@ -466,10 +468,8 @@ def _run_pending(model_arg: str, ref: ModelRef, pending: list[Unit], grid: GridR
             result = failed_result(unit, model, grid, load_error, started, time.perf_counter() - t0)
         result.run.overrides = options.overrides().model_dump(exclude_none=True)  # applied to the spec by task_specs
         result.run.plugin_code = task_plugin_code(unit.spec)  # what --resume compares with the code loaded then
-        if result.error is not None:
-            # said as it happens, briefly: the message itself is in the result and in the run's summary
-            log.error("%s on %s failed (%s); the message is in the summary and in %s", unit.spec.name, ref.name,
-                      result.error.type, unit.path.name)
+        if result.error is not None:  # the message itself is printed once, in the run's summary
+            log.debug("%s on %s failed (%s): %s", unit.spec.name, ref.name, result.error.type, result.error.message)
         if processes.is_main and save:
             _save_or_keep(result, unit.path)
         outcomes.append(UnitOutcome(ref.name, unit.spec.name, unit.path, result, False))

@@ -33,6 +33,7 @@ from circuitbench.circuits.faithfulness import (
     most_faithful,
     ranked_names,
 )
+from circuitbench.circuits.graph_files import edge_scores_name
 from circuitbench.circuits.overlap_metrics import rank_correlation
 from circuitbench.circuits.panel import PanelBaselines, assess, choose_by_panel
 from circuitbench.circuits.recovery import (
@@ -317,7 +318,7 @@ def _edge_infos(spec: TaskSpec, outputs: dict[str, MethodOutput],
             continue
         values = output.edges.as_dict()
         top = sorted(values, key=lambda e: -abs(values[e]))[:20]
-        infos[method] = EdgeScoresInfo(file=f"{spec.name}.{method}.edges.json", n_edges=len(values),
+        infos[method] = EdgeScoresInfo(file=edge_scores_name(spec.name, method), n_edges=len(values),
                                        settings=dict(output.settings), top=[(e, values[e]) for e in top],
                                        **span_scores_info(span_scores.get(method)))
     return infos

@@ -13,7 +13,7 @@ from circuitbench.specs.options import TaskOverrides, effective_spec
 from circuitbench.specs.task import TaskSpec
 
 if TYPE_CHECKING:
-    from circuitbench.prompts.encoding import DropReport
+    from circuitbench.prompts.tokenization import DropReport
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ def validate_task(task: str | TaskSpec, *, model: str | None = None, tokenizer: 
     if model is None and tokenizer is None:
         return TaskValidation(spec, prompts, note)
     # torch and the tokenizer libraries only when a vocabulary is asked for: `validate TASK` stays fast
-    from circuitbench.models.loading import load_vocabulary, tokenizer_vocabulary
-    from circuitbench.prompts.encoding import encode_task
+    from circuitbench.models.vocabulary import load_vocabulary, tokenizer_vocabulary
+    from circuitbench.prompts.tokenization import tokenize_task
 
     if tokenizer is not None:
         vocab, unk, source = tokenizer_vocabulary(tokenizer)
@@ -54,5 +54,5 @@ def validate_task(task: str | TaskSpec, *, model: str | None = None, tokenizer: 
     else:
         assert model is not None
         vocab, unk, n_ctx, source = load_vocabulary(model)
-    data = encode_task(spec, vocab, unk, n_ctx, prompts)
-    return TaskValidation(spec, prompts, note, source, len(data), data.report)
+    rows, report = tokenize_task(spec, vocab, unk, n_ctx, prompts)
+    return TaskValidation(spec, prompts, note, source, len(rows), report)

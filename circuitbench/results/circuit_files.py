@@ -3,15 +3,18 @@ file read as a circuit (`load_circuit`: a RunResult checked as a result, a JSON 
 an EAP-IG / MIB graph file) and a model shape given to the circuits that carry none."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from circuitbench.circuits.circuit import Circuit
-from circuitbench.circuits.graph_files import check_head_bounds
+from circuitbench.circuits.graph_files import check_head_bounds, edge_scores_owner
 from circuitbench.errors import CircuitbenchError, did_you_mean
 from circuitbench.files import expand_glob
 from circuitbench.results.store import load_circuit
 from circuitbench.specs.catalog import model_registry
+
+log = logging.getLogger(__name__)
 
 
 def circuit_paths(patterns: Sequence[str]) -> list[str]:
@@ -22,7 +25,15 @@ def circuit_paths(patterns: Sequence[str]) -> list[str]:
         matches = expand_glob(pattern)
         if not matches:
             raise CircuitbenchError(f"overlap: no file matches {pattern!r}.")
-        paths.extend(matches)
+        # a glob over a results folder also matches each result's edge-score files: they are that
+        # result's scores, not another circuit (a file named on its own is always taken)
+        owners = {str(edge_scores_owner(Path(m))) for m in matches} & set(matches)
+        sidecars = [m for m in matches if str(edge_scores_owner(Path(m))) in owners]
+        if sidecars:
+            log.info("overlap: %s left out: the edge scores of %s, also matched by %r",
+                     ", ".join(Path(s).name for s in sidecars),
+                     "a result" if len(sidecars) == 1 else "results", pattern)
+        paths.extend(m for m in matches if m not in sidecars)
     if len(paths) < 2:
         raise CircuitbenchError("overlap: give at least two circuit files.")
     return paths

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from circuitbench.circuits.graph_files import GraphConfig, check_graph_bounds, is_graph_json
+from circuitbench.circuits.graph_files import EDGE_SCORES_SUFFIX, GraphConfig, check_graph_bounds, is_graph_json
 from circuitbench.errors import CircuitbenchError
 from circuitbench.models.graph import ComponentGraph
 from circuitbench.output_paths import check_output_dir, inside, resolved, staged_output
@@ -84,7 +84,7 @@ class MibPackage:
 def _is_sidecar(path: Path) -> bool:
     """A result's edge-score file (<task>.<method>.edges.json, a graph file), not a result."""
     try:
-        raw = json.loads(path.read_text()) if path.name.endswith(".edges.json") else None
+        raw = json.loads(path.read_text()) if path.name.endswith(EDGE_SCORES_SUFFIX) else None
     except (OSError, ValueError):
         return False
     return is_graph_json(raw)

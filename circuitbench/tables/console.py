@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -46,10 +47,29 @@ def _row(*cells: object) -> list[Text]:
     return [Text(str(c)) for c in cells]
 
 
+class _Once(logging.Filter):
+    """Passes each distinct message once: a note the library logs per batch or per candidate circuit
+    (e.g. how many prompts resample ablation pairs) is said once, not dozens of times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def show_logs(level: int = logging.INFO) -> None:
-    """Library log records (circuitbench.*) on stderr through rich, at `level` and above."""
+    """Library log records (circuitbench.*) on stderr through rich, at `level` and above, each
+    distinct message once."""
     logger = logging.getLogger("circuitbench")
-    logger.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler.addFilter(_Once())
+    logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
 
@@ -90,15 +110,152 @@ def _top_heads(scores: list[list[float]], k: int = 3) -> str:
 RANDOM_INIT_LEGEND = f"{RANDOM_INIT}: seeded random weights, a baseline (not a trained model)"
 
 
-def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
-    """Metrics table (clean ± stderr vs corrupted), top heads per method, circuits, files, failures."""
+def print_run_summary(outcomes: Sequence["UnitOutcome"], details: bool = False) -> None:
+    """What a run did: one table per model (a row per task: main metric, circuit size, verdict,
+    faithfulness with its interval), where the results went, then the failed units with their
+    messages (printed here only: the grid does not log them as they happen). `details`: the
+    per-unit tables and figures too (every metric, top heads, the circuit's panel, recovery ...),
+    which the reports (`circuitbench report`) also hold."""
+    if details:
+        _print_details(outcomes)
+    else:
+        for label, rows in _by_model(outcomes).items():
+            console.print(summary_table(label, rows))
+        if any(o.result.status == "complete" for o in outcomes):
+            plain(SUMMARY_LEGEND)
+    if any(o.result.model.init == "random" for o in outcomes):
+        plain(RANDOM_INIT_LEGEND)
+    for folder, units in _by_folder(outcomes).items():
+        if details or len(units) == 1:
+            for o in units:
+                plain(f"wrote {o.path}{_unit_note(o)}")
+        else:
+            kept = sum(o.skipped for o in units)
+            failed = sum(o.failed for o in units)
+            notes = [f"{kept} kept from earlier (--resume)"] * bool(kept) + [f"{failed} failed"] * bool(failed)
+            plain(f"wrote {len(units)} results to {folder}/" + (f" ({', '.join(notes)})" if notes else ""))
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        table = Table(title=f"{len(failed)} of {len(outcomes)} units failed (rerun with --resume to retry them)",
+                      title_justify="left", **COMPACT)
+        for col in ("model", "task", "error"):
+            table.add_column(col, overflow="fold", no_wrap=col != "error")
+        for o in failed:
+            assert o.result.error is not None
+            table.add_row(*_row(o.result.model.label, o.task, f"{o.result.error.type}: {o.result.error.message}"))
+        err_console.print(table)
+
+
+# A table without vertical rules or edges, one space between columns: on 80 columns the width goes
+# to the cells (rich's default box spends 3 columns between each pair).
+COMPACT: dict[str, Any] = {"box": box.SIMPLE_HEAD, "padding": 0, "pad_edge": False, "show_edge": False}
+SUMMARY_COLUMNS = ("task", "n", "main metric", "value", "circuit", "verdict", "faithfulness")
+SUMMARY_LEGEND = ("faithfulness: the circuit alone under its rule's ablation, as a share of the whole model's effect "
+                  "(1: all of it) [95 % interval]. Each unit's details: `circuitbench report RESULT.json`, or run "
+                  "with --details.")
+
+
+def _by_model(outcomes: Sequence["UnitOutcome"]) -> dict[str, list["UnitOutcome"]]:
+    grouped: dict[str, list[UnitOutcome]] = {}
+    for o in outcomes:
+        grouped.setdefault(o.result.model.label, []).append(o)
+    return grouped
+
+
+def _by_folder(outcomes: Sequence["UnitOutcome"]) -> dict[Any, list["UnitOutcome"]]:
+    grouped: dict[Any, list[UnitOutcome]] = {}
+    for o in outcomes:
+        grouped.setdefault(o.path.parent, []).append(o)
+    return grouped
+
+
+def _unit_note(o: "UnitOutcome") -> str:
+    note = " (finished earlier, kept: --resume)" if o.skipped else " (failed)" if o.failed else ""
+    task = o.result.task
+    return note + (f"; dropped {task.n_dropped}: {dict(task.dropped_reasons)}" if task.n_dropped else "")
+
+
+def circuit_size_text(c: Any) -> str:
+    """A circuit's size in its own units: '3 heads', '2 heads + 1 MLP', '14 edges'."""
+    if c is None:
+        return "—"
+    plural = lambda n, what: f"{n} {what}{'s' if n != 1 else ''}"  # noqa: E731
+    if c.level == "edge":
+        return plural(len(c.edges), "edge")
+    return " + ".join([plural(len(c.heads), "head")] + [plural(len(c.mlps), "MLP")] * bool(c.mlps))
+
+
+def faithfulness_cell(c: Any) -> str:
+    """f under the rule's ablation with its 95 % interval (from the ablation panel, when it ran);
+    'undefined' without a number when there is no measurable effect to be faithful to."""
+    f = None if c is None else c.faithfulness
+    if f is None:
+        return "—"
+    if f.value is None:
+        return "undefined"
+    entry = c.panel.get(f.ablation)
+    return f"{f.value:.2f}" + (f" [{entry.ci[0]:.2f}, {entry.ci[1]:.2f}]" if entry is not None and entry.ci else "")
+
+
+def summary_row(o: "UnitOutcome") -> tuple[str, ...]:
+    """One task's row of a model's summary table (SUMMARY_COLUMNS)."""
+    r = o.result
+    task = o.task + (" (kept)" if o.skipped else "")
+    if o.failed:
+        return (task, "", r.task.main_metric, "failed (below)", "", "", "")
+    n = f"{r.task.n_prompts}" + (f" (−{r.task.n_dropped})" if r.task.n_dropped else "")
+    main = r.task.main_metric
+    value, err = r.metrics.get(main), r.metrics_stderr.get(main)
+    shown = "n/a" if value is None else _figure(value) + (f" ± {_figure(err, value)}" if err is not None else "")
+    c = r.circuit
+    verdict = "—" if c is None else (c.verdict or "not judged").replace("_", " ")
+    return (task, n, main, shown, circuit_size_text(c), verdict, faithfulness_cell(c))
+
+
+def _figure(x: float, like: float | None = None) -> str:
+    """A metric in a summary cell: two decimals from 1 up (a logit difference of 9.30), three below
+    (a probability of 0.042); `like`: as many decimals as that figure has (a value's stderr)."""
+    return f"{x:.2f}" if abs(x if like is None else like) >= 1 else f"{x:.3f}"
+
+
+def recall_cell(o: "UnitOutcome") -> str:
+    """Recall of the reference circuit by the kept circuit's method (heads; nodes for node and edge
+    circuits), with the counts behind it; '—' without a reference."""
+    c, r = o.result.circuit, o.result
+    if c is None or o.failed:
+        return "—"
+    recovery = (r.recovery if c.level == "head" else r.node_recovery).get(c.method) or r.recovery.get(c.method)
+    if recovery is None:
+        return "—"
+    return f"{recovery.recall:.2f} ({round(recovery.recall * recovery.n_reference)} of {recovery.n_reference})"
+
+
+def summary_table(label: str, outcomes: Sequence["UnitOutcome"]) -> Table:
+    """A model's summary: one row per task (summary_row), and the recall of the reference circuit
+    when a unit has one (known answers); names are never cut."""
+    columns = SUMMARY_COLUMNS + (("recall",) if any(o.result.recovery or o.result.node_recovery
+                                                    for o in outcomes) else ())
+    rows = [summary_row(o) + ((recall_cell(o),) if len(columns) > len(SUMMARY_COLUMNS) else ()) for o in outcomes]
+    table = Table(title=f"{label} · {len(outcomes)} task{'s' if len(outcomes) != 1 else ''}", title_justify="left",
+                  **COMPACT)
+    for j, col in enumerate(columns):  # names and figures whole; the rest wraps between words
+        words = [len(word) for row in rows for word in row[j].split()] + [len(col)]
+        table.add_column(col, no_wrap=col in ("task", "n", "main metric", "value"), overflow="fold",
+                         min_width=max(words), justify="right" if col in ("n", "value") else "left")
+    for row in rows:
+        table.add_row(*_row(*row))
+    return table
+
+
+def _print_details(outcomes: Sequence["UnitOutcome"]) -> None:
+    """Metrics table (clean ± stderr vs corrupted), top heads per method, circuits and their figures."""
     metrics = Table(title="metrics (★ main)")
     # a model's name (with its @random-init mark) is never split over two lines
     name_width = max([len(o.result.model.label) for o in outcomes] + [5])
     for col in ("model", "task", "n", "metric", "clean", "corrupted"):
         metrics.add_column(col, overflow="fold", min_width=name_width if col == "model" else None,
                            no_wrap=col == "model")
-    heads = Table(title="top heads by |score| (L1H3 = layer 1, head 3)")
+    heads = Table(title="top heads by |score| (a1.h3 = layer 1, head 3)")
     for col in ("model", "task", "method", "heads"):
         heads.add_column(col, overflow="fold", min_width=name_width if col == "model" else None, no_wrap=col == "model")
     done = [o for o in outcomes if not o.failed]
@@ -121,24 +278,8 @@ def print_run_summary(outcomes: Sequence["UnitOutcome"]) -> None:
         console.print(metrics)
     if heads.row_count:
         console.print(heads)
-    if any(o.result.model.init == "random" for o in outcomes):
-        plain(RANDOM_INIT_LEGEND)
     for o in done:
         _print_unit_figures(o)
-    for o in outcomes:
-        note = " (finished earlier, kept: --resume)" if o.skipped else " (failed)" if o.failed else ""
-        task = o.result.task
-        dropped = f"; dropped {task.n_dropped}: {dict(task.dropped_reasons)}" if task.n_dropped else ""
-        plain(f"wrote {o.path}{note}{dropped}")
-    failed = [o for o in outcomes if o.failed]
-    if failed:
-        table = Table(title=f"{len(failed)} of {len(outcomes)} units failed (rerun with --resume to retry them)")
-        for col in ("model", "task", "error"):
-            table.add_column(col, overflow="fold")
-        for o in failed:
-            assert o.result.error is not None
-            table.add_row(*_row(o.result.model.label, o.task, f"{o.result.error.type}: {o.result.error.message}"))
-        err_console.print(table)
 
 
 def _ci(interval: tuple[float, float] | None) -> str:
@@ -245,8 +386,6 @@ def _print_unit_figures(o: "UnitOutcome") -> None:
         auroc = "n/a" if r.auroc is None else f"{r.auroc:.2f}"
         say(f"recovery of the reference nodes ({r.n_reference} heads and MLPs) by {method}: recall at its size "
             f"{r.recall:.2f} · AUROC {auroc}")
-    for warning in o.result.warnings:
-        say(f"warning: {warning}")
     for pair, rho in o.result.method_agreement.items():
         say(f"{pair} = {rho:.2f}")
     by_split = o.result.metrics_by_split
@@ -368,8 +507,24 @@ def prompt_rows(prompts: Sequence[Any], metrics: Sequence[str]) -> tuple[tuple[s
     return tuple(columns), rows, legend
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
-    table = Table(*columns, title=title)
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None,
+                names: Sequence[str] = (), lists: Sequence[str] = ()) -> None:
+    """A table of literal cells. Given `names` (columns never cut or wrapped: as wide as their
+    longest cell) and `lists` (comma-separated names: wrapped between items, an item folded only
+    when it alone is wider than the column), the other columns are text wrapped at spaces, and the
+    table drops its vertical rules so that 80 columns go to the cells."""
+    if not names and not lists:
+        table = Table(*columns, title=title)
+    else:
+        table = Table(title=title, **COMPACT)
+        for j, col in enumerate(columns):
+            if col in names:
+                table.add_column(col, no_wrap=True, min_width=max([len(str(row[j])) for row in rows] + [len(col)]))
+            elif col in lists:  # as wide as its longest item (and its comma): items wrap whole
+                items = [item for row in rows for item in str(row[j]).split(", ")]
+                table.add_column(col, overflow="fold", min_width=max([len(item) + 1 for item in items] + [len(col)]))
+            else:
+                table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*_row(*row))
     console.print(table)

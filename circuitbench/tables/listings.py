@@ -9,15 +9,38 @@ from circuitbench.errors import CircuitbenchError, did_you_mean
 LISTINGS = ("tasks", "models", "methods", "metrics", "generators", "overlap-metrics")
 
 
-def _first_sentence(text: str) -> str:
-    return text.strip().split(". ")[0].rstrip(".") + "." if text.strip() else ""
+# Columns of names (never cut: a name is what the user types next) and short values, and columns of
+# comma-separated names (folded inside a name only when one alone is wider than its column), as the
+# console renders `ls` (the models listing, eight columns of values, is printed as it is).
+NAME_COLUMNS = ("task", "generator", "n", "method", "metric", "overlap metric")
+LIST_COLUMNS = ("metrics", "methods")
+_OPENING, _CLOSING = "([{“", ")]}”"
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of `text` (whitespace runs made single spaces), ending with its period: a
+    sentence ends at '.', '!' or '?' followed by a space and a capital letter, never inside quotes
+    or brackets ('("A was born in one. A was born in" -> " two")' is inside one sentence)."""
+    text = " ".join(text.split())
+    depth, quoted = 0, False
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char in _OPENING:
+            depth += 1
+        elif char in _CLOSING:
+            depth = max(0, depth - 1)
+        elif (char in ".!?" and not quoted and depth == 0 and text[i + 1:i + 2] == " "
+              and text[i + 2:i + 3].isupper()):
+            return text[:i + 1]
+    return text if not text or text[-1] in ".!?" else text + "."
 
 
 def _tasks(include_paths: tuple[str, ...]) -> pd.DataFrame:
     from circuitbench.specs.catalog import all_tasks
 
     rows = [(name, spec.generator.name, str(spec.n_prompts), ", ".join(spec.metrics), ", ".join(spec.methods),
-             _first_sentence(" ".join(spec.description.split()))) for name, spec in all_tasks(include_paths).items()]
+             first_sentence(spec.description)) for name, spec in all_tasks(include_paths).items()]
     return pd.DataFrame(rows, columns=["task", "generator", "n", "metrics", "methods", "description"])
 
 

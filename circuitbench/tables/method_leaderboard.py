@@ -8,13 +8,13 @@ so that a method refused by its own guard leaves the others standing). Within a 
 methods are ranked per level (node and edge recall count different things) by RANK_KEY."""
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from circuitbench.circuits.graph_files import EDGE_SCORES_SUFFIX
 from circuitbench.circuits.recovery import RecoveryInterval, RecoveryScores
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
@@ -23,7 +23,7 @@ from circuitbench.results.schema import RunResult
 from circuitbench.results.store import UnusableResult, read_result
 from circuitbench.specs.catalog import load_task
 from circuitbench.specs.registries import METHODS
-from circuitbench.tables.leaderboard import SIDECAR_SUFFIX, _html_table, _markdown, _page
+from circuitbench.tables.pages import SORT_SCRIPT, definition_list, esc, frame_cells, page, table_html
 
 # The order methods are ranked in within a (task, model, level): each figure compared in turn, a
 # missing figure after every present one; equal keys share a rank (1, 1, 3).
@@ -169,7 +169,8 @@ def read_results(results_dir: Path, include_paths: tuple[str, ...] = ()) -> tupl
     unreadable, another schema version, NaN/inf, stale (made with another version of the task)."""
     found, flagged = [], []
     for path in sorted(results_dir.rglob("*.json")):
-        if path.name.endswith(SIDECAR_SUFFIX) or any(p.startswith(".") for p in path.relative_to(results_dir).parts):
+        hidden = any(p.startswith(".") for p in path.relative_to(results_dir).parts)
+        if path.name.endswith(EDGE_SCORES_SUFFIX) or hidden:
             continue
         try:
             result = read_result(path)
@@ -359,33 +360,36 @@ def build_methods(results_dir: Path, out_dir: Path, include_paths: tuple[str, ..
     return {"rows": rows, "flagged": flagged, "units": sorted(set(zip(rows["task"], rows["model"])))}
 
 
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, disable_numparse=True)  # numbers as formatted, fixed precision
+
+
 def _write(rows: pd.DataFrame, flagged: list[dict], out_dir: Path, title: str) -> None:
     md = [f"# {title}", "", _intro(title), ""]
-    body = [f"<h1>{html.escape(title)}</h1><p>{html.escape(_intro(title).replace('`', ''))}</p>"]
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(_intro(title).replace('`', ''))}</p>"]
     levels = [level for level in LEVELS if (rows["level"] == level).any()]
     for level in levels:
         table = overview(rows, level)
         heading = f"Overview: {LEVEL_WORDS[level]}"
         note = "Each cell: the method's rank there · its recall of the known circuit."
         md += [f"## {heading}", "", note, "", _markdown(table), ""]
-        body.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(note)}</p>" + _html_table(table))
+        body += [f"<h2>{esc(heading)}</h2>", f"<p>{esc(note)}</p>", *table_html(*frame_cells(table))]
     for (task, model), unit in rows.groupby(["task", "model"], sort=False):
         table = shown(unit)
         rules = sorted({r for r in unit.get("rule", pd.Series(dtype=object)) if isinstance(r, str)})
         note = f"Circuits: {'; '.join(rules)}." if rules else ""
         md += [f"## {task} · {model}", ""] + ([note, ""] if note else []) + [_markdown(table), ""]
-        body.append(f"<h2>{html.escape(task)} · {html.escape(model)}</h2>"
-                    + (f"<p>{html.escape(note)}</p>" if note else "") + _html_table(table))
-    legend = [(label, meaning) for label, meaning in LEGEND.items()]
-    md += ["## Legend", ""] + [f"- **{k}**: {v}" for k, v in legend] + [f"- **{MISSING}**: not in the results", ""]
-    items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in legend)
-    body.append(f"<h2>Legend</h2><dl>{items}<dt>{MISSING}</dt><dd>not in the results</dd></dl>")
+        body += [f"<h2>{esc(task)} · {esc(model)}</h2>", *([f"<p>{esc(note)}</p>"] if note else []),
+                 *table_html(*frame_cells(table))]
+    legend = [(label, meaning) for label, meaning in LEGEND.items()] + [(MISSING, "not in the results")]
+    md += ["## Legend", ""] + [f"- **{k}**: {v}" for k, v in legend] + [""]
+    body += ["<h2>Legend</h2>", *definition_list(legend)]
     if flagged:
         listed = pd.DataFrame(flagged)[["file", "flag"]]
         md += ["## Not included", "", _markdown(listed), ""]
-        body.append("<h2>Not included</h2>" + listed.to_html(index=False, border=0))
+        body += ["<h2>Not included</h2>", *table_html(*frame_cells(listed), sortable=False)]
     write_atomic(out_dir / "methods.md", "\n".join(md))
-    write_atomic(out_dir / "methods.html", _page(title, "".join(body)))
+    write_atomic(out_dir / "methods.html", page(title, body, "leaderboard", SORT_SCRIPT))
 
 
 def console_tables(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

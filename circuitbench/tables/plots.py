@@ -80,7 +80,7 @@ def head_heatmap(scores: list[list[float]], title: str, path: Path,
         for layer in range(n_layers):
             for head in range(n_heads):
                 dark = abs(values[layer, head]) > 0.6 * bound
-                ax.text(head, layer, f"L{layer}H{head}\n{values[layer, head]:.2f}", ha="center", va="center",
+                ax.text(head, layer, f"a{layer}.h{head}\n{values[layer, head]:.2f}", ha="center", va="center",
                         fontsize=7, color="white" if dark else "black")
     bar = fig.colorbar(im, ax=ax)
     bar.set_label(textwrap.fill(colorbar, 34), fontsize=8)

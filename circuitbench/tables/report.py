@@ -13,15 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule, heads_text
+from circuitbench.circuits.circuit import RANDOM_INIT, describe_rule
 from circuitbench.circuits.graph_files import GraphFile, is_graph_json, load_sidecar, read_graph_json
 from circuitbench.errors import CircuitbenchError
 from circuitbench.files import write_atomic
-from circuitbench.output_paths import HTML_GENERATOR, check_output_dir, is_report_dir, save_figure, staged_output
+from circuitbench.models.graph import head_node, mlp_node
+from circuitbench.output_paths import check_output_dir, is_report_dir, save_figure, staged_output
 from circuitbench.results.schema import RunResult
 from circuitbench.results.store import parse_result
 from circuitbench.specs.registries import METRICS
 from circuitbench.tables.console import outside_text, panel_text, verdict_text
+from circuitbench.tables.pages import Cell, esc, page, table_html
 from circuitbench.tables.plots import circuit_graph, head_heatmap, mlp_scores, pyplot
 
 # Scores normalised by the clean − corrupted gap: below this a head carries under 10 % of the gap,
@@ -114,13 +116,16 @@ def trace_map(name: str, trace: dict, path: Path) -> None:
 
 
 def _members(c) -> str:
-    """The circuit's components in words: L1H3 … m0 (and, for edges, how many)."""
-    text = " ".join([heads_text(c.heads)] * bool(c.heads) + [f"m{l}" for l in c.mlps]) or "(none)"
+    """The circuit's components by the names the leaderboard uses: a1.h3 … m0 (aL.hH: layer L, head
+    H); an edge circuit: how many edges over which nodes."""
+    nodes = [head_node(int(layer), int(head)) for layer, head in c.heads] + [mlp_node(int(m)) for m in c.mlps]
+    text = ", ".join(nodes) or "(none)"
     return f"{len(c.edges)} edges over {text}" if c.level == "edge" else text
 
 
 def circuit_html(result: RunResult) -> str:
-    """The circuit in words: rule, components, faithfulness (or why it is undefined), candidates, notes."""
+    """The circuit in words: rule, components, faithfulness (or why it is undefined), candidates, notes;
+    one paragraph a line."""
     c = result.circuit
     if c is None:
         return "<p>No circuit: the task has no circuit rule.</p>"
@@ -134,7 +139,9 @@ def circuit_html(result: RunResult) -> str:
     parts = [f"<p><b>Circuit</b> ({where}): "
              f"{html.escape(describe_rule(c.rule, n_total))} of the <i>{html.escape(c.method)}</i> scores → "
              f"{html.escape(_members(c))} ({size}{of}).</p>"]
-    parts.append(f"<p class='verdict'><b>{html.escape(verdict_text(c))}</b></p>")
+    verdict, _, reasons = verdict_text(c).removeprefix("verdict: ").partition(" (")
+    parts.append(f"<p class='verdict'>verdict: <b>{html.escape(verdict)}</b>"
+                 + (f" ({html.escape(reasons)}" if reasons else "") + "</p>")
     if c.panel:
         parts.append(f"<p>Ablation panel (f, 95 % bootstrap interval): {html.escape(panel_text(c))}.</p>")
     if c.stability is not None:
@@ -176,16 +183,17 @@ def circuit_html(result: RunResult) -> str:
                      f"({f.m_circuit:.4g} − {f.m_empty:.4g}) / ({f.m_full:.4g} − {f.m_empty:.4g}) = "
                      f"<b>{f.value:.3f}</b> under "
                      f"{html.escape(f.ablation)} ablation of every component outside the circuit"
-                     + (f" ({others})" if others else "") + ".</p>")
+                     + (f" ({others})" if others else "") + ". Closest to 1 is best: 1 means the circuit alone "
+                     "does what the model does; above 1 it overshoots.</p>")
     if len(c.candidates) > 1:
         parts.append("<p>Candidates (each method's circuit under the rule; the most faithful kept): " + " · ".join(
             f"{html.escape(k.method)} {'undefined' if k.faithfulness is None else f'{k.faithfulness:.3f}'}"
             for k in c.candidates) + "</p>")
-    for note in c.notes:
-        parts.append(f"<p class='note'>note: {html.escape(note)}</p>")
-    for warning in c.warnings:
+    for note in dict.fromkeys(c.notes):  # each note once
+        parts.append(f"<p class='muted'>note: {html.escape(note)}</p>")
+    for warning in dict.fromkeys(c.warnings):
         parts.append(f"<p class='warning'>warning: {html.escape(warning)}</p>")
-    return "".join(parts)
+    return "\n".join(parts)
 
 
 def _stderr_cell(stderr: float | None) -> str:
@@ -193,9 +201,12 @@ def _stderr_cell(stderr: float | None) -> str:
     return "n/a" if stderr is None else f"{stderr:.4f}"
 
 
-def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = None) -> list[Path]:
+def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = None, embed: bool = True,
+                 back: tuple[tuple[str, str], ...] = ()) -> list[Path]:
     """Write the PNGs and report.html into out_dir; returns the files written. `result_dir` is where
-    the result's sidecar files (edge scores) are."""
+    the result's sidecar files (edge scores) are. `embed`: the pictures inside the page (one
+    self-contained file, `circuitbench report`) or beside it, linked (the leaderboard's reports);
+    `back`: (relative link, text) pairs of the pages the report is reached from."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str, Path]] = []
     c = result.circuit
@@ -234,34 +245,40 @@ def build_report(result: RunResult, out_dir: Path, result_dir: Path | None = Non
         trace_map(name, trace, path)
         figures.append((f"causal tracing: {name}", "", path))
     nan = float("nan")
-    metrics = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{_stderr_cell(result.metrics_stderr.get(k, nan))}</td>"
-        f"<td>{result.metrics_corrupted.get(k, nan):.4f}</td></tr>" for k, v in result.metrics.items())
-    images = "".join(
-        f"<h3>{html.escape(title)}</h3><p class='caption'>{html.escape(caption)}</p>"
-        f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        for title, caption, p in figures)
+    metric_rows = [[Cell(k), Cell(f"{v:.4f}", cls="num"),
+                    Cell(_stderr_cell(result.metrics_stderr.get(k, nan)), cls="num"),
+                    Cell(f"{result.metrics_corrupted.get(k, nan):.4f}", cls="num")] for k, v in result.metrics.items()]
+    images: list[str] = []
+    for title, caption, p in figures:
+        src = f"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" if embed else p.name
+        images += [f"<h3>{esc(title)}</h3>"] + ([f"<p class='caption'>{esc(caption)}</p>"] if caption else [])
+        images.append(f'<img src="{src}" alt="{html.escape(title)}">')
     task, model = result.task, result.model
     random_init = model.init == "random"
-    badge = "<span class='badge'>random init</span>" if random_init else ""
-    banner = (f"<p class='baseline'>{html.escape(label)}: <b>random-init weights</b> (seeded, architecture of "
-              f"{html.escape(model.name)}), a baseline that has learned nothing. Its scores show what chance looks "
-              f"like, not a circuit of the model. Names ending in {RANDOM_INIT} mark such models everywhere.</p>"
-              if random_init else "")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}td,th{padding:3px 10px}img{max-width:100%}"
-             ".badge{background:#b45309;color:#fff;border-radius:3px;padding:2px 6px;font-size:60%;"
-             "vertical-align:middle;margin-left:8px}.baseline{background:#fff7ed;border-left:4px solid #b45309;"
-             "padding:.5em 1em}.undefined{background:#f1f5f9;border-left:4px solid #64748b;padding:.5em 1em}"
-             ".warning{color:#b45309}.note,.caption{color:#555}")
-    page = ("<!doctype html><meta charset='utf-8'>" + HTML_GENERATOR.format(what="report")
-            + "<title>circuitbench report</title>"
-            f"<style>{style}</style><h1>{html.escape(label)} · {html.escape(task.name)}{badge}</h1>{banner}"
-            f"<p>{task.n_prompts} {html.escape(task.split)} prompts ({task.n_dropped} dropped) · "
-            f"{html.escape(model.dtype)} · spec {task.spec_hash} · {html.escape(result.run.started_at)}</p>"
-            f"<table><tr><th>metric</th><th>clean</th><th>± se</th><th>corrupted</th></tr>{metrics}</table>"
-            f"{circuit_html(result)}{images}")
-    write_atomic(out_dir / "report.html", page)
+    badge = " <span class='badge'>random init</span>" if random_init else ""
+    banner = ([f"<p class='baseline'>{html.escape(label)}: <b>random-init weights</b> (seeded, architecture of "
+               f"{html.escape(model.name)}), a baseline that has learned nothing. Its scores show what chance looks "
+               f"like, not a circuit of the model. Names ending in {RANDOM_INIT} mark such models everywhere.</p>"]
+              if random_init else [])
+    nav = ["<nav>" + " · ".join(f'<a href="{html.escape(href)}">← {esc(text)}</a>' for href, text in back)
+           + "</nav>"] if back else []
+    body = [*nav, f"<h1>{html.escape(label)} · {html.escape(task.name)}{badge}</h1>", *banner,
+            f"<p class='muted'>{task.n_prompts} {html.escape(task.split)} prompts ({task.n_dropped} dropped) · "
+            f"{html.escape(model.dtype)} · spec {task.spec_hash} · {html.escape(result.run.started_at)}</p>",
+            "<h2>Metrics</h2>", *table_html(["metric", "clean", "± se", "corrupted"], metric_rows, sortable=False),
+            "<h2>Circuit</h2>", *circuit_html(result).splitlines()]
+    if images:
+        body += ["<h2>Pictures</h2>", *images]
+    write_atomic(out_dir / "report.html", page(f"{label} · {task.name} · circuitbench report", body, "report",
+                                               style=REPORT_STYLE))
     return [p for _, _, p in figures] + [out_dir / "report.html"]
+
+
+REPORT_STYLE = """\
+.baseline { background: #fff7ed; border-left: 4px solid #b45309; padding: .5em 1em; }
+.undefined { background: #f1f5f9; border-left: 4px solid #64748b; padding: .5em 1em; }
+.caption { color: #555; }
+img { display: block; margin: .5em 0 1.5em; }"""
 
 
 def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list[Path]:
@@ -272,16 +289,15 @@ def build_graph_report(graph_file: GraphFile, label: str, out_dir: Path) -> list
     path = out_dir / "circuit_graph.png"
     circuit_graph(edges, graph_file.scores, g, label, path)
     top = sorted(graph_file.scores, key=lambda e: -abs(graph_file.scores[e]))[:30]
-    rows = "".join(f"<tr><td>{html.escape(e)}</td><td>{graph_file.scores[e]:.4g}</td><td>{'✓' if e in edges else ''}"
-                   "</td></tr>" for e in top)
+    rows = [[Cell(e, cls="components"), Cell(f"{graph_file.scores[e]:.4g}", cls="num"), Cell("✓" if e in edges else "")]
+            for e in top]
     picture = base64.b64encode(path.read_bytes()).decode()
-    page = ("<!doctype html><meta charset='utf-8'>" + HTML_GENERATOR.format(what="report")
-            + "<title>circuitbench graph</title>"
-            f"<h1>{html.escape(label)}</h1><p>{g.describe()} · {g.n_edges} edges · {len(graph_file.edges)} in the "
-            f"circuit{'' if graph_file.edges else ' (none marked: the 30 largest |scores| drawn)'}</p>"
-            f"<img src='data:image/png;base64,{picture}'>"
-            f"<table><tr><th>edge</th><th>score</th><th>drawn</th></tr>{rows}</table>")
-    write_atomic(out_dir / "report.html", page)
+    body = [f"<h1>{esc(label)}</h1>",
+            f"<p>{esc(g.describe())} · {g.n_edges} edges · {len(graph_file.edges)} in the circuit"
+            f"{'' if graph_file.edges else ' (none marked: the 30 largest |scores| drawn)'}</p>",
+            f'<img src="data:image/png;base64,{picture}" alt="circuit graph">',
+            *table_html(["edge", "score", "drawn"], rows, sortable=False)]
+    write_atomic(out_dir / "report.html", page(f"{label} · circuitbench graph", body, "report"))
     return [path, out_dir / "report.html"]
 
 

@@ -56,7 +56,7 @@ def test_a_run_stores_null_faithfulness_exactly_when_the_gap_is_within_noise(cap
     assert (f.value is None) == within == (f.undefined is not None)
     assert (f.cpr is None and f.cmd is None) if within else f.value == pytest.approx(
         (f.m_circuit - f.m_empty) / (f.m_full - f.m_empty))
-    print_run_summary([UnitOutcome(result.model.label, "ioi", path, result, False)])
+    print_run_summary([UnitOutcome(result.model.label, "ioi", path, result, False)], details=True)
     assert bool(NUMBER.search(capsys.readouterr().out)) != within
 
 

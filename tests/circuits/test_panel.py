@@ -125,8 +125,8 @@ def test_the_known_circuit_of_hist_is_robust_and_one_prompt_length_is_warned(tmp
 
 
 def test_auto_says_why_and_which_candidates_could_not_see_the_reference():
-    """tracr reverse's L0H0 has the same output under its counterfactual: patching scores it exactly 0.
-    auto keeps the candidate with the smallest worst case over the panel (ablation, which sees L0H0),
+    """tracr reverse's a0.h0 has the same output under its counterfactual: patching scores it exactly 0.
+    auto keeps the candidate with the smallest worst case over the panel (ablation, which sees a0.h0),
     says so, and names the candidates that scored the reference head 0."""
     result = cb.run(cb.load_task("tasks/known_answers/tracr_reverse.yaml"), "tracr-reverse")
     c = result.circuit
@@ -137,7 +137,7 @@ def test_auto_says_why_and_which_candidates_could_not_see_the_reference():
     assert c.choice is not None and c.method in c.choice
     for method in ("activation_patching", "attribution_patching"):
         assert f"candidate {method} scored reference a0.h0 exactly 0" in " ".join(c.warnings)
-    assert "ablation" not in result.unknown_scores  # ablation is not a patching method: it sees L0H0
+    assert "ablation" not in result.unknown_scores  # ablation is not a patching method: it sees a0.h0
 
 
 def test_a_freshly_trained_induction_models_previous_token_head_is_never_silently_left_out(tmp_path):

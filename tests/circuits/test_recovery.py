@@ -70,7 +70,8 @@ def test_planted_reference_is_recovered_and_missing_heads_are_warned(capsys, tmp
     spec.write_text("name: ind_ref\ngenerator: {name: induction}\nn_prompts: 16\nmetrics: [induction_loss]\n"
                     "methods: [activation_patching, induction]\ncircuit: {top_k: 5}\n"
                     f"reference_circuits:\n  toy-induction-2l: {json.dumps(TOY_CIRCUIT)}\n")
-    code, out, _ = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path), "-q")
+    code, out, _ = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path), "-q",
+                       "--details")
     assert code == 0 and "recovery of the reference (5 heads) by activation_patching" in out
     result = load_result(tmp_path / "toy-induction-2l" / "ind_ref.json")
     exact = result.recovery["activation_patching"]
@@ -83,7 +84,7 @@ def test_planted_reference_is_recovered_and_missing_heads_are_warned(capsys, tmp
     code, out, _ = cli(capsys, "run", "--task", str(spec), "--model", "toy-induction-2l", "--out", str(tmp_path / "b"),
                        "-q", "--reference", str(bigger))
     warnings = load_result(tmp_path / "b" / "toy-induction-2l" / "ind_ref.json").circuit.warnings
-    assert code == 0 and any("misses reference heads L0H0" in w and "zero" in w for w in warnings)
+    assert code == 0 and any("misses reference heads a0.h0" in w and "zero" in w for w in warnings)
 
 
 def test_heads_that_the_counterfactual_cannot_see_are_found():
@@ -117,7 +118,7 @@ def test_a_reference_outside_the_model_fails_before_any_method_runs(capsys, tmp_
                          "-q", "--no-cache", "--reference", str(ref))
     result = load_result(tmp_path / "toy-induction-2l" / "induction.json")
     assert code == 2 and not scored and result.status == "failed" and result.error.user_error
-    assert result.error.message.startswith(f"{ref}: heads: L7H0 lie outside toy-induction-2l (2 layers × 4 heads")
+    assert result.error.message.startswith(f"{ref}: heads: a7.h0 lie outside toy-induction-2l (2 layers × 4 heads")
     ref.write_text(json.dumps({"heads": [[0, 0]], "edges": ["a0.h0->a0.h1<q>"]}))  # no edge of any model
     code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--out", str(tmp_path),
                          "-q", "--no-cache", "--reference", str(ref))

@@ -140,8 +140,7 @@ def test_a_unit_failing_on_a_worker_is_one_failed_record_and_the_others_stand(ra
     assert [o.failed for o in outcomes] == [True, False]
     assert failed.status == "failed" and failed.error.user_error and "would be dropped" in failed.error.message
     assert done.status == "complete" and done.head_scores["previous_token"]
-    assert [m for m in messages if "failed" in m] == [
-        "fibonacci on toy-induction-2l failed (CircuitbenchError); the message is in the summary and in fibonacci.json"]
+    assert [m for m in messages if "failed" in m] == []  # its message is printed once: in the CLI's run summary
 
 
 def test_a_worker_that_returns_no_result_fails_its_unit(ray_cluster, tmp_path, monkeypatch):

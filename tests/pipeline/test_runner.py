@@ -111,6 +111,10 @@ def test_tasks_from_prompts_in_python(tiny_models):
     assert plain.metrics == ["sequence_loss"]
 
 
-def test_the_readme_notebook_example_is_the_one_tested():
+def test_the_notebook_examples_are_the_ones_tested():
+    """The README's and the guide's notebook examples build a task from prompts as tested above
+    (tests/test_docs.py runs both blocks)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "cb.Task.from_prompts(" in readme and "cb.run(task, \"gpt2-small\"" in readme
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guide" / "cli.md").read_text()
+    assert "cb.Task.from_prompts(" in readme and "cb.run(task, \"toy-tasks\"" in readme
+    assert "cb.Task.from_prompts(" in guide and "cb.run(task, \"gpt2-small\"" in guide

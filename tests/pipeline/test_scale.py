@@ -230,10 +230,12 @@ def test_killed_run_resumes_only_unfinished_units(tmp_path, capsys, one_thread):
     code, stdout, _ = cli(capsys, *args, "--resume")
     assert code == 0, stdout
     assert first.read_bytes() == before and first.stat().st_mtime_ns == mtime  # not rerun, not rewritten
-    assert f"wrote {first} (finished earlier, kept: --resume)" in stdout
+    # the summary marks the kept unit and counts it; the other two are (re)done
+    assert "unit_a (kept)" in stdout and "unit_b " in stdout and "unit_c " in stdout
+    assert " ".join(f"wrote 3 results to {out / 'toy-induction-2l'}/ (1 kept from earlier (--resume))".split()) in \
+        " ".join(stdout.split())
     for name in ("unit_b", "unit_c"):
         path = out / "toy-induction-2l" / f"{name}.json"
-        assert f"wrote {path}\n" in stdout  # (re)done
         assert load_result(path).status == "complete"
     assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".json"]  # no temp files left
 

@@ -46,3 +46,15 @@ def test_load_circuits_gives_the_shape_only_to_circuits_without_one(tmp_path):
     circuits = load_circuits([bare, str(shaped)], shape="3,5")
     assert [(c.label, c.shape, c.heads) for c in circuits] == [("bare", (3, 5), [(0, 1)]), ("shaped", (2, 4), [(0, 1)])]
     assert [c.shape for c in load_circuits([bare, shaped])] == [None, (2, 4)]
+
+
+def test_a_glob_leaves_out_the_edge_scores_of_a_result_it_also_matches(tmp_path):
+    """`overlap "results/toy-tasks/*.json"` after an edge-level run: the glob matches ioi.json and its
+    edge scores ioi.eap_ig.edges.json; the scores belong to the result, so only the result is a
+    circuit. A sidecar whose result is not matched, or a file named on its own, is kept."""
+    for name in ("ioi.json", "ioi.eap_ig.edges.json", "seq_months.json", "orphan.eap.edges.json"):
+        (tmp_path / name).write_text("{}")
+    got = circuit_paths([str(tmp_path / "*.json")])
+    assert [p.rsplit("/", 1)[1] for p in got] == ["ioi.json", "orphan.eap.edges.json", "seq_months.json"]
+    named = circuit_paths([str(tmp_path / "ioi.json"), str(tmp_path / "ioi.eap_ig.edges.json")])
+    assert [p.rsplit("/", 1)[1] for p in named] == ["ioi.json", "ioi.eap_ig.edges.json"]

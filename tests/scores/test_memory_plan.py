@@ -78,7 +78,8 @@ def test_max_memory_on_the_command_line(monkeypatch):
 
     monkeypatch.setattr("circuitbench.pipeline.grid.run", fake_grid)
     runner = CliRunner()
-    ok = runner.invoke(app, ["run", "--task", "ioi", "--model", "gpt2-small", "--max-memory", "1.5GiB", "-q"])
+    ok = runner.invoke(app, ["run", "--task", "ioi", "--model", "gpt2-small", "--init", "random",
+                             "--max-memory", "1.5GiB", "-q"])
     assert ok.exit_code == 0, ok.output
     assert seen["options"].max_memory == 3 * 2**29 and seen["options"].execution().max_memory == 3 * 2**29
     bad = runner.invoke(app, ["run", "--task", "ioi", "--model", "gpt2-small", "--max-memory", "lots"])

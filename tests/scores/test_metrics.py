@@ -108,7 +108,7 @@ def test_a_metric_must_return_one_finite_value_per_prompt(capsys, tmp_path, bad_
 def test_one_prompt_has_no_standard_error_and_no_faithfulness(capsys, tmp_path):
     """`--n 1` reported stderr 0 and a defined faithfulness: with one prompt there is no spread."""
     code, out, err = cli(capsys, "run", "--task", "induction", "--model", "toy-induction-2l", "--n", "1", "--out",
-                         str(tmp_path), "--no-cache", "--methods", "previous_token,activation_patching")
+                         str(tmp_path), "--no-cache", "--methods", "previous_token,activation_patching", "--details")
     assert code == 0, err
     path = tmp_path / "toy-induction-2l" / "induction.json"
     raw = json.loads(path.read_text())

@@ -35,7 +35,7 @@ def test_leaderboard_tables_hold_the_results(results, tmp_path):
     c = result.circuit
     low, high = c.panel[c.faithfulness.ablation].ci
     assert f"| {c.verdict} " in md and f"{c.faithfulness.value:.3f} [{low:.3f}, {high:.3f}]" in md
-    assert md.index("verdict") < md.index("faithfulness ↑")
+    assert md.index("verdict") < md.index("faithfulness (closest to 1 is best)") and "faithfulness ↑" not in md
     if c.stability is not None:
         assert f"{c.stability.jaccard:.3f} [{c.stability.range[0]:.3f}, {c.stability.range[1]:.3f}]" in md
     csv = (tmp_path / "induction.csv").read_text()
@@ -88,7 +88,7 @@ def test_random_init_models_are_listed_as_baselines(random_init_results, tmp_pat
     build(random_init_results, tmp_path / "lb")
     md, index = (tmp_path / "lb" / "README.md").read_text(), (tmp_path / "lb" / "index.html").read_text()
     assert "## Random-init baselines" in md and "Sanity checks, not findings" in md and f"gpt2{RANDOM_INIT}" in md
-    assert "<h2>Random-init baselines</h2>" in index and "class='badge'" in index
+    assert "<h2>Random-init baselines</h2>" in index and 'class="badge"' in index
     csv = pd.read_csv(tmp_path / "lb" / "ioi.csv")
     assert csv["model"].tolist() == [f"gpt2{RANDOM_INIT}"] and csv["baseline"].tolist() == [True]
     assert "Random-init baselines" in (tmp_path / "lb" / "ioi.html").read_text()
@@ -176,7 +176,8 @@ def test_a_unit_is_listed_once_whatever_copies_lie_beside_it(results, tmp_path):
     summary = build(tmp_path / "res", tmp_path / "lb")
     readme = (tmp_path / "lb" / "README.md").read_text()
     assert summary["flagged"] == 5 and "unreadable" not in readme and "edges" not in readme.split("## Not included")[1]
-    assert (tmp_path / "lb" / "induction.md").read_text().count("toy-induction-2l") == 1
+    scores = (tmp_path / "lb" / "induction.md").read_text().split("### Diagnostics")[0]
+    assert scores.count("| toy-induction-2l ") == 1  # one row (its report link names it again)
 
 
 def test_other_schema_versions_and_non_finite_numbers_are_flagged_never_shown(results, tmp_path):
@@ -205,3 +206,193 @@ def test_other_schema_versions_and_non_finite_numbers_are_flagged_never_shown(re
     build(tmp_path / "res", tmp_path / "lb")
     table, apart = (tmp_path / "lb" / "README.md").read_text().split("## Not included")
     assert "v99" not in table and "v99" in apart and not re.search(r"\b(nan|inf)\b", table.lower())
+
+
+# ---- leaderboards people read (issue 26) --------------------------------------------------------
+
+def _node_names(circuit) -> list[str]:
+    """The circuit's components as the overview names them, computed here from the result's fields."""
+    return [f"a{layer}.h{head}" for layer, head in circuit.heads] + [f"m{layer}" for layer in circuit.mlps]
+
+
+@pytest.fixture(scope="module")
+def board(results, random_init_results, tmp_path_factory) -> Path:
+    """A results folder with a unit of each section: a trained toy (induction), a known-answer task
+    (tracr_hist on its compiled model) and a random-init baseline (ioi on the tiny GPT-2)."""
+    import shutil
+
+    out, _ = results
+    folder = tmp_path_factory.mktemp("board")
+    shutil.copytree(out / "toy-induction-2l", folder / "toy-induction-2l",
+                    ignore=lambda _, names: [n for n in names if n.startswith("ind_trace")])
+    shutil.copytree(random_init_results / f"gpt2{RANDOM_INIT}", folder / f"gpt2{RANDOM_INIT}")
+    cb.run("tracr_hist", "tracr-hist", out=folder)
+    return folder
+
+
+def test_each_overview_row_is_its_units_result(board, tmp_path):
+    from page_check import check_page_shell
+
+    build(board, tmp_path / "lb")
+    page = check_page_shell(tmp_path / "lb" / "index.html")
+    seen = {}
+    for section in ("Trained models", "Known answers", "Random-init baselines"):
+        (table,) = page.section_tables(section)
+        for record, cells in zip(page.records(table), page.tables[table]["cells"]):
+            link = [link for cell in cells for link in cell["links"] if link.endswith("report.html")]
+            _, folder, task, _ = link[0].split("/")
+            r = load_result(board / folder / f"{task}.json")
+            c = r.circuit
+            seen[(folder, task)] = section
+            assert record["task"] == r.task.name and record["model"].startswith(r.model.label)
+            assert record["verdict"] == c.verdict and int(record["size"]) == len(c.heads) + len(c.mlps)
+            assert record["circuit"] == ", ".join(_node_names(c))
+            f = c.faithfulness
+            if f.value is None:
+                assert record["faithfulness (closest to 1 is best)"] == "undefined"
+            else:
+                low, high = c.panel[f.ablation].ci
+                assert record["faithfulness (closest to 1 is best)"] == f"{f.value:.3f} [{low:.3f}, {high:.3f}]"
+            main = r.task.main_metric
+            assert record["main metric"].split()[0] == main  # one model per task here: nothing withheld
+            assert record["value"] == f"{r.metrics[main]:.3f} ± {r.metrics_stderr[main]:.3f}"
+            if section == "Known answers":
+                found = r.recovery[c.method]
+                assert record["recall ↑"] == (f"{found.recall:.3f} ({round(found.recall * found.n_reference)} of "
+                                              f"{found.n_reference})")
+            else:
+                assert "recall ↑" not in record
+    assert seen == {("toy-induction-2l", "induction"): "Trained models", ("tracr-hist", "tracr_hist"): "Known answers",
+                    (f"gpt2{RANDOM_INIT}", "ioi"): "Random-init baselines"}
+    md = (tmp_path / "lb" / "README.md").read_text()
+    assert md.index("## Trained models") < md.index("## Known answers") < md.index("## Random-init baselines")
+
+
+def test_every_page_is_a_document_whose_links_resolve(board, tmp_path):
+    from page_check import check_page_shell, local_targets
+
+    build(board, tmp_path / "lb")
+    pages = sorted((tmp_path / "lb").rglob("*.html"))
+    reports = [p for p in pages if p.name == "report.html"]
+    assert len(reports) == 3 and len(pages) == 3 + 3 + 1  # a report and a task page per unit, the overview
+    for path in pages:
+        page = check_page_shell(path)
+        targets = local_targets(path, page)
+        assert targets, path
+        for target in targets:
+            assert target.is_file(), (path, target)
+        if path.name == "report.html":  # pictures beside the report, not embedded; back to the overview
+            assert not any(link.startswith("data:") for link in page.links)
+            assert (tmp_path / "lb" / "index.html").resolve() in targets
+    index = check_page_shell(tmp_path / "lb" / "index.html")
+    assert {t.name for t in local_targets(tmp_path / "lb" / "index.html", index)} >= {
+        "induction.html", "tracr_hist.html", "ioi.html", "report.html"}
+    # the Markdown overview's links resolve too
+    for link in re.findall(r"\]\(([^)]+)\)", (tmp_path / "lb" / "README.md").read_text()):
+        assert (tmp_path / "lb" / link).is_file(), link
+
+
+def test_task_pages_list_components_and_keep_diagnostics_apart(board, tmp_path):
+    from page_check import check_page_shell
+
+    build(board, tmp_path / "lb")
+    r = load_result(board / "toy-induction-2l" / "induction.json")
+    page = check_page_shell(tmp_path / "lb" / "induction.html")
+    scores, diagnostics = page.section_tables("Trained models")
+    (row,) = page.records(scores)
+    assert row["circuit"] == ", ".join(_node_names(r.circuit))  # every component, never cut
+    assert "faithfulness (closest to 1 is best)" in row and "faithfulness ↑" not in page.tables[scores]["headers"]
+    assert not any(h.startswith("ρ") for h in page.tables[scores]["headers"])  # a diagnostic is no score
+    rho = [h for h in page.tables[diagnostics]["headers"] if h.startswith("ρ")]
+    assert len(rho) == len(r.method_agreement) and not any("↑" in h or "↓" in h for h in rho)
+    # the legend names only what the page shows
+    headers = {h for t in page.tables for h in t["headers"]}
+    for term in page.terms:
+        assert term in headers or (term == "ρ" and rho), term
+    assert "answer_prob ↑" not in page.terms and "logit_diff ↑" not in page.terms
+
+
+def test_a_note_is_printed_once(board, tmp_path):
+    from circuitbench.tables.leaderboard import BASELINE_NOTE
+
+    build(board, tmp_path / "lb")
+    once = BASELINE_NOTE.replace("`", "")
+    for name in ("index.html", "ioi.html"):
+        text = (tmp_path / "lb" / name).read_text()
+        assert text.count(once) == 1, name
+    for name in ("README.md", "ioi.md"):
+        assert (tmp_path / "lb" / name).read_text().count(BASELINE_NOTE) == 1, name
+    assert "Sanity checks" not in (tmp_path / "lb" / "induction.html").read_text()  # no baseline on that page
+
+
+@pytest.fixture(scope="module")
+def ioi_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ioi")
+    return cb.run("ioi", "toy-tasks", out=out, n_prompts=8, methods=["previous_token"])
+
+
+def _two_models(result, folder: Path, tokenizers: tuple[str, str]) -> Path:
+    """The same ioi result as two models' units, loaded with these tokenizers."""
+    for name, tokenizer in zip(("model-a", "model-b"), tokenizers):
+        model = result.model.model_copy(update={"name": name, "source": f"/models/{name}", "tokenizer": tokenizer})
+        save_result(result.model_copy(update={"model": model}), folder / name / "ioi.json")
+    return folder
+
+
+def _scores_headers(path: Path) -> list[str]:
+    from page_check import read_page
+
+    page = read_page(path)
+    (scores, _) = page.section_tables("Trained models")
+    return page.tables[scores]["headers"]
+
+
+def _main_cells(path: Path) -> list[str]:
+    from page_check import read_page
+
+    page = read_page(path)
+    (table,) = page.section_tables("Trained models")
+    return [row["main metric"] for row in page.records(table)]
+
+
+def test_logit_units_are_compared_only_within_a_vocabulary(ioi_result, tmp_path):
+    shipped = "toy word-level (shipped with the checkpoint)"  # each checkpoint's own vocabulary
+    different = _two_models(ioi_result, tmp_path / "different", (shipped, shipped))
+    shared = _two_models(ioi_result, tmp_path / "shared", ("EleutherAI/pythia-70m", "EleutherAI/pythia-70m"))
+    build(different, tmp_path / "lb1", reports=False)
+    headers = _scores_headers(tmp_path / "lb1" / "ioi.html")
+    assert "logit_diff ↑" not in headers and "loss ↓" not in headers
+    assert {"accuracy ↑", "answer_prob ↑", "answer_rank ↓"} <= set(headers)
+    assert all(cell.startswith("accuracy") for cell in _main_cells(tmp_path / "lb1" / "index.html"))
+    tables = (tmp_path / "lb1" / "ioi.md").read_text().split("## Legend")[0].split("## Trained models")[1]
+    assert "logit_diff" not in tables
+    build(shared, tmp_path / "lb2", reports=False)
+    assert {"logit_diff ↑", "loss ↓"} <= set(_scores_headers(tmp_path / "lb2" / "ioi.html"))
+    assert all(cell == "logit_diff ↑" for cell in _main_cells(tmp_path / "lb2" / "index.html"))
+    # asked for: compared anyway (the CLI's --compare-logits)
+    build(different, tmp_path / "lb3", reports=False, compare_logits=True)
+    assert "logit_diff ↑" in _scores_headers(tmp_path / "lb3" / "ioi.html")
+    csv = pd.read_csv(tmp_path / "lb1" / "ioi.csv")  # the numbers file keeps every figure, with the vocabulary
+    assert csv["logit_diff"].notna().all() and csv["vocabulary"].nunique() == 2
+
+
+def test_cli_compare_logits(ioi_result, capsys, tmp_path):
+    shipped = "toy word-level (shipped with the checkpoint)"
+    different = _two_models(ioi_result, tmp_path / "r", (shipped, shipped))
+    args = ["leaderboard", "--results", str(different), "--out", str(tmp_path / "lb")]
+    assert cli(capsys, *args)[0] == 0 and "logit_diff ↑" not in _scores_headers(tmp_path / "lb" / "ioi.html")
+    assert cli(capsys, *args, "--compare-logits")[0] == 0
+    assert "logit_diff ↑" in _scores_headers(tmp_path / "lb" / "ioi.html")
+
+
+def test_committed_leaderboards_are_pages_whose_links_resolve():
+    from page_check import check_page_shell, local_targets
+
+    index = check_page_shell(LEADERBOARDS / "index.html")
+    targets = local_targets(LEADERBOARDS / "index.html", index)
+    reports = [t for t in targets if t.name == "report.html"]
+    assert reports and all(t.is_file() for t in targets)
+    units = sum(len(t["rows"]) for t in index.tables)
+    assert len(set(reports)) == units  # one row and one report per (model, task) unit
+    for task_page in {t for t in targets if t.name != "report.html"}:
+        check_page_shell(task_page)

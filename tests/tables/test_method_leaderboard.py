@@ -130,6 +130,10 @@ def test_cli_writes_the_method_board_and_keeps_the_leaderboards_output_rules(cap
     text = (out / "methods.md").read_text()
     assert "## tracr_reverse · tracr-reverse" in text and "refused: " in text and "Overview: edges" in text
     assert (out / "methods.html").is_file() and "method leaderboard" in stdout
+    from page_check import check_page_shell
+
+    page = check_page_shell(out / "methods.html")  # head, viewport, one element per line
+    assert page.tables and all(len(row) == len(t["headers"]) for t in page.tables for row in t["rows"])
     assert not list(out.glob("*.csv"))  # leaderboards/*.csv are the task board's; this board writes none
     assert cli(capsys, *args)[0] == 0  # its own earlier output: replaced
     foreign = tmp_path / "foreign"

@@ -41,3 +41,27 @@ def test_random_init_models_are_marked(random_init_results, tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     assert f"gpt2{RANDOM_INIT}" in page and "class='badge'>random init" in page
     assert "class='baseline'" in page and "random-init weights" in page
+
+
+def test_a_report_is_a_readable_document(results, tmp_path):
+    from page_check import check_page_shell, local_targets
+
+    out, _ = results
+    result = load_result(out / "toy-induction-2l" / "induction.json")
+    build_report(result, tmp_path / "one")  # `circuitbench report`: one self-contained file
+    page = check_page_shell(tmp_path / "one" / "report.html")
+    assert all(link.startswith("data:image/png;base64,") for link in page.links if not link.startswith("#"))
+    # the leaderboard's: pictures beside the page, linked, and a way back
+    build_report(result, tmp_path / "two", embed=False, back=(("../index.html", "overview"),))
+    (tmp_path / "index.html").write_text("<!doctype html>\n")
+    page = check_page_shell(tmp_path / "two" / "report.html")
+    targets = local_targets(tmp_path / "two" / "report.html", page)
+    assert (tmp_path / "index.html").resolve() in targets and all(t.is_file() for t in targets)
+    assert {t.name for t in targets} >= {"heads_induction.png", "faithfulness.png"}
+    # the circuit's components by the names the leaderboard uses, each note once
+    c = result.circuit
+    names = [f"a{layer}.h{head}" for layer, head in c.heads] + [f"m{layer}" for layer in c.mlps]
+    text = (tmp_path / "two" / "report.html").read_text()
+    assert ", ".join(names) in text
+    for note in c.notes:
+        assert text.count(note.replace("'", "&#x27;").replace('"', "&quot;")) <= 1

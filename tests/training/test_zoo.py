@@ -41,7 +41,7 @@ def test_the_default_output_and_steps_are_the_zoos():
 
 BAR = 0.9  # top-1 accuracy on the test split, the bar a toy must clear to claim a task
 MIN_PROMPTS = 32  # test prompts a claim rests on, unless the task's test split holds fewer in all
-# suite tasks no shipped toy reaches the bar on, and why (measured; see README "The shipped toy models")
+# suite tasks no shipped toy reaches the bar on, and why (measured; see docs/guide/toy-models.md)
 UNCLAIMED: dict[str, str] = {
     "fibonacci": "held-out starts make most test answers sums never seen in training; with numbers as atomic "
                  "tokens toy-tasks gets exactly the prompts whose last sum occurs in training (0.41), a "
