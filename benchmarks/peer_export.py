@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from circuitbench.models.loading import load_vocabulary  # noqa: E402
 from circuitbench.models.tokenizers import gpt2_bpe_tokenizer  # noqa: E402
+from circuitbench.models.vocabulary import load_vocabulary  # noqa: E402
 from circuitbench.prompts.encoding import EncodedPrompts, encode_task  # noqa: E402
 from circuitbench.specs.catalog import load_task, model_registry  # noqa: E402
 

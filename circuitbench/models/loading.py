@@ -25,17 +25,7 @@ from circuitbench.models.resolve import (
 from circuitbench.models.tl_format import load_tl
 from circuitbench.models.toy import load_toy, read_checkpoint_meta
 from circuitbench.models.ungrouped import ungroup_key_values
-
-# load_vocabulary and tokenizer_vocabulary live in vocabulary.py (no TransformerLens import); named
-# here too for the callers that import them from this module
-from circuitbench.models.vocabulary import (  # noqa: F401
-    hf_config,
-    load_tokenizer,
-    load_vocabulary,
-    tl_symbol_pool,
-    tokenizer_vocabulary,
-    vocabulary_of,
-)
+from circuitbench.models.vocabulary import hf_config, load_tokenizer, tl_symbol_pool, vocabulary_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

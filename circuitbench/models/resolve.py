@@ -206,11 +206,12 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def hub_host() -> str:
-    """The hub's host name (HF_ENDPOINT, for a mirror, else huggingface.co)."""
+def hub_address() -> tuple[str, int]:
+    """The hub's host and port (HF_ENDPOINT, for a mirror, else huggingface.co:443)."""
     from huggingface_hub import constants
 
-    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    url = urlparse(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
@@ -219,10 +220,7 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
     the caller longer than `timeout` either."""
     if hub_offline():
         return False
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    address = hub_address()
     answered: list[bool] = []
 
     def probe() -> None:
@@ -279,7 +277,7 @@ def unreachable_error(ref: ModelRef, what: str) -> CircuitbenchError:
             else f"Model '{ref.name}' ({ref.location}): ")
     why = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
     return CircuitbenchError(
-        f"{lead}{what} not in the local HuggingFace cache and the hub ({hub_host()}) cannot be reached from here"
+        f"{lead}{what} not in the local HuggingFace cache and the hub ({hub_address()[0]}) cannot be reached from here"
         f"{why}. On a connected machine run "
         f"`huggingface-cli download {ref.location}` and copy ~/.cache/huggingface over, or save the model with "
         "save_pretrained and pass that directory as --model DIR"

@@ -194,7 +194,12 @@ def faithfulness_cell(c: Any) -> str:
     if f.value is None:
         return "undefined"
     entry = c.panel.get(f.ablation)
-    return f"{f.value:.2f}" + (f" [{entry.ci[0]:.2f}, {entry.ci[1]:.2f}]" if entry is not None and entry.ci else "")
+    return f"{f.value:.2f}" + (_interval(entry.ci) if entry is not None else "")
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    """' [low, high]' after a figure, or nothing without an interval."""
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
 
 
 def summary_row(o: "UnitOutcome") -> tuple[str, ...]:
@@ -332,7 +337,7 @@ def panel_text(c: Any) -> str:
     def one(name: str, e: Any) -> str:
         if e.value is None:
             return f"{name} undefined"
-        return f"{name} {e.value:.2f}" + (f" [{e.ci[0]:.2f}, {e.ci[1]:.2f}]" if e.ci else "")
+        return f"{name} {e.value:.2f}" + _interval(e.ci)
     return " · ".join(one(name, e) for name, e in c.panel.items())
 
 

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.loading import load_model, load_vocabulary
+from circuitbench.models.loading import load_model
 from circuitbench.models.resolve import resolve_model
 from circuitbench.models.tokenizers import word_level_tokenizer
+from circuitbench.models.vocabulary import load_vocabulary
 
 WORDS = [f"w{i}" for i in range(9)]  # + <bos> <pad> <unk>: 12 tokens
 

@@ -119,7 +119,7 @@ def test_shards_are_contiguous_whole_batches_covering_every_prompt(n, batch, wor
 
 
 def test_subset_is_a_shard_of_the_same_prompt_set():
-    from circuitbench.models.loading import load_vocabulary
+    from circuitbench.models.vocabulary import load_vocabulary
     from circuitbench.prompts.encoding import encode_task
     from circuitbench.specs.catalog import load_task
 

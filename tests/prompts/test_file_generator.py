@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.loading import load_vocabulary
+from circuitbench.models.vocabulary import load_vocabulary
 from circuitbench.prompts.base import split_of
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.prompts.file import FIELDS

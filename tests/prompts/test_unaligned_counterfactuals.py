@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from circuitbench.errors import CircuitbenchError
-from circuitbench.models.loading import load_model, load_vocabulary
+from circuitbench.models.loading import load_model
+from circuitbench.models.vocabulary import load_vocabulary
 from circuitbench.pipeline.unit import run_unit
 from circuitbench.prompts.encoding import encode_task
 from circuitbench.scores.scoring import check_methods

@@ -113,7 +113,7 @@ def test_report_splits_put_train_and_test_side_by_side(tmp_path):
 def test_mixed_model_draws_induction_symbols_from_its_stream(tmp_path):
     """A model trained on text + the induction stream gets induction prompts in the stream's
     symbols (t0, t1, ...), not in arbitrary text words of its vocabulary."""
-    from circuitbench.models.loading import load_vocabulary
+    from circuitbench.models.vocabulary import load_vocabulary
     from circuitbench.prompts.encoding import encode_task
 
     config = TrainConfig(arch=arch_from("attn-only-1l", d_model=16), tasks=["seq_days",
